@@ -1,0 +1,1 @@
+"""How metalflow runs: the CLI, served deployments and work-pool definitions."""
