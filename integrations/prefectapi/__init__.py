@@ -1,0 +1,28 @@
+"""A small client for the Prefect REST API, for callers that must not import Prefect (the
+CloudStack extension starts on every call, and ``import prefect`` alone costs about a second).
+
+Trigger a deployment by name with an idempotency key (the same key returns the same run, so
+a retried or repeated call never starts a second one), ride out the 503s SQLite-backed
+servers answer under concurrent load, and wait for a final state within a deadline.
+"""
+from integrations.prefectapi.client import (
+    FINAL_STATES,
+    FlowRun,
+    PrefectApi,
+    PrefectApiError,
+    PrefectBadRequest,
+    PrefectNotFound,
+    PrefectUnavailable,
+    idempotency_key,
+)
+
+__all__ = [
+    "FINAL_STATES",
+    "FlowRun",
+    "PrefectApi",
+    "PrefectApiError",
+    "PrefectBadRequest",
+    "PrefectNotFound",
+    "PrefectUnavailable",
+    "idempotency_key",
+]
