@@ -1,0 +1,58 @@
+"""The inventory: what metalflow knows about hosts, switches, cabling, the VLANs each port
+should carry, power state and a per-host journal. SQLAlchemy 2 models, Alembic migrations
+shipped in the package (``migrate.upgrade(url)``), and the ``Inventory`` facade that flows
+use. SQLite by default (safe for several processes), PostgreSQL at scale."""
+from integrations.inventory.engine import ENV_HOME, ENV_URL, default_url, make_engine
+from integrations.inventory.importing import DEFAULT_SWITCH_CREDENTIAL_REF
+from integrations.inventory.migrate import upgrade
+from integrations.inventory.models import Base, Host, HostEvent, HostNic, PortVlan, Switch
+from integrations.inventory.records import (
+    BulkPowerResult,
+    CabledPort,
+    EventInfo,
+    HostInfo,
+    HostNotFound,
+    HostRecord,
+    ImportSummary,
+    InventoryError,
+    NicInfo,
+    PowerReading,
+    PowerTransition,
+    SwitchInfo,
+    VlanInfo,
+    check_credential_ref,
+    split_credential_ref,
+)
+from integrations.inventory.store import Inventory, clean_detail
+
+__all__ = [
+    "DEFAULT_SWITCH_CREDENTIAL_REF",
+    "ENV_HOME",
+    "ENV_URL",
+    "Base",
+    "BulkPowerResult",
+    "CabledPort",
+    "EventInfo",
+    "Host",
+    "HostEvent",
+    "HostInfo",
+    "HostNic",
+    "HostNotFound",
+    "HostRecord",
+    "ImportSummary",
+    "Inventory",
+    "InventoryError",
+    "NicInfo",
+    "PortVlan",
+    "PowerReading",
+    "PowerTransition",
+    "Switch",
+    "SwitchInfo",
+    "VlanInfo",
+    "check_credential_ref",
+    "clean_detail",
+    "default_url",
+    "make_engine",
+    "split_credential_ref",
+    "upgrade",
+]

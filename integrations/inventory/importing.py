@@ -1,0 +1,385 @@
+"""Import a rack config and host records into the inventory, idempotently.
+
+The rack config is the truth about cabling (which MAC is on which switch port); the host
+records are the truth about the hosts they name. A repeated import changes nothing and says
+so; a changed field is updated and reported. Hosts not in the records are left alone (their
+NICs are re-cabled from the rack config like every other NIC). Passwords never enter: each
+switch gets a credential reference instead, and the summary says which, so the operator can
+put the password there.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from integrations.cloudstack.config import RackConfig, normalize_mac, valid_address
+from integrations.inventory.models import Host, HostNic, Switch
+from integrations.inventory.records import (
+    HostRecord,
+    ImportSummary,
+    InventoryError,
+    check_credential_ref,
+    problems_error,
+)
+
+DEFAULT_SWITCH_CREDENTIAL_REF = "env:METALFLOW_SWITCH_{NAME}_PASSWORD"
+CredentialRefSource = str | Callable[[str], str]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_CLOUDSTACK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
+_CHUNK = 500  # bound the IN (...) lists (SQLite's host-parameter limit)
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+@dataclass(frozen=True)
+class _Host:
+    """A validated, normalised host record."""
+
+    name: str
+    cloudstack_id: str | None
+    ipmi_address: str
+    ipmi_port: int
+    ipmi_username: str
+    ipmi_credential_ref: str
+    macs: tuple[str, ...]
+    cpu_count: int
+    memory_mb: int
+    arch: str
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "cloudstack_id": self.cloudstack_id,
+            "ipmi_address": self.ipmi_address,
+            "ipmi_port": self.ipmi_port,
+            "ipmi_username": self.ipmi_username,
+            "ipmi_credential_ref": self.ipmi_credential_ref,
+            "boot_mac": self.macs[0],
+            "cpu_count": self.cpu_count,
+            "memory_mb": self.memory_mb,
+            "arch": self.arch,
+        }
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def validate_records(records: Sequence[HostRecord]) -> list[_Host]:
+    """Check every record (collecting every problem) and normalise MACs and ids."""
+    problems: list[tuple[str, str]] = []
+    out: list[_Host] = []
+    seen_names: dict[str, str] = {}
+    seen_ids: dict[str, str] = {}
+    seen_macs: dict[str, str] = {}
+    for i, r in enumerate(records):
+        p = f"hosts[{i}]"
+        if not isinstance(r, HostRecord):
+            problems.append((p, f"expected a HostRecord, got {type(r).__name__}"))
+            continue
+        before = len(problems)
+        if not isinstance(r.name, str) or not _NAME.match(r.name):
+            problems.append((f"{p}.name", f"{r.name!r} is not a host name (letters, digits, '.', '_', '-'; e.g. host-001)"))
+        elif r.name in seen_names:
+            problems.append((f"{p}.name", f"{r.name!r} is already used by {seen_names[r.name]}"))
+        else:
+            seen_names[r.name] = p
+        cs_id = r.cloudstack_id
+        if isinstance(cs_id, int) and not isinstance(cs_id, bool) and cs_id >= 0:
+            cs_id = str(cs_id)
+        if cs_id is not None and (not isinstance(cs_id, str) or not _CLOUDSTACK_ID.match(cs_id)):
+            problems.append((f"{p}.cloudstack_id", f"{r.cloudstack_id!r} is not a CloudStack host id (a number or UUID)"))
+        elif cs_id is not None and cs_id in seen_ids:
+            problems.append((f"{p}.cloudstack_id", f"{cs_id} is already used by {seen_ids[cs_id]}"))
+        elif cs_id is not None:
+            seen_ids[cs_id] = p
+        if not valid_address(r.ipmi_address):
+            problems.append((f"{p}.ipmi_address", f"{r.ipmi_address!r} is not an IP address or host name"))
+        if not isinstance(r.ipmi_port, int) or isinstance(r.ipmi_port, bool) or not 1 <= r.ipmi_port <= 65535:
+            problems.append((f"{p}.ipmi_port", f"{r.ipmi_port!r} is not a UDP port (IPMI uses 623)"))
+        if not isinstance(r.ipmi_username, str) or not r.ipmi_username or len(r.ipmi_username) > 128:
+            problems.append((f"{p}.ipmi_username", "expected the BMC user name (1-128 characters)"))
+        try:
+            check_credential_ref(r.ipmi_credential_ref, f"{p}.ipmi_credential_ref")
+        except InventoryError as exc:
+            problems.append((exc.field, exc.message.split(": ", 1)[1]))
+        macs: list[str] = []
+        if not isinstance(r.macs, (tuple, list)) or not r.macs:
+            problems.append((f"{p}.macs", "expected at least one MAC address; the first is the boot NIC"))
+        else:
+            for k, m in enumerate(r.macs):
+                try:
+                    mac = normalize_mac(m)
+                except ValueError as exc:
+                    problems.append((f"{p}.macs[{k}]", str(exc)))
+                    continue
+                if mac in seen_macs:
+                    problems.append((f"{p}.macs[{k}]", f"{mac} is already listed at {seen_macs[mac]}"))
+                    continue
+                seen_macs[mac] = f"{p}.macs[{k}]"
+                macs.append(mac)
+        if not _positive_int(r.cpu_count):
+            problems.append((f"{p}.cpu_count", f"{r.cpu_count!r} is not a positive number of CPUs"))
+        if not _positive_int(r.memory_mb):
+            problems.append((f"{p}.memory_mb", f"{r.memory_mb!r} is not a positive amount of memory in MiB"))
+        if not isinstance(r.arch, str) or not r.arch or len(r.arch) > 64:
+            problems.append((f"{p}.arch", f"{r.arch!r} is not a MAAS architecture (e.g. amd64/generic)"))
+        if len(problems) == before:
+            out.append(
+                _Host(r.name, cs_id, r.ipmi_address.strip(), r.ipmi_port, r.ipmi_username,
+                      r.ipmi_credential_ref, tuple(macs), r.cpu_count, r.memory_mb, r.arch)
+            )
+    if problems:
+        raise problems_error("host records", problems)
+    return out
+
+
+def switch_credential_ref(source: CredentialRefSource, name: str) -> str:
+    """The reference for switch ``name``: a template with ``{name}`` / ``{NAME}``
+    (``NAME`` is upper-case with ``-`` as ``_``: tor-1 -> TOR_1) or a callable."""
+    if callable(source):
+        ref = source(name)
+    else:
+        ref = source.format(name=name, NAME=re.sub(r"[^A-Za-z0-9]", "_", name).upper())
+    return check_credential_ref(ref, "switch_credential_ref")
+
+
+def _address_key(address: str) -> str:
+    try:
+        return ipaddress.ip_address(address).compressed
+    except ValueError:
+        return address.lower().rstrip(".")
+
+
+def _update(row: Any, values: Mapping[str, Any], label: str, details: list[str]) -> bool:
+    changed = False
+    for key, new in values.items():
+        old = getattr(row, key)
+        if old != new:
+            setattr(row, key, new)
+            details.append(f"{label}: {key} {old!r} -> {new!r}")
+            changed = True
+    return changed
+
+
+def import_rack(
+    s: Session,
+    rack: RackConfig,
+    records: Sequence[HostRecord],
+    *,
+    credential_ref: CredentialRefSource = DEFAULT_SWITCH_CREDENTIAL_REF,
+    switch_names: Mapping[str, str] | None = None,
+    pxe_vlan: int | None = None,
+) -> ImportSummary:
+    """Do the import inside the caller's (write) transaction; see the module docstring."""
+    if not isinstance(rack, RackConfig):
+        raise InventoryError("expected a RackConfig from integrations.cloudstack.load_rack_config", field="rack")
+    if pxe_vlan is not None and (not isinstance(pxe_vlan, int) or not 1 <= pxe_vlan <= 4094):
+        raise InventoryError(f"{pxe_vlan!r} is not a VLAN id (1-4094)", field="pxe_vlan")
+    hosts = validate_records(records)
+    switch_names = dict(switch_names or {})
+    for ip, name in switch_names.items():
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise InventoryError(f"{name!r} is not a switch name (e.g. tor-1)", field=f"switch_names[{ip!r}]")
+    details: list[str] = []
+    warnings: list[str] = []
+    try:
+        switches, sw_added, sw_updated, refs = _import_switches(
+            s, rack, credential_ref, switch_names, pxe_vlan, details, warnings
+        )
+        rows, h_added, h_updated = _import_hosts(s, hosts, details)
+        n_added, n_updated, n_removed = _import_nics(s, rack, hosts, rows, switches, details)
+    except IntegrityError as exc:
+        raise InventoryError(
+            f"the import conflicts with rows already in the inventory ({str(exc.orig)[:200]})", field="hosts"
+        ) from None
+
+    known = set(s.scalars(select(HostNic.mac)))
+    unclaimed = tuple(m for m in rack.macs() if m not in known)
+    by_mac = {c.mac for r in rack.racks for c in r.hosts}
+    for h in hosts:
+        if h.macs[0] not in by_mac:
+            warnings.append(f"{h.name}: boot NIC {h.macs[0]} is not in the rack config; its VLANs cannot be set")
+    return ImportSummary(
+        switches_added=sw_added,
+        switches_updated=sw_updated,
+        hosts_added=h_added,
+        hosts_updated=h_updated,
+        nics_added=n_added,
+        nics_updated=n_updated,
+        nics_removed=n_removed,
+        details=tuple(details),
+        unclaimed_macs=unclaimed,
+        switch_credential_refs=tuple(refs),
+        warnings=tuple(warnings),
+    )
+
+
+def _import_switches(s, rack, credential_ref, switch_names, pxe_vlan, details, warnings):
+    existing = {_address_key(sw.address): sw for sw in s.scalars(select(Switch).with_for_update())}
+    by_name = {sw.name: sw for sw in existing.values()}
+    result: dict[str, Switch] = {}
+    added = updated = 0
+    refs: list[tuple[str, str]] = []
+    for i, r in enumerate(rack.racks):
+        sc = r.switch
+        key = _address_key(sc.ip)
+        row = existing.get(key)
+        wanted = switch_names.get(sc.ip)
+        if row is None:
+            name = wanted or _free_name(i, by_name)
+        else:
+            name = wanted or row.name
+        holder = by_name.get(name)
+        if holder is not None and holder is not row:
+            raise InventoryError(
+                f"{name!r} is already the name of switch {holder.address}; choose another in switch_names",
+                field=f"racks[{i}].l2Switch",
+            )
+        values = {
+            "name": name,
+            "address": sc.ip,
+            "port": sc.port,
+            "type": sc.type,
+            "username": sc.username,
+            "credential_ref": switch_credential_ref(credential_ref, name),
+        }
+        if pxe_vlan is not None or row is None:
+            values["pxe_vlan"] = pxe_vlan
+        if row is None:
+            row = Switch(**values)
+            s.add(row)
+            details.append(f"switch {name}: added ({sc.ip}:{sc.port}, {sc.type})")
+            added += 1
+        else:
+            if row.name != name:
+                by_name.pop(row.name, None)
+            if _update(row, values, f"switch {name}", details):
+                updated += 1
+        by_name[name] = row
+        result[key] = row
+        refs.append((name, values["credential_ref"]))
+    for key, row in existing.items():
+        if key not in result:
+            warnings.append(f"switch {row.name} ({row.address}) is not in the rack config; its NICs are uncabled")
+    s.flush()
+    return result, added, updated, refs
+
+
+def _free_name(index: int, taken: Mapping[str, Any]) -> str:
+    name = f"tor-{index + 1}"
+    n = index + 1
+    while name in taken:
+        n += 1
+        name = f"tor-{n}"
+    return name
+
+
+def _import_hosts(s: Session, hosts: list[_Host], details: list[str]):
+    rows: dict[str, Host] = {}
+    names = [h.name for h in hosts]
+    for part in chunks(names):
+        for row in s.scalars(
+            select(Host).where(Host.name.in_(part)).options(selectinload(Host.nics)).with_for_update()
+        ):
+            rows[row.name] = row
+    ids = [h.cloudstack_id for h in hosts if h.cloudstack_id is not None]
+    for part in chunks(ids):
+        for other in s.execute(select(Host.name, Host.cloudstack_id).where(Host.cloudstack_id.in_(part))):
+            if other.name not in rows:
+                i = next(k for k, h in enumerate(hosts) if h.cloudstack_id == other.cloudstack_id)
+                raise InventoryError(
+                    f"{other.cloudstack_id} already belongs to host {other.name}", field=f"hosts[{i}].cloudstack_id"
+                )
+    added = updated = 0
+    for h in hosts:
+        row = rows.get(h.name)
+        if row is None:
+            row = Host(name=h.name, nics=[], **h.fields())  # an empty collection: no lazy load later
+            s.add(row)
+            rows[h.name] = row
+            details.append(f"host {h.name}: added")
+            added += 1
+        elif _update(row, h.fields(), f"host {h.name}", details):
+            updated += 1
+    s.flush()
+    return rows, added, updated
+
+
+def _import_nics(s, rack: RackConfig, hosts: list[_Host], rows: dict[str, Host], switches, details):
+    all_macs = [m for h in hosts for m in h.macs]
+    existing: dict[str, HostNic] = {}
+    for part in chunks(all_macs):
+        for nic in s.scalars(select(HostNic).where(HostNic.mac.in_(part)).options(selectinload(HostNic.host))):
+            existing[nic.mac] = nic
+    # The rack config is the truth about cabling, for every NIC in the inventory.
+    target: dict[str, tuple[Switch, str]] = {}
+    for r in rack.racks:
+        sw = switches[_address_key(r.switch.ip)]
+        for c in r.hosts:
+            target[c.mac] = (sw, c.port)
+    occupied = {tuple(r) for r in s.execute(select(HostNic.switch_id, HostNic.port).where(HostNic.switch_id.is_not(None)))}
+    added = removed = 0
+    touched: set[str] = set()
+    for h in hosts:
+        row = rows[h.name]
+        wanted = set(h.macs)
+        for nic in list(row.nics):
+            # A NIC another record claims is moved below (or was already), not removed.
+            if nic.mac not in wanted and nic.mac not in existing:
+                row.nics.remove(nic)
+                details.append(f"host {h.name}: NIC {nic.mac} removed")
+                removed += 1
+        for k, mac in enumerate(h.macs):
+            nic = existing.get(mac)
+            if nic is None:
+                # Cabled at once when its port is free; otherwise the re-cabling below does it.
+                sw, port = target.get(mac, (None, None))
+                if sw is not None and (sw.id, port) in occupied:
+                    sw, port = None, None
+                occupied.add((sw.id if sw is not None else None, port))
+                row.nics.append(HostNic(mac=mac, is_boot=k == 0, switch=sw, port=port))
+                details.append(f"host {h.name}: NIC {mac} added" + (f" ({sw.name} {port})" if sw is not None else ""))
+                added += 1
+                continue
+            if nic.host is not row:
+                details.append(f"NIC {mac}: moved from host {nic.host.name} to {h.name}")
+                nic.host = row
+                touched.add(mac)
+            if nic.is_boot != (k == 0):
+                nic.is_boot = k == 0
+                details.append(f"host {h.name}: NIC {mac} is_boot -> {k == 0}")
+                touched.add(mac)
+    s.flush()
+
+    # Re-cabling: changed NICs are uncabled first and re-cabled after, so two NICs can swap
+    # ports without a unique clash.
+    changes = []
+    for nic in s.scalars(select(HostNic).options(selectinload(HostNic.switch))):
+        sw, port = target.get(nic.mac, (None, None))
+        if nic.switch_id != (sw.id if sw is not None else None) or nic.port != port:
+            changes.append((nic, sw, port))
+    if changes:
+        for nic, _, _ in changes:
+            nic.switch, nic.port = None, None
+        s.flush()
+        for nic, sw, port in changes:
+            nic.switch, nic.port = sw, port
+            details.append(
+                f"NIC {nic.mac}: cabled to {sw.name} {port}" if sw is not None else f"NIC {nic.mac}: uncabled (not in the rack config)"
+            )
+            touched.add(nic.mac)
+        s.flush()
+    new_macs = {m for h in hosts for m in h.macs if m not in existing}
+    return added, len(touched - new_macs), removed

@@ -1,0 +1,262 @@
+"""What goes into the inventory and what comes out of it: frozen dataclasses, so callers (and
+Prefect, which serialises task results) never hold a live ORM object or a session."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple, Sequence
+
+from integrations.common import MetalflowError
+
+from integrations.inventory.models import Host, HostEvent, HostNic, PortVlan, Switch
+
+
+class InventoryError(MetalflowError):
+    """Bad input to the inventory (``field`` names it) or a state the inventory refuses."""
+
+    def __init__(self, message: str, *, field: str = "", target: str = "", operation: str = ""):
+        self.field = field
+        text = f"{field}: {message}" if field else message
+        super().__init__(text, target=target, operation=operation)
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.message, self.field, self.target, self.operation))
+
+
+class HostNotFound(InventoryError):
+    """No host with that name or CloudStack id."""
+
+
+def _rebuild(cls, message, field_, target, operation):
+    obj = cls.__new__(cls)
+    obj.field = field_
+    MetalflowError.__init__(obj, message, target=target, operation=operation)
+    return obj
+
+
+# Where a password lives: an environment variable, or a Prefect Secret block.
+_CREDENTIAL_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|block:[a-z0-9][a-z0-9-]*)$")
+
+
+def check_credential_ref(ref: Any, field: str) -> str:
+    """``ref`` if it is ``env:NAME`` or ``block:name``; InventoryError otherwise.
+
+    The value is never echoed: a password pasted here by mistake must not reach a log."""
+    if not isinstance(ref, str) or not _CREDENTIAL_REF.match(ref):
+        raise InventoryError(
+            "expected a credential reference like env:METALFLOW_IPMI_PASSWORD or "
+            "block:ipmi-host-001 (the password itself never goes into the inventory)",
+            field=field,
+        )
+    return ref
+
+
+def split_credential_ref(ref: str) -> tuple[str, str]:
+    """``("env", "NAME")`` or ``("block", "name")``: what a task needs to load the secret."""
+    check_credential_ref(ref, "credential_ref")
+    kind, _, name = ref.partition(":")
+    return kind, name
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    """A host to import: what CloudStack's "add host" form carries, with the password replaced
+    by a reference. ``macs[0]`` is the boot (PXE) NIC."""
+
+    name: str
+    cloudstack_id: str | int | None
+    ipmi_address: str
+    ipmi_port: int
+    ipmi_username: str
+    ipmi_credential_ref: str
+    macs: tuple[str, ...]
+    cpu_count: int
+    memory_mb: int
+    arch: str = "amd64/generic"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.macs, list):
+            object.__setattr__(self, "macs", tuple(self.macs))
+
+
+@dataclass(frozen=True)
+class SwitchInfo:
+    name: str
+    address: str
+    port: int
+    type: str
+    username: str
+    credential_ref: str
+    pxe_vlan: int | None
+
+    @classmethod
+    def of(cls, s: Switch) -> "SwitchInfo":
+        return cls(s.name, s.address, s.port, s.type, s.username, s.credential_ref, s.pxe_vlan)
+
+
+@dataclass(frozen=True)
+class NicInfo:
+    mac: str
+    switch: str | None
+    port: str | None
+    is_boot: bool
+
+    @classmethod
+    def of(cls, n: HostNic) -> "NicInfo":
+        return cls(n.mac, n.switch.name if n.switch is not None else None, n.port, n.is_boot)
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    name: str
+    cloudstack_id: str | None
+    ipmi_address: str
+    ipmi_port: int
+    ipmi_username: str
+    ipmi_credential_ref: str
+    boot_mac: str
+    cpu_count: int
+    memory_mb: int
+    arch: str
+    maas_system_id: str | None
+    last_vm_uuid: str | None
+    last_vm_name: str | None
+    power_state: str
+    power_state_at: datetime | None
+    poll_failures: int
+    last_poll_error: str | None
+    maintenance: bool
+    maintenance_reason: str | None
+    maintenance_source: str | None
+    version: int
+    nics: tuple[NicInfo, ...] = ()
+
+    @classmethod
+    def of(cls, h: Host) -> "HostInfo":
+        return cls(
+            h.name, h.cloudstack_id, h.ipmi_address, h.ipmi_port, h.ipmi_username,
+            h.ipmi_credential_ref, h.boot_mac, h.cpu_count, h.memory_mb, h.arch,
+            h.maas_system_id, h.last_vm_uuid, h.last_vm_name, h.power_state, h.power_state_at,
+            h.poll_failures, h.last_poll_error, h.maintenance, h.maintenance_reason,
+            h.maintenance_source, h.version, tuple(NicInfo.of(n) for n in h.nics),
+        )
+
+    @property
+    def cabled_nics(self) -> tuple[NicInfo, ...]:
+        return tuple(n for n in self.nics if n.switch is not None)
+
+
+class CabledPort(NamedTuple):
+    """``(switch, port)``: a switch port one of the host's NICs is cabled to."""
+
+    switch: SwitchInfo
+    port: str
+
+
+@dataclass(frozen=True)
+class VlanInfo:
+    switch: str
+    port: str
+    vlan: int
+    tagged: bool
+    purpose: str
+    host: str | None
+
+    @classmethod
+    def of(cls, v: PortVlan) -> "VlanInfo":
+        return cls(v.switch.name, v.port, v.vlan, v.tagged, v.purpose, v.host.name if v.host else None)
+
+
+@dataclass(frozen=True)
+class EventInfo:
+    host: str
+    at: datetime
+    operation: str
+    run_id: str | None
+    step: str
+    system: str
+    outcome: str
+    detail: str
+
+    @classmethod
+    def of(cls, e: HostEvent, host: str) -> "EventInfo":
+        return cls(host, e.at, e.operation, e.run_id, e.step, e.system, e.outcome, e.detail)
+
+
+@dataclass(frozen=True)
+class PowerReading:
+    """One power poll result: ``state`` is on/off, or unknown with ``error`` when it failed."""
+
+    host: str
+    state: str
+    at: datetime | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PowerTransition:
+    """What recording a reading did to a host."""
+
+    host: str
+    previous: str
+    state: str
+    at: datetime | None
+    poll_failures: int
+    maintenance: bool
+    entered_maintenance: bool = False
+    left_maintenance: bool = False
+    stale: bool = False  # older than the stored reading: ignored
+
+    @property
+    def changed(self) -> bool:
+        return self.previous != self.state
+
+
+@dataclass(frozen=True)
+class BulkPowerResult:
+    transitions: tuple[PowerTransition, ...]
+    unknown_hosts: tuple[str, ...] = ()
+
+    @property
+    def entered_maintenance(self) -> tuple[str, ...]:
+        return tuple(t.host for t in self.transitions if t.entered_maintenance)
+
+    @property
+    def left_maintenance(self) -> tuple[str, ...]:
+        return tuple(t.host for t in self.transitions if t.left_maintenance)
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What ``import_rack_config`` changed; ``changes == 0`` on a repeated import."""
+
+    switches_added: int = 0
+    switches_updated: int = 0
+    hosts_added: int = 0
+    hosts_updated: int = 0
+    nics_added: int = 0
+    nics_updated: int = 0
+    nics_removed: int = 0
+    details: tuple[str, ...] = ()
+    unclaimed_macs: tuple[str, ...] = ()  # in the rack config but on no imported host
+    switch_credential_refs: tuple[tuple[str, str], ...] = ()  # (switch name, where its password goes)
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def changes(self) -> int:
+        return (
+            self.switches_added + self.switches_updated + self.hosts_added + self.hosts_updated
+            + self.nics_added + self.nics_updated + self.nics_removed
+        )
+
+
+def problems_error(what: str, problems: Sequence[tuple[str, str]]) -> InventoryError:
+    """One InventoryError listing every (field, message); ``field`` is the first one's."""
+    if len(problems) == 1:
+        f, m = problems[0]
+        return InventoryError(m, field=f)
+    lines = "\n".join(f"  - {f}: {m}" for f, m in problems)
+    err = InventoryError(f"{what} has {len(problems)} problems:\n{lines}")
+    err.field = problems[0][0]
+    return err

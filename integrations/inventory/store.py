@@ -1,0 +1,557 @@
+"""The ``Inventory`` facade: the only way flows and tasks touch the database.
+
+Every method runs in its own short transaction and returns frozen dataclasses. Writers use
+``BEGIN IMMEDIATE`` on SQLite and ``SELECT ... FOR UPDATE`` on PostgreSQL, and host rows carry
+a version column: an update based on a stale read fails instead of overwriting, and the
+facade retries the whole read-modify-write. Two processes updating the same host therefore
+never lose an update.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, Callable, TypeVar
+
+from sqlalchemy import delete, or_, select
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
+
+from integrations.cloudstack.config import RackConfig
+from integrations.common import Backoff, Deadline, mask, retry
+from integrations.inventory import migrate
+from integrations.inventory.engine import WRITE_OPTION, default_url, make_engine
+from integrations.inventory.importing import (
+    DEFAULT_SWITCH_CREDENTIAL_REF,
+    CredentialRefSource,
+    chunks,
+    import_rack,
+)
+from integrations.inventory.models import OUTCOMES, VLAN_PURPOSES, Host, HostEvent, HostNic, PortVlan, Switch, utcnow
+from integrations.inventory.power import MAINTENANCE_AFTER, apply_reading, check_reading
+from integrations.inventory.records import (
+    BulkPowerResult,
+    CabledPort,
+    EventInfo,
+    HostInfo,
+    HostNotFound,
+    HostRecord,
+    ImportSummary,
+    InventoryError,
+    PowerReading,
+    PowerTransition,
+    SwitchInfo,
+    VlanInfo,
+)
+
+T = TypeVar("T")
+HostKey = str | int  # a host name, or its CloudStack id
+
+_DETAIL_LIMIT = 1000
+# "MaasSecret=x", "password: x", '"api_key": "x"' (a name ending in one of these words), and
+# ipmitool's "-P x".
+_SECRET_IN_TEXT = re.compile(
+    r"(?i)\b([\w.-]*?(?:password|passwd|secret|token|api_?key|key))([\"']?\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;]+)"
+)
+_IPMITOOL_PASSWORD = re.compile(r"(\s-P\s+)(\S+)")
+
+
+def clean_detail(detail: str | Mapping[str, Any]) -> str:
+    """A journal detail that is short and carries no secret: dicts go through ``mask``,
+    ``password=...``-like pairs in text are masked."""
+    if isinstance(detail, Mapping):
+        detail = ", ".join(f"{k}={v}" for k, v in mask(dict(detail)).items())
+    text = _SECRET_IN_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}***", str(detail))
+    text = _IPMITOOL_PASSWORD.sub(lambda m: f"{m.group(1)}***", text)
+    return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 3] + "..."
+
+
+def _transient(exc: BaseException) -> float | None:
+    """Retry a lost race (stale version), a locked SQLite file, a PostgreSQL serialisation
+    failure or deadlock, or a dropped connection; nothing else."""
+    if isinstance(exc, StaleDataError):
+        return 0.0
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return 0.0
+    if isinstance(exc, OperationalError):
+        message = str(exc.orig).lower()
+        code = getattr(exc.orig, "pgcode", None) or getattr(exc.orig, "sqlstate", None)
+        if "locked" in message or "busy" in message or code in ("40001", "40P01"):
+            return 0.0
+    return None
+
+
+class Inventory:
+    """Hosts, switches, cabling, desired VLANs, power state and the journal.
+
+    ``url`` defaults to ``$METALFLOW_INVENTORY_URL`` or
+    ``sqlite:///<$METALFLOW_HOME or ~/.metalflow>/inventory.db``. Call ``upgrade()`` once
+    (it is cheap when the schema is current). One instance per process.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        maintenance_after: int = MAINTENANCE_AFTER,
+        busy_timeout_ms: int = 30_000,
+        write_deadline: float = 60.0,
+        echo: bool = False,
+    ):
+        self.url = url or default_url()
+        self.engine = make_engine(self.url, busy_timeout_ms=busy_timeout_ms, echo=echo)
+        self.maintenance_after = maintenance_after
+        self.write_deadline = write_deadline
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def __repr__(self) -> str:
+        return f"Inventory({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    # ------------------------------------------------------------------ plumbing
+
+    def upgrade(self, revision: str = "head") -> None:
+        migrate.upgrade(self.engine, revision)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self, *, write: bool = False) -> Iterator[Session]:
+        """A session in one transaction, committed on success. ``write=True`` takes the write
+        lock up front on SQLite (``BEGIN IMMEDIATE``)."""
+        with self._sessions() as s:
+            if write:
+                s.connection(execution_options={WRITE_OPTION: True})
+            try:
+                yield s
+                s.commit()
+            except BaseException:
+                s.rollback()
+                raise
+
+    def _write(self, fn: Callable[[Session], T]) -> T:
+        def attempt() -> T:
+            with self.session(write=True) as s:
+                return fn(s)
+
+        return retry(
+            attempt,
+            transient=_transient,
+            deadline=Deadline(self.write_deadline),
+            backoff=Backoff(first=0.01, factor=2.0, cap=0.5, attempts=12),
+        )
+
+    def _read(self, fn: Callable[[Session], T]) -> T:
+        with self.session() as s:
+            return fn(s)
+
+    @staticmethod
+    def _host(s: Session, key: HostKey, *, lock: bool = False) -> Host:
+        if isinstance(key, bool) or not isinstance(key, (str, int)) or str(key) == "":
+            raise InventoryError(f"{key!r} is not a host name or CloudStack id", field="host")
+        k = str(key)
+        stmt = select(Host).where(or_(Host.name == k, Host.cloudstack_id == k))
+        if lock:
+            stmt = stmt.with_for_update()
+        found = list(s.scalars(stmt))
+        if not found:
+            raise HostNotFound(
+                f"no host {k!r} in the inventory (by name or CloudStack id); import it first", field="host"
+            )
+        return next((h for h in found if h.name == k), found[0])
+
+    @staticmethod
+    def _switch(s: Session, name: str) -> Switch:
+        row = s.scalar(select(Switch).where(Switch.name == name))
+        if row is None:
+            raise InventoryError(f"no switch {name!r} in the inventory", field="switch")
+        return row
+
+    # ------------------------------------------------------------------ import and lookup
+
+    def import_rack_config(
+        self,
+        rack: RackConfig,
+        hosts: Sequence[HostRecord],
+        *,
+        switch_credential_ref: CredentialRefSource = DEFAULT_SWITCH_CREDENTIAL_REF,
+        switch_names: Mapping[str, str] | None = None,
+        pxe_vlan: int | None = None,
+    ) -> ImportSummary:
+        """Add or update switches (matched by address; named ``tor-N`` in rack order unless
+        ``switch_names`` maps an address to a name), hosts (matched by name) and NIC cabling.
+        Idempotent: a second identical call reports ``changes == 0``."""
+        return self._write(
+            lambda s: import_rack(
+                s, rack, hosts, credential_ref=switch_credential_ref, switch_names=switch_names, pxe_vlan=pxe_vlan
+            )
+        )
+
+    def get_host(self, key: HostKey) -> HostInfo:
+        """By name first, then CloudStack id. Raises HostNotFound."""
+        return self._read(lambda s: HostInfo.of(self._host(s, key)))
+
+    def find_host(self, key: HostKey) -> HostInfo | None:
+        try:
+            return self.get_host(key)
+        except HostNotFound:
+            return None
+
+    def list_hosts(self, *, maintenance: bool | None = None) -> list[HostInfo]:
+        def read(s: Session) -> list[HostInfo]:
+            stmt = select(Host).options(selectinload(Host.nics).selectinload(HostNic.switch)).order_by(Host.name)
+            if maintenance is not None:
+                stmt = stmt.where(Host.maintenance.is_(maintenance))
+            return [HostInfo.of(h) for h in s.scalars(stmt)]
+
+        return self._read(read)
+
+    def remove_host(self, key: HostKey) -> bool:
+        """Forget a host (its NICs and journal go with it; desired VLANs stay, unowned). Only
+        the inventory: the machine is never deleted from MAAS. False when it was not there."""
+
+        def remove(s: Session) -> bool:
+            try:
+                row = self._host(s, key, lock=True)
+            except HostNotFound:
+                return False
+            s.delete(row)
+            return True
+
+        return self._write(remove)
+
+    def list_switches(self) -> list[SwitchInfo]:
+        return self._read(lambda s: [SwitchInfo.of(w) for w in s.scalars(select(Switch).order_by(Switch.name))])
+
+    def get_switch(self, name: str) -> SwitchInfo:
+        return self._read(lambda s: SwitchInfo.of(self._switch(s, name)))
+
+    def cabled_ports(self, host: HostKey) -> list[CabledPort]:
+        """The ``(switch, port)`` pairs the host's NICs are cabled to, boot NIC first."""
+
+        def read(s: Session) -> list[CabledPort]:
+            row = self._host(s, host)
+            nics = sorted((n for n in row.nics if n.switch is not None), key=lambda n: (not n.is_boot, n.mac))
+            return [CabledPort(SwitchInfo.of(n.switch), n.port) for n in nics]
+
+        return self._read(read)
+
+    # ------------------------------------------------------------------ desired VLANs
+
+    def desired_vlans(self, host: HostKey) -> list[VlanInfo]:
+        """VLANs the host's cabled ports should carry (and any still recorded for the host)."""
+
+        def read(s: Session) -> list[VlanInfo]:
+            row = self._host(s, host)
+            ports = [(n.switch_id, n.port) for n in row.nics if n.switch_id is not None]
+            conds = [PortVlan.host_id == row.id] + [
+                (PortVlan.switch_id == sw) & (PortVlan.port == p) for sw, p in ports
+            ]
+            stmt = (
+                select(PortVlan)
+                .where(or_(*conds))
+                .options(selectinload(PortVlan.switch), selectinload(PortVlan.host))
+            )
+            rows = sorted(s.scalars(stmt), key=lambda v: (v.switch.name, v.port, v.vlan))
+            return [VlanInfo.of(v) for v in rows]
+
+        return self._read(read)
+
+    def switch_vlans(self, switch: str) -> list[VlanInfo]:
+        """Every desired VLAN on one switch: what the audit compares the read-back with."""
+
+        def read(s: Session) -> list[VlanInfo]:
+            sw = self._switch(s, switch)
+            stmt = (
+                select(PortVlan)
+                .where(PortVlan.switch_id == sw.id)
+                .options(selectinload(PortVlan.switch), selectinload(PortVlan.host))
+                .order_by(PortVlan.port, PortVlan.vlan)
+            )
+            return [VlanInfo.of(v) for v in s.scalars(stmt)]
+
+        return self._read(read)
+
+    @staticmethod
+    def _ports(row: Host, ports: Sequence[tuple[str, str]] | None) -> list[HostNic]:
+        cabled = [n for n in row.nics if n.switch is not None]
+        if ports is None:
+            if not cabled:
+                raise InventoryError(
+                    f"host {row.name} has no NIC cabled to a switch in the rack config", field="ports"
+                )
+            return cabled
+        by_port = {(n.switch.name, n.port): n for n in cabled}
+        out = []
+        for i, p in enumerate(ports):
+            key = tuple(p)
+            if key not in by_port:
+                raise InventoryError(
+                    f"{key!r} is not a port host {row.name} is cabled to (cabled: {sorted(by_port)})",
+                    field=f"ports[{i}]",
+                )
+            out.append(by_port[key])
+        return out
+
+    def set_desired_vlan(
+        self,
+        host: HostKey,
+        vlan: int,
+        *,
+        purpose: str = "guest",
+        tagged: bool | None = None,
+        ports: Sequence[tuple[str, str]] | None = None,
+    ) -> int:
+        """Record that ``vlan`` belongs on the host's cabled ports (all, or ``ports``).
+
+        ``tagged`` defaults by purpose: the PXE and guest VLANs are untagged, extra networks
+        tagged (as plug-nic does). A port carries one untagged VLAN: asking for a second is
+        refused (clear the first). Returns the number of rows added or changed (0 on a rerun).
+        """
+        if isinstance(vlan, bool) or not isinstance(vlan, int) or not 1 <= vlan <= 4094:
+            raise InventoryError(f"{vlan!r} is not a VLAN id (1-4094)", field="vlan")
+        if purpose not in VLAN_PURPOSES:
+            raise InventoryError(f"{purpose!r} is not a VLAN purpose (pxe, guest or extra)", field="purpose")
+        is_tagged = (purpose == "extra") if tagged is None else bool(tagged)
+
+        def write(s: Session) -> int:
+            row = self._host(s, host, lock=True)
+            changed = 0
+            for nic in self._ports(row, ports):
+                current = {
+                    v.vlan: v
+                    for v in s.scalars(
+                        select(PortVlan).where(PortVlan.switch_id == nic.switch_id, PortVlan.port == nic.port)
+                    )
+                }
+                if not is_tagged:
+                    other = next((v for v in current.values() if not v.tagged and v.vlan != vlan), None)
+                    if other is not None:
+                        raise InventoryError(
+                            f"{nic.switch.name} {nic.port} already carries untagged VLAN {other.vlan} "
+                            f"({other.purpose}); clear it before adding untagged VLAN {vlan}",
+                            field="vlan",
+                        )
+                existing = current.get(vlan)
+                if existing is None:
+                    s.add(PortVlan(switch_id=nic.switch_id, port=nic.port, vlan=vlan, tagged=is_tagged,
+                                   purpose=purpose, host_id=row.id))
+                    changed += 1
+                elif (existing.tagged, existing.purpose, existing.host_id) != (is_tagged, purpose, row.id):
+                    existing.tagged, existing.purpose, existing.host_id = is_tagged, purpose, row.id
+                    changed += 1
+            return changed
+
+        return self._write(write)
+
+    def clear_desired_vlan(
+        self,
+        host: HostKey,
+        vlan: int | None = None,
+        *,
+        purpose: str | None = None,
+        ports: Sequence[tuple[str, str]] | None = None,
+    ) -> int:
+        """Forget desired VLANs on the host's cabled ports (all, or ``ports``), optionally
+        only ``vlan`` or only one ``purpose``; rows recorded for the host on ports it is no
+        longer cabled to go too when ``ports`` is None. Returns how many rows went."""
+        if purpose is not None and purpose not in VLAN_PURPOSES:
+            raise InventoryError(f"{purpose!r} is not a VLAN purpose (pxe, guest or extra)", field="purpose")
+
+        def write(s: Session) -> int:
+            row = self._host(s, host, lock=True)
+            cabled = [n for n in row.nics if n.switch_id is not None]
+            nics = self._ports(row, ports) if ports is not None else cabled
+            conds = [(PortVlan.switch_id == n.switch_id) & (PortVlan.port == n.port) for n in nics]
+            if ports is None:
+                conds.append(PortVlan.host_id == row.id)
+            if not conds:
+                return 0
+            stmt = delete(PortVlan).where(or_(*conds))
+            if vlan is not None:
+                stmt = stmt.where(PortVlan.vlan == vlan)
+            if purpose is not None:
+                stmt = stmt.where(PortVlan.purpose == purpose)
+            return s.execute(stmt, execution_options={"synchronize_session": False}).rowcount or 0
+
+        return self._write(write)
+
+    # ------------------------------------------------------------------ power and maintenance
+
+    def record_power(
+        self,
+        host: HostKey,
+        state: str,
+        at: datetime | None = None,
+        error: str | None = None,
+        *,
+        run_id: str | None = None,
+    ) -> PowerTransition:
+        """Store one power reading (``at`` defaults to now; an older reading than the stored
+        one is ignored). ``error`` marks a failed reading, whose state must be 'unknown'.
+        See ``power`` for the maintenance rules."""
+        check_reading(state, at, error)
+        error = clean_detail(error) if error is not None else None
+
+        def write(s: Session) -> PowerTransition:
+            row = self._host(s, host, lock=True)
+            t = apply_reading(row, state, at, error, threshold=self.maintenance_after)
+            self._journal_transition(s, row, t, run_id)
+            return t
+
+        return self._write(write)
+
+    def record_power_bulk(self, readings: Iterable[PowerReading], *, run_id: str | None = None) -> BulkPowerResult:
+        """Store many readings in one transaction (a poll of every host). Readings of hosts
+        that are not in the inventory (any more) are skipped and listed."""
+        items = list(readings)
+        for i, r in enumerate(items):
+            if not isinstance(r, PowerReading):
+                raise InventoryError(f"expected a PowerReading, got {type(r).__name__}", field=f"readings[{i}]")
+            check_reading(r.state, r.at, r.error, field=f"readings[{i}]")
+        cleaned = [
+            (r.host, r.state, r.at, clean_detail(r.error) if r.error is not None else None) for r in items
+        ]
+        names = sorted({str(r[0]) for r in cleaned})
+
+        def write(s: Session) -> BulkPowerResult:
+            rows: dict[str, Host] = {}
+            for part in chunks(names):
+                for row in s.scalars(select(Host).where(Host.name.in_(part)).with_for_update()):
+                    rows[row.name] = row
+            transitions, unknown = [], []
+            for name, state, at, error in cleaned:
+                row = rows.get(str(name))
+                if row is None:
+                    unknown.append(str(name))
+                    continue
+                t = apply_reading(row, state, at, error, threshold=self.maintenance_after)
+                self._journal_transition(s, row, t, run_id)
+                transitions.append(t)
+            return BulkPowerResult(tuple(transitions), tuple(unknown))
+
+        return self._write(write)
+
+    @staticmethod
+    def _journal_transition(s: Session, row: Host, t: PowerTransition, run_id: str | None) -> None:
+        if t.entered_maintenance:
+            detail = f"entered maintenance: {row.maintenance_reason}"
+        elif t.left_maintenance:
+            detail = f"left maintenance: power poll answered ({t.state})"
+        else:
+            return
+        s.add(HostEvent(host_id=row.id, at=t.at or utcnow(), operation="power-poll", run_id=run_id,
+                        step="maintenance", system="inventory", outcome="ok", detail=clean_detail(detail)))
+
+    def set_maintenance(self, host: HostKey, on: bool, reason: str | None = None) -> HostInfo:
+        """Operator maintenance: a later successful poll does not clear it."""
+        if on and not reason:
+            raise InventoryError("say why the host goes into maintenance", field="reason")
+
+        def write(s: Session) -> HostInfo:
+            row = self._host(s, host, lock=True)
+            if on:
+                row.maintenance, row.maintenance_source = True, "operator"
+                row.maintenance_reason = clean_detail(reason or "")[:500]
+            elif row.maintenance:
+                row.maintenance, row.maintenance_source, row.maintenance_reason = False, None, None
+            s.flush()
+            return HostInfo.of(row)
+
+        return self._write(write)
+
+    # ------------------------------------------------------------------ MAAS and VM bookkeeping
+
+    def set_maas_system_id(self, host: HostKey, system_id: str | None) -> HostInfo:
+        if system_id is not None and (not isinstance(system_id, str) or not re.fullmatch(r"[a-z0-9]{1,32}", system_id)):
+            raise InventoryError(f"{system_id!r} is not a MAAS system_id (e.g. 4y3h7n)", field="system_id")
+
+        def write(s: Session) -> HostInfo:
+            row = self._host(s, host, lock=True)
+            owner = None if system_id is None else s.scalar(
+                select(Host.name).where(Host.maas_system_id == system_id, Host.id != row.id)
+            )
+            if owner is not None:
+                raise InventoryError(f"{system_id} already belongs to host {owner}", field="system_id")
+            if row.maas_system_id != system_id:
+                row.maas_system_id = system_id
+                s.flush()
+            return HostInfo.of(row)
+
+        return self._write(write)
+
+    def set_last_vm(self, host: HostKey, vm_uuid: str | None, vm_name: str | None) -> HostInfo:
+        """The VM last provisioned on the host (case A of provisioning reads it back)."""
+        for field, value, limit in (("vm_uuid", vm_uuid, 64), ("vm_name", vm_name, 255)):
+            if value is not None and (not isinstance(value, str) or not value or len(value) > limit):
+                raise InventoryError(f"expected a non-empty string of at most {limit} characters", field=field)
+
+        def write(s: Session) -> HostInfo:
+            row = self._host(s, host, lock=True)
+            if (row.last_vm_uuid, row.last_vm_name) != (vm_uuid, vm_name):
+                row.last_vm_uuid, row.last_vm_name = vm_uuid, vm_name
+                s.flush()
+            return HostInfo.of(row)
+
+        return self._write(write)
+
+    # ------------------------------------------------------------------ journal
+
+    def journal(
+        self,
+        host: HostKey,
+        operation: str,
+        run_id: str | None,
+        step: str,
+        system: str,
+        outcome: str,
+        detail: str | Mapping[str, Any] = "",
+        *,
+        at: datetime | None = None,
+    ) -> EventInfo:
+        """Append one journal line. ``detail`` is masked (``mask`` for dicts, ``key=value``
+        secrets in text) and cut to 1000 characters."""
+        for field, value, limit in (("operation", operation, 64), ("step", step, 128), ("system", system, 32)):
+            if not isinstance(value, str) or not value or len(value) > limit:
+                raise InventoryError(f"expected a non-empty string of at most {limit} characters", field=field)
+        if outcome not in OUTCOMES:
+            raise InventoryError(f"{outcome!r} is not an outcome ({', '.join(OUTCOMES)})", field="outcome")
+        if run_id is not None and (not isinstance(run_id, str) or len(run_id) > 64):
+            raise InventoryError("expected a run id of at most 64 characters", field="run_id")
+        if at is not None and at.tzinfo is None:
+            raise InventoryError("expected a timezone-aware datetime (UTC)", field="at")
+        text = clean_detail(detail)
+
+        def write(s: Session) -> EventInfo:
+            row = self._host(s, host)
+            event = HostEvent(host_id=row.id, at=at or utcnow(), operation=operation, run_id=run_id,
+                              step=step, system=system, outcome=outcome, detail=text)
+            s.add(event)
+            s.flush()
+            return EventInfo.of(event, row.name)
+
+        return self._write(write)
+
+    def events(
+        self,
+        host: HostKey,
+        limit: int = 100,
+        *,
+        operation: str | None = None,
+        run_id: str | None = None,
+    ) -> list[EventInfo]:
+        """The host's journal, newest first."""
+
+        def read(s: Session) -> list[EventInfo]:
+            row = self._host(s, host)
+            stmt = select(HostEvent).where(HostEvent.host_id == row.id)
+            if operation is not None:
+                stmt = stmt.where(HostEvent.operation == operation)
+            if run_id is not None:
+                stmt = stmt.where(HostEvent.run_id == run_id)
+            stmt = stmt.order_by(HostEvent.at.desc(), HostEvent.id.desc()).limit(limit)
+            return [EventInfo.of(e, row.name) for e in s.scalars(stmt)]
+
+        return self._read(read)
