@@ -1,0 +1,574 @@
+"""The curtin preseed: render a per-node Tempita template with Jinja, check it, deliver it.
+
+How a custom preseed reaches MAAS (reference/maas-api.md §7): MAAS renders curtin config from
+Tempita templates in its preseeds directory (``/etc/maas/preseeds/`` for deb installs,
+``/var/snap/maas/current/preseeds/`` for the snap) and picks the most specific file name
+first, ``curtin_userdata_{osystem}_{arch}_{subarch}_{release}_{hostname}``. A per-node file
+written there before ``deploy`` customises that one deployment (the hostname is the one MAAS
+has at deploy time, i.e. after the flow's rename).
+
+Two template languages meet. Our templates are Jinja with the delimiters ``[[ ]]`` (values),
+``[% %]`` (statements) and ``[# #]`` (comments), so that MAAS's Tempita ``{{...}}`` placeholders
+(``{{node_disable_pxe_url}}``, ``{{for line in ...}}``) pass through untouched: no raw blocks
+to forget. After rendering, the result is checked: every Tempita placeholder of the template
+survived, MAAS's netboot-off callback is there, and with the Tempita parts replaced by dummies
+the text is YAML with the expected top-level keys.
+
+Secrets: the root password arrives as a crypt hash (``$6$``, ``$y$``...), never plain text;
+a value that does not look like one is refused without being echoed. A hash is still
+sensitive (it can be attacked offline), so ``RenderedPreseed`` hides its text from ``repr``
+and ``masked()`` gives the copy for run artifacts, hashes and keys replaced by ``***``.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import posixpath
+import re
+import secrets as _secrets
+import stat
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
+
+import jinja2
+import yaml
+
+from integrations.common import MetalflowError, Secret
+
+TEMPLATE_DIR = Path(__file__).with_name("templates")
+DEFAULT_TEMPLATE = "curtin_userdata.j2"
+PRESEED_PREFIX = "curtin_userdata"
+REQUIRED_KEYS = ("debconf_selections", "late_commands")
+REQUIRED_PLACEHOLDERS = ("node_disable_pxe_url", "node_disable_pxe_data")
+
+
+class PreseedError(MetalflowError, ValueError):
+    """A template that does not render, a result that is not valid, or bad input. Never
+    carries a password hash or key material."""
+
+
+class PreseedStoreError(MetalflowError):
+    """Writing, reading or removing a preseed file failed (target: host and path)."""
+
+    transient = True
+
+
+# -- input checks -------------------------------------------------------------------------
+
+_B64 = r"[./A-Za-z0-9]"
+_CRYPT_HASHES = (
+    re.compile(rf"^\$6\$(rounds=\d+\$)?{_B64}{{1,16}}\${_B64}{{86}}$"),  # sha512crypt
+    re.compile(rf"^\$5\$(rounds=\d+\$)?{_B64}{{1,16}}\${_B64}{{43}}$"),  # sha256crypt
+    re.compile(rf"^\$y\${_B64}+\${_B64}+\${_B64}{{43}}$"),  # yescrypt
+    re.compile(rf"^\$gy\${_B64}+\${_B64}+\${_B64}{{43}}$"),  # gost-yescrypt
+    re.compile(rf"^\$2[aby]\$\d\d\${_B64}{{53}}$"),  # bcrypt
+)
+# Anything crypt-like, for masking: $id$...$... up to whitespace or a quote.
+_CRYPT_LIKE = re.compile(r"\$(?:[0-9a-z]{1,3})\$[^\s'\"]+")
+
+_KEY_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+_KEY_COMMENT = re.compile(r"^[\w@.:+=/,-]+( [\w@.:+=/,-]+)*$")
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.I)
+_COMPONENT = re.compile(r"^[A-Za-z0-9][\w.+-]*$")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][\w.+-]*$")
+_TEMPITA = re.compile(r"\{\{(.*?)\}\}", re.S)
+_JINJA_COMMENT = re.compile(r"\[#.*?#\]", re.S)
+_TEMPITA_DIRECTIVE = re.compile(r"^\s*(for|endfor|if|elif|else|endif|py:|#|default|inherit|def|enddef)\b")
+
+
+def check_password_hash(value: str | Secret) -> str:
+    """The crypt hash, if ``value`` is one (sha512crypt ``$6$``, sha256crypt ``$5$``,
+    yescrypt ``$y$``, bcrypt ``$2b$``). Otherwise ``PreseedError`` - without the value, which
+    may be a plain-text password given by mistake. Make one with ``openssl passwd -6`` or
+    ``mkpasswd -m yescrypt``."""
+    text = value.reveal() if isinstance(value, Secret) else str(value)
+    text = text.strip()
+    if not any(p.match(text) for p in _CRYPT_HASHES):
+        raise PreseedError(
+            "root_password_hash: expected a crypt hash ($6$..., $y$..., $5$... or $2b$...), "
+            "got something else; a plain-text password is never accepted "
+            "(make a hash with `openssl passwd -6` or `mkpasswd -m yescrypt`)"
+        )
+    return text
+
+
+def check_ssh_key(line: str) -> str:
+    """One ``authorized_keys`` line, ``type base64 [comment]``, checked: a known key type,
+    base64 that decodes to a key blob of that same type, a plain comment. Options
+    (``from=...,command=...``) are refused: they would change what the key may do."""
+    text = (line or "").strip()
+    if "\n" in text or "\r" in text:
+        raise PreseedError("ssh_keys: one key per line")
+    parts = text.split(None, 2)
+    if len(parts) < 2:
+        raise PreseedError(f"ssh_keys: {text[:40]!r} is not 'type base64 [comment]'")
+    ktype, body = parts[0], parts[1]
+    if ktype not in _KEY_TYPES:
+        raise PreseedError(
+            f"ssh_keys: key type {ktype[:40]!r} not accepted (one of {', '.join(_KEY_TYPES)}; "
+            "no options before the type)"
+        )
+    try:
+        blob = base64.b64decode(body, validate=True)
+        (n,) = struct.unpack(">I", blob[:4])
+        inner = blob[4 : 4 + n].decode("ascii")
+    except (binascii.Error, struct.error, UnicodeDecodeError, ValueError):
+        raise PreseedError(f"ssh_keys: the {ktype} key's base64 body does not decode to a key") from None
+    if inner != ktype:
+        raise PreseedError(f"ssh_keys: the key says {ktype} but its body holds a {inner[:40]!r} key")
+    if len(parts) == 3 and not _KEY_COMMENT.match(parts[2]):
+        raise PreseedError(
+            "ssh_keys: the key comment may hold only letters, digits, spaces and @.:+=/,_-"
+        )
+    return " ".join(parts)
+
+
+def _check_component(field_name: str, value: str) -> str:
+    if not _COMPONENT.match(value or ""):
+        raise PreseedError(
+            f"{field_name}: {value!r} cannot be part of a preseed file name "
+            "(letters, digits, '.', '+', '-' and '_' only)"
+        )
+    return value
+
+
+def preseed_filename(osystem: str, arch: str, subarch: str, release: str, hostname: str) -> str:
+    """MAAS's most specific curtin preseed name for one node:
+    ``curtin_userdata_{osystem}_{arch}_{subarch}_{release}_{hostname}``, e.g.
+    ``curtin_userdata_centos_amd64_generic_centos70_vm-42``. For a custom image osystem is
+    ``custom`` and release the image name."""
+    if not _HOSTNAME.match(hostname or ""):
+        raise PreseedError(f"hostname: {hostname!r} is not a valid MAAS hostname")
+    parts = [
+        _check_component("osystem", osystem),
+        _check_component("arch", arch),
+        _check_component("subarch", subarch),
+        _check_component("release", release),
+        hostname,
+    ]
+    return "_".join([PRESEED_PREFIX, *parts])
+
+
+# -- rendering ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderedPreseed:
+    """A rendered preseed and the file name MAAS will look for. ``repr`` hides the text;
+    ``masked()`` is the copy for logs and artifacts."""
+
+    text: str = field(repr=False)
+    filename: str
+    sensitive: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        return f"RenderedPreseed(filename={self.filename!r}, chars={len(self.text)})"
+
+    def masked(self) -> "RenderedPreseed":
+        return RenderedPreseed(mask_preseed(self.text, self.sensitive), self.filename)
+
+
+def mask_preseed(text: str, sensitive: Iterable[str] = ()) -> str:
+    """``text`` with the given values, anything shaped like a crypt hash and the base64 body
+    of every SSH key replaced by ``***``."""
+    for value in sorted(set(sensitive), key=len, reverse=True):
+        if value:
+            text = text.replace(value, "***")
+    text = _CRYPT_LIKE.sub("***", text)
+    types = "|".join(re.escape(t) for t in _KEY_TYPES)
+    return re.sub(rf"\b({types}) [A-Za-z0-9+/=]{{16,}}", r"\1 ***", text)
+
+
+def _environment(loader: jinja2.BaseLoader) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=loader,
+        variable_start_string="[[",
+        variable_end_string="]]",
+        block_start_string="[%",
+        block_end_string="%]",
+        comment_start_string="[#",
+        comment_end_string="#]",
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _load_template(template: str | os.PathLike | None) -> tuple[str, jinja2.Template]:
+    """``None``: the packaged default. A path (``pathlib.Path``/``os.PathLike``): that file. A
+    ``str``: the template source itself."""
+    if template is None:
+        env = _environment(jinja2.FileSystemLoader(str(TEMPLATE_DIR)))
+        source = (TEMPLATE_DIR / DEFAULT_TEMPLATE).read_text()
+        name = DEFAULT_TEMPLATE
+    elif isinstance(template, os.PathLike):
+        path = Path(template)
+        env = _environment(jinja2.FileSystemLoader(str(path.parent)))
+        source = path.read_text()
+        name = path.name
+    else:
+        env = _environment(jinja2.BaseLoader())
+        source = template
+        name = "<string>"
+    try:
+        return source, env.from_string(source) if name == "<string>" else env.get_template(name)
+    except jinja2.TemplateSyntaxError as exc:
+        raise PreseedError(f"template {name}: line {exc.lineno}: {exc.message}") from None
+
+
+def tempita_placeholders(text: str) -> set[str]:
+    """Every ``{{...}}`` Tempita tag in ``text``, whitespace-normalised."""
+    return {" ".join(m.group(1).split()) for m in _TEMPITA.finditer(text)}
+
+
+def substitute_tempita(text: str) -> str:
+    """``text`` as MAAS might render it, structurally: directives (``{{for}}``, ``{{if}}``,
+    ``{{py:}}``...) removed, expressions replaced by a dummy scalar. Enough to check that the
+    surrounding YAML is well formed."""
+
+    def repl(m: re.Match) -> str:
+        return "" if _TEMPITA_DIRECTIVE.match(m.group(1)) else "tempita-value"
+
+    return _TEMPITA.sub(repl, text)
+
+
+def validate_preseed(
+    text: str,
+    *,
+    source: str | None = None,
+    required_keys: Iterable[str] = REQUIRED_KEYS,
+    required_placeholders: Iterable[str] = REQUIRED_PLACEHOLDERS,
+    sensitive: Iterable[str] = (),
+) -> dict:
+    """Check a rendered preseed; return its YAML (Tempita replaced by dummies) as a dict."""
+    found = tempita_placeholders(text)
+    if source is not None:
+        lost = tempita_placeholders(_JINJA_COMMENT.sub("", source)) - found
+        if lost:
+            raise PreseedError(f"rendering lost MAAS's Tempita placeholders: {sorted(lost)[:5]}")
+    names = " ".join(found)
+    missing = [p for p in required_placeholders if p not in names]
+    if missing:
+        raise PreseedError(
+            f"the preseed lacks MAAS's {', '.join('{{' + p + '}}' for p in missing)} "
+            "(late_commands must call MAAS's netboot-off URL)"
+        )
+    try:
+        data = yaml.safe_load(substitute_tempita(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise PreseedError(f"the rendered preseed is not valid YAML: {where}{mask_preseed(str(problem), sensitive)}") from None
+    if not isinstance(data, dict):
+        raise PreseedError(f"the rendered preseed is YAML but not a mapping (got {type(data).__name__})")
+    absent = [k for k in required_keys if k not in data]
+    if absent:
+        raise PreseedError(f"the rendered preseed lacks the top-level key(s) {', '.join(absent)}")
+    return data
+
+
+def render_preseed(
+    template: str | os.PathLike | None = None,
+    *,
+    hostname: str,
+    osystem: str,
+    release: str,
+    architecture: str = "amd64/generic",
+    root_password_hash: str | Secret | None = None,
+    ssh_keys: Iterable[str] = (),
+    remove_cloud_init: bool = True,
+    extra: Mapping[str, Any] | None = None,
+    required_keys: Iterable[str] = REQUIRED_KEYS,
+) -> RenderedPreseed:
+    """Render ``template`` (default: the packaged ``curtin_userdata.j2``) for one node and
+    check the result. Template variables: ``hostname``, ``osystem``, ``release``, ``arch``,
+    ``subarch``, ``root_password_hash`` (or None), ``ssh_keys`` (checked lines),
+    ``remove_cloud_init`` and ``extra`` (anything else a custom template wants).
+
+    ``osystem``/``release`` are what MAAS deploys (``centos``/``centos70``; a custom image is
+    ``custom``/its name) and, with the architecture, pick the file name MAAS looks for."""
+    arch, _, subarch = architecture.partition("/")
+    filename = preseed_filename(osystem, arch, subarch or "generic", release, hostname)
+    pw_hash = check_password_hash(root_password_hash) if root_password_hash else None
+    if isinstance(ssh_keys, str):
+        ssh_keys = [ssh_keys]
+    keys = [check_ssh_key(k) for k in ssh_keys if k and k.strip()]
+    sensitive = tuple([pw_hash] if pw_hash else []) + tuple(k.split()[1] for k in keys)
+    source, tmpl = _load_template(template)
+    try:
+        text = tmpl.render(
+            hostname=hostname,
+            osystem=osystem,
+            release=release,
+            arch=arch,
+            subarch=subarch or "generic",
+            root_password_hash=pw_hash,
+            ssh_keys=keys,
+            remove_cloud_init=remove_cloud_init,
+            extra=dict(extra or {}),
+        )
+    except jinja2.TemplateError as exc:
+        msg = mask_preseed(str(getattr(exc, "message", None) or exc), sensitive)
+        raise PreseedError(f"the preseed template did not render: {msg}") from None
+    validate_preseed(text, source=source, required_keys=required_keys, sensitive=sensitive)
+    return RenderedPreseed(text, filename, sensitive)
+
+
+# -- delivery -----------------------------------------------------------------------------
+
+
+def _check_name(name: str) -> str:
+    if not _FILE_NAME.match(name or "") or len(name) > 255:
+        raise PreseedError(f"preseed file name {name!r} is not a plain file name")
+    return name
+
+
+@runtime_checkable
+class PreseedStore(Protocol):
+    """Where MAAS reads its preseed templates (its preseeds directory)."""
+
+    def write(self, name: str, text: str) -> str:
+        """Write (replace) ``name`` atomically; return where it went."""
+
+    def read(self, name: str) -> str: ...
+
+    def exists(self, name: str) -> bool: ...
+
+    def remove(self, name: str) -> None:
+        """Remove ``name``; an absent file is already removed."""
+
+
+class LocalPreseedStore:
+    """MAAS's preseeds directory on this machine (a region controller metalflow runs on, or
+    the lab's). Writes are atomic (a temporary file in the same directory, then a rename), so
+    MAAS never reads half a template; files are mode 0644, readable by the MAAS daemon."""
+
+    def __init__(self, directory: str | os.PathLike, *, mode: int = 0o644):
+        self.directory = Path(directory)
+        self.mode = mode
+
+    def __repr__(self) -> str:
+        return f"LocalPreseedStore({str(self.directory)!r})"
+
+    def _path(self, name: str) -> Path:
+        return self.directory / _check_name(name)
+
+    def write(self, name: str, text: str) -> str:
+        target = self._path(name)
+        if not self.directory.is_dir():
+            raise PreseedStoreError("the preseed directory does not exist", target=str(self.directory), operation="write")
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+                os.fchmod(f.fileno(), self.mode)
+            os.replace(tmp, target)
+        except OSError as exc:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise PreseedStoreError(f"could not write the preseed: {exc.strerror}", target=str(target), operation="write") from None
+        try:
+            dfd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass  # the rename is done; a directory fsync is best effort
+        return str(target)
+
+    def read(self, name: str) -> str:
+        try:
+            return self._path(name).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PreseedStoreError(f"could not read the preseed: {exc.strerror}", target=str(self._path(name)), operation="read") from None
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).is_file()
+
+    def remove(self, name: str) -> None:
+        try:
+            self._path(name).unlink()
+        except FileNotFoundError:
+            pass
+
+
+class SftpPreseedStore:
+    """MAAS's preseeds directory on a remote region controller, over SFTP (paramiko).
+
+    One SSH connection per operation: preseeds are written once per deployment, and a
+    long-lived connection would only add reconnect logic. Writes go to a temporary name in
+    the same directory, are set to mode 0644, then renamed over the target (OpenSSH's
+    ``posix-rename``; plain rename after removing the old file where it is missing).
+    Host keys: ``known_hosts`` (or the system's) with ``host_key_policy="reject"`` by default;
+    ``"auto-add"`` is for labs only.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 22,
+        username: str = "root",
+        password: Secret | str | None = None,
+        key: Any = None,
+        directory: str = "/etc/maas/preseeds",
+        *,
+        timeout: float = 15.0,
+        known_hosts: str | None = None,
+        host_key_policy: str = "reject",
+        mode: int = 0o644,
+    ):
+        if not posixpath.isabs(directory):
+            raise PreseedError(f"directory: {directory!r} must be an absolute path on the MAAS host")
+        if host_key_policy not in ("reject", "auto-add", "warn"):
+            raise PreseedError("host_key_policy: one of reject, auto-add, warn")
+        if password is None and key is None:
+            raise PreseedError("password or key: SFTP needs one of them")
+        self.host = host
+        self.port = int(port)
+        self.username = username
+        self._password = Secret(password) if password is not None else None
+        self._key = key  # a paramiko.PKey or a path to a private key file
+        self.directory = posixpath.normpath(directory)
+        self.timeout = timeout
+        self.known_hosts = known_hosts
+        self.host_key_policy = host_key_policy
+        self.mode = mode
+
+    def __repr__(self) -> str:
+        return f"SftpPreseedStore({self.username}@{self.host}:{self.port}:{self.directory})"
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def remote_path(self, name: str) -> str:
+        return posixpath.join(self.directory, _check_name(name))
+
+    def _session(self, operation: str):
+        import paramiko  # only this store needs it
+
+        client = paramiko.SSHClient()
+        if self.known_hosts:
+            client.load_host_keys(self.known_hosts)
+        else:
+            try:
+                client.load_system_host_keys()
+            except OSError:
+                pass
+        policy = {
+            "reject": paramiko.RejectPolicy,
+            "auto-add": paramiko.AutoAddPolicy,
+            "warn": paramiko.WarningPolicy,
+        }[self.host_key_policy]
+        client.set_missing_host_key_policy(policy())
+        kwargs: dict[str, Any] = dict(
+            hostname=self.host, port=self.port, username=self.username, timeout=self.timeout,
+            banner_timeout=self.timeout, auth_timeout=self.timeout, allow_agent=False,
+            look_for_keys=False,
+        )
+        if self._password is not None:
+            kwargs["password"] = self._password.reveal()
+        if isinstance(self._key, (str, os.PathLike)):
+            kwargs["key_filename"] = os.fspath(self._key)
+        elif self._key is not None:
+            kwargs["pkey"] = self._key
+        try:
+            client.connect(**kwargs)
+            sftp = client.open_sftp()
+            sftp.get_channel().settimeout(self.timeout)
+        except Exception as exc:  # noqa: BLE001 - paramiko/socket errors, reported by type
+            client.close()
+            raise PreseedStoreError(
+                f"SFTP to the MAAS host failed ({type(exc).__name__})", target=self.target, operation=operation,
+                evidence=_safe_reason(exc, self._password),
+            ) from None
+        return client, sftp
+
+    def _run(self, operation: str, name: str, fn):
+        client, sftp = self._session(operation)
+        try:
+            return fn(sftp, self.remote_path(name))
+        except PreseedError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, FileNotFoundError) and operation == "remove":
+                return None
+            raise PreseedStoreError(
+                f"SFTP {operation} failed ({type(exc).__name__})",
+                target=f"{self.target}:{self.remote_path(name)}", operation=operation,
+                evidence=_safe_reason(exc, self._password),
+            ) from None
+        finally:
+            sftp.close()
+            client.close()
+
+    def write(self, name: str, text: str) -> str:
+        def op(sftp, path):
+            tmp = posixpath.join(self.directory, f".{name}.{_secrets.token_hex(4)}.tmp")
+            try:
+                with sftp.open(tmp, "w") as f:
+                    f.write(text.encode("utf-8"))
+                sftp.chmod(tmp, self.mode)
+                try:
+                    sftp.posix_rename(tmp, path)
+                except IOError:
+                    try:
+                        sftp.remove(path)
+                    except IOError:
+                        pass
+                    sftp.rename(tmp, path)
+            except Exception:
+                try:
+                    sftp.remove(tmp)
+                except IOError:
+                    pass
+                raise
+            return f"sftp://{self.host}:{self.port}{path}"
+
+        return self._run("write", name, op)
+
+    def read(self, name: str) -> str:
+        def op(sftp, path):
+            with sftp.open(path, "r") as f:
+                return f.read().decode("utf-8")
+
+        return self._run("read", name, op)
+
+    def exists(self, name: str) -> bool:
+        def op(sftp, path):
+            try:
+                return stat.S_ISREG(sftp.stat(path).st_mode or 0)
+            except FileNotFoundError:
+                return False
+
+        return self._run("exists", name, op)
+
+    def remove(self, name: str) -> None:
+        return self._run("remove", name, lambda sftp, path: sftp.remove(path))
+
+
+def _safe_reason(exc: BaseException, password: Secret | None) -> str:
+    text = str(exc)[:200]
+    if password is not None and password.reveal():
+        text = text.replace(password.reveal(), "***")
+    return text
