@@ -319,7 +319,9 @@ def generate(
                 port=ssh_port,
                 username="admin",
                 password=secret(f"switch-{j}"),
-                enable_secret=secret(f"enable-{j}"),
+                # The rack config (seed format) carries one password per switch; like many
+                # sites, the lab uses it for enable too.
+                enable_secret=secret(f"switch-{j}"),
                 ports=tuple(port_name(dialect, p) for p in range(1, n_ports + 1)),
             )
         )

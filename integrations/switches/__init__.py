@@ -1,0 +1,54 @@
+"""ToR switch drivers over netmiko: one base driver, dialects as data (after NGS).
+
+    driver = connect("Force10", "10.0.0.2", "admin", Secret(pw))
+    driver.add_vlan("1/1/1", 100, tagged=False)      # read, change, verify, save, disconnect
+    with driver.session() as s:                      # one SSH session, one save
+        s.remove_vlan("1/1/1", 10)
+        s.add_vlan("1/1/1", 100, tagged=False)
+    dialect_for("CiscoIOS").commands_for("add", "Gi1/0/1", 100, tagged=True)   # offline
+
+Never imports Prefect.
+"""
+from integrations.switches.dialect import OPS, Dialect
+from integrations.switches.driver import Session, SwitchDriver, connect
+from integrations.switches.errors import (
+    InvalidPort,
+    InvalidSwitchSettings,
+    InvalidVlan,
+    SwitchAuthFailed,
+    SwitchCommandFailed,
+    SwitchError,
+    SwitchParseError,
+    SwitchSessionLost,
+    SwitchUnreachable,
+    SwitchVerifyFailed,
+    SwitchWrongState,
+    UnknownSwitchType,
+)
+from integrations.switches.model import PortVlans, format_vlan_list, parse_vlan_list
+from integrations.switches.registry import DIALECTS, dialect_for
+
+__all__ = [
+    "DIALECTS",
+    "OPS",
+    "Dialect",
+    "InvalidPort",
+    "InvalidSwitchSettings",
+    "InvalidVlan",
+    "PortVlans",
+    "Session",
+    "SwitchAuthFailed",
+    "SwitchCommandFailed",
+    "SwitchDriver",
+    "SwitchError",
+    "SwitchParseError",
+    "SwitchSessionLost",
+    "SwitchUnreachable",
+    "SwitchVerifyFailed",
+    "SwitchWrongState",
+    "UnknownSwitchType",
+    "connect",
+    "dialect_for",
+    "format_vlan_list",
+    "parse_vlan_list",
+]

@@ -1,0 +1,200 @@
+"""A dialect is data: how one switch OS names ports, which CLI lines make each change, how to
+read a port back and which answers are errors (after networking-generic-switch).
+
+The base class holds everything that is the same for every vendor: port and VLAN
+validation (before any connection), formatting the templates, classifying error output.
+A vendor module declares class attributes and a read-back parser, and overrides a hook only
+where its protocol really differs (Junos commits; the Cisco family renders the whole port).
+
+Templates are ``str.format`` strings. Fields available to every template:
+
+- ``port``: the canonical port name, as the CLI wants it (``TenGigabitEthernet 1/1/1``);
+- ``vlan``: the VLAN being added or removed;
+- ``untagged``: the port's untagged VLAN after the change (1, the default, when none);
+- ``native``: the same, for trunk-style templates;
+- ``allowed``: the trunk allowed list after the change: tagged VLANs plus the native one.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import ClassVar, Mapping, Sequence
+
+from integrations.switches.errors import InvalidPort, InvalidVlan
+from integrations.switches.model import DEFAULT_VLAN, MAX_VLAN, MIN_VLAN, PortVlans, format_vlan_list
+
+OPS = ("add", "remove")
+DELTA_TEMPLATES = ("add_tagged", "add_untagged", "remove_tagged", "remove_untagged")
+
+# Retryable on every dialect: another session holds the configuration, or the switch is busy.
+# These are checked before the fatal patterns (a "% Error: ... locked" is retryable).
+COMMON_RETRYABLE = (
+    re.compile(r"(?i)\b(?:locked|busy|try (?:again )?later|in progress)\b"),
+)
+
+
+@dataclass(frozen=True)
+class ErrorMatch:
+    """A CLI answer that matched one of the dialect's error patterns."""
+
+    text: str  # the matching line of output
+    transient: bool
+
+
+class Dialect:
+    """Base class of every dialect. Subclasses fill in the class attributes below."""
+
+    # Identity
+    name: ClassVar[str]  # registry key, e.g. "force10"
+    aliases: ClassVar[tuple[str, ...]] = ()  # rack-config names and netmiko names it answers to
+    netmiko_device_type: ClassVar[str]
+    netmiko_class: ClassVar[type | None] = None  # a faster subclass, where netmiko's waits hurt
+    # Port grammar: ``[kind][ |-]number``; ``kinds`` maps accepted spellings (lower case) to
+    # the canonical one; ``default_kind`` is used for a bare number (None: a kind is required).
+    port_number: ClassVar[str]
+    kinds: ClassVar[Mapping[str, str]]
+    default_kind: ClassVar[str | None] = None
+    port_format: ClassVar[str] = "{kind}{number}"
+    port_example: ClassVar[str]
+    # Commands
+    templates: ClassVar[Mapping[str, tuple[str, ...]]]
+    required_templates: ClassVar[tuple[str, ...]] = DELTA_TEMPLATES
+    read_commands: ClassVar[tuple[str, ...]]
+    config_enter: ClassVar[str] = "configure terminal"
+    config_exit: ClassVar[str] = "end"
+    save_command: ClassVar[str] = "write memory"
+    save_confirm: ClassVar[tuple[str, str] | None] = None  # (question regex, answer)
+    save_success: ClassVar[str | None] = None  # regex the save answer must contain
+    # Errors: a line of output matching one of these makes the command a failure.
+    retryable_errors: ClassVar[tuple[re.Pattern[str], ...]] = COMMON_RETRYABLE
+    fatal_errors: ClassVar[tuple[re.Pattern[str], ...]]
+    # Protocol shape
+    transactional: ClassVar[bool] = False  # changes live in a candidate until the save (commit)
+    untagged_builds_on_tagged: ClassVar[bool] = False  # untagged = tagged member + native marker
+
+    def __init_subclass__(cls, **kw) -> None:
+        super().__init_subclass__(**kw)
+        if "port_number" in cls.__dict__ or "kinds" in cls.__dict__:
+            kinds = "|".join(sorted((re.escape(k) for k in cls.kinds), key=len, reverse=True))
+            cls._port_re = re.compile(
+                rf"(?:(?P<kind>{kinds})[ -]?)?(?P<number>{cls.port_number})", re.IGNORECASE
+            )
+
+    # ----- validation (pure, no connection) -----------------------------------------------
+
+    @property
+    def port_grammar(self) -> str:
+        kinds = sorted(set(self.kinds.values()) - {""})
+        bare = ""
+        if self.default_kind is not None:
+            bare = f"a bare number like {self.port_example.split()[-1]!r} or "
+        kind_txt = f" with type one of {', '.join(kinds)}" if kinds else ""
+        return f"{bare}{self.port_example!r}{kind_txt} (number pattern {self.port_number})"
+
+    def validate_port(self, port: str) -> str:
+        """The canonical CLI name of ``port``; InvalidPort naming the grammar otherwise.
+
+        ``fullmatch`` on a pattern without free whitespace: a newline, ``;``, ``|`` or any
+        other separator can never reach a CLI line."""
+        if not isinstance(port, str):
+            raise InvalidPort(f"port must be a string, not {type(port).__name__}", operation="validate port")
+        m = self._port_re.fullmatch(port.strip(" "))
+        if m is None or (m.group("kind") is None and self.default_kind is None):
+            raise InvalidPort(
+                f"port {port!r} is not a {self.name} port name: expected {self.port_grammar}; "
+                "fix the port in the rack config",
+                operation="validate port",
+            )
+        kind = self.default_kind if m.group("kind") is None else self.kinds[m.group("kind").lower()]
+        return self.port_format.format(kind=kind, number=m.group("number"))
+
+    @staticmethod
+    def validate_vlan(vlan: object) -> int:
+        if isinstance(vlan, bool) or not isinstance(vlan, int):
+            raise InvalidVlan(f"VLAN must be an integer, not {vlan!r}", operation="validate vlan")
+        if not MIN_VLAN <= vlan <= MAX_VLAN:
+            raise InvalidVlan(
+                f"VLAN {vlan} is out of range: use 2-4094", operation="validate vlan"
+            )
+        if vlan == DEFAULT_VLAN:
+            raise InvalidVlan(
+                "VLAN 1 is the default VLAN: metalflow never changes its membership; "
+                "use another VLAN id (2-4094)",
+                operation="validate vlan",
+            )
+        return vlan
+
+    # ----- commands -------------------------------------------------------------------------
+
+    def template_key(self, op: str, tagged: bool, target: PortVlans) -> str:
+        """Which template makes ``op``; the Cisco family picks by the port's shape instead."""
+        return f"{op}_{'tagged' if tagged else 'untagged'}"
+
+    def commands_for(self, op: str, port: str, vlan: int, tagged: bool,
+                     current: PortVlans | None = None) -> list[str]:
+        """The CLI lines (inside config mode) that make ``op`` on ``port``, given the port's
+        ``current`` membership (a fresh port when omitted). Validates its input first."""
+        if op not in OPS:
+            raise ValueError(f"op must be one of {OPS}, not {op!r}")
+        port = self.validate_port(port)
+        vlan = self.validate_vlan(vlan)
+        current = current or PortVlans()
+        target = current.with_added(vlan, tagged) if op == "add" else current.with_removed(vlan)
+        native = target.untagged or DEFAULT_VLAN
+        fields = {
+            "port": port,
+            "vlan": vlan,
+            "untagged": native,
+            "native": native,
+            "allowed": format_vlan_list(target.tagged | {native}),
+        }
+        return [t.format(**fields) for t in self.templates[self.template_key(op, tagged, target)]]
+
+    def read_commands_for(self, port: str) -> list[str]:
+        return [c.format(port=self.validate_port(port)) for c in self.read_commands]
+
+    # ----- output -----------------------------------------------------------------------------
+
+    def parse(self, port: str, outputs: Sequence[str]) -> PortVlans:
+        """The membership of ``port`` (canonical name) from the read commands' outputs, in
+        order. Raises ValueError when the output cannot be understood."""
+        raise NotImplementedError
+
+    def scan(self, output: str, *, retryable: bool = True) -> ErrorMatch | None:
+        """The first error in a command's answer: retryable patterns win over fatal ones.
+        ``retryable=False`` for show output, which is data and may contain "busy"."""
+        groups = ((True, self.retryable_errors),) if retryable else ()
+        for transient, patterns in groups + ((False, self.fatal_errors),):
+            for pattern in patterns:
+                m = pattern.search(output)
+                if m:
+                    start = output.rfind("\n", 0, m.start()) + 1
+                    end = output.find("\n", m.end())
+                    return ErrorMatch(output[start:end if end >= 0 else None].strip(), transient)
+        return None
+
+    def __repr__(self) -> str:
+        return f"<dialect {self.name} ({self.netmiko_device_type})>"
+
+
+# ----- helpers the parsers share --------------------------------------------------------------
+
+
+def interface_block(output: str, header: re.Pattern[str], *, indented: bool = True) -> list[str]:
+    """The stripped lines of the configuration block that starts at a line matching
+    ``header``. It ends at ``!``, ``exit`` or ``end``, or (when the OS indents its blocks) at
+    the next unindented line. Raises ValueError when the block is absent: a read-back that
+    does not name the port is not a read-back of that port."""
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if header.fullmatch(line.strip()):
+            body = []
+            for nxt in lines[i + 1:]:
+                text = nxt.strip()
+                if not text:
+                    continue
+                if text in ("!", "exit", "end") or (indented and not nxt[:1].isspace()):
+                    break
+                body.append(text)
+            return body
+    raise ValueError("the output has no configuration block for the port")

@@ -1,0 +1,1 @@
+"""One module per switch OS: each a small Dialect subclass (see ``integrations.switches.dialect``)."""

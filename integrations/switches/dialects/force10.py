@@ -1,0 +1,66 @@
+"""Dell Force10 FTOS / OS9, the seed's ``Force10``: membership lives on the VLAN interface.
+
+``interface vlan N`` then ``untagged|tagged <port>``; ``no ...`` removes. OS9 lets a port be
+untagged in one VLAN only (taking it out of the default VLAN), so the driver's rule "remove
+the old untagged VLAN first" is also the switch's. A bare ``1/1/1`` (the rack config's form)
+means a TenGigabitEthernet port. Read-back is ``show vlan``: the Q column says U or T and the
+port list uses short type names and ranges (``Te 1/1/2-1/1/4,1/1/6``).
+"""
+from __future__ import annotations
+
+import re
+
+from integrations.switches.dialect import Dialect
+from integrations.switches.model import PortVlans
+from integrations.switches.portlist import expand_ports
+
+_KINDS = {
+    "gigabitethernet": "GigabitEthernet", "gi": "GigabitEthernet",
+    "tengigabitethernet": "TenGigabitEthernet", "te": "TenGigabitEthernet",
+    "twentyfivegige": "twentyFiveGigE", "tf": "twentyFiveGigE",
+    "fortygige": "fortyGigE", "fo": "fortyGigE",
+    "fiftygige": "fiftyGigE", "fi": "fiftyGigE",
+    "hundredgige": "hundredGigE", "hu": "hundredGigE",
+}
+_ROW = re.compile(r"^\s*(?:[*A-Za-z]{1,2}\s+)?(\d{1,4})\s+(?:Active|Inactive|Suspended)\b(.*)$", re.I)
+_MEMBERS = re.compile(r"(?:^|\s)([UTxXoOGMiIvVH])\s+([A-Za-z]+)\s+([\d/,\-]+)\s*$")
+
+
+class Force10(Dialect):
+    name = "force10"
+    aliases = ("Force10", "dell_force10", "DellOS9", "dell_os9", "os9", "ftos")
+    netmiko_device_type = "dell_force10"
+    port_number = r"\d{1,2}/\d{1,3}(?:/\d{1,3})?"
+    kinds = _KINDS
+    default_kind = "TenGigabitEthernet"
+    port_format = "{kind} {number}"
+    port_example = "TenGigabitEthernet 1/1/1"
+    templates = {
+        "add_tagged": ("interface {port}", "switchport", "interface vlan {vlan}", "tagged {port}"),
+        "add_untagged": ("interface {port}", "switchport", "interface vlan {vlan}", "untagged {port}"),
+        "remove_tagged": ("interface vlan {vlan}", "no tagged {port}"),
+        "remove_untagged": ("interface vlan {vlan}", "no untagged {port}"),
+    }
+    read_commands = ("show vlan",)
+    fatal_errors = (re.compile(r"(?m)^\s*%\s*(?:Error|Invalid|Incomplete|Ambiguous)"),)
+
+    def parse(self, port, outputs):
+        kind, number = port.split(" ", 1)
+        lines = outputs[0].splitlines()
+        start = next((i for i, ln in enumerate(lines) if re.search(r"\bNUM\b.*\bStatus\b", ln)), None)
+        if start is None:
+            raise ValueError("no VLAN table (header 'NUM Status ... Q Ports') in the output")
+        untagged, tagged, vid = set(), set(), None
+        for line in lines[start + 1:]:
+            row = _ROW.match(line)
+            if row:
+                vid, line = int(row.group(1)), row.group(2)
+            m = _MEMBERS.search(line)
+            if m is None or vid is None or m.group(1) not in "UT":
+                continue
+            if self.kinds.get(m.group(2).lower()) == kind and number in expand_ports(m.group(3)):
+                (untagged if m.group(1) == "U" else tagged).add(vid)
+        untagged.discard(1)
+        if len(untagged) > 1:
+            raise ValueError(f"port untagged in several VLANs: {sorted(untagged)}")
+        return PortVlans(next(iter(untagged), None), frozenset(tagged))

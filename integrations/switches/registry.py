@@ -1,0 +1,40 @@
+"""Every dialect, by name, and the lookup from a rack config's switch type."""
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from integrations.switches.dialect import Dialect
+from integrations.switches.dialects.arista import AristaEOS
+from integrations.switches.dialects.cisco import CiscoIOS, CiscoNXOS
+from integrations.switches.dialects.dell_os6 import DellOS6
+from integrations.switches.dialects.dell_os10 import DellOS10
+from integrations.switches.dialects.fastiron import FastIron
+from integrations.switches.dialects.force10 import Force10
+from integrations.switches.dialects.juniper import JuniperJunos
+from integrations.switches.errors import UnknownSwitchType
+
+#: name -> dialect (read-only; dialects are stateless, one instance each).
+DIALECTS: MappingProxyType[str, Dialect] = MappingProxyType({
+    d.name: d
+    for d in (Force10(), DellOS10(), DellOS6(), CiscoIOS(), CiscoNXOS(), AristaEOS(),
+              JuniperJunos(), FastIron())
+})
+
+_BY_ALIAS = MappingProxyType({
+    key.lower(): d
+    for d in DIALECTS.values()
+    for key in (d.name, d.netmiko_device_type, *d.aliases)
+})
+
+
+def dialect_for(switch_type: str) -> Dialect:
+    """The dialect for a rack-config type (``Force10``, ``CiscoIOS``...) or a netmiko device
+    type (``dell_force10``), case-insensitive."""
+    if not isinstance(switch_type, str) or switch_type.strip().lower() not in _BY_ALIAS:
+        known = ", ".join(sorted({a for d in DIALECTS.values() for a in d.aliases if a[:1].isupper()}))
+        raise UnknownSwitchType(
+            f"unknown switch type {switch_type!r}: use one of {known} (or a netmiko device type "
+            f"such as {', '.join(sorted(d.netmiko_device_type for d in DIALECTS.values()))})",
+            operation="choose dialect",
+        )
+    return _BY_ALIAS[switch_type.strip().lower()]
