@@ -1,13 +1,138 @@
 """The ``metalflow`` command."""
 from __future__ import annotations
 
+import json
+import os
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from lab.cli import app as lab_app
 
 app = typer.Typer(help="metalflow: bare-metal provisioning for Apache CloudStack, on Prefect.",
                   no_args_is_help=True)
 app.add_typer(lab_app, name="lab")
+console = Console()
+
+
+def _fail(message: str, code: int = 1) -> None:
+    console.print(f"[red]{message}[/red]")
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(schedules: bool = typer.Option(True, help="Run power-poll and audit on their schedules."),
+          limit: Optional[int] = typer.Option(None, help="At most this many runs at once.")) -> None:
+    """Serve every deployment (<flow>/metalflow) against PREFECT_API_URL until interrupted."""
+    from deployments.registry import serve_all
+
+    serve_all(schedules=schedules, limit=limit)
+
+
+@app.command("setup-lab")
+def setup_lab_cmd(manifest: Optional[Path] = typer.Option(None, "--manifest", "-m")) -> None:
+    """Point metalflow at a running lab: secrets, settings and the inventory."""
+    from deployments.labsetup import setup_lab
+    from lab.cli import default_manifest
+
+    summary = setup_lab(manifest or default_manifest())
+    console.print(f"inventory: {summary.changes} changes; settings in {os.environ.get('METALFLOW_HOME', '~/.metalflow')}/config.json")
+
+
+def _parse_params(pairs: list[str]) -> dict:
+    params: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            _fail(f"--param {pair!r}: write it as key=value (value may be JSON, e.g. vm='{{\"name\": \"web-01\"}}')", 2)
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    return params
+
+
+@app.command()
+def trigger(
+    flow: str = typer.Argument(..., help="Flow name, e.g. provision (deployment <flow>/metalflow)"),
+    param: list[str] = typer.Option([], "--param", "-p", help="key=value; JSON values allowed"),
+    key: Optional[str] = typer.Option(None, help="Idempotency key (default: derived from flow and parameters)"),
+    wait: bool = typer.Option(True, help="Wait for the run's final state"),
+    timeout: float = typer.Option(3600, help="How long to wait"),
+) -> None:
+    """Start a run through the Prefect REST API (idempotent, retries 503s)."""
+    from integrations.common import Deadline
+    from integrations.prefectapi import PrefectApi, PrefectApiError, idempotency_key
+
+    params = _parse_params(param)
+    api = PrefectApi()
+    deployment = flow if "/" in flow else f"{flow}/metalflow"
+    try:
+        run = api.create_flow_run(deployment, params, idempotency_key=key or idempotency_key(
+            deployment, json.dumps(params, sort_keys=True)))
+        console.print(f"run [bold]{run.name}[/bold] ({run.id}): {run.state_name}")
+        if wait:
+            with console.status(f"waiting for {run.name}..."):
+                run = api.wait(run.id, Deadline(timeout))
+            console.print(f"{run.name}: [bold]{run.state_name}[/bold] {run.message}")
+    except PrefectApiError as exc:
+        _fail(str(exc))
+    if wait and not run.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def hosts() -> None:
+    """The inventory: hosts, their MAAS machine, VM, power state and its age, maintenance."""
+    from tasks.clients import inventory
+
+    now = datetime.now(timezone.utc)
+    t = Table("host", "CloudStack id", "MAAS", "VM", "power", "age", "maintenance")
+    for h in inventory().list_hosts():
+        age = f"{(now - h.power_state_at).total_seconds():.0f} s" if h.power_state_at else "never"
+        t.add_row(h.name, h.cloudstack_id or "", h.maas_system_id or "-", h.last_vm_name or "-", h.power_state,
+                  age, f"yes: {h.maintenance_reason}" if h.maintenance else "")
+    console.print(t)
+
+
+@app.command()
+def events(host: str, limit: int = typer.Option(50)) -> None:
+    """A host's event journal, newest first."""
+    from tasks.clients import inventory
+
+    t = Table("time", "operation", "step", "system", "outcome", "detail")
+    for e in inventory().events(host, limit=limit):
+        t.add_row(e.at.strftime("%H:%M:%S"), e.operation, e.step, e.system, e.outcome, (e.detail or "")[:80])
+    console.print(t)
+
+
+@app.command()
+def demo(
+    hosts_: int = typer.Option(4, "--hosts", help="Lab hosts"),
+    port: int = typer.Option(4200, help="Prefect server port (an existing server there is used)"),
+    stay: bool = typer.Option(True, help="Keep everything up after the demo until Ctrl-C"),
+) -> None:
+    """The main job on the embedded default: a local Prefect server, the lab, metalflow served,
+    then register, provision, stop, start, plug-nic and destroy triggered over the REST API."""
+    from deployments.demo import run_demo
+
+    code = run_demo(hosts=hosts_, port=port, stay=stay, console=console)
+    raise typer.Exit(code)
+
+
+def wait_forever() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set():
+        time.sleep(0.5)
 
 
 if __name__ == "__main__":

@@ -310,6 +310,7 @@ def generate(
     switch_specs = []
     for j in range(switches):
         dialect = dialects[j % len(dialects)]
+        switch_password = secret(f"switch-{j}")
         n_ports = max(48, next_port[j] - 1)
         switch_specs.append(
             SwitchSpec(
@@ -318,10 +319,10 @@ def generate(
                 address=f"{net}.200.{1 + j}",
                 port=ssh_port,
                 username="admin",
-                password=secret(f"switch-{j}"),
+                password=switch_password,
                 # The rack config (seed format) carries one password per switch; like many
                 # sites, the lab uses it for enable too.
-                enable_secret=secret(f"switch-{j}"),
+                enable_secret=switch_password,
                 ports=tuple(port_name(dialect, p) for p in range(1, n_ports + 1)),
             )
         )

@@ -35,18 +35,19 @@ def _rebuild(cls, message, field_, target, operation):
     return obj
 
 
-# Where a password lives: an environment variable, or a Prefect Secret block.
-_CREDENTIAL_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|block:[a-z0-9][a-z0-9-]*)$")
+# Where a password lives: an environment variable, a Prefect Secret block, or one entry of a
+# Secret block holding a JSON object (``block:rack-7#host-001``: one block for a rack's BMCs).
+_CREDENTIAL_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|block:[a-z0-9][a-z0-9-]*(#[A-Za-z0-9._-]+)?)$")
 
 
 def check_credential_ref(ref: Any, field: str) -> str:
-    """``ref`` if it is ``env:NAME`` or ``block:name``; InventoryError otherwise.
+    """``ref`` if it is ``env:NAME``, ``block:name`` or ``block:name#key``; InventoryError otherwise.
 
     The value is never echoed: a password pasted here by mistake must not reach a log."""
     if not isinstance(ref, str) or not _CREDENTIAL_REF.match(ref):
         raise InventoryError(
             "expected a credential reference like env:METALFLOW_IPMI_PASSWORD or "
-            "block:ipmi-host-001 (the password itself never goes into the inventory)",
+            "block:ipmi-host-001 or block:rack-1#host-001 (the password itself never goes into the inventory)",
             field=field,
         )
     return ref

@@ -1,0 +1,38 @@
+"""Every metalflow deployment, named ``<flow>/metalflow``, with its schedule."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from prefect import serve
+
+from flows.audit import audit
+from flows.destroy import destroy
+from flows.nics import plug_nic, unplug_nic
+from flows.poll import power_poll
+from flows.power import reboot, start, status, stop
+from flows.provision import provision
+from flows.register import register_host
+from tasks.settings import Settings, settings
+
+DEPLOYMENT = "metalflow"
+
+#: Triggered flows (by CloudStack, the CLI or an operator).
+ON_DEMAND = (register_host, provision, stop, start, reboot, status, destroy, plug_nic, unplug_nic)
+
+
+def deployments(cfg: Settings | None = None, *, schedules: bool = True) -> list:
+    cfg = cfg or settings()
+    out = [f.to_deployment(name=DEPLOYMENT, tags=["metalflow"]) for f in ON_DEMAND]
+    out.append(power_poll.to_deployment(
+        name=DEPLOYMENT, tags=["metalflow"],
+        interval=timedelta(seconds=cfg.power_poll_interval) if schedules else None))
+    out.append(audit.to_deployment(
+        name=DEPLOYMENT, tags=["metalflow"], parameters={"repair": False},
+        interval=timedelta(seconds=cfg.audit_interval) if schedules else None))
+    return out
+
+
+def serve_all(*, schedules: bool = True, limit: int | None = None) -> None:
+    """Serve every deployment from this process (the embedded default): each run in its own
+    subprocess, schedules included."""
+    serve(*deployments(schedules=schedules), limit=limit, print_starting_message=False)

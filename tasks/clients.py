@@ -1,0 +1,67 @@
+"""Clients built from settings and credential references, inside the worker process.
+
+Each worker process keeps one inventory engine and one MAAS session (connection reuse);
+BMC and switch clients are made per call, since each targets one device."""
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+
+from integrations.inventory import HostInfo, Inventory, SwitchInfo
+from integrations.ipmi import BmcClient, BmcTarget
+from integrations.maas import MaasClient
+from integrations.maas.preseed import LocalPreseedStore, PreseedStore, SftpPreseedStore
+from integrations.switches import SwitchDriver, connect
+from tasks.credentials import resolve
+from tasks.settings import settings
+
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=4)
+def _inventory(url: str) -> Inventory:
+    inv = Inventory(url)
+    inv.upgrade()
+    return inv
+
+
+def inventory() -> Inventory:
+    with _lock:
+        return _inventory(settings().resolved_inventory_url())
+
+
+@lru_cache(maxsize=4)
+def _maas(ref: str) -> MaasClient:
+    return MaasClient.from_settings(resolve(ref))
+
+
+def maas() -> MaasClient:
+    with _lock:
+        return _maas(settings().maas_settings_ref)
+
+
+def bmc(host: HostInfo, **kwargs) -> BmcClient:
+    return BmcClient(host.ipmi_address, host.ipmi_username, resolve(host.ipmi_credential_ref),
+                     port=host.ipmi_port, **kwargs)
+
+
+def bmc_target(host: HostInfo) -> BmcTarget:
+    return BmcTarget(key=host.name, address=host.ipmi_address, username=host.ipmi_username,
+                     password=resolve(host.ipmi_credential_ref), port=host.ipmi_port)
+
+
+def switch(sw: SwitchInfo) -> SwitchDriver:
+    # The rack config has one password per switch; it doubles as the enable secret.
+    password = resolve(sw.credential_ref)
+    return connect(sw.type, sw.address, sw.username, password, port=sw.port, enable_secret=password)
+
+
+def preseed_store() -> PreseedStore:
+    target = settings().preseed_target
+    if target.startswith("sftp://"):
+        from urllib.parse import urlparse
+
+        u = urlparse(target)
+        return SftpPreseedStore(u.hostname or "", u.port or 22, u.username or "root",
+                                resolve(settings().preseed_credential_ref), u.path or "/etc/maas/preseeds")
+    return LocalPreseedStore(target)

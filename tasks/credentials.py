@@ -1,0 +1,88 @@
+"""Resolve credential references to secrets, inside tasks, at the moment of use.
+
+A reference says where a secret lives, never what it is:
+
+- ``env:NAME``          the environment variable NAME of the worker;
+- ``block:NAME``        the Prefect Secret block NAME (a string);
+- ``block:NAME#KEY``    the entry KEY of a Prefect Secret block holding a JSON object (one block
+                        for a whole rack's BMC passwords, so a poll of 1,000 hosts loads it once).
+
+Parameters, logs and artifacts carry references only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+from integrations.common import MetalflowError, Secret
+
+
+class CredentialError(MetalflowError):
+    pass
+
+
+_CACHE_SECONDS = 30.0
+
+
+class _BlockCache:
+    """Secret blocks loaded at most every 30 s per process (a poll reads hundreds of refs)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._data: dict[str, tuple[float, object]] = {}
+
+    def get(self, name: str) -> object:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._data.get(name)
+            if hit and now - hit[0] < _CACHE_SECONDS:
+                return hit[1]
+        from prefect.blocks.system import Secret as SecretBlock
+
+        try:
+            value = SecretBlock.load(name, _sync=True).get()
+        except ValueError:
+            raise CredentialError(f"no Prefect Secret block named {name!r}; create it in the UI "
+                                  "(Blocks → Secret) or with `metalflow secrets set`") from None
+        with self._lock:
+            self._data[name] = (now, value)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+_blocks = _BlockCache()
+
+
+def resolve(ref: str) -> Secret:
+    scheme, sep, rest = (ref or "").partition(":")
+    if not sep or not rest:
+        raise CredentialError(f"credential reference {ref!r} must look like env:NAME, block:NAME or block:NAME#KEY")
+    if scheme == "env":
+        if rest not in os.environ:
+            raise CredentialError(f"environment variable {rest} is not set on this worker")
+        return Secret(os.environ[rest])
+    if scheme == "block":
+        name, _, key = rest.partition("#")
+        value = _blocks.get(name)
+        if key:
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    raise CredentialError(f"Secret block {name!r} is not a JSON object; cannot read key {key!r}") from None
+            if not isinstance(value, dict) or key not in value:
+                raise CredentialError(f"Secret block {name!r} has no entry {key!r}")
+            value = value[key]
+        if not isinstance(value, str):
+            raise CredentialError(f"Secret block {name!r}{'#' + key if key else ''} does not hold a string")
+        return Secret(value)
+    raise CredentialError(f"unknown credential scheme {scheme!r} in {ref!r} (use env: or block:)")
+
+
+def clear_cache() -> None:
+    _blocks.clear()

@@ -1,0 +1,85 @@
+"""Inventory steps: the host record, the desired port VLANs (what rollback and audit rely on),
+the VM a host carries."""
+from __future__ import annotations
+
+from integrations.inventory import HostInfo, VlanInfo
+from tasks import clients
+from tasks.common import runbook_task
+from tasks.settings import settings
+from tasks.switches import PortTarget
+
+
+def pxe_vlan_for(switch_pxe_vlan: int | None) -> int:
+    return switch_pxe_vlan or settings().pxe_vlan
+
+
+def targets_from(host_ports: list[tuple[str, str]], desired: list[VlanInfo]) -> list[PortTarget]:
+    """Per cabled port, the VLAN state the inventory wants (pure: tested without a database).
+    A port with no desired VLAN at all gets no target (left alone, never stripped)."""
+    out = []
+    for sw, port in host_ports:
+        rows = [v for v in desired if v.switch == sw and v.port == port]
+        if not rows:
+            continue
+        untagged = next((v.vlan for v in rows if not v.tagged), None)
+        tagged = tuple(sorted(v.vlan for v in rows if v.tagged))
+        out.append(PortTarget(sw, port, untagged, tagged))
+    return out
+
+
+@runbook_task(system="inventory", name="load-host", run_name="load-host {host}", journal=False, retries=2)
+def load_host(host: str) -> HostInfo:
+    return clients.inventory().get_host(host)
+
+
+@runbook_task(system="inventory", name="want-ports", run_name="want-ports {host.name} {state}")
+def want_ports(host: HostInfo, state: str, guest_vlan: int | None = None,
+               extra_vlans: list[int] | None = None) -> list[PortTarget]:
+    """Record the desired VLANs of every cabled port, then return the targets to converge to.
+
+    ``state``: ``pxe`` (idle or provisioning: the PXE VLAN untagged only), ``guest`` (the
+    guest VLAN untagged plus ``extra_vlans`` tagged), or ``keep`` (read back what is recorded).
+    """
+    inv = clients.inventory()
+    ports = inv.cabled_ports(host.name)
+    if state == "pxe":
+        inv.clear_desired_vlan(host.name)
+        by_vlan: dict[int, list[tuple[str, str]]] = {}
+        for cp in ports:
+            by_vlan.setdefault(pxe_vlan_for(cp.switch.pxe_vlan), []).append((cp.switch.name, cp.port))
+        for vlan, plist in by_vlan.items():
+            inv.set_desired_vlan(host.name, vlan, purpose="pxe", tagged=False, ports=plist)
+    elif state == "guest":
+        if guest_vlan is None:
+            raise ValueError("guest_vlan: needed for state 'guest'")
+        inv.clear_desired_vlan(host.name, purpose="pxe")
+        inv.clear_desired_vlan(host.name, purpose="guest")
+        inv.set_desired_vlan(host.name, guest_vlan, purpose="guest", tagged=False)
+        for extra in extra_vlans or []:
+            inv.set_desired_vlan(host.name, extra, purpose="extra", tagged=True)
+    elif state != "keep":
+        raise ValueError(f"state: {state!r} is not pxe, guest or keep")
+    return targets_from([(cp.switch.name, cp.port) for cp in ports], inv.desired_vlans(host.name))
+
+
+@runbook_task(system="inventory", name="want-extra-vlan", run_name="want-extra-vlan {host.name} {vlan}")
+def want_extra_vlan(host: HostInfo, vlan: int, present: bool) -> list[PortTarget]:
+    inv = clients.inventory()
+    if present:
+        inv.set_desired_vlan(host.name, vlan, purpose="extra", tagged=True)
+    else:
+        inv.clear_desired_vlan(host.name, vlan, purpose="extra")
+    ports = [(cp.switch.name, cp.port) for cp in inv.cabled_ports(host.name)]
+    return targets_from(ports, inv.desired_vlans(host.name))
+
+
+@runbook_task(system="inventory", name="record-vm", run_name="record-vm {host.name}")
+def record_vm(host: HostInfo, vm_uuid: str | None, vm_name: str | None) -> str:
+    clients.inventory().set_last_vm(host.name, vm_uuid, vm_name)
+    return f"last VM: {vm_name or '-'}"
+
+
+@runbook_task(system="inventory", name="record-system-id", run_name="record-system-id {host.name}")
+def record_system_id(host: HostInfo, system_id: str) -> str:
+    clients.inventory().set_maas_system_id(host.name, system_id)
+    return system_id

@@ -1,0 +1,179 @@
+"""MAAS steps. Each reads the machine first and does nothing when the step already holds, so
+a rerun of any run converges without duplicate changes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from integrations.common import Deadline, Secret
+from integrations.inventory import HostInfo
+from integrations.maas import Machine, MaasError, NodeStatus
+from integrations.maas.preseed import render_preseed
+from tasks import clients
+from tasks.common import logger, runbook_task
+from tasks.credentials import resolve
+
+S = NodeStatus
+
+
+def _sid(host: HostInfo) -> str:
+    if not host.maas_system_id:
+        raise MaasError("the host is not registered in MAAS (run register-host)", target=host.name)
+    return host.maas_system_id
+
+
+@runbook_task(system="maas", name="read-machine")
+def read_machine(host: HostInfo) -> Machine:
+    return clients.maas().machine(_sid(host))
+
+
+@runbook_task(system="maas", name="find-or-create-machine")
+def find_or_create_machine(host: HostInfo, hostname: str) -> Machine:
+    """Adopt the machine that has the host's boot MAC, or enlist it with IPMI power (MAAS
+    commissions it). A machine already in MAAS is never re-created."""
+    m = clients.maas()
+    found = m.find_by_mac(host.boot_mac)
+    if found is not None:
+        logger().info("adopting %s (%s) already in MAAS as %s", found.system_id, found.status.label, found.hostname)
+        return found
+    address = host.ipmi_address if host.ipmi_port == 623 else f"{host.ipmi_address}:{host.ipmi_port}"
+    macs = [n.mac for n in host.nics] or [host.boot_mac]
+    return m.create_machine(hostname, macs, address, host.ipmi_username, resolve(host.ipmi_credential_ref),
+                            architecture=host.arch, commission=True)
+
+
+@runbook_task(system="maas", name="commission-machine")
+def commission_machine(host: HostInfo, system_id: str) -> str:
+    """Commission a machine MAAS holds as New or Failed commissioning (an adopted one)."""
+    m = clients.maas()
+    current = m.machine(system_id)
+    if current.status in (S.NEW, S.FAILED_COMMISSIONING):
+        m.commission(system_id)
+        return "commissioning started"
+    return f"no commissioning needed ({current.status.label})"
+
+
+@runbook_task(system="maas", name="wait-for-status", run_name="wait-for-{want} {host.name}", retries=1)
+def wait_for_status(host: HostInfo, system_id: str, want: str, timeout: float) -> Machine:
+    """Poll with a deadline; a failure state ends the wait at once with MAAS's message."""
+    return clients.maas().wait_for_status(system_id, [S[w.strip().upper()] for w in want.split("|")],
+                                          deadline=Deadline(timeout), interval=1.0, max_interval=5.0)
+
+
+@runbook_task(system="maas", name="rename-machine", run_name="rename-machine {host.name} {hostname}")
+def rename_machine(host: HostInfo, hostname: str) -> str:
+    m = clients.maas()
+    current = m.machine(_sid(host))
+    if current.hostname == hostname:
+        return f"already named {hostname}"
+    m.rename(current.system_id, hostname)
+    return f"{current.hostname} → {hostname}"
+
+
+@runbook_task(system="maas", name="create-bond")
+def create_bond(host: HostInfo, macs: list[str]) -> str:
+    """An active-backup bond over the cabled interfaces, its MAC the boot NIC's, linked by
+    DHCP on the subnet whose VLAN serves DHCP (as the original CloudStack plugin did)."""
+    m = clients.maas()
+    sid = _sid(host)
+    ifaces = m.interfaces(sid)
+    wanted = {mac.lower() for mac in macs}
+    parents = [i for i in ifaces if i.type == "physical" and i.mac_address in wanted]
+    if len(parents) != len(wanted):
+        raise MaasError("MAAS does not know every cabled interface of the host",
+                        target=f"{host.name} {sid}", evidence=f"cabled {sorted(wanted)}")
+    existing = [i for i in ifaces if i.type == "bond" and set(i.parents) == {p.name for p in parents}]
+    if existing:
+        bond = existing[0]
+        if any(link.mode == "dhcp" for link in bond.links):
+            return f"bond {bond.name} already there"
+    else:
+        bond = m.create_bond(sid, "bond0", [p.id for p in parents], mode="active-backup",
+                             mac_address=host.boot_mac)
+    subnet = next((s for s in m.subnets() if s.vlan is not None and s.vlan.dhcp_on), None)
+    m.link_subnet(sid, bond.id, subnet.id if subnet else None, mode="dhcp", force=True)
+    return f"bond {bond.name} (active-backup) over {', '.join(p.name for p in parents)}"
+
+
+@runbook_task(system="maas", name="allocate-machine")
+def allocate_machine(host: HostInfo) -> str:
+    m = clients.maas()
+    current = m.machine(_sid(host))
+    if current.status in (S.ALLOCATED, S.DEPLOYING, S.DEPLOYED):
+        return f"already {current.status.label}"
+    m.allocate(current.system_id, comment="metalflow provision")
+    return "allocated"
+
+
+@runbook_task(system="maas", name="tag-machine")
+def tag_machine(host: HostInfo, tags: list[str]) -> list[str]:
+    m = clients.maas()
+    current = m.machine(_sid(host))
+    added = []
+    for tag in tags:
+        if tag not in current.tag_names:
+            m.add_tag(current.system_id, tag)
+            added.append(tag)
+    return added
+
+
+@runbook_task(system="maas", name="untag-machine")
+def untag_machine(host: HostInfo, prefixes: list[str]) -> list[str]:
+    m = clients.maas()
+    current = m.machine(_sid(host))
+    removed = [t for t in current.tag_names if any(t.startswith(p) for p in prefixes)]
+    for tag in removed:
+        m.remove_tag(current.system_id, tag)
+    return removed
+
+
+@dataclass(frozen=True)
+class DeliveredPreseed:
+    filename: str
+    masked_text: str
+
+
+@runbook_task(system="maas", name="deliver-preseed")
+def deliver_preseed(host: HostInfo, hostname: str, image: str, root_password_hash_ref: str | None,
+                    root_password_hash: str | None, ssh_keys: list[str]) -> DeliveredPreseed:
+    """Render the curtin preseed for this node and write it as MAAS's most specific
+    per-node file, so MAAS picks it for this deployment and no other."""
+    m = clients.maas()
+    resource = m.find_image(image)
+    if resource is None:
+        raise MaasError(f"image {image!r} is not in MAAS", target=host.name)
+    osystem, _, release = resource.name.rpartition("/")
+    pw_hash: Secret | str | None = root_password_hash
+    if root_password_hash_ref:
+        pw_hash = resolve(root_password_hash_ref)
+    rendered = render_preseed(hostname=hostname, osystem=osystem or "custom", release=release,
+                              architecture=host.arch, root_password_hash=pw_hash, ssh_keys=ssh_keys)
+    clients.preseed_store().write(rendered.filename, rendered.text)
+    return DeliveredPreseed(rendered.filename, rendered.masked().text)
+
+
+@runbook_task(system="maas", name="deploy-machine", run_name="deploy-machine {host.name} {image}")
+def deploy_machine(host: HostInfo, image: str) -> str:
+    m = clients.maas()
+    current = m.machine(_sid(host))
+    if current.status in (S.DEPLOYING, S.DEPLOYED):
+        return f"already {current.status.label}"
+    m.deploy(current.system_id, image, comment="metalflow provision")
+    return f"deploying {image}"
+
+
+@runbook_task(system="maas", name="release-machine", run_name="release-machine {host.name} erase={erase}")
+def release_machine(host: HostInfo, erase: str) -> str:
+    m = clients.maas()
+    current = m.machine(_sid(host))
+    if current.status in (S.READY, S.RELEASING, S.DISK_ERASING):
+        return f"already {current.status.label}"
+    if current.status in (S.COMMISSIONING, S.TESTING):
+        m.abort(current.system_id)
+        current = m.machine(current.system_id)
+    m.release(current.system_id, erase=erase, comment="metalflow")
+    return f"released (erase: {erase})"
+
+
+@runbook_task(system="maas", name="check-image", retries=2)
+def image_exists(host: HostInfo, image: str) -> bool:
+    return clients.maas().image_exists(image)

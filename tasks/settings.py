@@ -1,0 +1,71 @@
+"""metalflow's settings: the environment (``METALFLOW_*``) over an optional JSON file
+(``$METALFLOW_HOME/config.json``) over defaults. No secret is a setting: settings hold
+*references* to where secrets live (``env:NAME``, ``block:NAME`` or ``block:NAME#key``)."""
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+
+def metalflow_home() -> Path:
+    return Path(os.environ.get("METALFLOW_HOME") or Path.home() / ".metalflow")
+
+
+class Settings(BaseModel, frozen=True):
+    inventory_url: str = ""  # empty: sqlite:///$METALFLOW_HOME/inventory.db
+    #: Where the MAAS settings string (the seed's external.baremetal.system.url) lives.
+    maas_settings_ref: str = "env:METALFLOW_MAAS_SETTINGS"
+    #: Where curtin preseeds go: a local directory on the region controller, or sftp://user@host/dir
+    preseed_target: str = "/etc/maas/preseeds"
+    preseed_credential_ref: str = ""
+    pxe_vlan: int = Field(10, ge=1, le=4094)
+    erase_default: Literal["none", "quick", "secure"] = "quick"
+    commission_timeout: float = Field(1800.0, gt=0)
+    deploy_timeout: float = Field(1800.0, gt=0)
+    erase_timeout: float = Field(1800.0, gt=0)
+    power_poll_interval: float = Field(60.0, gt=0)
+    power_poll_processes: int = Field(2, ge=1)
+    power_poll_call_timeout: float = Field(3.0, gt=0)
+    power_poll_stale_after: float = Field(180.0, gt=0)
+    maintenance_after_failures: int = Field(3, ge=1)
+    audit_interval: float = Field(3600.0, gt=0)
+    stop_soft_timeout: float = Field(30.0, gt=0)
+    image_arch: str = "amd64/generic"
+
+    def resolved_inventory_url(self) -> str:
+        return self.inventory_url or f"sqlite:///{metalflow_home() / 'inventory.db'}"
+
+
+_ENV_PREFIX = "METALFLOW_"
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    data: dict = {}
+    path = Path(env.get("METALFLOW_CONFIG") or metalflow_home() / "config.json")
+    if path.exists():
+        try:
+            data.update(json.loads(path.read_text()))
+        except ValueError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    for name in Settings.model_fields:
+        key = _ENV_PREFIX + name.upper()
+        if key in env:
+            data[name] = env[key]
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_ENV_PREFIX}{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise ValueError(f"bad metalflow settings ({path} or environment): {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    return load_settings()
