@@ -1,0 +1,98 @@
+"""End-to-end harness: a real Prefect server, the lab, metalflow served by ``metalflow serve``,
+everything triggered over the REST API as CloudStack would. One stack per test session."""
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from deployments.stack import Stack
+from integrations.common import Deadline
+from integrations.prefectapi import FlowRun, PrefectApi, idempotency_key
+from tests.conftest import LabHandle
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _free_block(start: int = 30) -> int:
+    """A lab block whose MAAS address is free (several test sessions may run side by side)."""
+    for b in range(start, 99):
+        with socket.socket() as s:
+            try:
+                s.bind((f"127.{100 + b}.250.1", 5240))
+                return b
+            except OSError:
+                continue
+    raise RuntimeError("no free lab block")
+
+
+class E2E:
+    """What a test needs: trigger a deployment and wait, read the lab, read the inventory."""
+
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.api = PrefectApi(stack.api_url)
+        self.lab = LabHandle(stack.manifest, stack.lab_proc)
+
+    def trigger(self, flow: str, key: str | None = None, **params) -> FlowRun:
+        key = key or idempotency_key("test", flow, uuid.uuid4().hex)
+        return self.api.create_flow_run(f"{flow}/metalflow", params, idempotency_key=key)
+
+    def run(self, flow: str, timeout: float = 180, key: str | None = None, **params) -> FlowRun:
+        """Trigger and wait for a final state."""
+        run = self.trigger(flow, key=key, **params)
+        return self.wait(run.id, timeout)
+
+    def wait(self, run_id: str, timeout: float = 180) -> FlowRun:
+        run = self.api.wait(run_id, Deadline(timeout), interval=0.3)
+        assert run.final, f"run {run.name} still {run.state_name} after {timeout} s"
+        return run
+
+    def rerun(self, run_id: str, timeout: float = 180) -> FlowRun:
+        """What the UI's "Retry" does: put the same run back to Scheduled."""
+        r = requests.post(f"{self.stack.api_url}/flow_runs/{run_id}/set_state",
+                          json={"state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True}, timeout=10)
+        r.raise_for_status()
+        return self.wait(run_id, timeout)
+
+    def logs(self, run_id: str) -> str:
+        r = requests.post(f"{self.stack.api_url}/logs/filter",
+                          json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}, timeout=10)
+        r.raise_for_status()
+        return "\n".join(entry["message"] for entry in r.json())
+
+    def artifacts(self, run_id: str) -> list[dict]:
+        r = requests.post(f"{self.stack.api_url}/artifacts/filter",
+                          json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def inventory(self):
+        from integrations.inventory import Inventory
+
+        return Inventory(json.loads((self.stack.home / "config.json").read_text())["inventory_url"])
+
+    def maas(self):
+        from integrations.maas import MaasClient
+
+        return MaasClient.from_settings(self.stack.manifest["maas"]["settings"])
+
+
+@pytest.fixture(scope="session")
+def e2e(tmp_path_factory) -> E2E:
+    home = tmp_path_factory.mktemp("metalflow")
+    stack = Stack(home=Path(home), api_url=f"http://127.0.0.1:{_free_port()}/api", hosts=8, switches=2,
+                  block=_free_block(),
+                  lab_args=("--deploy-seconds", "1", "--commission-seconds", "0.5", "--erase-seconds", "0.5",
+                            "--node-timeout", "8"))
+    stack.start()
+    yield E2E(stack)
+    stack.stop()
