@@ -117,10 +117,17 @@ def _call(manifest: Optional[Path], method: str, path: str, body: dict | None = 
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        console.print(f"[red]{json.loads(exc.read()).get('error', exc)}[/red]")
+        try:
+            message = json.loads(exc.read()).get("error", str(exc))
+        except ValueError:  # not the lab's JSON error (another server on that port?)
+            message = str(exc)
+        console.print(message, style="red", markup=False)  # the message may hold [brackets]
         raise typer.Exit(1) from None
     except urllib.error.URLError as exc:
         console.print(f"[red]The lab at {url} does not answer ({exc.reason}).[/red] Is `metalflow lab up` running?")
+        raise typer.Exit(2) from None
+    except OSError as exc:  # a read timeout or a reset connection: urlopen does not wrap those
+        console.print(f"[red]The lab at {url} did not answer properly ({exc}).[/red] Is `metalflow lab up` running?")
         raise typer.Exit(2) from None
 
 

@@ -11,7 +11,7 @@ back of the system under test. JSON over HTTP on the manifest's ``lab.control_ur
                                          "after": N, "count": N, "delay": S}
     POST /power/<host>                  {"on": true|false}     (someone pressed the power button)
     POST /ports/<switch>                {"port": "1/1/1", "untagged": 10|null, "tagged": [100]}   (drift)
-    POST /reset                         clear every fault
+    POST /reset                         clear every fault (MAAS errors, delay and fail_next too)
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from lab.maas.lifecycle import FAULT_PHASES
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,22 @@ class ControlServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _host(lab: Any, name: str) -> str:
+    try:
+        lab.spec.host(name)
+    except KeyError:
+        names = [h.name for h in lab.spec.hosts]
+        raise ControlError(404, f"no host {name!r} in this lab (hosts {names[0]} to {names[-1]})") from None
+    return name
+
+
+def _switch(lab: Any, name: str) -> Any:
+    sw = lab.switches.get(name)
+    if sw is None:
+        raise ControlError(404, f"no switch {name!r} in this lab (switches: {', '.join(sorted(lab.switches))})")
+    return sw
 
 
 def _need(body: dict, key: str, kind: type) -> Any:
@@ -95,10 +113,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, self._dispatch(method, parts, body))
         except ControlError as exc:
             self._reply(exc.status, {"error": str(exc)})
-        except KeyError as exc:
-            self._reply(404, {"error": f"unknown {exc}"})
+        except KeyError as exc:  # e.g. a port the switch does not have
+            self._reply(404, {"error": str(exc.args[0]) if exc.args else "not found"})
         except (TypeError, ValueError) as exc:
             self._reply(400, {"error": str(exc)})
+        except Exception as exc:  # e.g. a BMC process gone: still a JSON answer, never a hang-up
+            log.exception("control: %s %s failed", method, self.path)
+            self._reply(500, {"error": f"{type(exc).__name__}: {exc}"})
 
     def _dispatch(self, method: str, parts: list[str], body: dict) -> Any:
         lab = self.lab
@@ -107,8 +128,7 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and parts == ["manifest"]:
             return lab.manifest()
         if method == "GET" and len(parts) == 2 and parts[0] == "hosts":
-            lab.spec.host(parts[1])
-            return lab.world.host_state(parts[1])
+            return lab.world.host_state(_host(lab, parts[1]))
         if method != "POST":
             raise ControlError(404, f"no such endpoint: {method} /{'/'.join(parts)}")
         if parts == ["faults", "maas"]:
@@ -123,29 +143,32 @@ class _Handler(BaseHTTPRequestHandler):
                 lab.maas.set_fault(mode, int(body.get("count", 1)), int(body.get("retry_after", 1)))
             return {"ok": True}
         if len(parts) == 3 and parts[:2] == ["faults", "bmc"]:
-            lab.spec.host(parts[2])
-            lab.bmcs.set_fault(parts[2], _need(body, "mode", str), float(body.get("delay", 0.0)))
+            lab.bmcs.set_fault(_host(lab, parts[2]), _need(body, "mode", str), float(body.get("delay", 0.0)))
             return {"ok": True}
         if len(parts) == 3 and parts[:2] == ["faults", "switch"]:
-            sw = lab.switches[parts[2]]
+            sw = _switch(lab, parts[2])
             sw.set_fault(_need(body, "mode", str), after=int(body.get("after", 0)),
                          delay=float(body.get("delay", 0.0)), count=int(body.get("count", 1)))
             return {"ok": True}
         if len(parts) == 2 and parts[0] == "power":
-            lab.spec.host(parts[1])
-            lab.bmcs.set_power(parts[1], bool(_need(body, "on", bool)))
+            lab.bmcs.set_power(_host(lab, parts[1]), bool(_need(body, "on", bool)))
             return {"ok": True}
         if len(parts) == 2 and parts[0] == "ports":
             from lab.switch import PortVlans
 
-            sw = lab.switches[parts[1]]
+            sw = _switch(lab, parts[1])
             untagged = body.get("untagged")
-            tagged = frozenset(int(v) for v in body.get("tagged", []))
+            tagged_list = body.get("tagged", [])
+            if not isinstance(tagged_list, list) or not all(type(v) is int for v in tagged_list):
+                raise ControlError(400, "field 'tagged' must be a list of VLAN ids")
+            tagged = frozenset(tagged_list)
             sw.set_port_vlans(_need(body, "port", str), PortVlans(untagged=untagged, tagged=tagged))
             return {"ok": True}
         if parts == ["reset"]:
             lab.maas.set_fault("none", 0, 0)
             lab.maas.set_delay(0.0)
+            for phase in FAULT_PHASES:
+                lab.maas.fail_next(phase, 0)
             for h in lab.spec.hosts:
                 lab.bmcs.set_fault(h.name, "none", 0.0)
             for sw in lab.switches.values():
@@ -158,3 +181,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         self._route("POST")
+
+    def do_PUT(self) -> None:  # noqa: N802  (a JSON 404, not http.server's HTML 501)
+        self._route("PUT")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._route("DELETE")

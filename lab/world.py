@@ -31,6 +31,9 @@ OFF = "off"
 NO_DHCP = "pxe: no DHCP offer"
 NO_DISK = "no bootable disk"
 PXE_IDLE = "pxe: nothing to boot"
+# With no boot device set, the firmware's own order runs: network first, as MAAS expects of
+# the machines it manages.
+FIRMWARE_ORDER_FIRST = "pxe"
 
 
 @dataclass
@@ -85,9 +88,11 @@ class World:
             return  # switched off again before it got anywhere
         with self._lock:
             host.boots += 1
+        if bootdev in ("none", "default", "firmware"):
+            bootdev = FIRMWARE_ORDER_FIRST
         if bootdev in ("pxe", "network"):
             self._pxe_boot(host)
-        elif bootdev in ("disk", "hd", "default"):
+        elif bootdev in ("disk", "hd"):
             self._disk_boot(host)
         else:
             with self._lock:
@@ -161,8 +166,12 @@ class World:
     # --- reading it all -----------------------------------------------------------------------
     def host_state(self, name: str) -> dict:
         host = self.hosts[name]
+        with self._lock:
+            # The last 20 things the console showed: a phase shorter than a poll interval
+            # (commissioning takes 0.5 s in tests) is still visible afterwards.
+            history = [{"at": at, "running": what} for at, what in host.history]
         out: dict = {"name": name, "running": host.running, "disk_image": host.disk_image,
-                     "boots": host.boots}
+                     "boots": host.boots, "history": history}
         if self.bmcs is not None:
             st = self.bmcs.state(name)
             out.update(power=st.power, bootdev=st.bootdev, persistent=st.persistent,

@@ -61,6 +61,20 @@ def start_lab(tmp: Path, *args: str, block: int, timeout: float = 60) -> LabHand
     raise RuntimeError(f"the lab did not start: {(tmp / 'lab.log').read_text()[-3000:]}")
 
 
+def free_block(start: int) -> int:
+    """A lab block whose MAAS address is free, so test sessions can run side by side."""
+    import socket
+
+    for b in range(start, 99):
+        with socket.socket() as s:
+            try:
+                s.bind((f"127.{100 + b}.250.1", 5240))
+                return b
+            except OSError:
+                continue
+    raise RuntimeError("no free lab block")
+
+
 def stop_lab(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -78,6 +92,6 @@ def lab(tmp_path_factory) -> LabHandle:
     tmp = tmp_path_factory.mktemp("lab")
     handle = start_lab(tmp, "--hosts", "6", "--switches", "2", "--deploy-seconds", "1",
                        "--commission-seconds", "0.5", "--erase-seconds", "0.5",
-                       "--node-timeout", "6", block=20)
+                       "--node-timeout", "6", block=free_block(20))
     yield handle
     stop_lab(handle.proc)

@@ -13,25 +13,13 @@ import requests
 from deployments.stack import Stack
 from integrations.common import Deadline
 from integrations.prefectapi import FlowRun, PrefectApi, idempotency_key
-from tests.conftest import LabHandle
+from tests.conftest import LabHandle, free_block
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _free_block(start: int = 30) -> int:
-    """A lab block whose MAAS address is free (several test sessions may run side by side)."""
-    for b in range(start, 99):
-        with socket.socket() as s:
-            try:
-                s.bind((f"127.{100 + b}.250.1", 5240))
-                return b
-            except OSError:
-                continue
-    raise RuntimeError("no free lab block")
 
 
 class E2E:
@@ -90,7 +78,7 @@ class E2E:
 def e2e(tmp_path_factory) -> E2E:
     home = tmp_path_factory.mktemp("metalflow")
     stack = Stack(home=Path(home), api_url=f"http://127.0.0.1:{_free_port()}/api", hosts=8, switches=2,
-                  block=_free_block(),
+                  block=free_block(30),
                   lab_args=("--deploy-seconds", "1", "--commission-seconds", "0.5", "--erase-seconds", "0.5",
                             "--node-timeout", "8"))
     stack.start()
