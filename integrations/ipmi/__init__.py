@@ -1,0 +1,34 @@
+"""IPMI: a power interface for one BMC (``BmcClient``, after Ironic's) and a bulk power reader
+for the power poll (``BulkPowerReader``), both on pyghmi with our own deadlines, plus the shim
+that closes pyghmi 1.6.19's lost wake-up race (``patch_pyghmi``)."""
+from integrations.ipmi.bulk import BmcTarget, BulkPowerReader, PowerReading
+from integrations.ipmi.client import BOOT_DEVICES, BmcClient
+from integrations.ipmi.errors import (
+    BmcAuthFailed,
+    BmcBusy,
+    BmcInvalidInput,
+    BmcTimeout,
+    BmcUnreachable,
+    BmcWrongState,
+    IpmiError,
+)
+from integrations.ipmi.shim import patch_pyghmi, shim_active
+from integrations.ipmi.wire import BootDevice
+
+__all__ = [
+    "BOOT_DEVICES",
+    "BmcAuthFailed",
+    "BmcBusy",
+    "BmcClient",
+    "BmcInvalidInput",
+    "BmcTarget",
+    "BmcTimeout",
+    "BmcUnreachable",
+    "BmcWrongState",
+    "BootDevice",
+    "BulkPowerReader",
+    "IpmiError",
+    "PowerReading",
+    "patch_pyghmi",
+    "shim_active",
+]

@@ -1,0 +1,95 @@
+"""Our own hard deadline around a blocking pyghmi call.
+
+pyghmi's synchronous API blocks the calling thread until its own retry logic gives up, and that
+can take very long (more than 100 s was measured for an unknown user on a real BMC). A socket
+timeout cannot help: the waiting happens on a ``threading.Event`` fed by pyghmi's I/O thread.
+So ``CallGuard.run`` runs the call in a helper thread and waits on a ``Future`` with a timeout:
+the caller regains control at the deadline whatever pyghmi does.
+
+What happens to the abandoned call: Python cannot kill a thread, so the helper thread stays in
+pyghmi until pyghmi's own retransmissions give up (a silent BMC: a few seconds for a login;
+the session is then marked broken and dropped from pyghmi's tables) or the BMC finally
+answers (the answer is discarded). The helper is a daemon thread, so it never delays the
+interpreter's exit. To keep this bounded, a guard has at most one call in flight: the next
+call first waits (within its own deadline) for the abandoned one to end, and gives up with
+``BmcTimeout`` if it has not. One guard per BMC client means at most one stuck thread per BMC,
+however often a caller retries.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Callable, TypeVar
+
+from integrations.ipmi.errors import BmcTimeout
+
+T = TypeVar("T")
+
+
+class CallGuard:
+    """Runs one blocking call at a time for one BMC, each with a hard timeout."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self._lock = threading.Lock()  # one caller at a time through this guard
+        self._inflight: Future | None = None
+        self._abandoned = 0  # calls given up on so far (for tests and reports)
+        self._inflight_since = 0.0
+
+    @property
+    def abandoned(self) -> int:
+        """How many calls this guard has walked away from since it was created."""
+        return self._abandoned
+
+    def busy(self) -> bool:
+        """True while an abandoned call is still running in pyghmi."""
+        f = self._inflight
+        return f is not None and not f.done()
+
+    def stuck_for(self) -> float:
+        """Seconds the current call has been running (0 when none is)."""
+        return time.monotonic() - self._inflight_since if self.busy() else 0.0
+
+    def run(self, call: Callable[[], T], *, timeout: float, operation: str) -> T:
+        """``call()`` in a helper thread; its result or exception, or ``BmcTimeout`` after
+        ``timeout`` seconds (the helper is then abandoned, see the module docstring)."""
+        # ``Future.result`` measures real time; the callers pass what is left of their deadline.
+        end = time.monotonic() + max(0.0, timeout)
+        if not self._lock.acquire(timeout=max(0.0, timeout)):
+            raise BmcTimeout("another call to this BMC did not finish in time", target=self.target,
+                             operation=operation, evidence=f"waited {timeout:.1f} s for the client lock")
+        try:
+            return self._run_locked(call, end, timeout, operation)
+        finally:
+            self._lock.release()
+
+    def _run_locked(self, call: Callable[[], T], end: float, timeout: float, operation: str) -> T:
+        previous = self._inflight
+        if previous is not None and not previous.done():
+            try:
+                previous.exception(timeout=max(0.0, end - time.monotonic()))
+            except FutureTimeout:
+                raise BmcTimeout(
+                    "an earlier call to this BMC is still stuck in pyghmi", target=self.target,
+                    operation=operation, evidence=f"waited {timeout:.1f} s for it to end",
+                ) from None
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+
+        def work() -> None:
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                future.set_exception(exc)
+
+        self._inflight = future
+        self._inflight_since = time.monotonic()
+        threading.Thread(target=work, name=f"ipmi {operation} {self.target}", daemon=True).start()
+        try:
+            return future.result(timeout=max(0.0, end - time.monotonic()))
+        except FutureTimeout:
+            self._abandoned += 1
+            raise BmcTimeout("the BMC did not answer in time", target=self.target, operation=operation,
+                             evidence=f"no result after {timeout:.1f} s") from None

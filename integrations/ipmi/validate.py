@@ -1,0 +1,77 @@
+"""Offline checks of a BMC's address, port and credentials (nothing touches the network).
+
+Limits are IPMI 2.0's: a user name of at most 16 bytes, a password of at most 20 bytes
+(RMCP+ "key" length). Messages name the field and the fix, and never show the password.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from integrations.common import Secret
+from integrations.ipmi.errors import BmcInvalidInput
+
+MAX_USERNAME = 16
+MAX_PASSWORD = 20
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$")
+
+
+def _bad(field: str, problem: str, target: str) -> BmcInvalidInput:
+    return BmcInvalidInput(f"{field}: {problem}", target=target, operation="validate")
+
+
+def check_address(address: object, target: str = "") -> str:
+    if not isinstance(address, str) or not address.strip():
+        raise _bad("address", "missing; give the BMC's IP address or host name", target)
+    if address != address.strip() or any(c.isspace() for c in address):
+        raise _bad("address", "contains white space; give a bare IP address or host name", target)
+    if address.startswith("[") or "://" in address:
+        raise _bad("address", "give a bare IP address or host name, without brackets or a scheme", target)
+    try:
+        ipaddress.ip_address(address)
+        return address
+    except ValueError:
+        pass
+    if address.count(":") == 1:
+        raise _bad("address", "looks like host:port; put the port in the port field", target)
+    if re.fullmatch(r"[0-9.]+", address):
+        raise _bad("address", "not a valid IPv4 address", target)
+    if not _HOSTNAME.match(address):
+        raise _bad("address", "not a valid IP address or host name", target)
+    return address
+
+
+def check_port(port: object, target: str = "") -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise _bad("port", f"{port!r} is not a UDP port; use 623 unless the BMC says otherwise", target)
+    return port
+
+
+def check_username(username: object, target: str = "") -> bytes:
+    if isinstance(username, str):
+        raw = username.encode("utf-8")
+    elif isinstance(username, bytes):
+        raw = username
+    else:
+        raise _bad("username", "missing; give the BMC user name", target)
+    if not raw:
+        raise _bad("username", "empty; give the BMC user name", target)
+    if len(raw) > MAX_USERNAME:
+        raise _bad("username", f"longer than {MAX_USERNAME} bytes, the IPMI limit", target)
+    if b"\x00" in raw:
+        raise _bad("username", "contains a NUL byte", target)
+    return raw
+
+
+def check_password(password: object, target: str = "") -> Secret:
+    """The password as a ``Secret``; the message says what is wrong, never what it is."""
+    if isinstance(password, (str, bytes)):
+        password = Secret(password)
+    if not isinstance(password, Secret):
+        raise _bad("password", "missing; give the BMC password (a string, bytes or Secret)", target)
+    raw = password.reveal_bytes()
+    if not raw:
+        raise _bad("password", "empty; give the BMC password", target)
+    if len(raw) > MAX_PASSWORD:
+        raise _bad("password", f"longer than {MAX_PASSWORD} bytes, the IPMI 2.0 limit", target)
+    return password

@@ -1,0 +1,26 @@
+"""deployments/prefect.yaml declares exactly what `metalflow serve` serves."""
+from importlib import import_module
+from pathlib import Path
+
+import yaml
+
+from deployments.registry import DEPLOYMENT, deployments
+from tasks.settings import Settings
+
+YAML = Path(__file__).resolve().parents[2] / "deployments" / "prefect.yaml"
+
+
+def test_prefect_yaml_matches_the_served_deployments():
+    doc = yaml.safe_load(YAML.read_text())
+    declared = {}
+    for d in doc["deployments"]:
+        module, _, attr = d["entrypoint"].partition(":")
+        flow = getattr(import_module(module), attr)
+        assert d["name"] == DEPLOYMENT
+        assert d["work_pool"]["name"] == "metalflow"
+        declared[flow.name] = [s["interval"] for s in d.get("schedules", [])]
+    cfg = Settings()
+    served = {}
+    for dep in deployments(cfg):
+        served[dep.flow_name] = [int(s.schedule.interval.total_seconds()) for s in dep.schedules or []]
+    assert declared == served
