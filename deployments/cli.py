@@ -89,6 +89,57 @@ def trigger(
 
 
 @app.command()
+def register(
+    names: list[str] = typer.Argument(None, help="Inventory host names (default: every host not yet in MAAS)"),
+    all_hosts: bool = typer.Option(False, "--all", help="Every host in the inventory, registered or not"),
+    timeout: float = typer.Option(3600, help="How long to wait for all of them"),
+) -> None:
+    """Register hosts with MAAS (adopt or enlist and commission), one register-host run each,
+    with a progress bar; the runs go in parallel, each host under its own lock."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from integrations.common import Deadline
+    from integrations.prefectapi import PrefectApi, PrefectApiError, idempotency_key
+    from tasks.clients import inventory
+
+    if not names:
+        names = [h.name for h in inventory().list_hosts() if all_hosts or not h.maas_system_id]
+    if not names:
+        console.print("every host is registered already (use --all to run register-host on each anyway)")
+        return
+    api = PrefectApi()
+    stamp = str(int(time.time()))
+    try:
+        runs = {n: api.create_flow_run("register-host/metalflow", {"host": n},
+                                       idempotency_key=idempotency_key("register", n, stamp)) for n in names}
+    except PrefectApiError as exc:
+        _fail(str(exc))
+    deadline = Deadline(timeout)
+    failed: list[str] = []
+    columns = (TextColumn("register-host"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.description}"))
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("", total=len(runs))
+        pending = dict(runs)
+        while pending and not deadline.expired():
+            for n, run in list(pending.items()):
+                run = api.read_flow_run(run.id)
+                if run.final:
+                    del pending[n]
+                    progress.advance(bar)
+                    if not run.ok:
+                        failed.append(f"{n}: {run.state_name} {run.message}")
+                    progress.update(bar, description=f"{n} {run.state_name.lower()}")
+            deadline.sleep(1.0)
+    for line in failed:
+        console.print(f"[red]{line}[/red]", markup=False)
+    if failed or pending:
+        if pending:
+            console.print(f"still running after {timeout:.0f} s: {', '.join(pending)}")
+        raise typer.Exit(1)
+
+
+@app.command()
 def hosts() -> None:
     """The inventory: hosts, their MAAS machine, VM, power state and its age, maintenance."""
     from tasks.clients import inventory

@@ -77,7 +77,7 @@ class E2E:
 @pytest.fixture(scope="session")
 def e2e(tmp_path_factory) -> E2E:
     home = tmp_path_factory.mktemp("metalflow")
-    stack = Stack(home=Path(home), api_url=f"http://127.0.0.1:{_free_port()}/api", hosts=8, switches=2,
+    stack = Stack(home=Path(home), api_url=f"http://127.0.0.1:{_free_port()}/api", hosts=10, switches=2,
                   block=free_block(30),
                   lab_args=("--deploy-seconds", "1", "--commission-seconds", "0.5", "--erase-seconds", "0.5",
                             "--node-timeout", "8"))
