@@ -1,6 +1,7 @@
 """What CloudStack hands metalflow: the MAAS settings string, the MAAS API key and the rack
-config (``config``). The CloudStack extension entry point (``<exe> <action> <payload.json>
-<timeout>``) will live beside it in its own module."""
+config (``config``), and the Orchestrator extension CloudStack 4.21+ runs as ``<exe> <action>
+<payload.json> <timeout>`` (``extension``, console script ``metalflow-cloudstack``; imported
+on its own, not from here, to keep its start-up small)."""
 from integrations.cloudstack.config import (
     ApiKey,
     CabledMac,

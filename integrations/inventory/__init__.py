@@ -5,10 +5,12 @@ use. SQLite by default (safe for several processes), PostgreSQL at scale."""
 from integrations.inventory.engine import ENV_HOME, ENV_URL, default_url, make_engine
 from integrations.inventory.importing import DEFAULT_SWITCH_CREDENTIAL_REF
 from integrations.inventory.migrate import upgrade
-from integrations.inventory.models import Base, Host, HostEvent, HostNic, PortVlan, Switch
+from integrations.inventory.models import Base, Host, HostClaim, HostEvent, HostNic, PortVlan, Switch
 from integrations.inventory.records import (
     BulkPowerResult,
     CabledPort,
+    ClaimConflict,
+    ClaimInfo,
     EventInfo,
     HostInfo,
     HostNotFound,
@@ -16,6 +18,7 @@ from integrations.inventory.records import (
     ImportSummary,
     InventoryError,
     NicInfo,
+    NoFreeHost,
     PowerReading,
     PowerTransition,
     SwitchInfo,
@@ -32,8 +35,11 @@ __all__ = [
     "Base",
     "BulkPowerResult",
     "CabledPort",
+    "ClaimConflict",
+    "ClaimInfo",
     "EventInfo",
     "Host",
+    "HostClaim",
     "HostEvent",
     "HostInfo",
     "HostNic",
@@ -43,6 +49,7 @@ __all__ = [
     "Inventory",
     "InventoryError",
     "NicInfo",
+    "NoFreeHost",
     "PortVlan",
     "PowerReading",
     "PowerTransition",

@@ -202,3 +202,22 @@ class HostEvent(Base):
     detail: Mapped[str] = mapped_column(String(1000), default="", server_default=text("''"))
 
     host: Mapped[Host] = relationship()
+
+
+class HostClaim(Base):
+    """A host set aside for one CloudStack VM (the placement of the pool model).
+
+    CloudStack does no locking: two deploys' ``prepare`` calls can race for the same free
+    machine. The unique constraints make the claim atomic on every backend: the second
+    INSERT for a host fails instead of silently sharing it, and a VM holds at most one host.
+    """
+
+    __tablename__ = "host_claims"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), unique=True)
+    vm_uuid: Mapped[str] = mapped_column(String(64), unique=True)
+    vm_name: Mapped[str | None] = mapped_column(String(255))
+    claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    host: Mapped[Host] = relationship()

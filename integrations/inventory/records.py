@@ -9,7 +9,7 @@ from typing import Any, NamedTuple, Sequence
 
 from integrations.common import MetalflowError
 
-from integrations.inventory.models import Host, HostEvent, HostNic, PortVlan, Switch
+from integrations.inventory.models import Host, HostClaim, HostEvent, HostNic, PortVlan, Switch
 
 
 class InventoryError(MetalflowError):
@@ -26,6 +26,14 @@ class InventoryError(MetalflowError):
 
 class HostNotFound(InventoryError):
     """No host with that name or CloudStack id."""
+
+
+class NoFreeHost(InventoryError):
+    """No host is free for a placement claim (or none fits the VM's size)."""
+
+
+class ClaimConflict(InventoryError):
+    """The host asked for is claimed by, or carries, another VM."""
 
 
 def _rebuild(cls, message, field_, target, operation):
@@ -261,3 +269,17 @@ def problems_error(what: str, problems: Sequence[tuple[str, str]]) -> InventoryE
     err = InventoryError(f"{what} has {len(problems)} problems:\n{lines}")
     err.field = problems[0][0]
     return err
+
+
+@dataclass(frozen=True)
+class ClaimInfo:
+    """A host set aside for one CloudStack VM."""
+
+    host: str
+    vm_uuid: str
+    vm_name: str | None
+    claimed_at: datetime
+
+    @classmethod
+    def of(cls, c: HostClaim) -> "ClaimInfo":
+        return cls(c.host.name, c.vm_uuid, c.vm_name, c.claimed_at)

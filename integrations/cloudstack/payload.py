@@ -1,0 +1,350 @@
+"""The payload file CloudStack 4.21/4.22 hands an Orchestrator extension, parsed once.
+
+CloudStack writes ``<dataDir>/<extension>/<uuid>.json`` with Gson and calls
+``<exe> <action> <payload.json> <wait_seconds>``. The shape (see
+docs/cloudstack.md and the reference notes it cites):
+
+- ``externaldetails``: ``extension``, ``resourcemap``, ``host`` (each left out when empty),
+  ``virtualmachine`` (the VM's ``External:*`` details with the prefix stripped, from the
+  template, the deploy call and the offering; 4.21 custom actions lack it) and, for custom
+  actions, ``action``. ``virtualmachine["cloudstack.vlan"]`` is the default NIC's VLAN, sent
+  only with create/start.
+- ``virtualmachineid``, ``virtualmachinename`` (the internal ``i-2-100-VM`` name).
+- ``cloudstack.vm.details``: Gson of VirtualMachineTO (camelCase, RAM in bytes); NICs only
+  for prepare/create/start (``[]`` otherwise); a NIC's ``uuid`` is its *network* and
+  ``nicUuid`` the NIC; the VLAN is ``broadcastUri`` (``vlan://100``, ``vlan://untagged``).
+- ``caller`` (4.22 only), and for custom actions ``action`` and ``parameters``.
+
+Everything becomes frozen dataclasses here; bad input fails with the field named. Gson's
+``\\u003d``-style escapes are plain JSON escapes: we read the file with a JSON parser only.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from integrations.common import MetalflowError
+
+HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+ERASE_MODES = ("none", "quick", "secure")
+# A MAAS image name: "ubuntu/jammy", "centos7", "custom/my-image"; never a URL.
+IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_TRUE = ("true", "yes", "1", "on")
+
+
+class PayloadError(MetalflowError):
+    """The payload (or a value in it) is not what the action needs; ``field`` names it."""
+
+    def __init__(self, message: str, *, field: str = ""):
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+    def __reduce__(self):
+        return (_rebuild, (self.message, self.field))
+
+
+def _rebuild(message: str, field_: str) -> "PayloadError":
+    err = PayloadError.__new__(PayloadError)
+    err.field = field_
+    MetalflowError.__init__(err, message)
+    return err
+
+
+@dataclass(frozen=True)
+class Nic:
+    """One NicTO. ``raw`` is kept as CloudStack sent it: ``prepare`` must echo it unchanged
+    except for ``mac``."""
+
+    index: int
+    default: bool
+    network_uuid: str | None
+    nic_uuid: str | None
+    mac: str | None
+    broadcast_uri: str | None
+    raw: Mapping[str, Any] = field(repr=False)
+
+    def vlan(self, fallback: str | None = None) -> int | None:
+        """The 802.1Q VLAN of the NIC's network: ``vlan://100`` gives 100; ``vlan://untagged``
+        or no URI gives ``fallback`` parsed the same way (``cloudstack.vlan``), else None."""
+        for source in (self.broadcast_uri, fallback):
+            vlan = parse_vlan(source, f"nics[{self.index}].broadcastUri")
+            if vlan is not None:
+                return vlan
+        return None
+
+
+@dataclass(frozen=True)
+class Payload:
+    action: str
+    vm_uuid: str | None
+    vm_internal_name: str | None
+    state: str | None
+    cpus: int | None
+    min_ram_bytes: int | None
+    nics: tuple[Nic, ...]
+    vm_details: Mapping[str, str]  # cloudstack.vm.details.details (plain and External: keys)
+    extension: Mapping[str, Any]
+    resourcemap: Mapping[str, Any]
+    host: Mapping[str, Any]  # the CloudStack host's External: details, prefix stripped
+    virtualmachine: Mapping[str, Any]  # the VM's External: details, prefix stripped
+    action_details: Mapping[str, Any]
+    caller: Mapping[str, Any] | None
+    parameters: Mapping[str, Any]
+    template_urls: tuple[str, ...] = ()  # disks[*].data.origUrl/url, when sent (4.22 sends none)
+
+    # --- lookups ----------------------------------------------------------------------------
+    def detail(self, *names: str) -> str | None:
+        """The first of ``names`` found in the VM's External: details, then in its plain
+        details (``External:name`` or ``name``). Empty strings count as absent."""
+        for name in names:
+            for source, key in ((self.virtualmachine, name), (self.vm_details, f"External:{name}"),
+                                (self.vm_details, name)):
+                value = source.get(key)
+                if value not in (None, ""):
+                    return str(value).strip()
+        return None
+
+    def require_vm(self) -> str:
+        if not self.vm_uuid:
+            raise PayloadError("missing: the payload names no VM (virtualmachineid)", field="virtualmachineid")
+        return self.vm_uuid
+
+    @property
+    def default_nic(self) -> Nic | None:
+        return next((n for n in self.nics if n.default), None)
+
+    @property
+    def min_memory_mb(self) -> int:
+        return -(-(self.min_ram_bytes or 0) // (1024 * 1024))
+
+    # --- what the flows need ---------------------------------------------------------------
+    def vm_name(self) -> str:
+        """The user-facing name (details ``vm_name`` or ``hostname``, since CloudStack does not
+        send it to External hypervisors), else the internal name; lower-cased, a valid
+        hostname, because it names the machine in MAAS."""
+        given = self.detail("vm_name", "hostname")
+        where = "externaldetails.virtualmachine.vm_name" if given else "virtualmachinename"
+        name = (given or self.vm_internal_name or "").strip().lower()
+        if not name:
+            raise PayloadError("missing: no VM name in the payload", field="virtualmachinename")
+        if not HOSTNAME.match(name):
+            raise PayloadError(f"{name!r} is not a valid hostname for the machine: use letters, digits and "
+                               "dashes (at most 63), not starting or ending with a dash", field=where)
+        return name
+
+    def image(self) -> str:
+        """The MAAS image: template detail ``image`` (``ubuntu/jammy``), or ``os`` plus
+        ``distro_series`` as the 4.22 MaaS extension's templates carry them, or a
+        ``distro_series`` that is already ``os/series``, or the seed's template URL = MAAS
+        image name (only when it is a bare name, not an http URL)."""
+        image = self.detail("image")
+        field_ = "externaldetails.virtualmachine.image"
+        if image is None:
+            series, osname = self.detail("distro_series"), self.detail("os")
+            if series and "/" in series:
+                image, field_ = series, "externaldetails.virtualmachine.distro_series"
+            elif series and osname:
+                image, field_ = f"{osname}/{series}", "externaldetails.virtualmachine.os"
+            elif series:
+                raise PayloadError(f"distro_series {series!r} needs the template detail os (e.g. ubuntu)",
+                                   field="externaldetails.virtualmachine.os")
+        if image is None:
+            image = self.template_url()
+            field_ = "template url"
+        if image is None:
+            raise PayloadError("missing: register the template with externaldetails[0].image=ubuntu/jammy "
+                               "(or os and distro_series)", field="externaldetails.virtualmachine.image")
+        if not IMAGE.match(image):
+            raise PayloadError(f"{image!r} is not a MAAS image name (e.g. ubuntu/jammy)", field=field_)
+        return image
+
+    def template_url(self) -> str | None:
+        """The seed's convention (template URL = MAAS image name), if CloudStack sent a
+        template with the VM's disks: a bare name only; an http URL is a dummy."""
+        for url in self.template_urls:
+            if "://" not in url and IMAGE.match(url):
+                return url
+        return None
+
+    def erase_mode(self, default: str) -> str:
+        """The disk erase on release: the custom action's parameter ``erase``, else the VM's
+        detail ``erase`` (from the template, offering or deploy call), else ``default``."""
+        given = self.parameters.get("erase")
+        field_ = "parameters.erase" if given not in (None, "") else "externaldetails.virtualmachine.erase"
+        value = str(given if given not in (None, "") else (self.detail("erase", "erase_mode") or default)).lower()
+        if value not in ERASE_MODES:
+            raise PayloadError(f"{value!r} is not an erase mode ({', '.join(ERASE_MODES)})", field=field_)
+        return value
+
+    def owner(self) -> dict[str, str]:
+        """Ownership tags: details ``account_id``/``domain_id``/``project_id`` where given, else
+        the 4.22 ``caller``'s id as the account (4.21 sends no caller)."""
+        out = {
+            "account": self.detail("account_id", "accountid") or "",
+            "domain": self.detail("domain_id", "domainid") or "",
+            "project": self.detail("project_id", "projectid") or "",
+        }
+        if not out["account"] and self.caller and isinstance(self.caller.get("id"), str):
+            out["account"] = self.caller["id"]
+        return {k: v for k, v in out.items() if v}
+
+    def flow_nics(self) -> list[dict[str, Any]]:
+        """``[{vlan, default}]`` for provision: the default NIC is the guest VLAN (untagged on
+        the ports), the others are tagged. Every NIC needs a VLAN (create/start only)."""
+        if not self.nics:
+            raise PayloadError("missing: the VM has no NIC (CloudStack sends NICs only with prepare, "
+                               "create and start)", field="cloudstack.vm.details.nics")
+        if sum(1 for n in self.nics if n.default) != 1:
+            raise PayloadError("exactly one NIC must be the default (defaultNic)", field="cloudstack.vm.details.nics")
+        fallback = self.virtualmachine.get("cloudstack.vlan")
+        out = []
+        for nic in self.nics:
+            vlan = nic.vlan(str(fallback) if nic.default and fallback not in (None, "") else None)
+            if vlan is None:
+                raise PayloadError(
+                    f"the NIC on network {nic.network_uuid or '?'} has no VLAN ({nic.broadcast_uri or 'no broadcastUri'}); "
+                    "metalflow puts each network on the ToR ports as an 802.1Q VLAN: use a network with "
+                    "broadcastUri vlan://<id>",
+                    field=f"cloudstack.vm.details.nics[{nic.index}].broadcastUri")
+            out.append({"vlan": vlan, "default": nic.default})
+        return out
+
+    def ssh_keys(self) -> list[str]:
+        keys = self.detail("ssh_keys", "ssh_key")
+        return [k.strip() for k in keys.splitlines() if k.strip()] if keys else []
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.detail(name)
+        return default if value is None else value.lower() in _TRUE
+
+
+def parse_vlan(value: Any, field: str) -> int | None:
+    """``vlan://100``, ``100`` or 100 → 100; ``vlan://untagged``, empty or None → None; any other
+    scheme (vxlan://, lswitch://) is an error: the ToR switches only speak 802.1Q."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        number = value
+    else:
+        text = str(value).strip()
+        if not text:
+            return None
+        scheme, sep, rest = text.partition("://")
+        if sep:
+            if scheme.lower() != "vlan":
+                raise PayloadError(f"{text!r} is not a VLAN network (only vlan:// is supported)", field=field)
+            text = rest.strip()
+        if text.lower() == "untagged":
+            return None
+        if not text.isdigit():
+            raise PayloadError(f"{value!r} is not a VLAN id", field=field)
+        number = int(text)
+    if not 1 <= number <= 4094:
+        raise PayloadError(f"{number} is not a VLAN id (1-4094)", field=field)
+    return number
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+def _mapping(value: Any, field: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise PayloadError(f"expected an object, got {type(value).__name__}", field=field)
+    return value
+
+
+def _int(value: Any, field: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise PayloadError(f"{value!r} is not a non-negative number", field=field)
+    return int(value)
+
+
+def _str(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise PayloadError(f"expected a string, got {type(value).__name__}", field=field)
+    return str(value)
+
+
+def parse_payload(doc: Any, action: str) -> Payload:
+    if not isinstance(doc, Mapping):
+        raise PayloadError(f"expected a JSON object, got {type(doc).__name__}", field="$")
+    ext = _mapping(doc.get("externaldetails"), "externaldetails")
+    vm = _mapping(doc.get("cloudstack.vm.details"), "cloudstack.vm.details")
+    nics_raw = vm.get("nics")
+    if nics_raw is None:
+        nics_raw = []
+    elif not isinstance(nics_raw, list):
+        raise PayloadError("expected a list", field="cloudstack.vm.details.nics")
+    nics = []
+    for i, n in enumerate(nics_raw):
+        path = f"cloudstack.vm.details.nics[{i}]"
+        n = _mapping(n, path)
+        nics.append(Nic(
+            index=i,
+            default=n.get("defaultNic") is True,
+            network_uuid=_str(n.get("uuid"), f"{path}.uuid"),
+            nic_uuid=_str(n.get("nicUuid"), f"{path}.nicUuid"),
+            mac=_str(n.get("mac"), f"{path}.mac"),
+            broadcast_uri=_str(n.get("broadcastUri"), f"{path}.broadcastUri"),
+            raw=dict(n),
+        ))
+    details = _mapping(vm.get("details"), "cloudstack.vm.details.details")
+    caller = doc.get("caller")
+    vm_uuid = _str(doc.get("virtualmachineid"), "virtualmachineid") or _str(vm.get("uuid"), "cloudstack.vm.details.uuid")
+    if vm_uuid is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", vm_uuid):
+        raise PayloadError(f"{vm_uuid[:80]!r} is not a VM uuid", field="virtualmachineid")
+    return Payload(
+        action=action,
+        vm_uuid=vm_uuid,
+        vm_internal_name=_str(doc.get("virtualmachinename"), "virtualmachinename") or _str(vm.get("name"), "cloudstack.vm.details.name"),
+        state=_str(vm.get("state"), "cloudstack.vm.details.state"),
+        cpus=_int(vm.get("cpus"), "cloudstack.vm.details.cpus"),
+        min_ram_bytes=_int(vm.get("minRam"), "cloudstack.vm.details.minRam"),
+        nics=tuple(nics),
+        vm_details={str(k): str(v) for k, v in details.items() if v is not None},
+        extension=_mapping(ext.get("extension"), "externaldetails.extension"),
+        resourcemap=_mapping(ext.get("resourcemap"), "externaldetails.resourcemap"),
+        host=_mapping(ext.get("host"), "externaldetails.host"),
+        virtualmachine=_mapping(ext.get("virtualmachine"), "externaldetails.virtualmachine"),
+        action_details=_mapping(ext.get("action"), "externaldetails.action"),
+        caller=_mapping(caller, "caller") if caller is not None else None,
+        parameters=_mapping(doc.get("parameters"), "parameters"),
+        template_urls=_template_urls(vm.get("disks")),
+    )
+
+
+def _template_urls(disks: Any) -> tuple[str, ...]:
+    out = []
+    for disk in disks if isinstance(disks, list) else []:
+        data = disk.get("data") if isinstance(disk, Mapping) else None
+        if isinstance(data, Mapping):
+            for key in ("origUrl", "url"):
+                if isinstance(data.get(key), str) and data[key].strip():
+                    out.append(data[key].strip())
+    return tuple(out)
+
+
+def load_payload(path: str | Path, action: str) -> Payload:
+    """Read and parse the payload file. The error names only the position of bad JSON: the
+    file holds secrets (host API keys, the VNC password)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise PayloadError(f"cannot read the payload file {str(path)!r}: {exc.strerror or exc}", field="payload") from None
+    except UnicodeDecodeError:
+        raise PayloadError(f"the payload file {str(path)!r} is not UTF-8 text", field="payload") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"the payload file {str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno} "
+                           f"column {exc.colno}", field="payload") from None
+    return parse_payload(doc, action)

@@ -1,0 +1,452 @@
+"""The extension without Prefect: status from a real inventory, prepare's placement and merge
+patch, stop/delete of a VM that has no machine, the entry point's output discipline, the
+configuration file and the installer."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import threading
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from integrations.cloudstack import status as status_mod
+from integrations.cloudstack.actions import Extension, dispatch
+from integrations.cloudstack.extension import _quiet_stdio, is_cloudstack_call
+from integrations.cloudstack.extension_config import (
+    ExtensionConfig,
+    ExtensionConfigError,
+    install,
+    load_config,
+    parse_config,
+    shim_text,
+)
+from integrations.cloudstack.payload import parse_payload
+from integrations.common import Deadline, Secret
+from tests.cloudstack.inventory_fixtures import make_inventory
+from tests.cloudstack.payloads import (
+    GIB,
+    HOST_API_KEY,
+    NETWORK_EXTRA,
+    NETWORK_GUEST,
+    VNC_PASSWORD,
+    gson,
+    nic,
+    payload,
+    write,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+UTC = timezone.utc
+LOG = logging.LoggerAdapter(logging.getLogger("test.cloudstack"), {})
+
+
+@pytest.fixture
+def url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'inventory.db'}"
+
+
+@pytest.fixture
+def inv(url):
+    inventory = make_inventory(url)
+    yield inventory
+    inventory.dispose()
+
+
+@pytest.fixture
+def cfg(url, tmp_path) -> ExtensionConfig:
+    # Nothing listens on port 9: anything that reached for Prefect would fail loudly.
+    return ExtensionConfig(prefect_api_url="http://127.0.0.1:9/api", inventory_url=url,
+                           log_file=str(tmp_path / "ext.log"), path=str(tmp_path / "cloudstack.json"))
+
+
+def parsed(doc, action):
+    return parse_payload(json.loads(gson(doc)), action)
+
+
+# ---------------------------------------------------------------------------- status
+
+
+def status_of(cfg, doc, *, now=None, lock=lambda c, h: False):
+    return status_mod.answer_status(cfg, parsed(doc, "status"), now=now, lock=lock).body
+
+
+@pytest.fixture
+def running(inv):
+    """host-003 carries VM vm-a and was read 'on' 10 s ago."""
+    inv.claim_host("vm-a", host="host-003")
+    inv.set_last_vm("host-003", "vm-a", "web-01")
+    at = datetime.now(UTC) - timedelta(seconds=10)
+    inv.record_power("host-003", "on", at=at)
+    return at
+
+
+def test_status_answers_from_the_inventory(cfg, running):
+    body = status_of(cfg, payload("status", "vm-a"))
+    assert body["power_state"] == "PowerOn" and "host-003" in body["message"]
+
+
+@pytest.mark.parametrize("vm_ext, host_ext, version", [
+    ({"metalflow_host": "host-003"}, None, "4.22"),  # what prepare saved
+    ({}, {"metalflow_host": "1003"}, "4.21"),  # seed model: the CloudStack host's detail (CloudStack id)
+    ({}, None, "4.21"),  # neither: the claim
+])
+def test_status_finds_the_machine_every_way(cfg, inv, running, vm_ext, host_ext, version):
+    body = status_of(cfg, payload("status", "vm-a", version=version, vm_ext=vm_ext, host_ext=host_ext))
+    assert body["power_state"] == "PowerOn"
+    inv.release_claim("vm-a")  # the host that carries the VM is found without a claim too
+    assert status_of(cfg, payload("status", "vm-a", version=version))["power_state"] == "PowerOn"
+
+
+def test_status_of_the_sqlalchemy_path_agrees(cfg, running, url):
+    other = ExtensionConfig(prefect_api_url=cfg.prefect_api_url, inventory_url=url + "?timeout=5")
+    assert status_mod._sqlite_path(other.inventory_url) is None
+    assert status_of(other, payload("status", "vm-a"))["power_state"] == "PowerOn"
+
+
+def test_status_says_off_when_read_off(cfg, inv, running):
+    inv.record_power("host-003", "off")
+    assert status_of(cfg, payload("status", "vm-a"))["power_state"] == "PowerOff"
+
+
+def test_status_is_unknown_when_it_cannot_be_sure(cfg, inv, running):
+    doc = payload("status", "vm-a")
+    stale = running + timedelta(seconds=cfg.status_stale_after + 1)
+    assert status_of(cfg, doc, now=lambda: stale)["power_state"] == "PowerUnknown"
+    assert status_of(cfg, doc, lock=lambda c, h: True)["message"] == "host-003: an operation is running"
+    assert "cannot tell" in status_of(cfg, doc, lock=lambda c, h: None)["message"]
+    inv.journal("host-003", "power-poll", None, "maintenance", "inventory", "ok")  # a poll's note changes nothing
+    assert status_of(cfg, doc)["power_state"] == "PowerOn"
+    inv.journal("host-003", "stop", "run-1", "shut-down", "ipmi", "started")
+    assert "changed since" in status_of(cfg, doc)["message"]
+    inv.record_power("host-003", "unknown", error="BMC silent")
+    assert status_of(cfg, doc)["power_state"] == "PowerUnknown"
+
+
+def test_status_during_create_and_of_strangers_is_unknown(cfg, inv):
+    inv.claim_host("vm-b", host="host-004")  # prepared, create still running: not installed yet
+    body = status_of(cfg, payload("status", "vm-b"), lock=lambda c, h: pytest.fail("no lock check needed"))
+    assert body["power_state"] == "PowerUnknown" and "not (yet) installed" in body["message"]
+    assert status_of(cfg, payload("status", "vm-nobody"))["power_state"] == "PowerUnknown"
+
+
+class _LockStub(BaseHTTPRequestHandler):
+    """Stands in for Prefect's GET /api/v2/concurrency_limits/<name> (the e2e tests use the
+    real server; this checks the auth header and the 404/garbage handling)."""
+
+    answers: dict = {}
+    seen: list = []
+
+    def do_GET(self):  # noqa: N802
+        self.seen.append((self.path, self.headers.get("Authorization")))
+        code, body = self.answers.get(self.path, (404, b'{"detail": "Concurrency Limit not found"}'))
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_lock_check_reads_active_slots_with_basic_auth():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _LockStub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/api"
+        cfg = ExtensionConfig(prefect_api_url=base, inventory_url="sqlite://", prefect_auth_string=Secret("mf:pw"))
+        _LockStub.answers = {"/api/v2/concurrency_limits/host-host-003": (200, b'{"active_slots": 1, "limit": 1}'),
+                             "/api/v2/concurrency_limits/host-host-004": (200, b'{"active_slots": 0, "limit": 1}'),
+                             "/api/v2/concurrency_limits/host-host-006": (500, b"boom")}
+        assert status_mod.lock_active(cfg, "host-003") is True
+        assert status_mod.lock_active(cfg, "host-004") is False
+        assert status_mod.lock_active(cfg, "host-005") is False  # never taken: no limit yet
+        assert status_mod.lock_active(cfg, "host-006") is None
+        assert _LockStub.seen[0][1] == "Basic bWY6cHc="
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert status_mod.lock_active(cfg, "host-003") is None  # nobody answers
+
+
+# ---------------------------------------------------------------------------- prepare, stop, delete
+
+
+def two_nics():
+    return [nic(0, "vlan://100", default=True, network=NETWORK_GUEST, mac="02:00:5a:00:00:01"),
+            nic(1, None, default=False, network=NETWORK_EXTRA, mac="02:00:5a:00:00:02")]
+
+
+def act(cfg, doc, action):
+    ext = Extension(cfg, parsed(doc, action), Deadline(30), LOG)
+    try:
+        return dispatch(ext, action)
+    finally:
+        ext.close()
+
+
+def test_prepare_claims_the_smallest_fit_and_returns_its_mac(cfg, inv):
+    doc = payload("prepare", "vm-a", cpus=16, ram=40 * GIB, nics=two_nics(),
+                  host_ext={"endpoint": "10.0.0.5", "apikey": HOST_API_KEY})
+    answer = act(cfg, doc, "prepare")
+    host = inv.get_host("host-003")  # 16 CPUs and 64 GB: the smallest that fits 16 / 40 GB
+    assert answer.ok and answer.body["details"] == {
+        "External:metalflow_host": "host-003", "External:maas_system_id": "sys002",
+        "External:mac_address": host.boot_mac}
+    # Every NIC echoed unchanged but for the default NIC's MAC (arrays merge on "uuid").
+    sent = doc["cloudstack.vm.details"]["nics"]
+    assert answer.body["nics"] == [dict(sent[0], mac=host.boot_mac), sent[1]]
+    assert set(answer.body) == {"nics", "details"}  # a merge patch and nothing else
+    assert HOST_API_KEY not in answer.text() and VNC_PASSWORD not in answer.text()
+    assert act(cfg, doc, "prepare").body == answer.body  # a repeated prepare keeps the machine
+    assert inv.claim_for("vm-a").host == "host-003"
+
+
+def test_prepare_seed_model_claims_the_cloudstack_hosts_server(cfg, inv):
+    answer = act(cfg, payload("prepare", "vm-a", version="4.21", host_ext={"metalflow_host": "host-004"}), "prepare")
+    assert answer.body["details"]["External:metalflow_host"] == "host-004"
+    other = act(cfg, payload("prepare", "vm-b", version="4.21", host_ext={"metalflow_host": "host-004"}), "prepare")
+    assert not other.ok and "claimed by VM vm-a" in other.body["message"]
+
+
+def test_prepare_with_nothing_free_is_a_clear_error(cfg, inv):
+    answer = act(cfg, payload("prepare", "vm-a", cpus=64), "prepare")
+    assert not answer.ok and "no free host fits 64 CPUs" in answer.body["message"]
+    assert inv.list_claims() == []
+
+
+def test_stop_and_delete_of_a_vm_without_a_machine_succeed(cfg, inv):
+    for action in ("stop", "delete"):
+        answer = act(cfg, payload(action, "vm-gone"), action)
+        assert answer.ok and "nothing to" in answer.body["message"]
+
+
+def test_delete_of_a_prepared_but_never_created_vm_frees_the_machine(cfg, inv):
+    """CloudStack expunges a VM whose deploy failed after prepare: no flow run is needed
+    (no create ever ran), the claim goes."""
+    act(cfg, payload("prepare", "vm-a", host_ext={"metalflow_host": "host-002"}), "prepare")
+
+    class NoRuns:
+        def latest(self, *a, **k):
+            return None
+
+    ext = Extension(cfg, parsed(payload("delete", "vm-a", vm_ext={"metalflow_host": "host-002"}), "delete"),
+                    Deadline(30), LOG)
+    ext.__dict__["runs"] = NoRuns()  # Prefect knows no run for this VM
+    answer = dispatch(ext, "delete")
+    ext.close()
+    assert answer.ok and "never installed" in answer.body["message"] and "claim released" in answer.body["message"]
+    assert inv.claim_for("vm-a") is None
+
+
+def test_create_checks_the_payload_before_anything_changes(cfg, inv):
+    doc = payload("create", "vm-a", vm_ext={"image": "ubuntu/jammy", "metalflow_host": "host-002"},
+                  nics=[nic(0, "vlan://untagged", default=True, network=NETWORK_GUEST, mac="02:00:5a:00:00:01")])
+    answer = act(cfg, doc, "create")
+    assert not answer.ok and "broadcastUri" in answer.body["message"] and "VLAN" in answer.body["message"]
+    assert inv.list_claims() == []
+    answer = act(cfg, payload("create", "vm-a", vm_ext={"metalflow_host": "host-002"}), "create")
+    assert not answer.ok and "image" in answer.body["message"] and inv.list_claims() == []
+
+
+def test_create_without_placement_explains_the_two_models(cfg, inv):
+    answer = act(cfg, payload("create", "vm-a", vm_ext={"image": "ubuntu/jammy"}), "create")
+    assert not answer.ok and "orchestratorrequirespreparevm=true" in answer.body["message"]
+    assert "metalflow_host" in answer.body["message"]
+
+
+def test_reinstall_keeps_the_vm_and_its_current_networks(cfg, inv):
+    """What Reinstall hands to provision: name, owner and image as installed (the last completed
+    provision's parameters), the image parameter winning, and the VLANs the ports should carry
+    now (a NIC plugged since create included). The run lookup is a stand-in for Prefect's
+    tag query (the e2e tests use the real one)."""
+    from integrations.prefectapi import FlowRun
+
+    inv.claim_host("vm-a", host="host-003")
+    inv.set_last_vm("host-003", "vm-a", "web-01")
+    inv.set_desired_vlan("host-003", 100, purpose="guest")
+    inv.set_desired_vlan("host-003", 200, purpose="extra")
+    before = {"name": "web-01", "uuid": "vm-a", "image": "ubuntu/jammy", "owner": {"account": "acc-1"},
+              "nics": [{"vlan": 100, "default": True}]}
+
+    class Runs:
+        def latest(self, vm_uuid, host, *, completed=False, **kw):
+            assert (vm_uuid, host, completed, kw.get("flow")) == ("vm-a", "host-003", True, "provision")
+            return FlowRun("r1", "provision host-003 → web-01", "COMPLETED", "Completed", "", None,
+                           {"host": "host-003", "vm": before})
+
+    ext = Extension(cfg, parsed(payload("Reinstall", "vm-a", custom=True, parameters={"image": "ubuntu/noble"}),
+                                "Reinstall"), Deadline(30), LOG)
+    ext.__dict__["runs"] = Runs()
+    vm = ext._reinstall_vm(inv.get_host("host-003"))
+    ext.close()
+    assert vm == {"name": "web-01", "uuid": "vm-a", "image": "ubuntu/noble", "owner": {"account": "acc-1"},
+                  "nics": [{"vlan": 100, "default": True}, {"vlan": 200, "default": False}]}
+
+
+def test_getconsole_says_there_is_none(cfg):
+    answer = act(cfg, payload("getconsole", "vm-a"), "getconsole")
+    assert not answer.ok and "no console" in answer.body["message"]
+
+
+def test_plug_network_needs_a_vlan(cfg, inv):
+    answer = act(cfg, payload("PlugNetwork", "vm-a", custom=True, parameters={}), "PlugNetwork")
+    assert not answer.ok and "parameters.vlan" in answer.body["message"]
+
+
+# ---------------------------------------------------------------------------- the entry point
+
+
+def run_exe(args, env_extra=None, cwd=None):
+    env = dict(os.environ, **(env_extra or {}))
+    proc = subprocess.run([sys.executable, "-m", "integrations.cloudstack.extension", *args], cwd=cwd or REPO,
+                          env=env, capture_output=True, text=True, timeout=60)
+    return proc
+
+
+def one_json(proc) -> dict:
+    assert proc.stderr == ""
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1, proc.stdout
+    return json.loads(lines[0])
+
+
+@pytest.fixture
+def cfg_file(tmp_path, url, inv) -> Path:
+    path = tmp_path / "cloudstack.json"
+    path.write_text(json.dumps({"prefect_api_url": "http://127.0.0.1:9/api", "inventory_url": url,
+                                "log_file": str(tmp_path / "ext.log")}))
+    return path
+
+
+@pytest.mark.parametrize("action, message", [
+    ("com.cloud.agent.api.CheckHealthCommand", "CloudStack agent command this extension does not handle"),
+    ("migrate", "unknown action 'migrate'"),
+])
+def test_unknown_actions_fail_at_once(tmp_path, cfg_file, action, message):
+    path = write(tmp_path, {"action": action})
+    proc = run_exe([action, str(path), "60"], {"METALFLOW_CLOUDSTACK_CONFIG": str(cfg_file)})
+    assert proc.returncode == 1 and message in one_json(proc)["message"]
+    assert "nothing was done" in one_json(proc)["message"]
+
+
+def test_bad_calls_still_answer_one_json_document(tmp_path, cfg_file):
+    env = {"METALFLOW_CLOUDSTACK_CONFIG": str(cfg_file)}
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    proc = run_exe(["create", str(bad), "60"], env)
+    assert proc.returncode == 1 and "not valid JSON" in one_json(proc)["message"]
+    proc = run_exe(["create", str(tmp_path / "missing.json"), "60"], env)
+    assert proc.returncode == 1 and "cannot read the payload file" in one_json(proc)["message"]
+    proc = run_exe(["create", str(bad)], env)
+    assert proc.returncode == 1 and "usage" in one_json(proc)["message"]
+    proc = run_exe(["status", str(bad), "60"], {"METALFLOW_CLOUDSTACK_CONFIG": str(tmp_path / "none.json")})
+    assert proc.returncode == 1 and "no configuration at" in one_json(proc)["message"]
+    log = (tmp_path / "ext.log").read_text()
+    assert "not valid JSON" in log
+
+
+def test_a_status_call_as_cloudstack_makes_it(tmp_path, cfg_file, inv):
+    inv.claim_host("vm-a", host="host-003")
+    inv.set_last_vm("host-003", "vm-a", "web-01")
+    inv.record_power("host-003", "off")
+    path = write(tmp_path, payload("status", "vm-a"))
+    # Prefect is not there (port 9): the lock cannot be checked, so the honest answer is unknown.
+    proc = run_exe(["status", str(path), "0"], {"METALFLOW_CLOUDSTACK_CONFIG": str(cfg_file)}, cwd=tmp_path)
+    assert proc.returncode == 0 and one_json(proc)["power_state"] == "PowerUnknown"
+
+
+def test_stray_output_goes_to_the_log_never_to_stdout(tmp_path, capfd):
+    log = tmp_path / "ext.log"
+    with _quiet_stdio(log) as real:
+        print("noise from a library")
+        sys.stderr.write("a warning\n")
+        os.write(2, b"C-level noise\n")
+        os.write(real, b'{"status":"success"}\n')
+    out, err = capfd.readouterr()
+    assert out == '{"status":"success"}\n' and err == ""
+    assert "noise from a library" in log.read_text() and "C-level noise" in log.read_text()
+
+
+@pytest.mark.parametrize("args, want", [
+    (["create", "/tmp/p.json", "1800"], True), (["status", "p.json", "0"], True),
+    (["install", "--config", "x"], False), (["create", "p.json"], False), (["create", "p.json", "x"], False),
+])
+def test_what_counts_as_a_cloudstack_call(args, want):
+    assert is_cloudstack_call(args) is want
+
+
+def test_the_entry_module_does_not_import_prefect():
+    code = ("import sys, integrations.cloudstack.extension, integrations.cloudstack.actions, "
+            "integrations.cloudstack.status; bad = [m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')"
+            " or m.startswith(('tasks', 'flows', 'deployments'))]; print(bad)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_status_imports_neither_requests_nor_the_orm():
+    code = ("import sys; from integrations.cloudstack.extension import main; "
+            "import integrations.cloudstack.status; print(sorted(m for m in ('requests', 'alembic', 'sqlalchemy', "
+            "'integrations.inventory', 'prefect') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+def test_config_errors_name_every_key_and_never_the_secret():
+    with pytest.raises(ExtensionConfigError) as err:
+        parse_config({"prefect_api_url": "localhost:4200", "prefect_auth_string": "nocolon-SECRET",
+                      "status_timeout": 0, "erase_default": "shred", "colour": "blue"}, "c.json")
+    text = str(err.value)
+    for key in ("prefect_api_url", "inventory_url", "prefect_auth_string", "status_timeout", "erase_default", "colour"):
+        assert key in text
+    assert "SECRET" not in text
+
+
+def test_load_config_explains_a_missing_file(tmp_path):
+    with pytest.raises(ExtensionConfigError, match="metalflow-cloudstack install"):
+        load_config(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize("wait, want", [(1800, 1785.0), (60, 45.0), (20, 5.0), (3, 2.25), (0, 1785.0)])
+def test_the_deadline_stays_below_cloudstacks_wait(wait, want):
+    cfg = ExtensionConfig(prefect_api_url="http://x/api", inventory_url="sqlite://")
+    assert cfg.deadline_for(wait) == pytest.approx(want)
+
+
+def test_install_writes_an_owner_only_file_and_a_shim(tmp_path):
+    config = tmp_path / "etc" / "cloudstack.json"
+    shim = tmp_path / "extensions" / "metalflow" / "metalflow.sh"
+    cfg, text = install(config, prefect_api_url="http://10.0.0.9:4200/api", inventory_url="sqlite:////var/x.db",
+                        auth_string="metalflow:s3cret", shim=shim)
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert stat.S_IMODE(shim.stat().st_mode) == 0o755 and shim.read_text() == text
+    assert text.splitlines()[0] == "#!/bin/sh" and f"METALFLOW_CLOUDSTACK_CONFIG={config}" in text
+    assert text.splitlines()[1].startswith("exec env ") and text.rstrip().endswith('"$@"')
+    again = load_config(config)
+    assert again.prefect_auth_string.reveal() == "metalflow:s3cret" and again.log_path == config.parent / \
+        "metalflow-cloudstack.log"
+    assert "s3cret" not in json.dumps(again.masked())
+    assert stat.S_IMODE(again.log_path.stat().st_mode) == 0o600
+
+
+def test_install_command_line(tmp_path, url):
+    config = tmp_path / "cloudstack.json"
+    proc = subprocess.run([sys.executable, "-m", "integrations.cloudstack.extension", "install", "--config",
+                           str(config), "--prefect-api-url", "http://127.0.0.1:4200/api", "--inventory-url", url,
+                           "--auth-string", "-"], input="u:p\n", cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "#!/bin/sh" in proc.stdout and "u:p" not in proc.stdout
+    assert load_config(config).prefect_auth_string.reveal() == "u:p"
+    from integrations.inventory import migrate
+
+    assert migrate.current_revision(url) == migrate.head_revision()  # the claims table is there
+    assert shim_text(config) in proc.stdout
