@@ -12,6 +12,7 @@ Everything here raises the switch exception family; the driver adds the operatio
 from __future__ import annotations
 
 import re
+import select
 import socket
 import time
 from typing import Protocol
@@ -27,7 +28,7 @@ from netmiko.ssh_dispatcher import CLASS_MAPPER
 from integrations.common import Secret
 from integrations.switches.errors import SwitchAuthFailed, SwitchSessionLost, SwitchUnreachable
 
-POLL = 0.01  # seconds between reads while waiting for a prompt
+POLL = 0.05  # longest wait for channel data before re-checking the deadline and session
 
 
 class Cli(Protocol):
@@ -83,12 +84,21 @@ class NetmikoCli:
                         f"the switch did not answer within {timeout:.1f} s", target=self._target,
                         evidence=f"after sending: {line}",
                     )
-                time.sleep(POLL)
+                self._wait_readable(min(POLL, max(0.0, end - time.monotonic())))
         except (OSError, EOFError, paramiko.SSHException, NetmikoBaseException) as exc:
             raise SwitchSessionLost(
                 f"the session failed: {type(exc).__name__}", target=self._target,
                 evidence=f"after sending: {line}",
             ) from None
+
+    def _wait_readable(self, timeout: float) -> None:
+        """Sleep until the channel has data (or ``timeout``): no fixed polling delay per reply,
+        which made a batch of changes cost several times what the switch itself takes."""
+        chan = self._conn.remote_conn
+        try:
+            select.select([chan], [], [], timeout)
+        except (ValueError, OSError, TypeError, AttributeError):
+            time.sleep(min(timeout, 0.002))
 
     def _dead(self) -> bool:
         chan = self._conn.remote_conn

@@ -1,0 +1,256 @@
+"""Concurrent provisioning: K provisions triggered at once through the REST API.
+
+    python -m bench.provision_concurrency [--size smoke|full]
+
+One lab with every host preloaded Ready in MAAS (``--enlist ready``; the inventory is given
+each machine's system_id directly, so no register-host runs are needed), the lab's deploy
+time fixed so that one provision alone takes T (full: about 30 s). First one provision alone
+measures T in this run; then K = 10, 25, 50 (smoke: 3) provisions of fresh hosts are
+triggered at once (a thread pool of ``create_flow_run`` calls) and waited for.
+
+Reported per K: makespan (first trigger to last run ending) and makespan - T, per-run
+durations, trigger-to-start delays, failures, peak memory and CPU of ``metalflow serve`` with
+its run subprocesses, and the most SSH sessions seen open at once on one switch (sampled
+from the lab every second: more than 1 means runs interleave on that switch).
+
+metalflow runs each provision as one Prefect flow run under plain ``serve`` (one subprocess
+per run): that IS the baseline the issue names, so the "metalflow" and "baseline" columns
+are the same measurement until another execution mode exists; the figures compare against
+T, the same run's single-provision time. Targets at K = 50 (issue 8): makespan - T <= 30 s,
+peak memory <= 1.5 GB, zero failures, no interleaving on any switch; a bulk provision of 50
+hosts (one request, waves with a canary and an abort threshold) <= 1.2 x T (not built yet).
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from bench.common import Figure, Report, TreeSampler, default_out, main_for, prefect_server, summary, workdir
+from bench.stacks import flow_runs, stack, ts, wait_final, wait_idle
+
+SIZES = {
+    "smoke": {"ks": [3], "deploy_seconds": 1.0, "switches": 1},
+    "full": {"ks": [10, 25, 50], "deploy_seconds": 22.0, "switches": 2},
+}
+MEMORY_TARGET_MB = 1536.0
+
+
+def _vm(tag: str, i: int) -> dict:
+    return {"name": f"bench-{tag}-{i:03d}", "uuid": f"vm-bench-{tag}-{i:03d}-{uuid.uuid4().hex[:8]}",
+            "image": "ubuntu/jammy", "nics": [{"vlan": 100, "default": True}],
+            "owner": {"account": "bench", "domain": "bench"}}
+
+
+def _adopt(st) -> int:
+    """Give the inventory every lab machine's MAAS system_id (what register-host records)."""
+    import json
+
+    from integrations.inventory import Inventory
+    from integrations.maas import MaasClient
+
+    maas = MaasClient.from_settings(st.manifest["maas"]["settings"])
+    inv = Inventory(json.loads((st.home / "config.json").read_text())["inventory_url"])
+    by_mac = {}
+    for m in maas.machines():
+        for i in m.interfaces:
+            by_mac[i.mac_address.lower()] = m.system_id
+    n = 0
+    for h in st.manifest["hosts"]:
+        sid = by_mac.get(h["macs"][0].lower())
+        if sid:
+            inv.set_maas_system_id(h["name"], sid)
+            n += 1
+    return n
+
+
+class SwitchSessions:
+    """The most SSH sessions open at once on each switch, from the lab's state every second."""
+
+    def __init__(self, control_url: str):
+        self.url = control_url.rstrip("/") + "/state"
+        self.peak: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                state = requests.get(self.url, timeout=10).json()
+            except (requests.RequestException, ValueError):
+                continue
+            for name, sw in state.get("switches", {}).items():
+                active = (sw.get("counters") or {}).get("active_sessions", 0)
+                self.peak[name] = max(self.peak.get(name, 0), active)
+
+    def __enter__(self) -> "SwitchSessions":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join(10)
+
+
+def _wave(api, st, hosts: list[str], tag: str, timeout: float) -> dict:
+    from integrations.prefectapi import idempotency_key
+
+    def trigger(i_host):
+        i, host = i_host
+        vm = _vm(tag, i)
+        return api.create_flow_run("provision/metalflow", {"host": host, "vm": vm},
+                                   idempotency_key=idempotency_key("bench", tag, host, vm["uuid"])).id
+
+    t0 = time.time()
+    with TreeSampler(lambda: [st.serve_proc.pid], interval=1.0) as mem, \
+            SwitchSessions(st.manifest["lab"]["control_url"]) as sessions:
+        with ThreadPoolExecutor(max(1, len(hosts))) as pool:
+            ids = list(pool.map(trigger, enumerate(hosts)))
+        triggered = time.time() - t0
+        runs = wait_final(api, ids, timeout)
+        wait_idle(st.serve_proc.pid, 60)
+    rows = []
+    for rid in ids:
+        r = runs.get(rid) or flow_runs(api.api_url, [rid])[rid]
+        created, start, end = ts(r["created"]), ts(r.get("start_time")), ts(r.get("end_time"))
+        rows.append({"id": rid, "name": r.get("name"), "state": (r.get("state") or {}).get("type"),
+                     "message": ((r.get("state") or {}).get("message") or "")[:300],
+                     "to_start_s": start - created if start else None,
+                     "duration_s": end - start if start and end else None, "end": end})
+    ends = [r["end"] for r in rows if r["end"]]
+    return {
+        "k": len(hosts), "makespan_s": (max(ends) - t0) if ends else None, "all_triggered_s": triggered,
+        "failures": sum(1 for r in rows if r["state"] != "COMPLETED"),
+        "duration_s": summary([r["duration_s"] for r in rows if r["duration_s"] is not None]),
+        "to_start_s": summary([r["to_start_s"] for r in rows if r["to_start_s"] is not None]),
+        "serve": mem.result(), "max_sessions_per_switch": dict(sessions.peak), "runs": rows,
+    }
+
+
+def run(size: str = "full", out: Path | None = None, api_url: str | None = None, keep: bool = False) -> Report:
+    cfg = SIZES[size]
+    ks = cfg["ks"]
+    hosts_needed = 1 + sum(ks)
+    rep = Report("provision_concurrency", size, "Concurrent provisioning through the REST API",
+                 params={"k": ks, "lab_deploy_seconds": cfg["deploy_seconds"], "hosts": hosts_needed,
+                         "switches": cfg["switches"], "execution": "metalflow serve: one subprocess per run"})
+    d = cfg["deploy_seconds"]
+    lab_args = ("--enlist", "ready", "--deploy-seconds", str(d), "--commission-seconds", "0.5",
+                "--erase-seconds", "0.5", "--node-timeout", str(d + 60))
+    waves = []
+    with workdir("provision_concurrency", keep) as home, prefect_server(api_url, home) as url, \
+            stack(home / "stack", url, hosts=hosts_needed, switches=cfg["switches"], block_from=78,
+                  lab_args=lab_args) as st:
+        from integrations.prefectapi import PrefectApi
+
+        adopted = _adopt(st)
+        if adopted < hosts_needed:
+            raise RuntimeError(f"only {adopted} of {hosts_needed} lab machines found in MAAS")
+        api = PrefectApi(url)
+        names = [h["name"] for h in st.manifest["hosts"]]
+        print("[provision_concurrency] one provision alone (T)", flush=True)
+        alone = _wave(api, st, names[:1], "t", timeout=600)
+        T = alone["duration_s"]["max"]
+        if alone["failures"]:
+            raise RuntimeError(f"the single provision failed: {alone['runs'][0]['message']}; see {home}")
+        used = 1
+        for k in ks:
+            print(f"[provision_concurrency] {k} provisions at once", flush=True)
+            waves.append(_wave(api, st, names[used:used + k], f"k{k}", timeout=max(900, 20 * k + 10 * T)))
+            used += k
+    rep.params["T_s"] = round(T, 2)
+    rep.data.update({"alone": alone, "waves": waves, "T_s": T})
+    for w in waves:
+        k = w["k"]
+        at50 = k >= 50
+        over = w["makespan_s"] - T if w["makespan_s"] is not None else None
+        rep.add(Figure(f"K={k}: makespan", w["makespan_s"], T, "s", compare="difference",
+                       baseline_label="T: one provision alone (serve, this run)",
+                       target="makespan − T ≤ 30 s" if at50 else "", passed=(over is not None and over <= 30) if at50 else None))
+        rep.add(Figure(f"K={k}: per-run duration p50 / T", w["duration_s"]["p50"], T, "s",
+                       baseline_label="T alone"))
+        rep.add(Figure(f"K={k}: trigger-to-start p95", w["to_start_s"]["p95"], alone["to_start_s"]["p50"], "s",
+                       compare="difference", baseline_label="alone"))
+        rep.add(Figure(f"K={k}: peak memory of serve + runs (PSS)", w["serve"]["peak_pss_mb"],
+                       alone["serve"]["peak_pss_mb"], "MB", baseline_label="one run alone",
+                       target="≤ 1.5 GB" if at50 else "",
+                       passed=w["serve"]["peak_pss_mb"] <= MEMORY_TARGET_MB if at50 else None))
+        rep.add(Figure(f"K={k}: failed runs", w["failures"], 0, "runs", compare="difference", baseline_label="expected",
+                       target="0", passed=w["failures"] == 0))
+        peak = max(w["max_sessions_per_switch"].values() or [0])
+        rep.add(Figure(f"K={k}: most SSH sessions open at once on one switch", peak, 1, "sessions",
+                       compare="difference", baseline_label="no interleaving", target="no interleaving (≤ 1)",
+                       passed=peak <= 1, note="sampled every second from the lab; short overlaps can be missed"))
+    rep.add(Figure("bulk provision of 50 (one request, waves, canary, abort threshold)", None, T, "s",
+                   baseline_label="T", target="≤ 1.2 × T", passed=False, note="not built yet"))
+    _explain(rep, waves, T, alone)
+
+    def plot(fig) -> None:
+        ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+        ks_ = [w["k"] for w in waves]
+        ax1.plot(ks_, [w["makespan_s"] for w in waves], "o-", label="makespan (serve, one process per run)")
+        ax1.plot(ks_, [T + 30] * len(ks_), "r--", lw=1, label="target T + 30 s")
+        ax1.plot(ks_, [T] * len(ks_), "k:", lw=1, label=f"T = {T:.1f} s (alone)")
+        ax1.plot(ks_, [1.2 * T] * len(ks_), "g:", lw=1, label="bulk target 1.2 × T")
+        ax1.set_xlabel("provisions at once (K)")
+        ax1.set_ylabel("s")
+        ax1.legend(fontsize=7)
+        ax2.plot(ks_, [w["serve"]["peak_pss_mb"] for w in waves], "o-", label="peak PSS of serve + runs")
+        ax2.axhline(MEMORY_TARGET_MB, color="tab:red", ls="--", lw=1, label="target 1.5 GB")
+        ax2.set_xlabel("provisions at once (K)")
+        ax2.set_ylabel("MB")
+        ax2.legend(fontsize=7)
+
+    rep.plot = plot
+    rep.write(out or default_out(size))
+    return rep
+
+
+def _explain(rep: Report, waves: list[dict], T: float, alone: dict) -> None:
+    rep.findings.append(
+        "metalflow's execution mode is plain `serve` with one subprocess per flow run, which is also the "
+        "baseline: the two columns are one measurement. Figures are set against T, the same run's single "
+        "provision.")
+    for w in waves:
+        rep.profile[f"K={w['k']}"] = (
+            f"all {w['k']} create_flow_run calls {w['all_triggered_s']:.1f} s; trigger → running p50 "
+            f"{w['to_start_s']['p50']:.1f} s, p95 {w['to_start_s']['p95']:.1f} s; once running a run took p50 "
+            f"{w['duration_s']['p50']:.1f} s ({w['duration_s']['p50'] / T:.2f} × T); serve + runs used "
+            f"{w['serve']['cpu_seconds']:.0f} CPU-s ({w['serve']['cpu_cores_avg']:.2f} cores on average), "
+            f"peak {w['serve']['peak_processes']} processes, {w['serve']['peak_pss_mb']:.0f} MB PSS")
+    big = waves[-1]
+    if big["makespan_s"] is not None and big["makespan_s"] - T > 30 or big["serve"]["peak_pss_mb"] > MEMORY_TARGET_MB:
+        per_run = (big["serve"]["peak_pss_mb"] - alone["serve"]["peak_pss_mb"]) / max(1, big["k"] - 1)
+        rep.findings.append(
+            f"K={big['k']}: makespan − T = {big['makespan_s'] - T:.0f} s, peak {big['serve']['peak_pss_mb']:.0f} MB "
+            f"(about {per_run:.0f} MB per extra concurrent run). The time goes to starting {big['k']} Python "
+            "subprocesses at once (each imports Prefect and the flows: 1 to 2 CPU-seconds) on "
+            f"{rep.machine['cores']} cores, and to per-task API overhead growing under load. What closes it: run "
+            "the provisions of one request inside one long-lived process (one flow run with the hosts' provisions "
+            "as concurrent subflows or async tasks; measured in the reference notes at 1.19–1.24 × T and about "
+            "150 MB for 50), i.e. the bulk provision below.")
+    if any(max(w["max_sessions_per_switch"].values() or [0]) > 1 for w in waves):
+        rep.findings.append(
+            "Runs interleave on a switch: several provisions hold SSH sessions on one switch at once. Each "
+            "change is verified per port, so the ports come out right, but the issue asks for no interleaving: "
+            "a per-switch lock (a global concurrency limit `switch-<name>`, limit 1, strict, taken around each "
+            "converge_ports session) or, better, one batched session per switch per wave in the bulk provision.")
+    rep.findings.append(
+        "Bulk provision (one request for 50 hosts, in waves with a canary and an abort threshold, target ≤ 1.2 × T) "
+        "is not built. It needs: a `provision-bulk` flow taking a list of (host, vm); a canary wave of 1 to 2 "
+        "hosts run to completion first; then waves run as concurrent subflows in the one run's process (no "
+        "subprocess per host), each switch's port changes for a wave batched in one `driver.session()` under a "
+        "per-switch lock; a failure counter that stops starting new waves once failures exceed the threshold "
+        "(e.g. 10 %) and rolls back only the failed hosts; and per-host results as an artifact.")
+
+
+def main() -> None:
+    main_for(run, __doc__)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Serve one metalflow flow under another deployment name with Prefect's default runner
+settings (the baseline of ``bench.trigger_latency``): ``metalflow serve`` sets a 1 s runner
+poll; this process leaves ``PREFECT_RUNNER_POLL_FREQUENCY`` at Prefect's default (10 s).
+
+    python -m bench.serve_defaults --flow status --name bench-defaults
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--flow", default="status")
+    p.add_argument("--name", default="bench-defaults")
+    args = p.parse_args()
+    from prefect import serve
+
+    from deployments.registry import ON_DEMAND
+
+    flows = {f.name: f for f in ON_DEMAND}
+    serve(flows[args.flow].to_deployment(name=args.name, tags=["bench"]), print_starting_message=False)
+
+
+if __name__ == "__main__":
+    main()
