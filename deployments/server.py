@@ -45,6 +45,10 @@ def server_env(api_url: str, home: Path, extra: dict[str, str] | None = None) ->
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT="false",
         PREFECT_LOGGING_LEVEL=env.get("PREFECT_LOGGING_LEVEL", "WARNING"),
+        # A run waiting for a host's lock is told when to ask again; Prefect caps that at 30 s,
+        # which leaves a host idle long after the previous operation released it.
+        PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS=env.get(
+            "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS", "5"),
     )
     env.update(extra or {})
     return env

@@ -1,70 +1,135 @@
 """audit: read every cabled port back from the switches, compare with the VLANs the
-inventory says each should carry, report drift; with ``repair`` converge it. Scheduled."""
+inventory says each should carry, report drift; with ``repair`` converge it. Scheduled.
+
+Reading is one session per switch and takes no lock. A repair is a change like any other: it
+takes the host's lock (a host busy with another operation is skipped, not fought over: that
+operation is moving its ports on purpose) and converges through the same step provision and
+destroy use, so it is journaled and verified the same way."""
 from __future__ import annotations
 
+from contextlib import ExitStack
 from itertools import groupby
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
-from integrations.inventory import SwitchInfo
+from flows.runbook import host_lock
+from integrations.inventory import SwitchInfo, VlanInfo
 from tasks import clients
-from tasks.common import logger
+from tasks import inventory as inv_t
+from tasks import switches
+from tasks.common import logger, write_journal
 from tasks.inventory import targets_from
 from tasks.switches import PortTarget, plan_port
+
+#: How long a repair waits for a host's lock before it skips the host (seconds, after the
+#: first second's try).
+REPAIR_LOCK_WAIT = 2.0
+
+
+def _cell(value) -> str:
+    return str(value or "-").replace("|", "\\|").replace("\n", " ")[:300]
+
+
+def _vlans(untagged: int | None, tagged) -> str:
+    return f"untagged {untagged or '-'} tagged {','.join(map(str, sorted(tagged))) or '-'}"
 
 
 @task(name="audit-switch", task_run_name="audit-switch {switch.name}", cache_policy=NO_CACHE,
       persist_result=False, retries=2, retry_delay_seconds=[2, 10])
-def audit_switch(switch: SwitchInfo, targets: list[PortTarget], repair: bool) -> list[dict]:
-    """One session per switch: read each port, and with ``repair`` converge it."""
+def audit_switch(switch: SwitchInfo, targets: list[PortTarget], owners: dict[str, str | None]) -> list[dict]:
+    """One session per switch: read each port, return the ones that differ from the target."""
     drift = []
     driver = clients.switch(switch)
     try:
         with driver.session() as s:
             for t in targets:
                 current = s.port_vlans(t.port)
-                steps = plan_port(current, t)
-                if not steps:
-                    continue
-                row = {"switch": switch.name, "port": t.port,
-                       "want": f"untagged {t.untagged or '-'} tagged {','.join(map(str, t.tagged)) or '-'}",
-                       "found": f"untagged {current.untagged or '-'} tagged {','.join(map(str, sorted(current.tagged))) or '-'}",
-                       "repaired": False}
-                if repair:
-                    for op, vlan, tagged in steps:
-                        (s.remove_vlan(t.port, vlan) if op == "remove" else s.add_vlan(t.port, vlan, tagged))
-                    row["repaired"] = True
-                drift.append(row)
+                if plan_port(current, t):
+                    drift.append({"switch": switch.name, "port": t.port, "host": owners.get(t.port),
+                                  "want": _vlans(t.untagged, t.tagged),
+                                  "found": _vlans(current.untagged, current.tagged), "repaired": "no"})
     finally:
         driver.close()
     return drift
 
 
-@flow(name="audit", flow_run_name=lambda: "audit (repair)" if _repair() else "audit", log_prints=True)
+def desired_targets(rows: list[VlanInfo]) -> tuple[list[PortTarget], dict[str, str | None]]:
+    """One switch's desired VLAN rows as port targets, and which host owns each port."""
+    ports = sorted({(v.switch, v.port) for v in rows})
+    owners: dict[str, str | None] = {}
+    for v in rows:
+        owners[v.port] = owners.get(v.port) or v.host
+    return targets_from(ports, rows), owners
+
+
+def repair_host(host: str) -> str:
+    """Converge every cabled port of ``host`` to the inventory, under the host's lock."""
+    with ExitStack() as held:
+        try:
+            held.enter_context(host_lock(host, "audit", wait=REPAIR_LOCK_WAIT))
+        except TimeoutError:
+            logger().warning("%s is busy with another operation: not repaired now", host)
+            return "no: another operation holds the host"
+        h = inv_t.load_host(host)
+        sent = switches.converge_ports(h, inv_t.want_ports(h, "keep"))
+        return "yes" if sent else "yes (already right on a second read)"
+
+
+class AuditIncomplete(Exception):
+    """Some switch could not be read or some repair failed; the artifact lists which."""
+
+
+def _run_name() -> str:
+    return "audit (repair)" if (flow_run.parameters or {}).get("repair") else "audit"
+
+
+@flow(name="audit", flow_run_name=_run_name, log_prints=True)
 def audit(repair: bool = False) -> dict:
     inv = clients.inventory()
-    hosts = inv.list_hosts()
-    targets: list[PortTarget] = []
-    for h in hosts:
-        ports = [(cp.switch.name, cp.port) for cp in inv.cabled_ports(h.name)]
-        targets += targets_from(ports, inv.desired_vlans(h.name))
+    switches_ = inv.list_switches()
     drift: list[dict] = []
-    switches = {s.name: s for s in inv.list_switches()}
-    for name, group in groupby(sorted(targets, key=lambda t: (t.switch, t.port)), key=lambda t: t.switch):
-        drift += audit_switch(switches[name], list(group), repair)
-    lines = [f"# audit{' (repair)' if repair else ''}: {len(targets)} ports on {len(switches)} switches", "",
-             f"drift on **{len(drift)}** ports" + (", repaired" if repair and drift else ""), ""]
+    problems: list[str] = []
+    ports = 0
+    for sw in switches_:
+        targets, owners = desired_targets(inv.switch_vlans(sw.name))
+        ports += len(targets)
+        if not targets:
+            continue
+        try:
+            drift += audit_switch(sw, targets, owners)
+        except Exception as exc:  # noqa: BLE001 - one unreadable switch must not hide the others
+            problems.append(f"{sw.name}: not read: {exc}")
+    for d in drift:
+        if d["host"]:
+            write_journal(d["host"], "vlan-drift", "switch", "ok",
+                          f"{d['switch']} {d['port']}: should carry {d['want']}, found {d['found']}")
+    if repair:
+        for host, rows in groupby(sorted((d for d in drift if d["host"]), key=lambda d: d["host"]),
+                                  key=lambda d: d["host"]):
+            try:
+                outcome = repair_host(host)
+            except Exception as exc:  # noqa: BLE001 - keep repairing the other hosts
+                outcome = f"FAILED: {exc}"
+                problems.append(f"{host}: repair failed: {exc}")
+            for d in rows:
+                d["repaired"] = outcome
+        for d in drift:
+            if not d["host"]:
+                d["repaired"] = "no: the port belongs to no host in the inventory"
+    repaired = sum(1 for d in drift if d["repaired"].startswith("yes"))
+    lines = [f"# audit{' (repair)' if repair else ''}: {ports} ports on {len(switches_)} switches", "",
+             f"drift on **{len(drift)}** ports" + (f", **{repaired}** repaired" if repair else ""), ""]
     if drift:
-        lines += ["| switch | port | should carry | found | repaired |", "|---|---|---|---|---|"]
-        lines += [f"| {d['switch']} | {d['port']} | {d['want']} | {d['found']} | {'yes' if d['repaired'] else 'no'} |" for d in drift]
-        logger().warning("VLAN drift on %d ports%s", len(drift), " (repaired)" if repair else "")
+        lines += ["| switch | port | host | should carry | found | repaired |", "|---|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(_cell(d[k]) for k in ("switch", "port", "host", "want", "found", "repaired")) + " |"
+                  for d in drift]
+        logger().warning("VLAN drift on %d ports%s", len(drift), f" ({repaired} repaired)" if repair else "")
+    if problems:
+        lines += ["", "## incomplete", ""] + [f"- {p}" for p in problems]
     create_markdown_artifact(markdown="\n".join(lines), key="audit", description=f"drift on {len(drift)} ports")
-    return {"ports": len(targets), "drift": drift}
-
-
-def _repair() -> bool:
-    from prefect.runtime import flow_run
-
-    return bool((flow_run.parameters or {}).get("repair"))
+    if problems:
+        raise AuditIncomplete("; ".join(problems))
+    return {"ports": ports, "drift": drift, "repaired": repaired}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.models import EraseMode
-from flows.provision import idle_name
+from flows.provision import OWNER_TAG_PREFIXES, idle_name
 from flows.runbook import Report, host_lock, run_name
 from integrations.maas import NodeStatus
 from tasks import inventory as inv_t
@@ -35,11 +35,11 @@ def destroy(host: str, erase: EraseMode | None = None, wait_for_erase: bool = Tr
                 else:
                     report.add("maas", f"release (erase: {erase})", maas.release_machine(h, erase))
                     if wait_for_erase:
-                        ready = maas.wait_for_status(h, h.maas_system_id, "ready", cfg.erase_timeout)
+                        ready = maas.wait_for_status(h, h.maas_system_id, "ready", cfg.erase_timeout, phase="erase")
                         report.add("maas", "wait for Ready", ready.status.label)
                 report.add("maas", f"rename to {idle_name(h)}", maas.rename_machine(h, idle_name(h)))
                 report.add("maas", "remove ownership tags",
-                           maas.untag_machine(h, ["accountid_", "domainid_", "projectid_"]))
+                           maas.untag_machine(h, list(OWNER_TAG_PREFIXES)))
             report.add("inventory", "forget the VM", inv_t.record_vm(h, None, None))
         except Exception as exc:
             report.outcome = f"failed (a rerun continues from here): {exc}"

@@ -14,7 +14,10 @@ EraseMode = Literal["none", "quick", "secure"]
 
 class Nic(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    vlan: int = Field(ge=1, le=4094, description="802.1Q VLAN id of the network (CloudStack broadcastUri vlan://N)")
+    # 2..4094: VLAN 1 is every switch's default VLAN, which metalflow never changes (the
+    # switch drivers refuse it too, but only after the first change was made).
+    vlan: int = Field(ge=2, le=4094, description="802.1Q VLAN id of the network, 2 to 4094 "
+                      "(CloudStack broadcastUri vlan://N)")
     default: bool = Field(False, description="The default NIC's VLAN is the guest VLAN, untagged")
 
 
@@ -53,6 +56,13 @@ class Vm(BaseModel):
             raise ValueError(f"{v!r} is not a valid hostname: use lower-case letters, digits and dashes "
                              "(at most 63), not starting or ending with a dash")
         return v
+
+    @field_validator("ssh_keys")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        from integrations.maas.preseed import check_ssh_key
+
+        return [check_ssh_key(line) for line in v]
 
     @field_validator("root_password_hash")
     @classmethod

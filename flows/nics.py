@@ -1,34 +1,73 @@
-"""plug-nic / unplug-nic: an extra network as a tagged VLAN on every cabled port."""
+"""plug-nic / unplug-nic: an extra network as a tagged VLAN on every cabled port.
+
+Refusals (not a VLAN id, the PXE VLAN, the default NIC's VLAN, no VM on the host) happen
+before any change and are published as the run's report, so the UI says why."""
 from __future__ import annotations
 
-from prefect import flow
+from typing import Callable
 
-from flows.runbook import Report, host_lock, run_name
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.runbook import Report, host_lock
+from integrations.inventory import HostInfo
+from tasks import clients
 from tasks import inventory as inv_t
 from tasks import switches
 from tasks.common import logger
 
 
-class NicRefused(Exception):
-    pass
+class NicRefused(ValueError):
+    """The request cannot be honoured as given; nothing was changed."""
 
 
-def _check_vlan(vlan: int) -> None:
-    if isinstance(vlan, bool) or not 1 <= int(vlan) <= 4094:
+def _run_name(operation: str) -> Callable[[], str]:
+    def name() -> str:
+        params = flow_run.parameters or {}
+        return f"{operation} {params.get('host', '')} → VLAN {params.get('vlan', '?')}"
+
+    return name
+
+
+def _check_vlan_id(vlan: int) -> None:
+    if isinstance(vlan, bool) or not isinstance(vlan, int) or not 1 <= vlan <= 4094:
         raise NicRefused(f"vlan: {vlan!r} is not a VLAN id (1-4094)")
-    if int(vlan) == inv_t.pxe_vlan_for(None):
-        raise NicRefused(f"vlan: {vlan} is the PXE (provisioning) VLAN; a VM cannot join it")
+    if vlan == 1:
+        raise NicRefused("vlan: 1 is every switch's default VLAN, which metalflow never changes; use 2-4094")
 
 
-@flow(name="plug-nic", flow_run_name=run_name("plug-nic", "vlan"), log_prints=True)
+def _pxe_vlans(h: HostInfo) -> set[int]:
+    """The provisioning VLAN of every switch the host is cabled to (a switch may have its own)."""
+    ports = clients.inventory().cabled_ports(h.name)
+    return {inv_t.pxe_vlan_for(cp.switch.pxe_vlan) for cp in ports} or {inv_t.pxe_vlan_for(None)}
+
+
+def _refuse(report: Report, exc: NicRefused) -> None:
+    report.outcome = f"refused, nothing changed: {exc}"
+    report.publish()
+    raise exc
+
+
+@flow(name="plug-nic", flow_run_name=_run_name("plug-nic"), log_prints=True)
 def plug_nic(host: str, vlan: int) -> str:
-    _check_vlan(vlan)
+    report = Report("plug-nic", host, f"VLAN {vlan}")
+    try:
+        _check_vlan_id(vlan)
+    except NicRefused as exc:
+        _refuse(report, exc)
     with host_lock(host, "plug-nic"):
         h = inv_t.load_host(host)
-        report = Report("plug-nic", h.name, f"VLAN {vlan}")
-        guest = [v for v in clients_desired(h) if v.purpose == "guest"]
-        if any(v.vlan == vlan for v in guest):
-            raise NicRefused(f"vlan: {vlan} is already the default NIC's (guest) VLAN on {h.name}")
+        report.host = h.name
+        try:
+            if vlan in _pxe_vlans(h):
+                raise NicRefused(f"vlan: {vlan} is the PXE (provisioning) VLAN; a VM cannot join it")
+            if not h.last_vm_uuid:
+                # An extra VLAN on an idle host would be handed to whichever VM comes next.
+                raise NicRefused(f"host: {h.name} carries no VM; plug a NIC into a provisioned VM")
+            if any(v.vlan == vlan and v.purpose == "guest" for v in _desired(h)):
+                raise NicRefused(f"vlan: {vlan} is already the default NIC's (guest) VLAN on {h.name}")
+        except NicRefused as exc:
+            _refuse(report, exc)
         report.add("switch", f"VLAN {vlan} tagged on every cabled port",
                    switches.converge_ports(h, inv_t.want_extra_vlan(h, vlan, True)))
         report.outcome = f"VLAN {vlan} plugged"
@@ -36,16 +75,26 @@ def plug_nic(host: str, vlan: int) -> str:
         return report.outcome
 
 
-@flow(name="unplug-nic", flow_run_name=run_name("unplug-nic", "vlan"), log_prints=True)
+@flow(name="unplug-nic", flow_run_name=_run_name("unplug-nic"), log_prints=True)
 def unplug_nic(host: str, vlan: int) -> str:
-    _check_vlan(vlan)
+    report = Report("unplug-nic", host, f"VLAN {vlan}")
+    try:
+        _check_vlan_id(vlan)
+    except NicRefused as exc:
+        _refuse(report, exc)
     with host_lock(host, "unplug-nic"):
         h = inv_t.load_host(host)
-        report = Report("unplug-nic", h.name, f"VLAN {vlan}")
-        desired = clients_desired(h)
-        if any(v.vlan == vlan and v.purpose == "guest" for v in desired):
-            raise NicRefused(f"vlan: {vlan} belongs to the default NIC of {h.name}; the default NIC "
-                             "cannot be unplugged (destroy the VM instead)")
+        report.host = h.name
+        desired = _desired(h)
+        try:
+            if vlan in _pxe_vlans(h):
+                raise NicRefused(f"vlan: {vlan} is the PXE (provisioning) VLAN, not a NIC of the VM; "
+                                 "destroy puts the host back on it")
+            if any(v.vlan == vlan and v.purpose == "guest" for v in desired):
+                raise NicRefused(f"vlan: {vlan} belongs to the default NIC of {h.name}; the default NIC "
+                                 "cannot be unplugged (destroy the VM instead)")
+        except NicRefused as exc:
+            _refuse(report, exc)
         if not any(v.vlan == vlan for v in desired):
             logger().info("VLAN %s is not plugged on %s: making sure the ports agree", vlan, h.name)
         report.add("switch", f"VLAN {vlan} off every cabled port",
@@ -55,8 +104,5 @@ def unplug_nic(host: str, vlan: int) -> str:
         return report.outcome
 
 
-def clients_desired(h):
-    from tasks.clients import inventory
-
-    return inventory().desired_vlans(h.name)
-
+def _desired(h: HostInfo):
+    return clients.inventory().desired_vlans(h.name)

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from integrations.inventory import PowerReading as InvReading
 from integrations.ipmi import BulkPowerReader
 from tasks import clients
-from tasks.common import logger
+from tasks.common import current_run_id, logger, write_journal
 from tasks.credentials import CredentialError
 from tasks.settings import settings
 
@@ -26,7 +26,17 @@ def read_all(targets: list) -> dict:
 
 @task(name="record-power", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=1)
 def record(readings: list[InvReading]):
-    return clients.inventory().record_power_bulk(readings)
+    """One transaction for every reading; maintenance changes are journaled with this run's id."""
+    return clients.inventory().record_power_bulk(readings, run_id=current_run_id() or None)
+
+
+def journal_changes(transitions: list) -> None:
+    """A power state that changed between two readings changed behind metalflow's back (its
+    own power actions record the state they verified): each goes into that host's journal."""
+    for t in transitions:
+        if {t.previous, t.state} != {"on", "off"}:
+            continue  # first reading, or a failed one (counted toward maintenance instead)
+        write_journal(t.host, "power-changed", "ipmi", "ok", f"{t.previous} → {t.state} (seen by power-poll)")
 
 
 @flow(name="power-poll", flow_run_name="power-poll", log_prints=True)
@@ -55,6 +65,7 @@ def power_poll() -> dict:
     for name in outcome.left_maintenance:
         log.info("%s answers again: out of maintenance", name)
     changed = [t for t in outcome.transitions if t.changed and not t.stale]
+    journal_changes(changed)
     summary = {"hosts": len(hosts), "on": on, "off": off, "failed": len(bad),
                "changed": len(changed), "entered_maintenance": list(outcome.entered_maintenance),
                "left_maintenance": list(outcome.left_maintenance)}

@@ -6,6 +6,7 @@ from prefect import flow
 from flows.runbook import Report, host_lock, run_name
 from tasks import inventory as inv_t
 from tasks import ipmi
+from tasks.common import logger
 
 
 def _power_flow(operation: str, host: str, action) -> str:
@@ -28,6 +29,9 @@ def _power_flow(operation: str, host: str, action) -> str:
 @flow(name="stop", flow_run_name=run_name("stop"), log_prints=True)
 def stop(host: str, soft_timeout: float | None = None) -> str:
     """ACPI soft off, read back, escalate to hard off if the OS ignores it (bounded)."""
+    if soft_timeout is not None and not soft_timeout > 0:
+        raise ValueError(f"soft_timeout: {soft_timeout!r} must be a positive number of seconds "
+                         "(how long the OS gets to shut down before a hard power off)")
     return _power_flow("stop", host, lambda h: ipmi.shut_down(h, soft_timeout))
 
 
@@ -45,4 +49,10 @@ def reboot(host: str) -> str:
 def status(host: str) -> str:
     """Read the power state from the BMC now (no lock: a read never changes anything)."""
     h = inv_t.load_host(host)
-    return ipmi.read_power(h)
+    state = ipmi.read_power(h)
+    logger().info("%s is powered %s", h.name, state)
+    report = Report("status", h.name, h.last_vm_name or "")
+    report.add("ipmi", "read power", state)
+    report.outcome = f"power {state}"
+    report.publish()
+    return state

@@ -10,15 +10,17 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.models import EraseMode, Vm
-from flows.runbook import Report, Undo, host_lock, run_name
+from flows.runbook import Report, RolledBack, Undo, host_lock, run_name
 from integrations.inventory import HostInfo
-from integrations.maas import NodeStatus
+from integrations.maas import MaasNotFound, NodeStatus
 from tasks import inventory as inv_t
 from tasks import ipmi, maas, switches
 from tasks.settings import settings
 
 S = NodeStatus
 OWNED = (S.ALLOCATED, S.DEPLOYING, S.DEPLOYED)
+#: The MAAS tags that say who owns the machine's VM (Owner.tags()); gone when it holds none.
+OWNER_TAG_PREFIXES = ("accountid_", "domainid_", "projectid_")
 
 
 class ConstraintFailed(Exception):
@@ -38,13 +40,27 @@ def check_constraints(h: HostInfo, vm: Vm, report: Report) -> tuple[str, object]
          f"{h.name} is in maintenance ({h.maintenance_reason}); fix the host and clear it")
     cabled = [n for n in h.nics if n.switch]
     need(bool(cabled), "host cabled to a ToR switch", f"{h.name} has no NIC in the rack config")
-    pxe = {inv_t.pxe_vlan_for(None)}
+    # Each switch may have its own provisioning VLAN: none of them may carry the VM.
+    pxe = set(inv_t.pxe_vlans(h))
     need(vm.guest_vlan not in pxe and not pxe & set(vm.extra_vlans), "VLANs are not the PXE VLAN",
          f"VLAN {sorted(pxe)} is the provisioning network; give the VM another network")
-    need(bool(h.maas_system_id), "machine known to MAAS", f"{h.name} is not registered; run register-host")
-    power = ipmi.read_power(h)
-    report.add("ipmi", "BMC answers", f"power {power}")
-    machine = maas.read_machine(h)
+    need(bool(h.maas_system_id), "host registered in MAAS", f"{h.name} is not registered; run register-host")
+    power, problem = None, ""
+    try:
+        # One retry, not the task's usual three with backoff: a check should answer quickly.
+        power = ipmi.read_power.with_options(retries=1, retry_delay_seconds=1)(h)
+    except Exception as exc:  # noqa: BLE001 - any failure to read it fails this constraint
+        problem = (f"{h.name}'s BMC at {h.ipmi_address} did not answer a power read ({type(exc).__name__}: "
+                   f"{exc}); check its address, credentials and network")
+    need(power is not None, "BMC answers", problem)
+    report.add("ipmi", "power state", power)
+    machine = None
+    try:
+        machine = maas.read_machine(h)
+    except MaasNotFound:
+        pass
+    need(machine is not None, "machine known to MAAS",
+         f"MAAS has no machine {h.maas_system_id} any more; run register-host again")
     if h.last_vm_uuid == vm.uuid and machine.status == S.DEPLOYED:
         return "A", machine
     resumable = machine.status in OWNED and machine.hostname == vm.name
@@ -77,25 +93,32 @@ def provision(host: str, vm: Vm, erase_on_failure: EraseMode | None = None) -> s
             return "case A: powered on"
 
         undo = Undo()
+        erase = erase_on_failure or cfg.erase_default
         try:
+            # The idle state: nothing to undo (a rollback ends with the ports here anyway).
             report.add("switch", "PXE VLAN on every cabled port",
                        switches.converge_ports(h, inv_t.want_ports(h, "pxe")))
 
-            report.add("maas", f"rename to {vm.name}", maas.rename_machine(h, vm.name))
+            # Each undo is registered before its change: a change that fails half-way (a
+            # session dropped between two switch commands) is undone too.
             undo.push("rename back", lambda: maas.rename_machine(h, idle_name(h)))
+            report.add("maas", f"rename to {vm.name}", maas.rename_machine(h, vm.name))
 
             cabled_macs = [n.mac for n in h.nics if n.switch]
             if len(cabled_macs) > 1:
+                # Kept on rollback, as destroy keeps it: the host's networking, not the VM's.
                 report.add("maas", "active-backup bond", maas.create_bond(h, cabled_macs))
 
+            # Reversed, power off runs after the release: whatever the release and its erase
+            # achieved, the machine ends powered off.
+            undo.push("power off", lambda: ipmi.power_off(h))
+            undo.push("release with erase", lambda: release_and_wait(h, erase))
             report.add("maas", "allocate", maas.allocate_machine(h))
-            erase = erase_on_failure or cfg.erase_default
-            undo.push("release with erase", lambda: release_and_wait(h, erase, report))
 
             tags = vm.owner.tags()
             if tags:
+                undo.push("remove ownership tags", lambda: maas.untag_machine(h, list(OWNER_TAG_PREFIXES)))
                 report.add("maas", "ownership tags", maas.tag_machine(h, tags))
-                undo.push("remove ownership tags", lambda: maas.untag_machine(h, ["accountid_", "domainid_", "projectid_"]))
 
             preseed = maas.deliver_preseed(h, vm.name, vm.image, vm.root_password_ref, vm.root_password_hash,
                                            list(vm.ssh_keys))
@@ -103,29 +126,31 @@ def provision(host: str, vm: Vm, erase_on_failure: EraseMode | None = None) -> s
             report.section(f"curtin preseed ({preseed.filename}, secrets masked)", preseed.masked_text, "yaml")
 
             report.add("maas", f"deploy {vm.image}", maas.deploy_machine(h, vm.image))
-            deployed = maas.wait_for_status(h, h.maas_system_id, "deployed", cfg.deploy_timeout)
+            deployed = maas.wait_for_status(h, h.maas_system_id, "deployed", cfg.deploy_timeout, phase="deploy")
             report.add("maas", "wait for Deployed", f"{deployed.status.label}: {deployed.osystem}/{deployed.distro_series}")
 
-            report.add("ipmi", "boot device disk", ipmi.set_boot_device(h, "disk", True))
             undo.push("boot device PXE", lambda: ipmi.set_boot_device(h, "pxe", True))
+            report.add("ipmi", "boot device disk", ipmi.set_boot_device(h, "disk", True))
 
+            # Before any release: a disk erase PXE-boots, so the PXE VLAN must be back first
+            # (pushed last, it runs first).
+            undo.push("guest VLANs off, PXE VLAN back",
+                      lambda: switches.converge_ports(h, inv_t.want_ports(h, "pxe")))
             targets = inv_t.want_ports(h, "guest", vm.guest_vlan, vm.extra_vlans)
             report.add("switch", f"guest VLAN {vm.guest_vlan} untagged" +
                        (f", VLANs {vm.extra_vlans} tagged" if vm.extra_vlans else ""),
                        switches.converge_ports(h, targets))
-            # Before any release: a disk erase PXE-boots, so the PXE VLAN must be back first.
-            undo.push("guest VLANs off, PXE VLAN back",
-                      lambda: switches.converge_ports(h, inv_t.want_ports(h, "pxe")))
 
             report.add("ipmi", "reboot", ipmi.reboot(h))
-            undo.push("power off", lambda: ipmi.power_off(h))
 
             report.add("inventory", "record VM", inv_t.record_vm(h, vm.uuid, vm.name))
         except Exception as exc:
-            report.outcome = f"failed, rolled back: {exc}"
-            undo.run(report)
+            steps = len(undo.steps)
+            failed = undo.run(report)
+            outcome = RolledBack.of(exc, steps, failed)
+            report.outcome = f"failed: {outcome}"
             report.publish()
-            raise
+            raise outcome from exc
         report.outcome = f"{h.name} runs {vm.name} ({vm.image})"
         report.publish()
         return report.outcome
@@ -136,9 +161,9 @@ def idle_name(h: HostInfo) -> str:
     return f"HOST-{h.cloudstack_id}" if h.cloudstack_id else h.name
 
 
-def release_and_wait(h: HostInfo, erase: str, report: Report) -> str:
-    """Power off first (a half-built OS must not run on), ports to PXE already undone by the
-    caller's order, then release with erase and wait until MAAS has the machine Ready."""
+def release_and_wait(h: HostInfo, erase: str) -> str:
+    """Release with ``erase`` and wait until MAAS has the machine Ready (the erase PXE-boots:
+    the caller's undo order has put the ports back on the PXE VLAN before this runs)."""
     result = maas.release_machine(h, erase)
-    ready = maas.wait_for_status(h, h.maas_system_id, "ready", settings().erase_timeout)
+    ready = maas.wait_for_status(h, h.maas_system_id, "ready", settings().erase_timeout, phase="erase")
     return f"{result}; {ready.status.label}"

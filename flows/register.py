@@ -6,7 +6,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.provision import idle_name
-from flows.runbook import Report, ensure_host_limit, host_lock, run_name
+from flows.runbook import Report, host_lock, run_name
 from integrations.maas import NodeStatus
 from tasks import inventory as inv_t
 from tasks import maas, switches
@@ -18,14 +18,18 @@ SETTLED = (S.READY, S.ALLOCATED, S.DEPLOYING, S.DEPLOYED)
 
 @flow(name="register-host", flow_run_name=run_name("register-host"), log_prints=True)
 def register_host(host: str) -> str:
-    ensure_host_limit(host)
     with host_lock(host, "register-host"):
         h = inv_t.load_host(host)
         report = Report("register-host", h.name)
         try:
-            # Commissioning PXE-boots: the cabled ports must be on the provisioning network.
-            report.add("switch", "PXE VLAN on every cabled port",
-                       switches.converge_ports(h, inv_t.want_ports(h, "pxe")))
+            if h.last_vm_uuid:
+                # A host that carries a VM is registered again (CloudStack re-adds it, an
+                # operator reruns): its ports carry the guest network; PXE would cut the VM off.
+                report.add("switch", "ports left alone", f"{h.name} carries VM {h.last_vm_name or h.last_vm_uuid}")
+            else:
+                # Commissioning PXE-boots: the cabled ports must be on the provisioning network.
+                report.add("switch", "PXE VLAN on every cabled port",
+                           switches.converge_ports(h, inv_t.want_ports(h, "pxe")))
             machine = maas.find_or_create_machine(h, idle_name(h))
             report.add("maas", "adopt or enlist", f"{machine.system_id} ({machine.status.label})")
             report.add("inventory", "record system_id", inv_t.record_system_id(h, machine.system_id))

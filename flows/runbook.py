@@ -8,15 +8,20 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from prefect import tags
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import flow_run
 
 from tasks.common import logger, write_journal
+from tasks.settings import settings
 
 LOCK_WAIT_SECONDS = 4 * 3600.0
+#: The tag every compensation task run carries (filter on it in the UI or the API).
+ROLLBACK_TAG = "rollback"
 
 
 def lock_name(host: str) -> str:
@@ -43,19 +48,35 @@ def ensure_host_limit(host: str) -> str:
     return name
 
 
+def canonical_host(host: str) -> str:
+    """The inventory name of ``host`` (given by name or CloudStack id), so that two runs for
+    one machine take one lock however the caller named it. An unknown host fails here, named,
+    before a lock (or anything else) is made for it."""
+    from tasks.clients import inventory
+
+    return inventory().get_host(host).name
+
+
 @contextmanager
 def host_lock(host: str, operation: str, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
     """Hold the host's lock for the whole operation; say so when another run holds it."""
+    host = canonical_host(host)
     name = ensure_host_limit(host)
+    # The lock is a lease the run renews; a run whose worker died holds it until it expires.
+    lease = settings().host_lock_lease
     log = logger()
     held = ExitStack()
     try:
-        held.enter_context(concurrency(name, occupy=1, strict=True, timeout_seconds=1))
-    except TimeoutError:
+        # One try, no client timeout: a timeout cancels the request on our side only, and a
+        # slot the server granted meanwhile would be held by nobody until its lease expires.
+        held.enter_context(concurrency(name, occupy=1, strict=True, max_retries=0, lease_duration=lease))
+    except ConcurrencySlotAcquisitionError as exc:
+        if getattr(getattr(exc.__cause__, "response", None), "status_code", None) != 423:  # 423: taken
+            raise
         log.warning("waiting: another operation is running on %s (lock %s); %s starts when it ends",
                     host, name, operation)
         started = time.monotonic()
-        held.enter_context(concurrency(name, occupy=1, strict=True, timeout_seconds=wait))
+        held.enter_context(concurrency(name, occupy=1, strict=True, timeout_seconds=wait, lease_duration=lease))
         log.info("got the lock on %s after %.0f s", host, time.monotonic() - started)
     with held:
         yield
@@ -63,25 +84,47 @@ def host_lock(host: str, operation: str, wait: float = LOCK_WAIT_SECONDS) -> Ite
 
 @dataclass
 class Undo:
-    """Compensation: each change registers its undo right beside it; on failure the undos run
-    in reverse, each a visible task, and one failing undo does not stop the others."""
+    """Compensation: each change registers its undo right before it is made (a change that
+    fails half-way must be undone too, and every undo is idempotent, so undoing a change that
+    never happened is a no-op); on failure the undos run in reverse, each a visible task run
+    tagged ``rollback``, and one failing undo does not stop the others."""
 
     steps: list[tuple[str, Callable[[], Any]]] = field(default_factory=list)
 
     def push(self, label: str, fn: Callable[[], Any]) -> None:
-        if label not in [s[0] for s in self.steps]:  # e.g. allocate and deploy share "release"
+        if label not in [s[0] for s in self.steps]:  # registered twice: it keeps its first place
             self.steps.append((label, fn))
 
-    def run(self, report: "Report") -> None:
+    def run(self, report: "Report") -> list[str]:
+        """Undo everything registered, newest first. Returns the labels of the undos that
+        failed (empty: fully rolled back)."""
         log = logger()
+        failed: list[str] = []
         for label, fn in reversed(self.steps):
             try:
-                result = fn()
+                with tags(ROLLBACK_TAG):
+                    result = fn()
                 report.add("rollback", label, result)
             except Exception as exc:  # noqa: BLE001 - keep undoing
                 log.error("rollback step %r failed: %s", label, exc)
                 report.add("rollback", f"{label} FAILED", str(exc))
+                failed.append(label)
         self.steps.clear()
+        return failed
+
+
+class RolledBack(Exception):
+    """An operation failed after it began changing things; ``str()`` says why and whether
+    the compensation undid everything (the run's state message, what CloudStack shows).
+    Plain ``Exception(message)`` underneath, so it pickles like any other."""
+
+    @classmethod
+    def of(cls, reason: BaseException, undone: int, failed: list[str]) -> "RolledBack":
+        if failed:
+            tail = f"ROLLBACK INCOMPLETE: {', '.join(failed)} failed (see the run's report and logs)"
+        else:
+            tail = f"rolled back ({undone} step{'s' if undone != 1 else ''} undone)"
+        return cls(f"{type(reason).__name__}: {reason} | {tail}")
 
 
 @dataclass

@@ -32,6 +32,14 @@ def load_host(host: str) -> HostInfo:
     return clients.inventory().get_host(host)
 
 
+@runbook_task(system="inventory", name="pxe-vlans", run_name="pxe-vlans {host.name}", journal=False, retries=2)
+def pxe_vlans(host: HostInfo) -> list[int]:
+    """The provisioning VLAN of every switch the host is cabled to (a switch may have its
+    own; the setting is the default). No VM network may be one of them."""
+    ports = clients.inventory().cabled_ports(host.name)
+    return sorted({pxe_vlan_for(cp.switch.pxe_vlan) for cp in ports}) or [pxe_vlan_for(None)]
+
+
 @runbook_task(system="inventory", name="want-ports", run_name="want-ports {host.name} {state}")
 def want_ports(host: HostInfo, state: str, guest_vlan: int | None = None,
                extra_vlans: list[int] | None = None) -> list[PortTarget]:
@@ -52,8 +60,8 @@ def want_ports(host: HostInfo, state: str, guest_vlan: int | None = None,
     elif state == "guest":
         if guest_vlan is None:
             raise ValueError("guest_vlan: needed for state 'guest'")
-        inv.clear_desired_vlan(host.name, purpose="pxe")
-        inv.clear_desired_vlan(host.name, purpose="guest")
+        # The VM's whole network set is given here: forget any earlier guest or extra VLANs.
+        inv.clear_desired_vlan(host.name)
         inv.set_desired_vlan(host.name, guest_vlan, purpose="guest", tagged=False)
         for extra in extra_vlans or []:
             inv.set_desired_vlan(host.name, extra, purpose="extra", tagged=True)

@@ -1,30 +1,47 @@
-"""IPMI steps: power and boot device, each read back by the client before it returns."""
+"""IPMI steps: power and boot device, each read back by the client before it returns.
+
+The power state a step has verified goes into the inventory at once: an operator sees it, and
+the next power poll does not take metalflow's own action for a change behind its back."""
 from __future__ import annotations
 
 from integrations.inventory import HostInfo
-from integrations.ipmi import BmcWrongState
+from integrations.ipmi import BmcTimeout, BmcWrongState
 from tasks import clients
 from tasks.common import logger, runbook_task
 from tasks.settings import settings
 
 
+def record_power(host: HostInfo, state: str) -> None:
+    """Best effort: an inventory that cannot be written must not fail the power step."""
+    try:
+        clients.inventory().record_power(host.name, state)
+    except Exception as exc:  # noqa: BLE001
+        logger().warning("could not record power %s of %s in the inventory: %s", state, host.name, exc)
+
+
 @runbook_task(system="ipmi", name="read-power")
 def read_power(host: HostInfo) -> str:
     with clients.bmc(host) as bmc:
-        return bmc.power_state()
+        state = bmc.power_state()
+    record_power(host, state)
+    return state
 
 
 @runbook_task(system="ipmi", name="power-on")
 def power_on(host: HostInfo) -> str:
     with clients.bmc(host) as bmc:
-        return bmc.power_on()
+        state = bmc.power_on()
+    record_power(host, state)
+    return state
 
 
 @runbook_task(system="ipmi", name="power-off")
 def power_off(host: HostInfo) -> str:
     """Hard off (destroy, rollback): no waiting for an OS."""
     with clients.bmc(host) as bmc:
-        return bmc.power_off(soft=False)
+        state = bmc.power_off(soft=False)
+    record_power(host, state)
+    return state
 
 
 @runbook_task(system="ipmi", name="shut-down")
@@ -35,21 +52,30 @@ def shut_down(host: HostInfo, soft_timeout: float | None = None) -> str:
     wait = soft_timeout if soft_timeout is not None else settings().stop_soft_timeout
     with clients.bmc(host) as bmc:
         if bmc.power_state() == "off":
-            return "already off"
-        try:
-            bmc.power_off(soft=True, deadline=wait)
-            return "soft off"
-        except BmcWrongState:
-            log.warning("%s ignored the soft-off request for %.0f s: powering off hard", host.name, wait)
-        bmc.power_off(soft=False)
-        return "hard off (soft off ignored)"
+            how = "already off"
+        else:
+            try:
+                bmc.power_off(soft=True, deadline=wait)
+                how = "soft off"
+            except (BmcWrongState, BmcTimeout) as exc:
+                # Still on at the deadline, or the deadline ran out while the BMC was slow to
+                # answer: either way the OS had its chance. An unreachable BMC fails the hard
+                # off below too, and that error is the one retried.
+                log.warning("%s did not go off within %g s of the soft-off request (%s): powering off hard",
+                            host.name, wait, type(exc).__name__)
+                bmc.power_off(soft=False)
+                how = "hard off (soft off ignored)"
+    record_power(host, "off")
+    return how
 
 
 @runbook_task(system="ipmi", name="reboot")
 def reboot(host: HostInfo) -> str:
     """Reset when on, power on when off."""
     with clients.bmc(host) as bmc:
-        return bmc.reset()
+        state = bmc.reset()
+    record_power(host, state)
+    return state
 
 
 @runbook_task(system="ipmi", name="set-boot-device", run_name="set-boot-device {host.name} {device}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from integrations.common import Deadline, Secret
 from integrations.inventory import HostInfo
-from integrations.maas import Machine, MaasError, NodeStatus
+from integrations.maas import Machine, MaasError, MaasTimeout, MaasWrongState, NodeStatus
 from integrations.maas.preseed import render_preseed
 from tasks import clients
 from tasks.common import logger, runbook_task
@@ -53,10 +53,28 @@ def commission_machine(host: HostInfo, system_id: str) -> str:
 
 
 @runbook_task(system="maas", name="wait-for-status", run_name="wait-for-{want} {host.name}", retries=1)
-def wait_for_status(host: HostInfo, system_id: str, want: str, timeout: float) -> Machine:
-    """Poll with a deadline; a failure state ends the wait at once with MAAS's message."""
-    return clients.maas().wait_for_status(system_id, [S[w.strip().upper()] for w in want.split("|")],
-                                          deadline=Deadline(timeout), interval=1.0, max_interval=5.0)
+def wait_for_status(host: HostInfo, system_id: str, want: str, timeout: float, phase: str = "") -> Machine:
+    """Poll with a deadline; a failure state ends the wait at once with MAAS's message.
+
+    ``phase`` (commission, deploy, erase) names the MAAS phase being waited for: its deadline
+    is the ``<phase>_timeout`` setting, and a phase that outlives it fails saying so."""
+    try:
+        return clients.maas().wait_for_status(system_id, [S[w.strip().upper()] for w in want.split("|")],
+                                              deadline=Deadline(timeout), interval=1.0, max_interval=5.0)
+    except MaasTimeout as exc:
+        if not phase:
+            raise
+        raise MaasTimeout(
+            f"{phase} phase did not finish within {timeout:g} s (the {phase}_timeout setting, "
+            f"METALFLOW_{phase.upper()}_TIMEOUT); MAAS still has {host.name} ({system_id}) "
+            f"{exc.last_status or 'in an unknown state'}",
+            system_id=system_id, op=f"wait for {phase}", last_status=exc.last_status,
+        ) from None
+    except MaasWrongState as exc:
+        if not phase:
+            raise
+        raise MaasWrongState(f"{phase} phase failed: {exc.message}", machine_status=exc.machine_status,
+                             system_id=system_id, op=f"wait for {phase}", excerpt=exc.excerpt) from None
 
 
 @runbook_task(system="maas", name="rename-machine", run_name="rename-machine {host.name} {hostname}")

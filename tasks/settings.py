@@ -35,6 +35,9 @@ class Settings(BaseModel, frozen=True):
     maintenance_after_failures: int = Field(3, ge=1)
     audit_interval: float = Field(3600.0, gt=0)
     stop_soft_timeout: float = Field(30.0, gt=0)
+    #: Seconds a host lock outlives a run that stopped renewing it (its worker died); Prefect
+    #: renews it every 3/4 of that while the run lives. Prefect's minimum is 60.
+    host_lock_lease: float = Field(300.0, ge=60, le=86400)
     image_arch: str = "amd64/generic"
 
     def resolved_inventory_url(self) -> str:
