@@ -36,6 +36,42 @@ def serve(schedules: bool = typer.Option(True, help="Run power-poll and audit on
     serve_all(schedules=schedules, limit=limit)
 
 
+@app.command()
+def deploy(
+    pool: str = typer.Option("metalflow", help="Process work pool (made if missing)"),
+    schedules: bool = typer.Option(True, help="Register power-poll and audit with their schedules."),
+    crash_after: float = typer.Option(600.0, help="Mark a run Crashed after this many seconds without a "
+                                                "heartbeat (a worker died); at least 3 heartbeat intervals of "
+                                                "every runner (Prefect's default interval: 180 s). 0: no automation."),
+) -> None:
+    """Register every deployment (<flow>/metalflow) on a process work pool for `metalflow worker`s."""
+    from deployments.workers import deploy_all
+
+    try:
+        ids = deploy_all(pool=pool, schedules=schedules, crash_after=crash_after or None)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    console.print(f"{len(ids)} deployments on work pool [bold]{pool}[/bold]: {', '.join(sorted(ids))}")
+    if crash_after:
+        console.print(f"runs without a heartbeat for {crash_after:.0f} s are marked Crashed")
+
+
+@app.command()
+def worker(
+    pool: str = typer.Option("metalflow", help="Work pool to pull runs from"),
+    name: Optional[str] = typer.Option(None, help="Worker name (default: Prefect's, from the host name)"),
+    limit: Optional[int] = typer.Option(None, help="At most this many runs at once on this machine "
+                                                   "(each run is a process of about 90 MB)"),
+) -> None:
+    """Run a Prefect process worker for metalflow's pool (`prefect worker start`), with a short
+    poll interval and the flow-run heartbeats the crash automation watches."""
+    from deployments.workers import worker_command, worker_env
+
+    cmd = worker_command(pool, name=name, limit=limit)
+    console.print(" ".join(cmd))
+    os.execvpe(cmd[0], cmd, worker_env())
+
+
 @app.command("setup-lab")
 def setup_lab_cmd(manifest: Optional[Path] = typer.Option(None, "--manifest", "-m")) -> None:
     """Point metalflow at a running lab: secrets, settings and the inventory."""
