@@ -28,9 +28,11 @@ def test_register_hosts_events_trigger(e2e):
     for step in ("converge-ports", "find-or-create-machine", "wait-for-status"):
         assert step in events.stdout
 
-    # nothing left to register: says so and changes nothing
-    again = cli(e2e, "register")
-    assert again.returncode == 0
+    # registering again adopts the same machines: nothing re-created
+    again = cli(e2e, "register", "host-009", "--all")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert e2e.inventory().get_host("host-009").maas_system_id == ids["host-009"]
+    assert len(e2e.maas().machines(hostname=e2e.maas().machine(ids["host-009"]).hostname)) == 1
 
     status = cli(e2e, "trigger", "status", "-p", "host=host-009")
     assert status.returncode == 0, status.stdout + status.stderr
