@@ -36,12 +36,6 @@ def _check_vlan_id(vlan: int) -> None:
         raise NicRefused("vlan: 1 is every switch's default VLAN, which metalflow never changes; use 2-4094")
 
 
-def _pxe_vlans(h: HostInfo) -> set[int]:
-    """The provisioning VLAN of every switch the host is cabled to (a switch may have its own)."""
-    ports = clients.inventory().cabled_ports(h.name)
-    return {inv_t.pxe_vlan_for(cp.switch.pxe_vlan) for cp in ports} or {inv_t.pxe_vlan_for(None)}
-
-
 def _refuse(report: Report, exc: NicRefused) -> None:
     report.outcome = f"refused, nothing changed: {exc}"
     report.publish()
@@ -59,7 +53,7 @@ def plug_nic(host: str, vlan: int) -> str:
         h = inv_t.load_host(host)
         report.host = h.name
         try:
-            if vlan in _pxe_vlans(h):
+            if vlan in inv_t.pxe_vlans(h):
                 raise NicRefused(f"vlan: {vlan} is the PXE (provisioning) VLAN; a VM cannot join it")
             if not h.last_vm_uuid:
                 # An extra VLAN on an idle host would be handed to whichever VM comes next.
@@ -87,7 +81,7 @@ def unplug_nic(host: str, vlan: int) -> str:
         report.host = h.name
         desired = _desired(h)
         try:
-            if vlan in _pxe_vlans(h):
+            if vlan in inv_t.pxe_vlans(h):
                 raise NicRefused(f"vlan: {vlan} is the PXE (provisioning) VLAN, not a NIC of the VM; "
                                  "destroy puts the host back on it")
             if any(v.vlan == vlan and v.purpose == "guest" for v in desired):
