@@ -29,11 +29,13 @@ def _fail(message: str, code: int = 1) -> None:
 
 @app.command()
 def serve(schedules: bool = typer.Option(True, help="Run power-poll and audit on their schedules."),
-          limit: Optional[int] = typer.Option(None, help="At most this many runs at once.")) -> None:
+          limit: Optional[int] = typer.Option(None, help="At most this many runs at once."),
+          isolated: bool = typer.Option(False, help="Run each flow run in a subprocess of its own (Prefect's "
+                                                    "serve) instead of a thread of this process.")) -> None:
     """Serve every deployment (<flow>/metalflow) against PREFECT_API_URL until interrupted."""
     from deployments.registry import serve_all
 
-    serve_all(schedules=schedules, limit=limit)
+    serve_all(schedules=schedules, limit=limit, isolated=isolated)
 
 
 @app.command()

@@ -20,19 +20,31 @@ DEPLOYMENT = "metalflow"
 ON_DEMAND = (register_host, provision, stop, start, reboot, status, destroy, plug_nic, unplug_nic)
 
 
-def deployments(cfg: Settings | None = None, *, schedules: bool = True) -> list:
+def served(cfg: Settings | None = None, *, schedules: bool = True) -> list[tuple]:
+    """(flow, deployment) for every deployment this process serves."""
     cfg = cfg or settings()
-    out = [f.to_deployment(name=DEPLOYMENT, tags=["metalflow"]) for f in ON_DEMAND]
-    out.append(power_poll.to_deployment(
+    out = [(f, f.to_deployment(name=DEPLOYMENT, tags=["metalflow"])) for f in ON_DEMAND]
+    out.append((power_poll, power_poll.to_deployment(
         name=DEPLOYMENT, tags=["metalflow"],
-        interval=timedelta(seconds=cfg.power_poll_interval) if schedules else None))
-    out.append(audit.to_deployment(
+        interval=timedelta(seconds=cfg.power_poll_interval) if schedules else None)))
+    out.append((audit, audit.to_deployment(
         name=DEPLOYMENT, tags=["metalflow"], parameters={"repair": False},
-        interval=timedelta(seconds=cfg.audit_interval) if schedules else None))
+        interval=timedelta(seconds=cfg.audit_interval) if schedules else None)))
     return out
 
 
-def serve_all(*, schedules: bool = True, limit: int | None = None) -> None:
-    """Serve every deployment from this process (the embedded default): each run in its own
-    subprocess, schedules included."""
-    serve(*deployments(schedules=schedules), limit=limit, print_starting_message=False)
+def deployments(cfg: Settings | None = None, *, schedules: bool = True) -> list:
+    return [d for _, d in served(cfg, schedules=schedules)]
+
+
+def serve_all(*, schedules: bool = True, limit: int | None = None, isolated: bool = False) -> None:
+    """Serve every deployment from this process (the embedded default), schedules included:
+    every run in a thread of this process (``deployments.pool``), or with ``isolated`` in a
+    subprocess of its own (Prefect's ``serve``: more isolation, about 20 times the memory and
+    a second or two more before each run starts)."""
+    if isolated:
+        serve(*deployments(schedules=schedules), limit=limit, print_starting_message=False)
+        return
+    from deployments.pool import PooledRunner
+
+    PooledRunner(served(schedules=schedules), limit=limit).run()

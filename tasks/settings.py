@@ -69,6 +69,27 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         raise ValueError(f"bad metalflow settings ({path} or environment): {problems}") from None
 
 
+def _config_path() -> Path:
+    return Path(os.environ.get("METALFLOW_CONFIG") or metalflow_home() / "config.json")
+
+
+def _fingerprint() -> tuple:
+    """What the settings are read from: the config file's identity and the METALFLOW_*
+    environment. Flow runs share one process under ``metalflow serve``, so an operator's edit
+    of config.json must reach the next run without a restart, as it did with a process per run."""
+    try:
+        st = _config_path().stat()
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+    except OSError:
+        stamp = None
+    return (str(_config_path()), stamp, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIX))))
+
+
 @lru_cache(maxsize=1)
-def settings() -> Settings:
+def _settings(fingerprint: tuple) -> Settings:
     return load_settings()
+
+
+def settings() -> Settings:
+    return _settings(_fingerprint())
+

@@ -270,6 +270,30 @@ def test_deploy_phase_deadline_fails_and_rolls_back(e2e, hosts):
     assert "release-machine" in [n.split()[0] for n in rollback_tasks(e2e, run.id)]
 
 
+def test_cancel_from_the_ui_stops_the_run_and_rolls_it_back(e2e, hosts):
+    """Cancel (what the UI's Cancel button does: the run goes Cancelling) while the host is
+    being deployed: the served run stops within seconds, undoes what it changed, and ends
+    Cancelled, saying so. The BMC answering slowly keeps the deploy going long enough."""
+    host = "host-006"
+    free(e2e, host)
+    e2e.lab.control("POST", f"/faults/bmc/{host}", {"mode": "slow", "delay": 0.25})
+    try:
+        run = e2e.trigger("provision", host=host, vm=vm("cancel-01", 155))
+        deadline = Deadline(120)
+        while not any(t["name"].startswith("wait-for-deployed") and t["state"]["type"] == "RUNNING"
+                      for t in task_runs(e2e, run.id)):
+            assert deadline.remaining() > 0, "the provision never reached its deploy wait"
+            deadline.sleep(0.3)
+        post(e2e, f"flow_runs/{run.id}/set_state", {"state": {"type": "CANCELLING"}, "force": True}).raise_for_status()
+        done = e2e.wait(run.id, 180)
+    finally:
+        e2e.lab.reset_faults()
+    assert done.state_type == "CANCELLED", (done.state_type, done.message)
+    assert "cancelled by an operator" in done.message and "rolled back" in done.message, done.message
+    assert_idle(e2e, host)
+    assert "release-machine" in [n.split()[0] for n in rollback_tasks(e2e, run.id)]
+
+
 def test_transient_faults_are_ridden_out(e2e, hosts):
     """MAAS answering 503 with Retry-After three times, and one SSH session dropped in the
     middle of the guest-VLAN change: the MAAS client waits as told, the switch task's retry
