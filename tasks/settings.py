@@ -28,11 +28,21 @@ class Settings(BaseModel, frozen=True):
     commission_timeout: float = Field(1800.0, gt=0)
     deploy_timeout: float = Field(1800.0, gt=0)
     erase_timeout: float = Field(1800.0, gt=0)
-    power_poll_interval: float = Field(60.0, gt=0)
+    #: The power-poll schedule: a run starts every this many seconds and polls for as long
+    #: (its window), so one long-running poller is always at work.
+    power_poll_interval: float = Field(300.0, gt=0)
+    #: Seconds between two reads of one BMC by the long-running poll (each BMC at its own phase).
+    power_poll_period: float = Field(10.0, ge=1)
+    #: Seconds between two reads of the host list by the long-running poll (hosts registered or
+    #: removed meanwhile are picked up, changed BMC credentials too).
+    power_poll_refresh: float = Field(30.0, gt=0)
     power_poll_processes: int = Field(2, ge=1)
     power_poll_call_timeout: float = Field(3.0, gt=0)
     power_poll_stale_after: float = Field(180.0, gt=0)
-    maintenance_after_failures: int = Field(3, ge=1)
+    #: Failed reads in a row before a host goes into maintenance. The long-running power-poll
+    #: reads each BMC every power_poll_period (10 s): 12 is two minutes of silence, about what
+    #: a BMC reset takes, so a rebooting BMC does not flap its host into maintenance.
+    maintenance_after_failures: int = Field(12, ge=1)
     audit_interval: float = Field(3600.0, gt=0)
     stop_soft_timeout: float = Field(30.0, gt=0)
     #: Seconds a host lock outlives a run that stopped renewing it (its worker died); Prefect

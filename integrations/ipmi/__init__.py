@@ -1,5 +1,6 @@
 """IPMI: a power interface for one BMC (``BmcClient``, after Ironic's) and a bulk power reader
-for the power poll (``BulkPowerReader``), both on pyghmi with our own deadlines, plus the shim
+for the power poll (``BulkPowerReader``), a continuous staggered reader for the long-running
+poll (``PowerWatch``), all on pyghmi with our own deadlines, plus the shim
 that closes pyghmi 1.6.19's lost wake-up race (``patch_pyghmi``)."""
 from integrations.ipmi.bulk import BmcTarget, BulkPowerReader, PowerReading
 from integrations.ipmi.client import BOOT_DEVICES, BmcClient
@@ -13,6 +14,7 @@ from integrations.ipmi.errors import (
     IpmiError,
 )
 from integrations.ipmi.shim import patch_pyghmi, shim_active
+from integrations.ipmi.watch import PowerWatch, TimedReading, WatchStats
 from integrations.ipmi.wire import BootDevice
 
 __all__ = [
@@ -29,6 +31,9 @@ __all__ = [
     "BulkPowerReader",
     "IpmiError",
     "PowerReading",
+    "PowerWatch",
+    "TimedReading",
+    "WatchStats",
     "patch_pyghmi",
     "shim_active",
 ]

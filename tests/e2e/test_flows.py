@@ -11,6 +11,7 @@ change the verdict.
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import datetime, timedelta, timezone
@@ -402,7 +403,17 @@ def test_destroy_two_nic_host(e2e, registered):
 
 # --- power-poll ---------------------------------------------------------------------------------
 
-def test_silent_bmc_goes_into_maintenance_and_comes_back(e2e, registered, lab_faults_cleared):
+@pytest.fixture
+def three_strikes(e2e):
+    """maintenance_after_failures = 3 for this test (config.json, read by every run)."""
+    config = e2e.stack.home / "config.json"
+    original = config.read_text()
+    config.write_text(json.dumps({**json.loads(original), "maintenance_after_failures": 3}, indent=2))
+    yield
+    config.write_text(original)
+
+
+def test_silent_bmc_goes_into_maintenance_and_comes_back(e2e, registered, lab_faults_cleared, three_strikes):
     host = "host-002"
     e2e.lab.control("POST", f"/faults/bmc/{host}", {"mode": "silent"})
     for n in range(1, 4):

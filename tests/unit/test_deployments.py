@@ -18,9 +18,10 @@ def test_prefect_yaml_matches_the_served_deployments():
         flow = getattr(import_module(module), attr)
         assert d["name"] == DEPLOYMENT
         assert d["work_pool"]["name"] == "metalflow"
-        declared[flow.name] = [s["interval"] for s in d.get("schedules", [])]
+        declared[flow.name] = [(s["interval"], s.get("parameters", {})) for s in d.get("schedules", [])]
     cfg = Settings()
     served = {}
     for dep in deployments(cfg):
-        served[dep.flow_name] = [int(s.schedule.interval.total_seconds()) for s in dep.schedules or []]
+        served[dep.flow_name] = [(int(s.schedule.interval.total_seconds()), dict(s.parameters or {}))
+                                 for s in dep.schedules or []]
     assert declared == served
