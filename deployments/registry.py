@@ -4,8 +4,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from prefect import serve
+from prefect.schedules import Interval
 
 from flows.audit import audit
+from flows.bulk import bulk_provision
 from flows.destroy import destroy
 from flows.nics import plug_nic, unplug_nic
 from flows.poll import power_poll
@@ -17,16 +19,20 @@ from tasks.settings import Settings, settings
 DEPLOYMENT = "metalflow"
 
 #: Triggered flows (by CloudStack, the CLI or an operator).
-ON_DEMAND = (register_host, provision, stop, start, reboot, status, destroy, plug_nic, unplug_nic)
+ON_DEMAND = (register_host, provision, stop, start, reboot, status, destroy, plug_nic, unplug_nic, bulk_provision)
 
 
 def served(cfg: Settings | None = None, *, schedules: bool = True) -> list[tuple]:
     """(flow, deployment) for every deployment this process serves."""
     cfg = cfg or settings()
     out = [(f, f.to_deployment(name=DEPLOYMENT, tags=["metalflow"])) for f in ON_DEMAND]
+    # Each scheduled power-poll run polls for the whole interval (its window), so one
+    # long-running poller is always at work; the window rides on the schedule, not on the
+    # deployment, so a run triggered by hand is still one quick sweep.
     out.append((power_poll, power_poll.to_deployment(
         name=DEPLOYMENT, tags=["metalflow"],
-        interval=timedelta(seconds=cfg.power_poll_interval) if schedules else None)))
+        schedules=[Interval(timedelta(seconds=cfg.power_poll_interval),
+                            parameters={"window": cfg.power_poll_interval})] if schedules else None)))
     out.append((audit, audit.to_deployment(
         name=DEPLOYMENT, tags=["metalflow"], parameters={"repair": False},
         interval=timedelta(seconds=cfg.audit_interval) if schedules else None)))

@@ -96,3 +96,11 @@ class Vm(BaseModel):
     @property
     def extra_vlans(self) -> list[int]:
         return sorted(n.vlan for n in self.nics if not n.default)
+
+
+class BulkItem(BaseModel):
+    """One host of a bulk provision: exactly the ``provision`` flow's parameters."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    host: str = Field(min_length=1, description="Inventory name or CloudStack host id")
+    vm: Vm

@@ -51,11 +51,23 @@ class E2E:
         r.raise_for_status()
         return self.wait(run_id, timeout)
 
-    def logs(self, run_id: str) -> str:
-        r = requests.post(f"{self.stack.api_url}/logs/filter",
-                          json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}, timeout=10)
-        r.raise_for_status()
-        return "\n".join(entry["message"] for entry in r.json())
+    def logs(self, run_id: str, settle: float = 10.0) -> str:
+        """The run's logs once they stop arriving: Prefect ships logs in batches (every 2 s by
+        default), so a run can be Completed before its last lines reach the API."""
+        deadline = Deadline(settle)
+        previous = None
+        while True:
+            r = requests.post(f"{self.stack.api_url}/logs/filter",
+                              json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}, timeout=10)
+            if r.status_code == 503 and deadline.remaining() > 0:  # SQLite busy: ride it out
+                deadline.sleep(0.5)
+                continue
+            r.raise_for_status()
+            text = "\n".join(entry["message"] for entry in r.json())
+            if text == previous or deadline.remaining() <= 0:
+                return text
+            previous = text
+            deadline.sleep(2.5)
 
     def artifacts(self, run_id: str) -> list[dict]:
         r = requests.post(f"{self.stack.api_url}/artifacts/filter",
@@ -77,7 +89,7 @@ class E2E:
 @pytest.fixture(scope="session")
 def e2e(tmp_path_factory) -> E2E:
     home = tmp_path_factory.mktemp("metalflow")
-    stack = Stack(home=Path(home), api_url=f"http://127.0.0.1:{_free_port()}/api", hosts=10, switches=2,
+    stack = Stack(home=Path(home), api_url=f"http://127.0.0.1:{_free_port()}/api", hosts=14, switches=2,
                   block=free_block(30),
                   lab_args=("--deploy-seconds", "1", "--commission-seconds", "0.5", "--erase-seconds", "0.5",
                             "--node-timeout", "8"))
