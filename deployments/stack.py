@@ -61,8 +61,9 @@ class Stack:
     @property
     def env(self) -> dict[str, str]:
         env = server_env(self.api_url, self.home / "prefect")
+        # Logs reach the UI within half a second of being written (Prefect's default: 2 s batches).
         env.update(METALFLOW_HOME=str(self.home), PREFECT_RUNNER_POLL_FREQUENCY="1",
-                   PREFECT_LOGGING_LEVEL="INFO")
+                   PREFECT_LOGGING_LEVEL="INFO", PREFECT_LOGGING_TO_API_BATCH_INTERVAL="0.5")
         env.update(self.serve_env)
         return env
 

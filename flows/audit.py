@@ -22,6 +22,7 @@ from tasks import inventory as inv_t
 from tasks import switches
 from tasks.common import logger, write_journal
 from tasks.inventory import targets_from
+from tasks.locks import switch_lock
 from tasks.switches import PortTarget, plan_port
 
 #: How long a repair waits for a host's lock before it skips the host (seconds, after the
@@ -44,7 +45,7 @@ def audit_switch(switch: SwitchInfo, targets: list[PortTarget], owners: dict[str
     drift = []
     driver = clients.switch(switch)
     try:
-        with driver.session() as s:
+        with switch_lock(switch.name), driver.session() as s:
             for t in targets:
                 current = s.port_vlans(t.port)
                 if plan_port(current, t):

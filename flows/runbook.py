@@ -10,13 +10,12 @@ from typing import Any, Callable, Iterator
 
 from prefect import tags
 from prefect.artifacts import create_markdown_artifact
-from prefect.client.orchestration import get_client
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import flow_run
 
 from tasks.common import logger, write_journal
+from tasks.locks import ensure_limit, limit_name
 from tasks.settings import settings
 
 LOCK_WAIT_SECONDS = 4 * 3600.0
@@ -25,27 +24,13 @@ ROLLBACK_TAG = "rollback"
 
 
 def lock_name(host: str) -> str:
-    return "host-" + re.sub(r"[^a-z0-9-]+", "-", host.lower()).strip("-")
+    return limit_name("host", host)
 
 
 def ensure_host_limit(host: str) -> str:
     """The global concurrency limit that serialises operations on one host (limit 1). Made on
     first use; ``strict=True`` below then refuses to run if it ever went missing."""
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-
-    name = lock_name(host)
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-            except ObjectAlreadyExists:
-                pass
-            except Exception as exc:  # a concurrent creator got there first (409)
-                if "409" not in str(exc) and "already exists" not in str(exc).lower():
-                    raise
-    return name
+    return ensure_limit(lock_name(host))
 
 
 def canonical_host(host: str) -> str:

@@ -8,6 +8,7 @@ from integrations.inventory import HostInfo
 from integrations.switches import PortVlans
 from tasks import clients
 from tasks.common import logger, runbook_task
+from tasks.locks import switch_lock
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,9 @@ def plan_port(current: PortVlans, target: PortTarget) -> list[tuple[str, int, bo
 
 @runbook_task(system="switch", name="converge-ports", run_name="converge-ports {host.name}")
 def converge_ports(host: HostInfo, targets: list[PortTarget]) -> list[str]:
-    """One SSH session per switch; every port read first, only the difference sent, every
-    change verified by the driver, one save per switch. Returns the CLI lines sent."""
+    """One SSH session per switch, the only one on that switch while it lasts (``switch_lock``);
+    every port read first, only the difference sent, every change verified by the driver, one
+    save per switch. Returns the CLI lines sent."""
     log = logger()
     sent: list[str] = []
     inv = clients.inventory()
@@ -54,7 +56,7 @@ def converge_ports(host: HostInfo, targets: list[PortTarget]) -> list[str]:
         sw = inv.get_switch(sw_name)
         driver = clients.switch(sw)
         try:
-            with driver.session() as s:
+            with switch_lock(sw_name), driver.session() as s:
                 for t in group:
                     current = s.port_vlans(t.port)
                     steps = plan_port(current, t)
@@ -82,7 +84,7 @@ def read_ports(host: HostInfo, ports: list[tuple[str, str]]) -> dict[str, PortVl
     for sw_name, group in groupby(sorted(ports), key=lambda p: p[0]):
         driver = clients.switch(inv.get_switch(sw_name))
         try:
-            with driver.session() as s:
+            with switch_lock(sw_name), driver.session() as s:
                 for _, port in group:
                     out[f"{sw_name} {port}"] = s.port_vlans(port)
         finally:

@@ -63,9 +63,7 @@ def post(e2e, path: str, body: dict, timeout: float = 60.0) -> requests.Response
 
 
 def logs(e2e, run_id: str) -> str:
-    entries = post(e2e, "logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
-    entries.raise_for_status()
-    return "\n".join(entry["message"] for entry in entries.json())
+    return e2e.logs(run_id)
 
 
 def artifacts(e2e, run_id: str) -> list[dict]:
