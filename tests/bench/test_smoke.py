@@ -23,7 +23,7 @@ MACHINE_KEYS = {"cores", "memory_gb", "cpu_model", "python", "pyghmi", "prefect"
 DATA_KEYS = {
     "switch_batching": {"dialects"},
     "trigger_latency": {"singles", "bursts", "single_summary_s", "burst_summary_s"},
-    "provision_concurrency": {"alone", "waves", "T_s"},
+    "provision_concurrency": {"alone", "waves", "bulk", "baseline", "T_s"},
     "power_freshness": {"sizes"},
 }
 
