@@ -56,7 +56,7 @@ from bench.stacks import flow_runs_of, stack, task_runs, ts
 SIZES = {
     # interval: the bare loops' sweep interval and power-poll's period (reads of one BMC);
     # window: each scheduled power-poll run's window (the schedule's interval).
-    "smoke": {"ns": [50], "interval": 4.0, "window": 12.0, "flow_s": 14.0, "bare_s": 4.0, "sample_every": 1.0,
+    "smoke": {"ns": [50], "interval": 3.0, "window": 8.0, "flow_s": 9.0, "bare_s": 3.0, "sample_every": 1.0,
               "sweeps": 1},
     "full": {"ns": [1000, 3000], "interval": 10.0, "window": 120.0, "flow_s": 300.0, "bare_s": 60.0,
              "sample_every": 2.0, "sweeps": 3},

@@ -15,7 +15,8 @@ from the lab every second: more than 1 means runs interleave on that switch).
 
 metalflow: ``metalflow serve`` (every run in a thread of one process, ``deployments.pool``).
 Baseline, same lab, same run: the same provisions at the largest K under Prefect's plain
-``serve`` (one subprocess per flow run: ``metalflow serve --isolated``). Then one
+``serve`` (one subprocess per flow run, as ``metalflow serve --isolated``; served from the
+start by a second process as ``provision/bench-isolated``). Then one
 ``bulk-provision`` request for as many hosts as the largest K (canary 1, then the rest in one wave, abort
 after 3 failures), against 1.2 x T. Targets at K = 50 (issue 8): makespan - T <= 30 s, peak
 memory <= 1.5 GB, zero failures, no interleaving on any switch; the bulk <= 1.2 x T.
@@ -31,7 +32,7 @@ from pathlib import Path
 import requests
 
 from bench.common import Figure, Report, TreeSampler, default_out, main_for, prefect_server, summary, workdir
-from bench.stacks import flow_runs, stack, ts, wait_final, wait_idle
+from bench.stacks import flow_runs, stack, start_process, stop_process, ts, wait_final, wait_idle
 
 SIZES = {
     "smoke": {"ks": [3], "deploy_seconds": 1.0, "switches": 1},
@@ -96,13 +97,14 @@ class SwitchSessions:
         self._t.join(10)
 
 
-def _wave(api, st, hosts: list[str], tag: str, timeout: float, bulk: bool = False) -> dict:
+def _wave(api, st, hosts: list[str], tag: str, timeout: float, bulk: bool = False,
+          deployment: str = "provision/metalflow", proc=None) -> dict:
     from integrations.prefectapi import idempotency_key
 
     def trigger(i_host):
         i, host = i_host
         vm = _vm(tag, i)
-        return api.create_flow_run("provision/metalflow", {"host": host, "vm": vm},
+        return api.create_flow_run(deployment, {"host": host, "vm": vm},
                                    idempotency_key=idempotency_key("bench", tag, host, vm["uuid"])).id
 
     def trigger_bulk() -> list[str]:
@@ -111,8 +113,9 @@ def _wave(api, st, hosts: list[str], tag: str, timeout: float, bulk: bool = Fals
                                     {"requests": items, "canary": 1, "wave_size": len(items), "max_failures": 3},
                                     idempotency_key=idempotency_key("bench", tag, uuid.uuid4().hex)).id]
 
+    proc = proc or st.serve_proc
     t0 = time.time()
-    with TreeSampler(lambda: [st.serve_proc.pid], interval=1.0) as mem, \
+    with TreeSampler(lambda: [proc.pid], interval=1.0) as mem, \
             SwitchSessions(st.manifest["lab"]["control_url"]) as sessions:
         if bulk:
             ids = trigger_bulk()
@@ -121,7 +124,7 @@ def _wave(api, st, hosts: list[str], tag: str, timeout: float, bulk: bool = Fals
                 ids = list(pool.map(trigger, enumerate(hosts)))
         triggered = time.time() - t0
         runs = wait_final(api, ids, timeout)
-        wait_idle(st.serve_proc.pid, 60)
+        wait_idle(proc.pid, 60)
     rows = []
     for rid in ids:
         r = runs.get(rid) or flow_runs(api.api_url, [rid])[rid]
@@ -140,14 +143,23 @@ def _wave(api, st, hosts: list[str], tag: str, timeout: float, bulk: bool = Fals
     }
 
 
-def _restart_serve(st, *args: str) -> None:
-    """Stop ``metalflow serve`` and start it again with ``args`` (same lab, same server)."""
-    from deployments.stack import _stop
+def _isolated_serve(st, home: Path):
+    """The baseline: Prefect's ``serve`` (a subprocess per run) of the same provision flow as
+    ``provision/bench-isolated``, with the Stack's runner settings (poll every 1 s), up from the
+    start so that no restart sits between the two measurements."""
+    from integrations.prefectapi import PrefectApi
 
-    wait_idle(st.serve_proc.pid, 60)
-    _stop(st.serve_proc)
-    st.start_serve(timeout=180, extra_args=("--no-schedules", *args))
-    time.sleep(8)  # the deployments exist already: give the new process time to import and poll
+    proc = start_process(["-m", "bench.serve_defaults", "--flow", "provision", "--name", "bench-isolated"],
+                         st.env, home / "serve-isolated.log")
+    api, end = PrefectApi(st.api_url), time.monotonic() + 180
+    while True:
+        try:
+            api.deployment_id("provision/bench-isolated")
+            return proc
+        except Exception:
+            if time.monotonic() > end or proc.poll() is not None:
+                raise RuntimeError(f"the baseline serve did not come up; see {home / 'serve-isolated.log'}")
+            time.sleep(0.5)
 
 
 def run(size: str = "full", out: Path | None = None, api_url: str | None = None, keep: bool = False) -> Report:
@@ -159,7 +171,7 @@ def run(size: str = "full", out: Path | None = None, api_url: str | None = None,
                  params={"k": ks, "lab_deploy_seconds": cfg["deploy_seconds"], "hosts": hosts_needed,
                          "switches": cfg["switches"],
                          "execution": "metalflow serve: every run in a thread of one process (deployments.pool)",
-                         "baseline": f"K={kmax} under metalflow serve --isolated (Prefect's serve, a subprocess per run)",
+                         "baseline": f"K={kmax} under Prefect's serve (a subprocess per run, runner poll 1 s), same flow",
                          "bulk": f"bulk-provision of {kmax} hosts, canary 1 then the rest in one wave, abort after 3 failures"})
     d = cfg["deploy_seconds"]
     lab_args = ("--enlist", "ready", "--deploy-seconds", str(d), "--commission-seconds", "0.5",
@@ -170,6 +182,7 @@ def run(size: str = "full", out: Path | None = None, api_url: str | None = None,
                   lab_args=lab_args) as st:
         from integrations.prefectapi import PrefectApi
 
+        isolated = _isolated_serve(st, home)
         adopted = _adopt(st)
         if adopted < hosts_needed:
             raise RuntimeError(f"only {adopted} of {hosts_needed} lab machines found in MAAS")
@@ -189,8 +202,11 @@ def run(size: str = "full", out: Path | None = None, api_url: str | None = None,
         bulk = _wave(api, st, names[used:used + kmax], f"bulk{kmax}", timeout=max(900, 20 * kmax + 10 * T), bulk=True)
         used += kmax
         print(f"[provision_concurrency] baseline: {kmax} at once, one subprocess per run", flush=True)
-        _restart_serve(st, "--isolated")
-        base = _wave(api, st, names[used:used + kmax], f"iso{kmax}", timeout=max(900, 20 * kmax + 10 * T))
+        try:
+            base = _wave(api, st, names[used:used + kmax], f"iso{kmax}", timeout=max(900, 20 * kmax + 10 * T),
+                         deployment="provision/bench-isolated", proc=isolated)
+        finally:
+            stop_process(isolated)
     rep.params["T_s"] = round(T, 2)
     rep.data.update({"alone": alone, "waves": waves, "bulk": bulk, "baseline": base, "T_s": T})
     for w in waves:

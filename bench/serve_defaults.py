@@ -1,6 +1,7 @@
-"""Serve one metalflow flow under another deployment name with Prefect's default runner
-settings (the baseline of ``bench.trigger_latency``): ``metalflow serve`` sets a 1 s runner
-poll; this process leaves ``PREFECT_RUNNER_POLL_FREQUENCY`` at Prefect's default (10 s).
+"""Serve one metalflow flow under another deployment name with Prefect's own ``serve`` (a
+subprocess per run), with the runner settings of its environment: the baseline of
+``bench.trigger_latency`` (which strips ``PREFECT_RUNNER_*``, so Prefect's defaults: poll every
+10 s) and of ``bench.provision_concurrency`` (the Stack's poll every 1 s).
 
     python -m bench.serve_defaults --flow status --name bench-defaults
 """

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import threading
 import time
@@ -107,6 +108,10 @@ class PooledRunner:
     def run(self) -> None:
         from prefect.client.orchestration import get_client
 
+        # Every run of this installation is a thread here: switch sessions need only this
+        # process's lock (see tasks.locks.switch_lock). One `metalflow serve` per Prefect
+        # server; more capacity comes from process workers (docs/scale-out.md).
+        os.environ.setdefault("METALFLOW_SWITCH_LOCK", "process")
         if not self._flows:
             self.register()
         if threading.current_thread() is threading.main_thread():

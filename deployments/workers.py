@@ -230,7 +230,15 @@ class WorkerProcess:
         """Ids of the flow runs this worker submitted for execution (its log says so; a run
         another worker won is logged as aborted and left out)."""
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return set(_SUBMITTING.findall(text)) - set(_ABORTED.findall(text))
+        # In log order, the last word on a run counts: a run lost to another worker at first and
+        # submitted here later (a rerun from the UI) is this worker's.
+        last: dict[str, bool] = {}
+        for line in text.splitlines():
+            for m in _SUBMITTING.finditer(line):
+                last[m.group(1)] = True
+            for m in _ABORTED.finditer(line):
+                last[m.group(1)] = False
+        return {run for run, submitted in last.items() if submitted}
 
     def kill(self) -> list[int]:
         """What a dying machine does: SIGKILL the worker's process group and every flow run it

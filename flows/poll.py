@@ -30,7 +30,7 @@ from integrations.ipmi import BulkPowerReader, PowerWatch
 from tasks import clients
 from tasks.common import current_run_id, logger, write_journal
 from tasks.credentials import CredentialError
-from tasks.locks import ensure_limit
+from tasks.locks import acquire, ensure_limit
 from tasks.settings import settings
 
 #: The global concurrency limit (limit 1) held by the long-running poll.
@@ -183,30 +183,13 @@ def _poll_lock(until: float) -> Iterator[bool]:
     """Hold the ``power-poll`` limit for the body; yields False when another run held it until
     ``until`` (wall clock). One try at a time and no client timeout (see ``runbook.host_lock``:
     a client-side timeout can leave a slot the server granted held by nobody)."""
-    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
-    from prefect.concurrency.sync import concurrency
-
     ensure_limit(POLL_LIMIT)
-    held = ExitStack()
-    got, waited = False, False
-    while True:
-        try:
-            # A lease renewal that fails once must not stop the poll: at worst two pollers
-            # overlap until one ends, which only doubles some reads.
-            held.enter_context(concurrency(POLL_LIMIT, occupy=1, strict=True, max_retries=0,
-                                           lease_duration=POLL_LOCK_LEASE, raise_on_lease_renewal_failure=False))
-            got = True
-            break
-        except ConcurrencySlotAcquisitionError as exc:
-            if getattr(getattr(exc.__cause__, "response", None), "status_code", None) != 423:  # 423: taken
-                raise
-        left = until - time.time()
-        if left <= 0:
-            break
-        if not waited:
-            logger().info("waiting: %s; this run takes over when it ends", BUSY_MESSAGE)
-            waited = True
-        time.sleep(min(1.0, left))
+    # A lease renewal that fails is retried, never fatal: at worst two pollers overlap until
+    # one ends, which only doubles some reads.
+    held = acquire(POLL_LIMIT, POLL_LOCK_LEASE, time.monotonic() + max(0.0, until - time.time()),
+                   on_wait=lambda: logger().info("waiting: %s; this run takes over when it ends", BUSY_MESSAGE))
+    got = held is not None
+    held = held or ExitStack()
     with held:
         yield got
 

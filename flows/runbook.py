@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import re
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from prefect import tags
 from prefect.artifacts import create_markdown_artifact
-from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from tasks.common import logger, write_journal
-from tasks.locks import ensure_limit, limit_name
+from tasks.locks import acquire, ensure_limit, limit_name
 from tasks.settings import settings
 
 LOCK_WAIT_SECONDS = 4 * 3600.0
@@ -50,18 +48,13 @@ def host_lock(host: str, operation: str, wait: float = LOCK_WAIT_SECONDS) -> Ite
     # The lock is a lease the run renews; a run whose worker died holds it until it expires.
     lease = settings().host_lock_lease
     log = logger()
-    held = ExitStack()
-    try:
-        # One try, no client timeout: a timeout cancels the request on our side only, and a
-        # slot the server granted meanwhile would be held by nobody until its lease expires.
-        held.enter_context(concurrency(name, occupy=1, strict=True, max_retries=0, lease_duration=lease))
-    except ConcurrencySlotAcquisitionError as exc:
-        if getattr(getattr(exc.__cause__, "response", None), "status_code", None) != 423:  # 423: taken
-            raise
-        log.warning("waiting: another operation is running on %s (lock %s); %s starts when it ends",
-                    host, name, operation)
-        started = time.monotonic()
-        held.enter_context(concurrency(name, occupy=1, strict=True, timeout_seconds=wait, lease_duration=lease))
+    started = time.monotonic()
+    held = acquire(name, lease, started + wait, on_wait=lambda: log.warning(
+        "waiting: another operation is running on %s (lock %s); %s starts when it ends", host, name, operation))
+    if held is None:
+        raise TimeoutError(f"{operation} on {host}: another operation held its lock ({name}) for {wait:.0f} s; "
+                           "rerun this run once that one ended")
+    if time.monotonic() - started > 1:
         log.info("got the lock on %s after %.0f s", host, time.monotonic() - started)
     with held:
         yield

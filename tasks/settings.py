@@ -43,6 +43,10 @@ class Settings(BaseModel, frozen=True):
     #: reads each BMC every power_poll_period (10 s): 12 is two minutes of silence, about what
     #: a BMC reset takes, so a rebooting BMC does not flap its host into maintenance.
     maintenance_after_failures: int = Field(12, ge=1)
+    #: How switch sessions exclude each other: ``global`` (a Prefect global concurrency limit
+    #: per switch, for process workers) or ``process`` (a lock in this process: set by
+    #: ``metalflow serve``, where every run is a thread of one process).
+    switch_lock: Literal["global", "process"] = "global"
     audit_interval: float = Field(3600.0, gt=0)
     stop_soft_timeout: float = Field(30.0, gt=0)
     #: Seconds a host lock outlives a run that stopped renewing it (its worker died); Prefect

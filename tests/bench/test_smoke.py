@@ -85,9 +85,18 @@ def test_results_written(smoke, name):
 def test_power_freshness_structure(smoke):
     out, _ = smoke
     size = json.loads((out / "power_freshness.json").read_text())["data"]["sizes"][0]
-    for phase in ("stock", "bulk", "silent", "flow", "continuous"):
+    for phase in ("stock", "bulk", "silent", "sweep", "flow"):
         assert phase in size
-    for phase in ("stock", "bulk", "flow", "continuous"):
+    for phase in ("stock", "bulk", "flow"):
         assert {"p50", "p95", "max"} <= set(size[phase]["age"]), phase
     assert size["silent"]["silent_hosts"], "no BMC was made silent"
-    assert size["flow"]["runs_completed_in_window"] >= 1
+    assert size["sweep"]["runs"] and all(r["state"] == "COMPLETED" for r in size["sweep"]["runs"])
+    # power-poll on its schedule ran at least one window to its end and read every BMC
+    assert size["flow"]["runs_completed"] >= 1 and size["flow"]["reads"] >= size["n"]
+
+
+def test_provision_concurrency_structure(smoke):
+    out, _ = smoke
+    data = json.loads((out / "provision_concurrency.json").read_text())["data"]
+    for wave in data["waves"] + [data["baseline"], data["bulk"]]:
+        assert wave["failures"] == 0, [r["message"] for r in wave["runs"] if r["state"] != "COMPLETED"]

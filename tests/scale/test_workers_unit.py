@@ -105,3 +105,15 @@ def test_runs_reads_the_log_and_leaves_out_aborted_submissions(tmp_path):
     worker = WorkerProcess("w", subprocess.Popen(["true"]), log)
     worker.proc.wait()
     assert worker.runs() == {a}
+
+
+def test_runs_counts_a_run_submitted_again_after_an_aborted_submission(tmp_path):
+    """A run another worker won first and this one ran later (a rerun from the UI)."""
+    log = tmp_path / "w.log"
+    a = "33333333-3333-3333-3333-333333333333"
+    log.write_text(f"INFO | Worker 'w' submitting flow run '{a}'\n"
+                   f"INFO | Aborted submission of flow run '{a}'. Server sent an abort signal: ...\n"
+                   f"INFO | Worker 'w' submitting flow run '{a}'\n")
+    worker = WorkerProcess("w", subprocess.Popen(["true"]), log)
+    worker.proc.wait()
+    assert worker.runs() == {a}
