@@ -25,10 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -37,17 +33,16 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
-from pathlib import Path
 from typing import Sequence
 
 from integrations.common import Secret
 from integrations.ipmi.errors import BmcInvalidInput, BmcTimeout, IpmiError, scrub
 from integrations.ipmi.validate import check_address, check_password, check_port, check_username
 from integrations.ipmi.wire import PyghmiLink
+from integrations.ipmi.workerproc import WorkerProcess
 
 log = logging.getLogger(__name__)
 
-_PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @dataclass(frozen=True)
@@ -195,55 +190,18 @@ def worker_main(conn: Connection, per_call_timeout: float, concurrency: int, pat
         worker.close()
 
 
-class _Worker:
+class _Worker(WorkerProcess):
     """The parent's handle on one worker process."""
 
     def __init__(self, index: int, per_call_timeout: float, concurrency: int, patch: bool):
-        parent, child = socket.socketpair()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, env.get("PYTHONPATH", "")) if p)
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "integrations.ipmi.bulk_worker", str(child.fileno()),
-                 repr(per_call_timeout), str(concurrency), "1" if patch else "0"],
-                pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
-            )
-        finally:
-            child.close()
+        super().__init__(["-m", "integrations.ipmi.bulk_worker"], repr(per_call_timeout), str(concurrency),
+                         "1" if patch else "0")
         self.index = index
-        self.conn = Connection(parent.detach())
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def ask_to_stop(self) -> None:
-        try:
-            self.conn.send(None)
-        except (OSError, ValueError):
-            pass
 
     def stop(self, wait: float) -> None:
         """Ask it to stop, then make sure it did."""
         self.ask_to_stop()
-        try:
-            self.proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            pass
-        self.kill()
-
-    def kill(self) -> None:
-        self.conn.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: pyghmi's threads are daemons, the process just ends
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.kill(wait)
 
 
 class BulkPowerReader:

@@ -26,11 +26,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import logging
-import os
 import queue
-import socket
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -39,7 +35,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
-from pathlib import Path
 from typing import Sequence
 
 from integrations.common import Secret
@@ -47,10 +42,10 @@ from integrations.ipmi.bulk import BmcTarget, PowerReading, _failed, looks_wedge
 from integrations.ipmi.errors import BmcInvalidInput, BmcTimeout, IpmiError
 from integrations.ipmi.validate import check_address, check_password, check_port, check_username
 from integrations.ipmi.wire import PyghmiLink
+from integrations.ipmi.workerproc import WorkerProcess
 
 log = logging.getLogger(__name__)
 
-_PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 _WORKER_CODE = "import sys; from integrations.ipmi.watch import _worker_entry; _worker_entry(sys.argv[1:])"
 
 
@@ -280,60 +275,18 @@ def _worker_entry(argv: list[str]) -> None:
 # the parent
 
 
-class _Handle:
+class _Handle(WorkerProcess):
     """The parent's handle on one worker process."""
 
     def __init__(self, index: int, per_call_timeout: float, concurrency: int, patch: bool):
-        parent, child = socket.socketpair()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, env.get("PYTHONPATH", "")) if p)
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", _WORKER_CODE, str(child.fileno()), repr(per_call_timeout),
-                 str(concurrency), "1" if patch else "0"],
-                pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
-            )
-        finally:
-            child.close()
+        super().__init__(["-c", _WORKER_CODE], repr(per_call_timeout), str(concurrency), "1" if patch else "0")
         self.index = index
-        self.conn = Connection(parent.detach())
         self.started = self.heard = time.monotonic()
         self.ready = False
         self.shim = False
         self.sent: tuple | None = None  # the shard last sent (its signature)
         self.inflight: dict[str, float] = {}
         self.skipped = 0
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def ask_to_stop(self) -> None:
-        try:
-            self.conn.send(None)
-        except (OSError, ValueError):
-            pass
-
-    def kill(self, wait: float = 0.0) -> None:
-        if wait > 0:
-            try:
-                self.proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            self.conn.close()
-        except OSError:
-            pass
-        if self.proc.poll() is None:
-            self.proc.terminate()  # pyghmi's threads are daemons: the process just ends
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 class PowerWatch:
