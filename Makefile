@@ -19,9 +19,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/metalflow demo
 
-## test: install, then run the whole test suite
+## test: install, then run the whole test suite (in two halves at once: tests/split.py)
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m tests.split $(PYTEST_ARGS)
 
 lab: $(STAMP)
 	$(BIN)/metalflow lab up

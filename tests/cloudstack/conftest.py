@@ -117,7 +117,7 @@ class CloudStackE2E:
 def cs(tmp_path_factory) -> CloudStackE2E:
     home = tmp_path_factory.mktemp("metalflow-cloudstack")
     stack = Stack(home=Path(home), api_url=f"http://127.0.0.1:{_free_port()}/api", hosts=HOSTS, switches=2,
-                  block=free_block(70),
+                  block=free_block(45),
                   lab_args=("--deploy-seconds", "1", "--commission-seconds", "0.5", "--erase-seconds", "0.5",
                             "--node-timeout", "8"),
                   # The extension stores the state each operation verified; a poll every
