@@ -44,6 +44,15 @@ class E2E:
         assert run.final, f"run {run.name} still {run.state_name} after {timeout} s"
         return run
 
+    def register(self, *hosts: str) -> tuple[str, ...]:
+        """Register ``hosts`` (all at once) and wait until each is Ready in MAAS, faults cleared."""
+        self.lab.reset_faults()
+        runs = [self.trigger("register-host", host=h) for h in hosts]
+        for run in runs:
+            done = self.wait(run.id)
+            assert done.ok, f"{done.name}: {done.message}"
+        return hosts
+
     def rerun(self, run_id: str, timeout: float = 180) -> FlowRun:
         """What the UI's "Retry" does: put the same run back to Scheduled."""
         r = requests.post(f"{self.stack.api_url}/flow_runs/{run_id}/set_state",

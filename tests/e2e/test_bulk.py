@@ -67,12 +67,7 @@ def assert_idle(e2e, host: str) -> None:
 @pytest.fixture(scope="module")
 def hosts(e2e):
     """host-011 .. host-014 registered (Ready in MAAS), no fault active."""
-    e2e.lab.reset_faults()
-    runs = [e2e.trigger("register-host", host=h) for h in HOSTS]
-    for run in runs:
-        done = e2e.wait(run.id)
-        assert done.ok, f"{done.name}: {done.message}"
-    return HOSTS
+    return e2e.register(*HOSTS)
 
 
 def test_a_bad_bulk_is_refused_before_any_host_starts(e2e, hosts):

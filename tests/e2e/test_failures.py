@@ -183,12 +183,7 @@ def rollback_tasks(e2e, run_id: str) -> list[str]:
 @pytest.fixture(scope="module")
 def hosts(e2e):
     """host-005 .. host-007 registered (adopted by MAAS, Ready), with no fault active."""
-    e2e.lab.reset_faults()
-    runs = [e2e.trigger("register-host", host=h) for h in HOSTS]
-    for run in runs:
-        done = e2e.wait(run.id)
-        assert done.ok, f"{done.name}: {done.message}"
-    return HOSTS
+    return e2e.register(*HOSTS)
 
 
 # --- bad input ------------------------------------------------------------------------------

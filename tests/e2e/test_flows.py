@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -91,10 +90,7 @@ def refused(run, *fragments: str) -> None:
 @pytest.fixture(scope="module")
 def registered(e2e):
     """host-002 and host-004 registered (in parallel: they are independent)."""
-    runs = [e2e.trigger("register-host", host=h) for h in ("host-002", "host-004")]
-    for r in runs:
-        done = e2e.wait(r.id)
-        assert done.ok, f"{done.name}: {done.message}"
+    e2e.register("host-002", "host-004")
     return e2e.inventory()
 
 
