@@ -224,7 +224,10 @@ def _flow_phase(st, inv: InventorySampler, cfg: dict, n: int) -> dict:
     with TreeSampler(lambda: [st.serve_proc.pid], interval=1.0) as sampler:
         sampled = inv.sample(cfg["flow_s"], cfg["sample_every"])
     w1 = time.time()
-    runs = flow_runs_of(st.api_url, dep, t_serve - 3600, limit=200)
+    # This phase's runs only: the deployment (and the server) outlive the fleet sizes, and the
+    # by-hand sweeps ran just before.
+    runs = [r for r in flow_runs_of(st.api_url, dep, t_serve - 5, limit=200)
+            if (ts(r.get("start_time")) or w1) >= t_serve]
     rows = []
     texts = _artifacts(st.api_url, [r["id"] for r in runs])
     for r in runs:

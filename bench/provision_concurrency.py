@@ -31,12 +31,15 @@ from pathlib import Path
 
 import requests
 
+from integrations.common import Deadline
 from bench.common import Figure, Report, TreeSampler, default_out, main_for, prefect_server, summary, workdir
 from bench.stacks import flow_runs, stack, start_process, stop_process, ts, wait_final, wait_idle
 
 SIZES = {
     "smoke": {"ks": [3], "deploy_seconds": 1.0, "switches": 1},
-    "full": {"ks": [10, 25, 50], "deploy_seconds": 22.0, "switches": 2},
+    # 40 hosts per switch at most: the lab's Cisco IOS port names stop at GigabitEthernet1/0/99
+    # and two-NIC hosts take two ports.
+    "full": {"ks": [10, 25, 50], "deploy_seconds": 22.0, "switches": 5},
 }
 MEMORY_TARGET_MB = 1536.0
 
@@ -104,13 +107,14 @@ def _wave(api, st, hosts: list[str], tag: str, timeout: float, bulk: bool = Fals
     def trigger(i_host):
         i, host = i_host
         vm = _vm(tag, i)
-        return api.create_flow_run(deployment, {"host": host, "vm": vm},
+        return api.create_flow_run(deployment, {"host": host, "vm": vm}, deadline=Deadline(300),
                                    idempotency_key=idempotency_key("bench", tag, host, vm["uuid"])).id
 
     def trigger_bulk() -> list[str]:
         items = [{"host": h, "vm": _vm(tag, i)} for i, h in enumerate(hosts)]
         return [api.create_flow_run("bulk-provision/metalflow",
                                     {"requests": items, "canary": 1, "wave_size": len(items), "max_failures": 3},
+                                    deadline=Deadline(300),
                                     idempotency_key=idempotency_key("bench", tag, uuid.uuid4().hex)).id]
 
     proc = proc or st.serve_proc

@@ -22,6 +22,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from integrations.common import Deadline
 from bench.common import Figure, Report, default_out, main_for, prefect_server, summary, workdir
 from bench.stacks import flow_runs, stack, start_process, stop_process, task_runs, ts, wait_final, wait_idle
 
@@ -35,7 +36,10 @@ def _trigger(api, deployment: str, tag: str) -> tuple[str, float]:
     from integrations.prefectapi import idempotency_key
 
     t = time.perf_counter()
-    run = api.create_flow_run(deployment, {"host": HOST}, idempotency_key=idempotency_key("bench", tag, uuid.uuid4().hex))
+    # A caller rides out a busy SQLite-backed server (503) as CloudStack's extension does: the
+    # same idempotency key on every retry, for up to 5 minutes.
+    run = api.create_flow_run(deployment, {"host": HOST}, idempotency_key=idempotency_key("bench", tag, uuid.uuid4().hex),
+                              deadline=Deadline(300))
     return run.id, time.perf_counter() - t
 
 
