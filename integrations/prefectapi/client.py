@@ -81,7 +81,9 @@ class PrefectApi:
         *,
         auth_string: str | Secret | None = None,
         timeout: float = 10.0,
-        backoff: Backoff = Backoff(first=0.5, factor=2, cap=5, attempts=8),
+        # A busy server (SQLite's "database is locked", 503) is ridden out until the call's
+        # deadline, not for a count of tries: a burst of 50 triggers saw 503s for over 20 s.
+        backoff: Backoff = Backoff(first=0.5, factor=2, cap=5, attempts=1000),
         session: requests.Session | None = None,
     ):
         api_url = api_url or os.environ.get("PREFECT_API_URL") or "http://127.0.0.1:4200/api"
