@@ -106,15 +106,19 @@ def _holder():
 
 def try_acquire(name: str, lease: float) -> Lease | None:
     """One try at the limit ``name`` (strict: a missing limit is an error, not a free pass):
-    the held ``Lease`` (close it to release), or None when another holder has it (423). One
-    try, and no client-side timeout: a timeout cancels the request on our side only, and a slot
-    the server granted meanwhile would be held by nobody until its lease expires."""
+    the held ``Lease`` (close it to release), or None when another holder has it (423) or the
+    server is busy (5xx). One try, and no client-side timeout: a timeout cancels the request
+    on our side only, and a slot the server granted meanwhile would be held by nobody until
+    its lease expires."""
     with get_client(sync_client=True) as client:
         try:
             response = client.increment_concurrency_slots_with_lease(
                 names=[name], slots=1, mode="concurrency", lease_duration=lease, holder=_holder())
         except httpx.HTTPStatusError as exc:
-            if exc.response.status_code == 423:
+            # 423: another holder. 502-504: the server is busy (SQLite's "database is locked"
+            # surfaces as 503; measured with 50 provisions at once): not taken, so try again,
+            # within the caller's deadline, rather than fail the run.
+            if exc.response.status_code in (423, 502, 503, 504):
                 return None
             raise
     body = response.json()
