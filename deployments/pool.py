@@ -178,7 +178,7 @@ class PooledRunner:
         finally:
             with self._lock:
                 active = self._active.pop(run.id, None)
-            if active is not None and active.cancel_sent is not None or cancelled:
+            if cancelled or (active is not None and active.cancel_sent is not None):
                 self._mark_cancelled(run)
 
     def _cancel_requested(self, client) -> None:
