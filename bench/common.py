@@ -2,9 +2,15 @@
 sampler of a process tree's CPU and memory (read from /proc), percentiles, and the writer of
 ``<name>.json``, ``<name>.md`` and ``<name>.png``.
 
-A benchmark is a ``run(size, out, api_url=None) -> Report`` function plus a ``main()`` that
-parses ``--size``/``--out``/``--api-url``. ``bench.all`` starts one Prefect server and hands it
-to each, so a whole run pays the server's start-up once.
+A benchmark is a ``run(size, out, server=None, keep=False, database=None) -> Report`` function
+plus a ``main()`` that parses ``--size``/``--out``/``--api-url``/``--database``. ``bench.all``
+starts one ``Backend`` (a Prefect server on its database) and hands it to each, so a whole run
+pays the start-up once.
+
+The backend is what an operator at rack scale runs (docs/scale-out.md): the Prefect server and
+the inventory on PostgreSQL, with PostgreSQL's own durability settings. ``--database sqlite``
+measures the embedded default instead (a SQLite file each): its write lock answers 503 under a
+burst of triggers (../shared/reference/prefect.md), which the figures then include.
 
 Why /proc and not psutil: the lab and the benchmarks are Linux-only already (epoll, loopback
 addresses beyond 127.0.0.1, ports below 1024 as root), and what we need is four fields of two
@@ -263,18 +269,79 @@ def workdir(name: str, keep: bool = False) -> Iterator[Path]:
             print(f"[{name}] work directory kept: {path}", file=sys.stderr)
 
 
-@contextlib.contextmanager
-def prefect_server(api_url: str | None, home: Path) -> Iterator[str]:
-    """The API URL of a Prefect server: ``api_url`` if one answers there, else a fresh local
-    one on a free port (stopped afterwards)."""
-    from deployments.server import ensure_server
+DATABASES = ("postgresql", "sqlite")
 
-    url = api_url or f"http://127.0.0.1:{free_port()}/api"
-    server = ensure_server(url, home / "prefect", timeout=180)
+
+@dataclass
+class Backend:
+    """A Prefect server and the database the benchmarks' inventories go in."""
+
+    api_url: str
+    #: "postgresql" or "sqlite": what the Prefect server stores its runs in; "given" for a
+    #: server started by someone else (``--api-url``), whose database we do not know.
+    database: str
+    pg: Any = None  # lab.postgres.LocalPostgres when database == "postgresql"
+    _made: int = 0
+
+    def inventory_url(self, name: str) -> str | None:
+        """A fresh inventory database for one benchmark's stack (None: the stack's own SQLite file)."""
+        if self.pg is None:
+            return None
+        self._made += 1
+        db = f"inventory_{name}_{self._made}"
+        self.pg.create_database(db)
+        return self.pg.url(db)
+
+    def describe(self) -> dict[str, str]:
+        inv = "PostgreSQL" if self.pg is not None else "SQLite"
+        srv = {"postgresql": "PostgreSQL", "sqlite": "SQLite"}.get(self.database, "as given by --api-url")
+        return {"prefect_database": srv, "inventory_database": inv}
+
+
+def default_database() -> str:
+    """PostgreSQL when its server binaries are here (CI installs them), else SQLite."""
+    from lab.postgres import PostgresUnavailable, find_bindir
+
     try:
-        yield url
+        find_bindir()
+        return "postgresql"
+    except PostgresUnavailable:
+        return "sqlite"
+
+
+@contextlib.contextmanager
+def backend(server: "Backend | str | None", home: Path, database: str | None = None) -> Iterator[Backend]:
+    """``server`` itself when it is a Backend (``bench.all`` shares one); the Prefect server at
+    ``server`` when it is a URL that answers; else a fresh local server on a free port, on
+    ``database`` (default: ``default_database()``), stopped afterwards with its database."""
+    if isinstance(server, Backend):
+        yield server
+        return
+    from deployments.server import ensure_server
+    from integrations.prefectapi import PrefectApi
+
+    if server and PrefectApi(server).health():
+        yield Backend(server, "given")
+        return
+    database = database or default_database()
+    if database not in DATABASES:
+        raise ValueError(f"database: {database!r} is not one of {', '.join(DATABASES)}")
+    url = server or f"http://127.0.0.1:{free_port()}/api"
+    pg, extra = None, {}
+    if database == "postgresql":
+        from lab.postgres import LocalPostgres
+
+        pg = LocalPostgres.start(("prefect",), durable=True)
+        extra["PREFECT_API_DATABASE_CONNECTION_URL"] = pg.url("prefect", "asyncpg")
+    try:
+        srv = ensure_server(url, home / "prefect", timeout=180, extra_env=extra)
+        try:
+            yield Backend(url, database, pg)
+        finally:
+            srv.stop()
     finally:
-        server.stop()
+        if pg is not None:
+            pg.stop()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,8 +541,11 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
                    help="smoke: seconds, proves it runs; full: the issue's figures (run on a quiet machine)")
     p.add_argument("--out", type=Path, default=None,
                    help=f"where to write the results (default {RESULTS} for full, {RESULTS / 'smoke'} for smoke)")
-    p.add_argument("--api-url", default=None,
+    p.add_argument("--api-url", dest="server", default=None,
                    help="reuse the Prefect server at this URL (default: start one on a free port)")
+    p.add_argument("--database", choices=DATABASES, default=None,
+                   help="what the Prefect server started here and the inventories store in (default: "
+                        "postgresql when its server binaries are installed, else sqlite)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     return p
 

@@ -41,13 +41,14 @@ from pathlib import Path
 import requests
 
 from bench.common import (
+    Backend,
     Figure,
     Report,
     TreeSampler,
+    backend,
     default_out,
     main_for,
     percentile,
-    prefect_server,
     summary,
     workdir,
 )
@@ -241,6 +242,11 @@ def _flow_phase(st, inv: InventorySampler, cfg: dict, n: int) -> dict:
             "polled_s": _num(text, "polled"), "reads": _num(text, "reads"), "failed": _num(text, "failed reads"),
             "skipped": _num(text, "skipped in flight"), "restarts": _num(text, "worker restarts"),
         })
+    # Stopped here, not by the stack: with schedules on, a power-poll run (and its reader
+    # processes) is always in flight, so waiting for serve to go idle would only time out.
+    from deployments.stack import _stop
+
+    _stop(st.serve_proc)
     done = [r for r in rows if r["reads"] is not None and r["polled_s"]]
     reads = sum(r["reads"] for r in done)
     bad = sum(r["failed"] or 0 for r in done)
@@ -283,10 +289,10 @@ def _silent(st, cfg: dict, n: int, log: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def _one_size(rep: Report, url: str, home: Path, n: int, cfg: dict) -> dict:
+def _one_size(rep: Report, be: Backend, home: Path, n: int, cfg: dict) -> dict:
     switches = max(1, math.ceil(n / 60))  # at most ~90 cabled ports per simulated switch
     env_extra = {"METALFLOW_POWER_POLL_INTERVAL": str(cfg["window"]), "METALFLOW_POWER_POLL_PERIOD": str(cfg["interval"])}
-    with stack(home / f"n{n}", url, hosts=n, switches=switches, block_from=82, serve=False,
+    with stack(home / f"n{n}", be.api_url, hosts=n, inventory_url=be.inventory_url(f"power{n}"), switches=switches, block_from=82, serve=False,
                serve_env=env_extra, lab_args=("--bmc-processes", "2")) as st:
         inv = InventorySampler(json.loads((st.home / "config.json").read_text())["inventory_url"])
         res: dict = {"n": n, "switches": switches}
@@ -366,8 +372,8 @@ def _figures(rep: Report, r: dict, cfg: dict) -> None:
         rep.findings.append(f"{P}: MISS: {flow['failed_pct']:.2f} % of power-poll's reads failed (target 1 %).")
 
 
-def run(size: str = "full", out: Path | None = None, api_url: str | None = None, keep: bool = False,
-        ns: list[int] | None = None, seconds: float | None = None) -> Report:
+def run(size: str = "full", out: Path | None = None, server=None, keep: bool = False,
+        database: str | None = None, ns: list[int] | None = None, seconds: float | None = None) -> Report:
     cfg = dict(SIZES[size])
     if ns:
         cfg["ns"] = ns
@@ -378,9 +384,10 @@ def run(size: str = "full", out: Path | None = None, api_url: str | None = None,
                          "measured_s": cfg["flow_s"], "bare_loop_s": cfg["bare_s"],
                          "reader_processes": PROCESSES, "per_call_timeout_s": CALL_TIMEOUT})
     results = []
-    with workdir("power_freshness", keep) as home, prefect_server(api_url, home) as url:
+    with workdir("power_freshness", keep) as home, backend(server, home, database) as be:
+        rep.params.update(be.describe())
         for n in cfg["ns"]:
-            results.append(_one_size(rep, url, home, n, cfg))
+            results.append(_one_size(rep, be, home, n, cfg))
     rep.data["sizes"] = results
 
     def plot(fig) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 import requests
 
 from integrations.common import Deadline
-from bench.common import Figure, Report, TreeSampler, default_out, main_for, prefect_server, summary, workdir
+from bench.common import Figure, Report, TreeSampler, backend, default_out, main_for, summary, workdir
 from bench.stacks import flow_runs, stack, start_process, stop_process, ts, wait_final, wait_idle
 
 SIZES = {
@@ -166,7 +166,8 @@ def _isolated_serve(st, home: Path):
             time.sleep(0.5)
 
 
-def run(size: str = "full", out: Path | None = None, api_url: str | None = None, keep: bool = False) -> Report:
+def run(size: str = "full", out: Path | None = None, server=None, keep: bool = False,
+        database: str | None = None) -> Report:
     cfg = SIZES[size]
     ks = cfg["ks"]
     kmax = max(ks)
@@ -181,16 +182,17 @@ def run(size: str = "full", out: Path | None = None, api_url: str | None = None,
     lab_args = ("--enlist", "ready", "--deploy-seconds", str(d), "--commission-seconds", "0.5",
                 "--erase-seconds", "0.5", "--node-timeout", str(d + 60))
     waves = []
-    with workdir("provision_concurrency", keep) as home, prefect_server(api_url, home) as url, \
-            stack(home / "stack", url, hosts=hosts_needed, switches=cfg["switches"], block_from=78,
-                  lab_args=lab_args) as st:
+    with workdir("provision_concurrency", keep) as home, backend(server, home, database) as be, \
+            stack(home / "stack", be.api_url, hosts=hosts_needed, switches=cfg["switches"], block_from=78,
+                  lab_args=lab_args, inventory_url=be.inventory_url("provision")) as st:
         from integrations.prefectapi import PrefectApi
 
         isolated = _isolated_serve(st, home)
         adopted = _adopt(st)
         if adopted < hosts_needed:
             raise RuntimeError(f"only {adopted} of {hosts_needed} lab machines found in MAAS")
-        api = PrefectApi(url)
+        rep.params.update(be.describe())
+        api = PrefectApi(be.api_url)
         names = [h["name"] for h in st.manifest["hosts"]]
         print("[provision_concurrency] one provision alone (T)", flush=True)
         alone = _wave(api, st, names[:1], "t", timeout=600)

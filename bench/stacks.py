@@ -19,15 +19,19 @@ from bench.common import free_block
 @contextlib.contextmanager
 def stack(home: Path, api_url: str, *, hosts: int, switches: int = 1, block_from: int, lab_args: Sequence[str] = (),
           serve_env: dict[str, str] | None = None, schedules: bool = False, serve: bool = True,
-          lab_timeout: float = 180) -> Iterator["object"]:
+          lab_timeout: float = 180, inventory_url: str | None = None) -> Iterator["object"]:
     """A lab of ``hosts`` hosts and ``metalflow serve`` against the server at ``api_url`` (which
-    must be up: the benchmarks share one). Scheduled runs left behind are deleted on exit, so
-    the next benchmark on the same server does not inherit a power-poll schedule."""
+    must be up: the benchmarks share one), the inventory at ``inventory_url`` (None: a SQLite
+    file under ``home``). Scheduled runs left behind are deleted on exit, so the next benchmark
+    on the same server does not inherit a power-poll schedule."""
     from deployments.stack import Stack
 
     home.mkdir(parents=True, exist_ok=True)
+    env = dict(serve_env or {})
+    if inventory_url:
+        env["METALFLOW_INVENTORY_URL"] = inventory_url
     st = Stack(home=home, api_url=api_url, hosts=hosts, switches=switches, block=free_block(block_from),
-               lab_args=tuple(lab_args), serve_env=dict(serve_env or {}))
+               lab_args=tuple(lab_args), serve_env=env)
     try:
         st.start_lab(timeout=lab_timeout)
         st.setup()

@@ -98,7 +98,9 @@ def _profile(fn) -> str:
     return text[text.find("ncalls"):] if "ncalls" in text else text
 
 
-def run(size: str = "full", out: Path | None = None, api_url: str | None = None, keep: bool = False) -> Report:
+def run(size: str = "full", out: Path | None = None, server=None, keep: bool = False,
+        database: str | None = None) -> Report:
+    """``server``, ``database``: unused (no Prefect here: the switch driver alone is measured)."""
     cfg = SIZES[size]
     n, repeats = cfg["changes"], cfg["repeats"]
     rep = Report("switch_batching", size, f"Switch batching: {n} port VLAN changes on one switch",

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from integrations.common import Deadline
-from bench.common import Figure, Report, default_out, main_for, prefect_server, summary, workdir
+from bench.common import Figure, Report, backend, default_out, main_for, summary, workdir
 from bench.stacks import flow_runs, stack, start_process, stop_process, task_runs, ts, wait_final, wait_idle
 
 SIZES = {"smoke": {"singles": 1, "baseline_singles": 1, "burst": 2},
@@ -61,22 +61,25 @@ def _latencies(api_url: str, ids: list[str]) -> list[dict]:
     return out
 
 
-def run(size: str = "full", out: Path | None = None, api_url: str | None = None, keep: bool = False) -> Report:
+def run(size: str = "full", out: Path | None = None, server=None, keep: bool = False,
+        database: str | None = None) -> Report:
     cfg = SIZES[size]
     rep = Report("trigger_latency", size, "Trigger latency: create_flow_run to the first task running",
                  params={"singles": cfg["singles"], "baseline_singles": cfg["baseline_singles"],
                          "burst": cfg["burst"], "flow": "status",
                          "metalflow": "metalflow serve (threads, claims due runs every 0.5 s)",
                          "baseline": "serve() with Prefect's defaults (runner poll 10 s)"})
-    with workdir("trigger_latency", keep) as home, prefect_server(api_url, home) as url, \
-            stack(home / "stack", url, hosts=2, switches=1, block_from=74) as st:
+    with workdir("trigger_latency", keep) as home, backend(server, home, database) as be, \
+            stack(home / "stack", be.api_url, hosts=2, switches=1, block_from=74,
+                  inventory_url=be.inventory_url("trigger")) as st:
         from integrations.prefectapi import PrefectApi
 
         env = {k: v for k, v in st.env.items() if not k.startswith("PREFECT_RUNNER_")}
         baseline = start_process(["-m", "bench.serve_defaults", "--flow", "status", "--name", "bench-defaults"],
                                  env, home / "serve-defaults.log")
         try:
-            api = PrefectApi(url)
+            rep.params.update(be.describe())
+            api = PrefectApi(be.api_url)
             end = time.monotonic() + 180
             while True:
                 try:
@@ -109,14 +112,14 @@ def run(size: str = "full", out: Path | None = None, api_url: str | None = None,
             for variant, dep in VARIANTS.items():
                 t = time.perf_counter()
                 with ThreadPoolExecutor(cfg["burst"]) as pool:
-                    got = list(pool.map(lambda k: _trigger(PrefectApi(url), dep, f"burst-{variant}-{k}"),
+                    got = list(pool.map(lambda k: _trigger(PrefectApi(be.api_url), dep, f"burst-{variant}-{k}"),
                                         range(cfg["burst"])))
                 burst_create[variant] = {"all_created_s": time.perf_counter() - t,
                                          "per_call": summary([g[1] for g in got])}
                 bursts[variant] = [g[0] for g in got]
                 wait_final(api, bursts[variant], 600)
-            single_lat = {v: _latencies(url, ids) for v, ids in singles.items()}
-            burst_lat = {v: _latencies(url, ids) for v, ids in bursts.items()}
+            single_lat = {v: _latencies(be.api_url, ids) for v, ids in singles.items()}
+            burst_lat = {v: _latencies(be.api_url, ids) for v, ids in bursts.items()}
             wait_idle(baseline.pid)
             wait_idle(st.serve_proc.pid)
         finally:

@@ -1,5 +1,5 @@
-"""Every benchmark still runs: ``python -m bench.all --size smoke`` (one Prefect server, each
-benchmark at its smallest size) into a temporary directory, then each one's JSON, markdown
+"""Every benchmark still runs: ``python -m bench.all --size smoke`` (each benchmark at its
+smallest size, all four at once, each on its own Prefect server) into a temporary directory, then each one's JSON, markdown
 and PNG are checked for their structure. Speed is not asserted here: figures belong to
 bench/results from a full run on a quiet machine."""
 from __future__ import annotations
@@ -47,7 +47,7 @@ def smoke(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     return out, subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
 
 
-# About 3 minutes on a quiet 2-core machine (one Prefect server, three labs, serve three times).
+# About 1.5 minutes on a quiet 2-core machine (four benchmarks at once: three Prefect servers, labs and serves).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 

@@ -15,7 +15,7 @@ from deployments.stack import Stack
 from deployments.workers import WorkerProcess
 from tests.conftest import free_block
 from tests.e2e.conftest import E2E
-from tests.scale.postgres import LocalPostgres, PostgresUnavailable, free_port
+from lab.postgres import LocalPostgres, PostgresUnavailable, free_port
 
 #: Seconds without a heartbeat before the crash automation marks a run Crashed. Heartbeats come
 #: every 30 s (Prefect's minimum), so 60 s is two missed heartbeats: short for the test, still

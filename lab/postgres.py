@@ -1,5 +1,6 @@
-"""A throw-away PostgreSQL cluster for the scale tests: Debian's binaries, a data directory in
-a temporary folder, a free TCP port on 127.0.0.1 and the unix socket beside the data.
+"""A throw-away PostgreSQL cluster for the scale tests and the benchmarks: Debian's binaries,
+a data directory in a temporary folder, a free TCP port on 127.0.0.1 and the unix socket beside
+the data. Part of the lab because it stands in for the operator's database server.
 
 ``initdb`` and ``postgres`` refuse to run as root, so when the tests run as root (CI does) the
 cluster belongs to the ``postgres`` system user (made by Debian's package) and every server
@@ -60,6 +61,9 @@ class LocalPostgres:
     port: int
     run_as: str | None  # the system user the server runs as when we are root; None: ourselves
     started: bool = False
+    #: True: PostgreSQL's own defaults (fsync, synchronous commit), as an operator's server
+    #: runs; the benchmarks use this. False: durability off, for tests.
+    durable: bool = False
 
     @property
     def data(self) -> Path:
@@ -80,14 +84,14 @@ class LocalPostgres:
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    def start(cls, databases: tuple[str, ...] = (), *, timeout: float = 60.0) -> "LocalPostgres":
+    def start(cls, databases: tuple[str, ...] = (), *, timeout: float = 60.0, durable: bool = False) -> "LocalPostgres":
         bindir = find_bindir()
         run_as = None
         if os.geteuid() == 0:
             run_as = _system_user()
         # The server user must reach the directory: under root's TMPDIR it might not.
         root = Path(tempfile.mkdtemp(prefix="metalflow-pg-", dir="/tmp" if run_as else None))
-        pg = cls(root=root, bindir=bindir, port=free_port(), run_as=run_as)
+        pg = cls(root=root, bindir=bindir, port=free_port(), run_as=run_as, durable=durable)
         try:
             pg._init()
             pg._start(timeout)
@@ -119,10 +123,11 @@ class LocalPostgres:
                   "--encoding=UTF8", "--no-locale", "--no-sync")
 
     def _start(self, timeout: float) -> None:
-        # Durability off: the cluster dies with the test session anyway, and fsyncs would
-        # compete with the flows for the 2-core machine's disk.
-        options = (f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        options = (f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c max_connections=200")
+        if not self.durable:
+            # Durability off: the cluster dies with the test session anyway, and fsyncs would
+            # compete with the flows for the 2-core machine's disk.
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log_path),
                   "-o", options, "-w", "-t", str(int(timeout)), "start", timeout=timeout + 10)
         self.started = True
