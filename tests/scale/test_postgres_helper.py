@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.scale import postgres
+from lab import postgres
 
 
 def test_no_postgresql_binaries_is_a_clear_error(monkeypatch):
