@@ -148,6 +148,28 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime + cutime + cstime) / _TICK
 
 
+class CpuSplit:
+    """CPU-seconds each role's process tree spent between ``__enter__`` and ``__exit__``
+    (e.g. metalflow serve, the Prefect server, PostgreSQL, the lab): where a CPU-bound
+    phase's time went on a machine whose cores they all share."""
+
+    def __init__(self, roles: dict[str, list[int]]):
+        self.roles = roles
+        self.result: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {role: sum(cpu_seconds(p) for p in tree(pids)) for role, pids in self.roles.items()}
+
+    def __enter__(self) -> "CpuSplit":
+        self._start, self._t = self._now(), time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._now()
+        self.result = {role: round(end[role] - self._start[role], 2) for role in self.roles}
+        self.result["wall"] = round(time.monotonic() - self._t, 2)
+
+
 def memory_mb(pid: int) -> tuple[float, float]:
     """(RSS, PSS) in MB; PSS shares the pages several processes map, so sums of PSS over a tree
     do not count the interpreter's shared pages once per process as RSS sums do."""
@@ -281,7 +303,18 @@ class Backend:
     #: server started by someone else (``--api-url``), whose database we do not know.
     database: str
     pg: Any = None  # lab.postgres.LocalPostgres when database == "postgresql"
+    server_pid: int | None = None  # the Prefect server we started (None: given)
     _made: int = 0
+
+    def pids(self) -> dict[str, list[int]]:
+        """The processes behind this backend, by role, for ``cpu_split``."""
+        out: dict[str, list[int]] = {}
+        if self.server_pid:
+            out["Prefect server"] = [self.server_pid]
+        if self.pg is not None:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                out["PostgreSQL"] = [int((self.pg.data / "postmaster.pid").read_text().splitlines()[0])]
+        return out
 
     def inventory_url(self, name: str) -> str | None:
         """A fresh inventory database for one benchmark's stack (None: the stack's own SQLite file)."""
@@ -336,7 +369,7 @@ def backend(server: "Backend | str | None", home: Path, database: str | None = N
     try:
         srv = ensure_server(url, home / "prefect", timeout=180, extra_env=extra)
         try:
-            yield Backend(url, database, pg)
+            yield Backend(url, database, pg, server_pid=srv.proc.pid if srv.proc else None)
         finally:
             srv.stop()
     finally:

@@ -23,6 +23,7 @@ memory <= 1.5 GB, zero failures, no interleaving on any switch; the bulk <= 1.2 
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -32,7 +33,7 @@ from pathlib import Path
 import requests
 
 from integrations.common import Deadline
-from bench.common import Figure, Report, TreeSampler, backend, default_out, main_for, summary, workdir
+from bench.common import Backend, CpuSplit, Figure, Report, TreeSampler, backend, default_out, main_for, summary, workdir
 from bench.stacks import flow_runs, stack, start_process, stop_process, ts, wait_final, wait_idle
 
 SIZES = {
@@ -103,7 +104,7 @@ class SwitchSessions:
 
 
 def _wave(api, st, hosts: list[str], tag: str, timeout: float, bulk: bool = False,
-          deployment: str = "provision/metalflow", proc=None) -> dict:
+          deployment: str = "provision/metalflow", proc=None, be: Backend | None = None) -> dict:
     from integrations.prefectapi import idempotency_key
 
     def trigger(i_host):
@@ -121,7 +122,8 @@ def _wave(api, st, hosts: list[str], tag: str, timeout: float, bulk: bool = Fals
 
     proc = proc or st.serve_proc
     t0 = time.time()
-    with TreeSampler(lambda: [proc.pid], interval=1.0) as mem, \
+    roles = {"metalflow serve": [proc.pid], "lab": [st.lab_proc.pid], **(be.pids() if be else {})}
+    with TreeSampler(lambda: [proc.pid], interval=1.0) as mem, CpuSplit(roles) as cpu, \
             SwitchSessions(st.manifest["lab"]["control_url"]) as sessions:
         if bulk:
             ids = trigger_bulk()
@@ -145,7 +147,7 @@ def _wave(api, st, hosts: list[str], tag: str, timeout: float, bulk: bool = Fals
         "failures": sum(1 for r in rows if r["state"] != "COMPLETED"),
         "duration_s": summary([r["duration_s"] for r in rows if r["duration_s"] is not None]),
         "to_start_s": summary([r["to_start_s"] for r in rows if r["to_start_s"] is not None]),
-        "serve": mem.result(), "max_sessions_per_switch": dict(sessions.peak), "runs": rows,
+        "serve": mem.result(), "cpu_split": cpu.result, "max_sessions_per_switch": dict(sessions.peak), "runs": rows,
     }
 
 
@@ -221,23 +223,24 @@ def run(size: str = "full", out: Path | None = None, server=None, keep: bool = F
         api = PrefectApi(be.api_url)
         names = [h["name"] for h in st.manifest["hosts"]]
         print("[provision_concurrency] one provision alone (T)", flush=True)
-        alone = _wave(api, st, names[:1], "t", timeout=600)
+        alone = _wave(api, st, names[:1], "t", timeout=600, be=be)
         T = alone["duration_s"]["max"]
         if alone["failures"]:
             raise RuntimeError(f"the single provision failed: {alone['runs'][0]['message']}; see {home}")
         used = 1
         for k in ks:
             print(f"[provision_concurrency] {k} provisions at once", flush=True)
-            waves.append(_wave(api, st, names[used:used + k], f"k{k}", timeout=max(900, 20 * k + 10 * T)))
+            waves.append(_wave(api, st, names[used:used + k], f"k{k}", timeout=max(900, 20 * k + 10 * T), be=be))
             used += k
         print(f"[provision_concurrency] one bulk-provision of {kmax}", flush=True)
-        bulk = _wave(api, st, names[used:used + kmax], f"bulk{kmax}", timeout=max(900, 20 * kmax + 10 * T), bulk=True)
+        bulk = _wave(api, st, names[used:used + kmax], f"bulk{kmax}", timeout=max(900, 20 * kmax + 10 * T), bulk=True,
+                     be=be)
         bulk["children"] = _children(api, bulk["runs"][0]["id"])
         used += kmax
         print(f"[provision_concurrency] baseline: {kmax} at once, one subprocess per run", flush=True)
         try:
             base = _wave(api, st, names[used:used + kmax], f"iso{kmax}", timeout=max(900, 20 * kmax + 10 * T),
-                         deployment="provision/bench-isolated", proc=isolated)
+                         deployment="provision/bench-isolated", proc=isolated, be=be)
         finally:
             stop_process(isolated)
     rep.params["T_s"] = round(T, 2)
@@ -314,7 +317,8 @@ def _explain(rep: Report, waves: list[dict], T: float, alone: dict, bulk: dict, 
             f"p95 {s.get('p95', 0):.1f} s; a run took p50 {d.get('p50', 0):.1f} s ({d.get('p50', 0) / T:.2f} × T); "
             f"serve used {w['serve']['cpu_seconds']:.0f} CPU-s ({w['serve']['cpu_cores_avg']:.2f} cores on "
             f"average), peak {w['serve']['peak_processes']} processes, {w['serve']['peak_pss_mb']:.0f} MB PSS; "
-            f"most sessions on one switch {max(w['max_sessions_per_switch'].values() or [0])}")
+            f"most sessions on one switch {max(w['max_sessions_per_switch'].values() or [0])}; "
+            f"CPU-seconds by process: {_split(w)}")
     big = waves[-1]
     if base["makespan_s"] and big["makespan_s"]:
         rep.findings.append(
@@ -324,10 +328,12 @@ def _explain(rep: Report, waves: list[dict], T: float, alone: dict, bulk: dict, 
             "CPU-seconds) on the machine's cores before any run reaches MAAS.")
     if big["makespan_s"] is not None and big["makespan_s"] - T > 30:
         rep.findings.append(
-            f"MISS: K={big['k']} makespan − T = {big['makespan_s'] - T:.0f} s. Per-task API calls grow under load "
-            "(one interpreter's GIL serves every run's Prefect client); the switch lock serialises each switch's "
-            "sessions (visible as trigger-to-deploy spread). What would close it: fewer task runs per provision, "
-            "or batching a wave's switch changes into one session per switch (bulk-provision).")
+            f"MISS: K={big['k']} makespan − T = {big['makespan_s'] - T:.0f} s. Runs started within "
+            f"{big['to_start_s'].get('p95', 0):.0f} s (p95) but then took p50 {big['duration_s'].get('p50', 0) / T:.2f} × T: "
+            f"the wave is CPU-bound. {_cpu_story(big, T)} What would close it within this project: fewer "
+            "Prefect task runs per provision (each costs the server a create and two state changes, and the "
+            "client an event and its logs), or a wave's steps batched (see the bulk below). Outside it: the Prefect "
+            "server and its database on a machine of their own, as docs/scale-out.md lays out.")
     c = bulk.get("children") or {}
     if bulk["makespan_s"] is not None and bulk["makespan_s"] > 1.2 * T and c.get("wave_first_start_s") is not None:
         per_host = bulk["serve"]["cpu_seconds"] / max(1, c["hosts"])
@@ -339,8 +345,8 @@ def _explain(rep: Report, waves: list[dict], T: float, alone: dict, bulk: dict, 
             f"took p50 {c['wave_duration_s'].get('p50', 0):.1f} s, max {c['wave_duration_s'].get('max', 0):.1f} s "
             f"(T = {T:.1f} s alone). The excess is CPU: serve spent {per_host:.2f} CPU-seconds per host (one "
             f"provision alone: {alone['serve']['cpu_seconds']:.2f}), about 18 Prefect task runs and a subflow each, "
-            "all in one interpreter, while the Prefect server, its database and the lab share the same 2 cores; "
-            "the hosts queue for the CPU before MAAS gets their deploy. 1.2 × T leaves "
+            f"all in one interpreter, while the Prefect server, its database and the lab share the same 2 cores. "
+            f"{_cpu_story(bulk, T)} The hosts queue for the CPU before MAAS gets their deploy. 1.2 × T leaves "
             f"{0.2 * T:.0f} s for the canary and {bulk['k'] - 1} hosts' pre-deploy steps together. What would close "
             "it: run a wave's steps batched, one task per step for the whole wave (one switch session per switch, "
             "the MAAS calls of all hosts from one task, one wait loop for every deploy), as switch_batching does "
@@ -351,6 +357,23 @@ def _explain(rep: Report, waves: list[dict], T: float, alone: dict, bulk: dict, 
             "MISS: more than one SSH session seen at once on a switch, although every metalflow session holds the "
             "switch's lock (a local lock in front of a global concurrency limit `switch-<name>`): look for a "
             "session opened outside tasks/switches.py.")
+
+
+def _split(w: dict) -> str:
+    split = {k: v for k, v in (w.get("cpu_split") or {}).items() if k != "wall"}
+    return ", ".join(f"{k} {v:.1f}" for k, v in sorted(split.items(), key=lambda kv: -kv[1])) or "not measured"
+
+
+def _cpu_story(w: dict, T: float) -> str:
+    """One sentence: how much CPU the wave took, from which processes, against what 2 cores give."""
+    split = {k: v for k, v in (w.get("cpu_split") or {}).items() if k != "wall"}
+    if not split:
+        return ""
+    total = sum(split.values())
+    cores = os.cpu_count() or 2
+    return (f"The {w['k']} provisions took {total:.0f} CPU-seconds in all ({total / w['k']:.2f} per host: "
+            f"{_split(w)}); {cores} cores give {cores * T:.0f} CPU-seconds in T, and most of a provision's "
+            "CPU is spent before its deploy call, in the first seconds of the wave.")
 
 
 def main() -> None:
