@@ -15,6 +15,7 @@ failed, no further host starts; hosts already running finish (and roll back) on 
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -30,7 +31,7 @@ from flows.models import BulkItem, EraseMode
 from flows.provision import provision
 from integrations.common import Deadline
 from integrations.common.deadline import Clock, MonotonicClock
-from tasks.common import logger
+from tasks.common import inline_steps, logger
 from tasks.settings import settings
 
 #: The journaled runbook step whose success is a host's milestone (MAAS accepted the deploy).
@@ -363,10 +364,12 @@ class Children:
         return min(hits) if hits else None
 
 
-def run_child(item: BulkItem, erase_on_failure: EraseMode | None) -> Outcome:
+def run_child(item: BulkItem, erase_on_failure: EraseMode | None, step_task_runs: bool = False) -> Outcome:
     """One host's provision as a subflow of this run (call it inside a copy of the flow's
-    context, so Prefect links it to its parent)."""
-    state = provision(host=item.host, vm=item.vm, erase_on_failure=erase_on_failure, return_state=True)
+    context, so Prefect links it to its parent). Its steps run inline (``inline_steps``)
+    unless ``step_task_runs``."""
+    with contextlib.nullcontext() if step_task_runs else inline_steps():
+        state = provision(host=item.host, vm=item.vm, erase_on_failure=erase_on_failure, return_state=True)
     child = state.state_details.flow_run_id
     child_id = str(child) if child else None
     if state.is_completed():
@@ -444,11 +447,18 @@ def _publish(markdown: str, description: str) -> None:
 
 @flow(name="bulk-provision", flow_run_name=bulk_run_name, log_prints=True)
 def bulk_provision(requests: list[BulkItem], canary: int = 1, wave_size: int = 25, max_failures: int = 3,
-                   erase_on_failure: EraseMode | None = None, milestone_timeout: float | None = None):
+                   erase_on_failure: EraseMode | None = None, milestone_timeout: float | None = None,
+                   step_task_runs: bool = False):
     """Provision every ``requests`` host with its VM: the ``canary`` first hosts, then waves
     of ``wave_size``, each started when the previous one passed its milestone; no new host
     once more than ``max_failures`` failed. ``milestone_timeout`` (default: the
-    deploy_timeout setting) bounds one host's wait for its milestone."""
+    deploy_timeout setting) bounds one host's wait for its milestone.
+
+    Each host is a provision run of its own (its page, report, logs, host lock, rollback)
+    whose steps run inline: journaled and reported as always, but not one Prefect task run
+    each. ``step_task_runs=True`` makes every step a task run, as in a single provision; at
+    fifty hosts on a two-core server those task runs' events were most of the CPU
+    (docs/benchmarks.md)."""
     from tasks.clients import inventory
 
     began = _now()
@@ -469,7 +479,7 @@ def bulk_provision(requests: list[BulkItem], canary: int = 1, wave_size: int = 2
             # Each thread runs in its own copy of this flow's context: the subflow sees its
             # parent run and is recorded as its child (parent_task_run_id).
             ctx = contextvars.copy_context()
-            return pool.submit(ctx.run, run_child, r.item, erase_on_failure)
+            return pool.submit(ctx.run, run_child, r.item, erase_on_failure, step_task_runs)
 
         result = Waves(plan, start, children.milestone, log=log).run()
     try:

@@ -6,9 +6,11 @@ hide the reason. Clients hold their own deadlines; ``timeout_seconds`` here is a
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -48,7 +50,7 @@ def runbook_task(*, system: str, retries: int = 3, backoff: float = 2.0, timeout
     def deco(fn: F) -> F:
         step = name or fn.__name__.replace("_", "-")
         body = _journaled(fn, step, system) if journal else fn
-        return task(  # type: ignore[return-value]
+        return Step(task(  # type: ignore[return-value]
             body,
             name=step,
             task_run_name=run_name or (step + " {host.name}"),
@@ -60,9 +62,69 @@ def runbook_task(*, system: str, retries: int = 3, backoff: float = 2.0, timeout
             cache_policy=NO_CACHE,
             persist_result=False,
             **kwargs,
-        )
+        ), retries, backoff)
 
     return deco
+
+
+# --- inline steps: the same runbook without a Prefect task run per step ------------------------
+
+_INLINE: contextvars.ContextVar[bool] = contextvars.ContextVar("metalflow_inline_steps", default=False)
+
+
+@contextlib.contextmanager
+def inline_steps() -> Iterator[None]:
+    """Within this block (this thread's context), runbook steps run as plain calls inside the
+    flow run instead of as Prefect task runs: the same function, journal line and report row,
+    the same transient-only retries with backoff (``integrations.common.retry``), and the
+    clients' own deadlines (the task's ``timeout_seconds`` backstop does not apply).
+
+    Why: each task run costs the Prefect server about three state events and the serving
+    process its engine; under fifty provisions at once on two cores that is most of the CPU
+    (bench/provision_concurrency). ``bulk-provision`` runs its hosts this way; each host
+    still has its own run page, report, logs and journal, only the per-step task rows go."""
+    token = _INLINE.set(True)
+    try:
+        yield
+    finally:
+        _INLINE.reset(token)
+
+
+class Step:
+    """A runbook step: calls its Prefect task, or inside ``inline_steps()`` its function
+    directly. Everything else (``.fn``, ``.name``, ``.submit``) is the task's."""
+
+    def __init__(self, task_: Any, retries: int, backoff: float):
+        self.task, self.retries, self.backoff = task_, retries, backoff
+        functools.update_wrapper(self, task_.fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not _INLINE.get():
+            return self.task(*args, **kwargs)
+        from integrations.common import Deadline
+        from integrations.common.retry import Backoff, retry
+
+        log = logger()
+
+        def again(attempt: int, exc: BaseException, delay: float) -> None:
+            log.warning("%s: attempt %d failed (%s: %s); again in %.1f s", self.task.name, attempt,
+                        type(exc).__name__, exc, delay)
+
+        return retry(lambda: self.task.fn(*args, **kwargs),
+                     transient=lambda exc: 0.0 if is_transient(exc) else None,
+                     deadline=Deadline(3600.0),
+                     backoff=Backoff(first=self.backoff, factor=2.0, cap=self.backoff * 2 ** max(0, self.retries - 1),
+                                     attempts=self.retries + 1),
+                     on_retry=again)
+
+    def with_options(self, **options: Any) -> "Step":
+        retries = options.get("retries", self.retries)
+        delay = options.get("retry_delay_seconds")
+        return Step(self.task.with_options(**options), retries,
+                    float(delay) if isinstance(delay, (int, float)) else self.backoff)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.task, attr)
 
 
 def _journaled(fn: F, step: str, system: str) -> F:

@@ -139,6 +139,15 @@ def test_a_bulk_of_three_in_waves_behind_a_canary(e2e, hosts):
         assert child["state"]["type"] == "COMPLETED"
         assert child["name"] == f"provision {a['host']} → {a['vm']['name']}"
         assert task_run(e2e, child["parent_task_run_id"])["flow_run_id"] == run.id  # a subflow of the bulk
+        # Its steps ran inline (the bulk's default): no task run each, every one journaled
+        # under the child's own run, which is what the milestone gate reads.
+        steps = requests.post(f"{e2e.stack.api_url}/task_runs/filter", timeout=10,
+                              json={"flow_runs": {"id": {"any_": [child["id"]]}}}).json()
+        assert steps == [], [t["name"] for t in steps]
+        journaled = {ev.step for ev in e2e.inventory().events(a["host"], limit=500, run_id=child["id"])
+                     if ev.outcome == "ok"}
+        assert {"converge-ports", "rename-machine", "deploy-machine", "wait-for-status", "record-vm"} <= journaled, \
+            journaled
 
     # The gate: each wave started after the previous wave's milestone. (That it started
     # before the previous wave ended is a matter of speed: tests/unit/test_bulk.py forces it.)
