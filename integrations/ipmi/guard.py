@@ -28,8 +28,26 @@ from integrations.ipmi.errors import BmcTimeout
 T = TypeVar("T")
 
 
+_REGISTRY: dict[str, "CallGuard"] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
 class CallGuard:
-    """Runs one blocking call at a time for one BMC, each with a hard timeout."""
+    """Runs one blocking call at a time for one BMC, each with a hard timeout.
+
+    ``CallGuard.of(target)`` is the process's one guard for a BMC: every client of that BMC
+    in this process goes through it. pyghmi keeps its sessions in process-wide tables keyed
+    by the BMC's socket address; two clients logging in to one BMC from two threads at once
+    raced on them (``KeyError: ('::ffff:127.174.1.1', 623, 0, 0)``, seen with fifty status
+    runs of one host at once)."""
+
+    @classmethod
+    def of(cls, target: str) -> "CallGuard":
+        with _REGISTRY_LOCK:
+            guard = _REGISTRY.get(target)
+            if guard is None:
+                guard = _REGISTRY[target] = cls(target)
+            return guard
 
     def __init__(self, target: str):
         self.target = target

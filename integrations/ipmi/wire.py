@@ -109,7 +109,7 @@ class PyghmiLink:
         self._port = port
         self._username = username
         self._password = password
-        self._guard = CallGuard(self.target)
+        self._guard = CallGuard.of(self.target)
         self._command = None  # pyghmi Command, touched only from guarded helper threads
         self._last_ok = 0.0
         self._stale = False  # set when a call was abandoned: its session is not to be trusted

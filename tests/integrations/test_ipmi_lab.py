@@ -269,3 +269,27 @@ def test_bulk_read_of_many_bmcs_with_two_silent(fleet, fault):
                 assert r.ok and r.state == truth[host(i)].power, r
     assert sum(1 for r in first.values() if r.state == "on") == len(range(20, N_BMCS, 3))
     assert all(r.elapsed >= 0 for r in first.values())
+
+
+def test_many_clients_of_one_bmc_at_once_in_one_process(fleet):
+    """Fifty status runs of one host at once are fifty clients of one BMC in one process:
+    pyghmi's session tables are process-wide, and logins from several threads at once raced on
+    them (KeyError on the BMC's socket address). All of them must read the power state."""
+    errors: list[str] = []
+    start = threading.Barrier(24)
+
+    def one(k: int) -> None:
+        try:
+            start.wait(10)
+            for _ in range(3):
+                with bmc(7) as c:
+                    assert c.power_state() in ("on", "off")
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(f"client {k}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
