@@ -103,12 +103,15 @@ def _at_once(names: list[str], size: str, out: Path, keep: bool, database: str |
     return status
 
 
-def _summary(out: Path, size: str, status: dict[str, str], seconds: float) -> None:
+def _summary(out: Path, size: str, status: dict[str, str], seconds: float | None) -> None:
+    """``summary.md`` under ``out``; ``seconds`` None: only assembled from the results there."""
     m = machine()
+    how = (f"{seconds / 60:.1f} min for this invocation" if seconds is not None else
+           "assembled from each benchmark's latest run (`bench.all --summary`; each one's date below)")
     lines = [f"# Benchmark results ({size})", "",
              f"`python -m bench.all --size {size}`: {m['date']}, {m['cores']} cores, {m['memory_gb']} GB, "
              f"{m['cpu_model']}; Python {m['python']}, pyghmi {m['pyghmi']}, Prefect {m['prefect']}; "
-             f"{seconds / 60:.1f} min for this invocation. See docs/benchmarks.md for what each measures.", ""]
+             f"{how}. See docs/benchmarks.md for what each measures.", ""]
     # Benchmarks not run this time (``--only``) keep their last results in ``out``: listed too.
     status = dict(status)
     for name in BENCHMARKS:
@@ -137,7 +140,12 @@ def main() -> None:
     p.add_argument("--only", nargs="*", choices=BENCHMARKS, help="run only these")
     p.add_argument("--serial", action="store_true",
                    help="smoke: one after the other on one server, not all at once")
+    p.add_argument("--summary", action="store_true",
+                   help="run nothing: rewrite summary.md from the results already in --out")
     a = p.parse_args()
+    if a.summary:
+        _summary(a.out or default_out(a.size), a.size, {}, None)
+        return
     stop_on_sigterm()
     status = run_all(a.size, a.out or default_out(a.size), a.server, a.keep, a.only, a.database,
                      parallel=False if a.serial else None)
