@@ -334,7 +334,7 @@ def _explain(rep: Report, waves: list[dict], T: float, alone: dict, bulk: dict, 
             "Prefect task runs per provision (each costs the server a create and two state changes, and the "
             "client an event and its logs), or a wave's steps batched (see the bulk below). Outside it: the Prefect "
             "server and its database on a machine of their own, as docs/scale-out.md lays out.")
-    bulk_miss = bulk_finding(bulk, alone, T)
+    bulk_miss = bulk_finding(bulk, T)
     if bulk_miss:
         rep.findings.append(bulk_miss)
     if any(max(w["max_sessions_per_switch"].values() or [0]) > 1 for w in waves + [bulk]):
@@ -344,7 +344,7 @@ def _explain(rep: Report, waves: list[dict], T: float, alone: dict, bulk: dict, 
             "session opened outside tasks/switches.py.")
 
 
-def bulk_finding(bulk: dict, alone: dict, T: float) -> str | None:
+def bulk_finding(bulk: dict, T: float) -> str | None:
     """The bulk's miss, said with its timeline and where its CPU went (None: no miss)."""
     c = bulk.get("children") or {}
     if bulk["makespan_s"] is None or bulk["makespan_s"] <= 1.2 * T or c.get("wave_first_start_s") is None:
