@@ -307,7 +307,7 @@ class Backend:
     _made: int = 0
 
     def pids(self) -> dict[str, list[int]]:
-        """The processes behind this backend, by role, for ``cpu_split``."""
+        """The processes behind this backend, by role, for ``CpuSplit``."""
         out: dict[str, list[int]] = {}
         if self.server_pid:
             out["Prefect server"] = [self.server_pid]

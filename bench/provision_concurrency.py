@@ -349,7 +349,7 @@ def bulk_finding(bulk: dict, T: float) -> str | None:
     c = bulk.get("children") or {}
     if bulk["makespan_s"] is None or bulk["makespan_s"] <= 1.2 * T or c.get("wave_first_start_s") is None:
         return None
-    split = {k: v for k, v in (bulk.get("cpu_split") or {}).items() if k != "wall"}
+    split = _roles(bulk)
     total = sum(split.values())
     hosts = max(1, c["hosts"])
     cores = os.cpu_count() or 2
@@ -373,14 +373,19 @@ def bulk_finding(bulk: dict, T: float) -> str | None:
         f"would take {split.get('Prefect server', 0) + split.get('PostgreSQL', 0):.0f} CPU-seconds off these cores.")
 
 
+def _roles(w: dict) -> dict[str, float]:
+    """A wave's CPU-seconds by process (its ``cpu_split`` without the wall time)."""
+    return {k: v for k, v in (w.get("cpu_split") or {}).items() if k != "wall"}
+
+
 def _split(w: dict) -> str:
-    split = {k: v for k, v in (w.get("cpu_split") or {}).items() if k != "wall"}
+    split = _roles(w)
     return ", ".join(f"{k} {v:.1f}" for k, v in sorted(split.items(), key=lambda kv: -kv[1])) or "not measured"
 
 
 def _cpu_story(w: dict, T: float) -> str:
     """One sentence: how much CPU the wave took, from which processes, against what 2 cores give."""
-    split = {k: v for k, v in (w.get("cpu_split") or {}).items() if k != "wall"}
+    split = _roles(w)
     if not split:
         return ""
     total = sum(split.values())

@@ -191,15 +191,16 @@ def findings(s: dict, b: dict, cfg: dict, data: dict, database: str, cores: int)
             f"One at a time p50 is {s['metalflow']['p50']:.2f} s (target 2 s). Runs are threads of metalflow serve, "
             "claimed every 0.5 s: look at created → Running in the profile (the server's state transitions) "
             "against Running → first task (the flow's own start).")
-    if b["metalflow"]["p95"] > 10.0 and database != "PostgreSQL":
-        bs = data["burst_to_flow_start_s"]["metalflow"]["p95"]
+    if b["metalflow"]["p95"] <= 10.0:
+        return out
+    bs = data["burst_to_flow_start_s"]["metalflow"]["p95"]
+    if database != "PostgreSQL":
         out.append(
             f"Burst p95 is {b['metalflow']['p95']:.2f} s (target 10 s) on a Prefect server backed by {database}; "
             f"created → Running took {bs:.1f} s (p95), the create calls "
             f"{data['burst_create']['metalflow']['all_created_s']:.1f} s. On SQLite look for 503 'database is "
             "locked' in the server's log: its one writer serialises the burst.")
-    elif b["metalflow"]["p95"] > 10.0:
-        bs = data["burst_to_flow_start_s"]["metalflow"]["p95"]
+    else:
         out.append(
             f"Burst p95 is {b['metalflow']['p95']:.2f} s (target 10 s) on a Prefect server backed by {database}. "
             f"Runs are threads of metalflow serve (no process start) and the {cfg['burst']} create calls took "

@@ -16,7 +16,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from integrations.common import DeadlineExceeded
+from integrations.common import Backoff, Deadline, DeadlineExceeded, retry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -101,9 +101,6 @@ class Step:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not _INLINE.get():
             return self.task(*args, **kwargs)
-        from integrations.common import Deadline
-        from integrations.common.retry import Backoff, retry
-
         log = logger()
 
         def again(attempt: int, exc: BaseException, delay: float) -> None:
