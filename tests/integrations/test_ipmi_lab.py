@@ -91,12 +91,17 @@ def wait_for_event(events, hostname: str, kind: str, after: int) -> None:
 def test_power_on_off_soft_reset_with_read_back(fleet, events):
     with bmc(0) as c:
         assert c.power_state() == "off" == fleet.state(host(0)).power
+        before_on = len(events)
         assert c.power_on(deadline=10) == "on"
         assert fleet.state(host(0)).power == "on" and c.power_state() == "on"
+        # The power_on event travels to this process asynchronously: count from after it
+        # arrived, or it would be taken for something the second power_on sent.
+        wait_for_event(events, host(0), "power_on", before_on)
         seen = len(events)
         assert c.power_on(deadline=10) == "on"  # already on: nothing sent
         assert c.power_off(soft=True, deadline=10) == "off"
         assert fleet.state(host(0)).power == "off"
+        wait_for_event(events, host(0), "power_off", seen)
         assert [e.kind for e in events[seen:] if e.host == host(0)] == ["power_off"]
         assert c.reset(deadline=10) == "on"  # from off: powers on
         assert fleet.state(host(0)).power == "on"
