@@ -54,13 +54,15 @@ def commission_machine(host: HostInfo, system_id: str) -> str:
 
 @runbook_task(system="maas", name="wait-for-status", run_name="wait-for-{want} {host.name}", retries=1)
 def wait_for_status(host: HostInfo, system_id: str, want: str, timeout: float, phase: str = "") -> Machine:
-    """Poll with a deadline; a failure state ends the wait at once with MAAS's message.
+    """Wait with a deadline; a failure state ends the wait at once with MAAS's message. The
+    wait goes through the process's shared status watch: one MAAS read per round for every
+    machine any run of this process waits on, a round a second (``MaasClient.status_watch``).
 
     ``phase`` (commission, deploy, erase) names the MAAS phase being waited for: its deadline
     is the ``<phase>_timeout`` setting, and a phase that outlives it fails saying so."""
     try:
         return clients.maas().wait_for_status(system_id, [S[w.strip().upper()] for w in want.split("|")],
-                                              deadline=Deadline(timeout), interval=1.0, max_interval=5.0)
+                                              deadline=Deadline(timeout), shared=True)
     except MaasTimeout as exc:
         if not phase:
             raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import re
+import threading
 from collections.abc import Iterable
 from typing import Any, Callable
 
@@ -41,6 +42,7 @@ from integrations.maas.models import (
     Subnet,
     split_image_name,
 )
+from integrations.maas.watch import StatusWatch
 from integrations.maas.wire import DEFAULT_RETRIES, ApiKey, CallRecord, MaasWire, resource_path
 
 ERASE_MODES = ("none", "quick", "secure", "full")
@@ -111,7 +113,8 @@ class MaasClient:
     ``timeout`` bounds every HTTP exchange; ``retries`` and ``retry_budget`` bound the retries
     of what is transient (see ``integrations.maas.wire``). ``clock`` is injectable for tests
     of waiting logic; ``on_call`` receives a ``CallRecord`` per HTTP exchange (for the run's
-    artifact of MAAS calls; it carries no parameters or headers).
+    artifact of MAAS calls; it carries no parameters or headers). ``watch_interval`` is the
+    round of the shared status watch (``wait_for_status(..., shared=True)``).
     """
 
     def __init__(
@@ -125,7 +128,11 @@ class MaasClient:
         session: requests.Session | None = None,
         clock: Clock | None = None,
         on_call: Callable[[CallRecord], None] | None = None,
+        watch_interval: float = 1.0,
     ):
+        self.watch_interval = watch_interval
+        self._watch: StatusWatch | None = None
+        self._watch_lock = threading.Lock()
         self.wire = MaasWire(
             url, api_key, timeout=timeout, retries=retries, retry_budget=retry_budget,
             session=session, clock=clock, on_call=on_call,
@@ -153,6 +160,14 @@ class MaasClient:
     @property
     def clock(self) -> Clock:
         return self.wire.clock
+
+    def status_watch(self) -> StatusWatch:
+        """This client's one ``StatusWatch`` (made on first use), shared by every
+        ``wait_for_status(..., shared=True)`` of every thread."""
+        with self._watch_lock:
+            if self._watch is None:
+                self._watch = StatusWatch(self, interval=self.watch_interval)
+            return self._watch
 
     def close(self) -> None:
         self.wire.close()
@@ -433,6 +448,7 @@ class MaasClient:
         deadline: Deadline | float,
         interval: float = 5.0,
         max_interval: float = 30.0,
+        shared: bool = False,
     ) -> Machine:
         """Poll until the machine reaches one of ``targets``; return it.
 
@@ -440,6 +456,10 @@ class MaasClient:
         ``MaasWrongState`` carrying MAAS's status message. A poll that MAAS answers with a
         transient error (503, connection) is tolerated while the deadline holds. When the
         deadline passes: ``MaasTimeout`` naming the machine and the last status seen.
+
+        ``shared=True`` waits through this client's ``status_watch()`` instead of polling
+        alone: every machine this client waits on is read in one request per round, a round
+        every ``watch_interval`` seconds (``interval`` and ``max_interval`` then do not apply).
         """
         if isinstance(targets, (NodeStatus, int, str)):
             targets = [targets]
@@ -450,9 +470,16 @@ class MaasClient:
         names = " or ".join(sorted(s.label for s in wanted))
         seen: dict[str, Any] = {"machine": None, "error": None}
 
+        watch = self.status_watch() if shared else None
+
         def probe() -> Machine | None:
             try:
-                machine = self._poll_machine(system_id, budget=dl.remaining())
+                if watch is not None:
+                    machine = watch.next(system_id, dl)
+                    if machine is None:
+                        return seen["machine"]  # no newer view (a failed round, or time is up)
+                else:
+                    machine = self._poll_machine(system_id, budget=dl.remaining())
             except MaasUnavailable as exc:
                 seen["error"] = exc
                 return None
@@ -474,10 +501,14 @@ class MaasClient:
             )
 
         try:
-            return dl.wait_for(
-                probe, done, what=f"wait for {system_id} to be {names}", failed=failed,
-                interval=interval, max_interval=max_interval,
-            )
+            if watch is None:
+                return dl.wait_for(
+                    probe, done, what=f"wait for {system_id} to be {names}", failed=failed,
+                    interval=interval, max_interval=max_interval,
+                )
+            with watch.watching(system_id):  # each probe blocks until the next round
+                return dl.wait_for(probe, done, what=f"wait for {system_id} to be {names}", failed=failed,
+                                   interval=0.0, max_interval=0.0)
         except DeadlineExceeded:
             last: Machine | None = seen["machine"]
             last_status = (last.status_name or last.status.label) if last else "unknown"

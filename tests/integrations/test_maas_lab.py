@@ -44,7 +44,7 @@ WAIT = dict(interval=0.05, max_interval=0.2)
 def env(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("maas-lab")
     spec = generate(
-        hosts=14, switches=1, block=BLOCK, workdir=str(workdir), dialects=("force10",),
+        hosts=22, switches=1, block=BLOCK, workdir=str(workdir), dialects=("force10",),
         nics_per_host=(1, 2), seed_secrets="test-maas-lab",
         timing=Timing(commission=0.2, deploy=0.3, release=0.05, erase=0.2, quick_erase=0.1,
                       secure_erase=0.3, node_timeout=20.0, soft_off=0.1, boot=0.02),
@@ -355,3 +355,93 @@ def test_delete_exists_for_operators(env):
     assert m.status is NodeStatus.NEW
     client.delete_machine(m.system_id)
     assert client.find_by_mac("02:ff:00:00:00:01") is None
+
+
+# --- the shared status watch: one read per round for every machine waited on ------------------
+
+def watched_client(env, calls: list):
+    """A client of its own (its own watch), recording every HTTP exchange it makes."""
+    spec, lab, _ = env
+    return MaasClient(lab.maas.url, Secret(spec.maas.api_key), timeout=10, retries=FAST, retry_budget=30,
+                      on_call=calls.append, watch_interval=0.05)
+
+
+def test_shared_waits_read_every_machine_in_one_request_per_round(env):
+    import threading
+
+    _, _, client = env
+    sids = [ready_machine(env, i) for i in range(14, 20)]
+    calls: list = []
+    watcher = watched_client(env, calls)
+    results: dict[str, object] = {}
+
+    def wait(sid: str) -> None:
+        try:
+            results[sid] = watcher.wait_for_status(sid, NodeStatus.DEPLOYED, deadline=30, shared=True)
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            results[sid] = exc
+
+    for sid in sids:
+        client.deploy(sid, "ubuntu/jammy")
+    threads = [threading.Thread(target=wait, args=(sid,)) for sid in sids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert {sid: getattr(m, "status", m) for sid, m in results.items()} == {sid: NodeStatus.DEPLOYED for sid in sids}
+    watch = watcher.status_watch()
+    # Every exchange was the batched list, one per round: no machine was read on its own.
+    assert calls and {(c.method, c.path) for c in calls} == {("GET", "machines/")}
+    assert len(calls) == watch.requests == watch.rounds
+    # The six waits overlapped for the whole deploy, so six lone pollers would have sent
+    # about six times the rounds.
+    assert watch.rounds >= 3
+    watcher.close()
+    for sid in sids:
+        client.release(sid)
+
+
+def test_shared_wait_ends_at_once_on_a_failure_state(env):
+    spec, lab, client = env
+    sid = ready_machine(env, 20)
+    lab.maas.fail_next("deploy", 1)
+    client.deploy(sid, "ubuntu/jammy")
+    with pytest.raises(MaasWrongState) as ei:
+        client.wait_for_status(sid, NodeStatus.DEPLOYED, deadline=300, shared=True)
+    assert ei.value.machine_status == "Failed deployment" and "Installation failed" in str(ei.value)
+    assert_no_secret(ei.value, spec)
+    client.release(sid)
+    assert client.wait_for_status(sid, NodeStatus.READY, deadline=20, shared=True).status is NodeStatus.READY
+
+
+def test_shared_wait_rides_out_503_then_times_out_naming_the_status(env):
+    _, lab, client = env
+    sid = ready_machine(env, 21)
+    calls: list = []
+    watcher = watched_client(env, calls)
+    lab.maas.set_fault("503", 3, retry_after=0)
+    try:
+        # Ready is reached although the first reads answer 503.
+        assert watcher.wait_for_status(sid, NodeStatus.READY, deadline=20, shared=True).status is NodeStatus.READY
+        assert any(c.status == 503 for c in calls)
+    finally:
+        lab.maas.set_fault("none", 0)
+    with pytest.raises(MaasTimeout) as ei:
+        watcher.wait_for_status(sid, NodeStatus.DEPLOYED, deadline=0.3, shared=True)
+    assert ei.value.last_status == "Ready" and sid in str(ei.value)
+    # Nobody waits any more: the watch's thread has stopped polling.
+    sent = len(calls)
+    import time
+    time.sleep(0.3)
+    assert len(calls) - sent <= 1
+    watcher.close()
+
+
+def test_shared_wait_on_a_deleted_machine_is_not_found(env):
+    _, lab, client = env
+    h = env[0].hosts[13]
+    sid = lab.maas.add_machine("watch-gone", [h.macs[0].replace(h.macs[0][:2], "0a", 1)],
+                               runner.power_parameters(env[0], h.name))
+    client.delete_machine(sid)
+    with pytest.raises(MaasNotFound):
+        client.wait_for_status(sid, NodeStatus.READY, deadline=10, shared=True)
