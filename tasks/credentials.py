@@ -27,18 +27,34 @@ _CACHE_SECONDS = 30.0
 
 
 class _BlockCache:
-    """Secret blocks loaded at most every 30 s per process (a poll reads hundreds of refs)."""
+    """Secret blocks loaded at most every 30 s per process (a poll reads hundreds of refs),
+    and by one thread at a time per block: fifty runs of a bulk that all miss at once wait
+    for one load instead of sending fifty (measured: block reads were a tenth of the Prefect
+    server's requests in a bulk of 50)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._data: dict[str, tuple[float, object]] = {}
+        self._loading: dict[str, threading.Lock] = {}
 
-    def get(self, name: str) -> object:
-        now = time.monotonic()
+    def _fresh(self, name: str) -> tuple[bool, object]:
         with self._lock:
             hit = self._data.get(name)
-            if hit and now - hit[0] < _CACHE_SECONDS:
-                return hit[1]
+        if hit and time.monotonic() - hit[0] < _CACHE_SECONDS:
+            return True, hit[1]
+        return False, None
+
+    def get(self, name: str) -> object:
+        ok, value = self._fresh(name)
+        if ok:
+            return value
+        with self._lock:
+            loading = self._loading.setdefault(name, threading.Lock())
+        with loading:
+            ok, value = self._fresh(name)  # loaded by the thread this one waited for
+            return value if ok else self._load(name)
+
+    def _load(self, name: str) -> object:
         from prefect.blocks.system import Secret as SecretBlock
 
         try:
@@ -47,7 +63,7 @@ class _BlockCache:
             raise CredentialError(f"no Prefect Secret block named {name!r}; create it in the UI "
                                   "(Blocks → Secret) or with `metalflow secrets set`") from None
         with self._lock:
-            self._data[name] = (now, value)
+            self._data[name] = (time.monotonic(), value)
         return value
 
     def clear(self) -> None:
