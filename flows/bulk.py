@@ -318,18 +318,28 @@ def _s(n: int) -> str:
 # --- Prefect glue: child runs, their milestones, the report -------------------------------------
 
 class Children:
-    """This run's child runs by host. A child's id is known to the server as soon as its
-    subflow starts but to us only when it returns, so it is looked up by the parent link.
-    Children of an earlier attempt of this run (a rerun from the UI) are ignored: their
-    milestones are not this attempt's."""
+    """This run's child runs by host, and their milestones. A child's id is known to the
+    server as soon as its subflow starts but to us only when it returns, so it is looked up by
+    the parent link. Children of an earlier attempt of this run (a rerun from the UI) are
+    ignored: their milestones are not this attempt's.
 
-    def __init__(self, parent_id: str, min_refresh: float = 0.25):
+    Milestones come from the hosts' journals: one inventory query for every host of the bulk
+    per look (at most every ``min_refresh`` seconds), and a read of the child runs from the
+    Prefect server only when a milestone shows up for a host whose child is not known yet.
+    (Reading the children and each host's journal at every look cost, at fifty hosts, about
+    a fifth of the Prefect server's request CPU and a hundred queries a second.)"""
+
+    def __init__(self, parent_id: str, hosts: Sequence[str] = (), min_refresh: float = 0.25):
         self.parent_id = parent_id
+        self.hosts = list(hosts)
         self.min_refresh = min_refresh
         self.ids: dict[str, str] = {}
         self.names: dict[str, str] = {}
         self.earlier: set[str] = set()
+        self.since = _now()
         self._refreshed = 0.0
+        self._looked = 0.0
+        self._hits: dict[str, list[tuple[datetime, str | None]]] = {}
 
     def _read(self) -> list:
         from prefect.client.orchestration import get_client
@@ -342,6 +352,7 @@ class Children:
 
     def ignore_existing(self) -> None:
         """Call before the first host starts: every child already there is an earlier attempt's."""
+        self.since = _now()
         self.earlier = {str(fr.id) for fr in self._read()}
 
     def refresh(self) -> None:
@@ -350,18 +361,28 @@ class Children:
             if host and str(fr.id) not in self.earlier:
                 self.ids[host], self.names[host] = str(fr.id), fr.name
 
-    def milestone(self, r: HostRun) -> datetime | None:
-        """When ``r``'s own child run journaled its deploy as accepted (None: not yet)."""
+    def _look(self) -> None:
         from tasks.clients import inventory
 
+        if time.monotonic() - self._looked < self.min_refresh:
+            return
+        self._looked = time.monotonic()
+        hits: dict[str, list[tuple[datetime, str | None]]] = {}
+        for e in inventory().step_events(self.hosts, MILESTONE_STEP, outcome="ok", since=self.since):
+            hits.setdefault(e.host, []).append((e.at, e.run_id))
+        self._hits = hits
+
+    def milestone(self, r: HostRun) -> datetime | None:
+        """When ``r``'s own child run journaled its deploy as accepted (None: not yet)."""
+        self._look()
+        hits = self._hits.get(r.host)
+        if not hits:
+            return None
         if r.host not in self.ids and time.monotonic() - self._refreshed >= self.min_refresh:
             self.refresh()
         child = self.ids.get(r.host)
-        if child is None:
-            return None
-        hits = [e.at for e in inventory().events(r.host, limit=500, run_id=child)
-                if e.step == MILESTONE_STEP and e.outcome == "ok"]
-        return min(hits) if hits else None
+        ours = [at for at, run_id in hits if child is not None and run_id == child]
+        return min(ours) if ours else None
 
 
 def run_child(item: BulkItem, erase_on_failure: EraseMode | None, step_task_runs: bool = False) -> Outcome:
@@ -471,7 +492,7 @@ def bulk_provision(requests: list[BulkItem], canary: int = 1, wave_size: int = 2
     except BulkRefused as exc:
         _publish(f"# {title}\n\n**Outcome:** {exc}", str(exc))
         raise
-    children = Children(str(flow_run.id))
+    children = Children(str(flow_run.id), [item.host for item in plan.items])
     children.ignore_existing()
     log = logger()
     with ThreadPoolExecutor(max_workers=len(plan.items), thread_name_prefix="bulk") as pool:

@@ -469,6 +469,24 @@ def test_journal(loaded):
         loaded.journal("host-999", "provision", "run-1", "deploy", "maas", "ok")
 
 
+def test_step_events_of_several_hosts_in_one_query(loaded):
+    for host, run, step, outcome, sec in [("host-001", "r1", "deploy-machine", "ok", 5),
+                                          ("host-002", "r2", "deploy-machine", "started", 6),
+                                          ("host-002", "r2", "deploy-machine", "ok", 7),
+                                          ("host-001", "r0", "deploy-machine", "ok", -5),  # before since
+                                          ("host-003", "r3", "rename-machine", "ok", 8)]:
+        loaded.journal(host, "provision", run, step, "maas", outcome, at=T0 + timedelta(seconds=sec))
+    got = loaded.step_events(["host-002", "host-001", "host-003", "host-002"], "deploy-machine",
+                             outcome="ok", since=T0)
+    assert [(e.host, e.run_id, e.at) for e in got] == [("host-001", "r1", T0 + timedelta(seconds=5)),
+                                                      ("host-002", "r2", T0 + timedelta(seconds=7))]
+    assert [e.outcome for e in loaded.step_events(["host-002"], "deploy-machine")] == ["started", "ok"]
+    assert loaded.step_events([], "deploy-machine") == []
+    with pytest.raises(InventoryError) as info:
+        loaded.step_events(["host-001"], "deploy-machine", since=T0.replace(tzinfo=None))
+    assert info.value.field == "since"
+
+
 # ---------------------------------------------------------------- concurrency
 
 
