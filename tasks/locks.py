@@ -5,7 +5,9 @@ process contend for one device.
 Why a switch lock: a switch's CLI is one configuration context. Two sessions changing ports
 at once interleave their ``interface``/``exit`` blocks on some dialects, and every session a
 switch holds open costs it (many top-of-rack switches allow only a handful of SSH sessions).
-``converge_ports`` keeps one session per switch per step; this lock makes it the only one."""
+Within one process, ``converge_ports`` steps on the same switch share one session (a group
+commit: ``tasks.switches.SwitchBatch``), whose leader takes this lock for it; the lock makes
+that session the only one on the switch."""
 from __future__ import annotations
 
 import contextlib

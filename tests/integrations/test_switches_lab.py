@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 
 import pytest
 
@@ -370,3 +372,103 @@ def test_a_silent_listener_gives_up_within_the_deadline():
             drv.port_vlans("GigabitEthernet1/0/1")
         assert time.monotonic() - start < 8.0  # bounded by our deadline, not netmiko's defaults
         assert ei.value.transient
+
+
+# --- the group commit (tasks.switches.SwitchBatch) over real SSH ----------------------------
+
+def converge_at_once(sw, requests: dict[str, list]) -> tuple[dict[str, object], dict[str, int]]:
+    """Each request converged from its own thread, as the runs of ``metalflow serve`` do, all
+    queued before the first session opens. What each got (its lines, or its error) by host,
+    and how the switch's counters moved."""
+    from tasks.switches import SwitchBatches, converge_switch
+
+    batches = SwitchBatches()
+    batch = batches.of(sw.sim.spec.name)
+    drv = sw.driver()
+    all_queued = threading.Event()
+
+    @contextmanager
+    def open_session(force_save=False):
+        assert all_queued.wait(10)
+        with drv.session(force_save=force_save) as s:
+            yield s
+
+    results: dict[str, object] = {}
+
+    def run(host: str, targets: list) -> None:
+        try:
+            results[host] = converge_switch(sw.sim.spec.name, host, targets, open_session, batches=batches, wait=30)
+        except Exception as exc:  # noqa: BLE001 - recorded, asserted by the test
+            results[host] = exc
+
+    before = sw.counters()
+    threads = [threading.Thread(target=run, args=item, name=item[0]) for item in requests.items()]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while batch.pending < len(requests):
+        assert time.monotonic() < deadline, "the requests were not all queued"
+        time.sleep(0.01)
+    all_queued.set()
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive(), f"{t.name} is still waiting"
+    after = sw.counters()
+    return results, {k: after[k] - before[k] for k in ("sessions", "saves", "drops")}
+
+
+def test_runs_converging_at_once_share_one_session(sw):
+    from tasks.switches import PortTarget
+
+    name = sw.sim.spec.name
+    ports = {f"host-{i}": sw.port(16 + i) for i in range(1, 9)}
+    for p in ports.values():
+        sw.sim.set_port_vlans(p, LabPortVlans(10))  # on the PXE VLAN
+    requests = {h: [PortTarget(name, p, 100 + i, (200,))] for i, (h, p) in enumerate(ports.items(), 1)}
+    results, moved = converge_at_once(sw, requests)
+
+    assert moved == {"sessions": 1, "saves": 1, "drops": 0}  # 8 requests, one session, one save
+    for i, (h, p) in enumerate(ports.items(), 1):
+        assert sw.state(p) == PortVlans(100 + i, frozenset({200}))  # the switch's own view
+        sent = results[h]
+        assert isinstance(sent, list) and sent and all(line.startswith(f"{name}: ") for line in sent), sent
+        others = [q for q in ports.values() if q != p]
+        assert any(p in line for line in sent) and not any(q in line for line in sent for q in others), sent
+    assert sw.saved()
+
+
+def test_a_refused_port_fails_its_run_only_and_the_session_goes_on(sw):
+    from tasks.switches import PortTarget
+
+    name = sw.sim.spec.name
+    missing = "1/1/99" if sw.sim.spec.dialect == "force10" else "GigabitEthernet1/0/99"
+    good = {"host-1": sw.port(25), "host-3": sw.port(26)}
+    sw.reset(*good.values())
+    requests = {"host-1": [PortTarget(name, good["host-1"], 101)],
+                "host-2": [PortTarget(name, missing, 102)],  # a port the switch does not have
+                "host-3": [PortTarget(name, good["host-3"], 103)]}
+    results, moved = converge_at_once(sw, requests)
+
+    assert isinstance(results["host-2"], SwitchCommandFailed) and not results["host-2"].transient
+    assert moved["sessions"] == 1 and moved["saves"] == 1
+    assert sw.state(good["host-1"]) == PortVlans(101) and sw.state(good["host-3"]) == PortVlans(103)
+    assert isinstance(results["host-1"], list) and isinstance(results["host-3"], list)
+
+
+def test_a_dropped_session_fails_the_runs_it_took_and_the_others_get_a_new_one(sw):
+    from tasks.switches import PortTarget
+
+    name = sw.sim.spec.name
+    ports = {f"host-{i}": sw.port(26 + i) for i in range(1, 5)}
+    sw.reset(*ports.values())
+    requests = {h: [PortTarget(name, p, 100 + i)] for i, (h, p) in enumerate(ports.items(), 1)}
+    sw.sim.set_fault("drop_session", after=0)  # the first configuration line: host-1's change
+    results, moved = converge_at_once(sw, requests)
+
+    assert moved == {"sessions": 2, "saves": 1, "drops": 1}
+    assert isinstance(results["host-1"], SwitchSessionLost) and results["host-1"].transient
+    assert sw.state(ports["host-1"]) == PortVlans()  # the dropped line was not applied
+    for i, h in enumerate(ports, 1):
+        if h != "host-1":
+            assert isinstance(results[h], list), results[h]
+            assert sw.state(ports[h]) == PortVlans(100 + i)
