@@ -36,10 +36,23 @@ def limit_name(kind: str, name: str) -> str:
     return f"{kind}-" + re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
 
 
-def ensure_limit(name: str) -> str:
-    """Make the global concurrency limit ``name`` (limit 1) if it does not exist yet."""
+class LimitMissing(RuntimeError):
+    """The global concurrency limit is not on the server (deleted since it was made)."""
+
+
+#: Limits this process made or found: asked for again, they cost no request (a bulk of fifty
+#: asked the server fifty times for limits that were there). A limit deleted since is found
+#: missing at its next acquisition, which makes it again (``acquire``).
+_known: set[str] = set()
+
+
+def ensure_limit(name: str, *, recheck: bool = False) -> str:
+    """Make the global concurrency limit ``name`` (limit 1) if it does not exist yet; ask the
+    server only the first time in this process, or with ``recheck``."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
+    if name in _known and not recheck:
+        return name
     with get_client(sync_client=True) as client:
         try:
             client.read_global_concurrency_limit_by_name(name)
@@ -51,6 +64,8 @@ def ensure_limit(name: str) -> str:
             except Exception as exc:  # a concurrent creator got there first (409)
                 if "409" not in str(exc) and "already exists" not in str(exc).lower():
                     raise
+    with _local_guard:
+        _known.add(name)
     return name
 
 
@@ -125,7 +140,9 @@ def try_acquire(name: str, lease: float) -> Lease | None:
             raise
     body = response.json()
     if not body.get("limits"):
-        raise RuntimeError(f"the global concurrency limit {name!r} does not exist (it is made on first use; "
+        with _local_guard:
+            _known.discard(name)
+        raise LimitMissing(f"the global concurrency limit {name!r} does not exist (it is made on first use; "
                            "was it deleted meanwhile?)")
     return Lease(name, body["lease_id"], lease)
 
@@ -140,8 +157,16 @@ def acquire(name: str, lease: float, until: float, *, on_wait: Callable[[], None
     waits; and measured in a served thread, a try after another run's release took 2 s. The
     REST calls themselves take about 20 ms."""
     pause = 0.2
+    remade = False
     while True:
-        held = try_acquire(name, lease)
+        try:
+            held = try_acquire(name, lease)
+        except LimitMissing:
+            if remade:
+                raise
+            ensure_limit(name, recheck=True)  # deleted since this process last made it: again
+            remade = True
+            continue
         if held is not None:
             return held
         if on_wait is not None:

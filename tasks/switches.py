@@ -317,8 +317,8 @@ def converge_switch(switch: str, host: str, targets: list[PortTarget], open_sess
     if len(out.hosts) > 1:
         if out.led:
             log.info("switch %s: one session for %d hosts' ports (%s)", switch, len(out.hosts), ", ".join(out.hosts))
-        else:
-            log.info("switch %s: in the session led by %s's run (%d hosts)", switch, out.hosts[0], len(out.hosts))
+        else:  # the leader's run says it at info; fifty more lines would only cost the server
+            log.debug("switch %s: in the session led by %s's run (%d hosts)", switch, out.hosts[0], len(out.hosts))
     for p in out.ports:
         if p.steps:
             log.info("%s %s: %s", switch, p.target.port, p)

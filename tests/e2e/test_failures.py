@@ -442,6 +442,21 @@ def _all(e2e, path: str, body: dict) -> list[dict]:
         offset += 200
 
 
+def test_a_host_lock_deleted_on_the_server_is_made_again(e2e, hosts):
+    """The serving process remembers the limits it made (no request to ask again); one an
+    operator deleted since must not fail the next operation on the host: it is made again."""
+    host = "host-006"
+    assert e2e.run("start", host=host).ok  # the serving process now knows the host's limit
+    name = lock_name(host)
+    r = requests.delete(f"{e2e.stack.api_url}/v2/concurrency_limits/{name}", timeout=30)
+    assert r.status_code in (200, 204), (r.status_code, r.text)
+    assert requests.get(f"{e2e.stack.api_url}/v2/concurrency_limits/{name}", timeout=30).status_code == 404
+    run = e2e.run("stop", host=host)
+    assert run.ok, run.message
+    r = requests.get(f"{e2e.stack.api_url}/v2/concurrency_limits/{name}", timeout=30)
+    assert r.status_code == 200 and r.json()["limit"] == 1 and r.json()["active_slots"] == 0, r.text
+
+
 def test_no_secret_in_any_run_log_artifact_or_parameter(e2e, hosts):
     """Last in the module: every flow run on this server so far (this module's, the
     registrations, the scheduled polls and audits), with its parameters, state messages, logs,
