@@ -23,7 +23,7 @@ MACHINE_KEYS = {"cores", "memory_gb", "cpu_model", "python", "pyghmi", "prefect"
 DATA_KEYS = {
     "switch_batching": {"dialects"},
     "trigger_latency": {"singles", "bursts", "single_summary_s", "burst_summary_s"},
-    "provision_concurrency": {"alone", "waves", "bulk", "baseline", "T_s"},
+    "provision_concurrency": {"alone", "waves", "bulk", "bulks", "baseline", "T_s"},
     "power_freshness": {"sizes"},
 }
 
@@ -100,3 +100,11 @@ def test_provision_concurrency_structure(smoke):
     data = json.loads((out / "provision_concurrency.json").read_text())["data"]
     for wave in data["waves"] + [data["baseline"], data["bulk"]]:
         assert wave["failures"] == 0, [r["message"] for r in wave["runs"] if r["state"] != "COMPLETED"]
+    # The bulk's wave hosts went through every phase, in order, as their journals say.
+    assert len(data["bulks"]) == 1 and data["bulk"] is not None
+    phases = data["bulk"]["phases"]
+    wave = data["bulk"]["children"]["hosts"] - 1
+    assert [p for p, v in phases.items() if v.get("n") != wave] == [], phases
+    ends = [phases[p]["max"] for p in ("checks done", "PXE VLAN set", "deploy accepted", "deploy seen done",
+                                       "VM recorded")]
+    assert ends == sorted(ends), phases
