@@ -51,6 +51,8 @@ def serve_all(*, schedules: bool = True, limit: int | None = None, isolated: boo
     if isolated:
         serve(*deployments(schedules=schedules), limit=limit, print_starting_message=False)
         return
+    from deployments import tlscache
     from deployments.pool import PooledRunner
 
+    tlscache.install()  # every run's Prefect clients in this one process share their TLS contexts
     PooledRunner(served(schedules=schedules), limit=limit).run()
