@@ -426,7 +426,7 @@ def bulk_finding(bulk: dict, T: float, spans: list[float] | None = None, deploy_
         f"({_split(bulk)}), on {cores} cores that all four share. Already done within metalflow: inline "
         "steps (no task run per step), one MAAS read per second for every deploy waited on, one switch "
         "session for every host converging at once on a switch, one Secret block load at a time, no second "
-        "lookup of a host's lock limit. What would close the rest: the Prefect server (and its database) "
+        "lookup of a host's lock limit, one TLS context for every Prefect client. What would close the rest: the Prefect server (and its database) "
         f"on cores of their own (docs/scale-out.md; they took {split.get('Prefect server', 0) + split.get('PostgreSQL', 0):.0f} "
         "CPU-seconds of this wave), or a wave run as batched steps in one run instead of a subflow per host, "
         "at the cost of each host's own page in the UI.")
