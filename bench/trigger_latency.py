@@ -168,12 +168,13 @@ def run(size: str = "full", out: Path | None = None, server=None, keep: bool = F
 
 
 def _explain(rep: Report, s: dict, b: dict, cfg: dict, data: dict) -> None:
-    """Where the latency goes: waiting for the runner to notice the run (poll) vs starting the
-    run's subprocess and its first task, from the server's timestamps."""
+    """Where the latency goes: the serving process noticing and claiming the run (its poll)
+    and starting it in a thread, vs the run reaching its first task, from the server's
+    timestamps."""
     fs = data["single_to_flow_start_s"]["metalflow"]["p50"]
     ft = s["metalflow"]["p50"]
     rep.profile["one at a time, metalflow, p50"] = (
-        f"created → flow run Running {fs:.2f} s (runner poll and subprocess start), Running → first task "
+        f"created → flow run Running {fs:.2f} s (serve's poll, claim and thread start), Running → first task "
         f"{ft - fs:.2f} s (flow import, settings, inventory)")
     bs = data["burst_to_flow_start_s"]["metalflow"]["p95"]
     rep.profile[f"burst of {cfg['burst']}, metalflow, p95"] = (
