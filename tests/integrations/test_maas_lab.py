@@ -199,22 +199,23 @@ def test_release_with_disk_erase_returns_to_ready(env, erase):
         client.release(sid, erase="shred")
 
 
-def test_failed_deployment_ends_the_wait_at_once(env):
+@pytest.mark.parametrize("index, wait", [(6, WAIT), (20, {"shared": True})], ids=["alone", "shared-watch"])
+def test_failed_deployment_ends_the_wait_at_once(env, index, wait):
     spec, lab, client = env
-    sid = ready_machine(env, 6)
+    sid = ready_machine(env, index)
     lab.maas.fail_next("deploy", 1)
     client.deploy(sid, "ubuntu/jammy")
     # A long deadline: only the failure state can end this wait with MaasWrongState.
     with pytest.raises(MaasWrongState) as ei:
-        client.wait_for_status(sid, NodeStatus.DEPLOYED, deadline=300, **WAIT)
+        client.wait_for_status(sid, NodeStatus.DEPLOYED, deadline=300, **wait)
     err = ei.value
     assert err.machine_status == "Failed deployment" and err.system_id == sid
     assert "Installation failed" in str(err)
     assert_no_secret(err, spec)
     # A failure state that is the target is simply reached.
-    assert client.wait_for_status(sid, NodeStatus.FAILED_DEPLOYMENT, deadline=5, **WAIT).status_message
+    assert client.wait_for_status(sid, NodeStatus.FAILED_DEPLOYMENT, deadline=5, **wait).status_message
     assert client.release(sid).status in (NodeStatus.RELEASING, NodeStatus.READY)
-    client.wait_for_status(sid, NodeStatus.READY, deadline=20, **WAIT)
+    client.wait_for_status(sid, NodeStatus.READY, deadline=20, **wait)
 
 
 def test_hung_phase_times_out_naming_the_machine_and_status(env):
@@ -399,19 +400,6 @@ def test_shared_waits_read_every_machine_in_one_request_per_round(env):
     watcher.close()
     for sid in sids:
         client.release(sid)
-
-
-def test_shared_wait_ends_at_once_on_a_failure_state(env):
-    spec, lab, client = env
-    sid = ready_machine(env, 20)
-    lab.maas.fail_next("deploy", 1)
-    client.deploy(sid, "ubuntu/jammy")
-    with pytest.raises(MaasWrongState) as ei:
-        client.wait_for_status(sid, NodeStatus.DEPLOYED, deadline=300, shared=True)
-    assert ei.value.machine_status == "Failed deployment" and "Installation failed" in str(ei.value)
-    assert_no_secret(ei.value, spec)
-    client.release(sid)
-    assert client.wait_for_status(sid, NodeStatus.READY, deadline=20, shared=True).status is NodeStatus.READY
 
 
 def test_shared_wait_rides_out_503_then_times_out_naming_the_status(env):
