@@ -31,13 +31,14 @@ def inventory() -> Inventory:
 
 
 @lru_cache(maxsize=4)
-def _maas(ref: str) -> MaasClient:
-    return MaasClient.from_settings(resolve(ref))
+def _maas(ref: str, wait_interval: float) -> MaasClient:
+    return MaasClient.from_settings(resolve(ref), watch_interval=wait_interval)
 
 
 def maas() -> MaasClient:
     with _lock:
-        return _maas(settings().maas_settings_ref)
+        cfg = settings()
+        return _maas(cfg.maas_settings_ref, cfg.maas_wait_interval)
 
 
 def bmc(host: HostInfo, **kwargs) -> BmcClient:

@@ -28,6 +28,9 @@ class Settings(BaseModel, frozen=True):
     commission_timeout: float = Field(1800.0, gt=0)
     deploy_timeout: float = Field(1800.0, gt=0)
     erase_timeout: float = Field(1800.0, gt=0)
+    #: Seconds between two rounds of the serving process's MAAS status watch: each round is one
+    #: ``GET machines/?id=…`` for every machine any run waits on (a deploy, erase, commission).
+    maas_wait_interval: float = Field(1.0, ge=0.2, le=60)
     #: The power-poll schedule: a run starts every this many seconds and polls for as long
     #: (its window), so one long-running poller is always at work.
     power_poll_interval: float = Field(300.0, gt=0)

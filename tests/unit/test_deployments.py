@@ -2,6 +2,7 @@
 from importlib import import_module
 from pathlib import Path
 
+import pytest
 import yaml
 
 from deployments.registry import DEPLOYMENT, deployments
@@ -25,3 +26,13 @@ def test_prefect_yaml_matches_the_served_deployments():
         served[dep.flow_name] = [(int(s.schedule.interval.total_seconds()), dict(s.parameters or {}))
                                  for s in dep.schedules or []]
     assert declared == served
+
+
+def test_maas_wait_interval_is_a_checked_setting():
+    from tasks.settings import load_settings
+
+    assert load_settings({"METALFLOW_CONFIG": "/nonexistent.json"}).maas_wait_interval == 1.0
+    assert load_settings({"METALFLOW_CONFIG": "/nonexistent.json",
+                          "METALFLOW_MAAS_WAIT_INTERVAL": "5"}).maas_wait_interval == 5.0
+    with pytest.raises(ValueError, match="METALFLOW_MAAS_WAIT_INTERVAL"):
+        load_settings({"METALFLOW_CONFIG": "/nonexistent.json", "METALFLOW_MAAS_WAIT_INTERVAL": "0"})
