@@ -394,9 +394,6 @@ def test_shared_waits_read_every_machine_in_one_request_per_round(env):
     # Every exchange was the batched list, one per round: no machine was read on its own.
     assert calls and {(c.method, c.path) for c in calls} == {("GET", "machines/")}
     assert len(calls) == watch.requests == watch.rounds
-    # The six waits overlapped for the whole deploy, so six lone pollers would have sent
-    # about six times the rounds.
-    assert watch.rounds >= 3
     watcher.close()
     for sid in sids:
         client.release(sid)
