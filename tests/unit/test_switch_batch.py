@@ -328,7 +328,7 @@ def test_a_waiter_gives_up_on_time_and_is_withdrawn_unchanged():
     start = time.monotonic()
     runs.submit(2, wait=0.3)
     wait_until(lambda: "host-2" in runs.results)
-    assert 0.3 <= time.monotonic() - start < 2.0
+    assert time.monotonic() - start >= 0.3  # not before its wait ran out (how long after: not asserted)
     err = runs.results["host-2"]
     assert isinstance(err, TimeoutError) and SW in str(err) and "withdrawn unchanged" in str(err)
     assert "led by host-1's run" in str(err)
