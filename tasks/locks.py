@@ -46,12 +46,12 @@ class LimitMissing(RuntimeError):
 _known: set[str] = set()
 
 
-def ensure_limit(name: str, *, recheck: bool = False) -> str:
+def ensure_limit(name: str) -> str:
     """Make the global concurrency limit ``name`` (limit 1) if it does not exist yet; ask the
-    server only the first time in this process, or with ``recheck``."""
+    server only while this process does not know it (first use, or found missing since)."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
-    if name in _known and not recheck:
+    if name in _known:
         return name
     with get_client(sync_client=True) as client:
         try:
@@ -164,7 +164,7 @@ def acquire(name: str, lease: float, until: float, *, on_wait: Callable[[], None
         except LimitMissing:
             if remade:
                 raise
-            ensure_limit(name, recheck=True)  # deleted since this process last made it: again
+            ensure_limit(name)  # deleted since this process made it (try_acquire forgot it): again
             remade = True
             continue
         if held is not None:

@@ -14,6 +14,7 @@ call the caller reads the state back (``find_by_mac``, ``machine``) before tryin
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import threading
 from collections.abc import Iterable
@@ -500,15 +501,14 @@ class MaasClient:
                 excerpt=str(why)[:200],
             )
 
+        if watch is not None:  # each probe blocks until the watch's next round: no sleep between
+            interval = max_interval = 0.0
         try:
-            if watch is None:
+            with watch.watching(system_id) if watch is not None else contextlib.nullcontext():
                 return dl.wait_for(
                     probe, done, what=f"wait for {system_id} to be {names}", failed=failed,
                     interval=interval, max_interval=max_interval,
                 )
-            with watch.watching(system_id):  # each probe blocks until the next round
-                return dl.wait_for(probe, done, what=f"wait for {system_id} to be {names}", failed=failed,
-                                   interval=0.0, max_interval=0.0)
         except DeadlineExceeded:
             last: Machine | None = seen["machine"]
             last_status = (last.status_name or last.status.label) if last else "unknown"
