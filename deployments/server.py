@@ -51,7 +51,18 @@ def server_env(api_url: str, home: Path, extra: dict[str, str] | None = None) ->
             "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS", "5"),
     )
     env.update(extra or {})
+    if env.get("PREFECT_API_DATABASE_CONNECTION_URL", "").startswith("postgresql"):
+        # Prefect keeps 5 connections and opens up to 10 more per burst, one PostgreSQL backend
+        # forked for each and closed after one request: fifty runs at once made it open some
+        # 100 connections in 40 s. Kept open instead (docs/scale-out.md).
+        for name, value in SERVER_POOL.items():
+            env.setdefault(name, value)
     return env
+
+
+#: The server's database pool on PostgreSQL, unless the environment says otherwise.
+SERVER_POOL = {"PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "20",
+               "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "20"}
 
 
 def ensure_server(api_url: str, home: Path, *, timeout: float = 90.0,

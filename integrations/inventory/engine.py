@@ -29,11 +29,22 @@ def default_url() -> str:
     return f"sqlite:///{home / 'inventory.db'}"
 
 
-def make_engine(url: str | None = None, *, busy_timeout_ms: int = 30_000, echo: bool = False) -> Engine:
+#: Connections a PostgreSQL engine keeps open, and how many more it opens under load. One
+#: ``metalflow serve`` runs tens of runs in threads, each writing a journal line per step: a
+#: connection beyond the kept ones is opened for one transaction and closed after it, and
+#: PostgreSQL forks a backend for every one (SQLAlchemy's default of 5 kept made a bulk of
+#: fifty open some 300 connections in 40 s).
+POOL_SIZE = 25
+MAX_OVERFLOW = 25
+
+
+def make_engine(url: str | None = None, *, busy_timeout_ms: int = 30_000, echo: bool = False,
+                pool_size: int = POOL_SIZE, max_overflow: int = MAX_OVERFLOW) -> Engine:
     url = url or default_url()
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True, echo=echo)
+        return create_engine(parsed, pool_pre_ping=True, echo=echo, pool_size=pool_size,
+                             max_overflow=max_overflow)
 
     database = parsed.database or ""
     on_disk = database not in ("", ":memory:") and not database.startswith("file:")
