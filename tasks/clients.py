@@ -8,6 +8,7 @@ import threading
 from functools import lru_cache
 
 from integrations.inventory import HostInfo, Inventory, SwitchInfo
+from integrations.inventory.group import GroupJournal
 from integrations.ipmi import BmcClient, BmcTarget
 from integrations.maas import MaasClient
 from integrations.maas.preseed import LocalPreseedStore, PreseedStore, SftpPreseedStore
@@ -28,6 +29,18 @@ def _inventory(url: str) -> Inventory:
 def inventory() -> Inventory:
     with _lock:
         return _inventory(settings().resolved_inventory_url())
+
+
+@lru_cache(maxsize=4)
+def _journal(url: str) -> GroupJournal:
+    return GroupJournal(_inventory(url))
+
+
+def journal() -> GroupJournal:
+    """The process's journal writer: the lines that the runs of this process write at the
+    same time share one transaction (``integrations.inventory.group``)."""
+    with _lock:
+        return _journal(settings().resolved_inventory_url())
 
 
 @lru_cache(maxsize=4)

@@ -151,13 +151,13 @@ def write_journal(host: Any, step: str, system: str, outcome: str, detail: str =
     """Best effort: a journal that cannot be written must not fail the step it describes."""
     from prefect.runtime import flow_run
 
-    from tasks.clients import inventory
+    from tasks.clients import journal
 
     name = getattr(host, "name", host)
     try:
-        inventory().journal(name, operation=str(flow_run.flow_name or "manual"),
-                            run_id=str(flow_run.id) if flow_run.id else None,
-                            step=step, system=system, outcome=outcome, detail=detail)
+        journal().journal(name, operation=str(flow_run.flow_name or "manual"),
+                          run_id=str(flow_run.id) if flow_run.id else None,
+                          step=step, system=system, outcome=outcome, detail=detail)
     except Exception as exc:  # noqa: BLE001
         logging.getLogger("metalflow").warning("journal write for %s failed: %s", name, exc)
 

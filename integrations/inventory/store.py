@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, TypeVar
 
@@ -79,6 +80,50 @@ def clean_detail(detail: str | Mapping[str, Any]) -> str:
     text = _SECRET_IN_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}***", str(detail))
     text = _IPMITOOL_PASSWORD.sub(lambda m: f"{m.group(1)}***", text)
     return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 3] + "..."
+
+
+@dataclass(frozen=True)
+class JournalLine:
+    """One journal line, checked and stamped (``journal_line``), ready to be written."""
+
+    host: HostKey
+    operation: str
+    run_id: str | None
+    step: str
+    system: str
+    outcome: str
+    detail: str
+    at: datetime
+
+
+def journal_line(
+    host: HostKey,
+    operation: str,
+    run_id: str | None,
+    step: str,
+    system: str,
+    outcome: str,
+    detail: str | Mapping[str, Any] = "",
+    *,
+    at: datetime | None = None,
+) -> JournalLine:
+    """Check a journal line's fields (``InventoryError`` naming the bad one), mask and cut its
+    detail, and stamp it now unless ``at`` is given: the line's time is when it happened, not
+    when a batch carrying it was committed."""
+    for field, value, limit in (("operation", operation, 64), ("step", step, 128), ("system", system, 32)):
+        if not isinstance(value, str) or not value or len(value) > limit:
+            raise InventoryError(f"expected a non-empty string of at most {limit} characters", field=field)
+    if outcome not in OUTCOMES:
+        raise InventoryError(f"{outcome!r} is not an outcome ({', '.join(OUTCOMES)})", field="outcome")
+    if run_id is not None and (not isinstance(run_id, str) or len(run_id) > 64):
+        raise InventoryError("expected a run id of at most 64 characters", field="run_id")
+    if at is not None and at.tzinfo is None:
+        raise InventoryError("expected a timezone-aware datetime (UTC)", field="at")
+    return JournalLine(host, operation, run_id, step, system, outcome, clean_detail(detail), at or utcnow())
+
+
+def _host_key_ok(key: Any) -> bool:
+    return not isinstance(key, bool) and isinstance(key, (str, int)) and str(key) != ""
 
 
 def _transient(exc: BaseException) -> float | None:
@@ -526,26 +571,46 @@ class Inventory:
     ) -> EventInfo:
         """Append one journal line. ``detail`` is masked (``mask`` for dicts, ``key=value``
         secrets in text) and cut to 1000 characters."""
-        for field, value, limit in (("operation", operation, 64), ("step", step, 128), ("system", system, 32)):
-            if not isinstance(value, str) or not value or len(value) > limit:
-                raise InventoryError(f"expected a non-empty string of at most {limit} characters", field=field)
-        if outcome not in OUTCOMES:
-            raise InventoryError(f"{outcome!r} is not an outcome ({', '.join(OUTCOMES)})", field="outcome")
-        if run_id is not None and (not isinstance(run_id, str) or len(run_id) > 64):
-            raise InventoryError("expected a run id of at most 64 characters", field="run_id")
-        if at is not None and at.tzinfo is None:
-            raise InventoryError("expected a timezone-aware datetime (UTC)", field="at")
-        text = clean_detail(detail)
+        result = self.journal_lines([journal_line(host, operation, run_id, step, system, outcome, detail, at=at)])[0]
+        if isinstance(result, InventoryError):
+            raise result
+        return result
 
-        def write(s: Session) -> EventInfo:
-            row = self._host(s, host)
-            event = HostEvent(host_id=row.id, at=at or utcnow(), operation=operation, run_id=run_id,
-                              step=step, system=system, outcome=outcome, detail=text)
-            s.add(event)
+    def journal_lines(self, lines: Sequence[JournalLine]) -> list[EventInfo | InventoryError]:
+        """Append checked lines (``journal_line``) in one transaction: one host lookup and one
+        insert for all of them. A line whose host is not in the inventory gets its
+        ``HostNotFound`` in its place and the others are written; a database failure (after
+        the usual retries) raises for all of them."""
+
+        def write(s: Session) -> list[EventInfo | InventoryError]:
+            keys = {str(line.host) for line in lines if _host_key_ok(line.host)}
+            found: dict[str, Host] = {}
+            if keys:
+                rows = list(s.scalars(select(Host).where(or_(Host.name.in_(keys), Host.cloudstack_id.in_(keys)))))
+                found = {row.cloudstack_id: row for row in rows if row.cloudstack_id}
+                found.update({row.name: row for row in rows})  # a name wins over a CloudStack id
+            out: list[EventInfo | InventoryError] = []
+            added: list[tuple[int, HostEvent, str]] = []
+            for i, line in enumerate(lines):
+                if not _host_key_ok(line.host):
+                    out.append(InventoryError(f"{line.host!r} is not a host name or CloudStack id", field="host"))
+                    continue
+                row = found.get(str(line.host))
+                if row is None:
+                    out.append(HostNotFound(f"no host {str(line.host)!r} in the inventory (by name or CloudStack "
+                                            "id); import it first", field="host"))
+                    continue
+                event = HostEvent(host_id=row.id, at=line.at, operation=line.operation, run_id=line.run_id,
+                                  step=line.step, system=line.system, outcome=line.outcome, detail=line.detail)
+                s.add(event)
+                added.append((i, event, row.name))
+                out.append(None)  # type: ignore[arg-type] - filled in below
             s.flush()
-            return EventInfo.of(event, row.name)
+            for i, event, name in added:
+                out[i] = EventInfo.of(event, name)
+            return out
 
-        return self._write(write)
+        return self._write(write) if lines else []
 
     def events(
         self,

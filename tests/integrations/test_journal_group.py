@@ -1,0 +1,138 @@
+"""Group commit of journal lines (integrations.inventory.group) on a real SQLite inventory:
+many threads' lines in few transactions, each thread's lines in order, each line's own result.
+The two fault tests wrap the real inventory to hold or fail one transaction (no simulator can
+stall a SQLite commit on cue); everything else is the real write path."""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+import pytest
+
+from integrations.cloudstack import load_rack_config
+from integrations.inventory import HostNotFound, Inventory, InventoryError
+from integrations.inventory.group import GroupJournal
+from lab.spec import generate
+from tests.integrations.test_inventory import records_for
+
+WAIT = 30.0
+
+
+@pytest.fixture
+def inv(tmp_path):
+    spec = generate(hosts=4, switches=1, seed_secrets="journal-group", privileged=True)
+    inventory = Inventory(f"sqlite:///{tmp_path / 'inventory.db'}")
+    inventory.upgrade()
+    inventory.import_rack_config(load_rack_config(spec.rack_config()), records_for(spec))
+    yield inventory
+    inventory.dispose()
+
+
+class Held(Inventory):
+    """The real inventory, whose next transaction waits for ``go`` (or fails with ``fail``)."""
+
+    def __init__(self, inner: Inventory):
+        self.__dict__.update(inner.__dict__)
+        self.entered, self.go = threading.Event(), threading.Event()
+        self.fail: Exception | None = None
+        self.hold = True
+
+    def journal_lines(self, lines):
+        if self.hold:
+            self.hold = False
+            self.entered.set()
+            assert self.go.wait(WAIT)
+            if self.fail is not None:
+                raise self.fail
+        return super().journal_lines(lines)
+
+
+def test_lines_from_many_threads_share_transactions_and_keep_each_threads_order(inv):
+    group = GroupJournal(inv)
+    hosts = ["host-001", "host-002", "host-003", "host-004"]
+
+    def run(i: int) -> None:
+        for n in range(10):
+            e = group.journal(hosts[i % 4], "provision", f"run-{i}", f"step-{n}", "maas", "ok", f"line {n}")
+            assert (e.run_id, e.step, e.detail) == (f"run-{i}", f"step-{n}", f"line {n}")
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(run, range(16)))
+    assert group.transactions < 160  # 160 lines: grouped, not one commit each
+    for i in range(16):
+        mine = sorted((e for e in inv.events(hosts[i % 4], limit=1000) if e.run_id == f"run-{i}"),
+                      key=lambda e: e.at)
+        assert [e.step for e in mine] == [f"step-{n}" for n in range(10)]
+
+
+def test_a_line_is_stamped_when_queued_not_when_committed(inv):
+    held = Held(inv)
+    group = GroupJournal(held)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(group.journal, "host-001", "provision", "r", "a", "maas", "started")
+        assert held.entered.wait(WAIT)
+        queued_at = datetime.now(timezone.utc)
+        second = pool.submit(group.journal, "host-002", "provision", "r", "b", "maas", "started")
+        threading.Event().wait(0.2)
+        released_at = datetime.now(timezone.utc)  # its transaction can only begin after this
+        held.go.set()
+        assert first.result(WAIT).step == "a"
+        e = second.result(WAIT)
+    assert queued_at <= e.at <= released_at
+    assert inv.events("host-002")[0].at == e.at  # stored as stamped
+
+
+def test_an_unknown_host_fails_only_its_own_line(inv):
+    held = Held(inv)
+    group = GroupJournal(held)
+    with ThreadPoolExecutor(4) as pool:
+        lead = pool.submit(group.journal, "host-001", "provision", "r", "lead", "maas", "ok")
+        assert held.entered.wait(WAIT)
+        ok = pool.submit(group.journal, "host-002", "provision", "r", "ok", "maas", "ok")
+        bad = pool.submit(group.journal, "host-999", "provision", "r", "bad", "maas", "ok")
+        by_id = pool.submit(group.journal, inv.get_host("host-003").cloudstack_id, "provision", "r", "by-id",
+                            "maas", "ok")
+        threading.Event().wait(0.2)  # the three queue behind the held transaction: one batch
+        held.go.set()
+        assert lead.result(WAIT).host == "host-001"
+        assert ok.result(WAIT).host == "host-002"
+        with pytest.raises(HostNotFound, match="host-999"):
+            bad.result(WAIT)
+        assert by_id.result(WAIT).host == "host-003"  # by CloudStack id
+    assert group.transactions == 2
+    with pytest.raises(InventoryError) as info:
+        group.journal("host-001", "provision", "r", "x", "maas", "exploded")
+    assert info.value.field == "outcome"  # checked before it is queued
+
+
+def test_a_failed_transaction_fails_its_lines_and_the_next_lines_are_written(inv):
+    held = Held(inv)
+    held.fail = RuntimeError("database went away")
+    group = GroupJournal(held)
+    with ThreadPoolExecutor(4) as pool:
+        lead = pool.submit(group.journal, "host-001", "provision", "r", "lost", "maas", "ok")
+        assert held.entered.wait(WAIT)
+        later = [pool.submit(group.journal, "host-002", "provision", "r", f"kept-{i}", "maas", "ok") for i in range(3)]
+        threading.Event().wait(0.2)
+        held.go.set()
+        with pytest.raises(RuntimeError, match="database went away"):
+            lead.result(WAIT)
+        assert sorted(f.result(WAIT).step for f in later) == ["kept-0", "kept-1", "kept-2"]
+    assert not [e for e in inv.events("host-001") if e.step == "lost"]
+    assert {e.step for e in inv.events("host-002")} == {"kept-0", "kept-1", "kept-2"}
+
+
+def test_a_line_stuck_behind_a_transaction_times_out_unwritten(inv):
+    held = Held(inv)
+    group = GroupJournal(held, timeout=0.3)
+    with ThreadPoolExecutor(2) as pool:
+        lead = pool.submit(group.journal, "host-001", "provision", "r", "slow", "maas", "ok")
+        assert held.entered.wait(WAIT)
+        stuck = pool.submit(group.journal, "host-002", "provision", "r", "stuck", "maas", "ok")
+        with pytest.raises(TimeoutError, match="not written"):
+            stuck.result(WAIT)
+        held.go.set()
+        assert lead.result(WAIT).step == "slow"
+    assert not inv.events("host-002")
+    assert group.journal("host-002", "provision", "r", "after", "maas", "ok").step == "after"  # not wedged
