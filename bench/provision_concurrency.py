@@ -418,18 +418,23 @@ def bulk_finding(bulk: dict, T: float, spans: list[float] | None = None, deploy_
         f"{c['canary_start_s']:.1f} s in; the wave's {hosts - 1} subflows began from {c['wave_first_start_s']:.1f} "
         f"to {c['wave_last_start_s']:.1f} s; then {at('checks done')}; {at('PXE VLAN set')}; "
         f"{at('deploy accepted')}; {at('deploy seen done')}; {at('VM recorded')}.{tail} "
-        f"Before the deploys, the wave waits on the CPU at every stage: Prefect making each host's subflow (a "
-        f"tracking task run in the parent, a lookup of an existing child, the flow run and its states: about "
-        f"six requests per host to a server that is one process), then each host's lock and checks (a BMC "
-        f"login, MAAS reads, journal lines), then its changes. The wave took {total:.0f} CPU-seconds in all, "
+        f"Before the deploys, the wave waits on the CPU at every stage: Prefect making each host's subflow (the "
+        f"flow registered again, a tracking task run in the parent, a lookup of an existing child, the flow run, "
+        f"its name, a read back and its states: eight requests per host, about twelve with the host's lock and "
+        f"report, to a server that is one process), then each host's lock and checks (a BMC login, MAAS reads, "
+        f"journal lines), then its changes. The wave took {total:.0f} CPU-seconds in all, "
         f"{total / hosts:.2f} per host "
         f"({_split(bulk)}), on {cores} cores that all four share. Already done within metalflow: inline "
         "steps (no task run per step), one MAAS read per second for every deploy waited on, one switch "
-        "session for every host converging at once on a switch, one Secret block load at a time, no second "
-        "lookup of a host's lock limit, one TLS context for every Prefect client. What would close the rest: the Prefect server (and its database) "
-        f"on cores of their own (docs/scale-out.md; they took {split.get('Prefect server', 0) + split.get('PostgreSQL', 0):.0f} "
-        "CPU-seconds of this wave), or a wave run as batched steps in one run instead of a subflow per host, "
-        "at the cost of each host's own page in the UI.")
+        "session for every host converging at once on a switch, one inventory transaction for the journal "
+        "lines written at the same moment, database connections kept open (PostgreSQL forked a backend for "
+        "each of about 300 before), one Secret block load at a time, no second lookup of a host's lock limit, "
+        "one TLS context for every Prefect client. What would close the rest: the Prefect server (and its "
+        f"database) on cores of their own (docs/scale-out.md; they took "
+        f"{split.get('Prefect server', 0) + split.get('PostgreSQL', 0):.0f} CPU-seconds of this wave), or "
+        "fewer CPU-seconds per host before the deploy than a Prefect run per host costs: the alternatives "
+        "measured on this machine (no Prefect run per host, a task run per host, the next wave checked "
+        "while the canary runs) are in docs/benchmarks.md.")
 
 
 def _roles(w: dict) -> dict[str, float]:
