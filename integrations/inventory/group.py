@@ -11,7 +11,12 @@ writes every line queued at the moment in one transaction (``Inventory.journal_l
 - the others wait for the commit that carries their line and get their own result: their
   ``EventInfo``, or their own error (an unknown host fails only its own line);
 - each line is stamped when it is queued, and a thread waits for its line before it writes
-  the next, so a run's lines keep their order.
+  the next, so a run's lines keep their order;
+- a caller that leaves early (its wait timed out, or its run was cancelled by an exception
+  raised into its thread) takes its line out of the queue and passes on a lead it was handed,
+  so one caller can never stall the others. When a transaction fails, the leader gets the
+  error as it came and the others get ``JournalWriteFailed`` naming it (a cancel raised into
+  the leader's thread is not theirs).
 
 No thread: when nobody writes, nothing runs.
 """
@@ -61,48 +66,74 @@ class GroupJournal:
             self._queue.append(slot)
             if not self._leading:
                 self._leading = slot.lead = True
-        if not slot.lead and not slot.wake.wait(self.timeout):
-            with self._lock:
-                if not slot.lead and slot in self._queue:
-                    self._queue.remove(slot)
-                    raise TimeoutError(f"journal line for {host} ({step} {outcome}) not written: the "
-                                       f"transactions ahead of it took over {self.timeout:.0f} s")
-            slot.wake.wait()  # handed the lead meanwhile, or in a transaction (bounded by its deadline)
-        if slot.lead and not slot.finished:
-            self._write_queued()  # its own line is first in the queue
+        try:
+            if not slot.lead and not slot.wake.wait(self.timeout):
+                with self._lock:
+                    if not slot.lead:  # still queued, or in a transaction that is taking long
+                        queued = slot in self._queue
+                        if queued:
+                            self._queue.remove(slot)
+                        raise TimeoutError(
+                            f"journal line for {host} ({step} {outcome}) not committed within {self.timeout:.0f} s: "
+                            + ("not written (the transactions ahead of it took that long)" if queued else
+                               "its transaction is still running and may still write it"))
+            if slot.lead and not slot.finished:
+                self._write_queued()  # its own line is first in the queue
+        except BaseException:
+            self._abandon(slot)  # a timeout, or a cancel raised into this thread: never wedge the queue
+            raise
         if slot.error is not None:
             raise slot.error
         assert slot.result is not None
         return slot.result
 
     def _write_queued(self) -> None:
-        with self._lock:
-            batch = [self._queue.popleft() for _ in range(min(self.max_lines, len(self._queue)))]
+        batch: list[_Slot] = []
         results: list[EventInfo | InventoryError] | None = None
         failure: BaseException | None = None
         try:
+            with self._lock:
+                batch = [self._queue.popleft() for _ in range(min(self.max_lines, len(self._queue)))]
             results = self.inventory.journal_lines([s.line for s in batch])
-        except Exception as exc:  # noqa: BLE001 - every line of the batch gets it
+        except BaseException as exc:  # noqa: BLE001 - the others get a failure of their own; the leader's goes up
             failure = exc
-        except BaseException as exc:  # the leader's run was cancelled: the others' lines are not written
-            failure = RuntimeError(f"journal line not written: the transaction carrying it was interrupted "
-                                   f"({type(exc).__name__})")
             raise
         finally:
             self.transactions += 1
             with self._lock:
                 for i, s in enumerate(batch):
-                    if results is None:
-                        s.error = failure
-                    elif isinstance(results[i], InventoryError):
-                        s.error = results[i]  # type: ignore[assignment]
+                    if results is not None:
+                        if isinstance(results[i], InventoryError):
+                            s.error = results[i]  # type: ignore[assignment]
+                        else:
+                            s.result = results[i]  # type: ignore[assignment]
+                    elif i == 0:
+                        s.error = failure  # the leader's own line: the error as it came
                     else:
-                        s.result = results[i]  # type: ignore[assignment]
+                        s.error = JournalWriteFailed(
+                            f"journal line not written: its transaction failed ({type(failure).__name__}: {failure})")
                     s.finished = True
                     s.wake.set()
-                if self._queue:
-                    nxt = self._queue[0]
-                    nxt.lead = True
-                    nxt.wake.set()  # the oldest line still queued leads the next transaction
-                else:
-                    self._leading = False
+                self._pass_lead()
+
+    def _pass_lead(self) -> None:
+        """(Under the lock.) The oldest line still queued leads the next transaction."""
+        if self._queue:
+            nxt = self._queue[0]
+            nxt.lead = True
+            nxt.wake.set()
+        else:
+            self._leading = False
+
+    def _abandon(self, slot: _Slot) -> None:
+        """A caller leaves early: its line leaves the queue, and a lead it was handed (and had
+        not used) passes on."""
+        with self._lock:
+            if slot in self._queue:
+                self._queue.remove(slot)
+                if slot.lead:
+                    self._pass_lead()
+
+
+class JournalWriteFailed(RuntimeError):
+    """The transaction that carried this line failed (the line is not written)."""

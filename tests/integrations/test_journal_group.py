@@ -30,21 +30,22 @@ def inv(tmp_path):
 
 
 class Held(Inventory):
-    """The real inventory, whose next transaction waits for ``go`` (or fails with ``fail``)."""
+    """The real inventory, whose first transaction waits for ``go``; ``fail`` makes transaction
+    number ``fail_at`` (1 = the first) raise instead of writing."""
 
-    def __init__(self, inner: Inventory):
+    def __init__(self, inner: Inventory, fail: Exception | None = None, fail_at: int = 1):
         self.__dict__.update(inner.__dict__)
         self.entered, self.go = threading.Event(), threading.Event()
-        self.fail: Exception | None = None
-        self.hold = True
+        self.fail, self.fail_at = fail, fail_at
+        self.calls = 0
 
     def journal_lines(self, lines):
-        if self.hold:
-            self.hold = False
+        self.calls += 1
+        if self.calls == 1:
             self.entered.set()
             assert self.go.wait(WAIT)
-            if self.fail is not None:
-                raise self.fail
+        if self.fail is not None and self.calls == self.fail_at:
+            raise self.fail
         return super().journal_lines(lines)
 
 
@@ -107,8 +108,7 @@ def test_an_unknown_host_fails_only_its_own_line(inv):
 
 
 def test_a_failed_transaction_fails_its_lines_and_the_next_lines_are_written(inv):
-    held = Held(inv)
-    held.fail = RuntimeError("database went away")
+    held = Held(inv, fail=RuntimeError("database went away"))
     group = GroupJournal(held)
     with ThreadPoolExecutor(4) as pool:
         lead = pool.submit(group.journal, "host-001", "provision", "r", "lost", "maas", "ok")
@@ -136,3 +136,54 @@ def test_a_line_stuck_behind_a_transaction_times_out_unwritten(inv):
         assert lead.result(WAIT).step == "slow"
     assert not inv.events("host-002")
     assert group.journal("host-002", "provision", "r", "after", "maas", "ok").step == "after"  # not wedged
+
+
+def test_the_others_in_a_failed_transaction_get_a_failure_of_their_own(inv):
+    held = Held(inv, fail=RuntimeError("database went away"), fail_at=2)
+    group = GroupJournal(held)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(group.journal, "host-001", "provision", "r", "first", "maas", "ok")
+        assert held.entered.wait(WAIT)
+        second = [pool.submit(group.journal, "host-002", "provision", "r", f"second-{i}", "maas", "ok")
+                  for i in range(3)]
+        threading.Event().wait(0.2)  # all three queued: the second transaction carries them
+        held.go.set()
+        assert first.result(WAIT).step == "first"
+        errors = [f.exception(WAIT) for f in second]
+    # The one that led it gets the error as it came; the others say their transaction failed.
+    assert sorted(type(e).__name__ for e in errors) == ["JournalWriteFailed", "JournalWriteFailed", "RuntimeError"]
+    assert all("database went away" in str(e) for e in errors)
+    assert not [e for e in inv.events("host-002")]
+    assert group.journal("host-002", "provision", "r", "after", "maas", "ok").step == "after"
+
+
+def test_a_caller_cancelled_after_being_handed_the_lead_does_not_wedge_the_queue(inv):
+    """The pool cancels a run by raising RunCancelled in its thread (deployments.pool): here it
+    lands in a caller queued behind a transaction, as it is handed the lead."""
+    from deployments.pool import RunCancelled, raise_in_thread
+
+    held = Held(inv)
+    group = GroupJournal(held, timeout=5.0)  # a wedged queue fails the test in seconds
+    box: dict[str, BaseException] = {}
+
+    def cancelled_caller() -> None:
+        try:
+            group.journal("host-002", "provision", "r", "cancelled", "maas", "ok")
+        except BaseException as exc:  # noqa: BLE001 - what the test looks at
+            box["exc"] = exc
+
+    with ThreadPoolExecutor(2) as pool:
+        lead = pool.submit(group.journal, "host-001", "provision", "r", "lead", "maas", "ok")
+        assert held.entered.wait(WAIT)
+        victim = threading.Thread(target=cancelled_caller)
+        victim.start()
+        behind = pool.submit(group.journal, "host-003", "provision", "r", "behind", "maas", "ok")
+        threading.Event().wait(0.2)  # both queued after the held transaction's batch
+        assert raise_in_thread(victim, RunCancelled)  # delivered when its wait returns
+        held.go.set()
+        victim.join(WAIT)
+        assert isinstance(box.get("exc"), RunCancelled)
+        assert lead.result(WAIT).step == "lead"
+        assert behind.result(WAIT).step == "behind"  # the lead passed on
+    assert not inv.events("host-002")
+    assert group.journal("host-004", "provision", "r", "later", "maas", "ok").step == "later"
