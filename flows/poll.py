@@ -15,6 +15,8 @@ Two ways to run:
 """
 from __future__ import annotations
 
+import atexit
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from prefect.cache_policies import NO_CACHE
 
 from integrations.inventory import PowerReading as InvReading
 from integrations.ipmi import BulkPowerReader, PowerWatch
+from integrations.ipmi.watch import WatchStats
 from tasks import clients
 from tasks.common import current_run_id, logger, write_journal
 from tasks.credentials import CredentialError
@@ -209,6 +212,68 @@ def _watch(window: float) -> dict:
         return watch_bmcs(until)
 
 
+class WatchKeeper:
+    """Keeps a long-running poll's ``PowerWatch`` (its worker processes and BMC sessions)
+    alive between two consecutive runs of one process, so the next run takes it over instead
+    of starting workers and logging in to every BMC again.
+
+    Without it, each handover left every host's state about two periods old (20 s at 10 s a
+    read), every ``power_poll_interval``. A parked watch goes on reading at its phases; the
+    next run drains what it read meanwhile, each reading stamped with its own time. A watch
+    nobody takes within ``linger`` seconds is closed (logged out), and so is one parked when
+    the process exits. Runs on process workers (a process per run) gain nothing from it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parked: tuple[PowerWatch, tuple, threading.Timer] | None = None
+        atexit.register(self.close)
+
+    def take(self, key: tuple) -> PowerWatch | None:
+        """The parked watch if it was made with ``key`` (else it is closed): None when none."""
+        with self._lock:
+            parked, self._parked = self._parked, None
+        if parked is None:
+            return None
+        watch, parked_key, timer = parked
+        timer.cancel()
+        if parked_key == key:
+            return watch
+        watch.close()
+        return None
+
+    def park(self, watch: PowerWatch, key: tuple, linger: float) -> None:
+        timer = threading.Timer(linger, self._expire, args=(watch,))
+        timer.daemon = True
+        with self._lock:
+            old, self._parked = self._parked, (watch, key, timer)
+        timer.start()
+        if old is not None:
+            old[2].cancel()
+            old[0].close()
+
+    def _expire(self, watch: PowerWatch) -> None:
+        with self._lock:
+            if self._parked is None or self._parked[0] is not watch:
+                return  # taken meanwhile
+            self._parked = None
+        watch.close()
+
+    def close(self) -> None:
+        with self._lock:
+            parked, self._parked = self._parked, None
+        if parked is not None:
+            parked[2].cancel()
+            parked[0].close()
+
+
+KEEPER = WatchKeeper()
+
+
+def _since(now: WatchStats, base: WatchStats) -> WatchStats:
+    return WatchStats(now.reads - base.reads, now.failed - base.failed,
+                      now.skipped_in_flight - base.skipped_in_flight, now.worker_restarts - base.worker_restarts)
+
+
 @task(name="watch-bmcs", cache_policy=NO_CACHE, persist_result=False, retries=0)
 def watch_bmcs(until: float) -> dict:
     """Poll every host continuously until ``until`` (wall clock, epoch seconds), and at least
@@ -222,7 +287,14 @@ def watch_bmcs(until: float) -> dict:
     tally = _Tally()
     pending: list[InvReading] = []
     names: set[str] = set()
-    with PowerWatch(period, processes=cfg.power_poll_processes, per_call_timeout=call_timeout) as watch:
+    key = (period, cfg.power_poll_processes, call_timeout)
+    watch = KEEPER.take(key)
+    if watch is not None:
+        log.info("took over the previous run's BMC workers and sessions")
+    watch = watch or PowerWatch(period, processes=cfg.power_poll_processes, per_call_timeout=call_timeout)
+    base = watch.stats  # this run's figures are counted from here
+    with ExitStack() as keep:
+        keep.callback(watch.close)  # unless the loop ends as it should (below)
 
         def refresh() -> None:
             nonlocal names
@@ -267,12 +339,14 @@ def watch_bmcs(until: float) -> dict:
                 refresh()
                 next_refresh = now + cfg.power_poll_refresh
             if now >= next_progress:
-                s = watch.stats
+                s = _since(watch.stats, base)
                 log.info("%d hosts: %d reads so far, %d failed, %d skipped in flight", len(names), s.reads,
                          s.failed, s.skipped_in_flight)
                 next_progress = now + PROGRESS_EVERY
-        stats = watch.stats
+        stats = _since(watch.stats, base)
         seconds = time.monotonic() - started
+        keep.pop_all()  # the next run of this process takes it over; closed if none does
+        KEEPER.park(watch, key, linger=max(30.0, 3 * period))
     for attempt in range(5):  # the last readings; a database still down fails the run
         if not pending or _flush(inv, pending, run_id, tally, log, final=attempt == 4):
             break

@@ -241,3 +241,48 @@ def test_bad_arguments_are_refused():
     w.close()  # safe twice, even never started
     with pytest.raises(RuntimeError):
         w.set_targets([target(0)])
+
+
+
+# --- the handover between two power-poll runs of one process (flows.poll.WatchKeeper) ----------
+
+def _watching(*hosts_i: int) -> PowerWatch:
+    w = PowerWatch(PERIOD, processes=1, per_call_timeout=CALL_TIMEOUT)
+    w.set_targets([target(i) for i in hosts_i])
+    Collector(w).until(at_least([host(i) for i in hosts_i], 1), "a first reading of each")
+    return w
+
+
+def test_a_parked_watch_goes_on_reading_and_is_taken_over_with_its_workers(fleet):
+    from flows.poll import WatchKeeper
+
+    keeper, key = WatchKeeper(), (PERIOD, 1, CALL_TIMEOUT)
+    w = _watching(0, 1)
+    try:
+        pids = w.worker_pids()
+        parked_at = datetime.now(timezone.utc)
+        keeper.park(w, key, linger=30)
+        time.sleep(2.5 * PERIOD)  # between two runs: nobody drains
+        assert keeper.take(key) is w
+        assert keeper.take(key) is None  # taken once
+        read_while_parked = [r for r in w.drain(timeout=0) if r.at > parked_at]
+        assert {r.key for r in read_while_parked} == {host(0), host(1)}
+        assert all(r.ok for r in read_while_parked)
+        assert w.worker_pids() == pids  # the same workers, so the same BMC sessions
+    finally:
+        w.close()
+
+
+def test_a_parked_watch_made_otherwise_or_not_taken_in_time_is_closed(fleet):
+    from flows.poll import WatchKeeper
+
+    keeper, key = WatchKeeper(), (PERIOD, 1, CALL_TIMEOUT)
+    w = _watching(2)
+    keeper.park(w, key, linger=30)
+    assert keeper.take((PERIOD, 2, CALL_TIMEOUT)) is None  # another process count: not reused
+    Deadline(10).wait_for(w.worker_pids, lambda pids: not any(pids), what="the workers stopped", interval=0.1)
+
+    w = _watching(3)
+    keeper.park(w, key, linger=0.3)
+    Deadline(10).wait_for(w.worker_pids, lambda pids: not any(pids), what="the workers stopped", interval=0.1)
+    assert keeper.take(key) is None
