@@ -368,8 +368,27 @@ def _figures(rep: Report, r: dict, cfg: dict) -> None:
             "weighs more as logins grow with the fleet. Only an operator's by-hand poll sweeps: the scheduled "
             "poller reads each BMC at its phase with its sessions kept. What would close it: a reader kept warm "
             "in the serving process between by-hand sweeps.")
+    miss = silent_finding(P, silent, bulk)
+    if miss:
+        rep.findings.append(miss)
     if flow["failed_pct"] > 1.0:
         rep.findings.append(f"{P}: MISS: {flow['failed_pct']:.2f} % of power-poll's reads failed (target 1 %).")
+
+
+def silent_finding(P: str, silent: dict, bulk: dict) -> str | None:
+    """The silent sweep's miss, with its cause and what would close it (None: no miss)."""
+    extra = silent["warm_sweep_s"]["p50"] - bulk["warm_sweep_s"]["p50"]
+    if extra <= CALL_TIMEOUT + 0.5 and silent["only_silent_failed"]:
+        return None
+    return (f"{P}: MISS: with 1 % of the BMCs silent a sweep took {extra:.2f} s longer than a clean one (target: "
+            f"their {CALL_TIMEOUT:.0f} s deadline, +0.5 s; the warm silent sweeps took "
+            f"{', '.join(f'{v:.2f}' for v in silent['sweep_s'][1:])} s, the clean one {bulk['warm_sweep_s']['p50']:.2f} s)"
+            + ("" if silent["only_silent_failed"] else "; BMCs that answer failed too") +
+            ". A silent BMC costs its deadline from the moment the sweep first tries it, and the silent ones are "
+            "spread through the fleet (every 100th host), so the last of them is tried well into the sweep, "
+            "and each holds one of the reader's in-flight slots for its whole deadline meanwhile. The larger the "
+            "fleet, the longer the clean part of the sweep before the last deadline starts. What would close it: "
+            "trying first the BMCs that failed the previous sweep, so that their deadlines run beside the rest.")
 
 
 def run(size: str = "full", out: Path | None = None, server=None, keep: bool = False,
