@@ -126,6 +126,14 @@ def _host_key_ok(key: Any) -> bool:
     return not isinstance(key, bool) and isinstance(key, (str, int)) and str(key) != ""
 
 
+def _bad_host_key(key: Any) -> InventoryError:
+    return InventoryError(f"{key!r} is not a host name or CloudStack id", field="host")
+
+
+def _host_not_found(key: str) -> HostNotFound:
+    return HostNotFound(f"no host {key!r} in the inventory (by name or CloudStack id); import it first", field="host")
+
+
 def _transient(exc: BaseException) -> float | None:
     """Retry a lost race (stale version), a locked SQLite file, a PostgreSQL serialisation
     failure or deadlock, or a dropped connection; nothing else."""
@@ -207,17 +215,15 @@ class Inventory:
 
     @staticmethod
     def _host(s: Session, key: HostKey, *, lock: bool = False) -> Host:
-        if isinstance(key, bool) or not isinstance(key, (str, int)) or str(key) == "":
-            raise InventoryError(f"{key!r} is not a host name or CloudStack id", field="host")
+        if not _host_key_ok(key):
+            raise _bad_host_key(key)
         k = str(key)
         stmt = select(Host).where(or_(Host.name == k, Host.cloudstack_id == k))
         if lock:
             stmt = stmt.with_for_update()
         found = list(s.scalars(stmt))
         if not found:
-            raise HostNotFound(
-                f"no host {k!r} in the inventory (by name or CloudStack id); import it first", field="host"
-            )
+            raise _host_not_found(k)
         return next((h for h in found if h.name == k), found[0])
 
     @staticmethod
@@ -593,12 +599,11 @@ class Inventory:
             added: list[tuple[int, HostEvent, str]] = []
             for i, line in enumerate(lines):
                 if not _host_key_ok(line.host):
-                    out.append(InventoryError(f"{line.host!r} is not a host name or CloudStack id", field="host"))
+                    out.append(_bad_host_key(line.host))
                     continue
                 row = found.get(str(line.host))
                 if row is None:
-                    out.append(HostNotFound(f"no host {str(line.host)!r} in the inventory (by name or CloudStack "
-                                            "id); import it first", field="host"))
+                    out.append(_host_not_found(str(line.host)))
                     continue
                 event = HostEvent(host_id=row.id, at=line.at, operation=line.operation, run_id=line.run_id,
                                   step=line.step, system=line.system, outcome=line.outcome, detail=line.detail)
