@@ -14,7 +14,8 @@ per-call timeout. A silent BMC therefore costs its own per-call timeout and one 
 long, never the sweep, and at most one thread of it stays in pyghmi (see ``guard``). The
 workers apply the pyghmi shim (``patch_pyghmi``) before their first read. After each sweep a
 worker reports the calls still stuck in pyghmi; a worker that looks wedged (a call stuck for
-minutes, or half its BMCs at once) is replaced by a fresh process before the next sweep.
+minutes, or half its BMCs at once) is replaced by a fresh process before the next sweep. The
+BMCs that failed the previous sweep are tried first (see ``read``).
 
 Workers are fresh interpreters (``python -m integrations.ipmi.bulk_worker``) talking over a
 socket pair: a forked child would inherit pyghmi's global state (an I/O thread object without
@@ -68,21 +69,24 @@ class BmcTarget:
 class PowerReading:
     """The outcome for one BMC: ``state`` 'on'/'off', or ``error`` (a message without secrets)
     and ``kind``, the error class name (``BmcTimeout``, ``BmcAuthFailed``...), so a caller can
-    tell a silent BMC from a wrong password. ``elapsed`` is the time spent on it, in seconds."""
+    tell a silent BMC from a wrong password. ``elapsed`` is the time spent on it, in seconds;
+    ``started`` when its read began (epoch seconds; None: never tried, e.g. refused offline)."""
 
     key: str
     state: str | None
     error: str | None
     elapsed: float
     kind: str | None = None
+    started: float | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
 
-def _failed(key: str, exc: BaseException, elapsed: float, password: Secret | None = None) -> PowerReading:
-    return PowerReading(key, None, scrub(str(exc), password), elapsed, type(exc).__name__)
+def _failed(key: str, exc: BaseException, elapsed: float, password: Secret | None = None,
+            started: float | None = None) -> PowerReading:
+    return PowerReading(key, None, scrub(str(exc), password), elapsed, type(exc).__name__, started)
 
 
 def looks_wedged(stuck: list[float], shard: int, limit: float) -> bool:
@@ -111,7 +115,7 @@ class _SweepWorker:
         return link
 
     def _read(self, t: BmcTarget, end: float, endpoint: threading.Lock) -> PowerReading:
-        start = time.monotonic()
+        start, started = time.monotonic(), time.time()
         try:
             # Two targets naming one BMC (a duplicated host record) are read one after the
             # other: pyghmi mixes up the replies of concurrent logins to one BMC with different
@@ -127,9 +131,9 @@ class _SweepWorker:
                 on = self._link(t).power_is_on(timeout=timeout, operation="power_state")
             finally:
                 endpoint.release()
-            return PowerReading(t.key, "on" if on else "off", None, time.monotonic() - start)
+            return PowerReading(t.key, "on" if on else "off", None, time.monotonic() - start, started=started)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a reading
-            return _failed(t.key, exc, time.monotonic() - start, t.password)
+            return _failed(t.key, exc, time.monotonic() - start, t.password, started)
 
     def sweep(self, targets: Sequence[BmcTarget], budget: float) -> list[PowerReading]:
         end = time.monotonic() + budget
@@ -225,6 +229,7 @@ class BulkPowerReader:
         self.patch = patch
         self._workers: list[_Worker | None] = [None] * processes
         self._shim: list[bool] = [False] * processes
+        self._failed_last: set[str] = set()  # keys whose previous read failed: tried first
 
     def __repr__(self) -> str:
         return f"BulkPowerReader(processes={self.processes}, per_call_timeout={self.per_call_timeout})"
@@ -289,6 +294,12 @@ class BulkPowerReader:
                 continue
             # By BMC endpoint: one BMC is always read by the same worker (see _SweepWorker._read).
             shards[zlib.crc32(t.target.encode()) % self.processes].append(t)
+        # A BMC that failed the previous read is likely silent again, and a silent one holds an
+        # in-flight slot for its whole per-call deadline. Tried first, those deadlines run beside
+        # the rest of the sweep; in list order, the last of them would only start well into the
+        # sweep and end it a deadline later. (sort is stable: the others keep their order.)
+        for shard in shards:
+            shard.sort(key=lambda t: t.key not in self._failed_last)
         if any(shards):
             self.start()
         sent: dict[Connection, int] = {}
@@ -317,6 +328,7 @@ class BulkPowerReader:
                 self._check_health(i, len(shards[i]), stuck)
         for conn, i in sent.items():
             self._lost(i, shards[i], results, "the worker process did not answer in time")
+        self._failed_last = {k for k, r in results.items() if not r.ok}
         return {k: results[k] for k in keys}
 
     def _check_health(self, i: int, shard: int, stuck: list[float]) -> None:

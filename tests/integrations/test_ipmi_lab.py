@@ -276,6 +276,39 @@ def test_bulk_read_of_many_bmcs_with_two_silent(fleet, fault):
     assert all(r.elapsed >= 0 for r in first.values())
 
 
+def test_bulk_read_tries_first_the_bmcs_that_failed_the_previous_read(fleet, fault):
+    """A silent BMC holds an in-flight slot for its whole deadline: tried last, it would end
+    the sweep a deadline after the rest. One slot makes the order the reader chose visible in
+    the readings' start times."""
+    quiet, others = 45, range(30, 40)
+    targets = [BmcTarget(host(i), address(i), USER, PASSWORD) for i in (*others, quiet)]
+    reader = BulkPowerReader(processes=1, per_call_timeout=1.0, concurrency=1)
+
+    def starts(got):
+        assert all(r.started is not None for r in got.values())
+        return got[host(quiet)], [got[host(i)].started for i in others]
+
+    try:
+        fault(quiet, "silent")
+        first = reader.read(targets, deadline=20)
+        q, rest = starts(first)
+        assert q.kind == "BmcTimeout" and q.started > max(rest)  # in list order: last
+        assert all(first[host(i)].ok for i in others)
+        second = reader.read(targets, deadline=20)
+        q, rest = starts(second)
+        assert q.kind == "BmcTimeout" and q.started < min(rest)  # it failed last time: first
+        assert all(second[host(i)].ok for i in others)
+        fleet.set_fault(host(quiet), "none")
+        third = reader.read(targets, deadline=20)
+        q, rest = starts(third)
+        assert q.ok and q.started < min(rest)  # still first: it failed the read before
+        fourth = reader.read(targets, deadline=20)
+        q, rest = starts(fourth)
+        assert q.ok and q.started > max(rest)  # answered last time: back in list order
+    finally:
+        reader.close()
+
+
 def test_many_clients_of_one_bmc_at_once_in_one_process(fleet):
     """Fifty status runs of one host at once are fifty clients of one BMC in one process:
     pyghmi's session tables are process-wide, and logins from several threads at once raced on
