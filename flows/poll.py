@@ -4,7 +4,9 @@ maintenance (three failures in a row in, one success out). Scheduled.
 Two ways to run:
 
 - ``window == 0``: one sweep (the bulk reader: processes, bounded concurrency, a deadline per
-  BMC), every host stamped with the sweep's start. What an operator triggers by hand.
+  BMC), every host stamped with the sweep's start. What an operator triggers by hand. The
+  reader is kept ``READER_LINGER`` seconds for the next by-hand sweep of the process (its
+  sessions are still logged in, and the BMCs that failed this sweep are tried first).
 - ``window > 0``: long-running. The run polls until its *scheduled* start + ``window`` with
   ``PowerWatch``: each BMC read once per ``power_poll_period`` at its own phase, every reading
   stamped with the time of its read and recorded within about half a second. Scheduled every
@@ -21,7 +23,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Generic, Iterator, Sequence, TypeVar
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -45,13 +47,31 @@ FLUSH_EVERY = 0.5  # seconds between two inventory writes of the drained reading
 PROGRESS_EVERY = 30.0  # seconds between two progress lines in the run's log
 BUSY_MESSAGE = "another power-poll run is polling"
 MAX_PENDING = 200_000  # readings kept while the inventory cannot be written
+R = TypeVar("R", PowerWatch, BulkPowerReader)
+
+
+#: Seconds a by-hand sweep's reader (its worker processes and BMC sessions) is kept for the next
+#: by-hand sweep of this process. Real BMCs drop a session idle for about a minute and pyghmi
+#: sends nothing between calls, so a kept reader costs the BMCs nothing; within the minute the
+#: next sweep skips the logins, after it only the workers' start.
+READER_LINGER = 120.0
 
 
 @task(name="read-all-bmcs", cache_policy=NO_CACHE, persist_result=False, retries=0)
 def read_all(targets: list) -> dict:
     cfg = settings()
-    with BulkPowerReader(processes=cfg.power_poll_processes, per_call_timeout=cfg.power_poll_call_timeout) as reader:
-        return reader.read(targets, deadline=max(10.0, cfg.power_poll_interval * 0.8))
+    key = (cfg.power_poll_processes, cfg.power_poll_call_timeout)
+    reader = READERS.take(key)
+    if reader is not None:
+        logger().info("reading with the previous by-hand sweep's BMC workers and sessions")
+    reader = reader or BulkPowerReader(processes=cfg.power_poll_processes,
+                                       per_call_timeout=cfg.power_poll_call_timeout)
+    with ExitStack() as keep:
+        keep.callback(reader.close)  # unless the sweep ends as it should
+        results = reader.read(targets, deadline=max(10.0, cfg.power_poll_interval * 0.8))
+        keep.pop_all()
+    READERS.park(reader, key, linger=READER_LINGER)
+    return results
 
 
 @task(name="record-power", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=1)
@@ -212,24 +232,26 @@ def _watch(window: float) -> dict:
         return watch_bmcs(until)
 
 
-class WatchKeeper:
-    """Keeps a long-running poll's ``PowerWatch`` (its worker processes and BMC sessions)
-    alive between two consecutive runs of one process, so the next run takes it over instead
-    of starting workers and logging in to every BMC again.
+class Keeper(Generic[R]):
+    """Keeps one poller (a ``PowerWatch`` or a ``BulkPowerReader``: worker processes and BMC
+    sessions) alive between two runs of one process, so the next run takes it over instead of
+    starting workers and logging in to every BMC again.
 
-    Without it, each handover left every host's state about two periods old (20 s at 10 s a
-    read), every ``power_poll_interval``. A parked watch goes on reading at its phases; the
-    next run drains what it read meanwhile, each reading stamped with its own time. A watch
-    nobody takes within ``linger`` seconds is closed (logged out), and so is one parked when
-    the process exits. Runs on process workers (a process per run) gain nothing from it."""
+    For the long-running poll (``WATCHES``): without it, each handover left every host's state
+    about two periods old (20 s at 10 s a read), every ``power_poll_interval``. A parked watch
+    goes on reading at its phases; the next run drains what it read meanwhile, each reading
+    stamped with its own time. For by-hand sweeps (``READERS``): the next sweep within
+    ``READER_LINGER`` reuses the reader's sessions. A poller nobody takes within ``linger``
+    seconds is closed (logged out), and so is one parked when the process exits. Runs on
+    process workers (a process per run) gain nothing from it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._parked: tuple[PowerWatch, tuple, threading.Timer] | None = None
+        self._parked: tuple[R, tuple, threading.Timer] | None = None
         atexit.register(self.close)
 
-    def take(self, key: tuple) -> PowerWatch | None:
-        """The parked watch if it was made with ``key`` (else it is closed): None when none."""
+    def take(self, key: tuple) -> R | None:
+        """The parked poller if it was made with ``key`` (else it is closed): None when none."""
         with self._lock:
             parked, self._parked = self._parked, None
         if parked is None:
@@ -241,7 +263,7 @@ class WatchKeeper:
         watch.close()
         return None
 
-    def park(self, watch: PowerWatch, key: tuple, linger: float) -> None:
+    def park(self, watch: R, key: tuple, linger: float) -> None:
         timer = threading.Timer(linger, self._expire, args=(watch,))
         timer.daemon = True
         with self._lock:
@@ -251,7 +273,7 @@ class WatchKeeper:
             old[2].cancel()
             old[0].close()
 
-    def _expire(self, watch: PowerWatch) -> None:
+    def _expire(self, watch: R) -> None:
         with self._lock:
             if self._parked is None or self._parked[0] is not watch:
                 return  # taken meanwhile
@@ -266,7 +288,8 @@ class WatchKeeper:
             parked[0].close()
 
 
-KEEPER = WatchKeeper()
+WATCHES: Keeper[PowerWatch] = Keeper()  # the long-running poll's, between scheduled runs
+READERS: Keeper[BulkPowerReader] = Keeper()  # by-hand sweeps', between two of them
 
 
 def _since(now: WatchStats, base: WatchStats) -> WatchStats:
@@ -288,7 +311,7 @@ def watch_bmcs(until: float) -> dict:
     pending: list[InvReading] = []
     names: set[str] = set()
     key = (period, cfg.power_poll_processes, call_timeout)
-    watch = KEEPER.take(key)
+    watch = WATCHES.take(key)
     if watch is not None:
         log.info("took over the previous run's BMC workers and sessions")
     watch = watch or PowerWatch(period, processes=cfg.power_poll_processes, per_call_timeout=call_timeout)
@@ -346,7 +369,7 @@ def watch_bmcs(until: float) -> dict:
         stats = _since(watch.stats, base)
         seconds = time.monotonic() - started
         keep.pop_all()  # the next run of this process takes it over; closed if none does
-        KEEPER.park(watch, key, linger=max(30.0, 3 * period))
+        WATCHES.park(watch, key, linger=max(30.0, 3 * period))
     for attempt in range(5):  # the last readings; a database still down fails the run
         if not pending or _flush(inv, pending, run_id, tally, log, final=attempt == 4):
             break

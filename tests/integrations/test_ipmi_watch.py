@@ -244,7 +244,7 @@ def test_bad_arguments_are_refused():
 
 
 
-# --- the handover between two power-poll runs of one process (flows.poll.WatchKeeper) ----------
+# --- the handover between two power-poll runs of one process (flows.poll.Keeper) ----------
 
 def _watching(*hosts_i: int) -> PowerWatch:
     w = PowerWatch(PERIOD, processes=1, per_call_timeout=CALL_TIMEOUT)
@@ -254,9 +254,9 @@ def _watching(*hosts_i: int) -> PowerWatch:
 
 
 def test_a_parked_watch_goes_on_reading_and_is_taken_over_with_its_workers(fleet):
-    from flows.poll import WatchKeeper
+    from flows.poll import Keeper
 
-    keeper, key = WatchKeeper(), (PERIOD, 1, CALL_TIMEOUT)
+    keeper, key = Keeper(), (PERIOD, 1, CALL_TIMEOUT)
     w = _watching(0, 1)
     try:
         pids = w.worker_pids()
@@ -274,9 +274,9 @@ def test_a_parked_watch_goes_on_reading_and_is_taken_over_with_its_workers(fleet
 
 
 def test_a_parked_watch_made_otherwise_or_not_taken_in_time_is_closed(fleet):
-    from flows.poll import WatchKeeper
+    from flows.poll import Keeper
 
-    keeper, key = WatchKeeper(), (PERIOD, 1, CALL_TIMEOUT)
+    keeper, key = Keeper(), (PERIOD, 1, CALL_TIMEOUT)
     w = _watching(2)
     keeper.park(w, key, linger=30)
     assert keeper.take((PERIOD, 2, CALL_TIMEOUT)) is None  # another process count: not reused
@@ -286,3 +286,34 @@ def test_a_parked_watch_made_otherwise_or_not_taken_in_time_is_closed(fleet):
     keeper.park(w, key, linger=0.3)
     Deadline(10).wait_for(w.worker_pids, lambda pids: not any(pids), what="the workers stopped", interval=0.1)
     assert keeper.take(key) is None
+
+
+def test_a_by_hand_sweep_reads_with_the_previous_sweeps_reader(fleet, tmp_path, monkeypatch):
+    """power-poll by hand twice in one process: the second sweep's ``read-all-bmcs`` takes over
+    the first one's reader (same worker processes, so the same BMC sessions); a sweep that
+    raises closes its reader instead of keeping it."""
+    from flows import poll
+
+    monkeypatch.setenv("METALFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("METALFLOW_POWER_POLL_PROCESSES", "1")
+    key = (1, poll.settings().power_poll_call_timeout)
+    poll.READERS.close()
+    targets = [target(i) for i in range(4)]
+    truth = fleet.states()
+    try:
+        first = poll.read_all.fn(targets)
+        reader = poll.READERS.take(key)
+        assert reader is not None
+        pids = reader.worker_pids()
+        poll.READERS.park(reader, key, linger=60)
+        second = poll.read_all.fn(targets)
+        for got in (first, second):
+            assert {k: r.state for k, r in got.items()} == {host(i): truth[host(i)].power for i in range(4)}
+        assert poll.READERS.take(key) is reader and reader.worker_pids() == pids
+        poll.READERS.park(reader, key, linger=60)
+        with pytest.raises(ValueError, match="unique"):
+            poll.read_all.fn(targets + [target(0)])  # two targets with one key: refused
+        assert poll.READERS.take(key) is None
+        assert not any(reader.worker_pids())  # closed, not left running
+    finally:
+        poll.READERS.close()
