@@ -9,7 +9,8 @@ memory can be sampled alone and pyghmi's process-wide state is never shared:
 metalflow's own poller (``integrations.ipmi.PowerWatch`` under the ``power-poll`` flow) is
 measured through ``metalflow serve``, not here.
 
-``stock`` and ``bulk`` print one JSON line: the sweeps (start, end, per-host ok). They sweep
+``stock`` and ``bulk`` print one JSON line: the sweeps (start, end, per-host ok), and for
+``bulk`` the seconds its reader took to start its workers (before the first sweep). They sweep
 every ``--interval`` seconds (or back to back when a sweep takes longer) for ``--seconds``.
 
     python -m bench.pollers stock|bulk --manifest M --interval 10 --seconds 60
@@ -68,17 +69,22 @@ def stock(manifest: str, interval: float, seconds: float) -> list[dict]:
     return _loop(sweep, interval, seconds)
 
 
-def bulk(manifest: str, interval: float, seconds: float, processes: int, call_timeout: float) -> list[dict]:
+def bulk(manifest: str, interval: float, seconds: float, processes: int, call_timeout: float) -> tuple[list[dict], float]:
+    """The sweeps, and how long the reader took to start its workers (before the first sweep)."""
     from integrations.ipmi import BmcTarget, BulkPowerReader
 
     targets = [BmcTarget(n, a, u, p, port) for n, a, port, u, p in _targets(manifest)]
-    with BulkPowerReader(processes=processes, per_call_timeout=call_timeout) as reader:
+    reader = BulkPowerReader(processes=processes, per_call_timeout=call_timeout)
+    t0 = time.time()
+    reader.start()
+    started_s = time.time() - t0
+    with reader:
 
         def sweep() -> dict[str, bool]:
             got = reader.read(targets, deadline=max(10.0, interval * 0.8))
             return {k: r.ok for k, r in got.items()}
 
-        return _loop(sweep, interval, seconds)
+        return _loop(sweep, interval, seconds), started_s
 
 
 def main() -> None:
@@ -93,7 +99,8 @@ def main() -> None:
     if a.mode == "stock":
         out = {"sweeps": stock(a.manifest, a.interval, a.seconds)}
     else:
-        out = {"sweeps": bulk(a.manifest, a.interval, a.seconds, a.processes, a.call_timeout)}
+        sweeps, started_s = bulk(a.manifest, a.interval, a.seconds, a.processes, a.call_timeout)
+        out = {"sweeps": sweeps, "reader_start_s": started_s}
     print(json.dumps(out))
 
 

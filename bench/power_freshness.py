@@ -9,9 +9,11 @@ For each fleet size (smoke: 50 BMCs; full: 1,000 then 3,000), on one lab:
    sweep time: the issue's "sweep <= 1.5x the bare loop with metalflow's client");
 3. ``silent``: the bulk loop again with 1 % of the BMCs silent (lab control API): a sweep
    must not wait on them beyond their per-call deadline;
-4. ``sweep``: ``power-poll`` triggered by hand (``window=0``: one sweep with a new reader),
-   three times through the real Prefect path: its ``read-all-bmcs`` task against the bare
-   loop's sweep with the same client (cold: reader start and logins included, as in the run);
+4. ``sweep``: ``power-poll`` triggered by hand (``window=0``: one sweep), three times through
+   the real Prefect path, its ``read-all-bmcs`` task against the bare loop with the same
+   client: the first by-hand sweep starts a reader and logs in to every BMC (against the bare
+   loop's reader start + first sweep); the next ones reuse the reader the previous one kept
+   (``flows.poll.READERS``; against the bare loop's warm sweeps);
 5. ``flow``: metalflow as shipped: ``metalflow serve`` runs ``power-poll`` on its schedule
    (each scheduled run polls for its window, ``METALFLOW_POWER_POLL_INTERVAL``, reading each
    BMC every ``METALFLOW_POWER_POLL_PERIOD`` at its own phase; the next run takes over);
@@ -58,7 +60,7 @@ SIZES = {
     # interval: the bare loops' sweep interval and power-poll's period (reads of one BMC);
     # window: each scheduled power-poll run's window (the schedule's interval).
     "smoke": {"ns": [50], "interval": 3.0, "window": 8.0, "flow_s": 9.0, "bare_s": 3.0, "sample_every": 1.0,
-              "sweeps": 1},
+              "sweeps": 2},
     "full": {"ns": [1000, 3000], "interval": 10.0, "window": 120.0, "flow_s": 300.0, "bare_s": 60.0,
              "sample_every": 2.0, "sweeps": 3},
 }
@@ -103,7 +105,7 @@ def _sweep_ages(sweeps: list[dict], step: float) -> list[float]:
     return ages
 
 
-def _bare(sweeps: list[dict], seconds_total: float, step: float) -> dict:
+def _bare(sweeps: list[dict], seconds_total: float, step: float, reader_start_s: float | None = None) -> dict:
     durations = [s["end"] - s["start"] for s in sweeps]
     reads = sum(len(s["ok"]) for s in sweeps)
     failed = sum(1 for s in sweeps for ok in s["ok"].values() if not ok)
@@ -112,6 +114,9 @@ def _bare(sweeps: list[dict], seconds_total: float, step: float) -> dict:
     ages = _sweep_ages(sweeps, step)
     return {
         "sweeps": len(sweeps), "sweep_s": durations, "cold_sweep_s": durations[0] if durations else None,
+        # what a by-hand power-poll with a new reader does: start the workers, then sweep
+        "reader_start_s": reader_start_s,
+        "start_and_first_sweep_s": reader_start_s + durations[0] if reader_start_s is not None and durations else None,
         "warm_sweep_s": summary(durations[1:] or durations), "reads": reads, "failed": failed,
         "failed_pct": 100.0 * failed / reads if reads else float("nan"),
         "reads_per_bmc_min": per_min,
@@ -207,7 +212,10 @@ def _sweep_phase(st, cfg: dict) -> dict:
     from deployments.stack import _stop
 
     _stop(st.serve_proc)
-    return {"runs": rows, "read_task_s": summary([r["read_s"] for r in rows if r["read_s"] is not None])}
+    timed = [r["read_s"] for r in rows if r["read_s"] is not None]
+    # The first run starts a reader; the next ones take over the one the previous run kept.
+    return {"runs": rows, "read_task_s": summary(timed), "first_read_s": rows[0]["read_s"] if rows else None,
+            "again_read_s": summary([r["read_s"] for r in rows[1:] if r["read_s"] is not None])}
 
 
 def _flow_phase(st, inv: InventorySampler, cfg: dict, n: int) -> dict:
@@ -301,7 +309,7 @@ def _one_size(rep: Report, be: Backend, home: Path, n: int, cfg: dict) -> dict:
         res["stock"] = _bare(out["sweeps"], cfg["bare_s"], cfg["sample_every"]) | {"cpu_mem": cpu}
         print(f"[power_freshness] {n} BMCs: BulkPowerReader loop", flush=True)
         out, cpu = _child("bulk", st.manifest_path, cfg["bare_s"], cfg["interval"], st.env, home / "pollers.log")
-        res["bulk"] = _bare(out["sweeps"], cfg["bare_s"], cfg["sample_every"]) | {"cpu_mem": cpu}
+        res["bulk"] = _bare(out["sweeps"], cfg["bare_s"], cfg["sample_every"], out.get("reader_start_s")) | {"cpu_mem": cpu}
         print(f"[power_freshness] {n} BMCs: BulkPowerReader loop with 1 % silent", flush=True)
         res["silent"] = _silent(st, cfg, n, home / "pollers.log")
         print(f"[power_freshness] {n} BMCs: power-poll by hand, one sweep, x{cfg['sweeps']}", flush=True)
@@ -328,12 +336,17 @@ def _figures(rep: Report, r: dict, cfg: dict) -> None:
                    baseline_label=base, target="≤ 1 %", passed=flow["failed_pct"] <= 1.0))
     rep.add(Figure(f"{P}: reads per BMC per minute, power-poll", flow["reads_per_bmc_min"], bulk["reads_per_bmc_min"],
                    "/min", baseline_label=base, target="≤ 6", passed=flow["reads_per_bmc_min"] <= 6.0 + 0.05))
-    cold = bulk["cold_sweep_s"]
-    rep.add(Figure(f"{P}: one sweep (power-poll by hand: read-all-bmcs task)", sweep["read_task_s"]["p50"], cold, "s",
-                   baseline_label="bare BulkPowerReader loop, first sweep (reader start + logins, as in the run)",
-                   target="≤ 1.5× the bare loop with metalflow's client",
-                   passed=sweep["read_task_s"]["p50"] <= 1.5 * cold,
-                   note=f"warm bare sweep {bulk['warm_sweep_s']['p50']:.2f} s (the scheduled poller keeps its sessions)"))
+    cold, first = bulk["start_and_first_sweep_s"], sweep["first_read_s"]
+    rep.add(Figure(f"{P}: one sweep, first power-poll by hand (read-all-bmcs task)", first, cold, "s",
+                   baseline_label="bare BulkPowerReader loop: reader start + first sweep (logins)",
+                   target="≤ 1.5× the bare loop with metalflow's client", passed=first <= 1.5 * cold,
+                   note=f"of which the bare reader's start {bulk['reader_start_s']:.2f} s"))
+    warm, again = bulk["warm_sweep_s"]["p50"], sweep["again_read_s"].get("p50")
+    if again is not None:
+        rep.add(Figure(f"{P}: one sweep, power-poll by hand again (reader kept)", again, warm, "s",
+                       baseline_label="bare BulkPowerReader loop, warm sweeps",
+                       target="≤ 1.5× the bare loop with metalflow's client", passed=again <= 1.5 * warm,
+                       note="the next by-hand sweep within 2 min reuses the previous one's reader and sessions"))
     rep.add(Figure(f"{P}: one sweep, metalflow's client vs stock pyghmi loop", bulk["warm_sweep_s"]["p50"],
                    stock["warm_sweep_s"]["p50"], "s", baseline_label="bare stock pyghmi loop, warm"))
     rep.add(Figure(f"{P}: sweep with 1 % silent − clean sweep", silent["warm_sweep_s"]["p50"],
@@ -359,15 +372,18 @@ def _figures(rep: Report, r: dict, cfg: dict) -> None:
             f"{P}: MISS: p95 age {flow['age']['p95']:.1f} s > {tgt:.0f} s. Look at skipped-in-flight reads (the "
             "workers were behind) and the poller's CPU: at this fleet size the reads per second approach what two "
             "pyghmi processes sustain on this machine; more `power_poll_processes` or a longer period closes it.")
-    if not sweep["read_task_s"]["p50"] <= 1.5 * cold:
+    if not first <= 1.5 * cold:
         rep.findings.append(
-            f"{P}: MISS: a by-hand sweep ({sweep['read_task_s']['p50']:.2f} s) is "
-            f"{sweep['read_task_s']['p50'] / cold:.1f}× the bare loop's first sweep ({cold:.2f} s). Both start "
-            "two reader processes and log in to every BMC; the task also pays Prefect's task start and the "
-            "reader's start inside its timing (the bare loop starts its reader before its first sweep), which "
-            "weighs more as logins grow with the fleet. Only an operator's by-hand poll sweeps: the scheduled "
-            "poller reads each BMC at its phase with its sessions kept. What would close it: a reader kept warm "
-            "in the serving process between by-hand sweeps.")
+            f"{P}: MISS: the first by-hand sweep ({first:.2f} s) is {first / cold:.1f}× the bare loop's reader "
+            f"start and first sweep ({cold:.2f} s). Both start two reader processes and log in to every BMC; "
+            "the task runs in a thread of the serving process, beside Prefect's own threads, which weighs more "
+            "as the logins grow with the fleet. Only the first by-hand poll pays this: the next one within two "
+            "minutes reuses the reader, and the scheduled poller reads each BMC at its phase with its sessions kept.")
+    if again is not None and not again <= 1.5 * warm:
+        rep.findings.append(
+            f"{P}: MISS: a by-hand sweep with the kept reader ({again:.2f} s) is {again / warm:.1f}× the bare "
+            f"loop's warm sweep ({warm:.2f} s): the difference is the task's own work in the serving process "
+            "(settings, handing the targets to the workers and the readings back, its log).")
     miss = silent_finding(P, silent, bulk)
     if miss:
         rep.findings.append(miss)
