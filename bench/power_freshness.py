@@ -334,8 +334,14 @@ def _figures(rep: Report, r: dict, cfg: dict) -> None:
                    compare="difference", baseline_label=base))
     rep.add(Figure(f"{P}: failed reads, power-poll", flow["failed_pct"], bulk["failed_pct"], "%", compare="difference",
                    baseline_label=base, target="≤ 1 %", passed=flow["failed_pct"] <= 1.0))
+    # The issue's "at most 6" is one read per BMC per 10 s, the full size's period. The smoke
+    # size reads every 3 s on purpose (to be quick): its figure is shown without the target.
+    rpm_target = cfg["interval"] >= 10.0
     rep.add(Figure(f"{P}: reads per BMC per minute, power-poll", flow["reads_per_bmc_min"], bulk["reads_per_bmc_min"],
-                   "/min", baseline_label=base, target="≤ 6", passed=flow["reads_per_bmc_min"] <= 6.0 + 0.05))
+                   "/min", baseline_label=base, target="≤ 6" if rpm_target else "",
+                   passed=flow["reads_per_bmc_min"] <= 6.0 + 0.05 if rpm_target else None,
+                   note="" if rpm_target else f"each BMC read every {cfg['interval']:g} s at this size; the "
+                   "target (≤ 6) holds for the 10 s period of the full size"))
     cold, first = bulk["start_and_first_sweep_s"], sweep["first_read_s"]
     rep.add(Figure(f"{P}: one sweep, first power-poll by hand (read-all-bmcs task)", first, cold, "s",
                    baseline_label="bare BulkPowerReader loop: reader start + first sweep (logins)",
@@ -387,6 +393,11 @@ def _figures(rep: Report, r: dict, cfg: dict) -> None:
     miss = silent_finding(P, silent, bulk)
     if miss:
         rep.findings.append(miss)
+    if rpm_target and not flow["reads_per_bmc_min"] <= 6.0 + 0.05:
+        rep.findings.append(
+            f"{P}: MISS: power-poll read each BMC {flow['reads_per_bmc_min']:.2f} times a minute (target 6, one "
+            f"read per {cfg['interval']:g} s period). Look at the runs' handovers: a watch taken over reads on at "
+            "its phases, a new one reads every BMC at once.")
     if flow["failed_pct"] > 1.0:
         rep.findings.append(f"{P}: MISS: {flow['failed_pct']:.2f} % of power-poll's reads failed (target 1 %).")
 
