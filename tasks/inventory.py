@@ -2,7 +2,7 @@
 the VM a host carries."""
 from __future__ import annotations
 
-from integrations.inventory import HostInfo, VlanInfo
+from integrations.inventory import CabledPort, DesiredVlan, HostInfo, VlanInfo
 from tasks import clients
 from tasks.common import runbook_task
 from tasks.settings import settings
@@ -49,25 +49,27 @@ def want_ports(host: HostInfo, state: str, guest_vlan: int | None = None,
     guest VLAN untagged plus ``extra_vlans`` tagged), or ``keep`` (read back what is recorded).
     """
     inv = clients.inventory()
-    ports = inv.cabled_ports(host.name)
-    if state == "pxe":
-        inv.clear_desired_vlan(host.name)
-        by_vlan: dict[int, list[tuple[str, str]]] = {}
-        for cp in ports:
-            by_vlan.setdefault(pxe_vlan_for(cp.switch.pxe_vlan), []).append((cp.switch.name, cp.port))
-        for vlan, plist in by_vlan.items():
-            inv.set_desired_vlan(host.name, vlan, purpose="pxe", tagged=False, ports=plist)
-    elif state == "guest":
-        if guest_vlan is None:
+    if state == "keep":
+        ports, desired = inv.cabled_ports(host.name), inv.desired_vlans(host.name)
+    elif state in ("pxe", "guest"):
+        if state == "guest" and guest_vlan is None:
             raise ValueError("guest_vlan: needed for state 'guest'")
-        # The VM's whole network set is given here: forget any earlier guest or extra VLANs.
-        inv.clear_desired_vlan(host.name)
-        inv.set_desired_vlan(host.name, guest_vlan, purpose="guest", tagged=False)
-        for extra in extra_vlans or []:
-            inv.set_desired_vlan(host.name, extra, purpose="extra", tagged=True)
-    elif state != "keep":
+
+        def plan(ports: list[CabledPort]) -> list[DesiredVlan]:
+            if state == "pxe":  # each switch's own PXE VLAN on the ports cabled to it
+                by_vlan: dict[int, list[tuple[str, str]]] = {}
+                for cp in ports:
+                    by_vlan.setdefault(pxe_vlan_for(cp.switch.pxe_vlan), []).append((cp.switch.name, cp.port))
+                return [DesiredVlan(vlan, "pxe", tagged=False, ports=plist) for vlan, plist in by_vlan.items()]
+            # The VM's whole network set is given here: any earlier guest or extra VLAN goes.
+            return [DesiredVlan(guest_vlan, "guest", tagged=False)] + [
+                DesiredVlan(extra, "extra", tagged=True) for extra in extra_vlans or []]
+
+        # One transaction: the ports never show nothing desired half-way (see the audit).
+        ports, desired = inv.replace_desired_vlans(host.name, plan)
+    else:
         raise ValueError(f"state: {state!r} is not pxe, guest or keep")
-    return targets_from([(cp.switch.name, cp.port) for cp in ports], inv.desired_vlans(host.name))
+    return targets_from([(cp.switch.name, cp.port) for cp in ports], desired)
 
 
 @runbook_task(system="inventory", name="want-extra-vlan", run_name="want-extra-vlan {host.name} {vlan}")

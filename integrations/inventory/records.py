@@ -9,7 +9,7 @@ from typing import Any, NamedTuple, Sequence
 
 from integrations.common import MetalflowError
 
-from integrations.inventory.models import Host, HostClaim, HostEvent, HostNic, PortVlan, Switch
+from integrations.inventory.models import VLAN_PURPOSES, Host, HostClaim, HostEvent, HostNic, PortVlan, Switch
 
 
 class InventoryError(MetalflowError):
@@ -175,6 +175,28 @@ class VlanInfo:
     @classmethod
     def of(cls, v: PortVlan) -> "VlanInfo":
         return cls(v.switch.name, v.port, v.vlan, v.tagged, v.purpose, v.host.name if v.host else None)
+
+
+@dataclass(frozen=True)
+class DesiredVlan:
+    """A VLAN the host's cabled ports (all, or ``ports``: ``(switch, port)`` pairs) should
+    carry. ``tagged`` defaults by purpose: the PXE and guest VLANs untagged, extra networks
+    tagged (as plug-nic does). Checked when made, before anything is written."""
+
+    vlan: int
+    purpose: str = "guest"
+    tagged: bool | None = None
+    ports: Sequence[tuple[str, str]] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vlan, bool) or not isinstance(self.vlan, int) or not 1 <= self.vlan <= 4094:
+            raise InventoryError(f"{self.vlan!r} is not a VLAN id (1-4094)", field="vlan")
+        if self.purpose not in VLAN_PURPOSES:
+            raise InventoryError(f"{self.purpose!r} is not a VLAN purpose (pxe, guest or extra)", field="purpose")
+
+    @property
+    def is_tagged(self) -> bool:
+        return (self.purpose == "extra") if self.tagged is None else bool(self.tagged)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from integrations.inventory.records import (
     CabledPort,
     ClaimConflict,
     ClaimInfo,
+    DesiredVlan,
     EventInfo,
     HostInfo,
     HostNotFound,
@@ -295,33 +296,33 @@ class Inventory:
     def cabled_ports(self, host: HostKey) -> list[CabledPort]:
         """The ``(switch, port)`` pairs the host's NICs are cabled to, boot NIC first."""
 
-        def read(s: Session) -> list[CabledPort]:
-            row = self._host(s, host)
-            nics = sorted((n for n in row.nics if n.switch is not None), key=lambda n: (not n.is_boot, n.mac))
-            return [CabledPort(SwitchInfo.of(n.switch), n.port) for n in nics]
+        return self._read(lambda s: self._cabled(self._host(s, host)))
 
-        return self._read(read)
+    @staticmethod
+    def _cabled(row: Host) -> list[CabledPort]:
+        nics = sorted((n for n in row.nics if n.switch is not None), key=lambda n: (not n.is_boot, n.mac))
+        return [CabledPort(SwitchInfo.of(n.switch), n.port) for n in nics]
 
     # ------------------------------------------------------------------ desired VLANs
 
     def desired_vlans(self, host: HostKey) -> list[VlanInfo]:
         """VLANs the host's cabled ports should carry (and any still recorded for the host)."""
 
-        def read(s: Session) -> list[VlanInfo]:
-            row = self._host(s, host)
-            ports = [(n.switch_id, n.port) for n in row.nics if n.switch_id is not None]
-            conds = [PortVlan.host_id == row.id] + [
-                (PortVlan.switch_id == sw) & (PortVlan.port == p) for sw, p in ports
-            ]
-            stmt = (
-                select(PortVlan)
-                .where(or_(*conds))
-                .options(selectinload(PortVlan.switch), selectinload(PortVlan.host))
-            )
-            rows = sorted(s.scalars(stmt), key=lambda v: (v.switch.name, v.port, v.vlan))
-            return [VlanInfo.of(v) for v in rows]
+        return self._read(lambda s: self._desired(s, self._host(s, host)))
 
-        return self._read(read)
+    @staticmethod
+    def _desired(s: Session, row: Host) -> list[VlanInfo]:
+        ports = [(n.switch_id, n.port) for n in row.nics if n.switch_id is not None]
+        conds = [PortVlan.host_id == row.id] + [
+            (PortVlan.switch_id == sw) & (PortVlan.port == p) for sw, p in ports
+        ]
+        stmt = (
+            select(PortVlan)
+            .where(or_(*conds))
+            .options(selectinload(PortVlan.switch), selectinload(PortVlan.host))
+        )
+        rows = sorted(s.scalars(stmt), key=lambda v: (v.switch.name, v.port, v.vlan))
+        return [VlanInfo.of(v) for v in rows]
 
     def switch_vlans(self, switch: str) -> list[VlanInfo]:
         """Every desired VLAN on one switch: what the audit compares the read-back with."""
@@ -374,39 +375,59 @@ class Inventory:
         tagged (as plug-nic does). A port carries one untagged VLAN: asking for a second is
         refused (clear the first). Returns the number of rows added or changed (0 on a rerun).
         """
-        if isinstance(vlan, bool) or not isinstance(vlan, int) or not 1 <= vlan <= 4094:
-            raise InventoryError(f"{vlan!r} is not a VLAN id (1-4094)", field="vlan")
-        if purpose not in VLAN_PURPOSES:
-            raise InventoryError(f"{purpose!r} is not a VLAN purpose (pxe, guest or extra)", field="purpose")
-        is_tagged = (purpose == "extra") if tagged is None else bool(tagged)
+        want = DesiredVlan(vlan, purpose, tagged, ports)  # checked as it is made
 
         def write(s: Session) -> int:
-            row = self._host(s, host, lock=True)
-            changed = 0
-            for nic in self._ports(row, ports):
-                current = {
-                    v.vlan: v
-                    for v in s.scalars(
-                        select(PortVlan).where(PortVlan.switch_id == nic.switch_id, PortVlan.port == nic.port)
+            return self._set_desired(s, self._host(s, host, lock=True), want)
+
+        return self._write(write)
+
+    def _set_desired(self, s: Session, row: Host, want: DesiredVlan) -> int:
+        changed = 0
+        vlan, is_tagged, purpose = want.vlan, want.is_tagged, want.purpose
+        for nic in self._ports(row, want.ports):
+            current = {
+                v.vlan: v
+                for v in s.scalars(
+                    select(PortVlan).where(PortVlan.switch_id == nic.switch_id, PortVlan.port == nic.port)
+                )
+            }
+            if not is_tagged:
+                other = next((v for v in current.values() if not v.tagged and v.vlan != vlan), None)
+                if other is not None:
+                    raise InventoryError(
+                        f"{nic.switch.name} {nic.port} already carries untagged VLAN {other.vlan} "
+                        f"({other.purpose}); clear it before adding untagged VLAN {vlan}",
+                        field="vlan",
                     )
-                }
-                if not is_tagged:
-                    other = next((v for v in current.values() if not v.tagged and v.vlan != vlan), None)
-                    if other is not None:
-                        raise InventoryError(
-                            f"{nic.switch.name} {nic.port} already carries untagged VLAN {other.vlan} "
-                            f"({other.purpose}); clear it before adding untagged VLAN {vlan}",
-                            field="vlan",
-                        )
-                existing = current.get(vlan)
-                if existing is None:
-                    s.add(PortVlan(switch_id=nic.switch_id, port=nic.port, vlan=vlan, tagged=is_tagged,
-                                   purpose=purpose, host_id=row.id))
-                    changed += 1
-                elif (existing.tagged, existing.purpose, existing.host_id) != (is_tagged, purpose, row.id):
-                    existing.tagged, existing.purpose, existing.host_id = is_tagged, purpose, row.id
-                    changed += 1
-            return changed
+            existing = current.get(vlan)
+            if existing is None:
+                s.add(PortVlan(switch_id=nic.switch_id, port=nic.port, vlan=vlan, tagged=is_tagged,
+                               purpose=purpose, host_id=row.id))
+                changed += 1
+            elif (existing.tagged, existing.purpose, existing.host_id) != (is_tagged, purpose, row.id):
+                existing.tagged, existing.purpose, existing.host_id = is_tagged, purpose, row.id
+                changed += 1
+        return changed
+
+    def replace_desired_vlans(
+        self, host: HostKey, plan: Callable[[list[CabledPort]], Sequence[DesiredVlan]]
+    ) -> tuple[list[CabledPort], list[VlanInfo]]:
+        """In one transaction: forget every desired VLAN of the host (as ``clear_desired_vlan``
+        with no filter), record the ones ``plan`` returns for its cabled ports, and read back.
+        Returns the cabled ports (boot NIC first) and the desired VLANs now recorded. Nobody
+        ever sees the host's ports with nothing desired half-way, and an error (a VLAN
+        refused, the host gone) leaves what was recorded before untouched."""
+
+        def write(s: Session) -> tuple[list[CabledPort], list[VlanInfo]]:
+            row = self._host(s, host, lock=True)
+            ports = self._cabled(row)
+            wants = list(plan(ports))
+            self._clear_desired(s, row)
+            for want in wants:
+                self._set_desired(s, row, want)
+            s.flush()
+            return ports, self._desired(s, row)
 
         return self._write(write)
 
@@ -425,22 +446,25 @@ class Inventory:
             raise InventoryError(f"{purpose!r} is not a VLAN purpose (pxe, guest or extra)", field="purpose")
 
         def write(s: Session) -> int:
-            row = self._host(s, host, lock=True)
-            cabled = [n for n in row.nics if n.switch_id is not None]
-            nics = self._ports(row, ports) if ports is not None else cabled
-            conds = [(PortVlan.switch_id == n.switch_id) & (PortVlan.port == n.port) for n in nics]
-            if ports is None:
-                conds.append(PortVlan.host_id == row.id)
-            if not conds:
-                return 0
-            stmt = delete(PortVlan).where(or_(*conds))
-            if vlan is not None:
-                stmt = stmt.where(PortVlan.vlan == vlan)
-            if purpose is not None:
-                stmt = stmt.where(PortVlan.purpose == purpose)
-            return s.execute(stmt, execution_options={"synchronize_session": False}).rowcount or 0
+            return self._clear_desired(s, self._host(s, host, lock=True), vlan, purpose, ports)
 
         return self._write(write)
+
+    def _clear_desired(self, s: Session, row: Host, vlan: int | None = None, purpose: str | None = None,
+                       ports: Sequence[tuple[str, str]] | None = None) -> int:
+        cabled = [n for n in row.nics if n.switch_id is not None]
+        nics = self._ports(row, ports) if ports is not None else cabled
+        conds = [(PortVlan.switch_id == n.switch_id) & (PortVlan.port == n.port) for n in nics]
+        if ports is None:
+            conds.append(PortVlan.host_id == row.id)
+        if not conds:
+            return 0
+        stmt = delete(PortVlan).where(or_(*conds))
+        if vlan is not None:
+            stmt = stmt.where(PortVlan.vlan == vlan)
+        if purpose is not None:
+            stmt = stmt.where(PortVlan.purpose == purpose)
+        return s.execute(stmt, execution_options={"synchronize_session": False}).rowcount or 0
 
     # ------------------------------------------------------------------ power and maintenance
 

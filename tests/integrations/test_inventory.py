@@ -13,6 +13,7 @@ from sqlalchemy import inspect, text
 
 from integrations.cloudstack import RackConfig, load_rack_config
 from integrations.inventory import (
+    DesiredVlan,
     HostNotFound,
     HostRecord,
     Inventory,
@@ -312,6 +313,37 @@ def test_desired_vlans_set_and_clear_are_idempotent(loaded, spec):
     assert loaded.clear_desired_vlan("host-003", purpose="extra") == 1
     assert loaded.clear_desired_vlan("host-003") == 2
     assert loaded.desired_vlans("host-003") == []
+
+
+def test_replacing_desired_vlans_is_one_transaction(loaded, spec):
+    """What want-ports does: forget the host's VLANs and record the new set at once. The plan
+    sees the cabled ports; a set the inventory refuses leaves the old one in place."""
+    ports = [(n.switch, n.port) for n in spec.host("host-003").nics]
+    loaded.set_desired_vlan("host-003", 10, purpose="pxe")
+    seen = []
+
+    def to_guest(cabled):
+        seen.append([(p.switch.name, p.port) for p in cabled])
+        return [DesiredVlan(200, "guest"), DesiredVlan(300, "extra", ports=[ports[1]])]
+
+    got_ports, desired = loaded.replace_desired_vlans("host-003", to_guest)
+    assert seen[-1] == ports and [(p.switch.name, p.port) for p in got_ports] == ports
+    want = {(ports[0][1], 200, False, "guest"), (ports[1][1], 200, False, "guest"), (ports[1][1], 300, True, "extra")}
+    assert {(v.port, v.vlan, v.tagged, v.purpose) for v in desired} == want
+    assert {(v.port, v.vlan, v.tagged, v.purpose) for v in loaded.desired_vlans("host-003")} == want
+
+    # Two untagged VLANs on one port: refused, and the guest set above is still recorded.
+    with pytest.raises(InventoryError) as info:
+        loaded.replace_desired_vlans("host-003", lambda cabled: [DesiredVlan(11, "pxe"), DesiredVlan(12, "pxe")])
+    assert info.value.field == "vlan" and "untagged VLAN 11" in str(info.value)
+    assert {(v.port, v.vlan, v.tagged, v.purpose) for v in loaded.desired_vlans("host-003")} == want
+    # A plan that fails before anything is written changes nothing either.
+    with pytest.raises(InventoryError) as info:
+        loaded.replace_desired_vlans("host-003", lambda cabled: [DesiredVlan(5000, "guest")])
+    assert info.value.field == "vlan"
+    assert {(v.port, v.vlan, v.tagged, v.purpose) for v in loaded.desired_vlans("host-003")} == want
+    _, desired = loaded.replace_desired_vlans("host-003", lambda cabled: [])
+    assert desired == [] == loaded.desired_vlans("host-003")
 
 
 @pytest.mark.parametrize(
