@@ -170,6 +170,30 @@ class CpuSplit:
         self.result["wall"] = round(time.monotonic() - self._t, 2)
 
 
+def _busy_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def wait_quiet(busy_cores: float = 0.3, window: float = 1.0, timeout: float = 60.0) -> bool:
+    """Wait until the whole machine used less than ``busy_cores`` cores over ``window``
+    seconds, e.g. before timing one cold operation right after a process started: on two
+    shared cores a server still digesting a start-up would otherwise be timed with it.
+    False when it did not settle within ``timeout`` (the caller measures anyway)."""
+    cores = os.cpu_count() or 1
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        b0, t0 = _busy_jiffies()
+        time.sleep(window)
+        b1, t1 = _busy_jiffies()
+        if t1 > t0 and (b1 - b0) / (t1 - t0) * cores < busy_cores:
+            return True
+    return False
+
+
 def memory_mb(pid: int) -> tuple[float, float]:
     """(RSS, PSS) in MB; PSS shares the pages several processes map, so sums of PSS over a tree
     do not count the interpreter's shared pages once per process as RSS sums do."""

@@ -52,6 +52,7 @@ from bench.common import (
     main_for,
     percentile,
     summary,
+    wait_quiet,
     workdir,
 )
 from bench.stacks import flow_runs_of, stack, task_runs, ts
@@ -203,12 +204,15 @@ def _sweep_phase(st, cfg: dict) -> dict:
     api = PrefectApi(st.api_url)
     rows = []
     for i in range(cfg["sweeps"]):
+        # Not timed with serve's start-up or the previous run's ending (events, logs), which the
+        # bare loops do not have beside them either.
+        quiet = wait_quiet(timeout=60)
         rid = api.create_flow_run("power-poll/metalflow", {}, idempotency_key=idempotency_key(
             "bench", "sweep", str(i), str(time.time()))).id
         run = wait_final(api, [rid], 600)[rid]
         read = next((t for t in task_runs(st.api_url, [rid])[rid] if t["name"].startswith("read-all-bmcs")), None)
         rows.append({"state": (run.get("state") or {}).get("type"),
-                     "read_s": read.get("total_run_time") if read else None})
+                     "read_s": read.get("total_run_time") if read else None, "machine_quiet_before": quiet})
     from deployments.stack import _stop
 
     _stop(st.serve_proc)
