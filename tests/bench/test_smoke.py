@@ -23,7 +23,7 @@ MACHINE_KEYS = {"cores", "memory_gb", "cpu_model", "python", "pyghmi", "prefect"
 DATA_KEYS = {
     "switch_batching": {"dialects"},
     "trigger_latency": {"singles", "bursts", "single_summary_s", "burst_summary_s"},
-    "provision_concurrency": {"alone", "waves", "bulk", "bulks", "baseline", "T_s"},
+    "provision_concurrency": {"alone", "waves", "bulk", "bulks", "bulk_no_canary", "baseline", "T_s"},
     "power_freshness": {"sizes"},
 }
 
@@ -98,7 +98,7 @@ def test_power_freshness_structure(smoke):
 def test_provision_concurrency_structure(smoke):
     out, _ = smoke
     data = json.loads((out / "provision_concurrency.json").read_text())["data"]
-    for wave in data["waves"] + [data["baseline"], data["bulk"]]:
+    for wave in data["waves"] + [data["baseline"], data["bulk"], data["bulk_no_canary"]]:
         assert wave["failures"] == 0, [r["message"] for r in wave["runs"] if r["state"] != "COMPLETED"]
     # The bulk's wave hosts went through every phase, in order, as their journals say.
     assert len(data["bulks"]) == 1 and data["bulk"] is not None
