@@ -5,8 +5,8 @@ Two ways to run:
 
 - ``window == 0``: one sweep (the bulk reader: processes, bounded concurrency, a deadline per
   BMC), every host stamped with the sweep's start. What an operator triggers by hand. The
-  reader is kept ``READER_LINGER`` seconds for the next by-hand sweep of the process (its
-  sessions are still logged in, and the BMCs that failed this sweep are tried first).
+  reader is kept ``READER_LINGER`` seconds for the next by-hand sweep of the process (sessions
+  less than 20 s idle are reused, and the BMCs that failed this sweep are tried first).
 - ``window > 0``: long-running. The run polls until its *scheduled* start + ``window`` with
   ``PowerWatch``: each BMC read once per ``power_poll_period`` at its own phase, every reading
   stamped with the time of its read and recorded within about half a second. Scheduled every
@@ -51,9 +51,10 @@ R = TypeVar("R", PowerWatch, BulkPowerReader)
 
 
 #: Seconds a by-hand sweep's reader (its worker processes and BMC sessions) is kept for the next
-#: by-hand sweep of this process. Real BMCs drop a session idle for about a minute and pyghmi
-#: sends nothing between calls, so a kept reader costs the BMCs nothing; within the minute the
-#: next sweep skips the logins, after it only the workers' start.
+#: by-hand sweep of this process. A session idle for longer than ``PyghmiLink.REUSE_IDLE`` (20 s;
+#: real BMCs drop one after about a minute) is replaced by a fresh login, so a sweep within 20 s
+#: skips the logins and a later one only the workers' start; pyghmi sends nothing between
+#: calls, so a kept reader costs the BMCs nothing.
 READER_LINGER = 120.0
 
 
@@ -67,8 +68,15 @@ def read_all(targets: list) -> dict:
     reader = reader or BulkPowerReader(processes=cfg.power_poll_processes,
                                        per_call_timeout=cfg.power_poll_call_timeout)
     with ExitStack() as keep:
-        keep.callback(reader.close)  # unless the sweep ends as it should
+        keep.callback(reader.close)  # unless the sweep ends as it should and can be kept
         results = reader.read(targets, deadline=max(10.0, cfg.power_poll_interval * 0.8))
+        if reader.calls_stuck:
+            # Calls to BMCs that stopped answering are still running in pyghmi; a kept reader
+            # would fail those BMCs again until the calls end (~20 s), even once they answer:
+            # an operator who repairs one and polls by hand would see it stay in maintenance.
+            logger().info("not keeping the BMC workers for the next sweep: %d calls to silent BMCs "
+                          "are still running in them", reader.calls_stuck)
+            return results
         keep.pop_all()
     READERS.park(reader, key, linger=READER_LINGER)
     return results
@@ -241,7 +249,7 @@ class Keeper(Generic[R]):
     about two periods old (20 s at 10 s a read), every ``power_poll_interval``. A parked watch
     goes on reading at its phases; the next run drains what it read meanwhile, each reading
     stamped with its own time. For by-hand sweeps (``READERS``): the next sweep within
-    ``READER_LINGER`` reuses the reader's sessions. A poller nobody takes within ``linger``
+    ``READER_LINGER`` reuses the reader's workers, and its sessions if they idled less than 20 s. A poller nobody takes within ``linger``
     seconds is closed (logged out), and so is one parked when the process exits. Runs on
     process workers (a process per run) gain nothing from it."""
 

@@ -230,6 +230,12 @@ class BulkPowerReader:
         self._workers: list[_Worker | None] = [None] * processes
         self._shim: list[bool] = [False] * processes
         self._failed_last: set[str] = set()  # keys whose previous read failed: tried first
+        #: Calls the last read abandoned that were still running in pyghmi when it ended (a BMC
+        #: that stopped answering mid-session holds one for about 20 s, even once it answers
+        #: again). Until they end, the next read of those BMCs in this reader waits for them and
+        #: fails; a caller that needs that read to count (an operator checking a repaired BMC)
+        #: closes the reader instead of reusing it.
+        self.calls_stuck = 0
 
     def __repr__(self) -> str:
         return f"BulkPowerReader(processes={self.processes}, per_call_timeout={self.per_call_timeout})"
@@ -312,6 +318,7 @@ class BulkPowerReader:
                 except (OSError, ValueError):
                     self._lost(i, shard, results, "the worker process is gone")
         end = time.monotonic() + deadline + self.GRACE
+        self.calls_stuck = 0
         while sent:
             ready = wait_connections(list(sent), timeout=max(0.0, end - time.monotonic()))
             if not ready:
@@ -325,20 +332,23 @@ class BulkPowerReader:
                     continue
                 for reading in readings:
                     results[reading.key] = reading
-                self._check_health(i, len(shards[i]), stuck)
+                if not self._check_health(i, len(shards[i]), stuck):
+                    self.calls_stuck += len(stuck)
         for conn, i in sent.items():
             self._lost(i, shards[i], results, "the worker process did not answer in time")
         self._failed_last = {k for k, r in results.items() if not r.ok}
         return {k: results[k] for k in keys}
 
-    def _check_health(self, i: int, shard: int, stuck: list[float]) -> None:
+    def _check_health(self, i: int, shard: int, stuck: list[float]) -> bool:
         """Recycle a worker whose pyghmi looks wedged: a call stuck far longer than pyghmi's own
         retries take, or half its BMCs stuck at once. A fresh process costs a second and cold
-        logins; a wedged pyghmi would fail every sweep until restarted."""
+        logins; a wedged pyghmi would fail every sweep until restarted. True: recycled."""
         if looks_wedged(stuck, shard, self.RECYCLE_AFTER):
             log.warning("IPMI bulk worker %d has %d calls stuck in pyghmi (oldest %.0f s); restarting it",
                         i, len(stuck), max(stuck))
             self._kill(i)
+            return True
+        return False
 
     def _lost(self, i: int, shard: list[BmcTarget], results: dict, why: str) -> None:
         log.warning("IPMI bulk worker %d: %s; restarting it on the next sweep", i, why)

@@ -317,3 +317,36 @@ def test_a_by_hand_sweep_reads_with_the_previous_sweeps_reader(fleet, tmp_path, 
         assert not any(reader.worker_pids())  # closed, not left running
     finally:
         poll.READERS.close()
+
+
+def test_a_by_hand_sweep_with_a_bmc_gone_silent_keeps_no_reader(fleet, fault, tmp_path, monkeypatch):
+    """A BMC that stops answering mid-session leaves a call running in pyghmi for about 20 s,
+    even once it answers again; a kept reader would fail it on the next sweeps (measured: for
+    14 s after the BMC came back from two silent sweeps). So such a sweep closes its reader,
+    and the operator who repairs the BMC and polls again at once reads it."""
+    from flows import poll
+
+    monkeypatch.setenv("METALFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("METALFLOW_POWER_POLL_PROCESSES", "1")
+    key = (1, poll.settings().power_poll_call_timeout)
+    poll.READERS.close()
+    targets = [target(i) for i in range(4, 8)]
+    truth = fleet.states()
+    try:
+        assert all(r.ok for r in poll.read_all.fn(targets).values())  # sessions now logged in
+        reader = poll.READERS.take(key)
+        assert reader is not None and reader.calls_stuck == 0
+        poll.READERS.park(reader, key, linger=60)
+        fault(5, "silent")
+        silent = poll.read_all.fn(targets)  # with the kept reader
+        assert silent[host(5)].kind == "BmcTimeout"
+        assert all(silent[host(i)].ok for i in (4, 6, 7))
+        assert reader.calls_stuck >= 1 and not any(reader.worker_pids())  # closed, not kept
+        assert poll.READERS.take(key) is None
+        silent = poll.read_all.fn(targets)  # still silent (as over the polls into maintenance)
+        assert silent[host(5)].kind == "BmcTimeout" and poll.READERS.take(key) is None
+        fleet.set_fault(host(5), "none")
+        again = poll.read_all.fn(targets)
+        assert {k: r.state for k, r in again.items()} == {host(i): truth[host(i)].power for i in range(4, 8)}
+    finally:
+        poll.READERS.close()
