@@ -431,8 +431,10 @@ def bulk_finding(bulk: dict, T: float, spans: list[float] | None = None, deploy_
     each = f" (median of {len(spans)}: {', '.join(f'{v:.1f}' for v in spans)} s)" if spans and len(spans) > 1 else ""
     # The wave's hosts start once the canary passed its milestone, and each needs T even alone.
     floor = c["wave_first_start_s"] + T
+    left = 1.2 * T - floor
     tail += (f" A canaried bulk cannot end before its wave starts plus T ({floor:.1f} s = {floor / T:.2f} × T "
-             f"here), which leaves {1.2 * T - floor:.1f} s of the target for {hosts - 1} hosts sharing the cores.")
+             + (f"here), which leaves {left:.1f} s of the target for {hosts - 1} hosts sharing the cores."
+                if left > 0 else "here), already past the target before the hosts share the cores."))
     if open_bulk and open_bulk.get("makespan_s") and not open_bulk.get("failures"):
         o = open_bulk["makespan_s"]
         tail += (f" Without a canary (all {open_bulk['k']} at once, one run) the same request took {o:.1f} s = "
