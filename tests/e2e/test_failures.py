@@ -273,7 +273,8 @@ def test_cancel_from_the_ui_stops_the_run_and_rolls_it_back(e2e, hosts):
     try:
         run = e2e.trigger("provision", host=host, vm=vm("cancel-01", 155))
         deadline = Deadline(120)
-        while not any(t["name"].startswith("wait-for-deployed") and t["state"]["type"] == "RUNNING"
+        # A task run just created may have no state yet (the server records it a moment later).
+        while not any(t["name"].startswith("wait-for-deployed") and (t["state"] or {}).get("type") == "RUNNING"
                       for t in task_runs(e2e, run.id)):
             assert deadline.remaining() > 0, "the provision never reached its deploy wait"
             deadline.sleep(0.3)
