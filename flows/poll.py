@@ -6,7 +6,8 @@ Two ways to run:
 - ``window == 0``: one sweep (the bulk reader: processes, bounded concurrency, a deadline per
   BMC), every host stamped with the sweep's start. What an operator triggers by hand. The
   reader is kept ``READER_LINGER`` seconds for the next by-hand sweep of the process (sessions
-  less than 20 s idle are reused, and the BMCs that failed this sweep are tried first).
+  less than 20 s idle are reused, and the BMCs that failed this sweep are tried first), unless
+  the sweep left calls stuck on silent BMCs (see ``read_all``).
 - ``window > 0``: long-running. The run polls until its *scheduled* start + ``window`` with
   ``PowerWatch``: each BMC read once per ``power_poll_period`` at its own phase, every reading
   stamped with the time of its read and recorded within about half a second. Scheduled every
@@ -249,9 +250,10 @@ class Keeper(Generic[R]):
     about two periods old (20 s at 10 s a read), every ``power_poll_interval``. A parked watch
     goes on reading at its phases; the next run drains what it read meanwhile, each reading
     stamped with its own time. For by-hand sweeps (``READERS``): the next sweep within
-    ``READER_LINGER`` reuses the reader's workers, and its sessions if they idled less than 20 s. A poller nobody takes within ``linger``
-    seconds is closed (logged out), and so is one parked when the process exits. Runs on
-    process workers (a process per run) gain nothing from it."""
+    ``READER_LINGER`` reuses the reader's workers, and its sessions if they idled less than
+    20 s. A poller nobody takes within ``linger`` seconds is closed (logged out), and so is one
+    parked when the process exits. Runs on process workers (a process per run) gain nothing
+    from it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
