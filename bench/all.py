@@ -14,6 +14,7 @@ server would claim each other's runs, since they serve the same deployment names
 smoke run is waiting (a lab's deploy delay, a baseline's 10 s poll, a power-poll window), so
 four at once take about as long as the longest.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -25,15 +26,21 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.common import backend, default_out, machine, parser, stop_on_sigterm, workdir
+from metalflow.bench.common import backend, default_out, machine, parser, stop_on_sigterm, workdir
 
 #: Quick ones first: a broken Prefect path shows up before the long freshness runs.
 BENCHMARKS = ("switch_batching", "trigger_latency", "provision_concurrency", "power_freshness")
 
 
-def run_all(size: str, out: Path, server: str | None = None, keep: bool = False,
-            only: list[str] | None = None, database: str | None = None,
-            parallel: bool | None = None) -> dict[str, str]:
+def run_all(
+    size: str,
+    out: Path,
+    server: str | None = None,
+    keep: bool = False,
+    only: list[str] | None = None,
+    database: str | None = None,
+    parallel: bool | None = None,
+) -> dict[str, str]:
     names = [n for n in BENCHMARKS if not only or n in only]
     parallel = (size == "smoke" and server is None) if parallel is None else parallel
     started = time.monotonic()
@@ -45,15 +52,16 @@ def run_all(size: str, out: Path, server: str | None = None, keep: bool = False,
     return status
 
 
-def _one_by_one(names: list[str], size: str, out: Path, server: str | None, keep: bool,
-                database: str | None) -> dict[str, str]:
+def _one_by_one(
+    names: list[str], size: str, out: Path, server: str | None, keep: bool, database: str | None
+) -> dict[str, str]:
     status: dict[str, str] = {}
     with workdir("all", keep) as home, backend(server, home, database) as be:
         for name in names:
             t = time.monotonic()
             print(f"=== bench.{name} --size {size}", flush=True)
             try:
-                rep = importlib.import_module(f"bench.{name}").run(size=size, out=out, server=be, keep=keep)
+                rep = importlib.import_module(f"metalflow.bench.{name}").run(size=size, out=out, server=be, keep=keep)
                 status[name] = "targets met" if rep.passed else "targets missed"
             except Exception:  # noqa: BLE001 - one broken benchmark must not hide the others
                 traceback.print_exc()
@@ -76,8 +84,11 @@ def _at_once(names: list[str], size: str, out: Path, keep: bool, database: str |
                 args += ["--database", database] if database else []
                 log = home / f"{name}.log"
                 print(f"=== bench.{name} --size {size} (started; output in its log)", flush=True)
-                procs[name] = (subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                                                env=dict(os.environ)), log, time.monotonic())
+                procs[name] = (
+                    subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=dict(os.environ)),
+                    log,
+                    time.monotonic(),
+                )
             for name, (proc, log, t) in procs.items():
                 rc = proc.wait()
                 text = log.read_text(errors="replace")
@@ -106,12 +117,19 @@ def _at_once(names: list[str], size: str, out: Path, keep: bool, database: str |
 def _summary(out: Path, size: str, status: dict[str, str], seconds: float | None) -> None:
     """``summary.md`` under ``out``; ``seconds`` None: only assembled from the results there."""
     m = machine()
-    how = (f"{seconds / 60:.1f} min for this invocation" if seconds is not None else
-           "assembled from each benchmark's latest run (`bench.all --summary`; each one's date below)")
-    lines = [f"# Benchmark results ({size})", "",
-             f"`python -m bench.all --size {size}`: {m['date']}, {m['cores']} cores, {m['memory_gb']} GB, "
-             f"{m['cpu_model']}; Python {m['python']}, pyghmi {m['pyghmi']}, Prefect {m['prefect']}; "
-             f"{how}. See docs/benchmarks.md for what each measures.", ""]
+    how = (
+        f"{seconds / 60:.1f} min for this invocation"
+        if seconds is not None
+        else "assembled from each benchmark's latest run (`bench.all --summary`; each one's date below)"
+    )
+    lines = [
+        f"# Benchmark results ({size})",
+        "",
+        f"`python -m bench.all --size {size}`: {m['date']}, {m['cores']} cores, {m['memory_gb']} GB, "
+        f"{m['cpu_model']}; Python {m['python']}, pyghmi {m['pyghmi']}, Prefect {m['prefect']}; "
+        f"{how}. See docs/benchmarks.md for what each measures.",
+        "",
+    ]
     # Benchmarks not run this time (``--only``) keep their last results in ``out``: listed too.
     status = dict(status)
     for name in BENCHMARKS:
@@ -138,17 +156,18 @@ def _summary(out: Path, size: str, status: dict[str, str], seconds: float | None
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--only", nargs="*", choices=BENCHMARKS, help="run only these")
-    p.add_argument("--serial", action="store_true",
-                   help="smoke: one after the other on one server, not all at once")
-    p.add_argument("--summary", action="store_true",
-                   help="run nothing: rewrite summary.md from the results already in --out")
+    p.add_argument("--serial", action="store_true", help="smoke: one after the other on one server, not all at once")
+    p.add_argument(
+        "--summary", action="store_true", help="run nothing: rewrite summary.md from the results already in --out"
+    )
     a = p.parse_args()
     if a.summary:
         _summary(a.out or default_out(a.size), a.size, {}, None)
         return
     stop_on_sigterm()
-    status = run_all(a.size, a.out or default_out(a.size), a.server, a.keep, a.only, a.database,
-                     parallel=False if a.serial else None)
+    status = run_all(
+        a.size, a.out or default_out(a.size), a.server, a.keep, a.only, a.database, parallel=False if a.serial else None
+    )
     raise SystemExit(1 if "ERROR" in status.values() else 0)
 
 

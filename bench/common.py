@@ -16,6 +16,7 @@ Why /proc and not psutil: the lab and the benchmarks are Linux-only already (epo
 addresses beyond 127.0.0.1, ports below 1024 as root), and what we need is four fields of two
 files per process; a dependency for that is not worth it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = ("smoke", "full")
@@ -77,7 +79,7 @@ def machine() -> dict[str, Any]:
         "pyghmi": version("pyghmi"),
         "prefect": version("prefect"),
         "netmiko": version("netmiko"),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "loadavg_at_start": [round(x, 2) for x in load],
     }
 
@@ -143,7 +145,7 @@ def cpu_seconds(pid: int) -> float:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0.0
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
     return (utime + stime + cutime + cstime) / _TICK
 
@@ -160,7 +162,7 @@ class CpuSplit:
     def _now(self) -> dict[str, float]:
         return {role: sum(cpu_seconds(p) for p in tree(pids)) for role, pids in self.roles.items()}
 
-    def __enter__(self) -> "CpuSplit":
+    def __enter__(self) -> CpuSplit:
         self._start, self._t = self._now(), time.monotonic()
         return self
 
@@ -242,7 +244,7 @@ class TreeSampler:
             pss += s
         return TreeSample(time.monotonic(), len(pids), cpu, rss, pss)
 
-    def __enter__(self) -> "TreeSampler":
+    def __enter__(self) -> TreeSampler:
         self.samples.append(self.sample())
 
         def loop() -> None:
@@ -262,8 +264,13 @@ class TreeSampler:
     def result(self) -> dict[str, float]:
         """CPU used over the window (cores busy on average) and peak memory."""
         if len(self.samples) < 2:
-            return {"cpu_seconds": float("nan"), "cpu_cores_avg": float("nan"), "peak_rss_mb": float("nan"),
-                    "peak_pss_mb": float("nan"), "peak_processes": 0}
+            return {
+                "cpu_seconds": float("nan"),
+                "cpu_cores_avg": float("nan"),
+                "peak_rss_mb": float("nan"),
+                "peak_pss_mb": float("nan"),
+                "peak_processes": 0,
+            }
         first, last = self.samples[0], self.samples[-1]
         # CPU is monotone per tree except when a process dies unreaped-by-us; take the rises.
         used = sum(max(0.0, b.cpu_s - a.cpu_s) for a, b in zip(self.samples, self.samples[1:]))
@@ -357,7 +364,7 @@ class Backend:
 
 def default_database() -> str:
     """PostgreSQL when its server binaries are here (CI installs them), else SQLite."""
-    from lab.postgres import PostgresUnavailable, find_bindir
+    from metalflow.lab.postgres import PostgresUnavailable, find_bindir
 
     try:
         find_bindir()
@@ -367,15 +374,15 @@ def default_database() -> str:
 
 
 @contextlib.contextmanager
-def backend(server: "Backend | str | None", home: Path, database: str | None = None) -> Iterator[Backend]:
+def backend(server: Backend | str | None, home: Path, database: str | None = None) -> Iterator[Backend]:
     """``server`` itself when it is a Backend (``bench.all`` shares one); the Prefect server at
     ``server`` when it is a URL that answers; else a fresh local server on a free port, on
     ``database`` (default: ``default_database()``), stopped afterwards with its database."""
     if isinstance(server, Backend):
         yield server
         return
-    from deployments.server import ensure_server
-    from integrations.prefectapi import PrefectApi
+    from metalflow.deployments.server import ensure_server
+    from metalflow.integrations.prefectapi import PrefectApi
 
     if server and PrefectApi(server).health():
         yield Backend(server, "given")
@@ -386,7 +393,7 @@ def backend(server: "Backend | str | None", home: Path, database: str | None = N
     url = server or f"http://127.0.0.1:{free_port()}/api"
     pg, extra = None, {}
     if database == "postgresql":
-        from lab.postgres import LocalPostgres
+        from metalflow.lab.postgres import LocalPostgres
 
         pg = LocalPostgres.start(("prefect",), durable=True)
         extra["PREFECT_API_DATABASE_CONNECTION_URL"] = pg.url("prefect", "asyncpg")
@@ -517,8 +524,10 @@ class Report:
             rel = f.relation
             rel_s = "-" if rel is None else (f"×{rel:.2f}" if f.compare == "ratio" else f"{rel:+.2f} {f.unit}")
             base = "-" if f.baseline is None else f"{_fmt(f.baseline)} {f.unit} ({f.baseline_label})"
-            lines.append(f"| {f.name} | {_fmt(f.metalflow)} {f.unit} | {base} | {rel_s} | {f.target or '-'} | "
-                         f"**{f.verdict()}** |")
+            lines.append(
+                f"| {f.name} | {_fmt(f.metalflow)} {f.unit} | {base} | {rel_s} | {f.target or '-'} | "
+                f"**{f.verdict()}** |"
+            )
         if self.params:
             lines += ["", "Parameters: " + ", ".join(f"{k} = {v}" for k, v in self.params.items()) + "."]
         if self.findings:
@@ -539,8 +548,11 @@ class Report:
         paths["json"].write_text(json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
         paths["md"].write_text(self.markdown())
         self._png(paths["png"])
-        print(f"[{self.name}] {'all targets met' if self.passed else 'TARGETS MISSED'}; wrote "
-              f"{', '.join(str(p) for p in paths.values())}", flush=True)
+        print(
+            f"[{self.name}] {'all targets met' if self.passed else 'TARGETS MISSED'}; wrote "
+            f"{', '.join(str(p) for p in paths.values())}",
+            flush=True,
+        )
         return paths
 
     def _png(self, path: Path) -> None:
@@ -554,8 +566,9 @@ class Report:
             self.plot(fig)
         else:
             self._default_plot(fig)
-        fig.suptitle(f"{self.title} ({self.size}, {self.machine['date'][:10]}, {self.machine['cores']} cores)",
-                     fontsize=11)
+        fig.suptitle(
+            f"{self.title} ({self.size}, {self.machine['date'][:10]}, {self.machine['cores']} cores)", fontsize=11
+        )
         fig.tight_layout()
         fig.savefig(path)
 
@@ -592,17 +605,36 @@ def default_out(size: str) -> Path:
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None,
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
-    p.add_argument("--size", choices=SIZES, default="full",
-                   help="smoke: seconds, proves it runs; full: the issue's figures (run on a quiet machine)")
-    p.add_argument("--out", type=Path, default=None,
-                   help=f"where to write the results (default {RESULTS} for full, {RESULTS / 'smoke'} for smoke)")
-    p.add_argument("--api-url", dest="server", default=None,
-                   help="reuse the Prefect server at this URL (default: start one on a free port)")
-    p.add_argument("--database", choices=DATABASES, default=None,
-                   help="what the Prefect server started here and the inventories store in (default: "
-                        "postgresql when its server binaries are installed, else sqlite)")
+    p = argparse.ArgumentParser(
+        description=(doc or "").strip().splitlines()[0] if doc else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=doc,
+    )
+    p.add_argument(
+        "--size",
+        choices=SIZES,
+        default="full",
+        help="smoke: seconds, proves it runs; full: the issue's figures (run on a quiet machine)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"where to write the results (default {RESULTS} for full, {RESULTS / 'smoke'} for smoke)",
+    )
+    p.add_argument(
+        "--api-url",
+        dest="server",
+        default=None,
+        help="reuse the Prefect server at this URL (default: start one on a free port)",
+    )
+    p.add_argument(
+        "--database",
+        choices=DATABASES,
+        default=None,
+        help="what the Prefect server started here and the inventories store in (default: "
+        "postgresql when its server binaries are installed, else sqlite)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     return p
 
@@ -613,13 +645,15 @@ def stop_on_sigterm() -> None:
     them)."""
     import signal
 
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
 
 
-def main_for(run: Callable[..., Report], doc: str | None, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+def main_for(
+    run: Callable[..., Report], doc: str | None, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> None:
     p = parser(doc)
     if extra:
         extra(p)

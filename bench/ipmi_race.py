@@ -18,6 +18,7 @@ Measured on the project's 2-core machine (shared with other work), pyghmi 1.6.19
 - BulkPowerReader, 2 processes, 1,000 BMCs: warm sweep stock 1.2 to 1.5 s, patched 0.4 to
   0.7 s; cold sweep (every BMC logs in) stock 2.1 to 2.4 s, patched 0.8 to 1.8 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,9 @@ USER, PASSWORD = "bench", "bench-race-pw"
 
 
 def _child(mode: str, address: str, port: int, reads: int) -> None:
-    from integrations.common import Secret
-    from integrations.ipmi import patch_pyghmi, shim_active
-    from integrations.ipmi.wire import PyghmiLink
+    from metalflow.integrations.common import Secret
+    from metalflow.integrations.ipmi import patch_pyghmi, shim_active
+    from metalflow.integrations.ipmi.wire import PyghmiLink
 
     if mode == "patched" and not patch_pyghmi():
         raise SystemExit("the shim did not apply")
@@ -51,24 +52,50 @@ def _child(mode: str, address: str, port: int, reads: int) -> None:
     total = time.perf_counter() - start
     link.close()
     lat.sort()
-    print(json.dumps({
-        "mode": mode, "shim": shim_active(), "reads": reads, "failures": failures, "total_s": total,
-        "p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))],
-        "max_ms": 1000 * lat[-1], "stalls_over_100ms": sum(1 for x in lat if x > 0.1),
-    }))
+    print(
+        json.dumps(
+            {
+                "mode": mode,
+                "shim": shim_active(),
+                "reads": reads,
+                "failures": failures,
+                "total_s": total,
+                "p50_ms": 1000 * statistics.median(lat),
+                "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))],
+                "max_ms": 1000 * lat[-1],
+                "stalls_over_100ms": sum(1 for x in lat if x > 0.1),
+            }
+        )
+    )
 
 
 def _run_child(mode: str, address: str, port: int, reads: int) -> dict:
-    out = subprocess.run([sys.executable, "-m", "bench.ipmi_race", "--child", mode, "--address", address,
-                          "--port", str(port), "--reads", str(reads)],
-                         check=True, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "metalflow.bench.ipmi_race",
+            "--child",
+            mode,
+            "--address",
+            address,
+            "--port",
+            str(port),
+            "--reads",
+            str(reads),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _sweeps(n: int, base: str) -> None:
-    from integrations.ipmi import BmcTarget, BulkPowerReader
-    from lab.bmc import BmcFleet
-    from lab.spec import BmcSpec
+    from metalflow.integrations.ipmi import BmcTarget, BulkPowerReader
+    from metalflow.lab.bmc import BmcFleet
+    from metalflow.lab.spec import BmcSpec
 
     prefix = ".".join(base.split(".")[:2])
     specs = [BmcSpec(f"s{i}", f"{prefix}.{100 + i // 250}.{1 + i % 250}", 623, USER, PASSWORD) for i in range(n)]
@@ -85,8 +112,10 @@ def _sweeps(n: int, base: str) -> None:
                     got = reader.read(targets, deadline=120)
                     warm.append(time.perf_counter() - t)
                 bad = sum(1 for r in got.values() if not r.ok) + sum(1 for r in cold.values() if not r.ok)
-                print(f"sweep of {n} BMCs, {'patched' if patch else 'stock  '}: cold {cold_s:.2f} s, "
-                      f"warm {min(warm):.2f} to {max(warm):.2f} s, errors {bad}")
+                print(
+                    f"sweep of {n} BMCs, {'patched' if patch else 'stock  '}: cold {cold_s:.2f} s, "
+                    f"warm {min(warm):.2f} to {max(warm):.2f} s, errors {bad}"
+                )
 
 
 def main() -> None:
@@ -101,15 +130,17 @@ def main() -> None:
         _child(args.child, args.address, args.port, args.reads)
         return
 
-    from lab.bmc import BmcFleet
-    from lab.spec import BmcSpec
+    from metalflow.lab.bmc import BmcFleet
+    from metalflow.lab.spec import BmcSpec
 
     with BmcFleet([BmcSpec("race", args.address, args.port, USER, PASSWORD)]):
         results = {mode: _run_child(mode, args.address, args.port, args.reads) for mode in ("stock", "patched")}
     for r in results.values():
-        print(f"{r['mode']:8} shim={r['shim']!s:5} {r['reads']} reads in {r['total_s']:7.2f} s  "
-              f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms  max {r['max_ms']:7.1f} ms  "
-              f"stalls>100ms {r['stalls_over_100ms']:4}  failures {r['failures']}")
+        print(
+            f"{r['mode']:8} shim={r['shim']!s:5} {r['reads']} reads in {r['total_s']:7.2f} s  "
+            f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms  max {r['max_ms']:7.1f} ms  "
+            f"stalls>100ms {r['stalls_over_100ms']:4}  failures {r['failures']}"
+        )
     ratio = results["stock"]["total_s"] / max(results["patched"]["total_s"], 1e-9)
     print(f"stock/patched: {ratio:.1f}x")
     if args.sweep:

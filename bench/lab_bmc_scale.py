@@ -8,6 +8,7 @@ took and each BMC process's resident memory, then reads every BMC's power once w
 processes. pyghmi's own lost wake-up race (reference/ipmi.md) dominates the sweep times;
 the simulator's share is the start-up time and the per-process memory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,16 +16,15 @@ import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from lab.bmc import BmcFleet
-from lab.spec import BmcSpec
+from metalflow.lab.bmc import BmcFleet
+from metalflow.lab.spec import BmcSpec
 
 PASSWORD = "bench-secret"
 
 
 def _specs(n: int) -> list[BmcSpec]:
     return [
-        BmcSpec(f"bench-{i:05d}", f"127.150.{100 + i // 250}.{1 + i % 250}", 623, "admin", PASSWORD)
-        for i in range(n)
+        BmcSpec(f"bench-{i:05d}", f"127.150.{100 + i // 250}.{1 + i % 250}", 623, "admin", PASSWORD) for i in range(n)
     ]
 
 
@@ -37,7 +37,7 @@ def _read(batch: list[tuple[str, int]]) -> tuple[int, int, float, float]:
             try:
                 c = command.Command(bmc=address, userid=b"admin", password=PASSWORD.encode(), port=port)
                 ok += c.get_power()["powerstate"] in ("on", "off")
-            except Exception:
+            except Exception:  # noqa: BLE001 - reported as data
                 pass
         return ok, time.monotonic() - started
 
@@ -75,9 +75,11 @@ def main() -> None:
             results = list(pool.map(_read, batches))
         cold_ok = sum(r[0] for r in results)
         warm_ok = sum(r[1] for r in results)
-        print(f"read sweep, {args.readers} pyghmi processes: cold {cold_ok}/{args.bmcs} answered, slowest reader "
-              f"{max(r[2] for r in results):.2f} s; warm {warm_ok}/{args.bmcs}, slowest {max(r[3] for r in results):.2f} s"
-              f" (total wall {time.monotonic() - started:.2f} s)")
+        print(
+            f"read sweep, {args.readers} pyghmi processes: cold {cold_ok}/{args.bmcs} answered, slowest reader "
+            f"{max(r[2] for r in results):.2f} s; warm {warm_ok}/{args.bmcs}, slowest {max(r[3] for r in results):.2f} s"
+            f" (total wall {time.monotonic() - started:.2f} s)"
+        )
         states = fleet.states()
         print(f"states(): {len(states)} BMCs, {sum(s.power == 'off' for s in states.values())} off")
     finally:

@@ -15,6 +15,7 @@ every ``--interval`` seconds (or back to back when a sweep takes longer) for ``-
 
     python -m bench.pollers stock|bulk --manifest M --interval 10 --seconds 60
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,11 @@ from pathlib import Path
 
 def _targets(manifest: str, skip: set[str] = frozenset()) -> list[tuple[str, str, int, str, str]]:
     hosts = json.loads(Path(manifest).read_text())["hosts"]
-    return [(h["name"], h["ipmi"]["address"], h["ipmi"]["port"], h["ipmi"]["username"], h["ipmi"]["password"])
-            for h in hosts if h["name"] not in skip]
+    return [
+        (h["name"], h["ipmi"]["address"], h["ipmi"]["port"], h["ipmi"]["username"], h["ipmi"]["password"])
+        for h in hosts
+        if h["name"] not in skip
+    ]
 
 
 def _loop(sweep, interval: float, seconds: float, min_sweeps: int = 2) -> list[dict]:
@@ -58,8 +62,9 @@ def stock(manifest: str, interval: float, seconds: float) -> list[dict]:
             try:
                 c = cmds.get(name)
                 if c is None:
-                    c = cmds[name] = command.Command(bmc=address, userid=user.encode(), password=password.encode(),
-                                                     port=port)
+                    c = cmds[name] = command.Command(
+                        bmc=address, userid=user.encode(), password=password.encode(), port=port
+                    )
                 ok[name] = c.get_power()["powerstate"] in ("on", "off")
             except Exception:  # noqa: BLE001 - counted as a failed read
                 cmds.pop(name, None)
@@ -69,9 +74,11 @@ def stock(manifest: str, interval: float, seconds: float) -> list[dict]:
     return _loop(sweep, interval, seconds)
 
 
-def bulk(manifest: str, interval: float, seconds: float, processes: int, call_timeout: float) -> tuple[list[dict], float]:
+def bulk(
+    manifest: str, interval: float, seconds: float, processes: int, call_timeout: float
+) -> tuple[list[dict], float]:
     """The sweeps, and how long the reader took to start its workers (before the first sweep)."""
-    from integrations.ipmi import BmcTarget, BulkPowerReader
+    from metalflow.integrations.ipmi import BmcTarget, BulkPowerReader
 
     targets = [BmcTarget(n, a, u, p, port) for n, a, port, u, p in _targets(manifest)]
     reader = BulkPowerReader(processes=processes, per_call_timeout=call_timeout)

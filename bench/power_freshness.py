@@ -29,6 +29,7 @@ Targets (issue 8, 2 cores): at 1,000 BMCs p95 age <= 10 s with <= 1 % failed rea
 most 6 reads per BMC per minute; one sweep <= 1.5x the bare loop with metalflow's client;
 with 1 % silent the sweep does not wait on them beyond their deadline; at 3,000 p95 <= 30 s.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,12 +38,12 @@ import re
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
 
-from bench.common import (
+from metalflow.bench.common import (
     Backend,
     Figure,
     Report,
@@ -55,15 +56,29 @@ from bench.common import (
     wait_quiet,
     workdir,
 )
-from bench.stacks import flow_runs_of, stack, task_runs, ts
+from metalflow.bench.stacks import flow_runs_of, stack, task_runs, ts
 
 SIZES = {
     # interval: the bare loops' sweep interval and power-poll's period (reads of one BMC);
     # window: each scheduled power-poll run's window (the schedule's interval).
-    "smoke": {"ns": [50], "interval": 3.0, "window": 8.0, "flow_s": 9.0, "bare_s": 3.0, "sample_every": 1.0,
-              "sweeps": 2},
-    "full": {"ns": [1000, 3000], "interval": 10.0, "window": 120.0, "flow_s": 300.0, "bare_s": 60.0,
-             "sample_every": 2.0, "sweeps": 3},
+    "smoke": {
+        "ns": [50],
+        "interval": 3.0,
+        "window": 8.0,
+        "flow_s": 9.0,
+        "bare_s": 3.0,
+        "sample_every": 1.0,
+        "sweeps": 2,
+    },
+    "full": {
+        "ns": [1000, 3000],
+        "interval": 10.0,
+        "window": 120.0,
+        "flow_s": 300.0,
+        "bare_s": 60.0,
+        "sample_every": 2.0,
+        "sweeps": 3,
+    },
 }
 PROCESSES, CALL_TIMEOUT = 2, 3.0  # tasks.settings defaults: power_poll_processes, power_poll_call_timeout
 
@@ -77,8 +92,22 @@ def _age_target(n: int) -> float:
 
 
 def _child(mode: str, manifest: Path, seconds: float, interval: float, env: dict, log: Path) -> tuple[dict, dict]:
-    args = [sys.executable, "-m", "bench.pollers", mode, "--manifest", str(manifest), "--seconds", str(seconds),
-            "--interval", str(interval), "--processes", str(PROCESSES), "--call-timeout", str(CALL_TIMEOUT)]
+    args = [
+        sys.executable,
+        "-m",
+        "metalflow.bench.pollers",
+        mode,
+        "--manifest",
+        str(manifest),
+        "--seconds",
+        str(seconds),
+        "--interval",
+        str(interval),
+        "--processes",
+        str(PROCESSES),
+        "--call-timeout",
+        str(CALL_TIMEOUT),
+    ]
     with open(log, "ab") as err:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, env=env, text=True)
         with TreeSampler(lambda: [proc.pid], interval=0.5) as sampler:
@@ -114,11 +143,15 @@ def _bare(sweeps: list[dict], seconds_total: float, step: float, reader_start_s:
     per_min = (len(sweeps) - 1) / ((sweeps[-1]["start"] - sweeps[0]["start"]) / 60) if len(sweeps) > 1 else float("nan")
     ages = _sweep_ages(sweeps, step)
     return {
-        "sweeps": len(sweeps), "sweep_s": durations, "cold_sweep_s": durations[0] if durations else None,
+        "sweeps": len(sweeps),
+        "sweep_s": durations,
+        "cold_sweep_s": durations[0] if durations else None,
         # what a by-hand power-poll with a new reader does: start the workers, then sweep
         "reader_start_s": reader_start_s,
         "start_and_first_sweep_s": reader_start_s + durations[0] if reader_start_s is not None and durations else None,
-        "warm_sweep_s": summary(durations[1:] or durations), "reads": reads, "failed": failed,
+        "warm_sweep_s": summary(durations[1:] or durations),
+        "reads": reads,
+        "failed": failed,
         "failed_pct": 100.0 * failed / reads if reads else float("nan"),
         "reads_per_bmc_min": per_min,
         "age": summary(ages),
@@ -146,7 +179,7 @@ class InventorySampler:
             if isinstance(at, str):
                 at = datetime.fromisoformat(at)
             if at is not None and at.tzinfo is None:
-                at = at.replace(tzinfo=timezone.utc)
+                at = at.replace(tzinfo=UTC)
             out.append((name, at, failures or 0))
         return out
 
@@ -164,13 +197,20 @@ class InventorySampler:
         per_sample: list[dict] = []
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             rows = self.read()
             a = [(now - at).total_seconds() if at else float("inf") for _, at, _ in rows]
             ages += a
-            per_sample.append({"t": now.timestamp(), "p50": percentile(a, 50), "p95": percentile(a, 95),
-                               "max": max(a) if a else None, "failing": sum(1 for r in rows if r[2] > 0)})
-            time.sleep(max(0.0, every - (datetime.now(timezone.utc) - now).total_seconds()))
+            per_sample.append(
+                {
+                    "t": now.timestamp(),
+                    "p50": percentile(a, 50),
+                    "p95": percentile(a, 95),
+                    "max": max(a) if a else None,
+                    "failing": sum(1 for r in rows if r[2] > 0),
+                }
+            )
+            time.sleep(max(0.0, every - (datetime.now(UTC) - now).total_seconds()))
         return {"age": summary(ages), "series": per_sample}
 
 
@@ -182,8 +222,11 @@ def _artifacts(api_url: str, run_ids: list[str]) -> dict[str, str]:
     """Each run's markdown artifact, by flow run id."""
     out: dict[str, str] = {}
     for i in range(0, len(run_ids), 100):
-        r = requests.post(f"{api_url}/artifacts/filter", json={
-            "artifacts": {"flow_run_id": {"any_": run_ids[i:i + 100]}}, "limit": 200}, timeout=30)
+        r = requests.post(
+            f"{api_url}/artifacts/filter",
+            json={"artifacts": {"flow_run_id": {"any_": run_ids[i : i + 100]}}, "limit": 200},
+            timeout=30,
+        )
         r.raise_for_status()
         for a in r.json():
             out[a["flow_run_id"]] = a.get("data") or ""
@@ -197,8 +240,8 @@ def _num(text: str, label: str) -> float | None:
 
 def _sweep_phase(st, cfg: dict) -> dict:
     """power-poll by hand (one sweep each), served without schedules: the read-all-bmcs task."""
-    from bench.stacks import wait_final
-    from integrations.prefectapi import PrefectApi, idempotency_key
+    from metalflow.bench.stacks import wait_final
+    from metalflow.integrations.prefectapi import PrefectApi, idempotency_key
 
     st.start_serve(timeout=180, extra_args=("--no-schedules",))
     api = PrefectApi(st.api_url)
@@ -207,26 +250,36 @@ def _sweep_phase(st, cfg: dict) -> dict:
         # Not timed with serve's start-up or the previous run's ending (events, logs), which the
         # bare loops do not have beside them either.
         quiet = wait_quiet(timeout=60)
-        rid = api.create_flow_run("power-poll/metalflow", {}, idempotency_key=idempotency_key(
-            "bench", "sweep", str(i), str(time.time()))).id
+        rid = api.create_flow_run(
+            "power-poll/metalflow", {}, idempotency_key=idempotency_key("bench", "sweep", str(i), str(time.time()))
+        ).id
         run = wait_final(api, [rid], 600)[rid]
         read = next((t for t in task_runs(st.api_url, [rid])[rid] if t["name"].startswith("read-all-bmcs")), None)
-        rows.append({"state": (run.get("state") or {}).get("type"),
-                     "read_s": read.get("total_run_time") if read else None, "machine_quiet_before": quiet})
-    from deployments.stack import _stop
+        rows.append(
+            {
+                "state": (run.get("state") or {}).get("type"),
+                "read_s": read.get("total_run_time") if read else None,
+                "machine_quiet_before": quiet,
+            }
+        )
+    from metalflow.deployments.stack import _stop
 
     _stop(st.serve_proc)
     timed = [r["read_s"] for r in rows if r["read_s"] is not None]
     # The first run starts a reader; the next ones take over the one the previous run kept.
-    return {"runs": rows, "read_task_s": summary(timed), "first_read_s": rows[0]["read_s"] if rows else None,
-            "again_read_s": summary([r["read_s"] for r in rows[1:] if r["read_s"] is not None])}
+    return {
+        "runs": rows,
+        "read_task_s": summary(timed),
+        "first_read_s": rows[0]["read_s"] if rows else None,
+        "again_read_s": summary([r["read_s"] for r in rows[1:] if r["read_s"] is not None]),
+    }
 
 
 def _flow_phase(st, inv: InventorySampler, cfg: dict, n: int) -> dict:
-    from integrations.prefectapi import PrefectApi
+    from metalflow.integrations.prefectapi import PrefectApi
 
     t_serve = time.time()
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     st.start_serve(timeout=180, extra_args=())
     api = PrefectApi(st.api_url)
     dep = api.deployment_id("power-poll/metalflow")
@@ -239,24 +292,33 @@ def _flow_phase(st, inv: InventorySampler, cfg: dict, n: int) -> dict:
     w1 = time.time()
     # This phase's runs only: the deployment (and the server) outlive the fleet sizes, and the
     # by-hand sweeps ran just before.
-    runs = [r for r in flow_runs_of(st.api_url, dep, t_serve - 5, limit=200)
-            if (ts(r.get("start_time")) or w1) >= t_serve]
+    runs = [
+        r for r in flow_runs_of(st.api_url, dep, t_serve - 5, limit=200) if (ts(r.get("start_time")) or w1) >= t_serve
+    ]
     rows = []
     texts = _artifacts(st.api_url, [r["id"] for r in runs])
     for r in runs:
         start, end = ts(r.get("start_time")), ts(r.get("end_time"))
         text = texts.get(r["id"], "")
-        rows.append({
-            "id": r["id"], "state": (r.get("state") or {}).get("type"),
-            "expected_start": ts(r.get("expected_start_time")), "start": start, "end": end,
-            "start_delay_s": (start - ts(r["expected_start_time"])) if start else None,
-            "run_s": (end - start) if start and end else None,
-            "polled_s": _num(text, "polled"), "reads": _num(text, "reads"), "failed": _num(text, "failed reads"),
-            "skipped": _num(text, "skipped in flight"), "restarts": _num(text, "worker restarts"),
-        })
+        rows.append(
+            {
+                "id": r["id"],
+                "state": (r.get("state") or {}).get("type"),
+                "expected_start": ts(r.get("expected_start_time")),
+                "start": start,
+                "end": end,
+                "start_delay_s": (start - ts(r["expected_start_time"])) if start else None,
+                "run_s": (end - start) if start and end else None,
+                "polled_s": _num(text, "polled"),
+                "reads": _num(text, "reads"),
+                "failed": _num(text, "failed reads"),
+                "skipped": _num(text, "skipped in flight"),
+                "restarts": _num(text, "worker restarts"),
+            }
+        )
     # Stopped here, not by the stack: with schedules on, a power-poll run (and its reader
     # processes) is always in flight, so waiting for serve to go idle would only time out.
-    from deployments.stack import _stop
+    from metalflow.deployments.stack import _stop
 
     _stop(st.serve_proc)
     done = [r for r in rows if r["reads"] is not None and r["polled_s"]]
@@ -267,14 +329,22 @@ def _flow_phase(st, inv: InventorySampler, cfg: dict, n: int) -> dict:
     ordered = sorted((r for r in rows if r["start"]), key=lambda r: r["start"])
     gaps = [b["start"] - a["end"] for a, b in zip(ordered, ordered[1:]) if a["end"]]
     return {
-        "window_s": w1 - w0, "runs_completed": len(done),
-        "runs_not_completed": sum(1 for r in rows if r["state"] not in ("COMPLETED", "SCHEDULED", "RUNNING", "PENDING")),
-        "age": sampled["age"], "series": sampled["series"], "cpu_mem": sampler.result(),
-        "reads": reads, "failed": bad, "failed_pct": 100.0 * bad / reads if reads else float("nan"),
+        "window_s": w1 - w0,
+        "runs_completed": len(done),
+        "runs_not_completed": sum(
+            1 for r in rows if r["state"] not in ("COMPLETED", "SCHEDULED", "RUNNING", "PENDING")
+        ),
+        "age": sampled["age"],
+        "series": sampled["series"],
+        "cpu_mem": sampler.result(),
+        "reads": reads,
+        "failed": bad,
+        "failed_pct": 100.0 * bad / reads if reads else float("nan"),
         "reads_per_bmc_min": reads / n / polled_min if polled_min else float("nan"),
         "skipped_in_flight": sum(r["skipped"] or 0 for r in done),
         "worker_restarts": sum(r["restarts"] or 0 for r in done),
-        "window": [w0, w1], "handover_gap_s": summary(gaps),
+        "window": [w0, w1],
+        "handover_gap_s": summary(gaps),
         "start_delay_s": summary([r["start_delay_s"] for r in rows if r["start_delay_s"] is not None]),
         "runs": rows,
     }
@@ -286,16 +356,21 @@ def _silent(st, cfg: dict, n: int, log: Path) -> dict:
     for h in silent:
         requests.post(f"{control}/faults/bmc/{h}", json={"mode": "silent"}, timeout=10).raise_for_status()
     try:
-        out, cpu = _child("bulk", st.manifest_path, max(2.5 * cfg["interval"], 3 * CALL_TIMEOUT + 2),
-                          cfg["interval"], st.env, log)
+        out, cpu = _child(
+            "bulk", st.manifest_path, max(2.5 * cfg["interval"], 3 * CALL_TIMEOUT + 2), cfg["interval"], st.env, log
+        )
     finally:
         requests.post(f"{control}/reset", json={}, timeout=10).raise_for_status()
     sweeps = out["sweeps"]
     warm = [s["end"] - s["start"] for s in sweeps[1:]] or [sweeps[0]["end"] - sweeps[0]["start"]]
     failed = [sorted(h for h, ok in s["ok"].items() if not ok) for s in sweeps]
-    return {"silent_hosts": silent, "sweep_s": [s["end"] - s["start"] for s in sweeps], "warm_sweep_s": summary(warm),
-            "failed_hosts_per_sweep": failed,
-            "only_silent_failed": all(set(f) == set(silent) for f in failed)}
+    return {
+        "silent_hosts": silent,
+        "sweep_s": [s["end"] - s["start"] for s in sweeps],
+        "warm_sweep_s": summary(warm),
+        "failed_hosts_per_sweep": failed,
+        "only_silent_failed": all(set(f) == set(silent) for f in failed),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,9 +378,21 @@ def _silent(st, cfg: dict, n: int, log: Path) -> dict:
 
 def _one_size(rep: Report, be: Backend, home: Path, n: int, cfg: dict) -> dict:
     switches = max(1, math.ceil(n / 60))  # at most ~90 cabled ports per simulated switch
-    env_extra = {"METALFLOW_POWER_POLL_INTERVAL": str(cfg["window"]), "METALFLOW_POWER_POLL_PERIOD": str(cfg["interval"])}
-    with stack(home / f"n{n}", be.api_url, hosts=n, inventory_url=be.inventory_url(f"power{n}"), switches=switches, block_from=82, serve=False,
-               serve_env=env_extra, lab_args=("--bmc-processes", "2")) as st:
+    env_extra = {
+        "METALFLOW_POWER_POLL_INTERVAL": str(cfg["window"]),
+        "METALFLOW_POWER_POLL_PERIOD": str(cfg["interval"]),
+    }
+    with stack(
+        home / f"n{n}",
+        be.api_url,
+        hosts=n,
+        inventory_url=be.inventory_url(f"power{n}"),
+        switches=switches,
+        block_from=82,
+        serve=False,
+        serve_env=env_extra,
+        lab_args=("--bmc-processes", "2"),
+    ) as st:
         inv = InventorySampler(json.loads((st.home / "config.json").read_text())["inventory_url"])
         res: dict = {"n": n, "switches": switches}
         print(f"[power_freshness] {n} BMCs: stock pyghmi loop", flush=True)
@@ -313,13 +400,18 @@ def _one_size(rep: Report, be: Backend, home: Path, n: int, cfg: dict) -> dict:
         res["stock"] = _bare(out["sweeps"], cfg["bare_s"], cfg["sample_every"]) | {"cpu_mem": cpu}
         print(f"[power_freshness] {n} BMCs: BulkPowerReader loop", flush=True)
         out, cpu = _child("bulk", st.manifest_path, cfg["bare_s"], cfg["interval"], st.env, home / "pollers.log")
-        res["bulk"] = _bare(out["sweeps"], cfg["bare_s"], cfg["sample_every"], out.get("reader_start_s")) | {"cpu_mem": cpu}
+        res["bulk"] = _bare(out["sweeps"], cfg["bare_s"], cfg["sample_every"], out.get("reader_start_s")) | {
+            "cpu_mem": cpu
+        }
         print(f"[power_freshness] {n} BMCs: BulkPowerReader loop with 1 % silent", flush=True)
         res["silent"] = _silent(st, cfg, n, home / "pollers.log")
         print(f"[power_freshness] {n} BMCs: power-poll by hand, one sweep, x{cfg['sweeps']}", flush=True)
         res["sweep"] = _sweep_phase(st, cfg)
-        print(f"[power_freshness] {n} BMCs: power-poll on its schedule (window {cfg['window']:.0f} s, each BMC "
-              f"every {cfg['interval']:.0f} s) for {cfg['flow_s']:.0f} s", flush=True)
+        print(
+            f"[power_freshness] {n} BMCs: power-poll on its schedule (window {cfg['window']:.0f} s, each BMC "
+            f"every {cfg['interval']:.0f} s) for {cfg['flow_s']:.0f} s",
+            flush=True,
+        )
         res["flow"] = _flow_phase(st, inv, cfg, n)
     _figures(rep, res, cfg)
     return res
@@ -330,46 +422,137 @@ def _figures(rep: Report, r: dict, cfg: dict) -> None:
     tgt = _age_target(n)
     P = f"{n} BMCs"
     base = f"bare BulkPowerReader loop every {cfg['interval']:.0f} s"
-    rep.add(Figure(f"{P}: p95 age, power-poll", flow["age"]["p95"], bulk["age"]["p95"], "s",
-                   compare="difference", baseline_label=base, target=f"≤ {tgt:.0f} s", passed=flow["age"]["p95"] <= tgt))
-    rep.add(Figure(f"{P}: p50 age, power-poll", flow["age"]["p50"], bulk["age"]["p50"], "s",
-                   compare="difference", baseline_label=base))
-    rep.add(Figure(f"{P}: max age, power-poll", flow["age"]["max"], bulk["age"]["max"], "s",
-                   compare="difference", baseline_label=base))
-    rep.add(Figure(f"{P}: failed reads, power-poll", flow["failed_pct"], bulk["failed_pct"], "%", compare="difference",
-                   baseline_label=base, target="≤ 1 %", passed=flow["failed_pct"] <= 1.0))
+    rep.add(
+        Figure(
+            f"{P}: p95 age, power-poll",
+            flow["age"]["p95"],
+            bulk["age"]["p95"],
+            "s",
+            compare="difference",
+            baseline_label=base,
+            target=f"≤ {tgt:.0f} s",
+            passed=flow["age"]["p95"] <= tgt,
+        )
+    )
+    rep.add(
+        Figure(
+            f"{P}: p50 age, power-poll",
+            flow["age"]["p50"],
+            bulk["age"]["p50"],
+            "s",
+            compare="difference",
+            baseline_label=base,
+        )
+    )
+    rep.add(
+        Figure(
+            f"{P}: max age, power-poll",
+            flow["age"]["max"],
+            bulk["age"]["max"],
+            "s",
+            compare="difference",
+            baseline_label=base,
+        )
+    )
+    rep.add(
+        Figure(
+            f"{P}: failed reads, power-poll",
+            flow["failed_pct"],
+            bulk["failed_pct"],
+            "%",
+            compare="difference",
+            baseline_label=base,
+            target="≤ 1 %",
+            passed=flow["failed_pct"] <= 1.0,
+        )
+    )
     # The issue's "at most 6" is one read per BMC per 10 s, the full size's period. The smoke
     # size reads every 3 s on purpose (to be quick): its figure is shown without the target.
     rpm_target = cfg["interval"] >= 10.0
-    rep.add(Figure(f"{P}: reads per BMC per minute, power-poll", flow["reads_per_bmc_min"], bulk["reads_per_bmc_min"],
-                   "/min", baseline_label=base, target="≤ 6" if rpm_target else "",
-                   passed=flow["reads_per_bmc_min"] <= 6.0 + 0.05 if rpm_target else None,
-                   note="" if rpm_target else f"each BMC read every {cfg['interval']:g} s at this size; the "
-                   "target (≤ 6) holds for the 10 s period of the full size"))
+    rep.add(
+        Figure(
+            f"{P}: reads per BMC per minute, power-poll",
+            flow["reads_per_bmc_min"],
+            bulk["reads_per_bmc_min"],
+            "/min",
+            baseline_label=base,
+            target="≤ 6" if rpm_target else "",
+            passed=flow["reads_per_bmc_min"] <= 6.0 + 0.05 if rpm_target else None,
+            note=""
+            if rpm_target
+            else f"each BMC read every {cfg['interval']:g} s at this size; the "
+            "target (≤ 6) holds for the 10 s period of the full size",
+        )
+    )
     cold, first = bulk["start_and_first_sweep_s"], sweep["first_read_s"]
-    rep.add(Figure(f"{P}: one sweep, first power-poll by hand (read-all-bmcs task)", first, cold, "s",
-                   baseline_label="bare BulkPowerReader loop: reader start + first sweep (logins)",
-                   target="≤ 1.5× the bare loop with metalflow's client", passed=first <= 1.5 * cold,
-                   note=f"of which the bare reader's start {bulk['reader_start_s']:.2f} s"))
+    rep.add(
+        Figure(
+            f"{P}: one sweep, first power-poll by hand (read-all-bmcs task)",
+            first,
+            cold,
+            "s",
+            baseline_label="bare BulkPowerReader loop: reader start + first sweep (logins)",
+            target="≤ 1.5× the bare loop with metalflow's client",
+            passed=first <= 1.5 * cold,
+            note=f"of which the bare reader's start {bulk['reader_start_s']:.2f} s",
+        )
+    )
     warm, again = bulk["warm_sweep_s"]["p50"], sweep["again_read_s"].get("p50")
     if again is not None:
-        rep.add(Figure(f"{P}: one sweep, power-poll by hand again (reader kept)", again, warm, "s",
-                       baseline_label="bare BulkPowerReader loop, warm sweeps",
-                       target="≤ 1.5× the bare loop with metalflow's client", passed=again <= 1.5 * warm,
-                       note="the next by-hand sweep within 2 min reuses the previous one's reader, and within "
-                       "20 s its sessions (as here)"))
-    rep.add(Figure(f"{P}: one sweep, metalflow's client vs stock pyghmi loop", bulk["warm_sweep_s"]["p50"],
-                   stock["warm_sweep_s"]["p50"], "s", baseline_label="bare stock pyghmi loop, warm"))
-    rep.add(Figure(f"{P}: sweep with 1 % silent − clean sweep", silent["warm_sweep_s"]["p50"],
-                   bulk["warm_sweep_s"]["p50"], "s", compare="difference", baseline_label="clean sweep, same loop",
-                   target=f"silent BMCs cost ≤ their deadline ({CALL_TIMEOUT:.0f} s) and only they fail",
-                   passed=silent["warm_sweep_s"]["p50"] - bulk["warm_sweep_s"]["p50"] <= CALL_TIMEOUT + 0.5
-                   and silent["only_silent_failed"]))
-    rep.add(Figure(f"{P}: poller CPU (cores busy), power-poll", flow["cpu_mem"]["cpu_cores_avg"],
-                   bulk["cpu_mem"]["cpu_cores_avg"], "cores", baseline_label=base,
-                   note="serve's process tree: the poll run, its reader workers, the recording"))
-    rep.add(Figure(f"{P}: poller peak memory (PSS), power-poll", flow["cpu_mem"]["peak_pss_mb"],
-                   bulk["cpu_mem"]["peak_pss_mb"], "MB", baseline_label=base))
+        rep.add(
+            Figure(
+                f"{P}: one sweep, power-poll by hand again (reader kept)",
+                again,
+                warm,
+                "s",
+                baseline_label="bare BulkPowerReader loop, warm sweeps",
+                target="≤ 1.5× the bare loop with metalflow's client",
+                passed=again <= 1.5 * warm,
+                note="the next by-hand sweep within 2 min reuses the previous one's reader, and within "
+                "20 s its sessions (as here)",
+            )
+        )
+    rep.add(
+        Figure(
+            f"{P}: one sweep, metalflow's client vs stock pyghmi loop",
+            bulk["warm_sweep_s"]["p50"],
+            stock["warm_sweep_s"]["p50"],
+            "s",
+            baseline_label="bare stock pyghmi loop, warm",
+        )
+    )
+    rep.add(
+        Figure(
+            f"{P}: sweep with 1 % silent − clean sweep",
+            silent["warm_sweep_s"]["p50"],
+            bulk["warm_sweep_s"]["p50"],
+            "s",
+            compare="difference",
+            baseline_label="clean sweep, same loop",
+            target=f"silent BMCs cost ≤ their deadline ({CALL_TIMEOUT:.0f} s) and only they fail",
+            passed=silent["warm_sweep_s"]["p50"] - bulk["warm_sweep_s"]["p50"] <= CALL_TIMEOUT + 0.5
+            and silent["only_silent_failed"],
+        )
+    )
+    rep.add(
+        Figure(
+            f"{P}: poller CPU (cores busy), power-poll",
+            flow["cpu_mem"]["cpu_cores_avg"],
+            bulk["cpu_mem"]["cpu_cores_avg"],
+            "cores",
+            baseline_label=base,
+            note="serve's process tree: the poll run, its reader workers, the recording",
+        )
+    )
+    rep.add(
+        Figure(
+            f"{P}: poller peak memory (PSS), power-poll",
+            flow["cpu_mem"]["peak_pss_mb"],
+            bulk["cpu_mem"]["peak_pss_mb"],
+            "MB",
+            baseline_label=base,
+        )
+    )
     gap = flow["handover_gap_s"]
     rep.profile[f"{P}: power-poll"] = (
         f"each scheduled run polls {cfg['window']:.0f} s, each BMC every {cfg['interval']:.0f} s at its own phase; "
@@ -377,24 +560,28 @@ def _figures(rep: Report, r: dict, cfg: dict) -> None:
         f"{flow['start_delay_s'].get('p50', float('nan')):.2f} s; handover gap between runs p50 "
         f"{gap.get('p50', float('nan')):.2f} s, max {gap.get('max', float('nan')):.2f} s; reads {flow['reads']:.0f}, "
         f"failed {flow['failed']:.0f}, skipped in flight {flow['skipped_in_flight']:.0f}, worker restarts "
-        f"{flow['worker_restarts']:.0f}. Ages run from ~0 to ~the period, plus the recording delay (≤ 0.5 s).")
+        f"{flow['worker_restarts']:.0f}. Ages run from ~0 to ~the period, plus the recording delay (≤ 0.5 s)."
+    )
     if not flow["age"]["p95"] <= tgt:
         rep.findings.append(
             f"{P}: MISS: p95 age {flow['age']['p95']:.1f} s > {tgt:.0f} s. Look at skipped-in-flight reads (the "
             "workers were behind) and the poller's CPU: at this fleet size the reads per second approach what two "
-            "pyghmi processes sustain on this machine; more `power_poll_processes` or a longer period closes it.")
+            "pyghmi processes sustain on this machine; more `power_poll_processes` or a longer period closes it."
+        )
     if not first <= 1.5 * cold:
         rep.findings.append(
             f"{P}: MISS: the first by-hand sweep ({first:.2f} s) is {first / cold:.1f}× the bare loop's reader "
             f"start and first sweep ({cold:.2f} s). Both start two reader processes and log in to every BMC; "
             "the task runs in a thread of the serving process, beside Prefect's own threads, which weighs more "
             "as the logins grow with the fleet. Only the first by-hand poll pays this: the next one within two "
-            "minutes reuses the reader, and the scheduled poller reads each BMC at its phase with its sessions kept.")
+            "minutes reuses the reader, and the scheduled poller reads each BMC at its phase with its sessions kept."
+        )
     if again is not None and not again <= 1.5 * warm:
         rep.findings.append(
             f"{P}: MISS: a by-hand sweep with the kept reader ({again:.2f} s) is {again / warm:.1f}× the bare "
             f"loop's warm sweep ({warm:.2f} s): the difference is the task's own work in the serving process "
-            "(settings, handing the targets to the workers and the readings back, its log).")
+            "(settings, handing the targets to the workers and the readings back, its log)."
+        )
     miss = silent_finding(P, silent, bulk)
     if miss:
         rep.findings.append(miss)
@@ -402,7 +589,8 @@ def _figures(rep: Report, r: dict, cfg: dict) -> None:
         rep.findings.append(
             f"{P}: MISS: power-poll read each BMC {flow['reads_per_bmc_min']:.2f} times a minute (target 6, one "
             f"read per {cfg['interval']:g} s period). Look at the runs' handovers: a watch taken over reads on at "
-            "its phases, a new one reads every BMC at once.")
+            "its phases, a new one reads every BMC at once."
+        )
     if flow["failed_pct"] > 1.0:
         rep.findings.append(f"{P}: MISS: {flow['failed_pct']:.2f} % of power-poll's reads failed (target 1 %).")
 
@@ -412,28 +600,47 @@ def silent_finding(P: str, silent: dict, bulk: dict) -> str | None:
     extra = silent["warm_sweep_s"]["p50"] - bulk["warm_sweep_s"]["p50"]
     if extra <= CALL_TIMEOUT + 0.5 and silent["only_silent_failed"]:
         return None
-    return (f"{P}: MISS: with 1 % of the BMCs silent a sweep took {extra:.2f} s longer than a clean one (target: "
-            f"their {CALL_TIMEOUT:.0f} s deadline, +0.5 s; the warm silent sweeps took "
-            f"{', '.join(f'{v:.2f}' for v in silent['sweep_s'][1:])} s, the clean one {bulk['warm_sweep_s']['p50']:.2f} s)"
-            + ("" if silent["only_silent_failed"] else "; BMCs that answer failed too") +
-            ". A silent BMC costs its deadline from the moment the sweep first tries it, and the silent ones are "
-            "spread through the fleet (every 100th host), so the last of them is tried well into the sweep, "
-            "and each holds one of the reader's in-flight slots for its whole deadline meanwhile. The larger the "
-            "fleet, the longer the clean part of the sweep before the last deadline starts. What would close it: "
-            "trying first the BMCs that failed the previous sweep, so that their deadlines run beside the rest.")
+    return (
+        f"{P}: MISS: with 1 % of the BMCs silent a sweep took {extra:.2f} s longer than a clean one (target: "
+        f"their {CALL_TIMEOUT:.0f} s deadline, +0.5 s; the warm silent sweeps took "
+        f"{', '.join(f'{v:.2f}' for v in silent['sweep_s'][1:])} s, the clean one {bulk['warm_sweep_s']['p50']:.2f} s)"
+        + ("" if silent["only_silent_failed"] else "; BMCs that answer failed too")
+        + ". A silent BMC costs its deadline from the moment the sweep first tries it, and the silent ones are "
+        "spread through the fleet (every 100th host), so the last of them is tried well into the sweep, "
+        "and each holds one of the reader's in-flight slots for its whole deadline meanwhile. The larger the "
+        "fleet, the longer the clean part of the sweep before the last deadline starts. What would close it: "
+        "trying first the BMCs that failed the previous sweep, so that their deadlines run beside the rest."
+    )
 
 
-def run(size: str = "full", out: Path | None = None, server=None, keep: bool = False,
-        database: str | None = None, ns: list[int] | None = None, seconds: float | None = None) -> Report:
+def run(
+    size: str = "full",
+    out: Path | None = None,
+    server=None,
+    keep: bool = False,
+    database: str | None = None,
+    ns: list[int] | None = None,
+    seconds: float | None = None,
+) -> Report:
     cfg = dict(SIZES[size])
     if ns:
         cfg["ns"] = ns
     if seconds:
         cfg["flow_s"] = seconds
-    rep = Report("power_freshness", size, "Power-state freshness: age of each host's recorded power state",
-                 params={"bmcs": cfg["ns"], "period_s": cfg["interval"], "scheduled_run_window_s": cfg["window"],
-                         "measured_s": cfg["flow_s"], "bare_loop_s": cfg["bare_s"],
-                         "reader_processes": PROCESSES, "per_call_timeout_s": CALL_TIMEOUT})
+    rep = Report(
+        "power_freshness",
+        size,
+        "Power-state freshness: age of each host's recorded power state",
+        params={
+            "bmcs": cfg["ns"],
+            "period_s": cfg["interval"],
+            "scheduled_run_window_s": cfg["window"],
+            "measured_s": cfg["flow_s"],
+            "bare_loop_s": cfg["bare_s"],
+            "reader_processes": PROCESSES,
+            "per_call_timeout_s": CALL_TIMEOUT,
+        },
+    )
     results = []
     with workdir("power_freshness", keep) as home, backend(server, home, database) as be:
         rep.params.update(be.describe())

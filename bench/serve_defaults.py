@@ -5,6 +5,7 @@ subprocess per run), with the runner settings of its environment: the baseline o
 
     python -m bench.serve_defaults --flow status --name bench-defaults
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ def main() -> None:
     args = p.parse_args()
     from prefect import serve
 
-    from deployments.registry import ON_DEMAND
+    from metalflow.deployments.registry import ON_DEMAND
 
     flows = {f.name: f for f in ON_DEMAND}
     serve(flows[args.flow].to_deployment(name=args.name, tags=["bench"]), print_starting_message=False)

@@ -1,37 +1,56 @@
 """The Prefect-path pieces the benchmarks share: a ``deployments.stack.Stack`` (lab + metalflow
 served) on a given Prefect server, and readers of flow and task runs with the server's own
 timestamps (so latencies are measured on one clock, the server's)."""
+
 from __future__ import annotations
 
 import contextlib
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import requests
 
-from bench.common import free_block
+from metalflow.bench.common import free_block
 
 
 @contextlib.contextmanager
-def stack(home: Path, api_url: str, *, hosts: int, switches: int = 1, block_from: int, lab_args: Sequence[str] = (),
-          serve_env: dict[str, str] | None = None, schedules: bool = False, serve: bool = True,
-          lab_timeout: float = 180, inventory_url: str | None = None) -> Iterator["object"]:
+def stack(
+    home: Path,
+    api_url: str,
+    *,
+    hosts: int,
+    switches: int = 1,
+    block_from: int,
+    lab_args: Sequence[str] = (),
+    serve_env: dict[str, str] | None = None,
+    schedules: bool = False,
+    serve: bool = True,
+    lab_timeout: float = 180,
+    inventory_url: str | None = None,
+) -> Iterator[object]:
     """A lab of ``hosts`` hosts and ``metalflow serve`` against the server at ``api_url`` (which
     must be up: the benchmarks share one), the inventory at ``inventory_url`` (None: a SQLite
     file under ``home``). Scheduled runs left behind are deleted on exit, so the next benchmark
     on the same server does not inherit a power-poll schedule."""
-    from deployments.stack import Stack
+    from metalflow.deployments.stack import Stack
 
     home.mkdir(parents=True, exist_ok=True)
     env = dict(serve_env or {})
     if inventory_url:
         env["METALFLOW_INVENTORY_URL"] = inventory_url
-    st = Stack(home=home, api_url=api_url, hosts=hosts, switches=switches, block=free_block(block_from),
-               lab_args=tuple(lab_args), serve_env=env)
+    st = Stack(
+        home=home,
+        api_url=api_url,
+        hosts=hosts,
+        switches=switches,
+        block=free_block(block_from),
+        lab_args=tuple(lab_args),
+        serve_env=env,
+    )
     try:
         st.start_lab(timeout=lab_timeout)
         st.setup()
@@ -39,7 +58,7 @@ def stack(home: Path, api_url: str, *, hosts: int, switches: int = 1, block_from
             st.start_serve(timeout=180, extra_args=() if schedules else ("--no-schedules",))
         yield st
     finally:
-        from deployments.stack import _stop
+        from metalflow.deployments.stack import _stop
 
         if st.serve_proc is not None and st.serve_proc.poll() is None:
             wait_idle(st.serve_proc.pid, 30)  # let finished runs' subprocesses exit first
@@ -49,12 +68,13 @@ def stack(home: Path, api_url: str, *, hosts: int, switches: int = 1, block_from
 
 
 def start_process(args: Sequence[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, *args], stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True, env=env
+    )
 
 
 def stop_process(proc: subprocess.Popen | None) -> None:
-    from deployments.stack import _stop
+    from metalflow.deployments.stack import _stop
 
     _stop(proc)
 
@@ -82,7 +102,7 @@ def flow_runs(api_url: str, ids: Sequence[str]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     ids = list(ids)
     for i in range(0, len(ids), 200):
-        for d in _post(api_url, "/flow_runs/filter", {"flow_runs": {"id": {"any_": ids[i:i + 200]}}, "limit": 200}):
+        for d in _post(api_url, "/flow_runs/filter", {"flow_runs": {"id": {"any_": ids[i : i + 200]}}, "limit": 200}):
             out[d["id"]] = d
     return out
 
@@ -90,10 +110,18 @@ def flow_runs(api_url: str, ids: Sequence[str]) -> dict[str, dict]:
 def flow_runs_of(api_url: str, deployment_id: str, since_epoch: float, limit: int = 200) -> list[dict]:
     """Runs of one deployment whose expected start is after ``since_epoch``."""
     since = datetime.fromtimestamp(since_epoch).astimezone().isoformat()
-    return list(_post(api_url, "/flow_runs/filter", {
-        "deployments": {"id": {"any_": [deployment_id]}},
-        "flow_runs": {"expected_start_time": {"after_": since}},
-        "sort": "EXPECTED_START_TIME_ASC", "limit": limit}))
+    return list(
+        _post(
+            api_url,
+            "/flow_runs/filter",
+            {
+                "deployments": {"id": {"any_": [deployment_id]}},
+                "flow_runs": {"expected_start_time": {"after_": since}},
+                "sort": "EXPECTED_START_TIME_ASC",
+                "limit": limit,
+            },
+        )
+    )
 
 
 def task_runs(api_url: str, flow_run_ids: Sequence[str]) -> dict[str, list[dict]]:
@@ -103,9 +131,16 @@ def task_runs(api_url: str, flow_run_ids: Sequence[str]) -> dict[str, list[dict]
     for i in range(0, len(ids), 50):
         offset = 0
         while True:
-            page = _post(api_url, "/task_runs/filter", {"flow_runs": {"id": {"any_": ids[i:i + 50]}},
-                                                        "sort": "EXPECTED_START_TIME_ASC", "limit": 200,
-                                                        "offset": offset})
+            page = _post(
+                api_url,
+                "/task_runs/filter",
+                {
+                    "flow_runs": {"id": {"any_": ids[i : i + 50]}},
+                    "sort": "EXPECTED_START_TIME_ASC",
+                    "limit": 200,
+                    "offset": offset,
+                },
+            )
             for t in page:
                 out.setdefault(t["flow_run_id"], []).append(t)
             if len(page) < 200:
@@ -120,8 +155,9 @@ def delete_scheduled(api_url: str) -> int:
     """Delete every run still Scheduled (auto-scheduled power-poll runs of a stopped stack)."""
     n = 0
     try:
-        runs = _post(api_url, "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
-                                                    "limit": 200})
+        runs = _post(
+            api_url, "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}, "limit": 200}
+        )
         for d in runs:
             requests.delete(f"{api_url}/flow_runs/{d['id']}", timeout=10)
             n += 1
@@ -152,7 +188,7 @@ def wait_idle(pid: int, timeout: float = 60) -> bool:
     """Wait until process ``pid`` has no child processes (e.g. serve's flow run subprocesses
     have exited after reporting their final state); stopping serve before then makes its
     runner mark a run that just completed as Cancelled."""
-    from bench.common import tree
+    from metalflow.bench.common import tree
 
     end = time.monotonic() + timeout
     while time.monotonic() < end:

@@ -15,6 +15,7 @@ the two (one run in flight at a time; the baseline's singles stop after
 run ``created`` to the first task run's ``start_time`` (and to the flow run's start).
 Targets (issue 8): p50 <= 2 s one at a time; p95 <= 10 s in a burst of 50.
 """
+
 from __future__ import annotations
 
 import time
@@ -22,24 +23,30 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from integrations.common import Deadline
-from bench.common import Figure, Report, backend, default_out, main_for, summary, workdir
-from bench.stacks import flow_runs, stack, start_process, stop_process, task_runs, ts, wait_final, wait_idle
+from metalflow.bench.common import Figure, Report, backend, default_out, main_for, summary, workdir
+from metalflow.bench.stacks import flow_runs, stack, start_process, stop_process, task_runs, ts, wait_final, wait_idle
+from metalflow.integrations.common import Deadline
 
-SIZES = {"smoke": {"singles": 1, "baseline_singles": 1, "burst": 2},
-         "full": {"singles": 100, "baseline_singles": 30, "burst": 50}}
+SIZES = {
+    "smoke": {"singles": 1, "baseline_singles": 1, "burst": 2},
+    "full": {"singles": 100, "baseline_singles": 30, "burst": 50},
+}
 VARIANTS = {"metalflow": "status/metalflow", "defaults": "status/bench-defaults"}
 HOST = "host-001"
 
 
 def _trigger(api, deployment: str, tag: str) -> tuple[str, float]:
-    from integrations.prefectapi import idempotency_key
+    from metalflow.integrations.prefectapi import idempotency_key
 
     t = time.perf_counter()
     # A caller rides out a busy SQLite-backed server (503) as CloudStack's extension does: the
     # same idempotency key on every retry, for up to 5 minutes.
-    run = api.create_flow_run(deployment, {"host": HOST}, idempotency_key=idempotency_key("bench", tag, uuid.uuid4().hex),
-                              deadline=Deadline(300))
+    run = api.create_flow_run(
+        deployment,
+        {"host": HOST},
+        idempotency_key=idempotency_key("bench", tag, uuid.uuid4().hex),
+        deadline=Deadline(300),
+    )
     return run.id, time.perf_counter() - t
 
 
@@ -52,31 +59,50 @@ def _latencies(api_url: str, ids: list[str]) -> list[dict]:
         created = ts(r["created"])
         first = next((ts(t["start_time"]) for t in tasks.get(rid, []) if t.get("start_time")), None)
         start = ts(r.get("start_time"))
-        out.append({
-            "id": rid, "state": (r.get("state") or {}).get("type"),
-            "to_first_task_s": None if first is None else first - created,
-            "to_flow_start_s": None if start is None else start - created,
-            "run_s": r.get("total_run_time"),
-        })
+        out.append(
+            {
+                "id": rid,
+                "state": (r.get("state") or {}).get("type"),
+                "to_first_task_s": None if first is None else first - created,
+                "to_flow_start_s": None if start is None else start - created,
+                "run_s": r.get("total_run_time"),
+            }
+        )
     return out
 
 
-def run(size: str = "full", out: Path | None = None, server=None, keep: bool = False,
-        database: str | None = None) -> Report:
+def run(
+    size: str = "full", out: Path | None = None, server=None, keep: bool = False, database: str | None = None
+) -> Report:
     cfg = SIZES[size]
-    rep = Report("trigger_latency", size, "Trigger latency: create_flow_run to the first task running",
-                 params={"singles": cfg["singles"], "baseline_singles": cfg["baseline_singles"],
-                         "burst": cfg["burst"], "flow": "status",
-                         "metalflow": "metalflow serve (threads, claims due runs every 0.5 s)",
-                         "baseline": "serve() with Prefect's defaults (runner poll 10 s)"})
-    with workdir("trigger_latency", keep) as home, backend(server, home, database) as be, \
-            stack(home / "stack", be.api_url, hosts=2, switches=1, block_from=74,
-                  inventory_url=be.inventory_url("trigger")) as st:
-        from integrations.prefectapi import PrefectApi
+    rep = Report(
+        "trigger_latency",
+        size,
+        "Trigger latency: create_flow_run to the first task running",
+        params={
+            "singles": cfg["singles"],
+            "baseline_singles": cfg["baseline_singles"],
+            "burst": cfg["burst"],
+            "flow": "status",
+            "metalflow": "metalflow serve (threads, claims due runs every 0.5 s)",
+            "baseline": "serve() with Prefect's defaults (runner poll 10 s)",
+        },
+    )
+    with (
+        workdir("trigger_latency", keep) as home,
+        backend(server, home, database) as be,
+        stack(
+            home / "stack", be.api_url, hosts=2, switches=1, block_from=74, inventory_url=be.inventory_url("trigger")
+        ) as st,
+    ):
+        from metalflow.integrations.prefectapi import PrefectApi
 
         env = {k: v for k, v in st.env.items() if not k.startswith("PREFECT_RUNNER_")}
-        baseline = start_process(["-m", "bench.serve_defaults", "--flow", "status", "--name", "bench-defaults"],
-                                 env, home / "serve-defaults.log")
+        baseline = start_process(
+            ["-m", "metalflow.bench.serve_defaults", "--flow", "status", "--name", "bench-defaults"],
+            env,
+            home / "serve-defaults.log",
+        )
         try:
             rep.params.update(be.describe())
             api = PrefectApi(be.api_url)
@@ -85,9 +111,11 @@ def run(size: str = "full", out: Path | None = None, server=None, keep: bool = F
                 try:
                     api.deployment_id(VARIANTS["defaults"])
                     break
-                except Exception:
+                except Exception:  # noqa: BLE001 - reported as data
                     if time.monotonic() > end or baseline.poll() is not None:
-                        raise RuntimeError(f"the baseline serve did not come up; see {home / 'serve-defaults.log'}")
+                        raise RuntimeError(
+                            f"the baseline serve did not come up; see {home / 'serve-defaults.log'}"
+                        ) from None
                     time.sleep(0.5)
             # One untimed run each: the first run of a served deployment pays one-off costs.
             warm = [_trigger(api, dep, "warm")[0] for dep in VARIANTS.values()]
@@ -112,10 +140,15 @@ def run(size: str = "full", out: Path | None = None, server=None, keep: bool = F
             for variant, dep in VARIANTS.items():
                 t = time.perf_counter()
                 with ThreadPoolExecutor(cfg["burst"]) as pool:
-                    got = list(pool.map(lambda k: _trigger(PrefectApi(be.api_url), dep, f"burst-{variant}-{k}"),
-                                        range(cfg["burst"])))
-                burst_create[variant] = {"all_created_s": time.perf_counter() - t,
-                                         "per_call": summary([g[1] for g in got])}
+                    got = list(
+                        pool.map(
+                            lambda k: _trigger(PrefectApi(be.api_url), dep, f"burst-{variant}-{k}"), range(cfg["burst"])
+                        )
+                    )
+                burst_create[variant] = {
+                    "all_created_s": time.perf_counter() - t,
+                    "per_call": summary([g[1] for g in got]),
+                }
                 bursts[variant] = [g[0] for g in got]
                 wait_final(api, bursts[variant], 600)
             single_lat = {v: _latencies(be.api_url, ids) for v, ids in singles.items()}
@@ -131,23 +164,71 @@ def run(size: str = "full", out: Path | None = None, server=None, keep: bool = F
     s = {v: summary(pick(rows)) for v, rows in single_lat.items()}
     b = {v: summary(pick(rows)) for v, rows in burst_lat.items()}
     failed = {v: sum(1 for r in single_lat[v] + burst_lat[v] if r["state"] != "COMPLETED") for v in VARIANTS}
-    rep.add(Figure("one at a time: p50 to first task", s["metalflow"]["p50"], s["defaults"]["p50"], "s",
-                   baseline_label="Prefect defaults", target="p50 ≤ 2 s", passed=s["metalflow"]["p50"] <= 2.0))
-    rep.add(Figure("one at a time: p95 to first task", s["metalflow"]["p95"], s["defaults"]["p95"], "s",
-                   baseline_label="Prefect defaults"))
-    rep.add(Figure(f"burst of {cfg['burst']}: p50 to first task", b["metalflow"]["p50"], b["defaults"]["p50"], "s",
-                   baseline_label="Prefect defaults"))
-    rep.add(Figure(f"burst of {cfg['burst']}: p95 to first task", b["metalflow"]["p95"], b["defaults"]["p95"], "s",
-                   baseline_label="Prefect defaults", target="p95 ≤ 10 s", passed=b["metalflow"]["p95"] <= 10.0))
-    rep.add(Figure("runs not Completed", failed["metalflow"], failed["defaults"], "runs", compare="difference",
-                   baseline_label="Prefect defaults", target="0", passed=failed["metalflow"] == 0))
-    rep.data.update({
-        "singles": single_lat, "bursts": burst_lat, "single_summary_s": s, "burst_summary_s": b,
-        "single_to_flow_start_s": {v: summary(pick(r, "to_flow_start_s")) for v, r in single_lat.items()},
-        "burst_to_flow_start_s": {v: summary(pick(r, "to_flow_start_s")) for v, r in burst_lat.items()},
-        "create_call_s": {v: summary(x) for v, x in create_s.items()}, "burst_create": burst_create,
-        "singles_wall_s": singles_wall,
-    })
+    rep.add(
+        Figure(
+            "one at a time: p50 to first task",
+            s["metalflow"]["p50"],
+            s["defaults"]["p50"],
+            "s",
+            baseline_label="Prefect defaults",
+            target="p50 ≤ 2 s",
+            passed=s["metalflow"]["p50"] <= 2.0,
+        )
+    )
+    rep.add(
+        Figure(
+            "one at a time: p95 to first task",
+            s["metalflow"]["p95"],
+            s["defaults"]["p95"],
+            "s",
+            baseline_label="Prefect defaults",
+        )
+    )
+    rep.add(
+        Figure(
+            f"burst of {cfg['burst']}: p50 to first task",
+            b["metalflow"]["p50"],
+            b["defaults"]["p50"],
+            "s",
+            baseline_label="Prefect defaults",
+        )
+    )
+    rep.add(
+        Figure(
+            f"burst of {cfg['burst']}: p95 to first task",
+            b["metalflow"]["p95"],
+            b["defaults"]["p95"],
+            "s",
+            baseline_label="Prefect defaults",
+            target="p95 ≤ 10 s",
+            passed=b["metalflow"]["p95"] <= 10.0,
+        )
+    )
+    rep.add(
+        Figure(
+            "runs not Completed",
+            failed["metalflow"],
+            failed["defaults"],
+            "runs",
+            compare="difference",
+            baseline_label="Prefect defaults",
+            target="0",
+            passed=failed["metalflow"] == 0,
+        )
+    )
+    rep.data.update(
+        {
+            "singles": single_lat,
+            "bursts": burst_lat,
+            "single_summary_s": s,
+            "burst_summary_s": b,
+            "single_to_flow_start_s": {v: summary(pick(r, "to_flow_start_s")) for v, r in single_lat.items()},
+            "burst_to_flow_start_s": {v: summary(pick(r, "to_flow_start_s")) for v, r in burst_lat.items()},
+            "create_call_s": {v: summary(x) for v, x in create_s.items()},
+            "burst_create": burst_create,
+            "singles_wall_s": singles_wall,
+        }
+    )
     _explain(rep, s, b, cfg, rep.data)
 
     def plot(fig) -> None:
@@ -175,11 +256,13 @@ def _explain(rep: Report, s: dict, b: dict, cfg: dict, data: dict) -> None:
     ft = s["metalflow"]["p50"]
     rep.profile["one at a time, metalflow, p50"] = (
         f"created → flow run Running {fs:.2f} s (serve's poll, claim and thread start), Running → first task "
-        f"{ft - fs:.2f} s (flow import, settings, inventory)")
+        f"{ft - fs:.2f} s (flow import, settings, inventory)"
+    )
     bs = data["burst_to_flow_start_s"]["metalflow"]["p95"]
     rep.profile[f"burst of {cfg['burst']}, metalflow, p95"] = (
         f"created → flow run Running {bs:.2f} s; → first task {b['metalflow']['p95']:.2f} s; all "
-        f"create_flow_run calls took {data['burst_create']['metalflow']['all_created_s']:.2f} s")
+        f"create_flow_run calls took {data['burst_create']['metalflow']['all_created_s']:.2f} s"
+    )
     for f in findings(s, b, cfg, data, rep.params.get("prefect_database", "?"), rep.machine["cores"]):
         rep.findings.append(f)
 
@@ -191,7 +274,8 @@ def findings(s: dict, b: dict, cfg: dict, data: dict, database: str, cores: int)
         out.append(
             f"One at a time p50 is {s['metalflow']['p50']:.2f} s (target 2 s). Runs are threads of metalflow serve, "
             "claimed every 0.5 s: look at created → Running in the profile (the server's state transitions) "
-            "against Running → first task (the flow's own start).")
+            "against Running → first task (the flow's own start)."
+        )
     if b["metalflow"]["p95"] <= 10.0:
         return out
     bs = data["burst_to_flow_start_s"]["metalflow"]["p95"]
@@ -200,7 +284,8 @@ def findings(s: dict, b: dict, cfg: dict, data: dict, database: str, cores: int)
             f"Burst p95 is {b['metalflow']['p95']:.2f} s (target 10 s) on a Prefect server backed by {database}; "
             f"created → Running took {bs:.1f} s (p95), the create calls "
             f"{data['burst_create']['metalflow']['all_created_s']:.1f} s. On SQLite look for 503 'database is "
-            "locked' in the server's log: its one writer serialises the burst.")
+            "locked' in the server's log: its one writer serialises the burst."
+        )
     else:
         out.append(
             f"Burst p95 is {b['metalflow']['p95']:.2f} s (target 10 s) on a Prefect server backed by {database}. "
@@ -215,8 +300,10 @@ def findings(s: dict, b: dict, cfg: dict, data: dict, database: str, cores: int)
             "(30 + 20) changed nothing. What would close it: find where the Prefect server's flow-run state "
             "transitions serialise on PostgreSQL (outside metalflow's code), or give the server cores of its own. "
             "SQLite remains the better backend for an installation whose bursts stay small, at the price of the "
-            "503s that failed runs in the provisioning wave (see provision_concurrency).")
+            "503s that failed runs in the provisioning wave (see provision_concurrency)."
+        )
     return out
+
 
 def main() -> None:
     main_for(run, __doc__)

@@ -1,4 +1,5 @@
 """The ``metalflow`` command."""
+
 from __future__ import annotations
 
 import json
@@ -6,18 +7,16 @@ import os
 import signal
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from lab.cli import app as lab_app
+from metalflow.lab.cli import app as lab_app
 
-app = typer.Typer(help="metalflow: bare-metal provisioning for Apache CloudStack, on Prefect.",
-                  no_args_is_help=True)
+app = typer.Typer(help="metalflow: bare-metal provisioning for Apache CloudStack, on Prefect.", no_args_is_help=True)
 app.add_typer(lab_app, name="lab")
 console = Console()
 
@@ -28,12 +27,16 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 @app.command()
-def serve(schedules: bool = typer.Option(True, help="Run power-poll and audit on their schedules."),
-          limit: Optional[int] = typer.Option(None, help="At most this many runs at once."),
-          isolated: bool = typer.Option(False, help="Run each flow run in a subprocess of its own (Prefect's "
-                                                    "serve) instead of a thread of this process.")) -> None:
+def serve(
+    schedules: bool = typer.Option(True, help="Run power-poll and audit on their schedules."),
+    limit: int | None = typer.Option(None, help="At most this many runs at once."),
+    isolated: bool = typer.Option(
+        False,
+        help="Run each flow run in a subprocess of its own (Prefect's serve) instead of a thread of this process.",
+    ),
+) -> None:
     """Serve every deployment (<flow>/metalflow) against PREFECT_API_URL until interrupted."""
-    from deployments.registry import serve_all
+    from metalflow.deployments.registry import serve_all
 
     serve_all(schedules=schedules, limit=limit, isolated=isolated)
 
@@ -42,12 +45,15 @@ def serve(schedules: bool = typer.Option(True, help="Run power-poll and audit on
 def deploy(
     pool: str = typer.Option("metalflow", help="Process work pool (made if missing)"),
     schedules: bool = typer.Option(True, help="Register power-poll and audit with their schedules."),
-    crash_after: float = typer.Option(600.0, help="Mark a run Crashed after this many seconds without a "
-                                                "heartbeat (a worker died); at least 3 heartbeat intervals of "
-                                                "every runner (Prefect's default interval: 180 s). 0: no automation."),
+    crash_after: float = typer.Option(
+        600.0,
+        help="Mark a run Crashed after this many seconds without a "
+        "heartbeat (a worker died); at least 3 heartbeat intervals of "
+        "every runner (Prefect's default interval: 180 s). 0: no automation.",
+    ),
 ) -> None:
     """Register every deployment (<flow>/metalflow) on a process work pool for `metalflow worker`s."""
-    from deployments.workers import deploy_all
+    from metalflow.deployments.workers import deploy_all
 
     try:
         ids = deploy_all(pool=pool, schedules=schedules, crash_after=crash_after or None)
@@ -61,13 +67,14 @@ def deploy(
 @app.command()
 def worker(
     pool: str = typer.Option("metalflow", help="Work pool to pull runs from"),
-    name: Optional[str] = typer.Option(None, help="Worker name (default: Prefect's, from the host name)"),
-    limit: Optional[int] = typer.Option(None, help="At most this many runs at once on this machine "
-                                                   "(each run is a process of about 90 MB)"),
+    name: str | None = typer.Option(None, help="Worker name (default: Prefect's, from the host name)"),
+    limit: int | None = typer.Option(
+        None, help="At most this many runs at once on this machine (each run is a process of about 90 MB)"
+    ),
 ) -> None:
     """Run a Prefect process worker for metalflow's pool (`prefect worker start`), with a short
     poll interval and the flow-run heartbeats the crash automation watches."""
-    from deployments.workers import worker_command, worker_env
+    from metalflow.deployments.workers import worker_command, worker_env
 
     cmd = worker_command(pool, name=name, limit=limit)
     console.print(" ".join(cmd))
@@ -75,13 +82,16 @@ def worker(
 
 
 @app.command("setup-lab")
-def setup_lab_cmd(manifest: Optional[Path] = typer.Option(None, "--manifest", "-m")) -> None:
+def setup_lab_cmd(manifest: Path | None = typer.Option(None, "--manifest", "-m")) -> None:
     """Point metalflow at a running lab: secrets, settings and the inventory."""
-    from deployments.labsetup import setup_lab
-    from lab.cli import default_manifest
+    from metalflow.deployments.labsetup import setup_lab
+    from metalflow.lab.cli import default_manifest
 
     summary = setup_lab(manifest or default_manifest())
-    console.print(f"inventory: {summary.changes} changes; settings in {os.environ.get('METALFLOW_HOME', '~/.metalflow')}/config.json")
+    console.print(
+        f"inventory: {summary.changes} changes; "
+        f"settings in {os.environ.get('METALFLOW_HOME', '~/.metalflow')}/config.json"
+    )
 
 
 def _parse_params(pairs: list[str]) -> dict:
@@ -89,7 +99,7 @@ def _parse_params(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            _fail(f"--param {pair!r}: write it as key=value (value may be JSON, e.g. vm='{{\"name\": \"web-01\"}}')", 2)
+            _fail(f'--param {pair!r}: write it as key=value (value may be JSON, e.g. vm=\'{{"name": "web-01"}}\')', 2)
         try:
             params[key] = json.loads(value)
         except ValueError:
@@ -101,20 +111,21 @@ def _parse_params(pairs: list[str]) -> dict:
 def trigger(
     flow: str = typer.Argument(..., help="Flow name, e.g. provision (deployment <flow>/metalflow)"),
     param: list[str] = typer.Option([], "--param", "-p", help="key=value; JSON values allowed"),
-    key: Optional[str] = typer.Option(None, help="Idempotency key (default: derived from flow and parameters)"),
+    key: str | None = typer.Option(None, help="Idempotency key (default: derived from flow and parameters)"),
     wait: bool = typer.Option(True, help="Wait for the run's final state"),
     timeout: float = typer.Option(3600, help="How long to wait"),
 ) -> None:
     """Start a run through the Prefect REST API (idempotent, retries 503s)."""
-    from integrations.common import Deadline
-    from integrations.prefectapi import PrefectApi, PrefectApiError, idempotency_key
+    from metalflow.integrations.common import Deadline
+    from metalflow.integrations.prefectapi import PrefectApi, PrefectApiError, idempotency_key
 
     params = _parse_params(param)
     api = PrefectApi()
     deployment = flow if "/" in flow else f"{flow}/metalflow"
     try:
-        run = api.create_flow_run(deployment, params, idempotency_key=key or idempotency_key(
-            deployment, json.dumps(params, sort_keys=True)))
+        run = api.create_flow_run(
+            deployment, params, idempotency_key=key or idempotency_key(deployment, json.dumps(params, sort_keys=True))
+        )
         console.print(f"run [bold]{run.name}[/bold] ({run.id}): {run.state_name}")
         if wait:
             with console.status(f"waiting for {run.name}..."):
@@ -136,9 +147,9 @@ def register(
     with a progress bar; the runs go in parallel, each host under its own lock."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from integrations.common import Deadline
-    from integrations.prefectapi import PrefectApi, PrefectApiError, idempotency_key
-    from tasks.clients import inventory
+    from metalflow.integrations.common import Deadline
+    from metalflow.integrations.prefectapi import PrefectApi, PrefectApiError, idempotency_key
+    from metalflow.tasks.clients import inventory
 
     if not names:
         names = [h.name for h in inventory().list_hosts() if all_hosts or not h.maas_system_id]
@@ -148,14 +159,23 @@ def register(
     api = PrefectApi()
     stamp = str(int(time.time()))
     try:
-        runs = {n: api.create_flow_run("register-host/metalflow", {"host": n},
-                                       idempotency_key=idempotency_key("register", n, stamp)) for n in names}
+        runs = {
+            n: api.create_flow_run(
+                "register-host/metalflow", {"host": n}, idempotency_key=idempotency_key("register", n, stamp)
+            )
+            for n in names
+        }
     except PrefectApiError as exc:
         _fail(str(exc))
     deadline = Deadline(timeout)
     failed: list[str] = []
-    columns = (TextColumn("register-host"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.description}"))
+    columns = (
+        TextColumn("register-host"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+    )
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("", total=len(runs))
         pending = dict(runs)
@@ -180,21 +200,28 @@ def register(
 @app.command()
 def hosts() -> None:
     """The inventory: hosts, their MAAS machine, VM, power state and its age, maintenance."""
-    from tasks.clients import inventory
+    from metalflow.tasks.clients import inventory
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     t = Table("host", "CloudStack id", "MAAS", "VM", "power", "age", "maintenance")
     for h in inventory().list_hosts():
         age = f"{(now - h.power_state_at).total_seconds():.0f} s" if h.power_state_at else "never"
-        t.add_row(h.name, h.cloudstack_id or "", h.maas_system_id or "-", h.last_vm_name or "-", h.power_state,
-                  age, f"yes: {h.maintenance_reason}" if h.maintenance else "")
+        t.add_row(
+            h.name,
+            h.cloudstack_id or "",
+            h.maas_system_id or "-",
+            h.last_vm_name or "-",
+            h.power_state,
+            age,
+            f"yes: {h.maintenance_reason}" if h.maintenance else "",
+        )
     console.print(t)
 
 
 @app.command()
 def events(host: str, limit: int = typer.Option(50)) -> None:
     """A host's event journal, newest first."""
-    from tasks.clients import inventory
+    from metalflow.tasks.clients import inventory
 
     t = Table("time", "operation", "step", "system", "outcome", "detail")
     for e in inventory().events(host, limit=limit):
@@ -210,7 +237,7 @@ def demo(
 ) -> None:
     """The main job on the embedded default: a local Prefect server, the lab, metalflow served,
     then register, provision, stop, start, plug-nic and destroy triggered over the REST API."""
-    from deployments.demo import run_demo
+    from metalflow.deployments.demo import run_demo
 
     code = run_demo(hosts=hosts_, port=port, stay=stay, console=console)
     raise typer.Exit(code)

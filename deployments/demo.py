@@ -1,4 +1,5 @@
 """``metalflow demo``: everything on one machine, one host's whole life over the REST API."""
+
 from __future__ import annotations
 
 import time
@@ -6,10 +7,10 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from deployments.stack import Stack
-from integrations.common import Deadline
-from integrations.prefectapi import PrefectApi, idempotency_key
-from tasks.settings import metalflow_home
+from metalflow.deployments.stack import Stack
+from metalflow.integrations.common import Deadline
+from metalflow.integrations.prefectapi import PrefectApi, idempotency_key
+from metalflow.tasks.settings import metalflow_home
 
 
 def run_demo(*, hosts: int, port: int, stay: bool, console: Console) -> int:
@@ -22,8 +23,10 @@ def run_demo(*, hosts: int, port: int, stay: bool, console: Console) -> int:
         console.print(f"Prefect server: {stack.server.ui_url}")
         with console.status("starting the lab (MAAS, BMCs, switches)..."):
             manifest = stack.start_lab()
-        console.print(f"lab: {hosts} hosts, MAAS {manifest['maas']['url']}, switches "
-                      + ", ".join(f"{s['name']} ({s['type']})" for s in manifest["switches"]))
+        console.print(
+            f"lab: {hosts} hosts, MAAS {manifest['maas']['url']}, switches "
+            + ", ".join(f"{s['name']} ({s['type']})" for s in manifest["switches"])
+        )
         with console.status("importing the lab into metalflow's inventory..."):
             summary = stack.setup()
         console.print(f"inventory: {summary.changes} changes")
@@ -32,10 +35,14 @@ def run_demo(*, hosts: int, port: int, stay: bool, console: Console) -> int:
         api = PrefectApi(stack.api_url)
         host = manifest["hosts"][1 if hosts > 1 else 0]  # a two-NIC host: the bond is shown too
         name = host["name"]
-        vm = {"name": "web-01", "uuid": "demo-vm-0001", "image": "ubuntu/jammy",
-              "nics": [{"vlan": 100, "default": True}],
-              "owner": {"account": "acct-1", "domain": "dom-1", "project": ""},
-              "ssh_keys": []}
+        vm = {
+            "name": "web-01",
+            "uuid": "demo-vm-0001",
+            "image": "ubuntu/jammy",
+            "nics": [{"vlan": 100, "default": True}],
+            "owner": {"account": "acct-1", "domain": "dom-1", "project": ""},
+            "ssh_keys": [],
+        }
         plan = [
             ("register-host", {"host": name}),
             ("provision", {"host": name, "vm": vm}),
@@ -47,8 +54,7 @@ def run_demo(*, hosts: int, port: int, stay: bool, console: Console) -> int:
         stamp = str(int(time.time()))
         for flow, params in plan:
             t0 = time.monotonic()
-            run = api.create_flow_run(f"{flow}/metalflow", params,
-                                      idempotency_key=idempotency_key("demo", stamp, flow))
+            run = api.create_flow_run(f"{flow}/metalflow", params, idempotency_key=idempotency_key("demo", stamp, flow))
             with console.status(f"{run.name}..."):
                 run = api.wait(run.id, Deadline(600))
             steps.append((run.name, run.state_name, run.message, time.monotonic() - t0))
@@ -70,9 +76,11 @@ def run_demo(*, hosts: int, port: int, stay: bool, console: Console) -> int:
         console.print(f"Lab state:  metalflow lab state --manifest {stack.manifest_path}")
         console.print(f"Inventory:  METALFLOW_HOME={home} metalflow hosts   |   metalflow events {name}")
         if stay:
-            console.print("Everything stays up: explore the UI, rerun runs, trigger more "
-                          "(PREFECT_API_URL=" + stack.api_url + " metalflow trigger ...). Ctrl-C to stop.")
-            from deployments.cli import wait_forever
+            console.print(
+                "Everything stays up: explore the UI, rerun runs, trigger more "
+                "(PREFECT_API_URL=" + stack.api_url + " metalflow trigger ...). Ctrl-C to stop."
+            )
+            from metalflow.deployments.cli import wait_forever
 
             wait_forever()
         return 0 if ok else 1

@@ -1,14 +1,15 @@
 """Point metalflow at a running lab: secrets into Prefect Secret blocks, settings into
 ``$METALFLOW_HOME/config.json``, the lab's rack config and hosts into the inventory."""
+
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
 
-from integrations.cloudstack import load_rack_config
-from integrations.inventory import HostRecord, ImportSummary, Inventory
-from tasks.settings import metalflow_home
+from metalflow.integrations.cloudstack import load_rack_config
+from metalflow.integrations.inventory import HostRecord, ImportSummary, Inventory
+from metalflow.tasks.settings import metalflow_home
 
 CREDENTIALS_BLOCK = "lab-credentials"
 MAAS_BLOCK = "metalflow-maas"
@@ -16,7 +17,9 @@ MAAS_BLOCK = "metalflow-maas"
 
 def lab_settings(manifest: dict, inventory_url: str) -> dict:
     t = manifest.get("timing", {})
-    phase = max(60.0, 4 * max(t.get("deploy", 2), t.get("commission", 1), t.get("erase", 1), 1) + t.get("node_timeout", 15))
+    phase = max(
+        60.0, 4 * max(t.get("deploy", 2), t.get("commission", 1), t.get("erase", 1), 1) + t.get("node_timeout", 15)
+    )
     return {
         "inventory_url": inventory_url,
         "maas_settings_ref": f"block:{MAAS_BLOCK}",
@@ -52,15 +55,26 @@ def setup_lab(manifest_path: Path, *, inventory_url: str | None = None, home: Pa
     rack = load_rack_config(manifest["rack_config"])
     records = [
         HostRecord(
-            name=h["name"], cloudstack_id=str(h["cloudstack_id"]), ipmi_address=h["ipmi"]["address"],
-            ipmi_port=h["ipmi"]["port"], ipmi_username=h["ipmi"]["username"],
-            ipmi_credential_ref=f"block:{CREDENTIALS_BLOCK}#{h['name']}", macs=tuple(h["macs"]),
-            cpu_count=h["cpu_count"], memory_mb=h["memory_mb"], arch=h["arch"],
+            name=h["name"],
+            cloudstack_id=str(h["cloudstack_id"]),
+            ipmi_address=h["ipmi"]["address"],
+            ipmi_port=h["ipmi"]["port"],
+            ipmi_username=h["ipmi"]["username"],
+            ipmi_credential_ref=f"block:{CREDENTIALS_BLOCK}#{h['name']}",
+            macs=tuple(h["macs"]),
+            cpu_count=h["cpu_count"],
+            memory_mb=h["memory_mb"],
+            arch=h["arch"],
         )
         for h in manifest["hosts"]
     ]
     names = {s["address"]: s["name"] for s in manifest["switches"]}
     inv = Inventory(inventory_url)
     inv.upgrade()
-    return inv.import_rack_config(rack, records, switch_names=names, pxe_vlan=manifest["maas"]["pxe_vlan"],
-                                  switch_credential_ref=lambda name: f"block:{CREDENTIALS_BLOCK}#{name}")
+    return inv.import_rack_config(
+        rack,
+        records,
+        switch_names=names,
+        pxe_vlan=manifest["maas"]["pxe_vlan"],
+        switch_credential_ref=lambda name: f"block:{CREDENTIALS_BLOCK}#{name}",
+    )

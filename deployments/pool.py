@@ -29,6 +29,7 @@ What this loop does, and what Prefect's runner does that it keeps:
 A process that dies takes its runs with it, as with ``serve``; runs left Running are marked
 Crashed by the heartbeat automation (``metalflow deploy --crash-after``) or by an operator.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -38,7 +39,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -77,8 +78,7 @@ class PooledRunner:
     """Runs the flow runs of ``served``, a list of (flow, ``flow.to_deployment(...)``), in threads
     of this process. ``run()`` blocks until SIGINT/SIGTERM or ``stop()``."""
 
-    def __init__(self, served: list[tuple], *, limit: int | None = None, poll: float = 0.5,
-                 cancel_check: float = 2.0):
+    def __init__(self, served: list[tuple], *, limit: int | None = None, poll: float = 0.5, cancel_check: float = 2.0):
         if limit is not None and limit < 1:
             raise ValueError("limit: at least 1 (or None for no limit)")
         self.served = list(served)
@@ -142,8 +142,10 @@ class PooledRunner:
         if not slots:
             return
         due = client.get_scheduled_flow_runs_for_deployments(
-            deployment_ids=list(self._flows), scheduled_before=datetime.now(timezone.utc) + timedelta(seconds=0.2),
-            limit=min(slots, 200))
+            deployment_ids=list(self._flows),
+            scheduled_before=datetime.now(UTC) + timedelta(seconds=0.2),
+            limit=min(slots, 200),
+        )
         for run in sorted(due, key=lambda r: r.next_scheduled_start_time or r.expected_start_time or r.created):
             with self._lock:
                 if run.id in self._active:
@@ -184,7 +186,7 @@ class PooledRunner:
                 run_flow(flow, flow_run=run, return_type="state")
         except RunCancelled:
             cancelled = True  # raised outside the flow's body (in the engine itself)
-        except BaseException as exc:  # noqa: BLE001 - the engine records the run's state; log the rest
+        except BaseException as exc:
             log.exception("flow run %s ended with %s outside the engine", run.name, type(exc).__name__)
         finally:
             with self._lock:
@@ -193,16 +195,24 @@ class PooledRunner:
                 self._mark_cancelled(run)
 
     def _cancel_requested(self, client) -> None:
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterState, \
-            FlowRunFilterStateType
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterId,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
         from prefect.client.schemas.objects import StateType
 
         with self._lock:
             ids = [a.run_id for a in self._active.values() if a.cancel_sent is None]
         if not ids:
             return
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=ids), state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLING]))))
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=ids),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLING])),
+            )
+        )
         for r in runs:
             with self._lock:
                 active = self._active.get(r.id)
@@ -220,8 +230,11 @@ class PooledRunner:
             with get_client(sync_client=True) as client:
                 current = client.read_flow_run(run.id).state
                 detail = f" ({current.message})" if current is not None and current.message else ""
-                client.set_flow_run_state(run.id, Cancelled(message=f"cancelled by an operator; what the run "
-                                                                    f"changed was rolled back{detail}"), force=True)
+                client.set_flow_run_state(
+                    run.id,
+                    Cancelled(message=f"cancelled by an operator; what the run changed was rolled back{detail}"),
+                    force=True,
+                )
         except Exception as exc:  # noqa: BLE001
             log.warning("flow run %s: could not mark it Cancelled: %s", run.name, exc)
 

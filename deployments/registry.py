@@ -1,4 +1,5 @@
 """Every metalflow deployment, named ``<flow>/metalflow``, with its schedule."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -6,15 +7,15 @@ from datetime import timedelta
 from prefect import serve
 from prefect.schedules import Interval
 
-from flows.audit import audit
-from flows.bulk import bulk_provision
-from flows.destroy import destroy
-from flows.nics import plug_nic, unplug_nic
-from flows.poll import power_poll
-from flows.power import reboot, start, status, stop
-from flows.provision import provision
-from flows.register import register_host
-from tasks.settings import Settings, settings
+from metalflow.flows.audit import audit
+from metalflow.flows.bulk import bulk_provision
+from metalflow.flows.destroy import destroy
+from metalflow.flows.nics import plug_nic, unplug_nic
+from metalflow.flows.poll import power_poll
+from metalflow.flows.power import reboot, start, status, stop
+from metalflow.flows.provision import provision
+from metalflow.flows.register import register_host
+from metalflow.tasks.settings import Settings, settings
 
 DEPLOYMENT = "metalflow"
 
@@ -29,13 +30,31 @@ def served(cfg: Settings | None = None, *, schedules: bool = True) -> list[tuple
     # Each scheduled power-poll run polls for the whole interval (its window), so one
     # long-running poller is always at work; the window rides on the schedule, not on the
     # deployment, so a run triggered by hand is still one quick sweep.
-    out.append((power_poll, power_poll.to_deployment(
-        name=DEPLOYMENT, tags=["metalflow"],
-        schedules=[Interval(timedelta(seconds=cfg.power_poll_interval),
-                            parameters={"window": cfg.power_poll_interval})] if schedules else None)))
-    out.append((audit, audit.to_deployment(
-        name=DEPLOYMENT, tags=["metalflow"], parameters={"repair": False},
-        interval=timedelta(seconds=cfg.audit_interval) if schedules else None)))
+    out.append(
+        (
+            power_poll,
+            power_poll.to_deployment(
+                name=DEPLOYMENT,
+                tags=["metalflow"],
+                schedules=[
+                    Interval(timedelta(seconds=cfg.power_poll_interval), parameters={"window": cfg.power_poll_interval})
+                ]
+                if schedules
+                else None,
+            ),
+        )
+    )
+    out.append(
+        (
+            audit,
+            audit.to_deployment(
+                name=DEPLOYMENT,
+                tags=["metalflow"],
+                parameters={"repair": False},
+                interval=timedelta(seconds=cfg.audit_interval) if schedules else None,
+            ),
+        )
+    )
     return out
 
 
@@ -51,8 +70,8 @@ def serve_all(*, schedules: bool = True, limit: int | None = None, isolated: boo
     if isolated:
         serve(*deployments(schedules=schedules), limit=limit, print_starting_message=False)
         return
-    from deployments import tlscache
-    from deployments.pool import PooledRunner
+    from metalflow.deployments import tlscache
+    from metalflow.deployments.pool import PooledRunner
 
     tlscache.install()  # every run's Prefect clients in this one process share their TLS contexts
     PooledRunner(served(schedules=schedules), limit=limit).run()

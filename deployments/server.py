@@ -1,4 +1,5 @@
 """Find the Prefect server, or start a local one (the embedded default)."""
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from integrations.prefectapi import PrefectApi
+from metalflow.integrations.prefectapi import PrefectApi
 
 
 @dataclass
@@ -48,7 +49,8 @@ def server_env(api_url: str, home: Path, extra: dict[str, str] | None = None) ->
         # A run waiting for a host's lock is told when to ask again; Prefect caps that at 30 s,
         # which leaves a host idle long after the previous operation released it.
         PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS=env.get(
-            "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS", "5"),
+            "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS", "5"
+        ),
     )
     env.update(extra or {})
     if env.get("PREFECT_API_DATABASE_CONNECTION_URL", "").startswith("postgresql"):
@@ -61,12 +63,15 @@ def server_env(api_url: str, home: Path, extra: dict[str, str] | None = None) ->
 
 
 #: The server's database pool on PostgreSQL, unless the environment says otherwise.
-SERVER_POOL = {"PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "20",
-               "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "20"}
+SERVER_POOL = {
+    "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "20",
+    "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "20",
+}
 
 
-def ensure_server(api_url: str, home: Path, *, timeout: float = 90.0,
-                  extra_env: dict[str, str] | None = None) -> LocalServer:
+def ensure_server(
+    api_url: str, home: Path, *, timeout: float = 90.0, extra_env: dict[str, str] | None = None
+) -> LocalServer:
     """Use the server at ``api_url`` if it answers; otherwise start ``prefect server start`` on
     that host and port with its database under ``home`` and wait until it is healthy."""
     api = PrefectApi(api_url)
@@ -81,13 +86,16 @@ def ensure_server(api_url: str, home: Path, *, timeout: float = 90.0,
     proc = subprocess.Popen(
         [prefect, "server", "start", "--host", u.hostname or "127.0.0.1", "--port", str(u.port or 4200)],
         env=server_env(api_url, home, extra_env),
-        stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=open(log_path, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {proc.returncode}; see {log_path}:\n"
-                               + log_path.read_text()[-2000:])
+            raise RuntimeError(
+                f"prefect server exited with {proc.returncode}; see {log_path}:\n" + log_path.read_text()[-2000:]
+            )
         if api.health(timeout=1):
             return LocalServer(api_url, proc, log_path)
         time.sleep(0.3)

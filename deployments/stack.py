@@ -5,6 +5,7 @@ The same object also stands up the distributed set-up (docs/scale-out.md): the s
 database given by URL (PostgreSQL), the inventory on another URL, and instead of ``serve`` the
 deployments registered on the ``metalflow`` process work pool with ``workers`` process workers
 (``Stack(..., prefect_database_url=..., serve_env={"METALFLOW_INVENTORY_URL": ...}, workers=2)``)."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deployments.server import LocalServer, ensure_server, server_env
-from deployments.workers import WorkerProcess, worker_env
-from integrations.prefectapi import PrefectApi
+from metalflow.deployments.server import LocalServer, ensure_server, server_env
+from metalflow.deployments.workers import WorkerProcess, worker_env
+from metalflow.integrations.prefectapi import PrefectApi
 
 
 def _stop(proc: subprocess.Popen | None, timeout: float = 20) -> None:
@@ -62,8 +63,12 @@ class Stack:
     def env(self) -> dict[str, str]:
         env = server_env(self.api_url, self.home / "prefect")
         # Logs reach the UI within half a second of being written (Prefect's default: 2 s batches).
-        env.update(METALFLOW_HOME=str(self.home), PREFECT_RUNNER_POLL_FREQUENCY="1",
-                   PREFECT_LOGGING_LEVEL="INFO", PREFECT_LOGGING_TO_API_BATCH_INTERVAL="0.5")
+        env.update(
+            METALFLOW_HOME=str(self.home),
+            PREFECT_RUNNER_POLL_FREQUENCY="1",
+            PREFECT_LOGGING_LEVEL="INFO",
+            PREFECT_LOGGING_TO_API_BATCH_INTERVAL="0.5",
+        )
         env.update(self.serve_env)
         return env
 
@@ -84,9 +89,26 @@ class Stack:
             self.manifest_path.unlink()
         log = open(self.home / "lab.log", "ab")
         self.lab_proc = subprocess.Popen(
-            [sys.executable, "-m", "lab", "up", "--hosts", str(self.hosts), "--switches", str(self.switches),
-             "--block", str(self.block), "--manifest", str(self.manifest_path), *self.lab_args],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env)
+            [
+                sys.executable,
+                "-m",
+                "metalflow.lab",
+                "up",
+                "--hosts",
+                str(self.hosts),
+                "--switches",
+                str(self.switches),
+                "--block",
+                str(self.block),
+                "--manifest",
+                str(self.manifest_path),
+                *self.lab_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=self.env,
+        )
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.manifest_path.exists():
@@ -100,18 +122,20 @@ class Stack:
     def setup(self):
         """Secrets, settings and inventory for the lab (runs in this process)."""
         old = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "METALFLOW_HOME", "PREFECT_HOME")}
-        os.environ.update(PREFECT_API_URL=self.api_url, METALFLOW_HOME=str(self.home),
-                          PREFECT_HOME=str(self.home / "prefect"))
+        os.environ.update(
+            PREFECT_API_URL=self.api_url, METALFLOW_HOME=str(self.home), PREFECT_HOME=str(self.home / "prefect")
+        )
         try:
             from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-            from deployments.labsetup import setup_lab
+            from metalflow.deployments.labsetup import setup_lab
 
             # Prefect reads its environment once, at import: in a process that imported it
             # already (a test session), only a settings context points the client at our server.
             with temporary_settings({PREFECT_API_URL: self.api_url, PREFECT_HOME: str(self.home / "prefect")}):
-                return setup_lab(self.manifest_path, inventory_url=self.serve_env.get("METALFLOW_INVENTORY_URL"),
-                                 home=self.home)
+                return setup_lab(
+                    self.manifest_path, inventory_url=self.serve_env.get("METALFLOW_INVENTORY_URL"), home=self.home
+                )
         finally:
             for k, v in old.items():
                 if v is None:
@@ -122,8 +146,12 @@ class Stack:
     def start_serve(self, timeout: float = 90, extra_args: tuple[str, ...] = ()) -> None:
         log = open(self.home / "serve.log", "ab")
         self.serve_proc = subprocess.Popen(
-            [sys.executable, "-m", "deployments.cli", "serve", *extra_args],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env)
+            [sys.executable, "-m", "metalflow.deployments.cli", "serve", *extra_args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=self.env,
+        )
         api = PrefectApi(self.api_url)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -132,7 +160,7 @@ class Stack:
             try:
                 api.deployment_id("audit/metalflow")
                 return
-            except Exception:
+            except Exception:  # noqa: BLE001 - not up yet, whatever the reason
                 time.sleep(0.5)
         raise TimeoutError(f"deployments did not appear within {timeout:.0f} s; see {self.home / 'serve.log'}")
 
@@ -146,15 +174,22 @@ class Stack:
         """``metalflow deploy``: every deployment on the process work pool, the crash automation."""
         with open(self.home / "deploy.log", "ab") as log:
             proc = subprocess.run(
-                [sys.executable, "-m", "deployments.cli", "deploy", "--crash-after", f"{self.crash_after:g}"],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env, timeout=timeout)
+                [sys.executable, "-m", "metalflow.deployments.cli", "deploy", "--crash-after", f"{self.crash_after:g}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                timeout=timeout,
+            )
         if proc.returncode != 0:
-            raise RuntimeError(f"metalflow deploy failed ({proc.returncode}); see {self.home / 'deploy.log'}:\n"
-                               + (self.home / "deploy.log").read_text(errors="replace")[-2000:])
+            raise RuntimeError(
+                f"metalflow deploy failed ({proc.returncode}); see {self.home / 'deploy.log'}:\n"
+                + (self.home / "deploy.log").read_text(errors="replace")[-2000:]
+            )
 
     def start_worker(self, name: str, timeout: float = 90) -> WorkerProcess:
-        worker = WorkerProcess.start(name, env=self.workers_env, log_path=self.home / f"{name}.log",
-                                     limit=self.worker_limit)
+        worker = WorkerProcess.start(
+            name, env=self.workers_env, log_path=self.home / f"{name}.log", limit=self.worker_limit
+        )
         self.worker_procs.append(worker)
         worker.wait_online(self.api_url, timeout=timeout)
         return worker
@@ -170,7 +205,7 @@ class Stack:
         self.deploy()
         return [self.start_worker(f"worker-{i}") for i in range(1, self.workers + 1)]
 
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         self.home.mkdir(parents=True, exist_ok=True)
         try:
             self.start_server()

@@ -15,6 +15,7 @@ again when the process restarts. Nothing else in the process is affected: only t
 inside ``prefect.client.orchestration`` is replaced, by a stand-in that forwards everything
 but ``create_default_context`` to the real module.
 """
+
 from __future__ import annotations
 
 import ssl
@@ -32,14 +33,18 @@ class _SharedContexts:
         return getattr(ssl, name)
 
     @staticmethod
-    def create_default_context(purpose: ssl.Purpose = ssl.Purpose.SERVER_AUTH, *, cafile: str | None = None,
-                               capath: str | None = None, cadata: Any = None) -> ssl.SSLContext:
+    def create_default_context(
+        purpose: ssl.Purpose = ssl.Purpose.SERVER_AUTH,
+        *,
+        cafile: str | None = None,
+        capath: str | None = None,
+        cadata: Any = None,
+    ) -> ssl.SSLContext:
         key = (purpose, cafile, capath, cadata)
         with _lock:
             ctx = _contexts.get(key)
             if ctx is None:
-                ctx = _contexts[key] = ssl.create_default_context(purpose, cafile=cafile, capath=capath,
-                                                                  cadata=cadata)
+                ctx = _contexts[key] = ssl.create_default_context(purpose, cafile=cafile, capath=capath, cadata=cadata)
             return ctx
 
 

@@ -17,6 +17,7 @@ A scheduled run (power-poll, audit) is one flow run made by the server's schedul
 worker polling the pool may see it, but only the one whose Pending transition the server
 accepts runs it (the others log "Aborted submission"). So N workers never double-poll.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,9 +27,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 POOL = "metalflow"
 POOL_TYPE = "process"
@@ -55,18 +56,22 @@ def pool_deployments(cfg=None, *, pool: str = POOL, schedules: bool = True) -> l
     schedules), bound to ``pool`` with module entrypoints."""
     from prefect.deployments.runner import EntrypointType
 
-    from deployments.registry import ON_DEMAND, deployments
-    from flows.audit import audit
-    from flows.poll import power_poll
+    from metalflow.deployments.registry import ON_DEMAND, deployments
+    from metalflow.flows.audit import audit
+    from metalflow.flows.poll import power_poll
 
     flows = {f.name: f for f in (*ON_DEMAND, power_poll, audit)}
     out = []
     for served in deployments(cfg, schedules=schedules):
         flow = flows[served.flow_name]
         d = flow.to_deployment(
-            name=served.name, tags=list(served.tags), parameters=dict(served.parameters),
-            schedules=list(served.schedules or []), description=served.description,
-            work_pool_name=pool, entrypoint_type=EntrypointType.MODULE_PATH,
+            name=served.name,
+            tags=list(served.tags),
+            parameters=dict(served.parameters),
+            schedules=list(served.schedules or []),
+            description=served.description,
+            work_pool_name=pool,
+            entrypoint_type=EntrypointType.MODULE_PATH,
         )
         d.entrypoint = _entrypoint(flow)  # "module:function", as in deployments/prefect.yaml
         out.append(d)
@@ -89,8 +94,10 @@ def ensure_pool(pool: str = POOL) -> None:
                 pass
             return
         if existing.type != POOL_TYPE:
-            raise ValueError(f"work pool {pool!r} exists with type {existing.type!r}; metalflow needs a "
-                             f"{POOL_TYPE!r} pool (choose another name with --pool)")
+            raise ValueError(
+                f"work pool {pool!r} exists with type {existing.type!r}; metalflow needs a "
+                f"{POOL_TYPE!r} pool (choose another name with --pool)"
+            )
 
 
 def ensure_crash_automation(within: float = CRASH_AFTER_SECONDS) -> str:
@@ -107,33 +114,44 @@ def ensure_crash_automation(within: float = CRASH_AFTER_SECONDS) -> str:
     from prefect.events.schemas.events import ResourceSpecification
 
     if within <= HEARTBEAT_SECONDS:
-        raise ValueError(f"crash window {within:.0f} s must be longer than the {HEARTBEAT_SECONDS} s between heartbeats")
+        raise ValueError(
+            f"crash window {within:.0f} s must be longer than the {HEARTBEAT_SECONDS} s between heartbeats"
+        )
     with get_client(sync_client=True) as client:
         for old in client.read_automations_by_name(CRASH_AUTOMATION):
             client.delete_automation(old.id)
     automation = Automation(
         name=CRASH_AUTOMATION,
         description="A worker died mid-run: the run stopped sending heartbeats. Rerun it; metalflow's "
-                    "tasks converge from whatever state the hardware is in.",
+        "tasks converge from whatever state the hardware is in.",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
-                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
             within=timedelta(seconds=within),
         ),
-        actions=[ChangeFlowRunState(
-            state=StateType.CRASHED,
-            message=f"no heartbeat for {within:.0f} s: the worker running it died; rerun it to converge")],
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {within:.0f} s: the worker running it died; rerun it to converge",
+            )
+        ],
     ).create()
     return str(automation.id)
 
 
-def deploy_all(cfg=None, *, pool: str = POOL, schedules: bool = True,
-               crash_after: float | None = CRASH_AFTER_SECONDS) -> dict[str, str]:
+def deploy_all(
+    cfg=None, *, pool: str = POOL, schedules: bool = True, crash_after: float | None = CRASH_AFTER_SECONDS
+) -> dict[str, str]:
     """Register every deployment on ``pool`` (made if missing) against ``PREFECT_API_URL``;
     idempotent. Returns ``{"<flow>/metalflow": deployment id}``."""
     ensure_pool(pool)
@@ -146,8 +164,9 @@ def deploy_all(cfg=None, *, pool: str = POOL, schedules: bool = True,
 # ---------------------------------------------------------------------------- workers
 
 
-def worker_command(pool: str = POOL, *, name: str | None = None, limit: int | None = None,
-                   work_queues: tuple[str, ...] = ()) -> list[str]:
+def worker_command(
+    pool: str = POOL, *, name: str | None = None, limit: int | None = None, work_queues: tuple[str, ...] = ()
+) -> list[str]:
     """``prefect worker start --pool <pool> --type process`` from this interpreter's environment."""
     prefect = shutil.which("prefect", path=os.path.dirname(sys.executable)) or "prefect"
     cmd = [prefect, "worker", "start", "--pool", pool, "--type", POOL_TYPE]
@@ -160,9 +179,13 @@ def worker_command(pool: str = POOL, *, name: str | None = None, limit: int | No
     return cmd
 
 
-def worker_env(base: Mapping[str, str] | None = None, *, query_seconds: float = QUERY_SECONDS,
-               prefetch_seconds: float | None = None,
-               heartbeat_seconds: int = HEARTBEAT_SECONDS) -> dict[str, str]:
+def worker_env(
+    base: Mapping[str, str] | None = None,
+    *,
+    query_seconds: float = QUERY_SECONDS,
+    prefetch_seconds: float | None = None,
+    heartbeat_seconds: int = HEARTBEAT_SECONDS,
+) -> dict[str, str]:
     """The worker's environment: ``base`` (default: ours) plus a short poll interval and flow
     run heartbeats (which the crash automation watches); values already set in ``base`` win.
     The flow runs inherit it, so METALFLOW_* settings given here reach the flows."""
@@ -187,13 +210,20 @@ class WorkerProcess:
     log_path: Path
 
     @classmethod
-    def start(cls, name: str, *, env: Mapping[str, str], log_path: Path, pool: str = POOL,
-              limit: int | None = None) -> "WorkerProcess":
+    def start(
+        cls, name: str, *, env: Mapping[str, str], log_path: Path, pool: str = POOL, limit: int | None = None
+    ) -> WorkerProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**env, "PYTHONUNBUFFERED": "1"}  # the log file is read while the worker runs
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(worker_command(pool, name=name, limit=limit), env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                worker_command(pool, name=name, limit=limit),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         return cls(name, proc, log_path)
 
     @property
@@ -210,8 +240,10 @@ class WorkerProcess:
         started = time.monotonic()
         while time.monotonic() - started < timeout:
             if not self.alive():
-                raise RuntimeError(f"worker {self.name} exited with {self.proc.returncode}; see {self.log_path}:\n"
-                                   + self.log_path.read_text(errors="replace")[-2000:])
+                raise RuntimeError(
+                    f"worker {self.name} exited with {self.proc.returncode}; see {self.log_path}:\n"
+                    + self.log_path.read_text(errors="replace")[-2000:]
+                )
             try:
                 r = requests.post(f"{api_url}/work_pools/{pool}/workers/filter", json={}, timeout=5)
                 if r.ok and any(w["name"] == self.name and w.get("status") == "ONLINE" for w in r.json()):

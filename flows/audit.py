@@ -5,6 +5,7 @@ Reading is one session per switch and takes no lock. A repair is a change like a
 takes the host's lock (a host busy with another operation is skipped, not fought over: that
 operation is moving its ports on purpose) and converges through the same step provision and
 destroy use, so it is journaled and verified the same way."""
+
 from __future__ import annotations
 
 from contextlib import ExitStack
@@ -15,15 +16,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.runbook import host_lock
-from integrations.inventory import SwitchInfo, VlanInfo
-from tasks import clients
-from tasks import inventory as inv_t
-from tasks import switches
-from tasks.common import logger, write_journal
-from tasks.inventory import targets_from
-from tasks.locks import switch_lock
-from tasks.switches import PortTarget, plan_port
+from metalflow.flows.runbook import host_lock
+from metalflow.integrations.inventory import SwitchInfo, VlanInfo
+from metalflow.tasks import clients, switches
+from metalflow.tasks import inventory as inv_t
+from metalflow.tasks.common import logger, write_journal
+from metalflow.tasks.inventory import targets_from
+from metalflow.tasks.locks import switch_lock
+from metalflow.tasks.switches import PortTarget, plan_port
 
 #: How long a repair waits for a host's lock before it skips the host (seconds, after the
 #: first second's try).
@@ -38,8 +38,14 @@ def _vlans(untagged: int | None, tagged) -> str:
     return f"untagged {untagged or '-'} tagged {','.join(map(str, sorted(tagged))) or '-'}"
 
 
-@task(name="audit-switch", task_run_name="audit-switch {switch.name}", cache_policy=NO_CACHE,
-      persist_result=False, retries=2, retry_delay_seconds=[2, 10])
+@task(
+    name="audit-switch",
+    task_run_name="audit-switch {switch.name}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=[2, 10],
+)
 def audit_switch(switch: SwitchInfo, targets: list[PortTarget], owners: dict[str, str | None]) -> list[dict]:
     """One session per switch: read each port, return the ones that differ from the target."""
     drift = []
@@ -49,9 +55,16 @@ def audit_switch(switch: SwitchInfo, targets: list[PortTarget], owners: dict[str
             for t in targets:
                 current = s.port_vlans(t.port)
                 if plan_port(current, t):
-                    drift.append({"switch": switch.name, "port": t.port, "host": owners.get(t.port),
-                                  "want": _vlans(t.untagged, t.tagged),
-                                  "found": _vlans(current.untagged, current.tagged), "repaired": "no"})
+                    drift.append(
+                        {
+                            "switch": switch.name,
+                            "port": t.port,
+                            "host": owners.get(t.port),
+                            "want": _vlans(t.untagged, t.tagged),
+                            "found": _vlans(current.untagged, current.tagged),
+                            "repaired": "no",
+                        }
+                    )
     finally:
         driver.close()
     return drift
@@ -105,11 +118,17 @@ def audit(repair: bool = False) -> dict:
             problems.append(f"{sw.name}: not read: {exc}")
     for d in drift:
         if d["host"]:
-            write_journal(d["host"], "vlan-drift", "switch", "ok",
-                          f"{d['switch']} {d['port']}: should carry {d['want']}, found {d['found']}")
+            write_journal(
+                d["host"],
+                "vlan-drift",
+                "switch",
+                "ok",
+                f"{d['switch']} {d['port']}: should carry {d['want']}, found {d['found']}",
+            )
     if repair:
-        for host, rows in groupby(sorted((d for d in drift if d["host"]), key=lambda d: d["host"]),
-                                  key=lambda d: d["host"]):
+        for host, rows in groupby(
+            sorted((d for d in drift if d["host"]), key=lambda d: d["host"]), key=lambda d: d["host"]
+        ):
             try:
                 outcome = repair_host(host)
             except Exception as exc:  # noqa: BLE001 - keep repairing the other hosts
@@ -121,12 +140,18 @@ def audit(repair: bool = False) -> dict:
             if not d["host"]:
                 d["repaired"] = "no: the port belongs to no host in the inventory"
     repaired = sum(1 for d in drift if d["repaired"].startswith("yes"))
-    lines = [f"# audit{' (repair)' if repair else ''}: {ports} ports on {len(switches_)} switches", "",
-             f"drift on **{len(drift)}** ports" + (f", **{repaired}** repaired" if repair else ""), ""]
+    lines = [
+        f"# audit{' (repair)' if repair else ''}: {ports} ports on {len(switches_)} switches",
+        "",
+        f"drift on **{len(drift)}** ports" + (f", **{repaired}** repaired" if repair else ""),
+        "",
+    ]
     if drift:
         lines += ["| switch | port | host | should carry | found | repaired |", "|---|---|---|---|---|---|"]
-        lines += ["| " + " | ".join(_cell(d[k]) for k in ("switch", "port", "host", "want", "found", "repaired")) + " |"
-                  for d in drift]
+        lines += [
+            "| " + " | ".join(_cell(d[k]) for k in ("switch", "port", "host", "want", "found", "repaired")) + " |"
+            for d in drift
+        ]
         logger().warning("VLAN drift on %d ports%s", len(drift), f" ({repaired} repaired)" if repair else "")
     if problems:
         lines += ["", "## incomplete", ""] + [f"- {p}" for p in problems]

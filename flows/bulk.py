@@ -13,26 +13,28 @@ time instead of one per wave. A host that does not reach its milestone within it
 counts as failed for gating (its own run goes on). Once more than ``max_failures`` hosts have
 failed, no further host starts; hosts already running finish (and roll back) on their own.
 """
+
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Protocol, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Completed
 
-from flows.models import BulkItem, EraseMode
-from flows.provision import provision
-from integrations.common import Deadline
-from integrations.common.deadline import Clock, MonotonicClock
-from tasks.common import inline_steps, logger
-from tasks.settings import settings
+from metalflow.flows.models import BulkItem, EraseMode
+from metalflow.flows.provision import provision
+from metalflow.integrations.common import Deadline
+from metalflow.integrations.common.deadline import Clock, MonotonicClock
+from metalflow.tasks.common import inline_steps, logger
+from metalflow.tasks.settings import settings
 
 #: The journaled runbook step whose success is a host's milestone (MAAS accepted the deploy).
 MILESTONE_STEP = "deploy-machine"
@@ -59,6 +61,7 @@ class HostLike(Protocol):
 
 # --- the plan: checked once, before anything starts ---------------------------------------------
 
+
 @dataclass(frozen=True)
 class Plan:
     """The hosts in start order, grouped: the canary group first (when ``canary`` > 0), then
@@ -75,9 +78,14 @@ class Plan:
         return [item for _, group in self.groups for item in group]
 
 
-def plan_bulk(requests: Sequence[BulkItem], canary: int = 1, wave_size: int = 25, max_failures: int = 3,
-              milestone_timeout: float = 1800.0,
-              lookup: Callable[[str], HostLike | None] | None = None) -> Plan:
+def plan_bulk(
+    requests: Sequence[BulkItem],
+    canary: int = 1,
+    wave_size: int = 25,
+    max_failures: int = 3,
+    milestone_timeout: float = 1800.0,
+    lookup: Callable[[str], HostLike | None] | None = None,
+) -> Plan:
     """Check the whole request and group it into waves, or raise ``BulkRefused`` naming every
     bad field and its fix. ``lookup`` finds a host in the inventory (by name or CloudStack
     id); without it, hosts are taken as given (pure checks only)."""
@@ -100,15 +108,19 @@ def plan_bulk(requests: Sequence[BulkItem], canary: int = 1, wave_size: int = 25
         if lookup is not None:
             h = lookup(item.host)
             if h is None:
-                problems.append(f"requests[{i}].host: {item.host!r} is not in the inventory; "
-                                "check the name or add the host to the rack config")
+                problems.append(
+                    f"requests[{i}].host: {item.host!r} is not in the inventory; "
+                    "check the name or add the host to the rack config"
+                )
             else:
                 name = h.name
                 if not h.maas_system_id:
                     problems.append(f"requests[{i}].host: {name} is not registered in MAAS; run register-host first")
                 if h.maintenance:
-                    problems.append(f"requests[{i}].host: {name} is in maintenance ({h.maintenance_reason}); "
-                                    "fix it and clear maintenance, or leave it out")
+                    problems.append(
+                        f"requests[{i}].host: {name} is in maintenance ({h.maintenance_reason}); "
+                        "fix it and clear maintenance, or leave it out"
+                    )
         names.append(name)
     problems += _duplicates("host", names, "list each host once")
     problems += _duplicates("vm.name", [r.vm.name for r in requests], "give each VM its own name")
@@ -122,7 +134,7 @@ def plan_bulk(requests: Sequence[BulkItem], canary: int = 1, wave_size: int = 25
         groups.append((CANARY, tuple(items[:canary])))
     rest = items[canary:]
     for w, start in enumerate(range(0, len(rest), wave_size), 1):
-        groups.append((f"wave {w}", tuple(rest[start:start + wave_size])))
+        groups.append((f"wave {w}", tuple(rest[start : start + wave_size])))
     return Plan(tuple(groups), canary, wave_size, max_failures, milestone_timeout)
 
 
@@ -138,6 +150,7 @@ def _duplicates(fld: str, values: list[str], fix: str) -> list[str]:
 
 
 # --- the waves: start, gate on the milestone, stop at the threshold -----------------------------
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -236,12 +249,15 @@ class Waves:
                 bad = [r for r in group if r.gate in (FAILED, TIMED_OUT)]
                 if bad:
                     failures = self.failures()
-                    aborted = (f"aborted after {failures} failure{_s(failures)}: canary "
-                               f"{', '.join(r.host for r in bad)} failed before its milestone")
+                    aborted = (
+                        f"aborted after {failures} failure{_s(failures)}: canary "
+                        f"{', '.join(r.host for r in bad)} failed before its milestone"
+                    )
                     break
         if aborted:
-            self.log.error("bulk %s; %d host(s) not started", aborted,
-                           sum(1 for r in self.runs if r.gate == NOT_STARTED))
+            self.log.error(
+                "bulk %s; %d host(s) not started", aborted, sum(1 for r in self.runs if r.gate == NOT_STARTED)
+            )
         started = [r for r in self.runs if r.future is not None]
         wait([r.future for r in started])
         for r in started:
@@ -289,8 +305,12 @@ class Waves:
             r.gate = FAILED
         elif r.deadline is not None and r.deadline.expired():
             r.gate = TIMED_OUT
-            self.log.warning("%s did not reach its milestone (%s ok) within %.0f s: counted as failed "
-                             "for gating; its run goes on", r.host, MILESTONE_STEP, self.plan.milestone_timeout)
+            self.log.warning(
+                "%s did not reach its milestone (%s ok) within %.0f s: counted as failed for gating; its run goes on",
+                r.host,
+                MILESTONE_STEP,
+                self.plan.milestone_timeout,
+            )
 
     def _probe(self, r: HostRun) -> datetime | None:
         try:
@@ -308,7 +328,7 @@ def _outcome(fut: Future) -> Outcome:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _s(n: int) -> str:
@@ -316,6 +336,7 @@ def _s(n: int) -> str:
 
 
 # --- Prefect glue: child runs, their milestones, the report -------------------------------------
+
 
 class Children:
     """This run's child runs by host, and their milestones. A child's id is known to the
@@ -347,8 +368,9 @@ class Children:
 
         self._refreshed = time.monotonic()
         with get_client(sync_client=True) as client:
-            return client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[self.parent_id])))
+            return client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[self.parent_id]))
+            )
 
     def ignore_existing(self) -> None:
         """Call before the first host starts: every child already there is an earlier attempt's."""
@@ -356,13 +378,13 @@ class Children:
         self.earlier = {str(fr.id) for fr in self._read()}
 
     def refresh(self) -> None:
-        for fr in sorted(self._read(), key=lambda fr: fr.created or datetime.min.replace(tzinfo=timezone.utc)):
+        for fr in sorted(self._read(), key=lambda fr: fr.created or datetime.min.replace(tzinfo=UTC)):
             host = (fr.parameters or {}).get("host")
             if host and str(fr.id) not in self.earlier:
                 self.ids[host], self.names[host] = str(fr.id), fr.name
 
     def _look(self) -> None:
-        from tasks.clients import inventory
+        from metalflow.tasks.clients import inventory
 
         if time.monotonic() - self._looked < self.min_refresh:
             return
@@ -420,16 +442,22 @@ def bulk_run_name() -> str:
     return f"bulk-provision {describe_hosts(hosts)}"
 
 
-def report_markdown(result: BulkResult, plan: Plan | None, children: Children | None, started: datetime,
-                    title: str) -> str:
+def report_markdown(
+    result: BulkResult, plan: Plan | None, children: Children | None, started: datetime, title: str
+) -> str:
     ok, failed, idle = result.count()
     lines = [f"# {title}", "", f"**Outcome:** {result.summary()}", ""]
     if plan is not None:
-        lines += [f"canary {plan.canary}, waves of {plan.wave_size}, no new host after more than "
-                  f"{plan.max_failures} failure{_s(plan.max_failures)}, milestone `{MILESTONE_STEP}` ok "
-                  f"within {plan.milestone_timeout:.0f} s", ""]
-    lines += ["| host | VM | wave | outcome | started | milestone | ended | duration | child run |",
-              "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"canary {plan.canary}, waves of {plan.wave_size}, no new host after more than "
+            f"{plan.max_failures} failure{_s(plan.max_failures)}, milestone `{MILESTONE_STEP}` ok "
+            f"within {plan.milestone_timeout:.0f} s",
+            "",
+        ]
+    lines += [
+        "| host | VM | wave | outcome | started | milestone | ended | duration | child run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
 
     def at(t: datetime | None) -> str:
         return f"+{(t - started).total_seconds():.1f} s" if t else ""
@@ -445,11 +473,28 @@ def report_markdown(result: BulkResult, plan: Plan | None, children: Children | 
             outcome = "failed: " + r.outcome.message
         duration = f"{(r.ended_at - r.started_at).total_seconds():.1f} s" if r.ended_at and r.started_at else ""
         child = children.names.get(r.host, "") if children else ""
-        lines.append(" | ".join(["", r.host, r.item.vm.name, r.wave,
-                                 _cell(outcome), at(r.started_at), at(r.milestone_at), at(r.ended_at),
-                                 duration, _cell(child), ""]).strip())
-    lines += ["", f"**Totals:** {len(result.runs)} requested, {ok} provisioned, {failed} failed, "
-              f"{idle} not started; {(_now() - started).total_seconds():.1f} s in all"]
+        lines.append(
+            " | ".join(
+                [
+                    "",
+                    r.host,
+                    r.item.vm.name,
+                    r.wave,
+                    _cell(outcome),
+                    at(r.started_at),
+                    at(r.milestone_at),
+                    at(r.ended_at),
+                    duration,
+                    _cell(child),
+                    "",
+                ]
+            ).strip()
+        )
+    lines += [
+        "",
+        f"**Totals:** {len(result.runs)} requested, {ok} provisioned, {failed} failed, "
+        f"{idle} not started; {(_now() - started).total_seconds():.1f} s in all",
+    ]
     return "\n".join(lines)
 
 
@@ -467,9 +512,15 @@ def _publish(markdown: str, description: str) -> None:
 
 
 @flow(name="bulk-provision", flow_run_name=bulk_run_name, log_prints=True)
-def bulk_provision(requests: list[BulkItem], canary: int = 1, wave_size: int = 25, max_failures: int = 3,
-                   erase_on_failure: EraseMode | None = None, milestone_timeout: float | None = None,
-                   step_task_runs: bool = False):
+def bulk_provision(
+    requests: list[BulkItem],
+    canary: int = 1,
+    wave_size: int = 25,
+    max_failures: int = 3,
+    erase_on_failure: EraseMode | None = None,
+    milestone_timeout: float | None = None,
+    step_task_runs: bool = False,
+):
     """Provision every ``requests`` host with its VM: the ``canary`` first hosts, then waves
     of ``wave_size``, each started when the previous one passed its milestone; no new host
     once more than ``max_failures`` failed. ``milestone_timeout`` (default: the
@@ -480,15 +531,20 @@ def bulk_provision(requests: list[BulkItem], canary: int = 1, wave_size: int = 2
     each. ``step_task_runs=True`` makes every step a task run, as in a single provision; at
     fifty hosts on a two-core server those task runs' events were most of the CPU
     (docs/benchmarks.md)."""
-    from tasks.clients import inventory
+    from metalflow.tasks.clients import inventory
 
     began = _now()
     title = bulk_run_name()
     inv = inventory()
     try:
-        plan = plan_bulk(requests, canary, wave_size, max_failures,
-                         milestone_timeout if milestone_timeout is not None else settings().deploy_timeout,
-                         lookup=inv.find_host)
+        plan = plan_bulk(
+            requests,
+            canary,
+            wave_size,
+            max_failures,
+            milestone_timeout if milestone_timeout is not None else settings().deploy_timeout,
+            lookup=inv.find_host,
+        )
     except BulkRefused as exc:
         _publish(f"# {title}\n\n**Outcome:** {exc}", str(exc))
         raise
@@ -496,6 +552,7 @@ def bulk_provision(requests: list[BulkItem], canary: int = 1, wave_size: int = 2
     children.ignore_existing()
     log = logger()
     with ThreadPoolExecutor(max_workers=len(plan.items), thread_name_prefix="bulk") as pool:
+
         def start(r: HostRun) -> Future:
             # Each thread runs in its own copy of this flow's context: the subflow sees its
             # parent run and is recorded as its child (parent_task_run_id).

@@ -1,4 +1,5 @@
 """Flow inputs, parsed once at the edge: a bad field fails here, named, before anything changes."""
+
 from __future__ import annotations
 
 import re
@@ -16,8 +17,9 @@ class Nic(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     # 2..4094: VLAN 1 is every switch's default VLAN, which metalflow never changes (the
     # switch drivers refuse it too, but only after the first change was made).
-    vlan: int = Field(ge=2, le=4094, description="802.1Q VLAN id of the network, 2 to 4094 "
-                      "(CloudStack broadcastUri vlan://N)")
+    vlan: int = Field(
+        ge=2, le=4094, description="802.1Q VLAN id of the network, 2 to 4094 (CloudStack broadcastUri vlan://N)"
+    )
     default: bool = Field(False, description="The default NIC's VLAN is the guest VLAN, untagged")
 
 
@@ -53,14 +55,16 @@ class Vm(BaseModel):
     @classmethod
     def _hostname(cls, v: str) -> str:
         if not HOSTNAME.match(v):
-            raise ValueError(f"{v!r} is not a valid hostname: use lower-case letters, digits and dashes "
-                             "(at most 63), not starting or ending with a dash")
+            raise ValueError(
+                f"{v!r} is not a valid hostname: use lower-case letters, digits and dashes "
+                "(at most 63), not starting or ending with a dash"
+            )
         return v
 
     @field_validator("ssh_keys")
     @classmethod
     def _keys(cls, v: list[str]) -> list[str]:
-        from integrations.maas.preseed import check_ssh_key
+        from metalflow.integrations.maas.preseed import check_ssh_key
 
         return [check_ssh_key(line) for line in v]
 
@@ -68,8 +72,9 @@ class Vm(BaseModel):
     @classmethod
     def _hash(cls, v: str | None) -> str | None:
         if v is not None and not CRYPT_HASH.match(v):
-            raise ValueError("must be a crypt(3) hash such as $6$salt$..., never a plain password "
-                             "(make one with: openssl passwd -6)")
+            raise ValueError(
+                "must be a crypt(3) hash such as $6$salt$..., never a plain password (make one with: openssl passwd -6)"
+            )
         return v
 
     @field_validator("root_password_ref")
@@ -80,7 +85,7 @@ class Vm(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _nics(self) -> "Vm":
+    def _nics(self) -> Vm:
         defaults = [n for n in self.nics if n.default]
         if len(defaults) != 1:
             raise ValueError(f"nics: exactly one NIC must be the default (found {len(defaults)})")

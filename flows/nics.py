@@ -2,19 +2,19 @@
 
 Refusals (not a VLAN id, the PXE VLAN, the default NIC's VLAN, no VM on the host) happen
 before any change and are published as the run's report, so the UI says why."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.runbook import Report, host_lock
-from integrations.inventory import HostInfo
-from tasks import clients
-from tasks import inventory as inv_t
-from tasks import switches
-from tasks.common import logger
+from metalflow.flows.runbook import Report, host_lock
+from metalflow.integrations.inventory import HostInfo
+from metalflow.tasks import clients, switches
+from metalflow.tasks import inventory as inv_t
+from metalflow.tasks.common import logger
 
 
 class NicRefused(ValueError):
@@ -62,8 +62,11 @@ def plug_nic(host: str, vlan: int) -> str:
                 raise NicRefused(f"vlan: {vlan} is already the default NIC's (guest) VLAN on {h.name}")
         except NicRefused as exc:
             _refuse(report, exc)
-        report.add("switch", f"VLAN {vlan} tagged on every cabled port",
-                   switches.converge_ports(h, inv_t.want_extra_vlan(h, vlan, True)))
+        report.add(
+            "switch",
+            f"VLAN {vlan} tagged on every cabled port",
+            switches.converge_ports(h, inv_t.want_extra_vlan(h, vlan, True)),
+        )
         report.outcome = f"VLAN {vlan} plugged"
         report.publish()
         return report.outcome
@@ -82,17 +85,24 @@ def unplug_nic(host: str, vlan: int) -> str:
         desired = _desired(h)
         try:
             if vlan in inv_t.pxe_vlans(h):
-                raise NicRefused(f"vlan: {vlan} is the PXE (provisioning) VLAN, not a NIC of the VM; "
-                                 "destroy puts the host back on it")
+                raise NicRefused(
+                    f"vlan: {vlan} is the PXE (provisioning) VLAN, not a NIC of the VM; "
+                    "destroy puts the host back on it"
+                )
             if any(v.vlan == vlan and v.purpose == "guest" for v in desired):
-                raise NicRefused(f"vlan: {vlan} belongs to the default NIC of {h.name}; the default NIC "
-                                 "cannot be unplugged (destroy the VM instead)")
+                raise NicRefused(
+                    f"vlan: {vlan} belongs to the default NIC of {h.name}; the default NIC "
+                    "cannot be unplugged (destroy the VM instead)"
+                )
         except NicRefused as exc:
             _refuse(report, exc)
         if not any(v.vlan == vlan for v in desired):
             logger().info("VLAN %s is not plugged on %s: making sure the ports agree", vlan, h.name)
-        report.add("switch", f"VLAN {vlan} off every cabled port",
-                   switches.converge_ports(h, inv_t.want_extra_vlan(h, vlan, False)))
+        report.add(
+            "switch",
+            f"VLAN {vlan} off every cabled port",
+            switches.converge_ports(h, inv_t.want_extra_vlan(h, vlan, False)),
+        )
         report.outcome = f"VLAN {vlan} unplugged"
         report.publish()
         return report.outcome

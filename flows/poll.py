@@ -16,28 +16,30 @@ Two ways to run:
   period (a sweep every interval leaves them up to interval + sweep time old). One such run
   at a time: the global concurrency limit ``power-poll`` (limit 1) guards it.
 """
+
 from __future__ import annotations
 
 import atexit
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Callable, Generic, Iterator, Sequence, TypeVar
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from integrations.inventory import PowerReading as InvReading
-from integrations.ipmi import BulkPowerReader, PowerWatch
-from integrations.ipmi.watch import WatchStats
-from tasks import clients
-from tasks.common import current_run_id, logger, write_journal
-from tasks.credentials import CredentialError
-from tasks.locks import acquire, ensure_limit
-from tasks.settings import settings
+from metalflow.integrations.inventory import PowerReading as InvReading
+from metalflow.integrations.ipmi import BulkPowerReader, PowerWatch
+from metalflow.integrations.ipmi.watch import WatchStats
+from metalflow.tasks import clients
+from metalflow.tasks.common import current_run_id, logger, write_journal
+from metalflow.tasks.credentials import CredentialError
+from metalflow.tasks.locks import acquire, ensure_limit
+from metalflow.tasks.settings import settings
 
 #: The global concurrency limit (limit 1) held by the long-running poll.
 POLL_LIMIT = "power-poll"
@@ -66,8 +68,7 @@ def read_all(targets: list) -> dict:
     reader = READERS.take(key)
     if reader is not None:
         logger().info("reading with the previous by-hand sweep's BMC workers and sessions")
-    reader = reader or BulkPowerReader(processes=cfg.power_poll_processes,
-                                       per_call_timeout=cfg.power_poll_call_timeout)
+    reader = reader or BulkPowerReader(processes=cfg.power_poll_processes, per_call_timeout=cfg.power_poll_call_timeout)
     with ExitStack() as keep:
         keep.callback(reader.close)  # unless the sweep ends as it should and can be kept
         results = reader.read(targets, deadline=max(10.0, cfg.power_poll_interval * 0.8))
@@ -75,8 +76,10 @@ def read_all(targets: list) -> dict:
             # Calls to BMCs that stopped answering are still running in pyghmi; a kept reader
             # would fail those BMCs again until the calls end (~20 s), even once they answer:
             # an operator who repairs one and polls by hand would see it stay in maintenance.
-            logger().info("not keeping the BMC workers for the next sweep: %d calls to silent BMCs "
-                          "are still running in them", reader.calls_stuck)
+            logger().info(
+                "not keeping the BMC workers for the next sweep: %d calls to silent BMCs are still running in them",
+                reader.calls_stuck,
+            )
             return results
         keep.pop_all()
     READERS.park(reader, key, linger=READER_LINGER)
@@ -103,8 +106,9 @@ def apply_outcome(outcome, log, journal: Callable[..., None] = write_journal) ->
     say which hosts went into or out of maintenance, journal the power states that changed
     behind metalflow's back. Returns the transitions that changed a host's state."""
     for name in outcome.entered_maintenance:
-        log.warning("%s put in maintenance: its BMC failed %d polls in a row", name,
-                    settings().maintenance_after_failures)
+        log.warning(
+            "%s put in maintenance: its BMC failed %d polls in a row", name, settings().maintenance_after_failures
+        )
     for name in outcome.left_maintenance:
         log.info("%s answers again: out of maintenance", name)
     changed = [t for t in outcome.transitions if t.changed and not t.stale]
@@ -144,24 +148,37 @@ class _Tally:
 
     def summary(self, names: set[str] | None = None) -> dict:
         last = [r for h, r in self.last.items() if names is None or h in names]
-        return {"hosts": self.hosts, "on": sum(1 for r in last if r.state == "on"),
-                "off": sum(1 for r in last if r.state == "off"), "failed": sum(1 for r in last if r.error),
-                "changed": len(self.changed), "entered_maintenance": list(self.entered),
-                "left_maintenance": list(self.left)}
+        return {
+            "hosts": self.hosts,
+            "on": sum(1 for r in last if r.state == "on"),
+            "off": sum(1 for r in last if r.state == "off"),
+            "failed": sum(1 for r in last if r.error),
+            "changed": len(self.changed),
+            "entered_maintenance": list(self.entered),
+            "left_maintenance": list(self.left),
+        }
 
     def markdown(self, summary: dict, extra: list[str] = ()) -> str:
         bad = sorted((r for r in self.last.values() if r.error), key=lambda r: r.host)
-        lines = [f"# power-poll: {summary['hosts']} hosts", "",
-                 f"on **{summary['on']}**, off **{summary['off']}**, failed **{summary['failed']}**, "
-                 f"changed **{summary['changed']}**", "", *extra]
+        lines = [
+            f"# power-poll: {summary['hosts']} hosts",
+            "",
+            f"on **{summary['on']}**, off **{summary['off']}**, failed **{summary['failed']}**, "
+            f"changed **{summary['changed']}**",
+            "",
+            *extra,
+        ]
         if self.changed:
             lines += ["| host | was | now |", "|---|---|---|"]
             lines += [f"| {t.host} | {t.previous} | {t.state} |" for t in self.changed[:200]]
         if bad:
             lines += ["", "| host | error |", "|---|---|"] + [f"| {r.host} | {r.error[:160]} |" for r in bad[:200]]
         if self.entered or self.left:
-            lines += ["", f"into maintenance: {', '.join(self.entered) or '-'}",
-                      f"out of maintenance: {', '.join(self.left) or '-'}"]
+            lines += [
+                "",
+                f"into maintenance: {', '.join(self.entered) or '-'}",
+                f"out of maintenance: {', '.join(self.left) or '-'}",
+            ]
         return "\n".join(lines)
 
 
@@ -183,7 +200,7 @@ def power_poll(window: float = 0) -> dict:
 def _sweep() -> dict:
     log = logger()
     hosts = clients.inventory().list_hosts()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     targets, failed = _targets(hosts, now)
     results = read_all(targets) if targets else {}
     readings = failed + [
@@ -200,13 +217,14 @@ def _sweep() -> dict:
 
 # --- the long-running poll ------------------------------------------------------------------------
 
+
 def _window_end(window: float) -> float:
     """The wall-clock end of this run: its scheduled start + ``window`` (now + ``window`` outside
     a run). Ending at the scheduled time, not at start + window, is what makes consecutive
     scheduled runs hand over without a gap or an overlap that grows with start delays."""
     from prefect.runtime import flow_run
 
-    start = flow_run.scheduled_start_time or datetime.now(timezone.utc)
+    start = flow_run.scheduled_start_time or datetime.now(UTC)
     return start.timestamp() + window
 
 
@@ -218,8 +236,12 @@ def _poll_lock(until: float) -> Iterator[bool]:
     ensure_limit(POLL_LIMIT)
     # A lease renewal that fails is retried, never fatal: at worst two pollers overlap until
     # one ends, which only doubles some reads.
-    held = acquire(POLL_LIMIT, POLL_LOCK_LEASE, time.monotonic() + max(0.0, until - time.time()),
-                   on_wait=lambda: logger().info("waiting: %s; this run takes over when it ends", BUSY_MESSAGE))
+    held = acquire(
+        POLL_LIMIT,
+        POLL_LOCK_LEASE,
+        time.monotonic() + max(0.0, until - time.time()),
+        on_wait=lambda: logger().info("waiting: %s; this run takes over when it ends", BUSY_MESSAGE),
+    )
     got = held is not None
     held = held or ExitStack()
     with held:
@@ -233,8 +255,7 @@ def _watch(window: float) -> dict:
         if not got:
             log.info("%s; this run ends without polling", BUSY_MESSAGE)
             summary = {"hosts": 0, "reads": 0, "polled": False, "message": BUSY_MESSAGE}
-            _publish(f"# power-poll: not polled\n\n{BUSY_MESSAGE} for the whole window of this run "
-                     f"({window:g} s).")
+            _publish(f"# power-poll: not polled\n\n{BUSY_MESSAGE} for the whole window of this run ({window:g} s).")
             return summary
         # The whole loop is ONE task: a task per batch of readings would cost 5-10 ms each alone
         # and 140-195 ms under load (reference/prefect.md), twice a second for hours.
@@ -303,8 +324,12 @@ READERS: Keeper[BulkPowerReader] = Keeper()  # by-hand sweeps', between two of t
 
 
 def _since(now: WatchStats, base: WatchStats) -> WatchStats:
-    return WatchStats(now.reads - base.reads, now.failed - base.failed,
-                      now.skipped_in_flight - base.skipped_in_flight, now.worker_restarts - base.worker_restarts)
+    return WatchStats(
+        now.reads - base.reads,
+        now.failed - base.failed,
+        now.skipped_in_flight - base.skipped_in_flight,
+        now.worker_restarts - base.worker_restarts,
+    )
 
 
 @task(name="watch-bmcs", cache_policy=NO_CACHE, persist_result=False, retries=0)
@@ -336,7 +361,7 @@ def watch_bmcs(until: float) -> dict:
             except Exception as exc:  # noqa: BLE001 - keep polling the hosts we know
                 log.warning("could not read the host list (keeping the last one): %s", exc)
                 return
-            targets, failed = _targets(hosts, datetime.now(timezone.utc))
+            targets, failed = _targets(hosts, datetime.now(UTC))
             pending.extend(failed)  # one failed reading per refresh for unloadable credentials
             watch.set_targets(targets)
             names = {h.name for h in hosts}
@@ -344,8 +369,12 @@ def watch_bmcs(until: float) -> dict:
 
         refresh()
         started = time.monotonic()
-        log.info("polling %d hosts, each every %g s, until %s", len(names), period,
-                 datetime.fromtimestamp(until, timezone.utc).isoformat(timespec="seconds"))
+        log.info(
+            "polling %d hosts, each every %g s, until %s",
+            len(names),
+            period,
+            datetime.fromtimestamp(until, UTC).isoformat(timespec="seconds"),
+        )
         min_end = started + period + call_timeout + 2 * FLUSH_EVERY  # one full round
         next_refresh = started + cfg.power_poll_refresh
         next_progress = started + PROGRESS_EVERY
@@ -354,13 +383,14 @@ def watch_bmcs(until: float) -> dict:
             now = time.monotonic()
             done = time.time() >= until and now >= min_end
             for r in watch.drain(timeout=0 if done else FLUSH_EVERY / 2):
-                pending.append(InvReading(r.key, r.state if r.ok else "unknown", r.at,
-                                          None if r.ok else f"{r.kind}: {r.error}"))
+                pending.append(
+                    InvReading(r.key, r.state if r.ok else "unknown", r.at, None if r.ok else f"{r.kind}: {r.error}")
+                )
             if done:
                 break
             if len(pending) > MAX_PENDING:  # the database has been down for long: keep the newest
                 log.warning("dropping %d old readings that could not be recorded", len(pending) - MAX_PENDING)
-                del pending[:len(pending) - MAX_PENDING]
+                del pending[: len(pending) - MAX_PENDING]
             now = time.monotonic()
             if pending and now >= next_flush:
                 if _flush(inv, pending, run_id, tally, log):
@@ -373,8 +403,13 @@ def watch_bmcs(until: float) -> dict:
                 next_refresh = now + cfg.power_poll_refresh
             if now >= next_progress:
                 s = _since(watch.stats, base)
-                log.info("%d hosts: %d reads so far, %d failed, %d skipped in flight", len(names), s.reads,
-                         s.failed, s.skipped_in_flight)
+                log.info(
+                    "%d hosts: %d reads so far, %d failed, %d skipped in flight",
+                    len(names),
+                    s.reads,
+                    s.failed,
+                    s.skipped_in_flight,
+                )
                 next_progress = now + PROGRESS_EVERY
         stats = _since(watch.stats, base)
         seconds = time.monotonic() - started
@@ -383,14 +418,23 @@ def watch_bmcs(until: float) -> dict:
     for attempt in range(5):  # the last readings; a database still down fails the run
         if not pending or _flush(inv, pending, run_id, tally, log, final=attempt == 4):
             break
-        time.sleep(2 ** attempt)
+        time.sleep(2**attempt)
     summary = tally.summary(names)
-    summary.update(reads=stats.reads, failed_reads=stats.failed, seconds=round(seconds, 1),
-                   reads_per_bmc_per_minute=round(stats.reads / max(1, len(names)) / max(seconds, 1e-9) * 60, 2),
-                   skipped_in_flight=stats.skipped_in_flight, worker_restarts=stats.worker_restarts, polled=True)
-    extra = [f"polled **{seconds:.0f} s**, each BMC every {period:g} s: reads **{stats.reads}**, "
-             f"failed reads **{stats.failed}**, reads per BMC per minute **{summary['reads_per_bmc_per_minute']}**, "
-             f"skipped in flight **{stats.skipped_in_flight}**, worker restarts **{stats.worker_restarts}**", ""]
+    summary.update(
+        reads=stats.reads,
+        failed_reads=stats.failed,
+        seconds=round(seconds, 1),
+        reads_per_bmc_per_minute=round(stats.reads / max(1, len(names)) / max(seconds, 1e-9) * 60, 2),
+        skipped_in_flight=stats.skipped_in_flight,
+        worker_restarts=stats.worker_restarts,
+        polled=True,
+    )
+    extra = [
+        f"polled **{seconds:.0f} s**, each BMC every {period:g} s: reads **{stats.reads}**, "
+        f"failed reads **{stats.failed}**, reads per BMC per minute **{summary['reads_per_bmc_per_minute']}**, "
+        f"skipped in flight **{stats.skipped_in_flight}**, worker restarts **{stats.worker_restarts}**",
+        "",
+    ]
     _publish(tally.markdown(summary, extra))
     log.info("done: %d hosts, %d reads, %d failed", len(names), stats.reads, stats.failed)
     return summary
@@ -407,6 +451,6 @@ def _flush(inv, pending: list[InvReading], run_id: str | None, tally: _Tally, lo
             raise
         log.warning("could not record %d readings (kept, retried): %s", len(batch), exc)
         return False
-    del pending[:len(batch)]
+    del pending[: len(batch)]
     tally.add(batch, outcome, apply_outcome(outcome, log))
     return True

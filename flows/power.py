@@ -1,12 +1,13 @@
 """stop, start, reboot, status: IPMI with the state read back."""
+
 from __future__ import annotations
 
 from prefect import flow
 
-from flows.runbook import Report, host_lock, run_name
-from tasks import inventory as inv_t
-from tasks import ipmi
-from tasks.common import logger
+from metalflow.flows.runbook import Report, host_lock, run_name
+from metalflow.tasks import inventory as inv_t
+from metalflow.tasks import ipmi
+from metalflow.tasks.common import logger
 
 
 def _power_flow(operation: str, host: str, action) -> str:
@@ -30,8 +31,10 @@ def _power_flow(operation: str, host: str, action) -> str:
 def stop(host: str, soft_timeout: float | None = None) -> str:
     """ACPI soft off, read back, escalate to hard off if the OS ignores it (bounded)."""
     if soft_timeout is not None and not soft_timeout > 0:
-        raise ValueError(f"soft_timeout: {soft_timeout!r} must be a positive number of seconds "
-                         "(how long the OS gets to shut down before a hard power off)")
+        raise ValueError(
+            f"soft_timeout: {soft_timeout!r} must be a positive number of seconds "
+            "(how long the OS gets to shut down before a hard power off)"
+        )
     return _power_flow("stop", host, lambda h: ipmi.shut_down(h, soft_timeout))
 
 

@@ -1,16 +1,17 @@
 """register-host (CloudStack "add host"): MAAS adopts the machine by its boot MAC, or it is
 enlisted with IPMI power and commissioned until Ready. Removing a host never deletes it from
 MAAS. Idempotent: a rerun finds the machine and waits, or does nothing."""
+
 from __future__ import annotations
 
 from prefect import flow
 
-from flows.provision import idle_name
-from flows.runbook import Report, host_lock, run_name
-from integrations.maas import NodeStatus
-from tasks import inventory as inv_t
-from tasks import maas, switches
-from tasks.settings import settings
+from metalflow.flows.provision import idle_name
+from metalflow.flows.runbook import Report, host_lock, run_name
+from metalflow.integrations.maas import NodeStatus
+from metalflow.tasks import inventory as inv_t
+from metalflow.tasks import maas, switches
+from metalflow.tasks.settings import settings
 
 S = NodeStatus
 SETTLED = (S.READY, S.ALLOCATED, S.DEPLOYING, S.DEPLOYED)
@@ -28,8 +29,9 @@ def register_host(host: str) -> str:
                 report.add("switch", "ports left alone", f"{h.name} carries VM {h.last_vm_name or h.last_vm_uuid}")
             else:
                 # Commissioning PXE-boots: the cabled ports must be on the provisioning network.
-                report.add("switch", "PXE VLAN on every cabled port",
-                           switches.converge_ports(h, inv_t.want_ports(h, "pxe")))
+                report.add(
+                    "switch", "PXE VLAN on every cabled port", switches.converge_ports(h, inv_t.want_ports(h, "pxe"))
+                )
             machine = maas.find_or_create_machine(h, idle_name(h))
             report.add("maas", "adopt or enlist", f"{machine.system_id} ({machine.status.label})")
             report.add("inventory", "record system_id", inv_t.record_system_id(h, machine.system_id))

@@ -1,20 +1,22 @@
 """What every operation flow shares: the per-host lock, the undo stack, the run's report and
 its name. Flows stay readable as the runbook; the mechanics live here."""
+
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from prefect import tags
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from tasks.common import logger, write_journal
-from tasks.locks import acquire, ensure_limit, limit_name
-from tasks.settings import settings
+from metalflow.tasks.common import logger, write_journal
+from metalflow.tasks.locks import acquire, ensure_limit, limit_name
+from metalflow.tasks.settings import settings
 
 LOCK_WAIT_SECONDS = 4 * 3600.0
 #: The tag every compensation task run carries (filter on it in the UI or the API).
@@ -35,7 +37,7 @@ def canonical_host(host: str) -> str:
     """The inventory name of ``host`` (given by name or CloudStack id), so that two runs for
     one machine take one lock however the caller named it. An unknown host fails here, named,
     before a lock (or anything else) is made for it."""
-    from tasks.clients import inventory
+    from metalflow.tasks.clients import inventory
 
     return inventory().get_host(host).name
 
@@ -49,11 +51,19 @@ def host_lock(host: str, operation: str, wait: float = LOCK_WAIT_SECONDS) -> Ite
     lease = settings().host_lock_lease
     log = logger()
     started = time.monotonic()
-    held = acquire(name, lease, started + wait, on_wait=lambda: log.warning(
-        "waiting: another operation is running on %s (lock %s); %s starts when it ends", host, name, operation))
+    held = acquire(
+        name,
+        lease,
+        started + wait,
+        on_wait=lambda: log.warning(
+            "waiting: another operation is running on %s (lock %s); %s starts when it ends", host, name, operation
+        ),
+    )
     if held is None:
-        raise TimeoutError(f"{operation} on {host}: another operation held its lock ({name}) for {wait:.0f} s; "
-                           "rerun this run once that one ended")
+        raise TimeoutError(
+            f"{operation} on {host}: another operation held its lock ({name}) for {wait:.0f} s; "
+            "rerun this run once that one ended"
+        )
     if time.monotonic() - started > 1:
         log.info("got the lock on %s after %.0f s", host, time.monotonic() - started)
     with held:
@@ -73,7 +83,7 @@ class Undo:
         if label not in [s[0] for s in self.steps]:  # registered twice: it keeps its first place
             self.steps.append((label, fn))
 
-    def run(self, report: "Report") -> list[str]:
+    def run(self, report: Report) -> list[str]:
         """Undo everything registered, newest first. Returns the labels of the undos that
         failed (empty: fully rolled back)."""
         log = logger()
@@ -97,7 +107,7 @@ class RolledBack(Exception):
     Plain ``Exception(message)`` underneath, so it pickles like any other."""
 
     @classmethod
-    def of(cls, reason: BaseException, undone: int, failed: list[str]) -> "RolledBack":
+    def of(cls, reason: BaseException, undone: int, failed: list[str]) -> RolledBack:
         if failed:
             tail = f"ROLLBACK INCOMPLETE: {', '.join(failed)} failed (see the run's report and logs)"
         else:
@@ -128,8 +138,14 @@ class Report:
 
     def markdown(self) -> str:
         title = f"{self.operation} {self.host}" + (f" → {self.subject}" if self.subject else "")
-        lines = [f"# {title}", "", f"**Outcome:** {self.outcome}", "",
-                 "| # | system | step | result |", "|---|---|---|---|"]
+        lines = [
+            f"# {title}",
+            "",
+            f"**Outcome:** {self.outcome}",
+            "",
+            "| # | system | step | result |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {i} | {s} | {st} | {r} |" for i, (s, st, r) in enumerate(self.rows, 1)]
         for t, body in self.sections:
             lines += ["", f"## {t}", "", body]
@@ -138,8 +154,9 @@ class Report:
     def publish(self) -> None:
         key = re.sub(r"[^a-z0-9-]+", "-", f"{self.operation}-{self.host}".lower()).strip("-")
         try:
-            create_markdown_artifact(markdown=self.markdown(), key=key,
-                                     description=f"{self.operation} on {self.host}: {self.outcome}")
+            create_markdown_artifact(
+                markdown=self.markdown(), key=key, description=f"{self.operation} on {self.host}: {self.outcome}"
+            )
         except Exception as exc:  # noqa: BLE001 - a report must not fail the operation
             logger().warning("could not publish the run report: %s", exc)
 

@@ -1,3 +1,3 @@
-from lab.cli import app
+from metalflow.lab.cli import app
 
-app(prog_name="python -m lab")
+app(prog_name="python -m metalflow.lab")

@@ -13,6 +13,7 @@ back of the system under test. JSON over HTTP on the manifest's ``lab.control_ur
     POST /ports/<switch>                {"port": "1/1/1", "untagged": 10|null, "tagged": [100]}   (drift)
     POST /reset                         clear every fault (MAAS errors, delay and fail_next too)
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from lab.maas.lifecycle import FAULT_PHASES
+from metalflow.lab.maas.lifecycle import FAULT_PHASES
 
 log = logging.getLogger(__name__)
 
@@ -147,14 +148,18 @@ class _Handler(BaseHTTPRequestHandler):
             return {"ok": True}
         if len(parts) == 3 and parts[:2] == ["faults", "switch"]:
             sw = _switch(lab, parts[2])
-            sw.set_fault(_need(body, "mode", str), after=int(body.get("after", 0)),
-                         delay=float(body.get("delay", 0.0)), count=int(body.get("count", 1)))
+            sw.set_fault(
+                _need(body, "mode", str),
+                after=int(body.get("after", 0)),
+                delay=float(body.get("delay", 0.0)),
+                count=int(body.get("count", 1)),
+            )
             return {"ok": True}
         if len(parts) == 2 and parts[0] == "power":
             lab.bmcs.set_power(_host(lab, parts[1]), bool(_need(body, "on", bool)))
             return {"ok": True}
         if len(parts) == 2 and parts[0] == "ports":
-            from lab.switch import PortVlans
+            from metalflow.lab.switch import PortVlans
 
             sw = _switch(lab, parts[1])
             untagged = body.get("untagged")
@@ -176,14 +181,14 @@ class _Handler(BaseHTTPRequestHandler):
             return {"ok": True}
         raise ControlError(404, f"no such endpoint: POST /{'/'.join(parts)}")
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._route("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._route("POST")
 
-    def do_PUT(self) -> None:  # noqa: N802  (a JSON 404, not http.server's HTML 501)
+    def do_PUT(self) -> None:
         self._route("PUT")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._route("DELETE")

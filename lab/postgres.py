@@ -7,6 +7,7 @@ cluster belongs to the ``postgres`` system user (made by Debian's package) and e
 command runs through ``runuser``. Authentication is ``trust`` on loopback only: the cluster
 lives for one test session and listens on 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import glob
@@ -21,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SUPERUSER = "metalflow"
-INSTALL_HINT = ("PostgreSQL is not installed: the scale tests need Debian's server binaries "
-                "(apt-get install postgresql; .ci/system-packages lists it and .ci/run installs it)")
+INSTALL_HINT = (
+    "PostgreSQL is not installed: the scale tests need Debian's server binaries "
+    "(apt-get install postgresql; .ci/system-packages lists it and .ci/run installs it)"
+)
 
 
 class PostgresUnavailable(RuntimeError):
@@ -32,8 +35,10 @@ class PostgresUnavailable(RuntimeError):
 def find_bindir() -> Path:
     """The newest ``/usr/lib/postgresql/<major>/bin`` with initdb, pg_ctl and postgres, else
     the directory of an ``initdb`` on PATH."""
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0,
+    )
     for initdb in reversed(candidates):
         bindir = Path(initdb).parent
         if all((bindir / tool).exists() for tool in ("pg_ctl", "postgres")):
@@ -84,7 +89,7 @@ class LocalPostgres:
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    def start(cls, databases: tuple[str, ...] = (), *, timeout: float = 60.0, durable: bool = False) -> "LocalPostgres":
+    def start(cls, databases: tuple[str, ...] = (), *, timeout: float = 60.0, durable: bool = False) -> LocalPostgres:
         bindir = find_bindir()
         run_as = None
         if os.geteuid() == 0:
@@ -106,11 +111,13 @@ class LocalPostgres:
         return ["runuser", "-u", self.run_as, "--", *args] if self.run_as else list(args)
 
     def _run(self, *args: str, timeout: float = 60.0) -> str:
-        proc = subprocess.run(self._cmd(*args), capture_output=True, text=True, timeout=timeout,
-                              cwd=self.root, env=_clean_env())
+        proc = subprocess.run(
+            self._cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=self.root, env=_clean_env()
+        )
         if proc.returncode != 0:
-            raise PostgresUnavailable(f"{Path(args[0]).name} failed ({proc.returncode}): "
-                                      f"{(proc.stderr or proc.stdout)[-1500:]}")
+            raise PostgresUnavailable(
+                f"{Path(args[0]).name} failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-1500:]}"
+            )
         return proc.stdout
 
     def _init(self) -> None:
@@ -119,17 +126,38 @@ class LocalPostgres:
             pw = pwd.getpwnam(self.run_as)
             for path in (self.root, self.socket_dir):
                 os.chown(path, pw.pw_uid, pw.pw_gid)
-        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", SUPERUSER, "--auth=trust",
-                  "--encoding=UTF8", "--no-locale", "--no-sync")
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-locale",
+            "--no-sync",
+        )
 
     def _start(self, timeout: float) -> None:
-        options = (f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c max_connections=200")
+        options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c max_connections=200"
         if not self.durable:
             # Durability off: the cluster dies with the test session anyway, and fsyncs would
             # compete with the flows for the 2-core machine's disk.
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log_path),
-                  "-o", options, "-w", "-t", str(int(timeout)), "start", timeout=timeout + 10)
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log_path),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            str(int(timeout)),
+            "start",
+            timeout=timeout + 10,
+        )
         self.started = True
         self.wait_ready(timeout)
 
@@ -143,8 +171,9 @@ class LocalPostgres:
                     return
             except psycopg.OperationalError as exc:
                 if time.monotonic() > end:
-                    raise PostgresUnavailable(f"PostgreSQL on 127.0.0.1:{self.port} did not accept "
-                                              f"connections within {timeout:.0f} s: {exc}") from None
+                    raise PostgresUnavailable(
+                        f"PostgreSQL on 127.0.0.1:{self.port} did not accept connections within {timeout:.0f} s: {exc}"
+                    ) from None
                 time.sleep(0.2)
 
     def _dsn(self, database: str) -> str:
@@ -180,8 +209,10 @@ def _system_user() -> str:
             return name
         except KeyError:
             continue
-    raise PostgresUnavailable("running as root, but there is no 'postgres' system user to own the cluster "
-                              "(Debian's postgresql package creates it)")
+    raise PostgresUnavailable(
+        "running as root, but there is no 'postgres' system user to own the cluster "
+        "(Debian's postgresql package creates it)"
+    )
 
 
 def _clean_env() -> dict[str, str]:

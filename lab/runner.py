@@ -1,4 +1,5 @@
 """A whole lab in one object: switches, BMCs, MAAS and the world model that joins them."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import tempfile
 import time
 from typing import Any
 
-from lab.spec import LabSpec
-from lab.world import World
+from metalflow.lab.spec import LabSpec
+from metalflow.lab.world import World
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,11 @@ class Lab:
         self.control: Any = None
         self._started = False
 
-    def start(self) -> "Lab":
-        from lab.bmc import BmcFleet
-        from lab.control import ControlServer
-        from lab.maas import IpmiPowerDriver, MaasSim
-        from lab.switch import PortVlans, SwitchSim
+    def start(self) -> Lab:
+        from metalflow.lab.bmc import BmcFleet
+        from metalflow.lab.control import ControlServer
+        from metalflow.lab.maas import IpmiPowerDriver, MaasSim
+        from metalflow.lab.switch import PortVlans, SwitchSim
 
         spec = self.spec
         t0 = time.monotonic()
@@ -75,8 +76,12 @@ class Lab:
             if self.enlist == "ready":
                 for h in spec.hosts:
                     self.maas.add_machine(
-                        h.name, list(h.macs), power_parameters(spec, h.name), status=4,
-                        cpu_count=h.cpu_count, memory=h.memory_mb,
+                        h.name,
+                        list(h.macs),
+                        power_parameters(spec, h.name),
+                        status=4,
+                        cpu_count=h.cpu_count,
+                        memory=h.memory_mb,
                     )
             self.control = ControlServer(self, spec.control_address, spec.control_port)
             self.control.start()
@@ -84,8 +89,7 @@ class Lab:
             self.stop()
             raise
         self._started = True
-        log.info("lab up in %.1f s: %d hosts, %d switches", time.monotonic() - t0,
-                 len(spec.hosts), len(spec.switches))
+        log.info("lab up in %.1f s: %d hosts, %d switches", time.monotonic() - t0, len(spec.hosts), len(spec.switches))
         return self
 
     def stop(self) -> None:
@@ -108,7 +112,7 @@ class Lab:
         self.world.stop()
         self._started = False
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -1,5 +1,6 @@
 """A single timer thread for the world model: run callables at a time, in order, off the
 caller's thread (BMC events arrive on the fleet's reader thread and must not block it)."""
+
 from __future__ import annotations
 
 import heapq
@@ -7,7 +8,7 @@ import itertools
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ labs (the demo, a test run) can run side by side on one machine:
 - MAAS on ``127.<100+block>.250.1`` port 5240 and the lab control API on the same address,
   port 5241.
 """
+
 from __future__ import annotations
 
 import os
@@ -164,12 +165,7 @@ class LabSpec:
         """The seed's rack config JSON: one rack per switch, its hosts by MAC and port."""
         racks = []
         for sw in self.switches:
-            cabled = [
-                {"mac": nic.mac, "port": nic.port}
-                for h in self.hosts
-                for nic in h.nics
-                if nic.switch == sw.name
-            ]
+            cabled = [{"mac": nic.mac, "port": nic.port} for h in self.hosts for nic in h.nics if nic.switch == sw.name]
             racks.append(
                 {
                     "l2Switch": {
@@ -234,13 +230,8 @@ class LabSpec:
 
 def _mac(block: int, host: int, nic: int) -> str:
     # Locally administered unicast prefix 02:..., unique per block, host and NIC.
-    return "02:%02x:%02x:%02x:%02x:%02x" % (
-        block & 0xFF,
-        (host >> 8) & 0xFF,
-        host & 0xFF,
-        0x10 + nic,
-        0x01,
-    )
+    octets = (0x02, block & 0xFF, (host >> 8) & 0xFF, host & 0xFF, 0x10 + nic, 0x01)
+    return ":".join(f"{o:02x}" for o in octets)
 
 
 def generate(

@@ -13,16 +13,18 @@ simulator owns the node state machine. This model joins them the way real hardwa
 - there is no fallback from PXE to disk: after deploy the server boots its OS from disk only
   if the boot device says so.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from lab.scheduler import Scheduler
-from lab.spec import HostSpec, LabSpec
+from metalflow.lab.scheduler import Scheduler
+from metalflow.lab.spec import HostSpec, LabSpec
 
 log = logging.getLogger(__name__)
 
@@ -170,21 +172,31 @@ class World:
             # The last 20 things the console showed: a phase shorter than a poll interval
             # (commissioning takes 0.5 s in tests) is still visible afterwards.
             history = [{"at": at, "running": what} for at, what in host.history]
-        out: dict = {"name": name, "running": host.running, "disk_image": host.disk_image,
-                     "boots": host.boots, "history": history}
+        out: dict = {
+            "name": name,
+            "running": host.running,
+            "disk_image": host.disk_image,
+            "boots": host.boots,
+            "history": history,
+        }
         if self.bmcs is not None:
             st = self.bmcs.state(name)
-            out.update(power=st.power, bootdev=st.bootdev, persistent=st.persistent,
-                       override=st.override, bmc_fault=st.fault)
+            out.update(
+                power=st.power, bootdev=st.bootdev, persistent=st.persistent, override=st.override, bmc_fault=st.fault
+            )
         ports = []
         for nic in host.spec.nics:
             sw = self.switches.get(nic.switch)
             pv = sw.port_vlans(nic.port) if sw is not None else None
-            ports.append({
-                "mac": nic.mac, "switch": nic.switch, "port": nic.port,
-                "untagged": pv.untagged if pv else None,
-                "tagged": sorted(pv.tagged) if pv else [],
-            })
+            ports.append(
+                {
+                    "mac": nic.mac,
+                    "switch": nic.switch,
+                    "port": nic.port,
+                    "untagged": pv.untagged if pv else None,
+                    "tagged": sorted(pv.tagged) if pv else [],
+                }
+            )
         out["ports"] = ports
         return out
 

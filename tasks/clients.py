@@ -2,19 +2,20 @@
 
 Each worker process keeps one inventory engine and one MAAS session (connection reuse);
 BMC and switch clients are made per call, since each targets one device."""
+
 from __future__ import annotations
 
 import threading
 from functools import lru_cache
 
-from integrations.inventory import HostInfo, Inventory, SwitchInfo
-from integrations.inventory.group import GroupJournal
-from integrations.ipmi import BmcClient, BmcTarget
-from integrations.maas import MaasClient
-from integrations.maas.preseed import LocalPreseedStore, PreseedStore, SftpPreseedStore
-from integrations.switches import SwitchDriver, connect
-from tasks.credentials import resolve
-from tasks.settings import settings
+from metalflow.integrations.inventory import HostInfo, Inventory, SwitchInfo
+from metalflow.integrations.inventory.group import GroupJournal
+from metalflow.integrations.ipmi import BmcClient, BmcTarget
+from metalflow.integrations.maas import MaasClient
+from metalflow.integrations.maas.preseed import LocalPreseedStore, PreseedStore, SftpPreseedStore
+from metalflow.integrations.switches import SwitchDriver, connect
+from metalflow.tasks.credentials import resolve
+from metalflow.tasks.settings import settings
 
 _lock = threading.Lock()
 
@@ -55,13 +56,19 @@ def maas() -> MaasClient:
 
 
 def bmc(host: HostInfo, **kwargs) -> BmcClient:
-    return BmcClient(host.ipmi_address, host.ipmi_username, resolve(host.ipmi_credential_ref),
-                     port=host.ipmi_port, **kwargs)
+    return BmcClient(
+        host.ipmi_address, host.ipmi_username, resolve(host.ipmi_credential_ref), port=host.ipmi_port, **kwargs
+    )
 
 
 def bmc_target(host: HostInfo) -> BmcTarget:
-    return BmcTarget(key=host.name, address=host.ipmi_address, username=host.ipmi_username,
-                     password=resolve(host.ipmi_credential_ref), port=host.ipmi_port)
+    return BmcTarget(
+        key=host.name,
+        address=host.ipmi_address,
+        username=host.ipmi_username,
+        password=resolve(host.ipmi_credential_ref),
+        port=host.ipmi_port,
+    )
 
 
 def switch(sw: SwitchInfo) -> SwitchDriver:
@@ -76,6 +83,11 @@ def preseed_store() -> PreseedStore:
         from urllib.parse import urlparse
 
         u = urlparse(target)
-        return SftpPreseedStore(u.hostname or "", u.port or 22, u.username or "root",
-                                resolve(settings().preseed_credential_ref), u.path or "/etc/maas/preseeds")
+        return SftpPreseedStore(
+            u.hostname or "",
+            u.port or 22,
+            u.username or "root",
+            resolve(settings().preseed_credential_ref),
+            u.path or "/etc/maas/preseeds",
+        )
     return LocalPreseedStore(target)

@@ -4,19 +4,21 @@ A client decides what is transient (its exceptions carry ``transient``); the tas
 that, with backoff and jitter. Bad input and wrong state fail at once: retrying them would only
 hide the reason. Clients hold their own deadlines; ``timeout_seconds`` here is a backstop.
 """
+
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import functools
 import logging
-from typing import Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from integrations.common import Backoff, Deadline, DeadlineExceeded, retry
+from metalflow.integrations.common import Backoff, Deadline, DeadlineExceeded, retry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,9 +41,17 @@ def transient_only(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def runbook_task(*, system: str, retries: int = 3, backoff: float = 2.0, timeout: float | None = None,
-                 name: str | None = None, run_name: str | None = None, journal: bool = True,
-                 **kwargs: Any) -> Callable[[F], F]:
+def runbook_task(
+    *,
+    system: str,
+    retries: int = 3,
+    backoff: float = 2.0,
+    timeout: float | None = None,
+    name: str | None = None,
+    run_name: str | None = None,
+    journal: bool = True,
+    **kwargs: Any,
+) -> Callable[[F], F]:
     """``@task`` with metalflow's defaults: transient-only retries with exponential backoff and
     jitter, a run name that includes the host, no result caching (a rerun must re-read the
     world, never replay a cached answer), and a journal line per attempt in the host's event
@@ -50,19 +60,23 @@ def runbook_task(*, system: str, retries: int = 3, backoff: float = 2.0, timeout
     def deco(fn: F) -> F:
         step = name or fn.__name__.replace("_", "-")
         body = _journaled(fn, step, system) if journal else fn
-        return Step(task(  # type: ignore[return-value]
-            body,
-            name=step,
-            task_run_name=run_name or (step + " {host.name}"),
-            retries=retries,
-            retry_delay_seconds=exponential_backoff(backoff)(retries) if retries else 0,
-            retry_jitter_factor=0.5,
-            retry_condition_fn=transient_only,
-            timeout_seconds=timeout,
-            cache_policy=NO_CACHE,
-            persist_result=False,
-            **kwargs,
-        ), retries, backoff)
+        return Step(
+            task(  # type: ignore[return-value]
+                body,
+                name=step,
+                task_run_name=run_name or (step + " {host.name}"),
+                retries=retries,
+                retry_delay_seconds=exponential_backoff(backoff)(retries) if retries else 0,
+                retry_jitter_factor=0.5,
+                retry_condition_fn=transient_only,
+                timeout_seconds=timeout,
+                cache_policy=NO_CACHE,
+                persist_result=False,
+                **kwargs,
+            ),
+            retries,
+            backoff,
+        )
 
     return deco
 
@@ -104,21 +118,36 @@ class Step:
         log = logger()
 
         def again(attempt: int, exc: BaseException, delay: float) -> None:
-            log.warning("%s: attempt %d failed (%s: %s); again in %.1f s", self.task.name, attempt,
-                        type(exc).__name__, exc, delay)
+            log.warning(
+                "%s: attempt %d failed (%s: %s); again in %.1f s",
+                self.task.name,
+                attempt,
+                type(exc).__name__,
+                exc,
+                delay,
+            )
 
-        return retry(lambda: self.task.fn(*args, **kwargs),
-                     transient=lambda exc: 0.0 if is_transient(exc) else None,
-                     deadline=Deadline(3600.0),
-                     backoff=Backoff(first=self.backoff, factor=2.0, cap=self.backoff * 2 ** max(0, self.retries - 1),
-                                     attempts=self.retries + 1),
-                     on_retry=again)
+        return retry(
+            lambda: self.task.fn(*args, **kwargs),
+            transient=lambda exc: 0.0 if is_transient(exc) else None,
+            deadline=Deadline(3600.0),
+            backoff=Backoff(
+                first=self.backoff,
+                factor=2.0,
+                cap=self.backoff * 2 ** max(0, self.retries - 1),
+                attempts=self.retries + 1,
+            ),
+            on_retry=again,
+        )
 
-    def with_options(self, **options: Any) -> "Step":
+    def with_options(self, **options: Any) -> Step:
         retries = options.get("retries", self.retries)
         delay = options.get("retry_delay_seconds")
-        return Step(self.task.with_options(**options), retries,
-                    float(delay) if isinstance(delay, (int, float)) else self.backoff)
+        return Step(
+            self.task.with_options(**options),
+            retries,
+            float(delay) if isinstance(delay, (int, float)) else self.backoff,
+        )
 
     def __getattr__(self, attr: str) -> Any:
         return getattr(self.task, attr)
@@ -151,13 +180,19 @@ def write_journal(host: Any, step: str, system: str, outcome: str, detail: str =
     """Best effort: a journal that cannot be written must not fail the step it describes."""
     from prefect.runtime import flow_run
 
-    from tasks.clients import journal
+    from metalflow.tasks.clients import journal
 
     name = getattr(host, "name", host)
     try:
-        journal().journal(name, operation=str(flow_run.flow_name or "manual"),
-                          run_id=str(flow_run.id) if flow_run.id else None,
-                          step=step, system=system, outcome=outcome, detail=detail)
+        journal().journal(
+            name,
+            operation=str(flow_run.flow_name or "manual"),
+            run_id=str(flow_run.id) if flow_run.id else None,
+            step=step,
+            system=system,
+            outcome=outcome,
+            detail=detail,
+        )
     except Exception as exc:  # noqa: BLE001
         logging.getLogger("metalflow").warning("journal write for %s failed: %s", name, exc)
 
@@ -165,7 +200,7 @@ def write_journal(host: Any, step: str, system: str, outcome: str, detail: str =
 def logger() -> logging.Logger | logging.LoggerAdapter:
     try:
         return get_run_logger()
-    except Exception:  # outside a run (unit tests calling .fn)
+    except Exception:  # noqa: BLE001 - outside a run (unit tests calling .fn)
         return logging.getLogger("metalflow")
 
 

@@ -9,6 +9,7 @@ A reference says where a secret lives, never what it is:
 
 Parameters, logs and artifacts carry references only.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ import os
 import threading
 import time
 
-from integrations.common import MetalflowError, Secret
+from metalflow.integrations.common import MetalflowError, Secret
 
 
 class CredentialError(MetalflowError):
@@ -60,8 +61,10 @@ class _BlockCache:
         try:
             value = SecretBlock.load(name, _sync=True).get()
         except ValueError:
-            raise CredentialError(f"no Prefect Secret block named {name!r}; create it in the UI "
-                                  "(Blocks → Secret) or with `metalflow secrets set`") from None
+            raise CredentialError(
+                f"no Prefect Secret block named {name!r}; create it in the UI "
+                "(Blocks → Secret) or with `metalflow secrets set`"
+            ) from None
         with self._lock:
             self._data[name] = (time.monotonic(), value)
         return value
@@ -90,7 +93,9 @@ def resolve(ref: str) -> Secret:
                 try:
                     value = json.loads(value)
                 except ValueError:
-                    raise CredentialError(f"Secret block {name!r} is not a JSON object; cannot read key {key!r}") from None
+                    raise CredentialError(
+                        f"Secret block {name!r} is not a JSON object; cannot read key {key!r}"
+                    ) from None
             if not isinstance(value, dict) or key not in value:
                 raise CredentialError(f"Secret block {name!r} has no entry {key!r}")
             value = value[key]

@@ -1,12 +1,13 @@
 """Inventory steps: the host record, the desired port VLANs (what rollback and audit rely on),
 the VM a host carries."""
+
 from __future__ import annotations
 
-from integrations.inventory import CabledPort, DesiredVlan, HostInfo, VlanInfo
-from tasks import clients
-from tasks.common import runbook_task
-from tasks.settings import settings
-from tasks.switches import PortTarget
+from metalflow.integrations.inventory import CabledPort, DesiredVlan, HostInfo, VlanInfo
+from metalflow.tasks import clients
+from metalflow.tasks.common import runbook_task
+from metalflow.tasks.settings import settings
+from metalflow.tasks.switches import PortTarget
 
 
 def pxe_vlan_for(switch_pxe_vlan: int | None) -> int:
@@ -41,8 +42,9 @@ def pxe_vlans(host: HostInfo) -> list[int]:
 
 
 @runbook_task(system="inventory", name="want-ports", run_name="want-ports {host.name} {state}")
-def want_ports(host: HostInfo, state: str, guest_vlan: int | None = None,
-               extra_vlans: list[int] | None = None) -> list[PortTarget]:
+def want_ports(
+    host: HostInfo, state: str, guest_vlan: int | None = None, extra_vlans: list[int] | None = None
+) -> list[PortTarget]:
     """Record the desired VLANs of every cabled port, then return the targets to converge to.
 
     ``state``: ``pxe`` (idle or provisioning: the PXE VLAN untagged only), ``guest`` (the
@@ -63,7 +65,8 @@ def want_ports(host: HostInfo, state: str, guest_vlan: int | None = None,
                 return [DesiredVlan(vlan, "pxe", tagged=False, ports=plist) for vlan, plist in by_vlan.items()]
             # The VM's whole network set is given here: any earlier guest or extra VLAN goes.
             return [DesiredVlan(guest_vlan, "guest", tagged=False)] + [
-                DesiredVlan(extra, "extra", tagged=True) for extra in extra_vlans or []]
+                DesiredVlan(extra, "extra", tagged=True) for extra in extra_vlans or []
+            ]
 
         # One transaction: the ports never show nothing desired half-way (see the audit).
         ports, desired = inv.replace_desired_vlans(host.name, plan)

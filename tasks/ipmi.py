@@ -2,13 +2,14 @@
 
 The power state a step has verified goes into the inventory at once: an operator sees it, and
 the next power poll does not take metalflow's own action for a change behind its back."""
+
 from __future__ import annotations
 
-from integrations.inventory import HostInfo
-from integrations.ipmi import BmcTimeout, BmcWrongState
-from tasks import clients
-from tasks.common import logger, runbook_task
-from tasks.settings import settings
+from metalflow.integrations.inventory import HostInfo
+from metalflow.integrations.ipmi import BmcTimeout, BmcWrongState
+from metalflow.tasks import clients
+from metalflow.tasks.common import logger, runbook_task
+from metalflow.tasks.settings import settings
 
 
 def record_power(host: HostInfo, state: str) -> None:
@@ -61,8 +62,12 @@ def shut_down(host: HostInfo, soft_timeout: float | None = None) -> str:
                 # Still on at the deadline, or the deadline ran out while the BMC was slow to
                 # answer: either way the OS had its chance. An unreachable BMC fails the hard
                 # off below too, and that error is the one retried.
-                log.warning("%s did not go off within %g s of the soft-off request (%s): powering off hard",
-                            host.name, wait, type(exc).__name__)
+                log.warning(
+                    "%s did not go off within %g s of the soft-off request (%s): powering off hard",
+                    host.name,
+                    wait,
+                    type(exc).__name__,
+                )
                 bmc.power_off(soft=False)
                 how = "hard off (soft off ignored)"
     record_power(host, "off")

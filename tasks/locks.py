@@ -8,6 +8,7 @@ switch holds open costs it (many top-of-rack switches allow only a handful of SS
 Within one process, ``converge_ports`` steps on the same switch share one session (a group
 commit: ``tasks.switches.SwitchBatch``), whose leader takes this lock for it; the lock makes
 that session the only one on the switch."""
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,8 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import httpx
 from prefect.client.orchestration import get_client
@@ -87,8 +88,9 @@ class Lease:
                 with get_client(sync_client=True) as client:
                     client.renew_concurrency_lease(self.lease_id, self.duration)
             except Exception as exc:  # noqa: BLE001 - the next renewal may get through
-                log.warning("could not renew the lease on %s (%s); retrying in %.0f s",
-                            self.name, exc, self.duration / 3)
+                log.warning(
+                    "could not renew the lease on %s (%s); retrying in %.0f s", self.name, exc, self.duration / 3
+                )
 
     def close(self) -> None:
         if self._stop.is_set():
@@ -102,10 +104,11 @@ class Lease:
             except Exception as exc:  # noqa: BLE001 - unreleased, the lease expires on its own
                 if attempt == 2:
                     logging.getLogger("metalflow.locks").warning(
-                        "could not release %s (%s); it frees itself within %.0f s", self.name, exc, self.duration)
+                        "could not release %s (%s); it frees itself within %.0f s", self.name, exc, self.duration
+                    )
                 time.sleep(0.2 * (attempt + 1))
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -130,7 +133,8 @@ def try_acquire(name: str, lease: float) -> Lease | None:
     with get_client(sync_client=True) as client:
         try:
             response = client.increment_concurrency_slots_with_lease(
-                names=[name], slots=1, mode="concurrency", lease_duration=lease, holder=_holder())
+                names=[name], slots=1, mode="concurrency", lease_duration=lease, holder=_holder()
+            )
         except httpx.HTTPStatusError as exc:
             # 423: another holder. 502-504: the server is busy (SQLite's "database is locked"
             # surfaces as 503; measured with 50 provisions at once): not taken, so try again,
@@ -142,8 +146,9 @@ def try_acquire(name: str, lease: float) -> Lease | None:
     if not body.get("limits"):
         with _local_guard:
             _known.discard(name)
-        raise LimitMissing(f"the global concurrency limit {name!r} does not exist (it is made on first use; "
-                           "was it deleted meanwhile?)")
+        raise LimitMissing(
+            f"the global concurrency limit {name!r} does not exist (it is made on first use; was it deleted meanwhile?)"
+        )
     return Lease(name, body["lease_id"], lease)
 
 
@@ -192,8 +197,8 @@ def switch_lock(switch: str, wait: float = SWITCH_LOCK_WAIT) -> Iterator[None]:
     sets it to ``process``: every run of the installation is a thread of that one process, and
     a limit's increment on a SQLite-backed Prefect server was measured at up to 2 s under
     load, paid by every session queued behind it."""
-    from tasks.common import logger
-    from tasks.settings import settings
+    from metalflow.tasks.common import logger
+    from metalflow.tasks.settings import settings
 
     started = time.monotonic()
     name = limit_name("switch", switch)
@@ -210,8 +215,14 @@ def switch_lock(switch: str, wait: float = SWITCH_LOCK_WAIT) -> Iterator[None]:
                 raise TimeoutError(f"switch {switch}: another worker's session held it for {wait:.0f} s")
         got = time.monotonic()
         if got - started > 1.0:
-            logger().info("waited %.1f s for switch %s (%.1f s behind this process's runs, %.1f s for the "
-                          "limit %s)", got - started, switch, queued - started, got - queued, name)
+            logger().info(
+                "waited %.1f s for switch %s (%.1f s behind this process's runs, %.1f s for the limit %s)",
+                got - started,
+                switch,
+                queued - started,
+                got - queued,
+                name,
+            )
         with held:
             yield
     finally:

@@ -1,16 +1,17 @@
 """MAAS steps. Each reads the machine first and does nothing when the step already holds, so
 a rerun of any run converges without duplicate changes."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from integrations.common import Deadline, Secret
-from integrations.inventory import HostInfo
-from integrations.maas import Machine, MaasError, MaasTimeout, MaasWrongState, NodeStatus
-from integrations.maas.preseed import render_preseed
-from tasks import clients
-from tasks.common import logger, runbook_task
-from tasks.credentials import resolve
+from metalflow.integrations.common import Deadline, Secret
+from metalflow.integrations.inventory import HostInfo
+from metalflow.integrations.maas import MaasError, MaasTimeout, MaasWrongState, Machine, NodeStatus
+from metalflow.integrations.maas.preseed import render_preseed
+from metalflow.tasks import clients
+from metalflow.tasks.common import logger, runbook_task
+from metalflow.tasks.credentials import resolve
 
 S = NodeStatus
 
@@ -37,8 +38,15 @@ def find_or_create_machine(host: HostInfo, hostname: str) -> Machine:
         return found
     address = host.ipmi_address if host.ipmi_port == 623 else f"{host.ipmi_address}:{host.ipmi_port}"
     macs = [n.mac for n in host.nics] or [host.boot_mac]
-    return m.create_machine(hostname, macs, address, host.ipmi_username, resolve(host.ipmi_credential_ref),
-                            architecture=host.arch, commission=True)
+    return m.create_machine(
+        hostname,
+        macs,
+        address,
+        host.ipmi_username,
+        resolve(host.ipmi_credential_ref),
+        architecture=host.arch,
+        commission=True,
+    )
 
 
 @runbook_task(system="maas", name="commission-machine")
@@ -61,8 +69,9 @@ def wait_for_status(host: HostInfo, system_id: str, want: str, timeout: float, p
     ``phase`` (commission, deploy, erase) names the MAAS phase being waited for: its deadline
     is the ``<phase>_timeout`` setting, and a phase that outlives it fails saying so."""
     try:
-        return clients.maas().wait_for_status(system_id, [S[w.strip().upper()] for w in want.split("|")],
-                                              deadline=Deadline(timeout), shared=True)
+        return clients.maas().wait_for_status(
+            system_id, [S[w.strip().upper()] for w in want.split("|")], deadline=Deadline(timeout), shared=True
+        )
     except MaasTimeout as exc:
         if not phase:
             raise
@@ -70,13 +79,20 @@ def wait_for_status(host: HostInfo, system_id: str, want: str, timeout: float, p
             f"{phase} phase did not finish within {timeout:g} s (the {phase}_timeout setting, "
             f"METALFLOW_{phase.upper()}_TIMEOUT); MAAS still has {host.name} ({system_id}) "
             f"{exc.last_status or 'in an unknown state'}",
-            system_id=system_id, op=f"wait for {phase}", last_status=exc.last_status,
+            system_id=system_id,
+            op=f"wait for {phase}",
+            last_status=exc.last_status,
         ) from None
     except MaasWrongState as exc:
         if not phase:
             raise
-        raise MaasWrongState(f"{phase} phase failed: {exc.message}", machine_status=exc.machine_status,
-                             system_id=system_id, op=f"wait for {phase}", excerpt=exc.excerpt) from None
+        raise MaasWrongState(
+            f"{phase} phase failed: {exc.message}",
+            machine_status=exc.machine_status,
+            system_id=system_id,
+            op=f"wait for {phase}",
+            excerpt=exc.excerpt,
+        ) from None
 
 
 @runbook_task(system="maas", name="rename-machine", run_name="rename-machine {host.name} {hostname}")
@@ -99,16 +115,18 @@ def create_bond(host: HostInfo, macs: list[str]) -> str:
     wanted = {mac.lower() for mac in macs}
     parents = [i for i in ifaces if i.type == "physical" and i.mac_address in wanted]
     if len(parents) != len(wanted):
-        raise MaasError("MAAS does not know every cabled interface of the host",
-                        target=f"{host.name} {sid}", evidence=f"cabled {sorted(wanted)}")
+        raise MaasError(
+            "MAAS does not know every cabled interface of the host",
+            target=f"{host.name} {sid}",
+            evidence=f"cabled {sorted(wanted)}",
+        )
     existing = [i for i in ifaces if i.type == "bond" and set(i.parents) == {p.name for p in parents}]
     if existing:
         bond = existing[0]
         if any(link.mode == "dhcp" for link in bond.links):
             return f"bond {bond.name} already there"
     else:
-        bond = m.create_bond(sid, "bond0", [p.id for p in parents], mode="active-backup",
-                             mac_address=host.boot_mac)
+        bond = m.create_bond(sid, "bond0", [p.id for p in parents], mode="active-backup", mac_address=host.boot_mac)
     subnet = next((s for s in m.subnets() if s.vlan is not None and s.vlan.dhcp_on), None)
     m.link_subnet(sid, bond.id, subnet.id if subnet else None, mode="dhcp", force=True)
     return f"bond {bond.name} (active-backup) over {', '.join(p.name for p in parents)}"
@@ -153,8 +171,14 @@ class DeliveredPreseed:
 
 
 @runbook_task(system="maas", name="deliver-preseed")
-def deliver_preseed(host: HostInfo, hostname: str, image: str, root_password_hash_ref: str | None,
-                    root_password_hash: str | None, ssh_keys: list[str]) -> DeliveredPreseed:
+def deliver_preseed(
+    host: HostInfo,
+    hostname: str,
+    image: str,
+    root_password_hash_ref: str | None,
+    root_password_hash: str | None,
+    ssh_keys: list[str],
+) -> DeliveredPreseed:
     """Render the curtin preseed for this node and write it as MAAS's most specific
     per-node file, so MAAS picks it for this deployment and no other."""
     m = clients.maas()
@@ -165,8 +189,14 @@ def deliver_preseed(host: HostInfo, hostname: str, image: str, root_password_has
     pw_hash: Secret | str | None = root_password_hash
     if root_password_hash_ref:
         pw_hash = resolve(root_password_hash_ref)
-    rendered = render_preseed(hostname=hostname, osystem=osystem or "custom", release=release,
-                              architecture=host.arch, root_password_hash=pw_hash, ssh_keys=ssh_keys)
+    rendered = render_preseed(
+        hostname=hostname,
+        osystem=osystem or "custom",
+        release=release,
+        architecture=host.arch,
+        root_password_hash=pw_hash,
+        ssh_keys=ssh_keys,
+    )
     clients.preseed_store().write(rendered.filename, rendered.text)
     return DeliveredPreseed(rendered.filename, rendered.masked().text)
 

@@ -1,6 +1,7 @@
 """metalflow's settings: the environment (``METALFLOW_*``) over an optional JSON file
 (``$METALFLOW_HOME/config.json``) over defaults. No secret is a setting: settings hold
 *references* to where secrets live (``env:NAME``, ``block:NAME`` or ``block:NAME#key``)."""
+
 from __future__ import annotations
 
 import json
@@ -80,9 +81,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     try:
         return Settings(**data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{_ENV_PREFIX}{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{_ENV_PREFIX}{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
         raise ValueError(f"bad metalflow settings ({path} or environment): {problems}") from None
 
 
@@ -99,7 +98,11 @@ def _fingerprint() -> tuple:
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
     except OSError:
         stamp = None
-    return (str(_config_path()), stamp, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIX))))
+    return (
+        str(_config_path()),
+        stamp,
+        tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIX))),
+    )
 
 
 @lru_cache(maxsize=1)
@@ -109,4 +112,3 @@ def _settings(fingerprint: tuple) -> Settings:
 
 def settings() -> Settings:
     return _settings(_fingerprint())
-

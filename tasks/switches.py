@@ -11,22 +11,24 @@ the lines sent for their ports, or their own error. A port change that fails fai
 own request; a session that breaks (no connection, the connection lost, the save refused)
 fails every request it had taken. Each run logs its own ports, in its own run.
 """
+
 from __future__ import annotations
 
 import copy
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
-from integrations.inventory import HostInfo, SwitchInfo
-from integrations.switches import PortVlans, SwitchAuthFailed, SwitchUnreachable
-from tasks import clients
-from tasks.common import logger, runbook_task
-from tasks.locks import SWITCH_LOCK_WAIT, switch_lock
+from metalflow.integrations.inventory import HostInfo, SwitchInfo
+from metalflow.integrations.switches import PortVlans, SwitchAuthFailed, SwitchUnreachable
+from metalflow.tasks import clients
+from metalflow.tasks.common import logger, runbook_task
+from metalflow.tasks.locks import SWITCH_LOCK_WAIT, switch_lock
 
 #: A session serves at most this many requests, or takes new ones for at most this many
 #: seconds, before it closes and hands the lead on: no request waits behind an endless one.
@@ -55,8 +57,10 @@ def plan_port(current: PortVlans, target: PortTarget) -> list[tuple[str, int, bo
     """The changes that take a port from ``current`` to ``target``: removals first (a port
     holds one untagged VLAN, so the old one must go before the new one comes), then additions."""
     if len(current.tagged) > 1024:
-        raise ValueError(f"{target.switch} {target.port} is a trunk that allows (nearly) every VLAN; give it "
-                         "an explicit allowed list before metalflow manages it")
+        raise ValueError(
+            f"{target.switch} {target.port} is a trunk that allows (nearly) every VLAN; give it "
+            "an explicit allowed list before metalflow manages it"
+        )
     want_tagged = set(target.tagged)
     steps: list[tuple[str, int, bool]] = []
     if current.untagged is not None and current.untagged != target.untagged:
@@ -137,8 +141,7 @@ class SwitchBatch:
     """This process's group commit on one switch (see the module docstring). Thread-safe:
     every run of the process that converges ports on the switch goes through ``submit``."""
 
-    def __init__(self, switch: str, *, max_requests: int = SESSION_REQUESTS,
-                 max_seconds: float = SESSION_SECONDS):
+    def __init__(self, switch: str, *, max_requests: int = SESSION_REQUESTS, max_seconds: float = SESSION_SECONDS):
         self.switch = switch
         self.max_requests, self.max_seconds = max_requests, max_seconds
         self._cond = threading.Condition()
@@ -154,8 +157,9 @@ class SwitchBatch:
         with self._cond:
             return len(self._queue)
 
-    def submit(self, host: str, targets: list[PortTarget], open_session: SessionOpener,
-               wait: float = SWITCH_LOCK_WAIT) -> SwitchOutcome:
+    def submit(
+        self, host: str, targets: list[PortTarget], open_session: SessionOpener, wait: float = SWITCH_LOCK_WAIT
+    ) -> SwitchOutcome:
         """Converge ``targets`` (ports of this switch) for ``host``; returns once they are done
         and saved or failed. Waits at most ``wait`` seconds for a session to take them (then
         withdraws them, unchanged) and ``wait`` more for that session to end; ``open_session``
@@ -204,7 +208,7 @@ class SwitchBatch:
                     if isinstance(req.error, SESSION_ERRORS):
                         raise req.error  # no use going on: the requests behind get a new session
             self._unsaved = False  # saved, or nothing was left to save
-        except Exception as exc:  # the session did not open, broke, or its save failed
+        except Exception as exc:  # noqa: BLE001 - the session did not open, broke, or its save failed
             self._unsaved = self._unsaved or sent
             if not taken:  # it did not open: every request waiting for it fails alike
                 taken = self._take_all()
@@ -215,7 +219,8 @@ class SwitchBatch:
             self._unsaved = self._unsaved or sent
             stopped = SessionAbandoned(
                 f"switch {self.switch}: the session applying these ports stopped ({type(exc).__name__} "
-                f"in {me.host}'s run) before it saved; a retry reads the ports again")
+                f"in {me.host}'s run) before it saved; a retry reads the ports again"
+            )
             for r in taken:
                 if r.error is None and r is not me:
                     r.error = stopped
@@ -234,8 +239,11 @@ class SwitchBatch:
         """The next request for the open session, or None: the queue is empty or the session
         has served its share."""
         with self._cond:
-            if not self._queue or len(taken) >= self.max_requests or (
-                    taken and time.monotonic() - opened >= self.max_seconds):
+            if (
+                not self._queue
+                or len(taken) >= self.max_requests
+                or (taken and time.monotonic() - opened >= self.max_seconds)
+            ):
                 return None
             req = self._queue.popleft()
             req.taken_at = time.monotonic()
@@ -271,10 +279,12 @@ class SwitchBatch:
         if req.taken_at is None:
             return TimeoutError(
                 f"switch {self.switch}: {req.host}'s ports waited {wait:.0f} s for a session of this "
-                f"process and were withdrawn unchanged (the switch is busy: session {leader})")
+                f"process and were withdrawn unchanged (the switch is busy: session {leader})"
+            )
         return TimeoutError(
             f"switch {self.switch}: the session that took {req.host}'s ports ({leader}) has not ended "
-            f"after {wait:.0f} s; its changes may still land, and a retry reads the ports again")
+            f"after {wait:.0f} s; its changes may still land, and a retry reads the ports again"
+        )
 
 
 def _own_copy(exc: BaseException) -> BaseException:
@@ -307,8 +317,15 @@ class SwitchBatches:
 BATCHES = SwitchBatches()
 
 
-def converge_switch(switch: str, host: str, targets: list[PortTarget], open_session: SessionOpener, *,
-                    batches: SwitchBatches = BATCHES, wait: float = SWITCH_LOCK_WAIT) -> list[str]:
+def converge_switch(
+    switch: str,
+    host: str,
+    targets: list[PortTarget],
+    open_session: SessionOpener,
+    *,
+    batches: SwitchBatches = BATCHES,
+    wait: float = SWITCH_LOCK_WAIT,
+) -> list[str]:
     """Converge ``host``'s ``targets`` on ``switch`` through the process's group commit, and
     log each port in the calling run. Returns the CLI lines sent for these ports
     (``"<switch>: <line>"``); raises this request's error."""

@@ -1,4 +1,5 @@
-"""Shared fixtures: a whole lab, started the way an operator starts it (``python -m lab up``)."""
+"""Shared fixtures: a whole lab, started the way an operator starts it (``python -m metalflow.lab up``)."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,9 @@ class LabHandle:
 
     def control(self, method: str, path: str, body: dict | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.control_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.control_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=15) as resp:
             return json.loads(resp.read())
 
@@ -47,8 +49,11 @@ def start_lab(tmp: Path, *args: str, block: int, timeout: float = 60) -> LabHand
     manifest = tmp / "manifest.json"
     log = open(tmp / "lab.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lab", "up", "--manifest", str(manifest), "--block", str(block), *args],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-m", "metalflow.lab", "up", "--manifest", str(manifest), "--block", str(block), *args],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -90,8 +95,21 @@ def lab(tmp_path_factory) -> LabHandle:
     """One lab for the session: 6 hosts over 2 switches (Force10 and Cisco IOS); every
     second host on each switch has two cabled NICs. Tests that break things reset faults."""
     tmp = tmp_path_factory.mktemp("lab")
-    handle = start_lab(tmp, "--hosts", "6", "--switches", "2", "--deploy-seconds", "1",
-                       "--commission-seconds", "0.5", "--erase-seconds", "0.5",
-                       "--node-timeout", "6", block=free_block(20))
+    handle = start_lab(
+        tmp,
+        "--hosts",
+        "6",
+        "--switches",
+        "2",
+        "--deploy-seconds",
+        "1",
+        "--commission-seconds",
+        "0.5",
+        "--erase-seconds",
+        "0.5",
+        "--node-timeout",
+        "6",
+        block=free_block(20),
+    )
     yield handle
     stop_lab(handle.proc)

@@ -12,6 +12,7 @@ Arguments naming a path (``tests/unit``, ``tests/e2e/test_bulk.py::test_x``) run
 process as given, like plain ``pytest``. The output of the second half is printed after the
 first's; the exit status is the first non-zero of the two.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,9 @@ def main(argv: list[str]) -> int:
         print(f"tests.split: test directories in no half: {missing}; add them to HALVES", file=sys.stderr)
         return 2
     with tempfile.TemporaryFile("w+") as second_out:
-        second = subprocess.Popen(cmd + argv + list(HALVES[1]), cwd=ROOT, stdout=second_out,
-                                  stderr=subprocess.STDOUT, env=dict(os.environ))
+        second = subprocess.Popen(
+            cmd + argv + list(HALVES[1]), cwd=ROOT, stdout=second_out, stderr=subprocess.STDOUT, env=dict(os.environ)
+        )
         try:
             first = subprocess.call(cmd + argv + list(HALVES[0]), cwd=ROOT)
             rc_second = second.wait()

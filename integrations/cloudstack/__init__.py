@@ -2,7 +2,8 @@
 config (``config``), and the Orchestrator extension CloudStack 4.21+ runs as ``<exe> <action>
 <payload.json> <timeout>`` (``extension``, console script ``metalflow-cloudstack``; imported
 on its own, not from here, to keep its start-up small)."""
-from integrations.cloudstack.config import (
+
+from metalflow.integrations.cloudstack.config import (
     ApiKey,
     CabledMac,
     ConfigError,

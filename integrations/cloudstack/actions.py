@@ -12,19 +12,27 @@ a free machine that fits and CloudStack saves it as the VM detail ``External:met
 Either way the claim in the inventory ties the VM to its machine until ``delete``; later
 actions (whose payloads carry no NICs) find the machine by that claim.
 """
+
 from __future__ import annotations
 
 import logging
 from functools import cached_property
 from typing import Any
 
-from integrations.cloudstack.answer import Answer, no_console
-from integrations.cloudstack.extension_config import ExtensionConfig
-from integrations.cloudstack.payload import Payload, PayloadError, parse_vlan
-from integrations.cloudstack.runs import ExtensionApi, Runs
-from integrations.common import Deadline, MetalflowError
-from integrations.inventory import ClaimConflict, HostInfo, HostNotFound, Inventory, InventoryError, NoFreeHost
-from integrations.prefectapi import FlowRun
+from metalflow.integrations.cloudstack.answer import Answer, no_console
+from metalflow.integrations.cloudstack.extension_config import ExtensionConfig
+from metalflow.integrations.cloudstack.payload import Payload, PayloadError, parse_vlan
+from metalflow.integrations.cloudstack.runs import ExtensionApi, Runs
+from metalflow.integrations.common import Deadline, MetalflowError
+from metalflow.integrations.inventory import (
+    ClaimConflict,
+    HostInfo,
+    HostNotFound,
+    Inventory,
+    InventoryError,
+    NoFreeHost,
+)
+from metalflow.integrations.prefectapi import FlowRun
 
 
 class ActionError(MetalflowError):
@@ -32,8 +40,9 @@ class ActionError(MetalflowError):
 
 
 class Extension:
-    def __init__(self, cfg: ExtensionConfig, payload: Payload, deadline: Deadline,
-                 log: logging.Logger | logging.LoggerAdapter):
+    def __init__(
+        self, cfg: ExtensionConfig, payload: Payload, deadline: Deadline, log: logging.Logger | logging.LoggerAdapter
+    ):
         self.cfg = cfg
         self.p = payload
         self.deadline = deadline
@@ -46,8 +55,9 @@ class Extension:
 
     @cached_property
     def runs(self) -> Runs:
-        api = ExtensionApi(self.cfg.prefect_api_url, auth_string=self.cfg.prefect_auth_string,
-                           timeout=self.cfg.request_timeout)
+        api = ExtensionApi(
+            self.cfg.prefect_api_url, auth_string=self.cfg.prefect_auth_string, timeout=self.cfg.request_timeout
+        )
         return Runs(api, self.cfg.deployment)
 
     def close(self) -> None:
@@ -62,8 +72,10 @@ class Extension:
         claim = self.inventory.claim_for(uuid)
         if claim is not None:
             return self.inventory.get_host(claim.host)
-        for hint, where in ((self.p.virtualmachine.get("metalflow_host"), "externaldetails.virtualmachine.metalflow_host"),
-                            (self.p.host.get("metalflow_host"), "externaldetails.host.metalflow_host")):
+        for hint, where in (
+            (self.p.virtualmachine.get("metalflow_host"), "externaldetails.virtualmachine.metalflow_host"),
+            (self.p.host.get("metalflow_host"), "externaldetails.host.metalflow_host"),
+        ):
             if hint:
                 host = self.inventory.find_host(str(hint))
                 if host is None:
@@ -89,7 +101,8 @@ class Extension:
         raise ActionError(
             f"no machine for VM {uuid}: either create the extension with orchestratorrequirespreparevm=true "
             "(prepare picks a free machine) or give the CloudStack host the detail metalflow_host "
-            "(one server per CloudStack host)")
+            "(one server per CloudStack host)"
+        )
 
     def _host_named(self, key: str, where: str) -> HostInfo:
         try:
@@ -103,8 +116,10 @@ class Extension:
         uuid = self.p.require_vm()
         host = self.inventory.get_host(other)
         if host.last_vm_uuid == uuid or self.runs.live(uuid, "create", other, deadline=self._call_deadline()):
-            raise ActionError(f"VM {uuid} is installed, or being installed, on {other}: delete it there first "
-                              "(CloudStack gave up waiting for that create)")
+            raise ActionError(
+                f"VM {uuid} is installed, or being installed, on {other}: delete it there first "
+                "(CloudStack gave up waiting for that create)"
+            )
         self.inventory.release_claim(uuid)
         self.log.info("released the claim on %s: CloudStack retries the VM on another host", other)
 
@@ -114,10 +129,18 @@ class Extension:
     # --- runs -------------------------------------------------------------------------------
     def run(self, flow: str, params: dict[str, Any], *, label: str, host: str) -> FlowRun:
         uuid = self.p.require_vm()
-        run, attached = self.runs.start_or_attach(flow, params, vm_uuid=uuid, label=label, host=host,
-                                                  deadline=self._call_deadline())
-        self.log.info("%s run %s (%s) for %s on %s: %s", "re-attached to" if attached else "started",
-                      run.name or flow, run.id, label, host, run.state_name)
+        run, attached = self.runs.start_or_attach(
+            flow, params, vm_uuid=uuid, label=label, host=host, deadline=self._call_deadline()
+        )
+        self.log.info(
+            "%s run %s (%s) for %s on %s: %s",
+            "re-attached to" if attached else "started",
+            run.name or flow,
+            run.id,
+            label,
+            host,
+            run.state_name,
+        )
         final = self.runs.wait(run, self.deadline, interval=self.cfg.poll_interval)
         self.log.info("run %s (%s): %s %s", final.name, final.id, final.state_name, final.message)
         return final
@@ -127,13 +150,20 @@ class Extension:
         if run.ok:
             return Answer.success(done, **info)
         if run.final:
-            return Answer.error(f"{run.name or 'the run'} ended {run.state_name}: {run.message or 'no reason given'}",
-                                **info)
-        hint = " (nothing has picked it up: is `metalflow serve` or a worker running?)" \
-            if run.state_type == "SCHEDULED" else ""
-        return Answer.error(f"{run.name or 'the run'} is still {run.state_name} after {self.deadline.elapsed():.0f} s"
-                            f"{hint}; it goes on: the same call again re-attaches to run {run.id}",
-                            still_running=True, **info)
+            return Answer.error(
+                f"{run.name or 'the run'} ended {run.state_name}: {run.message or 'no reason given'}", **info
+            )
+        hint = (
+            " (nothing has picked it up: is `metalflow serve` or a worker running?)"
+            if run.state_type == "SCHEDULED"
+            else ""
+        )
+        return Answer.error(
+            f"{run.name or 'the run'} is still {run.state_name} after {self.deadline.elapsed():.0f} s"
+            f"{hint}; it goes on: the same call again re-attaches to run {run.id}",
+            still_running=True,
+            **info,
+        )
 
     def record_power(self, host: str, state: str) -> None:
         """Store the state the flow just verified, so ``status`` does not answer from a
@@ -149,8 +179,10 @@ class Extension:
         if host is None:
             raise ActionError(f"cannot {verb} VM {uuid}: no machine holds it (was it created?)")
         if host.last_vm_uuid != uuid:
-            raise ActionError(f"cannot {verb} VM {uuid}: it is not installed on {host.name} "
-                              f"({'carries ' + (host.last_vm_name or host.last_vm_uuid) if host.last_vm_uuid else 'no VM installed'})")
+            raise ActionError(
+                f"cannot {verb} VM {uuid}: it is not installed on {host.name} "
+                f"({'carries ' + (host.last_vm_name or host.last_vm_uuid) if host.last_vm_uuid else 'no VM installed'})"
+            )
         return host
 
     # --- actions ----------------------------------------------------------------------------
@@ -169,21 +201,29 @@ class Extension:
                 self._let_go_of(claim.host)
             host = self.inventory.claim_host(uuid, vm_name=vm_name, host=host.name)
         else:
-            host = self.inventory.claim_host(uuid, vm_name=vm_name, min_cpus=self.p.cpus or 0,
-                                             min_memory_mb=self.p.min_memory_mb)
+            host = self.inventory.claim_host(
+                uuid, vm_name=vm_name, min_cpus=self.p.cpus or 0, min_memory_mb=self.p.min_memory_mb
+            )
         self.log.info("VM %s (%s) placed on %s (%s)", uuid, vm_name, host.name, host.boot_mac)
-        patch: dict[str, Any] = {"details": {
-            "External:metalflow_host": host.name,
-            "External:maas_system_id": host.maas_system_id or "",
-            "External:mac_address": host.boot_mac,
-        }}
+        patch: dict[str, Any] = {
+            "details": {
+                "External:metalflow_host": host.name,
+                "External:maas_system_id": host.maas_system_id or "",
+                "External:mac_address": host.boot_mac,
+            }
+        }
         if self.p.nics:
             patch["nics"] = [dict(n.raw, mac=host.boot_mac) if n.default else dict(n.raw) for n in self.p.nics]
         return Answer(True, patch)
 
     def vm_params(self, host: HostInfo | None = None) -> dict[str, Any]:
-        vm: dict[str, Any] = {"name": self.p.vm_name(), "uuid": self.p.require_vm(), "image": self.p.image(),
-                              "nics": self.p.flow_nics(), "owner": self.p.owner()}
+        vm: dict[str, Any] = {
+            "name": self.p.vm_name(),
+            "uuid": self.p.require_vm(),
+            "image": self.p.image(),
+            "nics": self.p.flow_nics(),
+            "owner": self.p.owner(),
+        }
         ref = self.p.detail("root_password_ref")
         if ref:
             vm["root_password_ref"] = ref
@@ -198,8 +238,9 @@ class Extension:
         host = self.place_for_create(vm["name"])
         if host.last_vm_uuid not in (None, vm["uuid"]):
             raise ActionError(f"{host.name} carries VM {host.last_vm_name or host.last_vm_uuid}")
-        run = self.run("provision", {"host": host.name, "vm": vm, "erase_on_failure": erase},
-                       label="create", host=host.name)
+        run = self.run(
+            "provision", {"host": host.name, "vm": vm, "erase_on_failure": erase}, label="create", host=host.name
+        )
         if run.ok:
             self.record_power(host.name, "on")
         elif run.state_type == "FAILED":
@@ -240,10 +281,15 @@ class Extension:
             return self.outcome(run, f"{host.name} is off", host=host.name)
         creating = self.runs.live(uuid, "create", host.name, deadline=self._call_deadline())
         if creating is not None:
-            run, _ = self.runs.start_or_attach("stop", params, vm_uuid=uuid, label="stop", host=host.name,
-                                               deadline=self._call_deadline())
-            return Answer.success(f"{host.name} is still being installed by {creating.name} ({creating.id}); "
-                                  f"stop run {run.id} powers it off after that", host=host.name, run_id=run.id)
+            run, _ = self.runs.start_or_attach(
+                "stop", params, vm_uuid=uuid, label="stop", host=host.name, deadline=self._call_deadline()
+            )
+            return Answer.success(
+                f"{host.name} is still being installed by {creating.name} ({creating.id}); "
+                f"stop run {run.id} powers it off after that",
+                host=host.name,
+                run_id=run.id,
+            )
         return Answer.success(f"VM {uuid} is not installed on {host.name}: nothing to stop", host=host.name)
 
     def delete(self) -> Answer:
@@ -255,19 +301,33 @@ class Extension:
             return Answer.success(f"no machine holds VM {uuid}: nothing to delete")
         if host.last_vm_uuid not in (None, uuid):
             released = self.inventory.release_claim(uuid)
-            return Answer.success(f"VM {uuid} is not on {host.name} (it carries {host.last_vm_name or host.last_vm_uuid})"
-                                  + ("; claim released" if released else ""), host=host.name)
-        last_create = self.runs.latest(uuid, host.name, flow="provision", deadline=self._call_deadline()) \
-            if host.last_vm_uuid is None else None
+            return Answer.success(
+                f"VM {uuid} is not on {host.name} (it carries {host.last_vm_name or host.last_vm_uuid})"
+                + ("; claim released" if released else ""),
+                host=host.name,
+            )
+        last_create = (
+            self.runs.latest(uuid, host.name, flow="provision", deadline=self._call_deadline())
+            if host.last_vm_uuid is None
+            else None
+        )
         needs_destroy = host.last_vm_uuid == uuid or (
-            last_create is not None and last_create.state_type not in ("COMPLETED", "FAILED"))
+            last_create is not None and last_create.state_type not in ("COMPLETED", "FAILED")
+        )
         if not needs_destroy:
             released = self.inventory.release_claim(uuid)
-            return Answer.success(f"VM {uuid} was never installed on {host.name}: nothing to destroy"
-                                  + ("; claim released" if released else ""), host=host.name)
+            return Answer.success(
+                f"VM {uuid} was never installed on {host.name}: nothing to destroy"
+                + ("; claim released" if released else ""),
+                host=host.name,
+            )
         erase = self.p.erase_mode(self.cfg.erase_default)
-        run = self.run("destroy", {"host": host.name, "erase": erase, "wait_for_erase": self.cfg.wait_for_erase},
-                       label="delete", host=host.name)
+        run = self.run(
+            "destroy",
+            {"host": host.name, "erase": erase, "wait_for_erase": self.cfg.wait_for_erase},
+            label="delete",
+            host=host.name,
+        )
         if run.ok:
             self.record_power(host.name, "off")
             self.inventory.release_claim(uuid)
@@ -278,12 +338,19 @@ class Extension:
         raw = self.p.parameters.get("vlan")
         vlan = parse_vlan(raw, "parameters.vlan")
         if vlan is None:
-            raise PayloadError("missing: give the network's VLAN id, e.g. parameters[0].vlan=200", field="parameters.vlan")
+            raise PayloadError(
+                "missing: give the network's VLAN id, e.g. parameters[0].vlan=200", field="parameters.vlan"
+            )
         host = self._carried(name)
         flow = "plug-nic" if plug else "unplug-nic"
         run = self.run(flow, {"host": host.name, "vlan": vlan}, label=name, host=host.name)
-        return self.outcome(run, f"VLAN {vlan} {'plugged on' if plug else 'unplugged from'} {host.name}",
-                            host=host.name, vlan=vlan, printmessage="true")
+        return self.outcome(
+            run,
+            f"VLAN {vlan} {'plugged on' if plug else 'unplugged from'} {host.name}",
+            host=host.name,
+            vlan=vlan,
+            printmessage="true",
+        )
 
     def reinstall(self) -> Answer:
         """Destroy, then provision the same VM again on the same machine: name, owner and
@@ -300,8 +367,12 @@ class Extension:
         vm = self._reinstall_vm(host)
         if host.last_vm_uuid == uuid:
             erase = self.p.erase_mode(self.cfg.erase_default)
-            destroyed = self.run("destroy", {"host": host.name, "erase": erase, "wait_for_erase": True},
-                                 label="Reinstall-destroy", host=host.name)
+            destroyed = self.run(
+                "destroy",
+                {"host": host.name, "erase": erase, "wait_for_erase": True},
+                label="Reinstall-destroy",
+                host=host.name,
+            )
             if not destroyed.ok:
                 return self.outcome(destroyed, "", host=host.name, printmessage="true")
         elif host.last_vm_uuid is not None:
@@ -318,8 +389,9 @@ class Extension:
         uuid = self.p.require_vm()
         last = self.runs.latest(uuid, host.name, flow="provision", completed=True, deadline=self._call_deadline())
         before = dict(last.parameters.get("vm") or {}) if last is not None else {}
-        vm: dict[str, Any] = {k: v for k, v in before.items() if k in ("name", "image", "owner", "nics",
-                                                                        "root_password_ref", "ssh_keys")}
+        vm: dict[str, Any] = {
+            k: v for k, v in before.items() if k in ("name", "image", "owner", "nics", "root_password_ref", "ssh_keys")
+        }
         vm["uuid"] = uuid
         vm["name"] = self.p.detail("vm_name", "hostname") or vm.get("name") or host.last_vm_name or self.p.vm_name()
         image = self.p.parameters.get("image")
@@ -334,8 +406,10 @@ class Extension:
             if len(guest) == 1:
                 vm["nics"] = [{"vlan": guest[0], "default": True}] + [{"vlan": v, "default": False} for v in extra]
         if not vm.get("nics"):
-            raise ActionError(f"cannot reinstall VM {uuid}: its networks are unknown (no completed create "
-                              f"and no guest VLAN recorded for {host.name})")
+            raise ActionError(
+                f"cannot reinstall VM {uuid}: its networks are unknown (no completed create "
+                f"and no guest VLAN recorded for {host.name})"
+            )
         vm.setdefault("owner", self.p.owner())
         return vm
 
@@ -345,9 +419,15 @@ class Extension:
 
 def dispatch(ext: Extension, action: str) -> Answer:
     table = {
-        "prepare": ext.prepare, "create": ext.create, "start": ext.start, "stop": ext.stop,
-        "reboot": ext.reboot, "delete": ext.delete, "getconsole": ext.getconsole,
-        "plugnetwork": lambda: ext.nic(True), "unplugnetwork": lambda: ext.nic(False),
+        "prepare": ext.prepare,
+        "create": ext.create,
+        "start": ext.start,
+        "stop": ext.stop,
+        "reboot": ext.reboot,
+        "delete": ext.delete,
+        "getconsole": ext.getconsole,
+        "plugnetwork": lambda: ext.nic(True),
+        "unplugnetwork": lambda: ext.nic(False),
         "reinstall": ext.reinstall,
     }
     try:

@@ -13,18 +13,20 @@ Errors name the offending part (a key, or a JSON path such as ``racks[0].hosts[3
 the fix, list every problem at once, and never contain a secret: values of secret fields are
 never echoed, and the messages are scrubbed of them as a second line of defence.
 """
+
 from __future__ import annotations
 
 import ipaddress
 import json
 import os
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
-from integrations.common import MetalflowError, Secret
+from metalflow.integrations.common import MetalflowError, Secret
 
 DEFAULT_HTTP_PORT = 5240  # MAAS's region API listens here
 DEFAULT_HTTPS_PORT = 5443  # MAAS's TLS listener (MAAS 3.2+) when https:// is given without a port
@@ -55,7 +57,7 @@ class ConfigError(MetalflowError):
         super().__init__(message)
 
     @classmethod
-    def from_problems(cls, what: str, problems: Sequence[Problem]) -> "ConfigError":
+    def from_problems(cls, what: str, problems: Sequence[Problem]) -> ConfigError:
         if len(problems) == 1:
             message = f"{what}: {problems[0]}"
         else:
@@ -75,8 +77,20 @@ def _rebuild_config_error(cls, message, field, problems):
 # password is literally "password").
 _OWN_WORDS = {
     w.lower()
-    for w in ("MaasIP", "MaasPort", "MaasKey", "MaasSecret", "MaasConsumerKey", "password", "username",
-              "l2Switch", "racks", "hosts", "missing", "expected")
+    for w in (
+        "MaasIP",
+        "MaasPort",
+        "MaasKey",
+        "MaasSecret",
+        "MaasConsumerKey",
+        "password",
+        "username",
+        "l2Switch",
+        "racks",
+        "hosts",
+        "missing",
+        "expected",
+    )
 }
 
 
@@ -200,8 +214,7 @@ _MISSING_HINT = {
     "MaasIP": "add MaasIP=<MAAS address>, e.g. MaasIP=10.0.0.5 or MaasIP=https://maas.example:5443",
     "MaasKey": "add MaasKey=<token key>, the second part of the MAAS API key consumer:token:secret",
     "MaasSecret": "add MaasSecret=<token secret>, the third part of the MAAS API key consumer:token:secret",
-    "MaasConsumerKey": "add MaasConsumerKey=<consumer key>, the first part of the MAAS API key "
-    "consumer:token:secret",
+    "MaasConsumerKey": "add MaasConsumerKey=<consumer key>, the first part of the MAAS API key consumer:token:secret",
 }
 
 
@@ -219,7 +232,8 @@ def parse_settings(s: str) -> MaasSettings:
         s = s.reveal()
     if not isinstance(s, str):
         raise ConfigError.from_problems(
-            what, [Problem("settings", "expected a string like MaasIP=...;MaasKey=...;MaasSecret=...;MaasConsumerKey=...")]
+            what,
+            [Problem("settings", "expected a string like MaasIP=...;MaasKey=...;MaasSecret=...;MaasConsumerKey=...")],
         )
     text = _SETTINGS_PREFIX.sub("", s, count=1)
     values: dict[str, str] = {}
@@ -235,18 +249,19 @@ def parse_settings(s: str) -> MaasSettings:
             # Never echo the part: it may be a pasted secret or API key.
             secrets.extend(p for p in re.split(r"[:\s]+", part) if p)
             problems.append(
-                Problem(f"part {n}", "has no '=' (expected Key=value, e.g. MaasIP=10.0.0.5); "
-                        "to use a MAAS API key consumer:token:secret, split it into "
-                        "MaasConsumerKey, MaasKey and MaasSecret")
+                Problem(
+                    f"part {n}",
+                    "has no '=' (expected Key=value, e.g. MaasIP=10.0.0.5); "
+                    "to use a MAAS API key consumer:token:secret, split it into "
+                    "MaasConsumerKey, MaasKey and MaasSecret",
+                )
             )
             continue
         canon = _SETTINGS_KEYS.get(key.lower())
         if canon is None:
             secrets.append(value)
             name = key if _IDENT.match(key) else f"part {n}"
-            problems.append(
-                Problem(name, f"unknown key (expected {', '.join(_SETTINGS_KEYS.values())})")
-            )
+            problems.append(Problem(name, f"unknown key (expected {', '.join(_SETTINGS_KEYS.values())})"))
             continue
         if canon == "MaasSecret":
             secrets.append(value)
@@ -319,7 +334,9 @@ def _maas_url(value: str, port_value: str | None, problems: list[Problem], *, fi
         path = slash + rest
     host, port_text = _split_host_port(netloc)
     if not _valid_host(host):
-        problems.append(Problem(field, f"{_show(host)} is not an IP address or host name (e.g. 10.0.0.5 or maas.example)"))
+        problems.append(
+            Problem(field, f"{_show(host)} is not an IP address or host name (e.g. 10.0.0.5 or maas.example)")
+        )
     port = None
     if port_text is not None:
         port = _port(port_text, field, problems)
@@ -447,7 +464,7 @@ def _checker_factory() -> Callable[[str], PortCheck]:
     """Switch types and port grammars come from ``integrations.switches`` (its dialects are
     the single source). Imported here, not at module level: it pulls in netmiko, which
     parsing the settings string does not need."""
-    from integrations.switches import dialect_for
+    from metalflow.integrations.switches import dialect_for
 
     def checker(switch_type: str) -> PortCheck:
         dialect = dialect_for(switch_type)  # raises UnknownSwitchType with the known names
@@ -515,8 +532,11 @@ def load_rack_config(data: str | bytes | Mapping[str, Any] | os.PathLike) -> Rac
             ip_key = _address_key(ip.strip())
             if ip_key in seen_ips:
                 problems.append(
-                    Problem(f"{path}.l2Switch.ip", f"{ip.strip()} is already the switch of {seen_ips[ip_key]}; "
-                            "list each switch once and put all its hosts under it")
+                    Problem(
+                        f"{path}.l2Switch.ip",
+                        f"{ip.strip()} is already the switch of {seen_ips[ip_key]}; "
+                        "list each switch once and put all its hosts under it",
+                    )
                 )
             else:
                 seen_ips[ip_key] = path
@@ -545,7 +565,9 @@ def _read_rack_document(data: Any, what: str) -> Any:
         except UnicodeDecodeError:
             raise ConfigError.from_problems(what, [Problem("$", "is not UTF-8 text")]) from None
     if not isinstance(data, str):
-        raise ConfigError.from_problems(what, [Problem("$", f"expected JSON text, bytes, a dict or a path, got {type(data).__name__}")])
+        raise ConfigError.from_problems(
+            what, [Problem("$", f"expected JSON text, bytes, a dict or a path, got {type(data).__name__}")]
+        )
     try:
         return json.loads(data)
     except json.JSONDecodeError as exc:
@@ -617,7 +639,9 @@ def _parse_switch(
     if len(problems) > before:
         return None, check
     return (
-        SwitchConfig(ip=ip.strip(), username=username.strip(), password=Secret(password), type=stype.strip(), port=port),
+        SwitchConfig(
+            ip=ip.strip(), username=username.strip(), password=Secret(password), type=stype.strip(), port=port
+        ),
         check,
     )
 
@@ -676,7 +700,9 @@ def _parse_hosts(
             # the port is kept as written, which is what the switch and the lab call it.
             key = canonical.lower()
             if key in seen_ports:
-                problems.append(Problem(f"{hp}.port", f"{_show(port.strip())} is already used by {seen_ports[key]} on this switch"))
+                problems.append(
+                    Problem(f"{hp}.port", f"{_show(port.strip())} is already used by {seen_ports[key]} on this switch")
+                )
             else:
                 seen_ports[key] = hp
         if mac is not None and canonical is not None:

@@ -18,6 +18,7 @@ The same executable has operator commands: ``install`` writes the configuration 
 prints the one-line shim for CloudStack's extensions folder, ``check`` tests the
 configuration, ``shim`` prints the shim again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,14 +26,14 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
-from integrations.cloudstack.answer import Answer, no_console
-from integrations.cloudstack.extension_config import ExtensionConfig, ExtensionConfigError, load_config
-from integrations.cloudstack.payload import PayloadError, load_payload
-from integrations.common import Deadline, MetalflowError
+from metalflow.integrations.cloudstack.answer import Answer, no_console
+from metalflow.integrations.cloudstack.extension_config import ExtensionConfig, ExtensionConfigError, load_config
+from metalflow.integrations.cloudstack.payload import PayloadError, load_payload
+from metalflow.integrations.common import Deadline, MetalflowError
 
 BUILTIN_ACTIONS = ("prepare", "create", "start", "stop", "reboot", "delete", "status", "getconsole")
 CUSTOM_ACTIONS = ("PlugNetwork", "UnplugNetwork", "Reinstall")
@@ -96,8 +97,7 @@ def _logger(cfg: ExtensionConfig | None, action: str) -> logging.LoggerAdapter:
         try:
             cfg.log_path.parent.mkdir(parents=True, exist_ok=True)
             handler = logging.FileHandler(cfg.log_path, encoding="utf-8")
-            handler.setFormatter(logging.Formatter(
-                "%(asctime)s %(process)d %(levelname)s [%(action)s] %(message)s"))
+            handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s [%(action)s] %(message)s"))
         except OSError:
             handler = logging.NullHandler()
     log.addHandler(handler)
@@ -107,13 +107,21 @@ def _logger(cfg: ExtensionConfig | None, action: str) -> logging.LoggerAdapter:
 def unknown_action(action: str) -> Answer:
     known = ", ".join(BUILTIN_ACTIONS + CUSTOM_ACTIONS)
     if "." in action:
-        return Answer.error(f"{action} is a CloudStack agent command this extension does not handle "
-                            f"(it implements {known}); nothing was done")
+        return Answer.error(
+            f"{action} is a CloudStack agent command this extension does not handle "
+            f"(it implements {known}); nothing was done"
+        )
     return Answer.error(f"unknown action {action!r} (metalflow implements {known}); nothing was done")
 
 
-def handle(action: str, payload_path: str, wait_seconds: int, cfg: ExtensionConfig | None,
-           cfg_error: Exception | None, started: float) -> Answer:
+def handle(
+    action: str,
+    payload_path: str,
+    wait_seconds: int,
+    cfg: ExtensionConfig | None,
+    cfg_error: Exception | None,
+    started: float,
+) -> Answer:
     """Everything but the output discipline: the answer to one CloudStack call."""
     log = _logger(cfg, action)
     name = ACTIONS.get(action.lower())
@@ -131,7 +139,7 @@ def handle(action: str, payload_path: str, wait_seconds: int, cfg: ExtensionConf
     log = logging.LoggerAdapter(log.logger, {"action": f"{name} {payload.vm_uuid or '-'}"})
     try:
         if name == "status":
-            from integrations.cloudstack.status import answer_status
+            from metalflow.integrations.cloudstack.status import answer_status
 
             answer = answer_status(cfg, payload)
         elif name == "getconsole":
@@ -141,11 +149,16 @@ def handle(action: str, payload_path: str, wait_seconds: int, cfg: ExtensionConf
     except MetalflowError as exc:
         log.exception("%s failed", name)
         answer = Answer.error(str(exc))
-    except Exception as exc:  # noqa: BLE001 - the answer must still be one JSON document
+    except Exception as exc:
         log.exception("%s failed unexpectedly", name)
         answer = Answer.error(f"{name} failed: {_explain(exc, cfg)}")
-    log.info("%s in %.0f ms: exit %d %s", name, (time.monotonic() - started) * 1000, answer.exit_code,
-             answer.body.get("message", "") if name != "prepare" else answer.body.get("details", ""))
+    log.info(
+        "%s in %.0f ms: exit %d %s",
+        name,
+        (time.monotonic() - started) * 1000,
+        answer.exit_code,
+        answer.body.get("message", "") if name != "prepare" else answer.body.get("details", ""),
+    )
     return answer
 
 
@@ -159,15 +172,17 @@ def _explain(exc: Exception, cfg: ExtensionConfig) -> str:
         url = cfg.inventory_url.split("@")[-1] if "@" in cfg.inventory_url else cfg.inventory_url
         hint = ""
         if "no such table" in text or "does not exist" in text:
-            hint = "; the inventory's schema is older than the extension: run `metalflow-cloudstack install` " \
-                   "again or `python -m integrations.inventory.migrate upgrade`"
+            hint = (
+                "; the inventory's schema is older than the extension: run `metalflow-cloudstack install` "
+                "again or `python -m metalflow.integrations.inventory.migrate upgrade`"
+            )
         return f"inventory {url}: {text}{hint}"
     return f"{type(exc).__name__}: {text}"
 
 
 def _act(cfg: ExtensionConfig, payload, name: str, wait_seconds: int, started: float, log) -> Answer:
-    from integrations.cloudstack.actions import Extension, dispatch
-    from integrations.prefectapi import PrefectApiError
+    from metalflow.integrations.cloudstack.actions import Extension, dispatch
+    from metalflow.integrations.prefectapi import PrefectApiError
 
     # CloudStack's clock started before ours: count what start-up and imports took.
     budget = cfg.deadline_for(wait_seconds) - (time.monotonic() - started)
@@ -206,23 +221,32 @@ def run_cloudstack(args: Sequence[str]) -> int:
 
 
 def _admin(args: Sequence[str]) -> int:
-    from integrations.cloudstack.extension_config import DEFAULT_CONFIG, config_path, install, shim_text
+    from metalflow.integrations.cloudstack.extension_config import DEFAULT_CONFIG, config_path, install, shim_text
 
     parser = argparse.ArgumentParser(
         prog="metalflow-cloudstack",
         description="metalflow's CloudStack Orchestrator extension. CloudStack runs it as "
-                    "`metalflow-cloudstack <action> <payload.json> <wait_seconds>`.")
+        "`metalflow-cloudstack <action> <payload.json> <wait_seconds>`.",
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     ins = sub.add_parser("install", help="write the configuration (mode 0600) and print the shim")
     ins.add_argument("--config", default=str(config_path()), help=f"where to write it (default {DEFAULT_CONFIG})")
     ins.add_argument("--prefect-api-url", required=True, help="e.g. http://metalflow.example:4200/api")
-    ins.add_argument("--auth-string", default=None,
-                     help="Prefect API basic auth user:password; '-' reads it from stdin (keeps it out of ps)")
+    ins.add_argument(
+        "--auth-string",
+        default=None,
+        help="Prefect API basic auth user:password; '-' reads it from stdin (keeps it out of ps)",
+    )
     ins.add_argument("--inventory-url", default=None, help="the inventory database (default: metalflow's)")
     ins.add_argument("--log-file", default=None, help="default: metalflow-cloudstack.log beside the configuration")
-    ins.add_argument("--owner", default=None, help="chown the configuration and log to this user (CloudStack runs as cloud)")
-    ins.add_argument("--shim", default=None, help="also write the shim here, e.g. "
-                     "/usr/share/cloudstack-management/extensions/metalflow/metalflow.sh")
+    ins.add_argument(
+        "--owner", default=None, help="chown the configuration and log to this user (CloudStack runs as cloud)"
+    )
+    ins.add_argument(
+        "--shim",
+        default=None,
+        help="also write the shim here, e.g. /usr/share/cloudstack-management/extensions/metalflow/metalflow.sh",
+    )
     ins.add_argument("--no-upgrade", action="store_true", help="do not migrate the inventory to the newest schema")
     chk = sub.add_parser("check", help="test the configuration: Prefect API, deployments, inventory")
     chk.add_argument("--config", default=None)
@@ -235,13 +259,20 @@ def _admin(args: Sequence[str]) -> int:
         return 0
     if a.cmd == "check":
         return _check(a.config)
-    from integrations.inventory import Inventory, default_url
+    from metalflow.integrations.inventory import Inventory, default_url
 
     auth = sys.stdin.readline().strip() if a.auth_string == "-" else a.auth_string
     inventory_url = a.inventory_url or default_url()
     try:
-        cfg, text = install(a.config, prefect_api_url=a.prefect_api_url, inventory_url=inventory_url,
-                            auth_string=auth, log_file=a.log_file, owner=a.owner, shim=a.shim)
+        cfg, text = install(
+            a.config,
+            prefect_api_url=a.prefect_api_url,
+            inventory_url=inventory_url,
+            auth_string=auth,
+            log_file=a.log_file,
+            owner=a.owner,
+            shim=a.shim,
+        )
     except ExtensionConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -259,10 +290,9 @@ def _admin(args: Sequence[str]) -> int:
 
 
 def _check(path: str | None) -> int:
-    from integrations.inventory import Inventory
-    from integrations.prefectapi import PrefectApiError
-
-    from integrations.cloudstack.runs import ExtensionApi
+    from metalflow.integrations.cloudstack.runs import ExtensionApi
+    from metalflow.integrations.inventory import Inventory
+    from metalflow.integrations.prefectapi import PrefectApiError
 
     try:
         cfg = load_config(path)
@@ -303,9 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_cloudstack(args)
     if not args or args[0] not in ADMIN_COMMANDS + ("-h", "--help"):
         # Called like CloudStack but wrongly: still exactly one JSON document.
-        text = Answer.error("usage: metalflow-cloudstack <action> <payload.json> <wait_seconds> "
-                            f"(or: metalflow-cloudstack {{{','.join(ADMIN_COMMANDS)}}} --help); got {len(args)} "
-                            "arguments").text()
+        text = Answer.error(
+            "usage: metalflow-cloudstack <action> <payload.json> <wait_seconds> "
+            f"(or: metalflow-cloudstack {{{','.join(ADMIN_COMMANDS)}}} --help); got {len(args)} "
+            "arguments"
+        ).text()
         os.write(1, (text + "\n").encode())
         return 1
     return _admin(args)

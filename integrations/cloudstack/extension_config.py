@@ -7,6 +7,7 @@ Prefect API and the inventory are, the Prefect API's basic-auth string (the only
 the file is written owner-only) and timeouts. The MAAS key, IPMI and switch passwords are
 not here: they stay with metalflow's flows.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,11 +15,12 @@ import os
 import pwd
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from integrations.common import MetalflowError, Secret
+from metalflow.integrations.common import MetalflowError, Secret
 
 ENV_CONFIG = "METALFLOW_CLOUDSTACK_CONFIG"
 DEFAULT_CONFIG = Path("/etc/metalflow/cloudstack.json")
@@ -83,8 +85,14 @@ class ExtensionConfig:
         return doc
 
 
-_FLOATS = ("deadline_margin", "min_deadline", "status_stale_after", "status_timeout", "request_timeout",
-           "poll_interval")
+_FLOATS = (
+    "deadline_margin",
+    "min_deadline",
+    "status_stale_after",
+    "status_timeout",
+    "request_timeout",
+    "poll_interval",
+)
 _ERASE = ("none", "quick", "secure")
 
 
@@ -103,8 +111,14 @@ def parse_config(doc: Any, where: str) -> ExtensionConfig:
     for key in ("prefect_api_url", "inventory_url"):
         v = doc.get(key)
         if not isinstance(v, str) or not v.strip():
-            problems.append(f"{key}: missing; e.g. " + ("http://127.0.0.1:4200/api" if key == "prefect_api_url"
-                                                         else "sqlite:////var/lib/metalflow/inventory.db"))
+            problems.append(
+                f"{key}: missing; e.g. "
+                + (
+                    "http://127.0.0.1:4200/api"
+                    if key == "prefect_api_url"
+                    else "sqlite:////var/lib/metalflow/inventory.db"
+                )
+            )
         else:
             values[key] = v.strip()
     if "prefect_api_url" in values and not values["prefect_api_url"].startswith(("http://", "https://")):
@@ -150,10 +164,13 @@ def load_config(path: str | Path | None = None) -> ExtensionConfig:
     except FileNotFoundError:
         raise ExtensionConfigError(
             f"no configuration at {p}: run `metalflow-cloudstack install --config {p} --prefect-api-url ...` "
-            f"or point {ENV_CONFIG} at it") from None
+            f"or point {ENV_CONFIG} at it"
+        ) from None
     except OSError as exc:
-        raise ExtensionConfigError(f"cannot read {p}: {exc.strerror or exc} (the file must be readable by "
-                                   "the user CloudStack runs as, normally cloud)") from None
+        raise ExtensionConfigError(
+            f"cannot read {p}: {exc.strerror or exc} (the file must be readable by "
+            "the user CloudStack runs as, normally cloud)"
+        ) from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -167,7 +184,7 @@ def load_config(path: str | Path | None = None) -> ExtensionConfig:
 def entry_command() -> str:
     """How to run this extension from a shell: the console script beside our Python."""
     script = Path(sys.executable).with_name("metalflow-cloudstack")
-    return str(script) if script.exists() else f"{sys.executable} -m integrations.cloudstack.extension"
+    return str(script) if script.exists() else f"{sys.executable} -m metalflow.integrations.cloudstack.extension"
 
 
 def shim_text(config: str | Path, command: str | None = None) -> str:

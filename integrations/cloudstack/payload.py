@@ -18,15 +18,17 @@ docs/cloudstack.md and the reference notes it cites):
 Everything becomes frozen dataclasses here; bad input fails with the field named. Gson's
 ``\\u003d``-style escapes are plain JSON escapes: we read the file with a JSON parser only.
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from integrations.common import MetalflowError
+from metalflow.integrations.common import MetalflowError
 
 HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 ERASE_MODES = ("none", "quick", "secure")
@@ -46,7 +48,7 @@ class PayloadError(MetalflowError):
         return (_rebuild, (self.message, self.field))
 
 
-def _rebuild(message: str, field_: str) -> "PayloadError":
+def _rebuild(message: str, field_: str) -> PayloadError:
     err = PayloadError.__new__(PayloadError)
     err.field = field_
     MetalflowError.__init__(err, message)
@@ -100,8 +102,11 @@ class Payload:
         """The first of ``names`` found in the VM's External: details, then in its plain
         details (``External:name`` or ``name``). Empty strings count as absent."""
         for name in names:
-            for source, key in ((self.virtualmachine, name), (self.vm_details, f"External:{name}"),
-                                (self.vm_details, name)):
+            for source, key in (
+                (self.virtualmachine, name),
+                (self.vm_details, f"External:{name}"),
+                (self.vm_details, name),
+            ):
                 value = source.get(key)
                 if value not in (None, ""):
                     return str(value).strip()
@@ -131,8 +136,11 @@ class Payload:
         if not name:
             raise PayloadError("missing: no VM name in the payload", field="virtualmachinename")
         if not HOSTNAME.match(name):
-            raise PayloadError(f"{name!r} is not a valid hostname for the machine: use letters, digits and "
-                               "dashes (at most 63), not starting or ending with a dash", field=where)
+            raise PayloadError(
+                f"{name!r} is not a valid hostname for the machine: use letters, digits and "
+                "dashes (at most 63), not starting or ending with a dash",
+                field=where,
+            )
         return name
 
     def image(self) -> str:
@@ -149,14 +157,18 @@ class Payload:
             elif series and osname:
                 image, field_ = f"{osname}/{series}", "externaldetails.virtualmachine.os"
             elif series:
-                raise PayloadError(f"distro_series {series!r} needs the template detail os (e.g. ubuntu)",
-                                   field="externaldetails.virtualmachine.os")
+                raise PayloadError(
+                    f"distro_series {series!r} needs the template detail os (e.g. ubuntu)",
+                    field="externaldetails.virtualmachine.os",
+                )
         if image is None:
             image = self.template_url()
             field_ = "template url"
         if image is None:
-            raise PayloadError("missing: register the template with externaldetails[0].image=ubuntu/jammy "
-                               "(or os and distro_series)", field="externaldetails.virtualmachine.image")
+            raise PayloadError(
+                "missing: register the template with externaldetails[0].image=ubuntu/jammy (or os and distro_series)",
+                field="externaldetails.virtualmachine.image",
+            )
         if not IMAGE.match(image):
             raise PayloadError(f"{image!r} is not a MAAS image name (e.g. ubuntu/jammy)", field=field_)
         return image
@@ -195,8 +207,10 @@ class Payload:
         """``[{vlan, default}]`` for provision: the default NIC is the guest VLAN (untagged on
         the ports), the others are tagged. Every NIC needs a VLAN (create/start only)."""
         if not self.nics:
-            raise PayloadError("missing: the VM has no NIC (CloudStack sends NICs only with prepare, "
-                               "create and start)", field="cloudstack.vm.details.nics")
+            raise PayloadError(
+                "missing: the VM has no NIC (CloudStack sends NICs only with prepare, create and start)",
+                field="cloudstack.vm.details.nics",
+            )
         if sum(1 for n in self.nics if n.default) != 1:
             raise PayloadError("exactly one NIC must be the default (defaultNic)", field="cloudstack.vm.details.nics")
         fallback = self.virtualmachine.get("cloudstack.vlan")
@@ -205,10 +219,12 @@ class Payload:
             vlan = nic.vlan(str(fallback) if nic.default and fallback not in (None, "") else None)
             if vlan is None:
                 raise PayloadError(
-                    f"the NIC on network {nic.network_uuid or '?'} has no VLAN ({nic.broadcast_uri or 'no broadcastUri'}); "
+                    f"the NIC on network {nic.network_uuid or '?'} has no VLAN "
+                    f"({nic.broadcast_uri or 'no broadcastUri'}); "
                     "metalflow puts each network on the ToR ports as an 802.1Q VLAN: use a network with "
                     "broadcastUri vlan://<id>",
-                    field=f"cloudstack.vm.details.nics[{nic.index}].broadcastUri")
+                    field=f"cloudstack.vm.details.nics[{nic.index}].broadcastUri",
+                )
             out.append({"vlan": vlan, "default": nic.default})
         return out
 
@@ -288,24 +304,29 @@ def parse_payload(doc: Any, action: str) -> Payload:
     for i, n in enumerate(nics_raw):
         path = f"cloudstack.vm.details.nics[{i}]"
         n = _mapping(n, path)
-        nics.append(Nic(
-            index=i,
-            default=n.get("defaultNic") is True,
-            network_uuid=_str(n.get("uuid"), f"{path}.uuid"),
-            nic_uuid=_str(n.get("nicUuid"), f"{path}.nicUuid"),
-            mac=_str(n.get("mac"), f"{path}.mac"),
-            broadcast_uri=_str(n.get("broadcastUri"), f"{path}.broadcastUri"),
-            raw=dict(n),
-        ))
+        nics.append(
+            Nic(
+                index=i,
+                default=n.get("defaultNic") is True,
+                network_uuid=_str(n.get("uuid"), f"{path}.uuid"),
+                nic_uuid=_str(n.get("nicUuid"), f"{path}.nicUuid"),
+                mac=_str(n.get("mac"), f"{path}.mac"),
+                broadcast_uri=_str(n.get("broadcastUri"), f"{path}.broadcastUri"),
+                raw=dict(n),
+            )
+        )
     details = _mapping(vm.get("details"), "cloudstack.vm.details.details")
     caller = doc.get("caller")
-    vm_uuid = _str(doc.get("virtualmachineid"), "virtualmachineid") or _str(vm.get("uuid"), "cloudstack.vm.details.uuid")
+    vm_uuid = _str(doc.get("virtualmachineid"), "virtualmachineid") or _str(
+        vm.get("uuid"), "cloudstack.vm.details.uuid"
+    )
     if vm_uuid is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", vm_uuid):
         raise PayloadError(f"{vm_uuid[:80]!r} is not a VM uuid", field="virtualmachineid")
     return Payload(
         action=action,
         vm_uuid=vm_uuid,
-        vm_internal_name=_str(doc.get("virtualmachinename"), "virtualmachinename") or _str(vm.get("name"), "cloudstack.vm.details.name"),
+        vm_internal_name=_str(doc.get("virtualmachinename"), "virtualmachinename")
+        or _str(vm.get("name"), "cloudstack.vm.details.name"),
         state=_str(vm.get("state"), "cloudstack.vm.details.state"),
         cpus=_int(vm.get("cpus"), "cloudstack.vm.details.cpus"),
         min_ram_bytes=_int(vm.get("minRam"), "cloudstack.vm.details.minRam"),
@@ -339,12 +360,16 @@ def load_payload(path: str | Path, action: str) -> Payload:
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as exc:
-        raise PayloadError(f"cannot read the payload file {str(path)!r}: {exc.strerror or exc}", field="payload") from None
+        raise PayloadError(
+            f"cannot read the payload file {str(path)!r}: {exc.strerror or exc}", field="payload"
+        ) from None
     except UnicodeDecodeError:
         raise PayloadError(f"the payload file {str(path)!r} is not UTF-8 text", field="payload") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise PayloadError(f"the payload file {str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno} "
-                           f"column {exc.colno}", field="payload") from None
+        raise PayloadError(
+            f"the payload file {str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            field="payload",
+        ) from None
     return parse_payload(doc, action)

@@ -13,14 +13,16 @@ previous such run (or ``first``):
 - a lost response to ``create_flow_run`` is retried with the same key (503s and connection
   errors are retried by ``PrefectApi``).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from integrations.common import Deadline
-from integrations.prefectapi import FlowRun, PrefectApi, idempotency_key
+from metalflow.integrations.common import Deadline
+from metalflow.integrations.prefectapi import FlowRun, PrefectApi, idempotency_key
 
 TAG = "metalflow-cloudstack"
 
@@ -29,7 +31,9 @@ def params_hash(params: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def run_tags(vm_uuid: str, label: str, host: str, flow: str | None = None, params: Mapping[str, Any] | None = None) -> list[str]:
+def run_tags(
+    vm_uuid: str, label: str, host: str, flow: str | None = None, params: Mapping[str, Any] | None = None
+) -> list[str]:
     tags = [TAG, f"vm:{vm_uuid}", f"op:{label}", f"host:{host}"]
     if flow:
         tags.append(f"flow:{flow}")
@@ -44,8 +48,7 @@ class ExtensionApi(PrefectApi):
     def runs_tagged(self, tags: Sequence[str], *, limit: int = 10, deadline: Deadline | None = None) -> list[FlowRun]:
         """Runs carrying every tag in ``tags``, newest (expected start) first."""
         body = {"flow_runs": {"tags": {"all_": list(tags)}}, "sort": "EXPECTED_START_TIME_DESC", "limit": limit}
-        data = self._request("POST", "/flow_runs/filter", body=body, deadline=deadline,
-                             what="find the VM's runs")
+        data = self._request("POST", "/flow_runs/filter", body=body, deadline=deadline, what="find the VM's runs")
         return [FlowRun.from_api(d) for d in data or []]
 
 
@@ -61,8 +64,16 @@ class Runs:
                 return run
         return None
 
-    def latest(self, vm_uuid: str, host: str, *, label: str | None = None, flow: str | None = None,
-               completed: bool = False, deadline: Deadline | None = None) -> FlowRun | None:
+    def latest(
+        self,
+        vm_uuid: str,
+        host: str,
+        *,
+        label: str | None = None,
+        flow: str | None = None,
+        completed: bool = False,
+        deadline: Deadline | None = None,
+    ) -> FlowRun | None:
         """The newest run for this VM on ``host`` (of one action, one flow, or any), or the
         newest that completed."""
         tags = [TAG, f"vm:{vm_uuid}", f"host:{host}"]
@@ -75,8 +86,9 @@ class Runs:
                 return run
         return None
 
-    def start_or_attach(self, flow: str, params: Mapping[str, Any], *, vm_uuid: str, label: str, host: str,
-                        deadline: Deadline) -> tuple[FlowRun, bool]:
+    def start_or_attach(
+        self, flow: str, params: Mapping[str, Any], *, vm_uuid: str, label: str, host: str, deadline: Deadline
+    ) -> tuple[FlowRun, bool]:
         """The run to wait for, and whether it was already going (re-attached)."""
         tags = run_tags(vm_uuid, label, host, flow, params)
         recent = self.api.runs_tagged(tags, deadline=deadline)
@@ -85,8 +97,9 @@ class Runs:
             return going[0], True
         previous = recent[0].id if recent else "first"
         key = idempotency_key("cloudstack", vm_uuid, label, host, params_hash(params), previous)
-        run = self.api.create_flow_run(f"{flow}/{self.deployment}", params, idempotency_key=key,
-                                       tags=tuple(tags), deadline=deadline)
+        run = self.api.create_flow_run(
+            f"{flow}/{self.deployment}", params, idempotency_key=key, tags=tuple(tags), deadline=deadline
+        )
         return run, False
 
     def wait(self, run: FlowRun, deadline: Deadline, interval: float = 1.0) -> FlowRun:

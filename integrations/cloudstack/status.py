@@ -16,6 +16,7 @@ for a database other than SQLite): no ORM models, no Alembic, no requests, becau
 start-up is most of a status call. Its SQL names the inventory's tables directly; tests run
 it against a migrated inventory.
 """
+
 from __future__ import annotations
 
 import base64
@@ -24,18 +25,23 @@ import os
 import re
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
-from integrations.cloudstack.answer import POWER_OFF, POWER_ON, POWER_UNKNOWN, Answer
-from integrations.cloudstack.extension_config import ExtensionConfig
-from integrations.cloudstack.payload import Payload
+from metalflow.integrations.cloudstack.answer import POWER_OFF, POWER_ON, POWER_UNKNOWN, Answer
+from metalflow.integrations.cloudstack.extension_config import ExtensionConfig
+from metalflow.integrations.cloudstack.payload import Payload
 
-_COLUMNS = "h.id AS id, h.name AS name, h.last_vm_uuid AS last_vm_uuid, h.power_state AS power_state, " \
-           "h.power_state_at AS power_state_at"
+_COLUMNS = (
+    "h.id AS id, h.name AS name, h.last_vm_uuid AS last_vm_uuid, h.power_state AS power_state, "
+    "h.power_state_at AS power_state_at"
+)
 Q_CLAIM = f"SELECT {_COLUMNS} FROM host_claims c JOIN hosts h ON h.id = c.host_id WHERE c.vm_uuid = :key"
-Q_HOST = f"SELECT {_COLUMNS} FROM hosts h WHERE h.name = :key OR h.cloudstack_id = :key " \
-         "ORDER BY CASE WHEN h.name = :key THEN 0 ELSE 1 END"
+Q_HOST = (
+    f"SELECT {_COLUMNS} FROM hosts h WHERE h.name = :key OR h.cloudstack_id = :key "
+    "ORDER BY CASE WHEN h.name = :key THEN 0 ELSE 1 END"
+)
 Q_CARRIES = f"SELECT {_COLUMNS} FROM hosts h WHERE h.last_vm_uuid = :key ORDER BY h.name"
 Q_LAST_EVENT = "SELECT max(at) AS at FROM host_events WHERE host_id = :id AND operation <> 'power-poll'"
 
@@ -70,7 +76,7 @@ def _aware(value: Any) -> datetime | None:
         return None
     if isinstance(value, str):  # a driver that hands back text
         value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _sqlite_path(url: str) -> str | None:
@@ -78,7 +84,7 @@ def _sqlite_path(url: str) -> str | None:
     prefix = "sqlite:///"
     if not url.startswith(prefix) or "?" in url or url == prefix:
         return None
-    return url[len(prefix):]
+    return url[len(prefix) :]
 
 
 def read_host(url: str, p: Payload):
@@ -124,8 +130,13 @@ def read_host(url: str, p: Payload):
         engine.dispose()
 
 
-def answer_status(cfg: ExtensionConfig, p: Payload, *, now: Callable[[], datetime] | None = None,
-                  lock: Callable[[ExtensionConfig, str], bool | None] = lock_active) -> Answer:
+def answer_status(
+    cfg: ExtensionConfig,
+    p: Payload,
+    *,
+    now: Callable[[], datetime] | None = None,
+    lock: Callable[[ExtensionConfig, str], bool | None] = lock_active,
+) -> Answer:
     if not p.vm_uuid:
         return Answer.power(POWER_UNKNOWN, "the payload names no VM")
     row, last_event = read_host(cfg.inventory_url, p)
@@ -137,16 +148,20 @@ def answer_status(cfg: ExtensionConfig, p: Payload, *, now: Callable[[], datetim
     state, at = row["power_state"], _aware(row["power_state_at"])
     if state not in ("on", "off") or at is None:
         return Answer.power(POWER_UNKNOWN, f"{name}: power state {state}")
-    age = ((now or (lambda: datetime.now(timezone.utc)))() - at).total_seconds()
+    age = ((now or (lambda: datetime.now(UTC)))() - at).total_seconds()
     if age > cfg.status_stale_after:
-        return Answer.power(POWER_UNKNOWN, f"{name}: the last power reading is {age:.0f} s old "
-                                           f"(stale after {cfg.status_stale_after:.0f} s; is power-poll running?)")
+        return Answer.power(
+            POWER_UNKNOWN,
+            f"{name}: the last power reading is {age:.0f} s old "
+            f"(stale after {cfg.status_stale_after:.0f} s; is power-poll running?)",
+        )
     if last_event is not None and last_event > at:
         return Answer.power(POWER_UNKNOWN, f"{name}: changed since the last power reading ({age:.0f} s ago)")
     held = lock(cfg, name)
     if held is None:
-        return Answer.power(POWER_UNKNOWN, f"{name}: cannot tell whether an operation is running "
-                                           "(the Prefect API did not answer)")
+        return Answer.power(
+            POWER_UNKNOWN, f"{name}: cannot tell whether an operation is running (the Prefect API did not answer)"
+        )
     if held:
         return Answer.power(POWER_UNKNOWN, f"{name}: an operation is running")
     return Answer.power(POWER_ON if state == "on" else POWER_OFF, f"{name}: {state}, read {age:.0f} s ago")

@@ -1,9 +1,11 @@
 """One deadline helper with an injectable clock, so waiting logic is tested without sleeping."""
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 

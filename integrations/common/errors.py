@@ -4,6 +4,7 @@ Each error carries the target (a BMC address, a system_id, a switch and port), t
 and a short piece of evidence (a status, a body excerpt, the offending CLI line), and never a
 secret or a request header.
 """
+
 from __future__ import annotations
 
 

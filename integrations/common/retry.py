@@ -1,12 +1,14 @@
 """Retry by classification: the caller says which errors are transient; only those are retried,
 with exponential backoff and full jitter, inside one deadline."""
+
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
-from integrations.common.deadline import Deadline
+from metalflow.integrations.common.deadline import Deadline
 
 T = TypeVar("T")
 
@@ -43,7 +45,7 @@ def retry(
         attempt += 1
         try:
             return call()
-        except Exception as exc:  # noqa: BLE001 - classified below
+        except Exception as exc:
             floor = transient(exc)
             if floor is None or attempt >= backoff.attempts:
                 raise

@@ -1,7 +1,9 @@
 """Secrets stay wrapped: a repr shows nothing, the value is unwrapped only at the call."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 SECRET_KEYS = ("password", "pass", "secret", "key", "token", "apikey", "api_key", "signature")
 

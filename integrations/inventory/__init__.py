@@ -2,11 +2,12 @@
 should carry, power state and a per-host journal. SQLAlchemy 2 models, Alembic migrations
 shipped in the package (``migrate.upgrade(url)``), and the ``Inventory`` facade that flows
 use. SQLite by default (safe for several processes), PostgreSQL at scale."""
-from integrations.inventory.engine import ENV_HOME, ENV_URL, default_url, make_engine
-from integrations.inventory.importing import DEFAULT_SWITCH_CREDENTIAL_REF
-from integrations.inventory.migrate import upgrade
-from integrations.inventory.models import Base, Host, HostClaim, HostEvent, HostNic, PortVlan, Switch
-from integrations.inventory.records import (
+
+from metalflow.integrations.inventory.engine import ENV_HOME, ENV_URL, default_url, make_engine
+from metalflow.integrations.inventory.importing import DEFAULT_SWITCH_CREDENTIAL_REF
+from metalflow.integrations.inventory.migrate import upgrade
+from metalflow.integrations.inventory.models import Base, Host, HostClaim, HostEvent, HostNic, PortVlan, Switch
+from metalflow.integrations.inventory.records import (
     BulkPowerResult,
     CabledPort,
     ClaimConflict,
@@ -27,7 +28,7 @@ from integrations.inventory.records import (
     check_credential_ref,
     split_credential_ref,
 )
-from integrations.inventory.store import Inventory, clean_detail
+from metalflow.integrations.inventory.store import Inventory, clean_detail
 
 __all__ = [
     "DEFAULT_SWITCH_CREDENTIAL_REF",

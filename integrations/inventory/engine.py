@@ -6,6 +6,7 @@ transactions that SQLAlchemy begins itself: ``BEGIN IMMEDIATE`` for sessions tha
 so two processes cannot both read a row and then both update it, and plain ``BEGIN`` for reads.
 PostgreSQL needs none of this; writers lock the rows they change with ``SELECT ... FOR UPDATE``.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,13 +39,18 @@ POOL_SIZE = 25
 MAX_OVERFLOW = 25
 
 
-def make_engine(url: str | None = None, *, busy_timeout_ms: int = 30_000, echo: bool = False,
-                pool_size: int = POOL_SIZE, max_overflow: int = MAX_OVERFLOW) -> Engine:
+def make_engine(
+    url: str | None = None,
+    *,
+    busy_timeout_ms: int = 30_000,
+    echo: bool = False,
+    pool_size: int = POOL_SIZE,
+    max_overflow: int = MAX_OVERFLOW,
+) -> Engine:
     url = url or default_url()
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True, echo=echo, pool_size=pool_size,
-                             max_overflow=max_overflow)
+        return create_engine(parsed, pool_pre_ping=True, echo=echo, pool_size=pool_size, max_overflow=max_overflow)
 
     database = parsed.database or ""
     on_disk = database not in ("", ":memory:") and not database.startswith("file:")

@@ -20,14 +20,15 @@ writes every line queued at the moment in one transaction (``Inventory.journal_l
 
 No thread: when nobody writes, nothing runs.
 """
+
 from __future__ import annotations
 
 import threading
 from collections import deque
 from typing import Any
 
-from integrations.inventory.records import EventInfo, InventoryError
-from integrations.inventory.store import Inventory, JournalLine, journal_line
+from metalflow.integrations.inventory.records import EventInfo, InventoryError
+from metalflow.integrations.inventory.store import Inventory, JournalLine, journal_line
 
 
 class _Slot:
@@ -59,8 +60,18 @@ class GroupJournal:
         self._leading = False
         self.transactions = 0  # how many commits (a measure of the grouping; tests read it)
 
-    def journal(self, host: Any, operation: str, run_id: str | None, step: str, system: str, outcome: str,
-                detail: Any = "", *, at: Any = None) -> EventInfo:
+    def journal(
+        self,
+        host: Any,
+        operation: str,
+        run_id: str | None,
+        step: str,
+        system: str,
+        outcome: str,
+        detail: Any = "",
+        *,
+        at: Any = None,
+    ) -> EventInfo:
         slot = _Slot(journal_line(host, operation, run_id, step, system, outcome, detail, at=at))
         with self._lock:
             self._queue.append(slot)
@@ -75,8 +86,12 @@ class GroupJournal:
                             self._queue.remove(slot)
                         raise TimeoutError(
                             f"journal line for {host} ({step} {outcome}) not committed within {self.timeout:.0f} s: "
-                            + ("not written (the transactions ahead of it took that long)" if queued else
-                               "its transaction is still running and may still write it"))
+                            + (
+                                "not written (the transactions ahead of it took that long)"
+                                if queued
+                                else "its transaction is still running and may still write it"
+                            )
+                        )
             if slot.lead and not slot.finished:
                 self._write_queued()  # its own line is first in the queue
         except BaseException:
@@ -95,7 +110,7 @@ class GroupJournal:
             with self._lock:
                 batch = [self._queue.popleft() for _ in range(min(self.max_lines, len(self._queue)))]
             results = self.inventory.journal_lines([s.line for s in batch])
-        except BaseException as exc:  # noqa: BLE001 - the others get a failure of their own; the leader's goes up
+        except BaseException as exc:
             failure = exc
             raise
         finally:
@@ -111,7 +126,8 @@ class GroupJournal:
                         s.error = failure  # the leader's own line: the error as it came
                     else:
                         s.error = JournalWriteFailed(
-                            f"journal line not written: its transaction failed ({type(failure).__name__}: {failure})")
+                            f"journal line not written: its transaction failed ({type(failure).__name__}: {failure})"
+                        )
                     s.finished = True
                     s.wake.set()
                 self._pass_lead()

@@ -7,6 +7,7 @@ NICs are re-cabled from the rack config like every other NIC). Passwords never e
 switch gets a credential reference instead, and the summary says which, so the operator can
 put the password there.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -19,9 +20,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from integrations.cloudstack.config import RackConfig, normalize_mac, valid_address
-from integrations.inventory.models import Host, HostNic, Switch
-from integrations.inventory.records import (
+from metalflow.integrations.cloudstack.config import RackConfig, normalize_mac, valid_address
+from metalflow.integrations.inventory.models import Host, HostNic, Switch
+from metalflow.integrations.inventory.records import (
     HostRecord,
     ImportSummary,
     InventoryError,
@@ -90,7 +91,9 @@ def validate_records(records: Sequence[HostRecord]) -> list[_Host]:
             continue
         before = len(problems)
         if not isinstance(r.name, str) or not _NAME.match(r.name):
-            problems.append((f"{p}.name", f"{r.name!r} is not a host name (letters, digits, '.', '_', '-'; e.g. host-001)"))
+            problems.append(
+                (f"{p}.name", f"{r.name!r} is not a host name (letters, digits, '.', '_', '-'; e.g. host-001)")
+            )
         elif r.name in seen_names:
             problems.append((f"{p}.name", f"{r.name!r} is already used by {seen_names[r.name]}"))
         else:
@@ -99,7 +102,9 @@ def validate_records(records: Sequence[HostRecord]) -> list[_Host]:
         if isinstance(cs_id, int) and not isinstance(cs_id, bool) and cs_id >= 0:
             cs_id = str(cs_id)
         if cs_id is not None and (not isinstance(cs_id, str) or not _CLOUDSTACK_ID.match(cs_id)):
-            problems.append((f"{p}.cloudstack_id", f"{r.cloudstack_id!r} is not a CloudStack host id (a number or UUID)"))
+            problems.append(
+                (f"{p}.cloudstack_id", f"{r.cloudstack_id!r} is not a CloudStack host id (a number or UUID)")
+            )
         elif cs_id is not None and cs_id in seen_ids:
             problems.append((f"{p}.cloudstack_id", f"{cs_id} is already used by {seen_ids[cs_id]}"))
         elif cs_id is not None:
@@ -137,8 +142,18 @@ def validate_records(records: Sequence[HostRecord]) -> list[_Host]:
             problems.append((f"{p}.arch", f"{r.arch!r} is not a MAAS architecture (e.g. amd64/generic)"))
         if len(problems) == before:
             out.append(
-                _Host(r.name, cs_id, r.ipmi_address.strip(), r.ipmi_port, r.ipmi_username,
-                      r.ipmi_credential_ref, tuple(macs), r.cpu_count, r.memory_mb, r.arch)
+                _Host(
+                    r.name,
+                    cs_id,
+                    r.ipmi_address.strip(),
+                    r.ipmi_port,
+                    r.ipmi_username,
+                    r.ipmi_credential_ref,
+                    tuple(macs),
+                    r.cpu_count,
+                    r.memory_mb,
+                    r.arch,
+                )
             )
     if problems:
         raise problems_error("host records", problems)
@@ -329,7 +344,9 @@ def _import_nics(s, rack: RackConfig, hosts: list[_Host], rows: dict[str, Host],
         sw = switches[_address_key(r.switch.ip)]
         for c in r.hosts:
             target[c.mac] = (sw, c.port)
-    occupied = {tuple(r) for r in s.execute(select(HostNic.switch_id, HostNic.port).where(HostNic.switch_id.is_not(None)))}
+    occupied = {
+        tuple(r) for r in s.execute(select(HostNic.switch_id, HostNic.port).where(HostNic.switch_id.is_not(None)))
+    }
     added = removed = 0
     touched: set[str] = set()
     for h in hosts:
@@ -377,7 +394,9 @@ def _import_nics(s, rack: RackConfig, hosts: list[_Host], rows: dict[str, Host],
         for nic, sw, port in changes:
             nic.switch, nic.port = sw, port
             details.append(
-                f"NIC {nic.mac}: cabled to {sw.name} {port}" if sw is not None else f"NIC {nic.mac}: uncabled (not in the rack config)"
+                f"NIC {nic.mac}: cabled to {sw.name} {port}"
+                if sw is not None
+                else f"NIC {nic.mac}: uncabled (not in the rack config)"
             )
             touched.add(nic.mac)
         s.flush()

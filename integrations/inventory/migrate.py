@@ -4,9 +4,10 @@
 two processes upgrading the same database at once are serialised (``BEGIN IMMEDIATE`` on
 SQLite, an advisory lock on PostgreSQL) and the second finds nothing to do.
 
-For developers: ``python -m integrations.inventory.migrate revision -m "add x" --url sqlite:///tmp/x.db``
+For developers: ``python -m metalflow.integrations.inventory.migrate revision -m "add x" --url sqlite:///tmp/x.db``
 autogenerates a new revision from the models against a database that is at head.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from integrations.inventory.engine import WRITE_OPTION, default_url, make_engine
-from integrations.inventory.models import Base
+from metalflow.integrations.inventory.engine import WRITE_OPTION, default_url, make_engine
+from metalflow.integrations.inventory.models import Base
 
 MIGRATIONS = Path(__file__).resolve().with_name("migrations")
 
@@ -107,7 +108,7 @@ def drift(target: str | Engine | None = None) -> list[Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m integrations.inventory.migrate")
+    parser = argparse.ArgumentParser(prog="python -m metalflow.integrations.inventory.migrate")
     parser.add_argument("--url", default=None, help="database URL (default: the configured inventory)")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("upgrade", help="migrate to the newest schema")

@@ -7,12 +7,13 @@
 - A successful reading resets the count and takes the host out of maintenance only if the
   poll put it there: maintenance an operator set stays until the operator clears it.
 """
+
 from __future__ import annotations
 
 from datetime import datetime
 
-from integrations.inventory.models import POWER_STATES, Host, utcnow
-from integrations.inventory.records import InventoryError, PowerTransition
+from metalflow.integrations.inventory.models import POWER_STATES, Host, utcnow
+from metalflow.integrations.inventory.records import InventoryError, PowerTransition
 
 MAINTENANCE_AFTER = 3
 _ERROR_LIMIT = 500
@@ -51,9 +52,9 @@ def apply_reading(
         if host.poll_failures >= threshold and not host.maintenance:
             host.maintenance = True
             host.maintenance_source = "poll"
-            host.maintenance_reason = (
-                f"power poll failed {host.poll_failures} times in a row; last error: {error}"
-            )[:_ERROR_LIMIT]
+            host.maintenance_reason = (f"power poll failed {host.poll_failures} times in a row; last error: {error}")[
+                :_ERROR_LIMIT
+            ]
             entered = True
     else:
         host.power_state = state

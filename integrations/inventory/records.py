@@ -1,15 +1,16 @@
 """What goes into the inventory and what comes out of it: frozen dataclasses, so callers (and
 Prefect, which serialises task results) never hold a live ORM object or a session."""
+
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
-from integrations.common import MetalflowError
-
-from integrations.inventory.models import VLAN_PURPOSES, Host, HostClaim, HostEvent, HostNic, PortVlan, Switch
+from metalflow.integrations.common import MetalflowError
+from metalflow.integrations.inventory.models import VLAN_PURPOSES, Host, HostClaim, HostEvent, HostNic, PortVlan, Switch
 
 
 class InventoryError(MetalflowError):
@@ -100,7 +101,7 @@ class SwitchInfo:
     pxe_vlan: int | None
 
     @classmethod
-    def of(cls, s: Switch) -> "SwitchInfo":
+    def of(cls, s: Switch) -> SwitchInfo:
         return cls(s.name, s.address, s.port, s.type, s.username, s.credential_ref, s.pxe_vlan)
 
 
@@ -112,7 +113,7 @@ class NicInfo:
     is_boot: bool
 
     @classmethod
-    def of(cls, n: HostNic) -> "NicInfo":
+    def of(cls, n: HostNic) -> NicInfo:
         return cls(n.mac, n.switch.name if n.switch is not None else None, n.port, n.is_boot)
 
 
@@ -142,13 +143,30 @@ class HostInfo:
     nics: tuple[NicInfo, ...] = ()
 
     @classmethod
-    def of(cls, h: Host) -> "HostInfo":
+    def of(cls, h: Host) -> HostInfo:
         return cls(
-            h.name, h.cloudstack_id, h.ipmi_address, h.ipmi_port, h.ipmi_username,
-            h.ipmi_credential_ref, h.boot_mac, h.cpu_count, h.memory_mb, h.arch,
-            h.maas_system_id, h.last_vm_uuid, h.last_vm_name, h.power_state, h.power_state_at,
-            h.poll_failures, h.last_poll_error, h.maintenance, h.maintenance_reason,
-            h.maintenance_source, h.version, tuple(NicInfo.of(n) for n in h.nics),
+            h.name,
+            h.cloudstack_id,
+            h.ipmi_address,
+            h.ipmi_port,
+            h.ipmi_username,
+            h.ipmi_credential_ref,
+            h.boot_mac,
+            h.cpu_count,
+            h.memory_mb,
+            h.arch,
+            h.maas_system_id,
+            h.last_vm_uuid,
+            h.last_vm_name,
+            h.power_state,
+            h.power_state_at,
+            h.poll_failures,
+            h.last_poll_error,
+            h.maintenance,
+            h.maintenance_reason,
+            h.maintenance_source,
+            h.version,
+            tuple(NicInfo.of(n) for n in h.nics),
         )
 
     @property
@@ -173,7 +191,7 @@ class VlanInfo:
     host: str | None
 
     @classmethod
-    def of(cls, v: PortVlan) -> "VlanInfo":
+    def of(cls, v: PortVlan) -> VlanInfo:
         return cls(v.switch.name, v.port, v.vlan, v.tagged, v.purpose, v.host.name if v.host else None)
 
 
@@ -211,7 +229,7 @@ class EventInfo:
     detail: str
 
     @classmethod
-    def of(cls, e: HostEvent, host: str) -> "EventInfo":
+    def of(cls, e: HostEvent, host: str) -> EventInfo:
         return cls(host, e.at, e.operation, e.run_id, e.step, e.system, e.outcome, e.detail)
 
 
@@ -277,8 +295,13 @@ class ImportSummary:
     @property
     def changes(self) -> int:
         return (
-            self.switches_added + self.switches_updated + self.hosts_added + self.hosts_updated
-            + self.nics_added + self.nics_updated + self.nics_removed
+            self.switches_added
+            + self.switches_updated
+            + self.hosts_added
+            + self.hosts_updated
+            + self.nics_added
+            + self.nics_updated
+            + self.nics_removed
         )
 
 
@@ -303,5 +326,5 @@ class ClaimInfo:
     claimed_at: datetime
 
     @classmethod
-    def of(cls, c: HostClaim) -> "ClaimInfo":
+    def of(cls, c: HostClaim) -> ClaimInfo:
         return cls(c.host.name, c.vm_uuid, c.vm_name, c.claimed_at)

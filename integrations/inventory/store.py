@@ -6,31 +6,32 @@ a version column: an update based on a stale read fails instead of overwriting, 
 facade retries the whole read-modify-write. Two processes updating the same host therefore
 never lose an update.
 """
+
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
-from integrations.cloudstack.config import RackConfig
-from integrations.common import Backoff, Deadline, mask, retry
-from integrations.inventory import migrate
-from integrations.inventory.engine import WRITE_OPTION, default_url, make_engine
-from integrations.inventory.importing import (
+from metalflow.integrations.cloudstack.config import RackConfig
+from metalflow.integrations.common import Backoff, Deadline, mask, retry
+from metalflow.integrations.inventory import migrate
+from metalflow.integrations.inventory.engine import WRITE_OPTION, default_url, make_engine
+from metalflow.integrations.inventory.importing import (
     DEFAULT_SWITCH_CREDENTIAL_REF,
     CredentialRefSource,
     chunks,
     import_rack,
 )
-from integrations.inventory.models import (
+from metalflow.integrations.inventory.models import (
     OUTCOMES,
     VLAN_PURPOSES,
     Host,
@@ -41,8 +42,8 @@ from integrations.inventory.models import (
     Switch,
     utcnow,
 )
-from integrations.inventory.power import MAINTENANCE_AFTER, apply_reading, check_reading
-from integrations.inventory.records import (
+from metalflow.integrations.inventory.power import MAINTENANCE_AFTER, apply_reading, check_reading
+from metalflow.integrations.inventory.records import (
     BulkPowerResult,
     CabledPort,
     ClaimConflict,
@@ -313,14 +314,8 @@ class Inventory:
     @staticmethod
     def _desired(s: Session, row: Host) -> list[VlanInfo]:
         ports = [(n.switch_id, n.port) for n in row.nics if n.switch_id is not None]
-        conds = [PortVlan.host_id == row.id] + [
-            (PortVlan.switch_id == sw) & (PortVlan.port == p) for sw, p in ports
-        ]
-        stmt = (
-            select(PortVlan)
-            .where(or_(*conds))
-            .options(selectinload(PortVlan.switch), selectinload(PortVlan.host))
-        )
+        conds = [PortVlan.host_id == row.id] + [(PortVlan.switch_id == sw) & (PortVlan.port == p) for sw, p in ports]
+        stmt = select(PortVlan).where(or_(*conds)).options(selectinload(PortVlan.switch), selectinload(PortVlan.host))
         rows = sorted(s.scalars(stmt), key=lambda v: (v.switch.name, v.port, v.vlan))
         return [VlanInfo.of(v) for v in rows]
 
@@ -344,9 +339,7 @@ class Inventory:
         cabled = [n for n in row.nics if n.switch is not None]
         if ports is None:
             if not cabled:
-                raise InventoryError(
-                    f"host {row.name} has no NIC cabled to a switch in the rack config", field="ports"
-                )
+                raise InventoryError(f"host {row.name} has no NIC cabled to a switch in the rack config", field="ports")
             return cabled
         by_port = {(n.switch.name, n.port): n for n in cabled}
         out = []
@@ -402,8 +395,16 @@ class Inventory:
                     )
             existing = current.get(vlan)
             if existing is None:
-                s.add(PortVlan(switch_id=nic.switch_id, port=nic.port, vlan=vlan, tagged=is_tagged,
-                               purpose=purpose, host_id=row.id))
+                s.add(
+                    PortVlan(
+                        switch_id=nic.switch_id,
+                        port=nic.port,
+                        vlan=vlan,
+                        tagged=is_tagged,
+                        purpose=purpose,
+                        host_id=row.id,
+                    )
+                )
                 changed += 1
             elif (existing.tagged, existing.purpose, existing.host_id) != (is_tagged, purpose, row.id):
                 existing.tagged, existing.purpose, existing.host_id = is_tagged, purpose, row.id
@@ -450,8 +451,14 @@ class Inventory:
 
         return self._write(write)
 
-    def _clear_desired(self, s: Session, row: Host, vlan: int | None = None, purpose: str | None = None,
-                       ports: Sequence[tuple[str, str]] | None = None) -> int:
+    def _clear_desired(
+        self,
+        s: Session,
+        row: Host,
+        vlan: int | None = None,
+        purpose: str | None = None,
+        ports: Sequence[tuple[str, str]] | None = None,
+    ) -> int:
         cabled = [n for n in row.nics if n.switch_id is not None]
         nics = self._ports(row, ports) if ports is not None else cabled
         conds = [(PortVlan.switch_id == n.switch_id) & (PortVlan.port == n.port) for n in nics]
@@ -499,9 +506,7 @@ class Inventory:
             if not isinstance(r, PowerReading):
                 raise InventoryError(f"expected a PowerReading, got {type(r).__name__}", field=f"readings[{i}]")
             check_reading(r.state, r.at, r.error, field=f"readings[{i}]")
-        cleaned = [
-            (r.host, r.state, r.at, clean_detail(r.error) if r.error is not None else None) for r in items
-        ]
+        cleaned = [(r.host, r.state, r.at, clean_detail(r.error) if r.error is not None else None) for r in items]
         names = sorted({str(r[0]) for r in cleaned})
 
         def write(s: Session) -> BulkPowerResult:
@@ -530,8 +535,18 @@ class Inventory:
             detail = f"left maintenance: power poll answered ({t.state})"
         else:
             return
-        s.add(HostEvent(host_id=row.id, at=t.at or utcnow(), operation="power-poll", run_id=run_id,
-                        step="maintenance", system="inventory", outcome="ok", detail=clean_detail(detail)))
+        s.add(
+            HostEvent(
+                host_id=row.id,
+                at=t.at or utcnow(),
+                operation="power-poll",
+                run_id=run_id,
+                step="maintenance",
+                system="inventory",
+                outcome="ok",
+                detail=clean_detail(detail),
+            )
+        )
 
     def set_maintenance(self, host: HostKey, on: bool, reason: str | None = None) -> HostInfo:
         """Operator maintenance: a later successful poll does not clear it."""
@@ -558,8 +573,10 @@ class Inventory:
 
         def write(s: Session) -> HostInfo:
             row = self._host(s, host, lock=True)
-            owner = None if system_id is None else s.scalar(
-                select(Host.name).where(Host.maas_system_id == system_id, Host.id != row.id)
+            owner = (
+                None
+                if system_id is None
+                else s.scalar(select(Host.name).where(Host.maas_system_id == system_id, Host.id != row.id))
             )
             if owner is not None:
                 raise InventoryError(f"{system_id} already belongs to host {owner}", field="system_id")
@@ -629,8 +646,16 @@ class Inventory:
                 if row is None:
                     out.append(_host_not_found(str(line.host)))
                     continue
-                event = HostEvent(host_id=row.id, at=line.at, operation=line.operation, run_id=line.run_id,
-                                  step=line.step, system=line.system, outcome=line.outcome, detail=line.detail)
+                event = HostEvent(
+                    host_id=row.id,
+                    at=line.at,
+                    operation=line.operation,
+                    run_id=line.run_id,
+                    step=line.step,
+                    system=line.system,
+                    outcome=line.outcome,
+                    detail=line.detail,
+                )
                 s.add(event)
                 added.append((i, event, row.name))
                 out.append(None)  # type: ignore[arg-type] - filled in below
@@ -663,8 +688,9 @@ class Inventory:
 
         return self._read(read)
 
-    def step_events(self, hosts: Sequence[str], step: str, *, outcome: str | None = None,
-                    since: datetime | None = None) -> list[EventInfo]:
+    def step_events(
+        self, hosts: Sequence[str], step: str, *, outcome: str | None = None, since: datetime | None = None
+    ) -> list[EventInfo]:
         """The journal lines of ``step`` (and ``outcome``) of several hosts, given by inventory
         name, at or after ``since``, in one query, oldest first (a bulk watching fifty hosts'
         milestones reads them all at once instead of one host at a time)."""
@@ -675,8 +701,11 @@ class Inventory:
             return []
 
         def read(s: Session) -> list[EventInfo]:
-            stmt = (select(HostEvent, Host.name).join(Host, HostEvent.host_id == Host.id)
-                    .where(Host.name.in_(names), HostEvent.step == step))
+            stmt = (
+                select(HostEvent, Host.name)
+                .join(Host, HostEvent.host_id == Host.id)
+                .where(Host.name.in_(names), HostEvent.step == step)
+            )
             if outcome is not None:
                 stmt = stmt.where(HostEvent.outcome == outcome)
             if since is not None:
@@ -740,20 +769,24 @@ class Inventory:
                 candidates = [row]
             else:
                 carrying = s.scalar(select(Host).where(Host.last_vm_uuid == vm_uuid))
-                candidates = [carrying] if carrying is not None else list(
-                    s.scalars(
-                        select(Host)
-                        .where(
-                            Host.id.not_in(select(HostClaim.host_id)),
-                            Host.last_vm_uuid.is_(None),
-                            Host.maintenance.is_(False),
-                            Host.power_state.in_(("on", "off")),
-                            Host.maas_system_id.is_not(None),
-                            Host.cpu_count >= min_cpus,
-                            Host.memory_mb >= min_memory_mb,
+                candidates = (
+                    [carrying]
+                    if carrying is not None
+                    else list(
+                        s.scalars(
+                            select(Host)
+                            .where(
+                                Host.id.not_in(select(HostClaim.host_id)),
+                                Host.last_vm_uuid.is_(None),
+                                Host.maintenance.is_(False),
+                                Host.power_state.in_(("on", "off")),
+                                Host.maas_system_id.is_not(None),
+                                Host.cpu_count >= min_cpus,
+                                Host.memory_mb >= min_memory_mb,
+                            )
+                            .order_by(Host.cpu_count, Host.memory_mb, Host.name)
+                            .limit(20)
                         )
-                        .order_by(Host.cpu_count, Host.memory_mb, Host.name)
-                        .limit(20)
                     )
                 )
             for row in candidates:
@@ -772,8 +805,14 @@ class Inventory:
     @staticmethod
     def _why_no_host(s: Session, min_cpus: int, min_memory_mb: int) -> str:
         claimed = set(s.scalars(select(HostClaim.host_id)))
-        counts = {"claimed": 0, "carrying a VM": 0, "in maintenance": 0, "power state unknown": 0,
-                  "not registered in MAAS": 0, "too small": 0}
+        counts = {
+            "claimed": 0,
+            "carrying a VM": 0,
+            "in maintenance": 0,
+            "power state unknown": 0,
+            "not registered in MAAS": 0,
+            "too small": 0,
+        }
         hosts = list(s.scalars(select(Host)))
         for h in hosts:
             if h.id in claimed:
@@ -789,8 +828,7 @@ class Inventory:
             else:
                 counts["too small"] += 1
         reasons = ", ".join(f"{n} {why}" for why, n in counts.items() if n) or "the inventory is empty"
-        return (f"no free host fits {min_cpus} CPUs and {min_memory_mb} MB of memory "
-                f"({len(hosts)} hosts: {reasons})")
+        return f"no free host fits {min_cpus} CPUs and {min_memory_mb} MB of memory ({len(hosts)} hosts: {reasons})"
 
     def release_claim(self, vm_uuid: str) -> ClaimInfo | None:
         """Give the VM's host back to the pool; None when the VM held no claim."""
@@ -817,8 +855,14 @@ class Inventory:
         return self._read(read)
 
     def list_claims(self) -> list[ClaimInfo]:
-        return self._read(lambda s: [ClaimInfo.of(c) for c in s.scalars(
-            select(HostClaim).options(selectinload(HostClaim.host)).order_by(HostClaim.claimed_at))])
+        return self._read(
+            lambda s: [
+                ClaimInfo.of(c)
+                for c in s.scalars(
+                    select(HostClaim).options(selectinload(HostClaim.host)).order_by(HostClaim.claimed_at)
+                )
+            ]
+        )
 
     def host_for_vm(self, vm_uuid: str) -> HostInfo | None:
         """The host a VM is placed on: its claim, else the host that carries it."""

@@ -2,9 +2,10 @@
 for the power poll (``BulkPowerReader``), a continuous staggered reader for the long-running
 poll (``PowerWatch``), all on pyghmi with our own deadlines, plus the shim
 that closes pyghmi 1.6.19's lost wake-up race (``patch_pyghmi``)."""
-from integrations.ipmi.bulk import BmcTarget, BulkPowerReader, PowerReading
-from integrations.ipmi.client import BOOT_DEVICES, BmcClient
-from integrations.ipmi.errors import (
+
+from metalflow.integrations.ipmi.bulk import BmcTarget, BulkPowerReader, PowerReading
+from metalflow.integrations.ipmi.client import BOOT_DEVICES, BmcClient
+from metalflow.integrations.ipmi.errors import (
     BmcAuthFailed,
     BmcBusy,
     BmcInvalidInput,
@@ -13,9 +14,9 @@ from integrations.ipmi.errors import (
     BmcWrongState,
     IpmiError,
 )
-from integrations.ipmi.shim import patch_pyghmi, shim_active
-from integrations.ipmi.watch import PowerWatch, TimedReading, WatchStats
-from integrations.ipmi.wire import BootDevice
+from metalflow.integrations.ipmi.shim import patch_pyghmi, shim_active
+from metalflow.integrations.ipmi.watch import PowerWatch, TimedReading, WatchStats
+from metalflow.integrations.ipmi.wire import BootDevice
 
 __all__ = [
     "BOOT_DEVICES",

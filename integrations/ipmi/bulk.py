@@ -22,6 +22,7 @@ socket pair: a forked child would inherit pyghmi's global state (an I/O thread o
 its thread) from a parent that already used pyghmi, and multiprocessing's ``spawn`` re-imports
 the caller's ``__main__``, which breaks callers without a main guard.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,21 +30,20 @@ import logging
 import threading
 import time
 import zlib
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
-from typing import Sequence
 
-from integrations.common import Secret
-from integrations.ipmi.errors import BmcInvalidInput, BmcTimeout, IpmiError, scrub
-from integrations.ipmi.validate import check_address, check_password, check_port, check_username
-from integrations.ipmi.wire import PyghmiLink
-from integrations.ipmi.workerproc import WorkerProcess
+from metalflow.integrations.common import Secret
+from metalflow.integrations.ipmi.errors import BmcInvalidInput, BmcTimeout, IpmiError, scrub
+from metalflow.integrations.ipmi.validate import check_address, check_password, check_port, check_username
+from metalflow.integrations.ipmi.wire import PyghmiLink
+from metalflow.integrations.ipmi.workerproc import WorkerProcess
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,9 @@ class PowerReading:
         return self.error is None
 
 
-def _failed(key: str, exc: BaseException, elapsed: float, password: Secret | None = None,
-            started: float | None = None) -> PowerReading:
+def _failed(
+    key: str, exc: BaseException, elapsed: float, password: Secret | None = None, started: float | None = None
+) -> PowerReading:
     return PowerReading(key, None, scrub(str(exc), password), elapsed, type(exc).__name__, started)
 
 
@@ -121,13 +122,17 @@ class _SweepWorker:
             # other: pyghmi mixes up the replies of concurrent logins to one BMC with different
             # credentials (it routes them by BMC address and local port).
             if not endpoint.acquire(timeout=max(0.0, min(self.per_call_timeout, end - start))):
-                raise BmcTimeout("not read: another target with this BMC address took the time",
-                                 target=t.target, operation="power_state")
+                raise BmcTimeout(
+                    "not read: another target with this BMC address took the time",
+                    target=t.target,
+                    operation="power_state",
+                )
             try:
                 timeout = min(self.per_call_timeout - (time.monotonic() - start), end - time.monotonic())
                 if timeout <= 0:
-                    raise BmcTimeout("not read: the sweep deadline came first", target=t.target,
-                                     operation="power_state")
+                    raise BmcTimeout(
+                        "not read: the sweep deadline came first", target=t.target, operation="power_state"
+                    )
                 on = self._link(t).power_is_on(timeout=timeout, operation="power_state")
             finally:
                 endpoint.release()
@@ -151,8 +156,9 @@ class _SweepWorker:
                 out.append(f.result())
             else:
                 f.cancel()
-                out.append(_failed(t.key, BmcTimeout("not read in time", target=t.target,
-                                                     operation="power_state"), budget))
+                out.append(
+                    _failed(t.key, BmcTimeout("not read in time", target=t.target, operation="power_state"), budget)
+                )
         return out
 
     def stuck(self) -> list[float]:
@@ -174,7 +180,7 @@ class _SweepWorker:
 def worker_main(conn: Connection, per_call_timeout: float, concurrency: int, patch: bool) -> None:
     """A worker process: apply the shim, then answer sweeps until told to stop or until the
     parent goes away (end of file on the socket)."""
-    from integrations.ipmi.shim import patch_pyghmi, shim_active
+    from metalflow.integrations.ipmi.shim import patch_pyghmi, shim_active
 
     if patch:
         patch_pyghmi()
@@ -198,8 +204,12 @@ class _Worker(WorkerProcess):
     """The parent's handle on one worker process."""
 
     def __init__(self, index: int, per_call_timeout: float, concurrency: int, patch: bool):
-        super().__init__(["-m", "integrations.ipmi.bulk_worker"], repr(per_call_timeout), str(concurrency),
-                         "1" if patch else "0")
+        super().__init__(
+            ["-m", "metalflow.integrations.ipmi.bulk_worker"],
+            repr(per_call_timeout),
+            str(concurrency),
+            "1" if patch else "0",
+        )
         self.index = index
 
     def stop(self, wait: float) -> None:
@@ -215,8 +225,7 @@ class BulkPowerReader:
     GRACE = 3.0  # beyond a sweep's deadline before a worker is declared hung
     RECYCLE_AFTER = 120.0  # a call stuck in pyghmi this long gets its worker restarted
 
-    def __init__(self, processes: int = 2, per_call_timeout: float = 3.0, *, concurrency: int = 32,
-                 patch: bool = True):
+    def __init__(self, processes: int = 2, per_call_timeout: float = 3.0, *, concurrency: int = 32, patch: bool = True):
         if processes < 1:
             raise ValueError("processes: at least 1")
         if per_call_timeout <= 0:
@@ -240,7 +249,7 @@ class BulkPowerReader:
     def __repr__(self) -> str:
         return f"BulkPowerReader(processes={self.processes}, per_call_timeout={self.per_call_timeout})"
 
-    def __enter__(self) -> "BulkPowerReader":
+    def __enter__(self) -> BulkPowerReader:
         self.start()
         return self
 
@@ -271,8 +280,9 @@ class BulkPowerReader:
                 _, self._shim[i] = conn.recv()
             except (EOFError, OSError, TimeoutError):
                 self._kill(i)
-                raise RuntimeError(f"IPMI bulk worker {i} did not start within {self.START_TIMEOUT:.0f} s "
-                                   f"(see its output above)") from None
+                raise RuntimeError(
+                    f"IPMI bulk worker {i} did not start within {self.START_TIMEOUT:.0f} s (see its output above)"
+                ) from None
 
     def worker_pids(self) -> list[int | None]:
         """The workers' process ids (None: not running), e.g. to check that sweeps reuse them."""
@@ -334,7 +344,7 @@ class BulkPowerReader:
                     results[reading.key] = reading
                 if not self._check_health(i, len(shards[i]), stuck):
                     self.calls_stuck += len(stuck)
-        for conn, i in sent.items():
+        for i in sent.values():
             self._lost(i, shards[i], results, "the worker process did not answer in time")
         self._failed_last = {k for k, r in results.items() if not r.ok}
         return {k: results[k] for k in keys}
@@ -344,8 +354,12 @@ class BulkPowerReader:
         retries take, or half its BMCs stuck at once. A fresh process costs a second and cold
         logins; a wedged pyghmi would fail every sweep until restarted. True: recycled."""
         if looks_wedged(stuck, shard, self.RECYCLE_AFTER):
-            log.warning("IPMI bulk worker %d has %d calls stuck in pyghmi (oldest %.0f s); restarting it",
-                        i, len(stuck), max(stuck))
+            log.warning(
+                "IPMI bulk worker %d has %d calls stuck in pyghmi (oldest %.0f s); restarting it",
+                i,
+                len(stuck),
+                max(stuck),
+            )
             self._kill(i)
             return True
         return False

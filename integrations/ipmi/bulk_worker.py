@@ -1,13 +1,14 @@
 """Entry point of a ``BulkPowerReader`` worker process (started by the reader, not by hand):
 
-    python -m integrations.ipmi.bulk_worker <socket fd> <per_call_timeout> <concurrency> <patch 0|1>
+python -m integrations.ipmi.bulk_worker <socket fd> <per_call_timeout> <concurrency> <patch 0|1>
 """
+
 from __future__ import annotations
 
 import sys
 from multiprocessing.connection import Connection
 
-from integrations.ipmi.bulk import worker_main
+from metalflow.integrations.ipmi.bulk import worker_main
 
 
 def main(argv: list[str]) -> None:

@@ -14,16 +14,18 @@
 - Only ``BmcBusy`` (the BMC said "not now", so the command was not executed) is retried
   inside an operation; while polling, transient read errors just mean "no reading yet".
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
-from integrations.common import Backoff, Clock, Deadline, DeadlineExceeded, MonotonicClock, Secret, retry
-from integrations.ipmi.errors import BmcBusy, BmcInvalidInput, BmcTimeout, BmcUnreachable, BmcWrongState
-from integrations.ipmi.shim import patch_pyghmi
-from integrations.ipmi.validate import check_address, check_password, check_port, check_username
-from integrations.ipmi.wire import BOOT_DEVICE_CODE, BootDevice, Link, PyghmiLink
+from metalflow.integrations.common import Backoff, Clock, Deadline, DeadlineExceeded, MonotonicClock, Secret, retry
+from metalflow.integrations.ipmi.errors import BmcBusy, BmcInvalidInput, BmcTimeout, BmcUnreachable, BmcWrongState
+from metalflow.integrations.ipmi.shim import patch_pyghmi
+from metalflow.integrations.ipmi.validate import check_address, check_password, check_port, check_username
+from metalflow.integrations.ipmi.wire import BOOT_DEVICE_CODE, BootDevice, Link, PyghmiLink
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ class BmcClient:
     def __repr__(self) -> str:
         return f"BmcClient(address={self.address!r}, port={self.port!r}, username={self.username!r})"
 
-    def __enter__(self) -> "BmcClient":
+    def __enter__(self) -> BmcClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -91,11 +93,13 @@ class BmcClient:
         check_username(self.username, target)
         self._password = check_password(self._password, target)
         if not isinstance(self.call_timeout, (int, float)) or self.call_timeout <= 0:
-            raise BmcInvalidInput("call_timeout: must be a positive number of seconds", target=target,
-                                  operation="validate")
+            raise BmcInvalidInput(
+                "call_timeout: must be a positive number of seconds", target=target, operation="validate"
+            )
         if not isinstance(self.min_gap, (int, float)) or self.min_gap < 0:
-            raise BmcInvalidInput("min_gap: must be zero or a positive number of seconds", target=target,
-                                  operation="validate")
+            raise BmcInvalidInput(
+                "min_gap: must be zero or a positive number of seconds", target=target, operation="validate"
+            )
         self._validated = True
 
     # -- reads ------------------------------------------------------------------------------
@@ -141,23 +145,29 @@ class BmcClient:
         """Boot from ``device`` ('pxe' or 'disk') at the next boot, or at every boot with
         ``persistent``; read back, and ``BmcWrongState`` if the BMC reports anything else."""
         if device not in BOOT_DEVICES:
-            raise BmcInvalidInput(f"device: {device!r} is not one of {', '.join(BOOT_DEVICES)}",
-                                  target=self.target, operation="set_boot_device")
+            raise BmcInvalidInput(
+                f"device: {device!r} is not one of {', '.join(BOOT_DEVICES)}",
+                target=self.target,
+                operation="set_boot_device",
+            )
         persistent = bool(persistent)
         d = Deadline(3 * self.call_timeout, clock=self._clock)
-        self._call(d, "set_boot_device",
-                   lambda link, t: link.set_boot(device, persistent, timeout=t, operation="set_boot_device"),
-                   retry_busy=True)
-        seen = self._call(d, "set_boot_device",
-                          lambda link, t: link.get_boot(timeout=t, operation="set_boot_device"))
+        self._call(
+            d,
+            "set_boot_device",
+            lambda link, t: link.set_boot(device, persistent, timeout=t, operation="set_boot_device"),
+            retry_busy=True,
+        )
+        seen = self._call(d, "set_boot_device", lambda link, t: link.get_boot(timeout=t, operation="set_boot_device"))
         if seen != BootDevice(device, persistent):
             raise BmcWrongState(
-                "the boot device did not stick", target=self.target, operation="set_boot_device",
+                "the boot device did not stick",
+                target=self.target,
+                operation="set_boot_device",
                 evidence=f"asked {device} {'persistent' if persistent else 'next boot'}, BMC reports "
-                         f"{seen.device} {'persistent' if seen.persistent else 'next boot'}",
+                f"{seen.device} {'persistent' if seen.persistent else 'next boot'}",
             )
-        log.info("boot device of %s set to %s (%s)", self.target, device,
-                 "persistent" if persistent else "next boot")
+        log.info("boot device of %s set to %s (%s)", self.target, device, "persistent" if persistent else "next boot")
 
     def close(self) -> None:
         """Log out of the BMC session (bounded, never raises). The client stays usable."""
@@ -178,8 +188,12 @@ class BmcClient:
         if self.min_gap and self._last_command is not None:
             wait = self._last_command + self.min_gap - self._clock.now()
             if wait > d.remaining():
-                raise BmcTimeout("no time left for the minimum gap between commands", target=self.target,
-                                 operation=operation, evidence=f"min_gap {self.min_gap} s")
+                raise BmcTimeout(
+                    "no time left for the minimum gap between commands",
+                    target=self.target,
+                    operation=operation,
+                    evidence=f"min_gap {self.min_gap} s",
+                )
             if wait > 0:
                 self._clock.sleep(wait)
         self._last_command = self._clock.now()
@@ -191,26 +205,33 @@ class BmcClient:
             self._pace(d, operation)
             timeout = d.cap(self.call_timeout)
             if timeout <= 0:
-                raise BmcTimeout("the deadline was spent before the call", target=self.target,
-                                 operation=operation, evidence=f"deadline {d.seconds:.1f} s")
+                raise BmcTimeout(
+                    "the deadline was spent before the call",
+                    target=self.target,
+                    operation=operation,
+                    evidence=f"deadline {d.seconds:.1f} s",
+                )
             return fn(link, timeout)
 
         if not retry_busy:
             return once()
-        return retry(once, transient=lambda e: 0.0 if isinstance(e, BmcBusy) else None, deadline=d,
-                     backoff=self.busy_backoff,
-                     on_retry=lambda n, e, s: log.info("%s busy during %s, retry %d in %.1f s",
-                                                       self.target, operation, n, s))
+        return retry(
+            once,
+            transient=lambda e: 0.0 if isinstance(e, BmcBusy) else None,
+            deadline=d,
+            backoff=self.busy_backoff,
+            on_retry=lambda n, e, s: log.info("%s busy during %s, retry %d in %.1f s", self.target, operation, n, s),
+        )
 
     def _read_power(self, d: Deadline, operation: str) -> str:
-        on = self._call(d, operation, lambda link, t: link.power_is_on(timeout=t, operation=operation),
-                        retry_busy=True)
+        on = self._call(d, operation, lambda link, t: link.power_is_on(timeout=t, operation=operation), retry_busy=True)
         return "on" if on else "off"
 
     def _control(self, action: str, d: Deadline, operation: str) -> None:
         log.info("chassis %s on %s", action, self.target)
-        self._call(d, operation, lambda link, t: link.chassis_control(action, timeout=t, operation=operation),
-                   retry_busy=True)
+        self._call(
+            d, operation, lambda link, t: link.chassis_control(action, timeout=t, operation=operation), retry_busy=True
+        )
 
     def _await_power(self, want: str, d: Deadline, operation: str, hint: str = "") -> str:
         """Poll with backoff until the power state is ``want``; transient read errors count as
@@ -228,13 +249,20 @@ class BmcClient:
                 return None
 
         try:
-            return d.wait_for(probe, lambda v: v == want, what=f"{operation} on {self.target}",
-                              interval=self.poll_interval, max_interval=self.poll_max_interval,
-                              factor=self.poll_factor)
-        except DeadlineExceeded as exc:
+            return d.wait_for(
+                probe,
+                lambda v: v == want,
+                what=f"{operation} on {self.target}",
+                interval=self.poll_interval,
+                max_interval=self.poll_max_interval,
+                factor=self.poll_factor,
+            )
+        except DeadlineExceeded:
             if not seen and errors:
                 raise errors[-1] from None
             raise BmcWrongState(
                 f"the machine is still {seen[-1] if seen else 'unknown'} after {d.seconds:g} s, expected {want}",
-                target=self.target, operation=operation, evidence=hint,
+                target=self.target,
+                operation=operation,
+                evidence=hint,
             ) from None

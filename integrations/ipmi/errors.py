@@ -7,9 +7,10 @@ state (the machine did not do what we asked). ``classify`` turns pyghmi's text o
 completion code into one of those, naming the BMC and the operation, and scrubs the password
 out of any evidence it keeps.
 """
+
 from __future__ import annotations
 
-from integrations.common import MetalflowError, Secret
+from metalflow.integrations.common import MetalflowError, Secret
 
 
 class IpmiError(MetalflowError):
@@ -70,8 +71,12 @@ _LOGIN_TEXT: tuple[tuple[str, type[IpmiError]], ...] = (
 )
 
 # IPMI completion codes (IPMI 2.0 table 5-2) that say "not now" rather than "never".
-_BUSY_CODES = {0xC0: "node busy", 0xC3: "timeout while processing", 0xCE: "response could not be provided",
-               0xD2: "BMC initialisation in progress"}
+_BUSY_CODES = {
+    0xC0: "node busy",
+    0xC3: "timeout while processing",
+    0xCE: "response could not be provided",
+    0xD2: "BMC initialisation in progress",
+}
 _AUTH_CODES = {0xD4: "insufficient privilege level"}
 _STATE_CODES = {0xD5: "command not supported in present state"}
 PYGHMI_TIMEOUT_CODE = 0xFFFF  # pyghmi's own code for "no answer after its retries"
@@ -92,17 +97,22 @@ def error_for_code(code: int, *, target: str, operation: str, text: str = "") ->
     """The error for a non-zero IPMI completion code in a response to ``operation``."""
     evidence = f"completion code 0x{code:02X}" + (f": {text}" if text else "")
     if code == PYGHMI_TIMEOUT_CODE:
-        return BmcTimeout("the BMC did not answer", target=target, operation=operation,
-                          evidence="no response after pyghmi's retransmissions")
+        return BmcTimeout(
+            "the BMC did not answer",
+            target=target,
+            operation=operation,
+            evidence="no response after pyghmi's retransmissions",
+        )
     if code in _BUSY_CODES:
-        return BmcBusy(f"the BMC is busy ({_BUSY_CODES[code]})", target=target, operation=operation,
-                       evidence=evidence)
+        return BmcBusy(f"the BMC is busy ({_BUSY_CODES[code]})", target=target, operation=operation, evidence=evidence)
     if code in _AUTH_CODES:
-        return BmcAuthFailed(f"the BMC refused the command ({_AUTH_CODES[code]})", target=target,
-                             operation=operation, evidence=evidence)
+        return BmcAuthFailed(
+            f"the BMC refused the command ({_AUTH_CODES[code]})", target=target, operation=operation, evidence=evidence
+        )
     if code in _STATE_CODES:
-        return BmcWrongState(f"the BMC refused the command ({_STATE_CODES[code]})", target=target,
-                             operation=operation, evidence=evidence)
+        return BmcWrongState(
+            f"the BMC refused the command ({_STATE_CODES[code]})", target=target, operation=operation, evidence=evidence
+        )
     return IpmiError("the BMC rejected the command", target=target, operation=operation, evidence=evidence)
 
 
@@ -121,8 +131,7 @@ def classify(exc: BaseException, *, target: str, operation: str, password: Secre
         return BmcUnreachable("cannot reach the BMC", target=target, operation=operation, evidence=evidence)
     if type(exc).__module__.startswith("pyghmi"):
         return classify_text(text, target=target, operation=operation, evidence=evidence)
-    return IpmiError("unexpected failure talking to the BMC", target=target, operation=operation,
-                     evidence=evidence)
+    return IpmiError("unexpected failure talking to the BMC", target=target, operation=operation, evidence=evidence)
 
 
 def classify_text(text: str, *, target: str, operation: str, evidence: str = "") -> IpmiError:

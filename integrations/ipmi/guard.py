@@ -15,20 +15,22 @@ call first waits (within its own deadline) for the abandoned one to end, and giv
 ``BmcTimeout`` if it has not. One guard per BMC client means at most one stuck thread per BMC,
 however often a caller retries.
 """
+
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Callable, TypeVar
+from typing import TypeVar
 
-from integrations.ipmi.errors import BmcTimeout
+from metalflow.integrations.ipmi.errors import BmcTimeout
 
 T = TypeVar("T")
 
 
-_REGISTRY: dict[str, "CallGuard"] = {}
+_REGISTRY: dict[str, CallGuard] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
@@ -42,7 +44,7 @@ class CallGuard:
     runs of one host at once)."""
 
     @classmethod
-    def of(cls, target: str) -> "CallGuard":
+    def of(cls, target: str) -> CallGuard:
         with _REGISTRY_LOCK:
             guard = _REGISTRY.get(target)
             if guard is None:
@@ -76,8 +78,12 @@ class CallGuard:
         # ``Future.result`` measures real time; the callers pass what is left of their deadline.
         end = time.monotonic() + max(0.0, timeout)
         if not self._lock.acquire(timeout=max(0.0, timeout)):
-            raise BmcTimeout("another call to this BMC did not finish in time", target=self.target,
-                             operation=operation, evidence=f"waited {timeout:.1f} s for the client lock")
+            raise BmcTimeout(
+                "another call to this BMC did not finish in time",
+                target=self.target,
+                operation=operation,
+                evidence=f"waited {timeout:.1f} s for the client lock",
+            )
         try:
             return self._run_locked(call, end, timeout, operation)
         finally:
@@ -90,8 +96,10 @@ class CallGuard:
                 previous.exception(timeout=max(0.0, end - time.monotonic()))
             except FutureTimeout:
                 raise BmcTimeout(
-                    "an earlier call to this BMC is still stuck in pyghmi", target=self.target,
-                    operation=operation, evidence=f"waited {timeout:.1f} s for it to end",
+                    "an earlier call to this BMC is still stuck in pyghmi",
+                    target=self.target,
+                    operation=operation,
+                    evidence=f"waited {timeout:.1f} s for it to end",
                 ) from None
         future: Future = Future()
         future.set_running_or_notify_cancel()
@@ -109,5 +117,9 @@ class CallGuard:
             return future.result(timeout=max(0.0, end - time.monotonic()))
         except FutureTimeout:
             self._abandoned += 1
-            raise BmcTimeout("the BMC did not answer in time", target=self.target, operation=operation,
-                             evidence=f"no result after {timeout:.1f} s") from None
+            raise BmcTimeout(
+                "the BMC did not answer in time",
+                target=self.target,
+                operation=operation,
+                evidence=f"no result after {timeout:.1f} s",
+            ) from None

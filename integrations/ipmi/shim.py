@@ -47,6 +47,7 @@ another's last login packet (``wait_for_rsp`` serves any session); the owner the
 the next packet of the process or its retransmit timer. Under load packets keep coming; with
 only one login left it can cost up to a second.
 """
+
 from __future__ import annotations
 
 import functools
@@ -56,7 +57,7 @@ import inspect
 import logging
 import socket
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,15 @@ def _awaitresponse(self, retry, netfn, command):
     self.awaitingresponse = True
     try:
         alltimeout = s._monotonic_time() + (self._getmaxtimeout() * 2)
-        while (retry and s.unmatched(self.lastresponse, netfn, command)
-               and (self.logging or self.logged or self.onlogpayload)):
+        while (
+            retry
+            and s.unmatched(self.lastresponse, netfn, command)
+            and (self.logging or self.logged or self.onlogpayload)
+        ):
             timeout = self.expiration - s._monotonic_time()
             _wait_registered(
-                timeout, self.sockaddr,
+                timeout,
+                self.sockaddr,
                 lambda: self.pktqueue or not s.unmatched(self.lastresponse, netfn, command),
             )
             while self.iterwaiters:
@@ -164,8 +169,12 @@ def _make_timedout(original):
 def shim_active() -> bool:
     """True when pyghmi currently runs with all three fixes in place."""
     s = _session_module()
-    return (s.Session.awaitresponse is _awaitresponse and s._poller is _poller
-            and s._io_recvfrom is _io_recvfrom and getattr(s.Session._timedout, "metalflow_shim", False))
+    return (
+        s.Session.awaitresponse is _awaitresponse
+        and s._poller is _poller
+        and s._io_recvfrom is _io_recvfrom
+        and getattr(s.Session._timedout, "metalflow_shim", False)
+    )
 
 
 def patch_pyghmi() -> bool:
@@ -182,8 +191,11 @@ def patch_pyghmi() -> bool:
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
     if version not in SUPPORTED_VERSIONS:
-        log.warning("pyghmi %s is not a version the pyghmi shim was checked against (%s); left unpatched",
-                    version, ", ".join(sorted(SUPPORTED_VERSIONS)))
+        log.warning(
+            "pyghmi %s is not a version the pyghmi shim was checked against (%s); left unpatched",
+            version,
+            ", ".join(sorted(SUPPORTED_VERSIONS)),
+        )
         return False
     try:
         digest = session_source_digest()
@@ -191,8 +203,11 @@ def patch_pyghmi() -> bool:
         log.warning("cannot read pyghmi's session module (%s); pyghmi shim not applied", exc)
         return False
     if digest not in SESSION_SHA256:
-        log.warning("pyghmi %s: session.py differs from the checked source (sha256 %s); pyghmi shim "
-                    "not applied", version, digest)
+        log.warning(
+            "pyghmi %s: session.py differs from the checked source (sha256 %s); pyghmi shim not applied",
+            version,
+            digest,
+        )
         return False
     if not hasattr(socket, "MSG_DONTWAIT"):
         log.warning("this platform has no MSG_DONTWAIT; pyghmi shim not applied")

@@ -3,13 +3,14 @@
 Limits are IPMI 2.0's: a user name of at most 16 bytes, a password of at most 20 bytes
 (RMCP+ "key" length). Messages name the field and the fix, and never show the password.
 """
+
 from __future__ import annotations
 
 import ipaddress
 import re
 
-from integrations.common import Secret
-from integrations.ipmi.errors import BmcInvalidInput
+from metalflow.integrations.common import Secret
+from metalflow.integrations.ipmi.errors import BmcInvalidInput
 
 MAX_USERNAME = 16
 MAX_PASSWORD = 20

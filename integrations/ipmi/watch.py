@@ -21,6 +21,7 @@ replaced with its shard (its sessions are lost, the new one logs in again); its 
 are reported failed. A background thread in the parent receives the workers' messages, so a
 caller that is slow to ``drain`` never stalls the workers.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,23 +31,23 @@ import queue
 import threading
 import time
 import zlib
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
-from typing import Sequence
 
-from integrations.common import Secret
-from integrations.ipmi.bulk import BmcTarget, PowerReading, _failed, looks_wedged
-from integrations.ipmi.errors import BmcInvalidInput, BmcTimeout, IpmiError
-from integrations.ipmi.validate import check_address, check_password, check_port, check_username
-from integrations.ipmi.wire import PyghmiLink
-from integrations.ipmi.workerproc import WorkerProcess
+from metalflow.integrations.common import Secret
+from metalflow.integrations.ipmi.bulk import BmcTarget, PowerReading, _failed, looks_wedged
+from metalflow.integrations.ipmi.errors import BmcInvalidInput, BmcTimeout, IpmiError
+from metalflow.integrations.ipmi.validate import check_address, check_password, check_port, check_username
+from metalflow.integrations.ipmi.wire import PyghmiLink
+from metalflow.integrations.ipmi.workerproc import WorkerProcess
 
 log = logging.getLogger(__name__)
 
-_WORKER_CODE = "import sys; from integrations.ipmi.watch import _worker_entry; _worker_entry(sys.argv[1:])"
+_WORKER_CODE = "import sys; from metalflow.integrations.ipmi.watch import _worker_entry; _worker_entry(sys.argv[1:])"
 
 
 @dataclass(frozen=True)
@@ -182,15 +183,21 @@ class _WatchWorker:
             endpoint = self._endpoints.setdefault((t.address, t.port), threading.Lock())
         try:
             if not endpoint.acquire(timeout=self.per_call_timeout):
-                raise BmcTimeout("not read: another target with this BMC address took the time",
-                                 target=t.target, operation="power_state")
+                raise BmcTimeout(
+                    "not read: another target with this BMC address took the time",
+                    target=t.target,
+                    operation="power_state",
+                )
             try:
                 if e.link is None:
                     e.link = PyghmiLink(t.address, t.port, check_username(t.username), t.password)
                 timeout = self.per_call_timeout - (time.monotonic() - start)
                 if timeout <= 0:
-                    raise BmcTimeout("not read: waited for another target with this BMC address",
-                                     target=t.target, operation="power_state")
+                    raise BmcTimeout(
+                        "not read: waited for another target with this BMC address",
+                        target=t.target,
+                        operation="power_state",
+                    )
                 on = e.link.power_is_on(timeout=timeout, operation="power_state")
             finally:
                 endpoint.release()
@@ -236,7 +243,7 @@ class _WatchWorker:
 def worker_main(conn: Connection, per_call_timeout: float, concurrency: int, patch: bool) -> None:
     """A watch worker: apply the shim, then read its shard on schedule and send what it
     learns at least every ``HEARTBEAT`` seconds, until told to stop or the parent goes away."""
-    from integrations.ipmi.shim import patch_pyghmi, shim_active
+    from metalflow.integrations.ipmi.shim import patch_pyghmi, shim_active
 
     if patch:
         patch_pyghmi()
@@ -304,8 +311,15 @@ class PowerWatch:
     STUCK_AFTER = 30.0  # calls stuck longer count toward "half the shard is stuck"
     RESTART_GAP = 2.0  # at least this long between two starts of one worker
 
-    def __init__(self, period: float, processes: int = 2, per_call_timeout: float = 3.0,
-                 concurrency: int = 32, *, patch: bool = True):
+    def __init__(
+        self,
+        period: float,
+        processes: int = 2,
+        per_call_timeout: float = 3.0,
+        concurrency: int = 32,
+        *,
+        patch: bool = True,
+    ):
         if not period >= 1.0:  # also refuses NaN
             raise ValueError("period: at least 1 second")
         if processes < 1:
@@ -330,10 +344,9 @@ class PowerWatch:
         self._closed = threading.Event()
 
     def __repr__(self) -> str:
-        return (f"PowerWatch(period={self.period:g}, processes={self.processes}, "
-                f"targets={len(self._targets)})")
+        return f"PowerWatch(period={self.period:g}, processes={self.processes}, targets={len(self._targets)})"
 
-    def __enter__(self) -> "PowerWatch":
+    def __enter__(self) -> PowerWatch:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -375,7 +388,7 @@ class PowerWatch:
         if len(set(keys)) != len(keys):
             raise ValueError("targets: keys must be unique")
         valid: list[BmcTarget] = []
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for t in targets:
             try:
                 _check(t)
@@ -411,8 +424,7 @@ class PowerWatch:
         for at least one."""
         out: list[TimedReading] = []
         try:
-            out.append(self._readings.get(timeout=max(0.0, timeout)) if timeout > 0
-                       else self._readings.get_nowait())
+            out.append(self._readings.get(timeout=max(0.0, timeout)) if timeout > 0 else self._readings.get_nowait())
         except queue.Empty:
             return out
         while True:
@@ -473,8 +485,7 @@ class PowerWatch:
         h.inflight, h.skipped = inflight, skipped
         for key, state, error, kind, elapsed, at in readings:
             if key in self._targets:  # removed meanwhile: not reported
-                self._deliver(TimedReading(key, state, error, elapsed, kind,
-                                           at=datetime.fromtimestamp(at, timezone.utc)))
+                self._deliver(TimedReading(key, state, error, elapsed, kind, at=datetime.fromtimestamp(at, UTC)))
         long_stuck = [a for a in stuck if a > self.STUCK_AFTER]
         if looks_wedged(long_stuck, len(self._shards[h.index]), self.RECYCLE_AFTER):
             self._lost(h, f"{len(long_stuck)} calls stuck in pyghmi (oldest {max(long_stuck):.0f} s)")
@@ -530,7 +541,7 @@ class PowerWatch:
             if t is not None:
                 exc = IpmiError(why, target=t.target, operation="power_state")
                 r = _failed(key, exc, max(0.0, time.time() - at), t.password)
-                self._deliver(TimedReading(**vars(r), at=datetime.fromtimestamp(at, timezone.utc)))
+                self._deliver(TimedReading(**vars(r), at=datetime.fromtimestamp(at, UTC)))
         h.kill()
 
     def _await_ready(self) -> None:
@@ -541,5 +552,6 @@ class PowerWatch:
                     return
             time.sleep(0.05)
         self.close()
-        raise RuntimeError(f"IPMI power-watch workers did not start within {self.START_TIMEOUT:.0f} s "
-                           f"(see their output above)")
+        raise RuntimeError(
+            f"IPMI power-watch workers did not start within {self.START_TIMEOUT:.0f} s (see their output above)"
+        )

@@ -23,6 +23,7 @@ never left for the BMC to time out, and a long-lived client never accumulates th
 links to one BMC with the same credentials in one process share pyghmi's session: when one
 logs it out, the other logs in again on its next call (after one transient error at worst).
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,8 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from integrations.common import Secret
-from integrations.ipmi.errors import (
+from metalflow.integrations.common import Secret
+from metalflow.integrations.ipmi.errors import (
     PYGHMI_TIMEOUT_CODE,
     BmcInvalidInput,
     BmcUnreachable,
@@ -41,7 +42,7 @@ from integrations.ipmi.errors import (
     error_for_code,
     scrub,
 )
-from integrations.ipmi.guard import CallGuard
+from metalflow.integrations.ipmi.guard import CallGuard
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,9 @@ class BootDevice:
 def parse_boot_options(data: bytes, *, target: str = "", operation: str = "boot_device") -> BootDevice:
     """Parse a Get System Boot Options (parameter 5) answer, completion code removed."""
     if len(data) < 4 or (data[1] & 0x7F) != BOOT_PARAM_FLAGS:
-        raise IpmiError("malformed boot options answer", target=target, operation=operation,
-                        evidence=f"data {bytes(data).hex()}")
+        raise IpmiError(
+            "malformed boot options answer", target=target, operation=operation, evidence=f"data {bytes(data).hex()}"
+        )
     flags, device = data[2], data[3]
     if data[1] & 0x80 or not flags & 0x80:  # parameter invalid/locked, or no valid override
         return BootDevice("default", False)
@@ -131,12 +133,12 @@ class PyghmiLink:
     def chassis_control(self, action: str, *, timeout: float, operation: str) -> None:
         if action not in CHASSIS_CONTROL:
             raise BmcInvalidInput(f"unknown chassis action {action!r}", target=self.target, operation=operation)
-        self._raw(NETFN_CHASSIS, CMD_CHASSIS_CONTROL, (CHASSIS_CONTROL[action],), timeout=timeout,
-                  operation=operation)
+        self._raw(NETFN_CHASSIS, CMD_CHASSIS_CONTROL, (CHASSIS_CONTROL[action],), timeout=timeout, operation=operation)
 
     def get_boot(self, *, timeout: float, operation: str) -> BootDevice:
-        data = self._raw(NETFN_CHASSIS, CMD_GET_BOOT_OPTIONS, (BOOT_PARAM_FLAGS, 0, 0), timeout=timeout,
-                         operation=operation)
+        data = self._raw(
+            NETFN_CHASSIS, CMD_GET_BOOT_OPTIONS, (BOOT_PARAM_FLAGS, 0, 0), timeout=timeout, operation=operation
+        )
         return parse_boot_options(data, target=self.target, operation=operation)
 
     def set_boot(self, device: str, persistent: bool, *, timeout: float, operation: str) -> None:
@@ -147,10 +149,19 @@ class PyghmiLink:
         def call() -> None:
             # Acknowledge boot info first, as ipmitool and pyghmi do; a BMC that does not know
             # the parameter (completion code 0x80) still takes the boot flags.
-            self._exchange(NETFN_CHASSIS, CMD_SET_BOOT_OPTIONS, (BOOT_PARAM_INFO_ACK, 0x08), operation,
-                           tolerate=(CC_PARAM_NOT_SUPPORTED,))
-            self._exchange(NETFN_CHASSIS, CMD_SET_BOOT_OPTIONS,
-                           (BOOT_PARAM_FLAGS, flags, BOOT_DEVICE_CODE[device], 0, 0, 0), operation)
+            self._exchange(
+                NETFN_CHASSIS,
+                CMD_SET_BOOT_OPTIONS,
+                (BOOT_PARAM_INFO_ACK, 0x08),
+                operation,
+                tolerate=(CC_PARAM_NOT_SUPPORTED,),
+            )
+            self._exchange(
+                NETFN_CHASSIS,
+                CMD_SET_BOOT_OPTIONS,
+                (BOOT_PARAM_FLAGS, flags, BOOT_DEVICE_CODE[device], 0, 0, 0),
+                operation,
+            )
 
         self._guarded(call, timeout=timeout, operation=operation)
 
@@ -167,8 +178,9 @@ class PyghmiLink:
 
     # -- mechanics --------------------------------------------------------------------------
     def _raw(self, netfn: int, command: int, data: tuple, *, timeout: float, operation: str) -> bytes:
-        return self._guarded(lambda: self._exchange(netfn, command, data, operation), timeout=timeout,
-                             operation=operation)
+        return self._guarded(
+            lambda: self._exchange(netfn, command, data, operation), timeout=timeout, operation=operation
+        )
 
     def _guarded(self, call, *, timeout: float, operation: str):
         try:
@@ -177,8 +189,7 @@ class PyghmiLink:
             self._stale = True  # a timed-out or dropped session is not reused
             raise
 
-    def _exchange(self, netfn: int, command: int, data: tuple, operation: str,
-                  tolerate: tuple[int, ...] = ()) -> bytes:
+    def _exchange(self, netfn: int, command: int, data: tuple, operation: str, tolerate: tuple[int, ...] = ()) -> bytes:
         """One request and its answer; runs in the guard's helper thread."""
         cmd = self._session(operation)
         try:
@@ -196,8 +207,7 @@ class PyghmiLink:
             self._drop()
             if code:
                 raise error_for_code(code, target=self.target, operation=operation)
-            raise classify_text(scrub(str(rsp["error"]), self._password), target=self.target,
-                                operation=operation)
+            raise classify_text(scrub(str(rsp["error"]), self._password), target=self.target, operation=operation)
         self._last_ok = time.monotonic()
         return bytes(rsp.get("data", b""))
 
@@ -213,19 +223,21 @@ class PyghmiLink:
                 try:
                     # Bytes, not str: pyghmi compares credentials to find a live session to
                     # reuse, and with str a second Command to the same BMC hung.
-                    self._command = Command(bmc=self._address, userid=self._username,
-                                            password=self._password.reveal_bytes(), port=self._port)
+                    self._command = Command(
+                        bmc=self._address,
+                        userid=self._username,
+                        password=self._password.reveal_bytes(),
+                        port=self._port,
+                    )
                     break
                 except AttributeError as exc:
                     # When another thread handles our failed login, pyghmi can mark the session
                     # broken before storing why ("no attribute 'errormsg'"): ask once more to
                     # learn the reason (a wrong password answers at once).
                     if attempt == 2 or "errormsg" not in str(exc):
-                        raise classify(exc, target=self.target, operation=operation,
-                                       password=self._password) from None
+                        raise classify(exc, target=self.target, operation=operation, password=self._password) from None
                 except Exception as exc:  # noqa: BLE001 - classified
-                    raise classify(exc, target=self.target, operation=operation,
-                                   password=self._password) from None
+                    raise classify(exc, target=self.target, operation=operation, password=self._password) from None
             self._last_ok = time.monotonic()
         return self._command
 

@@ -4,6 +4,7 @@ interpreter talking to its parent over one end of a socket pair.
 Why a fresh interpreter: pyghmi keeps process-wide state (one I/O thread, its sessions); a
 forked child would inherit it half-way through a call of another thread, and
 multiprocessing's ``spawn`` re-imports the caller's ``__main__``."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,12 @@ class WorkerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, env.get("PYTHONPATH", "")) if p)
         try:
-            self.proc = subprocess.Popen([sys.executable, *code, str(child.fileno()), *args],
-                                         pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                [sys.executable, *code, str(child.fileno()), *args],
+                pass_fds=(child.fileno(),),
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
         finally:
             child.close()
         self.conn = Connection(parent.detach())

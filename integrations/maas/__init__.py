@@ -1,6 +1,7 @@
 """MAAS: a thin wire layer (``wire``), typed objects (``models``), the client (``client``) and
 the curtin preseed (``preseed``). See reference/maas-api.md for the contract it follows."""
-from integrations.maas.client import (
+
+from metalflow.integrations.maas.client import (
     BOND_MODES,
     ERASE_MODES,
     LINK_MODES,
@@ -8,7 +9,7 @@ from integrations.maas.client import (
     format_power_address,
     normalize_mac,
 )
-from integrations.maas.errors import (
+from metalflow.integrations.maas.errors import (
     MaasAuthFailed,
     MaasConflict,
     MaasError,
@@ -20,7 +21,7 @@ from integrations.maas.errors import (
     MaasValidationError,
     MaasWrongState,
 )
-from integrations.maas.models import (
+from metalflow.integrations.maas.models import (
     FAILED_STATES,
     WAIT_FAILURE_STATES,
     BootResource,
@@ -32,7 +33,7 @@ from integrations.maas.models import (
     Subnet,
     Vlan,
 )
-from integrations.maas.preseed import (
+from metalflow.integrations.maas.preseed import (
     LocalPreseedStore,
     PreseedError,
     PreseedStore,
@@ -42,7 +43,7 @@ from integrations.maas.preseed import (
     preseed_filename,
     render_preseed,
 )
-from integrations.maas.wire import ApiKey, CallRecord
+from metalflow.integrations.maas.wire import ApiKey, CallRecord
 
 __all__ = [
     "ApiKey",

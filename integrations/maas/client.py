@@ -11,20 +11,21 @@ no-op in MAAS), ``power_off`` and tag membership changes. ``create_machine``, ``
 ``deploy``, ``commission``, ``link_subnet`` and ``create_bond`` are not: after an unanswered
 call the caller reads the state back (``find_by_mac``, ``machine``) before trying again.
 """
+
 from __future__ import annotations
 
 import base64
 import contextlib
 import re
 import threading
-from collections.abc import Iterable
-from typing import Any, Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import requests
 import yaml
 
-from integrations.common import Backoff, Clock, Deadline, DeadlineExceeded, Secret
-from integrations.maas.errors import (
+from metalflow.integrations.common import Backoff, Clock, Deadline, DeadlineExceeded, Secret
+from metalflow.integrations.maas.errors import (
     MaasConflict,
     MaasError,
     MaasNotFound,
@@ -33,7 +34,7 @@ from integrations.maas.errors import (
     MaasValidationError,
     MaasWrongState,
 )
-from integrations.maas.models import (
+from metalflow.integrations.maas.models import (
     WAIT_FAILURE_STATES,
     BootResource,
     Fabric,
@@ -43,8 +44,8 @@ from integrations.maas.models import (
     Subnet,
     split_image_name,
 )
-from integrations.maas.watch import StatusWatch
-from integrations.maas.wire import DEFAULT_RETRIES, ApiKey, CallRecord, MaasWire, resource_path
+from metalflow.integrations.maas.watch import StatusWatch
+from metalflow.integrations.maas.wire import DEFAULT_RETRIES, ApiKey, CallRecord, MaasWire, resource_path
 
 ERASE_MODES = ("none", "quick", "secure", "full")
 LINK_MODES = ("auto", "dhcp", "static", "link_up")
@@ -121,7 +122,7 @@ class MaasClient:
     def __init__(
         self,
         url: str,
-        api_key: "str | Secret | ApiKey",
+        api_key: str | Secret | ApiKey,
         *,
         timeout: float = 30.0,
         retries: Backoff = DEFAULT_RETRIES,
@@ -135,16 +136,22 @@ class MaasClient:
         self._watch: StatusWatch | None = None
         self._watch_lock = threading.Lock()
         self.wire = MaasWire(
-            url, api_key, timeout=timeout, retries=retries, retry_budget=retry_budget,
-            session=session, clock=clock, on_call=on_call,
+            url,
+            api_key,
+            timeout=timeout,
+            retries=retries,
+            retry_budget=retry_budget,
+            session=session,
+            clock=clock,
+            on_call=on_call,
         )
 
     @classmethod
-    def from_settings(cls, settings_string: str | Secret, **kwargs: Any) -> "MaasClient":
+    def from_settings(cls, settings_string: str | Secret, **kwargs: Any) -> MaasClient:
         """A client from CloudStack's ``external.baremetal.system.url`` string
         (``MaasIP=...;MaasKey=...;MaasSecret=...;MaasConsumerKey=...``, plus ``MaasPort`` and
         scheme); parsing belongs to ``integrations.cloudstack.config``."""
-        from integrations.cloudstack.config import parse_settings  # lazy: a sibling package
+        from metalflow.integrations.cloudstack.config import parse_settings  # lazy: a sibling package
 
         raw = settings_string.reveal() if isinstance(settings_string, Secret) else settings_string
         s = parse_settings(raw)
@@ -173,7 +180,7 @@ class MaasClient:
     def close(self) -> None:
         self.wire.close()
 
-    def __enter__(self) -> "MaasClient":
+    def __enter__(self) -> MaasClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -189,22 +196,18 @@ class MaasClient:
         return tuple(Machine.from_api(d) for d in data or ())
 
     def machine(self, system_id: str) -> Machine:
-        return Machine.from_api(
-            self.wire.request("GET", resource_path("machines", system_id), system_id=system_id)
-        )
+        return Machine.from_api(self.wire.request("GET", resource_path("machines", system_id), system_id=system_id))
 
     def find_by_mac(self, mac: str) -> Machine | None:
         """The machine owning ``mac``, or ``None``. MAC addresses are unique in MAAS; two
         answers mean the region's data is inconsistent, which is an error, not a choice."""
         mac = normalize_mac(mac)
-        found = [
-            m for m in self.machines(mac_address=mac)
-            if not m.interfaces or m.interface_by_mac(mac) is not None
-        ]
+        found = [m for m in self.machines(mac_address=mac) if not m.interfaces or m.interface_by_mac(mac) is not None]
         if len(found) > 1:
             raise MaasConflict(
                 f"several machines have MAC {mac}: {', '.join(m.system_id for m in found)}",
-                op="find_by_mac", target=mac,
+                op="find_by_mac",
+                target=mac,
             )
         return found[0] if found else None
 
@@ -246,9 +249,7 @@ class MaasClient:
     def rename(self, system_id: str, hostname: str) -> Machine:
         path = resource_path("machines", system_id)
         data = {"hostname": _check_hostname(hostname)}
-        return Machine.from_api(
-            self.wire.request("PUT", path, data=data, system_id=system_id, idempotent=True)
-        )
+        return Machine.from_api(self.wire.request("PUT", path, data=data, system_id=system_id, idempotent=True))
 
     def set_power_parameters(
         self,
@@ -269,9 +270,7 @@ class MaasClient:
             "power_parameters_skip_check": skip_check,
         }
         path = resource_path("machines", system_id)
-        return Machine.from_api(
-            self.wire.request("PUT", path, data=data, system_id=system_id, idempotent=True)
-        )
+        return Machine.from_api(self.wire.request("PUT", path, data=data, system_id=system_id, idempotent=True))
 
     def power_parameters(self, system_id: str) -> dict[str, Any]:
         """The machine's power parameters (admin), for reading back ``set_power_parameters``;
@@ -290,8 +289,13 @@ class MaasClient:
         data = {"system_id": system_id, "agent_name": agent_name, "comment": comment}
         return Machine.from_api(
             self.wire.request(
-                "POST", "machines/", op="allocate", data=data, system_id=system_id,
-                on_conflict=MaasConflict, conflict_message="the machine is not available for allocation",
+                "POST",
+                "machines/",
+                op="allocate",
+                data=data,
+                system_id=system_id,
+                on_conflict=MaasConflict,
+                conflict_message="the machine is not available for allocation",
             )
         )
 
@@ -323,7 +327,10 @@ class MaasClient:
             if "state" in form_wide.lower():
                 raise MaasWrongState(
                     f"cannot commission {system_id}: {form_wide[:200]}",
-                    system_id=system_id, op="commission", status=exc.status, excerpt=exc.excerpt,
+                    system_id=system_id,
+                    op="commission",
+                    status=exc.status,
+                    excerpt=exc.excerpt,
                 ) from None
             raise
 
@@ -396,8 +403,14 @@ class MaasClient:
         path = resource_path("machines", system_id)
         data = {"stop_mode": stop_mode, "comment": comment}
         answer = self.wire.request(
-            "POST", path, op="power_off", data=data, system_id=system_id, idempotent=True,
-            on_conflict=MaasWrongState, conflict_message="power_off is not allowed in the machine's current state",
+            "POST",
+            path,
+            op="power_off",
+            data=data,
+            system_id=system_id,
+            idempotent=True,
+            on_conflict=MaasWrongState,
+            conflict_message="power_off is not allowed in the machine's current state",
         )
         # MAAS may answer ``null``: read the machine back rather than return nothing.
         return Machine.from_api(answer) if isinstance(answer, dict) else self.machine(system_id)
@@ -407,12 +420,19 @@ class MaasClient:
         ``error``."""
         path = resource_path("machines", system_id)
         answer = self.wire.request(
-            "GET", path, op="query_power_state", system_id=system_id,
+            "GET",
+            path,
+            op="query_power_state",
+            system_id=system_id,
             timeout=max(self.wire.timeout, 75.0),
         )
         if not isinstance(answer, dict) or "state" not in answer:
-            raise MaasError("MAAS answered query_power_state without a state",
-                            system_id=system_id, op="query_power_state", excerpt=str(answer)[:100])
+            raise MaasError(
+                "MAAS answered query_power_state without a state",
+                system_id=system_id,
+                op="query_power_state",
+                excerpt=str(answer)[:100],
+            )
         return str(answer["state"])
 
     def get_curtin_config(self, system_id: str) -> str:
@@ -433,8 +453,13 @@ class MaasClient:
     def _machine_op(self, system_id: str, op: str, data: dict, *, idempotent: bool = False) -> Machine:
         return Machine.from_api(
             self.wire.request(
-                "POST", resource_path("machines", system_id), op=op, data=data,
-                system_id=system_id, idempotent=idempotent, on_conflict=MaasWrongState,
+                "POST",
+                resource_path("machines", system_id),
+                op=op,
+                data=data,
+                system_id=system_id,
+                idempotent=idempotent,
+                on_conflict=MaasWrongState,
                 conflict_message=f"{op} is not allowed in the machine's current state",
             )
         )
@@ -497,7 +522,9 @@ class MaasClient:
             return MaasWrongState(
                 f"{m.hostname} ({system_id}) went to {m.status_name or m.status.label} "
                 f"while waiting for {names}: {why}",
-                system_id=system_id, op="wait_for_status", machine_status=m.status_name or m.status.label,
+                system_id=system_id,
+                op="wait_for_status",
+                machine_status=m.status_name or m.status.label,
                 excerpt=str(why)[:200],
             )
 
@@ -506,17 +533,22 @@ class MaasClient:
         try:
             with watch.watching(system_id) if watch is not None else contextlib.nullcontext():
                 return dl.wait_for(
-                    probe, done, what=f"wait for {system_id} to be {names}", failed=failed,
-                    interval=interval, max_interval=max_interval,
+                    probe,
+                    done,
+                    what=f"wait for {system_id} to be {names}",
+                    failed=failed,
+                    interval=interval,
+                    max_interval=max_interval,
                 )
         except DeadlineExceeded:
             last: Machine | None = seen["machine"]
             last_status = (last.status_name or last.status.label) if last else "unknown"
             tail = f"; last error: {seen['error']}" if seen["error"] is not None and last is None else ""
             raise MaasTimeout(
-                f"{system_id} did not become {names} within {dl.seconds:.0f} s "
-                f"(last status: {last_status}){tail}",
-                system_id=system_id, op="wait_for_status", last_status=last_status,
+                f"{system_id} did not become {names} within {dl.seconds:.0f} s (last status: {last_status}){tail}",
+                system_id=system_id,
+                op="wait_for_status",
+                last_status=last_status,
                 excerpt=f"last status: {last_status}",
             ) from None
 
@@ -526,8 +558,11 @@ class MaasClient:
         timeout = self.wire.timeout if budget is None else max(0.5, min(self.wire.timeout, budget))
         return Machine.from_api(
             self.wire.request(
-                "GET", resource_path("machines", system_id), system_id=system_id,
-                timeout=timeout, budget=budget,
+                "GET",
+                resource_path("machines", system_id),
+                system_id=system_id,
+                timeout=timeout,
+                budget=budget,
             )
         )
 
@@ -539,13 +574,21 @@ class MaasClient:
         tag = _check_tag(tag)
         self._ensure_tag(tag)
         self.wire.request(
-            "POST", resource_path("tags", tag), op="update_nodes", data={"add": system_id},
-            system_id=system_id, idempotent=True,
+            "POST",
+            resource_path("tags", tag),
+            op="update_nodes",
+            data={"add": system_id},
+            system_id=system_id,
+            idempotent=True,
         )
         machine = self.machine(system_id)
         if tag not in machine.tag_names:
-            raise MaasError(f"tag {tag!r} is not on the machine after adding it",
-                            system_id=system_id, op="add_tag", excerpt=", ".join(machine.tag_names))
+            raise MaasError(
+                f"tag {tag!r} is not on the machine after adding it",
+                system_id=system_id,
+                op="add_tag",
+                excerpt=", ".join(machine.tag_names),
+            )
         return machine
 
     def remove_tag(self, system_id: str, tag: str) -> Machine:
@@ -553,15 +596,20 @@ class MaasClient:
         tag = _check_tag(tag)
         try:
             self.wire.request(
-                "POST", resource_path("tags", tag), op="update_nodes", data={"remove": system_id},
-                system_id=system_id, idempotent=True,
+                "POST",
+                resource_path("tags", tag),
+                op="update_nodes",
+                data={"remove": system_id},
+                system_id=system_id,
+                idempotent=True,
             )
         except MaasNotFound:
             pass
         machine = self.machine(system_id)
         if tag in machine.tag_names:
-            raise MaasError(f"tag {tag!r} is still on the machine after removing it",
-                            system_id=system_id, op="remove_tag")
+            raise MaasError(
+                f"tag {tag!r} is still on the machine after removing it", system_id=system_id, op="remove_tag"
+            )
         return machine
 
     def _ensure_tag(self, tag: str) -> None:
@@ -658,7 +706,11 @@ class MaasClient:
             segs += (int(interface_id),)
         return Interface.from_api(
             self.wire.request(
-                "POST", resource_path(*segs), op=op, data=data, system_id=system_id,
+                "POST",
+                resource_path(*segs),
+                op=op,
+                data=data,
+                system_id=system_id,
                 on_conflict=MaasWrongState,
                 conflict_message=f"{op}: the machine's current state does not allow interface changes",
             )

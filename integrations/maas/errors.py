@@ -8,11 +8,12 @@ body only, scrubs the key's parts out of the excerpt, and raises them ``from Non
 ``requests`` object (which holds the prepared request and its ``Authorization`` header) is
 chained to them.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
-from integrations.common import MetalflowError
+from metalflow.integrations.common import MetalflowError
 
 
 class MaasError(MetalflowError):
@@ -42,7 +43,10 @@ class MaasError(MetalflowError):
 def _rebuild(cls, message, state):
     obj = cls.__new__(cls)
     MetalflowError.__init__(
-        obj, message, target=state.get("target", ""), operation=state.get("operation", ""),
+        obj,
+        message,
+        target=state.get("target", ""),
+        operation=state.get("operation", ""),
         evidence=state.get("evidence", ""),
     )
     obj.__dict__.update(state)

@@ -6,11 +6,13 @@ identifying keys and tolerates missing optional ones (MAAS versions differ; the 
 simulator sends a subset), and nested objects MAAS sometimes sends as a name, an id or ``null``
 (``zone``, ``vlan``, ``subnet``) are accepted in each form.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Mapping
+from typing import Any
 
 
 class NodeStatus(IntEnum):
@@ -46,7 +48,7 @@ class NodeStatus(IntEnum):
         return _LABELS.get(self, self.name.replace("_", " ").capitalize())
 
     @classmethod
-    def parse(cls, value: "NodeStatus | int | str") -> "NodeStatus":
+    def parse(cls, value: NodeStatus | int | str) -> NodeStatus:
         """A status from its number, its enum name (``failed_deployment``, as the ``status``
         filter spells it) or its label ("Releasing failed")."""
         if isinstance(value, NodeStatus):
@@ -111,7 +113,7 @@ class Vlan:
     space: str = ""
 
     @classmethod
-    def from_api(cls, d: Mapping[str, Any]) -> "Vlan":
+    def from_api(cls, d: Mapping[str, Any]) -> Vlan:
         return cls(
             id=int(d["id"]),
             vid=int(d.get("vid", 0)),
@@ -141,7 +143,7 @@ class Subnet:
     space: str = ""
 
     @classmethod
-    def from_api(cls, d: Mapping[str, Any]) -> "Subnet":
+    def from_api(cls, d: Mapping[str, Any]) -> Subnet:
         return cls(
             id=int(d["id"]),
             cidr=str(d.get("cidr") or ""),
@@ -162,7 +164,7 @@ class Fabric:
     class_type: str | None = None
 
     @classmethod
-    def from_api(cls, d: Mapping[str, Any]) -> "Fabric":
+    def from_api(cls, d: Mapping[str, Any]) -> Fabric:
         return cls(
             id=int(d["id"]),
             name=str(d.get("name") or ""),
@@ -182,7 +184,7 @@ class Link:
     ip_address: str | None = None
 
     @classmethod
-    def from_api(cls, d: Mapping[str, Any]) -> "Link":
+    def from_api(cls, d: Mapping[str, Any]) -> Link:
         subnet = d.get("subnet")
         return cls(
             id=int(d["id"]),
@@ -210,7 +212,7 @@ class Interface:
     link_connected: bool | None = None
 
     @classmethod
-    def from_api(cls, d: Mapping[str, Any]) -> "Interface":
+    def from_api(cls, d: Mapping[str, Any]) -> Interface:
         params = d.get("params")
         return cls(
             id=int(d["id"]),
@@ -261,10 +263,10 @@ class Machine:
     node_type: int = 0  # 0 machine; controllers (2-4) have no status and are not Machines
 
     @classmethod
-    def from_api(cls, d: Mapping[str, Any]) -> "Machine":
+    def from_api(cls, d: Mapping[str, Any]) -> Machine:
         if d.get("status") is None:
             raise ValueError(
-                f"node {d.get('system_id', '?')} ({d.get('node_type_name') or 'node_type %s' % d.get('node_type')}) "
+                f"node {d.get('system_id', '?')} ({d.get('node_type_name') or 'node_type ' + str(d.get('node_type'))}) "
                 "has no status: not a machine"
             )
         status = NodeStatus(int(d["status"]))
@@ -337,7 +339,7 @@ class BootResource:
     base_image: str = ""
 
     @classmethod
-    def from_api(cls, d: Mapping[str, Any]) -> "BootResource":
+    def from_api(cls, d: Mapping[str, Any]) -> BootResource:
         return cls(
             id=int(d["id"]),
             type=str(d.get("type") or ""),

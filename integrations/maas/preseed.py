@@ -19,6 +19,7 @@ a value that does not look like one is refused without being echoed. A hash is s
 sensitive (it can be attacked offline), so ``RenderedPreseed`` hides its text from ``repr``
 and ``masked()`` gives the copy for run artifacts, hashes and keys replaced by ``***``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -30,14 +31,15 @@ import secrets as _secrets
 import stat
 import struct
 import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import jinja2
 import yaml
 
-from integrations.common import MetalflowError, Secret
+from metalflow.integrations.common import MetalflowError, Secret
 
 TEMPLATE_DIR = Path(__file__).with_name("templates")
 DEFAULT_TEMPLATE = "curtin_userdata.j2"
@@ -129,9 +131,7 @@ def check_ssh_key(line: str) -> str:
     if inner != ktype:
         raise PreseedError(f"ssh_keys: the key says {ktype} but its body holds a {inner[:40]!r} key")
     if len(parts) == 3 and not _KEY_COMMENT.match(parts[2]):
-        raise PreseedError(
-            "ssh_keys: the key comment may hold only letters, digits, spaces and @.:+=/,_-"
-        )
+        raise PreseedError("ssh_keys: the key comment may hold only letters, digits, spaces and @.:+=/,_-")
     return " ".join(parts)
 
 
@@ -176,7 +176,7 @@ class RenderedPreseed:
     def __repr__(self) -> str:
         return f"RenderedPreseed(filename={self.filename!r}, chars={len(self.text)})"
 
-    def masked(self) -> "RenderedPreseed":
+    def masked(self) -> RenderedPreseed:
         return RenderedPreseed(mask_preseed(self.text, self.sensitive), self.filename)
 
 
@@ -273,7 +273,9 @@ def validate_preseed(
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise PreseedError(f"the rendered preseed is not valid YAML: {where}{mask_preseed(str(problem), sensitive)}") from None
+        raise PreseedError(
+            f"the rendered preseed is not valid YAML: {where}{mask_preseed(str(problem), sensitive)}"
+        ) from None
     if not isinstance(data, dict):
         raise PreseedError(f"the rendered preseed is YAML but not a mapping (got {type(data).__name__})")
     absent = [k for k in required_keys if k not in data]
@@ -371,7 +373,9 @@ class LocalPreseedStore:
     def write(self, name: str, text: str) -> str:
         target = self._path(name)
         if not self.directory.is_dir():
-            raise PreseedStoreError("the preseed directory does not exist", target=str(self.directory), operation="write")
+            raise PreseedStoreError(
+                "the preseed directory does not exist", target=str(self.directory), operation="write"
+            )
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -385,7 +389,9 @@ class LocalPreseedStore:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
-            raise PreseedStoreError(f"could not write the preseed: {exc.strerror}", target=str(target), operation="write") from None
+            raise PreseedStoreError(
+                f"could not write the preseed: {exc.strerror}", target=str(target), operation="write"
+            ) from None
         try:
             dfd = os.open(self.directory, os.O_RDONLY)
             try:
@@ -400,7 +406,9 @@ class LocalPreseedStore:
         try:
             return self._path(name).read_text(encoding="utf-8")
         except OSError as exc:
-            raise PreseedStoreError(f"could not read the preseed: {exc.strerror}", target=str(self._path(name)), operation="read") from None
+            raise PreseedStoreError(
+                f"could not read the preseed: {exc.strerror}", target=str(self._path(name)), operation="read"
+            ) from None
 
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
@@ -482,8 +490,13 @@ class SftpPreseedStore:
         }[self.host_key_policy]
         client.set_missing_host_key_policy(policy())
         kwargs: dict[str, Any] = dict(
-            hostname=self.host, port=self.port, username=self.username, timeout=self.timeout,
-            banner_timeout=self.timeout, auth_timeout=self.timeout, allow_agent=False,
+            hostname=self.host,
+            port=self.port,
+            username=self.username,
+            timeout=self.timeout,
+            banner_timeout=self.timeout,
+            auth_timeout=self.timeout,
+            allow_agent=False,
             look_for_keys=False,
         )
         if self._password is not None:
@@ -499,7 +512,9 @@ class SftpPreseedStore:
         except Exception as exc:  # noqa: BLE001 - paramiko/socket errors, reported by type
             client.close()
             raise PreseedStoreError(
-                f"SFTP to the MAAS host failed ({type(exc).__name__})", target=self.target, operation=operation,
+                f"SFTP to the MAAS host failed ({type(exc).__name__})",
+                target=self.target,
+                operation=operation,
                 evidence=_safe_reason(exc, self._password),
             ) from None
         return client, sftp
@@ -515,7 +530,8 @@ class SftpPreseedStore:
                 return None
             raise PreseedStoreError(
                 f"SFTP {operation} failed ({type(exc).__name__})",
-                target=f"{self.target}:{self.remote_path(name)}", operation=operation,
+                target=f"{self.target}:{self.remote_path(name)}",
+                operation=operation,
                 evidence=_safe_reason(exc, self._password),
             ) from None
         finally:
@@ -531,16 +547,16 @@ class SftpPreseedStore:
                 sftp.chmod(tmp, self.mode)
                 try:
                     sftp.posix_rename(tmp, path)
-                except IOError:
+                except OSError:
                     try:
                         sftp.remove(path)
-                    except IOError:
+                    except OSError:
                         pass
                     sftp.rename(tmp, path)
             except Exception:
                 try:
                     sftp.remove(tmp)
-                except IOError:
+                except OSError:
                     pass
                 raise
             return f"sftp://{self.host}:{self.port}{path}"

@@ -13,17 +13,19 @@ hands its waiters that error (``wait_for_status`` keeps waiting within its own d
 as after a lone poll's); so does any other error, which ends the wait. A machine missing from the batch answer
 is read on its own, so a deleted machine ends its wait with ``MaasNotFound`` as before.
 """
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
-from integrations.common import Deadline
-from integrations.maas.models import Machine
+from metalflow.integrations.common import Deadline
+from metalflow.integrations.maas.models import Machine
 
 if TYPE_CHECKING:
-    from integrations.maas.client import MaasClient
+    from metalflow.integrations.maas.client import MaasClient
 
 #: What one round hands a machine's waiters: (round number, machine or None, error or None).
 View = tuple[int, "Machine | None", "BaseException | None"]
@@ -33,8 +35,7 @@ class StatusWatch:
     """Rounds of batched machine reads through ``client`` (see the module docstring).
     ``round_budget`` bounds one round's retries of a transient failure."""
 
-    def __init__(self, client: "MaasClient", *, interval: float = 1.0, batch: int = 100,
-                 round_budget: float = 15.0):
+    def __init__(self, client: MaasClient, *, interval: float = 1.0, batch: int = 100, round_budget: float = 15.0):
         if not interval > 0:
             raise ValueError(f"interval: {interval} is not a positive number of seconds")
         if batch < 1:
@@ -103,11 +104,10 @@ class StatusWatch:
     def _read(self, ids: list[str], number: int) -> dict[str, View]:
         views: dict[str, View] = {}
         for start in range(0, len(ids), self.batch):
-            chunk = ids[start:start + self.batch]
+            chunk = ids[start : start + self.batch]
             try:
                 self.requests += 1
-                data = self.client.wire.request("GET", "machines/", params={"id": chunk},
-                                                budget=self.round_budget)
+                data = self.client.wire.request("GET", "machines/", params={"id": chunk}, budget=self.round_budget)
                 found = {m.system_id: m for m in (Machine.from_api(d) for d in data or ())}
             except Exception as exc:  # noqa: BLE001 - handed to this chunk's waiters
                 views.update((sid, (number, None, exc)) for sid in chunk)

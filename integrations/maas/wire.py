@@ -18,21 +18,23 @@ number of times (gomaasapi: 4 retries) inside one time budget. A connection erro
 is retried only on idempotent calls: a POST that may have reached MAAS is never sent twice.
 Everything else (bad input, wrong state, auth) is raised at once.
 """
+
 from __future__ import annotations
 
 import email.utils
 import re
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 from oauthlib.oauth1 import SIGNATURE_PLAINTEXT
 from requests_oauthlib import OAuth1
 
-from integrations.common import Backoff, Clock, Deadline, MonotonicClock, Secret, retry
-from integrations.maas.errors import (
+from metalflow.integrations.common import Backoff, Clock, Deadline, MonotonicClock, Secret, retry
+from metalflow.integrations.maas.errors import (
     MaasAuthFailed,
     MaasConflict,
     MaasError,
@@ -60,7 +62,7 @@ class ApiKey:
     token_secret: Secret
 
     @classmethod
-    def parse(cls, api_key: "str | Secret | ApiKey") -> "ApiKey":
+    def parse(cls, api_key: str | Secret | ApiKey) -> ApiKey:
         if isinstance(api_key, ApiKey):
             return api_key
         raw = api_key.reveal() if isinstance(api_key, Secret) else str(api_key)
@@ -170,7 +172,7 @@ class MaasWire:
     def __init__(
         self,
         url: str,
-        api_key: "str | Secret | ApiKey",
+        api_key: str | Secret | ApiKey,
         *,
         timeout: float = 30.0,
         retries: Backoff = DEFAULT_RETRIES,
@@ -256,9 +258,16 @@ class MaasWire:
             nonlocal attempts
             attempts += 1
             return self._exchange(
-                method, path, query, body, label=label, system_id=system_id,
-                on_conflict=on_conflict, conflict_message=conflict_message,
-                timeout=timeout or self.timeout, attempt=attempts,
+                method,
+                path,
+                query,
+                body,
+                label=label,
+                system_id=system_id,
+                on_conflict=on_conflict,
+                conflict_message=conflict_message,
+                timeout=timeout or self.timeout,
+                attempt=attempts,
             )
 
         def transient(exc: BaseException) -> float | None:
@@ -306,9 +315,7 @@ class MaasWire:
             self._record(method, path, label, None, started, attempt)
             kind = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
             # ``from None``: a requests exception holds the prepared request and its headers.
-            raise MaasUnreachable(
-                f"MAAS at {self.root} {kind}", excerpt=type(exc).__name__, **ident
-            ) from None
+            raise MaasUnreachable(f"MAAS at {self.root} {kind}", excerpt=type(exc).__name__, **ident) from None
         self._record(method, path, label, resp.status_code, started, attempt)
         status = resp.status_code
         if 200 <= status < 300:
@@ -334,7 +341,9 @@ class MaasWire:
             summary = "; ".join(f"{k}: {' '.join(v)}" for k, v in fields.items()) or excerpt
             exc = MaasValidationError(f"MAAS rejected the request: {summary[:300]}", fields=fields, **common)
         elif status == 401:
-            exc = MaasAuthFailed("MAAS rejected the API key (unknown consumer, revoked token or bad signature)", **common)
+            exc = MaasAuthFailed(
+                "MAAS rejected the API key (unknown consumer, revoked token or bad signature)", **common
+            )
         elif status == 403:
             exc = MaasForbidden("MAAS forbids this for the API key's user", **common)
         elif status == 404:

@@ -5,7 +5,8 @@ Trigger a deployment by name with an idempotency key (the same key returns the s
 a retried or repeated call never starts a second one), ride out the 503s SQLite-backed
 servers answer under concurrent load, and wait for a final state within a deadline.
 """
-from integrations.prefectapi.client import (
+
+from metalflow.integrations.prefectapi.client import (
     FINAL_STATES,
     FlowRun,
     PrefectApi,

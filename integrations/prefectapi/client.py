@@ -3,12 +3,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import requests
 
-from integrations.common import Backoff, Deadline, MetalflowError, Secret, retry
+from metalflow.integrations.common import Backoff, Deadline, MetalflowError, Secret, retry
 
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 
@@ -48,7 +49,7 @@ class FlowRun:
         return self.state_type == "COMPLETED"
 
     @classmethod
-    def from_api(cls, d: Mapping[str, Any]) -> "FlowRun":
+    def from_api(cls, d: Mapping[str, Any]) -> FlowRun:
         state = d.get("state") or {}
         return cls(
             id=str(d["id"]),
@@ -101,8 +102,9 @@ class PrefectApi:
         return f"PrefectApi({self.api_url!r})"
 
     # --- wire -------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, *, body: Any = None, deadline: Deadline | None = None,
-                 what: str = "") -> Any:
+    def _request(
+        self, method: str, path: str, *, body: Any = None, deadline: Deadline | None = None, what: str = ""
+    ) -> Any:
         deadline = deadline or Deadline(60)
         url = f"{self.api_url}{path}"
 
@@ -110,26 +112,35 @@ class PrefectApi:
             try:
                 resp = self._session.request(method, url, json=body, timeout=deadline.cap(self.timeout) or 0.1)
             except requests.RequestException as exc:
-                raise PrefectUnavailable(f"Prefect API at {self.api_url} unreachable", operation=what,
-                                         evidence=type(exc).__name__) from None
+                raise PrefectUnavailable(
+                    f"Prefect API at {self.api_url} unreachable", operation=what, evidence=type(exc).__name__
+                ) from None
             if resp.status_code in (502, 503, 504) or (resp.status_code == 500 and "locked" in resp.text):
-                raise PrefectUnavailable("Prefect API busy", operation=what,
-                                         evidence=f"HTTP {resp.status_code} {resp.text[:120]}")
+                raise PrefectUnavailable(
+                    "Prefect API busy", operation=what, evidence=f"HTTP {resp.status_code} {resp.text[:120]}"
+                )
             if resp.status_code == 404:
                 raise PrefectNotFound("not found", operation=what, evidence=resp.text[:200])
             if resp.status_code in (400, 409, 422):
-                raise PrefectBadRequest("Prefect refused the request", operation=what,
-                                        evidence=_detail(resp))
+                raise PrefectBadRequest("Prefect refused the request", operation=what, evidence=_detail(resp))
             if resp.status_code in (401, 403):
-                raise PrefectApiError("Prefect API refused the credentials (set PREFECT_API_AUTH_STRING)",
-                                      operation=what, evidence=f"HTTP {resp.status_code}")
+                raise PrefectApiError(
+                    "Prefect API refused the credentials (set PREFECT_API_AUTH_STRING)",
+                    operation=what,
+                    evidence=f"HTTP {resp.status_code}",
+                )
             if resp.status_code >= 400:
-                raise PrefectApiError("Prefect API error", operation=what,
-                                      evidence=f"HTTP {resp.status_code} {resp.text[:200]}")
+                raise PrefectApiError(
+                    "Prefect API error", operation=what, evidence=f"HTTP {resp.status_code} {resp.text[:200]}"
+                )
             return resp.json() if resp.content else None
 
-        return retry(once, transient=lambda e: 0.0 if isinstance(e, PrefectUnavailable) else None,
-                     deadline=deadline, backoff=self.backoff)
+        return retry(
+            once,
+            transient=lambda e: 0.0 if isinstance(e, PrefectUnavailable) else None,
+            deadline=deadline,
+            backoff=self.backoff,
+        )
 
     # --- calls ------------------------------------------------------------------------------
     def health(self, timeout: float = 2.0) -> bool:
@@ -146,11 +157,14 @@ class PrefectApi:
             if not sep or not flow or not dep:
                 raise PrefectBadRequest(f"deployment name {name!r} must look like 'flow/deployment'")
             try:
-                d = self._request("GET", f"/deployments/name/{flow}/{dep}", deadline=deadline,
-                                  what=f"read deployment {name}")
+                d = self._request(
+                    "GET", f"/deployments/name/{flow}/{dep}", deadline=deadline, what=f"read deployment {name}"
+                )
             except PrefectNotFound:
-                raise PrefectNotFound(f"no deployment {name!r}: is `metalflow serve` (or a worker) running "
-                                      "and were the deployments registered?") from None
+                raise PrefectNotFound(
+                    f"no deployment {name!r}: is `metalflow serve` (or a worker) running "
+                    "and were the deployments registered?"
+                ) from None
             self._deployments[name] = str(d["id"])
         return self._deployments[name]
 
@@ -170,13 +184,15 @@ class PrefectApi:
             body["name"] = name
         if tags:
             body["tags"] = list(tags)
-        data = self._request("POST", f"/deployments/{dep_id}/create_flow_run", body=body,
-                             deadline=deadline, what=f"trigger {deployment}")
+        data = self._request(
+            "POST", f"/deployments/{dep_id}/create_flow_run", body=body, deadline=deadline, what=f"trigger {deployment}"
+        )
         return FlowRun.from_api(data)
 
     def read_flow_run(self, run_id: str, *, deadline: Deadline | None = None) -> FlowRun:
-        return FlowRun.from_api(self._request("GET", f"/flow_runs/{run_id}", deadline=deadline,
-                                              what=f"read flow run {run_id}"))
+        return FlowRun.from_api(
+            self._request("GET", f"/flow_runs/{run_id}", deadline=deadline, what=f"read flow run {run_id}")
+        )
 
     def wait(self, run_id: str, deadline: Deadline, *, interval: float = 0.5, max_interval: float = 3.0) -> FlowRun:
         """Poll until the run is final; on the deadline return the last state (not final), so a
@@ -196,8 +212,9 @@ class PrefectApi:
         body: dict[str, Any] = {"limit": limit, "sort": "START_TIME_DESC"}
         if deployment:
             body["deployments"] = {"id": {"any_": [self.deployment_id(deployment)]}}
-        return [FlowRun.from_api(d) for d in self._request("POST", "/flow_runs/filter", body=body,
-                                                           what="list flow runs")]
+        return [
+            FlowRun.from_api(d) for d in self._request("POST", "/flow_runs/filter", body=body, what="list flow runs")
+        ]
 
 
 def _detail(resp: requests.Response) -> str:
@@ -207,4 +224,8 @@ def _detail(resp: requests.Response) -> str:
         return f"HTTP {resp.status_code} {resp.text[:300]}"
     if isinstance(d, dict) and "detail" in d:
         d = d["detail"]
-    return f"HTTP {resp.status_code} {json.dumps(d)[:300]}" if not isinstance(d, str) else f"HTTP {resp.status_code} {d[:300]}"
+    return (
+        f"HTTP {resp.status_code} {json.dumps(d)[:300]}"
+        if not isinstance(d, str)
+        else f"HTTP {resp.status_code} {d[:300]}"
+    )

@@ -9,9 +9,10 @@
 
 Never imports Prefect.
 """
-from integrations.switches.dialect import OPS, Dialect
-from integrations.switches.driver import Session, SwitchDriver, connect
-from integrations.switches.errors import (
+
+from metalflow.integrations.switches.dialect import OPS, Dialect
+from metalflow.integrations.switches.driver import Session, SwitchDriver, connect
+from metalflow.integrations.switches.errors import (
     InvalidPort,
     InvalidSwitchSettings,
     InvalidVlan,
@@ -25,8 +26,8 @@ from integrations.switches.errors import (
     SwitchWrongState,
     UnknownSwitchType,
 )
-from integrations.switches.model import PortVlans, format_vlan_list, parse_vlan_list
-from integrations.switches.registry import DIALECTS, dialect_for
+from metalflow.integrations.switches.model import PortVlans, format_vlan_list, parse_vlan_list
+from metalflow.integrations.switches.registry import DIALECTS, dialect_for
 
 __all__ = [
     "DIALECTS",

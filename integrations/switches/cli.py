@@ -9,11 +9,11 @@ fixed waits on some platforms) and cannot tell which line was the last one appli
 
 Everything here raises the switch exception family; the driver adds the operation context.
 """
+
 from __future__ import annotations
 
 import re
 import select
-import socket
 import time
 from typing import Protocol
 
@@ -25,8 +25,8 @@ from netmiko.exceptions import (
 )
 from netmiko.ssh_dispatcher import CLASS_MAPPER
 
-from integrations.common import Secret
-from integrations.switches.errors import SwitchAuthFailed, SwitchSessionLost, SwitchUnreachable
+from metalflow.integrations.common import Secret
+from metalflow.integrations.switches.errors import SwitchAuthFailed, SwitchSessionLost, SwitchUnreachable
 
 POLL = 0.05  # longest wait for channel data before re-checking the deadline and session
 
@@ -56,8 +56,11 @@ class NetmikoCli:
 
     def send(self, line: str, *, timeout: float, confirm: tuple[str, str] | None = None) -> str:
         if timeout <= 0:
-            raise SwitchSessionLost("the operation's deadline was spent before the switch answered",
-                                    target=self._target, evidence=f"pending line: {line}")
+            raise SwitchSessionLost(
+                "the operation's deadline was spent before the switch answered",
+                target=self._target,
+                evidence=f"pending line: {line}",
+            )
         conn = self._conn
         end = time.monotonic() + timeout
         try:
@@ -77,17 +80,20 @@ class NetmikoCli:
                         answered = True
                     continue
                 if self._dead():
-                    raise SwitchSessionLost("the switch closed the session", target=self._target,
-                                            evidence=f"after sending: {line}")
+                    raise SwitchSessionLost(
+                        "the switch closed the session", target=self._target, evidence=f"after sending: {line}"
+                    )
                 if time.monotonic() >= end:
                     raise SwitchSessionLost(
-                        f"the switch did not answer within {timeout:.1f} s", target=self._target,
+                        f"the switch did not answer within {timeout:.1f} s",
+                        target=self._target,
                         evidence=f"after sending: {line}",
                     )
                 self._wait_readable(min(POLL, max(0.0, end - time.monotonic())))
         except (OSError, EOFError, paramiko.SSHException, NetmikoBaseException) as exc:
             raise SwitchSessionLost(
-                f"the session failed: {type(exc).__name__}", target=self._target,
+                f"the session failed: {type(exc).__name__}",
+                target=self._target,
                 evidence=f"after sending: {line}",
             ) from None
 
@@ -125,9 +131,16 @@ def _strip_echo(text: str, line: str) -> str:
     return text.strip("\n")
 
 
-def open_netmiko(netmiko_class: type | None, device_type: str, host: str, port: int,
-                 username: str, password: Secret, enable_secret: Secret | None,
-                 timeout: float) -> NetmikoCli:
+def open_netmiko(
+    netmiko_class: type | None,
+    device_type: str,
+    host: str,
+    port: int,
+    username: str,
+    password: Secret,
+    enable_secret: Secret | None,
+    timeout: float,
+) -> NetmikoCli:
     """Log in with netmiko and enter privileged mode. Authentication failures (password or
     enable secret) raise SwitchAuthFailed; everything else about reaching the switch raises
     SwitchUnreachable, which the caller retries. netmiko's messages carry the host and port
@@ -137,26 +150,50 @@ def open_netmiko(netmiko_class: type | None, device_type: str, host: str, port: 
     timeout = max(0.5, timeout)
     try:
         conn = cls(
-            host=host, port=port, username=username, password=password.reveal(),
-            secret=enable_secret.reveal() if enable_secret else "", device_type=device_type,
-            conn_timeout=min(10.0, timeout), banner_timeout=timeout, auth_timeout=timeout,
-            blocking_timeout=timeout, read_timeout_override=timeout, fast_cli=True,
-            use_keys=False, allow_agent=False, ssh_config_file=None,
+            host=host,
+            port=port,
+            username=username,
+            password=password.reveal(),
+            secret=enable_secret.reveal() if enable_secret else "",
+            device_type=device_type,
+            conn_timeout=min(10.0, timeout),
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            blocking_timeout=timeout,
+            read_timeout_override=timeout,
+            fast_cli=True,
+            use_keys=False,
+            allow_agent=False,
+            ssh_config_file=None,
         )
     except (NetmikoAuthenticationException, paramiko.AuthenticationException):
-        raise SwitchAuthFailed("the switch rejected the username or password", target=target,
-                               operation="login", evidence=f"user {username}") from None
+        raise SwitchAuthFailed(
+            "the switch rejected the username or password",
+            target=target,
+            operation="login",
+            evidence=f"user {username}",
+        ) from None
     except ValueError as exc:
         if "enable mode" in str(exc):  # platforms that enter enable during the login itself
-            raise SwitchAuthFailed("the switch rejected the enable secret", target=target,
-                                   operation="enable") from None
-        raise SwitchUnreachable("the switch did not present a usable prompt", target=target,
-                                operation="login",
-                                evidence=_first_line(exc, password, enable_secret)) from None
-    except (NetmikoTimeoutException, paramiko.SSHException, OSError, EOFError, socket.timeout,
-            NetmikoBaseException) as exc:
+            raise SwitchAuthFailed("the switch rejected the enable secret", target=target, operation="enable") from None
         raise SwitchUnreachable(
-            "could not open an SSH CLI session", target=target, operation="login",
+            "the switch did not present a usable prompt",
+            target=target,
+            operation="login",
+            evidence=_first_line(exc, password, enable_secret),
+        ) from None
+    except (
+        TimeoutError,
+        NetmikoTimeoutException,
+        paramiko.SSHException,
+        OSError,
+        EOFError,
+        NetmikoBaseException,
+    ) as exc:
+        raise SwitchUnreachable(
+            "could not open an SSH CLI session",
+            target=target,
+            operation="login",
             evidence=_first_line(exc, password, enable_secret),
         ) from None
     try:
@@ -164,12 +201,15 @@ def open_netmiko(netmiko_class: type | None, device_type: str, host: str, port: 
     except ValueError:
         conn.read_timeout_override = 0.2
         conn.disconnect()
-        raise SwitchAuthFailed("the switch rejected the enable secret", target=target,
-                               operation="enable") from None
+        raise SwitchAuthFailed("the switch rejected the enable secret", target=target, operation="enable") from None
     except (OSError, EOFError, paramiko.SSHException, NetmikoBaseException) as exc:
         conn.disconnect()
-        raise SwitchUnreachable("the session failed while entering privileged mode", target=target,
-                                operation="enable", evidence=type(exc).__name__) from None
+        raise SwitchUnreachable(
+            "the session failed while entering privileged mode",
+            target=target,
+            operation="enable",
+            evidence=type(exc).__name__,
+        ) from None
     return NetmikoCli(conn, target)
 
 

@@ -14,23 +14,23 @@ Templates are ``str.format`` strings. Fields available to every template:
 - ``native``: the same, for trunk-style templates;
 - ``allowed``: the trunk allowed list after the change: tagged VLANs plus the native one.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Mapping, Sequence
+from typing import ClassVar
 
-from integrations.switches.errors import InvalidPort, InvalidVlan
-from integrations.switches.model import DEFAULT_VLAN, MAX_VLAN, MIN_VLAN, PortVlans, format_vlan_list
+from metalflow.integrations.switches.errors import InvalidPort, InvalidVlan
+from metalflow.integrations.switches.model import DEFAULT_VLAN, MAX_VLAN, MIN_VLAN, PortVlans, format_vlan_list
 
 OPS = ("add", "remove")
 DELTA_TEMPLATES = ("add_tagged", "add_untagged", "remove_tagged", "remove_untagged")
 
 # Retryable on every dialect: another session holds the configuration, or the switch is busy.
 # These are checked before the fatal patterns (a "% Error: ... locked" is retryable).
-COMMON_RETRYABLE = (
-    re.compile(r"(?i)\b(?:locked|busy|try (?:again )?later|in progress)\b"),
-)
+COMMON_RETRYABLE = (re.compile(r"(?i)\b(?:locked|busy|try (?:again )?later|in progress)\b"),)
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,7 @@ class Dialect:
         super().__init_subclass__(**kw)
         if "port_number" in cls.__dict__ or "kinds" in cls.__dict__:
             kinds = "|".join(sorted((re.escape(k) for k in cls.kinds), key=len, reverse=True))
-            cls._port_re = re.compile(
-                rf"(?:(?P<kind>{kinds})[ -]?)?(?P<number>{cls.port_number})", re.IGNORECASE
-            )
+            cls._port_re = re.compile(rf"(?:(?P<kind>{kinds})[ -]?)?(?P<number>{cls.port_number})", re.IGNORECASE)
 
     # ----- validation (pure, no connection) -----------------------------------------------
 
@@ -113,13 +111,10 @@ class Dialect:
         if isinstance(vlan, bool) or not isinstance(vlan, int):
             raise InvalidVlan(f"VLAN must be an integer, not {vlan!r}", operation="validate vlan")
         if not MIN_VLAN <= vlan <= MAX_VLAN:
-            raise InvalidVlan(
-                f"VLAN {vlan} is out of range: use 2-4094", operation="validate vlan"
-            )
+            raise InvalidVlan(f"VLAN {vlan} is out of range: use 2-4094", operation="validate vlan")
         if vlan == DEFAULT_VLAN:
             raise InvalidVlan(
-                "VLAN 1 is the default VLAN: metalflow never changes its membership; "
-                "use another VLAN id (2-4094)",
+                "VLAN 1 is the default VLAN: metalflow never changes its membership; use another VLAN id (2-4094)",
                 operation="validate vlan",
             )
         return vlan
@@ -130,8 +125,7 @@ class Dialect:
         """Which template makes ``op``; the Cisco family picks by the port's shape instead."""
         return f"{op}_{'tagged' if tagged else 'untagged'}"
 
-    def commands_for(self, op: str, port: str, vlan: int, tagged: bool,
-                     current: PortVlans | None = None) -> list[str]:
+    def commands_for(self, op: str, port: str, vlan: int, tagged: bool, current: PortVlans | None = None) -> list[str]:
         """The CLI lines (inside config mode) that make ``op`` on ``port``, given the port's
         ``current`` membership (a fresh port when omitted). Validates its input first."""
         if op not in OPS:
@@ -170,7 +164,7 @@ class Dialect:
                 if m:
                     start = output.rfind("\n", 0, m.start()) + 1
                     end = output.find("\n", m.end())
-                    return ErrorMatch(output[start:end if end >= 0 else None].strip(), transient)
+                    return ErrorMatch(output[start : end if end >= 0 else None].strip(), transient)
         return None
 
     def __repr__(self) -> str:
@@ -189,7 +183,7 @@ def interface_block(output: str, header: re.Pattern[str], *, indented: bool = Tr
     for i, line in enumerate(lines):
         if header.fullmatch(line.strip()):
             body = []
-            for nxt in lines[i + 1:]:
+            for nxt in lines[i + 1 :]:
                 text = nxt.strip()
                 if not text:
                     continue

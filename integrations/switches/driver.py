@@ -25,18 +25,19 @@ cannot; the error's ``applied`` lists what is in the running config unsaved, and
 with ``session(force_save=True)`` saves it. Junos is transactional: a failed session's
 candidate is discarded, so nothing was applied.
 """
+
 from __future__ import annotations
 
 import logging
 import re
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
-from integrations.common import Backoff, Clock, Deadline, MonotonicClock, Secret, retry
-from integrations.switches.cli import Cli, open_netmiko
-from integrations.switches.dialect import Dialect
-from integrations.switches.errors import (
+from metalflow.integrations.common import Backoff, Clock, Deadline, MonotonicClock, Secret, retry
+from metalflow.integrations.switches.cli import Cli, open_netmiko
+from metalflow.integrations.switches.dialect import Dialect
+from metalflow.integrations.switches.errors import (
     InvalidSwitchSettings,
     SwitchCommandFailed,
     SwitchError,
@@ -46,8 +47,8 @@ from integrations.switches.errors import (
     SwitchVerifyFailed,
     SwitchWrongState,
 )
-from integrations.switches.model import PortVlans
-from integrations.switches.registry import dialect_for
+from metalflow.integrations.switches.model import PortVlans
+from metalflow.integrations.switches.registry import dialect_for
 
 log = logging.getLogger(__name__)
 
@@ -73,22 +74,37 @@ class SwitchDriver:
     """One switch. Cheap to create (nothing connects until the first operation); safe to
     share between threads (one session at a time, the others wait)."""
 
-    def __init__(self, dialect: Dialect, host: str, username: str, password: str | Secret,
-                 port: int = 22, *, enable_secret: str | Secret | None = None, timeout: float = 30,
-                 connect_backoff: Backoff = CONNECT_BACKOFF, busy_backoff: Backoff = BUSY_BACKOFF,
-                 cli_factory: CliFactory | None = None, clock: Clock | None = None):
+    def __init__(
+        self,
+        dialect: Dialect,
+        host: str,
+        username: str,
+        password: str | Secret,
+        port: int = 22,
+        *,
+        enable_secret: str | Secret | None = None,
+        timeout: float = 30,
+        connect_backoff: Backoff = CONNECT_BACKOFF,
+        busy_backoff: Backoff = BUSY_BACKOFF,
+        cli_factory: CliFactory | None = None,
+        clock: Clock | None = None,
+    ):
         if not isinstance(host, str) or not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", host):
-            raise InvalidSwitchSettings(f"switch address {host!r} is not a host name or IP address",
-                                        operation="connect")
+            raise InvalidSwitchSettings(
+                f"switch address {host!r} is not a host name or IP address", operation="connect"
+            )
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-            raise InvalidSwitchSettings(f"SSH port {port!r} must be an integer 1-65535", target=host,
-                                        operation="connect")
+            raise InvalidSwitchSettings(
+                f"SSH port {port!r} must be an integer 1-65535", target=host, operation="connect"
+            )
         if not isinstance(username, str) or not re.fullmatch(r"[^\s;]{1,64}", username):
-            raise InvalidSwitchSettings("username must be 1-64 characters without spaces",
-                                        target=host, operation="connect")
+            raise InvalidSwitchSettings(
+                "username must be 1-64 characters without spaces", target=host, operation="connect"
+            )
         if not timeout or timeout <= 0:
-            raise InvalidSwitchSettings("timeout must be a positive number of seconds", target=host,
-                                        operation="connect")
+            raise InvalidSwitchSettings(
+                "timeout must be a positive number of seconds", target=host, operation="connect"
+            )
         self.dialect = dialect
         self.host, self.port, self.username = host, port, username
         self._password = Secret(password)
@@ -159,8 +175,16 @@ class SwitchDriver:
 
     def _open_netmiko(self, timeout: float) -> Cli:
         d = self.dialect
-        return open_netmiko(d.netmiko_class, d.netmiko_device_type, self.host, self.port,
-                            self.username, self._password, self._enable_secret, timeout)
+        return open_netmiko(
+            d.netmiko_class,
+            d.netmiko_device_type,
+            self.host,
+            self.port,
+            self.username,
+            self._password,
+            self._enable_secret,
+            timeout,
+        )
 
     def _connect(self) -> Cli:
         deadline = self._deadline()
@@ -171,16 +195,19 @@ class SwitchDriver:
             return self._cli_factory(deadline.remaining())
 
         def note(n: int, exc: BaseException, delay: float) -> None:
-            log.info("switch %s: connect attempt %d failed (%s); retrying in %.1f s",
-                     self.target, n, exc, delay)
+            log.info("switch %s: connect attempt %d failed (%s); retrying in %.1f s", self.target, n, exc, delay)
 
         try:
-            return retry(attempt, transient=_unreachable, deadline=deadline,
-                         backoff=self.connect_backoff, on_retry=note)
+            return retry(
+                attempt, transient=_unreachable, deadline=deadline, backoff=self.connect_backoff, on_retry=note
+            )
         except SwitchUnreachable as exc:
-            raise SwitchUnreachable(f"{exc.message} (gave up after {len(tries)} attempt(s))",
-                                    target=self.target, operation=exc.operation or "connect",
-                                    evidence=exc.evidence) from None
+            raise SwitchUnreachable(
+                f"{exc.message} (gave up after {len(tries)} attempt(s))",
+                target=self.target,
+                operation=exc.operation or "connect",
+                evidence=exc.evidence,
+            ) from None
 
     def _scrub(self, text: str) -> str:
         for s in (self._password, self._enable_secret):
@@ -244,19 +271,20 @@ class Session:
             if observed != expected:
                 raise SwitchVerifyFailed(
                     f"port {port} does not read back as expected after the change",
-                    target=f"{target} port {port}", operation=what,
+                    target=f"{target} port {port}",
+                    operation=what,
                     evidence=f"expected {expected}; observed {observed}",
-                    port=port, expected=expected, observed=observed,
+                    port=port,
+                    expected=expected,
+                    observed=observed,
                 )
             self.applied.append(f"{what} on {port}")
-            log.info("switch %s port %s: %s (%d lines, verified: %s)", target, port, what,
-                     len(lines), observed)
+            log.info("switch %s port %s: %s (%d lines, verified: %s)", target, port, what, len(lines), observed)
 
         def note(n: int, exc: BaseException, delay: float) -> None:
             log.info("switch %s port %s: %s: %s; retrying in %.1f s", target, port, what, exc, delay)
 
-        retry(attempt, transient=_busy, deadline=deadline, backoff=self._d.busy_backoff,
-              on_retry=note)
+        retry(attempt, transient=_busy, deadline=deadline, backoff=self._d.busy_backoff, on_retry=note)
 
     def _plan(self, op, port, vlan, tagged, current: PortVlans, what) -> tuple[bool, PortVlans] | None:
         """(send as tagged?, expected state), or None when there is nothing to do."""
@@ -268,17 +296,27 @@ class Session:
         if current.has(vlan, tagged):
             return None
         if tagged and current.untagged == vlan:
-            raise SwitchWrongState(f"VLAN {vlan} is the port's untagged VLAN: remove it before "
-                                   "adding it tagged", target=where, operation=what, evidence=str(current))
+            raise SwitchWrongState(
+                f"VLAN {vlan} is the port's untagged VLAN: remove it before adding it tagged",
+                target=where,
+                operation=what,
+                evidence=str(current),
+            )
         if not tagged and current.untagged is not None:
             raise SwitchWrongState(
                 f"port {port} is already untagged in VLAN {current.untagged}: remove that VLAN "
-                f"first (a port has one untagged VLAN)", target=where, operation=what,
+                f"first (a port has one untagged VLAN)",
+                target=where,
+                operation=what,
                 evidence=str(current),
             )
         if not tagged and vlan in current.tagged and not self._d.dialect.untagged_builds_on_tagged:
-            raise SwitchWrongState(f"VLAN {vlan} is tagged on the port: remove it before adding "
-                                   "it untagged", target=where, operation=what, evidence=str(current))
+            raise SwitchWrongState(
+                f"VLAN {vlan} is tagged on the port: remove it before adding it untagged",
+                target=where,
+                operation=what,
+                evidence=str(current),
+            )
         return tagged, current.with_added(vlan, tagged)
 
     # ----- CLI plumbing -----------------------------------------------------------------------
@@ -286,18 +324,31 @@ class Session:
     def _open(self) -> Cli:
         if self._cli is None:
             if self._lost:
-                raise SwitchSessionLost("the session was lost; open a new one", target=self._d.target,
-                                        applied=tuple(self.applied))
+                raise SwitchSessionLost(
+                    "the session was lost; open a new one", target=self._d.target, applied=tuple(self.applied)
+                )
             self._cli = self._d._connect()
             if self._d.dialect.transactional:
                 deadline = self._d._deadline()
                 enter = self._d.dialect.config_enter
-                retry(lambda: self._send(enter, deadline, "enter configuration mode"),
-                      transient=_busy, deadline=deadline, backoff=self._d.busy_backoff)
+                retry(
+                    lambda: self._send(enter, deadline, "enter configuration mode"),
+                    transient=_busy,
+                    deadline=deadline,
+                    backoff=self._d.busy_backoff,
+                )
         return self._cli
 
-    def _send(self, line: str, deadline: Deadline, what: str, port: str = "", *,
-              confirm: tuple[str, str] | None = None, scan: str = "all") -> str:
+    def _send(
+        self,
+        line: str,
+        deadline: Deadline,
+        what: str,
+        port: str = "",
+        *,
+        confirm: tuple[str, str] | None = None,
+        scan: str = "all",
+    ) -> str:
         """Send one line and scan the answer: ``all`` patterns for configuration lines,
         ``fatal`` only for show commands (their output is data and may say "busy")."""
         cli = self._open()
@@ -308,16 +359,23 @@ class Session:
             self._lost = True
             transactional = self._d.dialect.transactional
             applied = () if transactional else tuple(self.applied)
-            note = "; uncommitted changes are discarded" if transactional else (
-                f"; applied but not saved: {', '.join(applied)}" if applied else "; nothing applied")
-            raise SwitchSessionLost(f"{exc.message}{note}", target=target, operation=what,
-                                    evidence=exc.evidence, applied=applied) from None
+            note = (
+                "; uncommitted changes are discarded"
+                if transactional
+                else (f"; applied but not saved: {', '.join(applied)}" if applied else "; nothing applied")
+            )
+            raise SwitchSessionLost(
+                f"{exc.message}{note}", target=target, operation=what, evidence=exc.evidence, applied=applied
+            ) from None
         if scan != "none":
             found = self._d.dialect.scan(out, retryable=scan == "all")
             if found is not None:
                 raise SwitchCommandFailed(
                     f"the switch refused {line!r}" + (" (retryable)" if found.transient else ""),
-                    target=target, operation=what, evidence=found.text, line=line,
+                    target=target,
+                    operation=what,
+                    evidence=found.text,
+                    line=line,
                     transient=found.transient,
                 )
         return out
@@ -345,9 +403,12 @@ class Session:
             return d.parse(port, outputs)
         except ValueError as exc:
             excerpt = " | ".join(" ".join(o.split())[:150] for o in outputs)
-            raise SwitchParseError(f"could not read the VLANs of port {port}: {exc}",
-                                   target=f"{self._d.target} port {port}", operation=what,
-                                   evidence=excerpt) from None
+            raise SwitchParseError(
+                f"could not read the VLANs of port {port}: {exc}",
+                target=f"{self._d.target} port {port}",
+                operation=what,
+                evidence=excerpt,
+            ) from None
 
     def _save(self) -> None:
         d = self._d.dialect
@@ -358,9 +419,12 @@ class Session:
             out = self._send(d.save_command, deadline, "save configuration", confirm=d.save_confirm)
             if d.save_success and not re.search(d.save_success, out):
                 raise SwitchCommandFailed(
-                    f"{d.save_command!r} did not report success", target=self._d.target,
-                    operation="save configuration", evidence=" ".join(out.split())[:200],
-                    line=d.save_command, transient=False,
+                    f"{d.save_command!r} did not report success",
+                    target=self._d.target,
+                    operation="save configuration",
+                    evidence=" ".join(out.split())[:200],
+                    line=d.save_command,
+                    transient=False,
                 )
 
         retry(attempt, transient=_busy, deadline=deadline, backoff=self._d.busy_backoff)
@@ -383,8 +447,12 @@ class Session:
             try:
                 self._save()
             except SwitchError as save_exc:
-                log.warning("switch %s: could not save after a failure (%s); verified but "
-                            "unsaved: %s", self._d.target, save_exc, ", ".join(self.applied) or "none")
+                log.warning(
+                    "switch %s: could not save after a failure (%s); verified but unsaved: %s",
+                    self._d.target,
+                    save_exc,
+                    ", ".join(self.applied) or "none",
+                )
 
     def _close(self) -> None:
         cli, self._cli = self._cli, None
@@ -399,13 +467,33 @@ class Session:
         cli.close(graceful=not self._lost)
 
 
-def connect(switch_type: str, host: str, username: str, password: str | Secret, port: int = 22, *,
-            enable_secret: str | Secret | None = None, timeout: float = 30,
-            connect_backoff: Backoff = CONNECT_BACKOFF, busy_backoff: Backoff = BUSY_BACKOFF,
-            cli_factory: CliFactory | None = None, clock: Clock | None = None) -> SwitchDriver:
+def connect(
+    switch_type: str,
+    host: str,
+    username: str,
+    password: str | Secret,
+    port: int = 22,
+    *,
+    enable_secret: str | Secret | None = None,
+    timeout: float = 30,
+    connect_backoff: Backoff = CONNECT_BACKOFF,
+    busy_backoff: Backoff = BUSY_BACKOFF,
+    cli_factory: CliFactory | None = None,
+    clock: Clock | None = None,
+) -> SwitchDriver:
     """A driver for one switch; ``switch_type`` is the rack config's type (``Force10``,
     ``CiscoIOS``...) or a netmiko device type. Nothing connects until the first operation.
     ``timeout`` bounds each operation (connect with its retries, one change, the save)."""
-    return SwitchDriver(dialect_for(switch_type), host, username, password, port,
-                        enable_secret=enable_secret, timeout=timeout, connect_backoff=connect_backoff,
-                        busy_backoff=busy_backoff, cli_factory=cli_factory, clock=clock)
+    return SwitchDriver(
+        dialect_for(switch_type),
+        host,
+        username,
+        password,
+        port,
+        enable_secret=enable_secret,
+        timeout=timeout,
+        connect_backoff=connect_backoff,
+        busy_backoff=busy_backoff,
+        cli_factory=cli_factory,
+        clock=clock,
+    )

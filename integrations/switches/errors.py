@@ -9,19 +9,19 @@ Every message names the switch (``address:port``) and, where there is one, the p
 evidence is a short excerpt of what the switch said, with the password and enable secret
 scrubbed out by the driver before it gets here.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-from integrations.common import MetalflowError
+from metalflow.integrations.common import MetalflowError
 
 
 class SwitchError(MetalflowError):
     """A switch operation failed. ``target`` is ``address:port`` (plus ``port X`` when the
     failure concerns one port), ``operation`` what we were doing."""
 
-    def __init__(self, message: str, *, target: str = "", operation: str = "", evidence: str = "",
-                 **details: Any):
+    def __init__(self, message: str, *, target: str = "", operation: str = "", evidence: str = "", **details: Any):
         super().__init__(message, target=target, operation=operation, evidence=evidence)
         for name, value in details.items():
             setattr(self, name, value)

@@ -5,6 +5,7 @@ is never reported: ``untagged is None`` means the port has no untagged VLAN besi
 default one, and ``tagged`` never contains 1. metalflow never changes VLAN 1 membership, so
 leaving it out keeps every comparison about the VLANs we manage.
 """
+
 from __future__ import annotations
 
 import re

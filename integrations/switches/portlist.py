@@ -1,6 +1,7 @@
 """Port lists as switches print them: ``1/1/2-1/1/4,1/1/6`` (OS9), ``0/1-3`` (range on the
 last number), ``ethe 1/1/1 to 1/1/4 ethe 1/1/7`` (FastIron). Numbers only: the interface
 type is matched by the caller."""
+
 from __future__ import annotations
 
 import re

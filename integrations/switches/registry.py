@@ -1,30 +1,30 @@
 """Every dialect, by name, and the lookup from a rack config's switch type."""
+
 from __future__ import annotations
 
 from types import MappingProxyType
 
-from integrations.switches.dialect import Dialect
-from integrations.switches.dialects.arista import AristaEOS
-from integrations.switches.dialects.cisco import CiscoIOS, CiscoNXOS
-from integrations.switches.dialects.dell_os6 import DellOS6
-from integrations.switches.dialects.dell_os10 import DellOS10
-from integrations.switches.dialects.fastiron import FastIron
-from integrations.switches.dialects.force10 import Force10
-from integrations.switches.dialects.juniper import JuniperJunos
-from integrations.switches.errors import UnknownSwitchType
+from metalflow.integrations.switches.dialect import Dialect
+from metalflow.integrations.switches.dialects.arista import AristaEOS
+from metalflow.integrations.switches.dialects.cisco import CiscoIOS, CiscoNXOS
+from metalflow.integrations.switches.dialects.dell_os6 import DellOS6
+from metalflow.integrations.switches.dialects.dell_os10 import DellOS10
+from metalflow.integrations.switches.dialects.fastiron import FastIron
+from metalflow.integrations.switches.dialects.force10 import Force10
+from metalflow.integrations.switches.dialects.juniper import JuniperJunos
+from metalflow.integrations.switches.errors import UnknownSwitchType
 
 #: name -> dialect (read-only; dialects are stateless, one instance each).
-DIALECTS: MappingProxyType[str, Dialect] = MappingProxyType({
-    d.name: d
-    for d in (Force10(), DellOS10(), DellOS6(), CiscoIOS(), CiscoNXOS(), AristaEOS(),
-              JuniperJunos(), FastIron())
-})
+DIALECTS: MappingProxyType[str, Dialect] = MappingProxyType(
+    {
+        d.name: d
+        for d in (Force10(), DellOS10(), DellOS6(), CiscoIOS(), CiscoNXOS(), AristaEOS(), JuniperJunos(), FastIron())
+    }
+)
 
-_BY_ALIAS = MappingProxyType({
-    key.lower(): d
-    for d in DIALECTS.values()
-    for key in (d.name, d.netmiko_device_type, *d.aliases)
-})
+_BY_ALIAS = MappingProxyType(
+    {key.lower(): d for d in DIALECTS.values() for key in (d.name, d.netmiko_device_type, *d.aliases)}
+)
 
 
 def dialect_for(switch_type: str) -> Dialect:

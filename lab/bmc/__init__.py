@@ -5,8 +5,9 @@ pyghmi and ``ipmitool -I lanplus`` (cipher suites 3 and 17) can drive them. The 
 behind each BMC (power, boot device, soft-off, faults) is ``model.Machine``; every power
 transition reaches the main process as a ``BmcEvent``.
 """
-from lab.bmc.fleet import BmcFleet, BmcFleetError, BmcStartError
-from lab.bmc.model import BOOT_DEVICE_CODES, FAULT_MODES, BmcEvent, BmcState
+
+from metalflow.lab.bmc.fleet import BmcFleet, BmcFleetError, BmcStartError
+from metalflow.lab.bmc.model import BOOT_DEVICE_CODES, FAULT_MODES, BmcEvent, BmcState
 
 __all__ = [
     "BOOT_DEVICE_CODES",

@@ -4,13 +4,14 @@ Session management commands (Set Session Privilege Level, Close Session) live wi
 sessions in ``server``; everything here is a pure function of the request, the caller's
 privilege and the BMC's state. Anything not listed answers "invalid command" (0xC1).
 """
+
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
 
-from lab.bmc.model import BOOT_DEVICE_CODES, BOOT_DEVICE_NAMES, Machine
-from lab.bmc.wire import CipherSuite, Request
+from metalflow.lab.bmc.model import BOOT_DEVICE_CODES, BOOT_DEVICE_NAMES, Machine
+from metalflow.lab.bmc.wire import CipherSuite, Request
 
 # Completion codes (table 5-2).
 CC_OK = 0x00
@@ -84,9 +85,7 @@ def channel_cipher_suites(req: Request, suites: list[CipherSuite]) -> tuple[int,
     by_suite = bool(req.data[2] & 0x80)
     index = req.data[2] & 0x3F
     if by_suite:
-        records = b"".join(
-            bytes([0xC0, s.id, s.auth, 0x40 | s.integrity, 0x80 | s.confidentiality]) for s in suites
-        )
+        records = b"".join(bytes([0xC0, s.id, s.auth, 0x40 | s.integrity, 0x80 | s.confidentiality]) for s in suites)
     else:
         algorithms = sorted({s.auth for s in suites}) + sorted({0x40 | s.integrity for s in suites})
         algorithms += sorted({0x80 | s.confidentiality for s in suites})

@@ -6,6 +6,7 @@ channel. Power transitions come back on a separate event channel that one parent
 drains, calling ``on_event`` there (never in a child). Because replies and events travel on
 different channels, ``on_event`` may itself call ``state()`` or ``set_power()``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,9 +22,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
-from lab.bmc.model import FAULT_MODES, BmcEvent, BmcState
-from lab.bmc.wire import CIPHER_SUITES
-from lab.spec import BmcSpec, Timing
+from metalflow.lab.bmc.model import FAULT_MODES, BmcEvent, BmcState
+from metalflow.lab.bmc.wire import CIPHER_SUITES
+from metalflow.lab.spec import BmcSpec, Timing
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class BmcFleet:
         fds = (cmd_child.fileno(), ev_child.fileno())
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "lab.bmc.worker", str(fds[0]), str(fds[1])],
+                [sys.executable, "-m", "metalflow.lab.bmc.worker", str(fds[0]), str(fds[1])],
                 pass_fds=fds,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -205,7 +206,7 @@ class BmcFleet:
             if self._pump is None or not self._pump.is_alive():
                 child.events.close()
 
-    def __enter__(self) -> "BmcFleet":
+    def __enter__(self) -> BmcFleet:
         self.start()
         return self
 

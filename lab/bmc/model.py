@@ -14,6 +14,7 @@ from off or on) consumes the override. Event choices (documented for the world m
 - power off (hard, soft-off honoured, or the button): one ``power_off`` event, whose
   ``bootdev`` is the device the next boot would use (nothing is consumed).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

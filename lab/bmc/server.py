@@ -12,6 +12,7 @@ name"; a wrong password gets a RAKP 2 whose HMAC the client cannot verify (the B
 know the password is wrong before that); the fault ``reject_auth`` does the latter for
 every login.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,10 +25,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lab.bmc import commands, wire
-from lab.bmc.commands import PRIV_ADMIN, PRIV_USER, BootParameters, Identity
-from lab.bmc.model import Machine
-from lab.spec import BmcSpec
+from metalflow.lab.bmc import commands, wire
+from metalflow.lab.bmc.commands import PRIV_ADMIN, PRIV_USER, BootParameters, Identity
+from metalflow.lab.bmc.model import Machine
+from metalflow.lab.spec import BmcSpec
 
 log = logging.getLogger(__name__)
 

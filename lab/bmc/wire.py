@@ -5,6 +5,7 @@ unauthenticated form is served: Get Channel Authentication Capabilities and frie
 RMCP+ (IPMI 2.0) session header, payload and, when authenticated, a trailer with an integrity
 check value. Payloads of an active session are AES-CBC-128 encrypted.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,7 +47,7 @@ class CipherSuite:
     auth: int  # 1 RAKP-HMAC-SHA1, 3 RAKP-HMAC-SHA256
     integrity: int  # 1 HMAC-SHA1-96, 4 HMAC-SHA256-128
     confidentiality: int  # 1 AES-CBC-128
-    hash: Callable[..., "hashlib._Hash"]
+    hash: Callable[..., hashlib._Hash]
     icv_len: int  # bytes of the truncated integrity check value (RAKP4 and session trailer)
 
 

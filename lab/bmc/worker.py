@@ -1,4 +1,4 @@
-"""A BMC serving process: ``python -m lab.bmc.worker CMD_FD EVENT_FD``.
+"""A BMC serving process: ``python -m metalflow.lab.bmc.worker CMD_FD EVENT_FD``.
 
 Started by ``BmcFleet`` as a plain subprocess (not multiprocessing's spawn or fork: the
 parent may be a CLI whose ``__main__`` imports Prefect, and may run HTTP and SSH threads),
@@ -12,6 +12,7 @@ read, sends never block). Two ``multiprocessing.connection`` channels link it to
 
 The worker exits when told to stop or when the parent goes away (end of file on commands).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,10 +24,10 @@ import sys
 import time
 from multiprocessing.connection import Connection
 
-from lab.bmc import wire
-from lab.bmc.model import Machine
-from lab.bmc.server import BmcServer
-from lab.spec import BmcSpec, Timing
+from metalflow.lab.bmc import wire
+from metalflow.lab.bmc.model import Machine
+from metalflow.lab.bmc.server import BmcServer
+from metalflow.lab.spec import BmcSpec, Timing
 
 log = logging.getLogger("lab.bmc.worker")
 
@@ -111,7 +112,7 @@ class Worker:
         try:
             value = self.execute(op, args)
             reply = (n, "ok", value)
-        except Exception as exc:  # reported to the caller in the parent, with its type
+        except Exception as exc:  # noqa: BLE001 - reported to the caller in the parent, with its type
             reply = (n, "error", (type(exc).__name__, str(exc)))
         try:
             self.cmd.send(reply)

@@ -4,8 +4,9 @@ MAAS's node state machine, curtin preseeds, and phases driven by the lab's physi
 Written from the project's MAAS contract notes and MAAS's own source, never from
 ``integrations.maas``: the two must agree with MAAS independently.
 """
-from lab.maas.sim import MaasSim
-from lab.maas.status import NodeStatus
-from lab.maas.world import IpmiPowerDriver, MachineHooks, PowerDriver, PowerError
+
+from metalflow.lab.maas.sim import MaasSim
+from metalflow.lab.maas.status import NodeStatus
+from metalflow.lab.maas.world import IpmiPowerDriver, MachineHooks, PowerDriver, PowerError
 
 __all__ = ["IpmiPowerDriver", "MaasSim", "MachineHooks", "NodeStatus", "PowerDriver", "PowerError"]

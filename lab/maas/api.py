@@ -5,6 +5,7 @@ project's ``maas-api.md``; where a message is MAAS's own it is quoted verbatim. 
 under the simulator's lock and never do I/O, except ``query_power_state`` which waits (outside
 the lock) for a live BMC query, as MAAS does.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,26 +13,44 @@ import ipaddress
 import json
 import re
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import yaml
 
-from lab.maas import model
-from lab.maas.lifecycle import ERASE_MODES, Lifecycle
-from lab.maas.model import (
-    API, BOND_MODES, USER, Interface, Link, Machine, State, Tag, normalize_mac, valid_mac,
+from metalflow.lab.maas import model
+from metalflow.lab.maas.lifecycle import ERASE_MODES, Lifecycle
+from metalflow.lab.maas.model import (
+    API,
+    BOND_MODES,
+    USER,
+    Interface,
+    Link,
+    Machine,
+    State,
+    Tag,
+    normalize_mac,
+    valid_mac,
 )
-from lab.maas.preseed import PreseedError
-from lab.maas.status import ACTIONS, RELEASABLE, NodeStatus, can_move
+from metalflow.lab.maas.preseed import PreseedError
+from metalflow.lab.maas.status import ACTIONS, RELEASABLE, NodeStatus, can_move
 
 S = NodeStatus
 MAAS_VERSION = "3.5.0"
-CAPABILITIES = ["networks-management", "static-ipaddresses", "ipv6-deployment-ubuntu",
-                "devices-management", "storage-deployment-ubuntu", "network-deployment-ubuntu",
-                "bridging-interface-ubuntu", "bridging-automatic-ubuntu", "authenticate-api"]
+CAPABILITIES = [
+    "networks-management",
+    "static-ipaddresses",
+    "ipv6-deployment-ubuntu",
+    "devices-management",
+    "storage-deployment-ubuntu",
+    "network-deployment-ubuntu",
+    "bridging-interface-ubuntu",
+    "bridging-automatic-ubuntu",
+    "authenticate-api",
+]
 POWER_TYPES = ("ipmi", "manual")
 DEFAULT_DISTRO = "ubuntu/jammy"
 QUERY_POWER_TIMEOUT = 60.0
@@ -81,11 +100,11 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def json(cls, value: Any, status: int = 200) -> "Response":
+    def json(cls, value: Any, status: int = 200) -> Response:
         return cls(status, json.dumps(value).encode(), "application/json; charset=utf-8")
 
     @classmethod
-    def text(cls, status: int, text: str, **headers: str) -> "Response":
+    def text(cls, status: int, text: str, **headers: str) -> Response:
         return cls(status, text.encode(), "text/plain; charset=utf-8", dict(headers))
 
 
@@ -163,62 +182,117 @@ class Route:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("VersionHandler", "version/", {("GET", None): "version"}, anon=True,
-          doc="Information about this MAAS instance."),
-    Route("DescribeHandler", "describe/", {("GET", None): "describe"}, anon=True,
-          doc="Describe the API."),
+    Route(
+        "VersionHandler", "version/", {("GET", None): "version"}, anon=True, doc="Information about this MAAS instance."
+    ),
+    Route("DescribeHandler", "describe/", {("GET", None): "describe"}, anon=True, doc="Describe the API."),
     Route("UsersHandler", "users/", {("GET", "whoami"): "whoami"}, doc="Manage the user accounts."),
-    Route("MachinesHandler", "machines/", {
-        ("GET", None): "machines_read", ("POST", None): "machines_create",
-        ("POST", "allocate"): "machines_allocate", ("POST", "release"): "machines_release",
-        ("GET", "list_allocated"): "machines_list_allocated",
-        ("GET", "power_parameters"): "machines_power_parameters",
-    }, doc="Manage the collection of all machines in the MAAS."),
-    Route("MachineHandler", "machines/{system_id}/", {
-        ("GET", None): "machine_read", ("PUT", None): "machine_update",
-        ("DELETE", None): "machine_delete",
-        ("POST", "deploy"): "machine_deploy", ("POST", "release"): "machine_release",
-        ("POST", "commission"): "machine_commission", ("POST", "abort"): "machine_abort",
-        ("POST", "power_on"): "machine_power_on", ("POST", "power_off"): "machine_power_off",
-        ("GET", "query_power_state"): "machine_query_power_state",
-        ("POST", "mark_broken"): "machine_mark_broken", ("POST", "mark_fixed"): "machine_mark_fixed",
-        ("GET", "get_curtin_config"): "machine_get_curtin_config",
-        ("GET", "power_parameters"): "machine_power_parameters",
-    }, doc="Manage an individual machine."),
-    Route("InterfacesHandler", "nodes/{system_id}/interfaces/", {
-        ("GET", None): "interfaces_read", ("POST", "create_bond"): "interfaces_create_bond",
-    }, doc="Manage interfaces on a node."),
-    Route("InterfaceHandler", "nodes/{system_id}/interfaces/{id}/", {
-        ("GET", None): "interface_read", ("PUT", None): "interface_update",
-        ("DELETE", None): "interface_delete",
-        ("POST", "link_subnet"): "interface_link_subnet",
-        ("POST", "unlink_subnet"): "interface_unlink_subnet",
-        ("POST", "disconnect"): "interface_disconnect",
-    }, doc="Manage a node's or device's interface."),
+    Route(
+        "MachinesHandler",
+        "machines/",
+        {
+            ("GET", None): "machines_read",
+            ("POST", None): "machines_create",
+            ("POST", "allocate"): "machines_allocate",
+            ("POST", "release"): "machines_release",
+            ("GET", "list_allocated"): "machines_list_allocated",
+            ("GET", "power_parameters"): "machines_power_parameters",
+        },
+        doc="Manage the collection of all machines in the MAAS.",
+    ),
+    Route(
+        "MachineHandler",
+        "machines/{system_id}/",
+        {
+            ("GET", None): "machine_read",
+            ("PUT", None): "machine_update",
+            ("DELETE", None): "machine_delete",
+            ("POST", "deploy"): "machine_deploy",
+            ("POST", "release"): "machine_release",
+            ("POST", "commission"): "machine_commission",
+            ("POST", "abort"): "machine_abort",
+            ("POST", "power_on"): "machine_power_on",
+            ("POST", "power_off"): "machine_power_off",
+            ("GET", "query_power_state"): "machine_query_power_state",
+            ("POST", "mark_broken"): "machine_mark_broken",
+            ("POST", "mark_fixed"): "machine_mark_fixed",
+            ("GET", "get_curtin_config"): "machine_get_curtin_config",
+            ("GET", "power_parameters"): "machine_power_parameters",
+        },
+        doc="Manage an individual machine.",
+    ),
+    Route(
+        "InterfacesHandler",
+        "nodes/{system_id}/interfaces/",
+        {
+            ("GET", None): "interfaces_read",
+            ("POST", "create_bond"): "interfaces_create_bond",
+        },
+        doc="Manage interfaces on a node.",
+    ),
+    Route(
+        "InterfaceHandler",
+        "nodes/{system_id}/interfaces/{id}/",
+        {
+            ("GET", None): "interface_read",
+            ("PUT", None): "interface_update",
+            ("DELETE", None): "interface_delete",
+            ("POST", "link_subnet"): "interface_link_subnet",
+            ("POST", "unlink_subnet"): "interface_unlink_subnet",
+            ("POST", "disconnect"): "interface_disconnect",
+        },
+        doc="Manage a node's or device's interface.",
+    ),
     Route("SubnetsHandler", "subnets/", {("GET", None): "subnets_read"}, doc="Manage subnets."),
     Route("SubnetHandler", "subnets/{spec}/", {("GET", None): "subnet_read"}, doc="Manage a subnet."),
     Route("FabricsHandler", "fabrics/", {("GET", None): "fabrics_read"}, doc="Manage fabrics."),
     Route("FabricHandler", "fabrics/{fabric_id}/", {("GET", None): "fabric_read"}, doc="Manage a fabric."),
-    Route("VlansHandler", "fabrics/{fabric_id}/vlans/", {("GET", None): "fabric_vlans_read"},
-          doc="Manage VLANs on a fabric."),
-    Route("VlanHandler", "fabrics/{fabric_id}/vlans/{vid}/", {("GET", None): "fabric_vlan_read"},
-          doc="Manage a VLAN on a fabric (by VID)."),
-    Route("VlanByIdHandler", "vlans/{vlan_id}/", {("GET", None): "vlan_read"},
-          doc="Manage a VLAN (by database id)."),
-    Route("BootResourcesHandler", "boot-resources/", {("GET", None): "boot_resources_read"},
-          doc="Manage the boot resources."),
-    Route("BootResourceHandler", "boot-resources/{id}/", {("GET", None): "boot_resource_read"},
-          doc="Manage a boot resource."),
-    Route("TagsHandler", "tags/", {("GET", None): "tags_read", ("POST", None): "tags_create"},
-          doc="Manage all tags known to MAAS."),
-    Route("TagHandler", "tags/{name}/", {
-        ("GET", None): "tag_read", ("PUT", None): "tag_update", ("DELETE", None): "tag_delete",
-        ("POST", "update_nodes"): "tag_update_nodes", ("GET", "machines"): "tag_machines",
-        ("GET", "nodes"): "tag_machines",
-    }, doc="Tags are properties that can be associated with a Node."),
+    Route(
+        "VlansHandler",
+        "fabrics/{fabric_id}/vlans/",
+        {("GET", None): "fabric_vlans_read"},
+        doc="Manage VLANs on a fabric.",
+    ),
+    Route(
+        "VlanHandler",
+        "fabrics/{fabric_id}/vlans/{vid}/",
+        {("GET", None): "fabric_vlan_read"},
+        doc="Manage a VLAN on a fabric (by VID).",
+    ),
+    Route("VlanByIdHandler", "vlans/{vlan_id}/", {("GET", None): "vlan_read"}, doc="Manage a VLAN (by database id)."),
+    Route(
+        "BootResourcesHandler",
+        "boot-resources/",
+        {("GET", None): "boot_resources_read"},
+        doc="Manage the boot resources.",
+    ),
+    Route(
+        "BootResourceHandler",
+        "boot-resources/{id}/",
+        {("GET", None): "boot_resource_read"},
+        doc="Manage a boot resource.",
+    ),
+    Route(
+        "TagsHandler",
+        "tags/",
+        {("GET", None): "tags_read", ("POST", None): "tags_create"},
+        doc="Manage all tags known to MAAS.",
+    ),
+    Route(
+        "TagHandler",
+        "tags/{name}/",
+        {
+            ("GET", None): "tag_read",
+            ("PUT", None): "tag_update",
+            ("DELETE", None): "tag_delete",
+            ("POST", "update_nodes"): "tag_update_nodes",
+            ("GET", "machines"): "tag_machines",
+            ("GET", "nodes"): "tag_machines",
+        },
+        doc="Tags are properties that can be associated with a Node.",
+    ),
     Route("ZonesHandler", "zones/", {("GET", None): "zones_read"}, doc="Manage physical zones."),
-    Route("ResourcePoolsHandler", "resourcepools/", {("GET", None): "pools_read"},
-          doc="Manage resource pools."),
+    Route("ResourcePoolsHandler", "resourcepools/", {("GET", None): "pools_read"}, doc="Manage resource pools."),
     Route("DomainsHandler", "domains/", {("GET", None): "domains_read"}, doc="Manage domains."),
 )
 
@@ -236,14 +310,25 @@ def match_route(path: str) -> tuple[Route, dict[str, str]] | None:
 def describe_document(base_url: str) -> dict[str, Any]:
     handlers = []
     for r in ROUTES:
-        actions = [{"name": op or _CRUD[method], "method": method, "op": op, "restful": op is None,
-                    "doc": ""} for (method, op) in r.actions]
+        actions = [
+            {"name": op or _CRUD[method], "method": method, "op": op, "restful": op is None, "doc": ""}
+            for (method, op) in r.actions
+        ]
         params = re.findall(r"\{(\w+)\}", r.template)
-        handlers.append({"name": r.name, "doc": r.doc, "params": params,
-                         "path": f"{API}/{r.template}",
-                         "uri": f"{base_url.rstrip('/')}/api/2.0/{r.template}", "actions": actions})
-    resources = [{"name": h["name"], "anon": h if r.anon else None, "auth": None if r.anon else h}
-                 for h, r in zip(handlers, ROUTES)]
+        handlers.append(
+            {
+                "name": r.name,
+                "doc": r.doc,
+                "params": params,
+                "path": f"{API}/{r.template}",
+                "uri": f"{base_url.rstrip('/')}/api/2.0/{r.template}",
+                "actions": actions,
+            }
+        )
+    resources = [
+        {"name": h["name"], "anon": h if r.anon else None, "auth": None if r.anon else h}
+        for h, r in zip(handlers, ROUTES)
+    ]
     doc = {"doc": "MAAS API", "handlers": handlers, "resources": resources}
     doc["hash"] = api_hash()
     return doc
@@ -259,15 +344,61 @@ def api_hash() -> str:
 # --- the handlers --------------------------------------------------------------------------
 
 
-MACHINE_FILTERS = {"id", "system_id", "hostname", "mac_address", "status", "agent_name", "tags",
-                   "not_tags", "domain", "zone", "pool", "arch", "owner"}
-ALLOCATE_CONSTRAINTS = {"name", "system_id", "arch", "cpu_count", "mem", "tags", "not_tags",
-                        "zone", "not_in_zone", "pool", "not_in_pool", "pod", "not_pod", "pod_type",
-                        "not_pod_type", "subnets", "not_subnets", "vlans", "not_vlans", "fabrics",
-                        "not_fabrics", "fabric_classes", "not_fabric_classes", "interfaces",
-                        "storage", "devices", "id"}
-ALLOCATE_IGNORED = {"op", "agent_name", "comment", "bridge_all", "bridge_type", "bridge_stp",
-                    "bridge_fd", "dry_run", "verbose"}
+MACHINE_FILTERS = {
+    "id",
+    "system_id",
+    "hostname",
+    "mac_address",
+    "status",
+    "agent_name",
+    "tags",
+    "not_tags",
+    "domain",
+    "zone",
+    "pool",
+    "arch",
+    "owner",
+}
+ALLOCATE_CONSTRAINTS = {
+    "name",
+    "system_id",
+    "arch",
+    "cpu_count",
+    "mem",
+    "tags",
+    "not_tags",
+    "zone",
+    "not_in_zone",
+    "pool",
+    "not_in_pool",
+    "pod",
+    "not_pod",
+    "pod_type",
+    "not_pod_type",
+    "subnets",
+    "not_subnets",
+    "vlans",
+    "not_vlans",
+    "fabrics",
+    "not_fabrics",
+    "fabric_classes",
+    "not_fabric_classes",
+    "interfaces",
+    "storage",
+    "devices",
+    "id",
+}
+ALLOCATE_IGNORED = {
+    "op",
+    "agent_name",
+    "comment",
+    "bridge_all",
+    "bridge_type",
+    "bridge_stp",
+    "bridge_fd",
+    "dry_run",
+    "verbose",
+}
 
 
 class Api:
@@ -325,8 +456,14 @@ class Api:
         return describe_document(self.base_url())
 
     def whoami(self, req: Request) -> Any:
-        return {"username": USER, "email": f"{USER}@example.com", "is_superuser": True,
-                "is_local": True, "sshkeys_count": 0, "resource_uri": f"{API}/users/{USER}/"}
+        return {
+            "username": USER,
+            "email": f"{USER}@example.com",
+            "is_superuser": True,
+            "is_local": True,
+            "sshkeys_count": 0,
+            "resource_uri": f"{API}/users/{USER}/",
+        }
 
     # --- machines/ ---------------------------------------------------------------------------
     def machines_read(self, req: Request) -> Any:
@@ -389,8 +526,11 @@ class Api:
             arch += "/generic"
         usable = self.state.usable_architectures()
         if arch not in usable:
-            errors["architecture"] = [f"'{arch}' is not a valid architecture.  It should be one of: "
-                                      + ", ".join(f"'{a}'" for a in ["", *usable]) + "."]
+            errors["architecture"] = [
+                f"'{arch}' is not a valid architecture.  It should be one of: "
+                + ", ".join(f"'{a}'" for a in ["", *usable])
+                + "."
+            ]
         macs = [m for m in d.getlist("mac_addresses") if m.strip()]
         mac_errors = []
         if not macs:
@@ -401,13 +541,13 @@ class Api:
                 continue
             owner_sid = self.state.by_mac.get(normalize_mac(mac))
             if owner_sid is not None:
-                mac_errors.append(f"MAC address {mac} already in use on "
-                                  f"{self.state.machines[owner_sid].hostname}.")
+                mac_errors.append(f"MAC address {mac} already in use on {self.state.machines[owner_sid].hostname}.")
         if len({normalize_mac(m) for m in macs}) != len(macs):
             mac_errors.append("Duplicate MAC addresses in the request.")
         if mac_errors:
-            errors["mac_addresses"] = (mac_errors if len(macs) == 1 else
-                                       [f"One or more MAC addresses is invalid. ({' '.join(mac_errors)})"])
+            errors["mac_addresses"] = (
+                mac_errors if len(macs) == 1 else [f"One or more MAC addresses is invalid. ({' '.join(mac_errors)})"]
+            )
         hostname = (d.get("hostname") or "").strip()
         if hostname:
             hostname = hostname.split(".", 1)[0]
@@ -428,8 +568,11 @@ class Api:
         if errors:
             raise bad_request(errors)
         m = self.create_machine(
-            hostname=hostname or self.state.new_hostname(), macs=macs, architecture=arch,
-            power_type=power_type, power_parameters=_power_params(d),
+            hostname=hostname or self.state.new_hostname(),
+            macs=macs,
+            architecture=arch,
+            power_type=power_type,
+            power_parameters=_power_params(d),
             description=d.get("description") or "",
         )
         if deployed:  # an already-installed machine MAAS adopts as Deployed
@@ -439,14 +582,30 @@ class Api:
             self.life.start_commissioning(m, skip_networking=skip_networking)
         return self._mj(m)
 
-    def create_machine(self, *, hostname: str, macs: list[str], architecture: str, power_type: str,
-                       power_parameters: dict[str, str], description: str = "",
-                       cpu_count: int = 0, memory: int = 0) -> Machine:
+    def create_machine(
+        self,
+        *,
+        hostname: str,
+        macs: list[str],
+        architecture: str,
+        power_type: str,
+        power_parameters: dict[str, str],
+        description: str = "",
+        cpu_count: int = 0,
+        memory: int = 0,
+    ) -> Machine:
         st = self.state
-        m = Machine(id=st.new_id(), system_id=st.new_system_id(), hostname=hostname,
-                    architecture=architecture, power_type=power_type,
-                    power_parameters=dict(power_parameters), description=description,
-                    cpu_count=cpu_count, memory=memory)
+        m = Machine(
+            id=st.new_id(),
+            system_id=st.new_system_id(),
+            hostname=hostname,
+            architecture=architecture,
+            power_type=power_type,
+            power_parameters=dict(power_parameters),
+            description=description,
+            cpu_count=cpu_count,
+            memory=memory,
+        )
         for n, mac in enumerate(macs):
             iid = st.new_iface_id()
             mac = normalize_mac(mac)
@@ -494,10 +653,8 @@ class Api:
             return self._mj(m)
         if system_id:
             raise conflict(f"No machine with system ID {system_id} available.")
-        described = " ".join(f"{k}={','.join(d.getlist(k))}" for k in d.keys()
-                             if k in ALLOCATE_CONSTRAINTS)
-        raise conflict(f"No available machine matches constraints: {described} "
-                       f"(resolved to \"{described}\")")
+        described = " ".join(f"{k}={','.join(d.getlist(k))}" for k in d.keys() if k in ALLOCATE_CONSTRAINTS)
+        raise conflict(f'No available machine matches constraints: {described} (resolved to "{described}")')
 
     def machines_release(self, req: Request) -> Any:
         ids = req.body.getlist("machines")
@@ -505,8 +662,7 @@ class Api:
         if unknown:
             raise bad_request(f"Unknown machine(s): {', '.join(unknown)}.")
         machines = [self.state.machines[sid] for sid in ids]
-        stuck = [m.system_id for m in machines
-                 if m.status not in RELEASABLE and m.status not in (S.READY, S.RELEASING)]
+        stuck = [m.system_id for m in machines if m.status not in RELEASABLE and m.status not in (S.READY, S.RELEASING)]
         if stuck:
             raise conflict(f"Machine(s) cannot be released in their current state: {', '.join(stuck)}.")
         for m in machines:
@@ -515,13 +671,13 @@ class Api:
         return [m.system_id for m in machines]
 
     def machines_list_allocated(self, req: Request) -> Any:
-        return [self._mj(m) for m in sorted(self.state.machines.values(), key=lambda m: m.id)
-                if m.owner == USER]
+        return [self._mj(m) for m in sorted(self.state.machines.values(), key=lambda m: m.id) if m.owner == USER]
 
     def machines_power_parameters(self, req: Request) -> Any:
         ids = set(req.query.getlist("id"))
-        return {m.system_id: dict(m.power_parameters) for m in self.state.machines.values()
-                if not ids or m.system_id in ids}
+        return {
+            m.system_id: dict(m.power_parameters) for m in self.state.machines.values() if not ids or m.system_id in ids
+        }
 
     # --- machines/{id}/ ------------------------------------------------------------------------
     def machine_read(self, req: Request, system_id: str) -> Any:
@@ -575,8 +731,9 @@ class Api:
         image = self.state.find_image(series)
         if image is None:
             choices = ", ".join(f"'{c}'" for c in ["", *sorted(i.series for i in self.state.images)])
-            raise bad_request({"distro_series": [
-                f"'{series}' is not a valid distro_series.  It should be one of: {choices}."]})
+            raise bad_request(
+                {"distro_series": [f"'{series}' is not a valid distro_series.  It should be one of: {choices}."]}
+            )
         m.osystem, m.distro_series = image.osystem, image.release
         version = model.UBUNTU_VERSIONS.get(image.release) if image.osystem == "ubuntu" else None
         m.hwe_kernel = f"ga-{version}" if version else None
@@ -613,8 +770,7 @@ class Api:
         for flag in ("enable_ssh", "skip_bmc_config", "skip_storage"):
             parse_bool(d.get(flag), flag)
         if m.status not in ACTIONS["commission"]:
-            raise bad_request({"__all__": [
-                "Commission is not available because of the current state of the node."]})
+            raise bad_request({"__all__": ["Commission is not available because of the current state of the node."]})
         self.life.start_commissioning(m, skip_networking=skip_networking)
         return self._mj(m)
 
@@ -659,8 +815,11 @@ class Api:
     def machine_mark_broken(self, req: Request, system_id: str) -> Any:
         m = self._machine(system_id)
         if m.owner != USER:
-            raise ApiError(403, "You do not have permission to mark this machine broken: "
-                                "only its owner can (MAAS checks ownership even for admins).")
+            raise ApiError(
+                403,
+                "You do not have permission to mark this machine broken: "
+                "only its owner can (MAAS checks ownership even for admins).",
+            )
         comment = req.body.get("comment") or req.body.get("error_description") or ""
         self.life.mark_broken(m, comment)
         return self._mj(m)
@@ -702,8 +861,14 @@ class Api:
                     if link.default_gateway and sn.gateway_ip:
                         entry["gateway"] = sn.gateway_ip
                     subnets.append(entry)
-            e: dict[str, Any] = {"id": iface.name, "name": iface.name, "type": iface.type,
-                                 "mac_address": iface.mac, "mtu": iface.mtu, "subnets": subnets}
+            e: dict[str, Any] = {
+                "id": iface.name,
+                "name": iface.name,
+                "type": iface.type,
+                "mac_address": iface.mac,
+                "mtu": iface.mtu,
+                "subnets": subnets,
+            }
             if iface.type == "bond":
                 e["bond_interfaces"] = sorted(m.interfaces[p].name for p in iface.parents)
                 e["params"] = {k.replace("_", "-"): v for k, v in dict(iface.params).items()}
@@ -716,8 +881,7 @@ class Api:
     # --- interfaces ------------------------------------------------------------------------------
     def _check_editable(self, m: Machine, operation: str, extra: tuple[NodeStatus, ...] = ()) -> None:
         if m.status not in ACTIONS["edit_interfaces"] and m.status not in extra:
-            raise conflict(f"Cannot {operation} interface because the machine is not New, "
-                           "Ready, Allocated, or Broken.")
+            raise conflict(f"Cannot {operation} interface because the machine is not New, Ready, Allocated, or Broken.")
 
     def interfaces_read(self, req: Request, system_id: str) -> Any:
         m = self._machine(system_id, "Node")
@@ -738,13 +902,15 @@ class Api:
             iface = m.interfaces.get(int(raw)) if raw.strip().isdigit() else None
             if iface is None:
                 errors.setdefault("parents", []).append(
-                    f"Select a valid choice. {raw} is not one of the available choices.")
+                    f"Select a valid choice. {raw} is not one of the available choices."
+                )
                 continue
             if iface.type != "physical":
                 errors.setdefault("parents", []).append(f"{iface.name} is not a physical interface.")
             elif any(iface.id in other.parents for other in m.interfaces.values()):
                 errors.setdefault("parents", []).append(
-                    f"Interface {iface.name} is already in use by another interface.")
+                    f"Interface {iface.name} is already in use by another interface."
+                )
             parent_ids.append(iface.id)
         if not d.getlist("parents"):
             errors["parents"] = ["A bond interface must have one or more parents."]
@@ -777,9 +943,16 @@ class Api:
             p.links = []
             p.vlan_id = vlan_id
         iid = self.state.new_iface_id()
-        bond = Interface(iid, name, "bond", normalize_mac(mac) if mac else parents[0].mac, vlan_id,
-                         parents=parent_ids, params=params,
-                         mtu=parse_int(d.get("mtu"), "mtu") or 1500)
+        bond = Interface(
+            iid,
+            name,
+            "bond",
+            normalize_mac(mac) if mac else parents[0].mac,
+            vlan_id,
+            parents=parent_ids,
+            params=params,
+            mtu=parse_int(d.get("mtu"), "mtu") or 1500,
+        )
         bond.tags = sorted(_multi(d.getlist("tags")))
         m.interfaces[iid] = bond
         return self._ij(m, bond)
@@ -833,8 +1006,11 @@ class Api:
             return self._ij(m, iface)
         if vlan_id != "unchanged" and vlan_id != iface.vlan_id:
             iface.vlan_id = vlan_id  # type: ignore[assignment]
-            iface.links = [link for link in iface.links if link.subnet_id is not None
-                           and self.state.subnets[link.subnet_id].vlan_id == vlan_id]
+            iface.links = [
+                link
+                for link in iface.links
+                if link.subnet_id is not None and self.state.subnets[link.subnet_id].vlan_id == vlan_id
+            ]
         if mtu is not None:
             iface.mtu = mtu
         if link_connected is not None:
@@ -886,9 +1062,11 @@ class Api:
         if subnet is not None and not force and iface.vlan_id is not None and subnet.vlan_id != iface.vlan_id:
             errors["subnet"] = [f"Subnet {subnet.cidr} is not on the same VLAN as the interface."]
         if mode == "link_up" and iface.links and not force:
-            errors["mode"] = ["Cannot configure interface to link up (with no IP address) while other "
-                              "links are already configured. Specify force=True to override this "
-                              "behavior and delete all links."]
+            errors["mode"] = [
+                "Cannot configure interface to link up (with no IP address) while other "
+                "links are already configured. Specify force=True to override this "
+                "behavior and delete all links."
+            ]
         if mode == "dhcp" and not force and any(link.mode == "dhcp" for link in iface.links):
             errors["mode"] = ["Interface already has a link to DHCP."]
         ip = d.get("ip_address")
@@ -901,9 +1079,10 @@ class Api:
                 hosts = list(subnet.network.hosts())
                 if addr not in subnet.network:
                     errors["ip_address"] = [f"IP address is not in the given subnet '{subnet.cidr}'."]
-                elif addr in hosts[subnet.dynamic_from - 1:]:
-                    errors["ip_address"] = [f"IP address is inside a dynamic range "
-                                            f"{hosts[subnet.dynamic_from - 1]} to {hosts[-1]}."]
+                elif addr in hosts[subnet.dynamic_from - 1 :]:
+                    errors["ip_address"] = [
+                        f"IP address is inside a dynamic range {hosts[subnet.dynamic_from - 1]} to {hosts[-1]}."
+                    ]
                 elif ip in self.state.used_ips(subnet) or ip == subnet.gateway_ip:
                     errors["ip_address"] = [f"IP address {ip} is already in use."]
         default_gw = parse_bool(d.get("default_gateway"), "default_gateway")
@@ -924,8 +1103,13 @@ class Api:
             iface.vlan_id = subnet.vlan_id
         if mode != "link_up":
             iface.links = [link for link in iface.links if link.mode != "link_up"]
-        link = Link(self.state.new_link_id(), mode, subnet.id if subnet else None,
-                    ip if mode == "static" else None, default_gateway=default_gw)
+        link = Link(
+            self.state.new_link_id(),
+            mode,
+            subnet.id if subnet else None,
+            ip if mode == "static" else None,
+            default_gateway=default_gw,
+        )
         if default_gw:
             for other in m.interfaces.values():
                 for lk in other.links:
@@ -999,8 +1183,11 @@ class Api:
         kind = (req.query.get("type") or "").lower()
         if kind and kind not in ("synced", "uploaded", "generated"):
             raise bad_request(f"'{kind}' is not a valid type.")
-        return [model.image_json(i) for i in self.state.images
-                if not kind or (kind == "uploaded") == i.uploaded and kind != "generated"]
+        return [
+            model.image_json(i)
+            for i in self.state.images
+            if not kind or (kind == "uploaded") == i.uploaded and kind != "generated"
+        ]
 
     def boot_resource_read(self, req: Request, id: str) -> Any:
         img = next((i for i in self.state.images if str(i.id) == id), None)
@@ -1030,8 +1217,12 @@ class Api:
             raise bad_request({"name": ["Invalid character in tag name."]})
         if name in self.state.tags:
             raise bad_request({"name": ["Tag with this Name already exists."]})
-        tag = Tag(name, comment=d.get("comment") or "", definition=d.get("definition") or "",
-                  kernel_opts=d.get("kernel_opts") or "")
+        tag = Tag(
+            name,
+            comment=d.get("comment") or "",
+            definition=d.get("definition") or "",
+            kernel_opts=d.get("kernel_opts") or "",
+        )
         self.state.tags[name] = tag
         return model.tag_json(tag)
 
@@ -1079,8 +1270,7 @@ class Api:
 
     def tag_machines(self, req: Request, name: str) -> Any:
         tag = self._tag(name)
-        return [self._mj(m) for m in sorted(self.state.machines.values(), key=lambda m: m.id)
-                if tag.name in m.tags]
+        return [self._mj(m) for m in sorted(self.state.machines.values(), key=lambda m: m.id) if tag.name in m.tags]
 
 
 def _multi(values: list[str]) -> set[str]:
@@ -1094,4 +1284,4 @@ def _arch_matches(architecture: str, wanted: str) -> bool:
 
 def _power_params(d: Params) -> dict[str, str]:
     prefix = "power_parameters_"
-    return {k[len(prefix):]: d.get(k) or "" for k in d.keys() if k.startswith(prefix)}
+    return {k[len(prefix) :]: d.get(k) or "" for k in d.keys() if k.startswith(prefix)}

@@ -14,23 +14,32 @@ per-machine queue so that one machine's power actions happen in the order MAAS a
 follows). Every status change bumps ``Machine.gen``; a timer or power callback that belongs to
 an older phase sees a different generation and does nothing.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from lab.maas import preseed
-from lab.maas.model import (
-    SCRIPT_FAILED, SCRIPT_PASSED, SCRIPT_RUNNING, USER, Interface, Link, Machine, State,
+from metalflow.lab.maas import preseed
+from metalflow.lab.maas.model import (
+    SCRIPT_FAILED,
+    SCRIPT_PASSED,
+    SCRIPT_RUNNING,
+    USER,
+    Interface,
+    Link,
+    Machine,
+    State,
 )
-from lab.maas.status import PHASES, NodeStatus, can_move
-from lab.maas.world import MachineHooks, PowerDriver
-from lab.scheduler import Scheduler
-from lab.spec import Timing
+from metalflow.lab.maas.status import PHASES, NodeStatus, can_move
+from metalflow.lab.maas.world import MachineHooks, PowerDriver
+from metalflow.lab.scheduler import Scheduler
+from metalflow.lab.spec import Timing
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +67,18 @@ class Phase:
 
 
 class Lifecycle:
-    def __init__(self, state: State, lock: threading.RLock, *, timing: Timing, power: PowerDriver,
-                 hooks: MachineHooks | None, preseed_dir: str, preseed_context: Callable[[Machine], dict],
-                 workers: int = 32):
+    def __init__(
+        self,
+        state: State,
+        lock: threading.RLock,
+        *,
+        timing: Timing,
+        power: PowerDriver,
+        hooks: MachineHooks | None,
+        preseed_dir: str,
+        preseed_context: Callable[[Machine], dict],
+        workers: int = 32,
+    ):
         self.state = state
         self.lock = lock
         self.timing = timing
@@ -159,8 +177,9 @@ class Lifecycle:
             except Exception:
                 log.exception("machine %s: background work failed", sid)
 
-    def power_action(self, m: Machine, action: str, *, soft: bool = False,
-                     then: Callable[[Machine, str | None], None] | None = None) -> None:
+    def power_action(
+        self, m: Machine, action: str, *, soft: bool = False, then: Callable[[Machine, str | None], None] | None = None
+    ) -> None:
         """Queue a BMC power action; ``then(machine, error)`` runs under the lock afterwards if
         the machine is still in the same phase. Manual power does nothing (MAAS's manual driver)."""
         sid, gen = m.system_id, m.gen
@@ -175,7 +194,7 @@ class Lifecycle:
                         self.power.power_on(params)
                     else:
                         self.power.power_off(params, soft=soft)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - reported as data
                     err = str(exc) or type(exc).__name__
             with self.lock:
                 m2 = self.state.machines.get(sid)
@@ -300,12 +319,13 @@ class Lifecycle:
             if hooks is not None:
                 try:
                     hooks.install(mac, image)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - reported as data
                     with self.lock:
                         m2 = self._current(sid, gen)
                         if m2 is not None:
-                            self.set_status(m2, S.FAILED_DEPLOYMENT,
-                                            f"Marking node failed - Installation failed: {exc}")
+                            self.set_status(
+                                m2, S.FAILED_DEPLOYMENT, f"Marking node failed - Installation failed: {exc}"
+                            )
                     return
             with self.lock:
                 m2 = self._current(sid, gen)
@@ -326,9 +346,14 @@ class Lifecycle:
                     link.ip = self.state.allocate_ip(self.state.subnets[link.subnet_id])
 
     def render_preseed(self, m: Machine) -> preseed.RenderedPreseed:
-        node = preseed.NodeView(system_id=m.system_id, hostname=m.hostname, fqdn=m.fqdn,
-                                architecture=m.architecture, osystem=m.osystem,
-                                distro_series=m.distro_series)
+        node = preseed.NodeView(
+            system_id=m.system_id,
+            hostname=m.hostname,
+            fqdn=m.fqdn,
+            architecture=m.architecture,
+            osystem=m.osystem,
+            distro_series=m.distro_series,
+        )
         return preseed.render(self.preseed_dir, node, self.preseed_context(m))
 
     # --- release and disk erasure ---------------------------------------------------------------
@@ -397,12 +422,13 @@ class Lifecycle:
             if hooks is not None:
                 try:
                     hooks.wipe(mac)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - reported as data
                     with self.lock:
                         m2 = self._current(sid, gen)
                         if m2 is not None:
-                            self.set_status(m2, S.FAILED_DISK_ERASING,
-                                            f"Marking node failed - Failed to erase disks: {exc}")
+                            self.set_status(
+                                m2, S.FAILED_DISK_ERASING, f"Marking node failed - Failed to erase disks: {exc}"
+                            )
                     return
             with self.lock:
                 m2 = self._current(sid, gen)
@@ -412,8 +438,11 @@ class Lifecycle:
         self.enqueue(sid, work)
 
     def erase_seconds(self, mode: str) -> float:
-        return {"erase": self.timing.erase, "quick_erase": self.timing.quick_erase,
-                "secure_erase": self.timing.secure_erase}[mode]
+        return {
+            "erase": self.timing.erase,
+            "quick_erase": self.timing.quick_erase,
+            "secure_erase": self.timing.secure_erase,
+        }[mode]
 
     # --- the physical world reports in ------------------------------------------------------------
     def on_netboot(self, mac: str, hardware: dict[str, Any]) -> str | None:
@@ -472,8 +501,14 @@ class Lifecycle:
             m.previous_status = S.DEPLOYED
             self.set_status(m, S.BROKEN, message)
         else:
-            releasable = m.status in (S.ALLOCATED, S.RESERVED, S.DEPLOYING, S.FAILED_DEPLOYMENT,
-                                      S.FAILED_DISK_ERASING, S.FAILED_RELEASING)
+            releasable = m.status in (
+                S.ALLOCATED,
+                S.RESERVED,
+                S.DEPLOYING,
+                S.FAILED_DEPLOYMENT,
+                S.FAILED_DISK_ERASING,
+                S.FAILED_RELEASING,
+            )
             m.previous_status = None
             self.set_status(m, S.BROKEN, message)
             if releasable:

@@ -2,6 +2,7 @@
 JSON MAAS renders for each (same keys and value types as real MAAS answers, checked against
 the gomaasclient fixtures). Mutable on purpose: this is the simulator's database, guarded
 by the simulator's lock; nothing here does I/O."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -11,32 +12,83 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from lab.maas.status import NodeStatus
+from metalflow.lab.maas.status import NodeStatus
 
 API = "/MAAS/api/2.0"
 USER = "admin"
 RACK_ID = "rack01"
-DOMAIN = {"authoritative": True, "ttl": None, "name": "maas", "resource_record_count": 0,
-          "id": 0, "is_default": True, "resource_uri": f"{API}/domains/0/"}
+DOMAIN = {
+    "authoritative": True,
+    "ttl": None,
+    "name": "maas",
+    "resource_record_count": 0,
+    "id": 0,
+    "is_default": True,
+    "resource_uri": f"{API}/domains/0/",
+}
 ZONE = {"name": "default", "description": "", "id": 1, "resource_uri": f"{API}/zones/default/"}
-POOL = {"name": "default", "description": "Default pool", "id": 0,
-        "resource_uri": f"{API}/resourcepool/0/"}
+POOL = {"name": "default", "description": "Default pool", "id": 0, "resource_uri": f"{API}/resourcepool/0/"}
 
 MAC_RE = re.compile(r"^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$")
-BOND_MODES = ("balance-rr", "active-backup", "balance-xor", "broadcast", "802.3ad",
-              "balance-tlb", "balance-alb")
+BOND_MODES = ("balance-rr", "active-backup", "balance-xor", "broadcast", "802.3ad", "balance-tlb", "balance-alb")
 UBUNTU_VERSIONS = {"focal": "20.04", "jammy": "22.04", "noble": "24.04", "bionic": "18.04"}
 
 # Script result statuses MAAS shows as commissioning_status / *_test_status.
 SCRIPT_UNKNOWN, SCRIPT_RUNNING, SCRIPT_PASSED, SCRIPT_FAILED = -1, 1, 2, 3
 SCRIPT_NAMES = {-1: "Unknown", 1: "Running", 2: "Passed", 3: "Failed"}
 
-_ADJECTIVES = ("able", "brave", "calm", "clever", "eager", "fair", "gentle", "happy", "jolly",
-               "keen", "lively", "noble", "proud", "quick", "sharp", "smart", "steady", "swift",
-               "tidy", "witty", "causal", "bold", "crisp", "fresh")
-_ANIMALS = ("ant", "bat", "cat", "crab", "deer", "eagle", "fox", "gnu", "hare", "ibis", "koala",
-            "lark", "mole", "newt", "otter", "quagga", "robin", "seal", "toad", "vole", "wren",
-            "yak", "zebra", "lynx")
+_ADJECTIVES = (
+    "able",
+    "brave",
+    "calm",
+    "clever",
+    "eager",
+    "fair",
+    "gentle",
+    "happy",
+    "jolly",
+    "keen",
+    "lively",
+    "noble",
+    "proud",
+    "quick",
+    "sharp",
+    "smart",
+    "steady",
+    "swift",
+    "tidy",
+    "witty",
+    "causal",
+    "bold",
+    "crisp",
+    "fresh",
+)
+_ANIMALS = (
+    "ant",
+    "bat",
+    "cat",
+    "crab",
+    "deer",
+    "eagle",
+    "fox",
+    "gnu",
+    "hare",
+    "ibis",
+    "koala",
+    "lark",
+    "mole",
+    "newt",
+    "otter",
+    "quagga",
+    "robin",
+    "seal",
+    "toad",
+    "vole",
+    "wren",
+    "yak",
+    "zebra",
+    "lynx",
+)
 _SID_CHARS = "abcdefghkmnpqrstwxy345678"
 
 
@@ -228,8 +280,7 @@ class State:
             self.vlans[vlan_id] = Vlan(vlan_id, vid, 0, str(vid), dhcp_on=(n == 0))
             octet = vid % 256
             cidr = f"10.{octet}.0.0/24"
-            self.subnets[n + 1] = Subnet(n + 1, cidr, vlan_id, f"10.{octet}.0.1", name=cidr,
-                                         dns_servers=[])
+            self.subnets[n + 1] = Subnet(n + 1, cidr, vlan_id, f"10.{octet}.0.1", name=cidr, dns_servers=[])
         self.pxe_vlan_id = 5002
         self.pxe_subnet_id = 1
 
@@ -279,8 +330,11 @@ class State:
 
     def used_ips(self, subnet: Subnet) -> set[str]:
         return {
-            link.ip for m in self.machines.values() for i in m.interfaces.values()
-            for link in i.links if link.subnet_id == subnet.id and link.ip
+            link.ip
+            for m in self.machines.values()
+            for i in m.interfaces.values()
+            for link in i.links
+            if link.subnet_id == subnet.id and link.ip
         }
 
     # --- ids -----------------------------------------------------------------------------
@@ -371,8 +425,13 @@ def subnet_json(state: State, subnet: Subnet) -> dict[str, Any]:
 
 def fabric_json(state: State, fabric: Fabric) -> dict[str, Any]:
     vlans = [vlan_json(state, v) for v in state.vlans.values() if v.fabric_id == fabric.id]
-    return {"id": fabric.id, "name": fabric.name, "class_type": None, "vlans": vlans,
-            "resource_uri": f"{API}/fabrics/{fabric.id}/"}
+    return {
+        "id": fabric.id,
+        "name": fabric.name,
+        "class_type": None,
+        "vlans": vlans,
+        "resource_uri": f"{API}/fabrics/{fabric.id}/",
+    }
 
 
 def link_json(state: State, link: Link) -> dict[str, Any]:
@@ -423,7 +482,7 @@ def _disk(m: Machine) -> dict[str, Any]:
         "model": "LABDISK",
         "serial": f"LAB{m.id:08d}",
         "id_path": f"/dev/disk/by-id/wwn-0x5000c500{m.id:08x}",
-        "path": f"/dev/disk/by-dname/sda",
+        "path": "/dev/disk/by-dname/sda",
         "size": size,
         "block_size": 512,
         "available_size": size,
@@ -443,9 +502,17 @@ def _disk(m: Machine) -> dict[str, Any]:
 
 
 def _hardware_info() -> dict[str, str]:
-    keys = ("system_vendor", "system_product", "system_version", "system_serial", "cpu_model",
-            "mainboard_vendor", "mainboard_product", "mainboard_firmware_version",
-            "mainboard_firmware_date")
+    keys = (
+        "system_vendor",
+        "system_product",
+        "system_version",
+        "system_serial",
+        "cpu_model",
+        "mainboard_vendor",
+        "mainboard_product",
+        "mainboard_firmware_version",
+        "mainboard_firmware_date",
+    )
     return {k: "Unknown" for k in keys}
 
 
@@ -534,7 +601,8 @@ def image_json(img: Image, *, with_sets: bool = False) -> dict[str, Any]:
         "type": "Uploaded" if img.uploaded else "Synced",
         "name": img.name,
         "architecture": img.architecture,
-        "subarches": "generic" if not img.architecture.startswith("amd64/ga-")
+        "subarches": "generic"
+        if not img.architecture.startswith("amd64/ga-")
         else f"generic,{img.architecture.split('/')[1]}",
         "last_deployed": None,
         "resource_uri": f"{API}/boot-resources/{img.id}/",
@@ -546,15 +614,29 @@ def image_json(img: Image, *, with_sets: bool = False) -> dict[str, Any]:
         size = 935047294
         out["sets"] = {
             "20240101": {
-                "version": "20240101", "label": "uploaded" if img.uploaded else "stable",
-                "size": size, "complete": True,
-                "files": {"root.tgz": {"filename": "root.tgz", "filetype": "root-tgz",
-                                       "sha256": f"{img.id:064x}", "size": size, "complete": True}},
+                "version": "20240101",
+                "label": "uploaded" if img.uploaded else "stable",
+                "size": size,
+                "complete": True,
+                "files": {
+                    "root.tgz": {
+                        "filename": "root.tgz",
+                        "filetype": "root-tgz",
+                        "sha256": f"{img.id:064x}",
+                        "size": size,
+                        "complete": True,
+                    }
+                },
             }
         }
     return out
 
 
 def tag_json(tag: Tag) -> dict[str, Any]:
-    return {"name": tag.name, "definition": tag.definition, "comment": tag.comment,
-            "kernel_opts": tag.kernel_opts, "resource_uri": f"{API}/tags/{tag.name}/"}
+    return {
+        "name": tag.name,
+        "definition": tag.definition,
+        "comment": tag.comment,
+        "kernel_opts": tag.kernel_opts,
+        "resource_uri": f"{API}/tags/{tag.name}/",
+    }

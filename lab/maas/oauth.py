@@ -16,6 +16,7 @@ One deliberate difference: MAAS's "Invalid signature" message goes on with the e
 signature base string, which for PLAINTEXT is the token secret itself; the lab stops at
 ``Invalid signature.`` so that no secret ever appears in an error.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -23,8 +24,14 @@ import threading
 import time
 from urllib.parse import quote, unquote
 
-REQUIRED = ("oauth_consumer_key", "oauth_token", "oauth_signature", "oauth_signature_method",
-            "oauth_timestamp", "oauth_nonce")
+REQUIRED = (
+    "oauth_consumer_key",
+    "oauth_token",
+    "oauth_signature",
+    "oauth_signature_method",
+    "oauth_timestamp",
+    "oauth_nonce",
+)
 TIMESTAMP_WINDOW = 300
 CHALLENGE = {"WWW-Authenticate": 'OAuth realm="OAuth"'}
 
@@ -44,7 +51,7 @@ def parse_header(value: str) -> dict[str, str] | None:
     if not value.startswith("OAuth"):
         return None
     params: dict[str, str] = {}
-    for part in value[len("OAuth"):].split(","):
+    for part in value[len("OAuth") :].split(","):
         key, sep, val = part.strip().partition("=")
         if not sep:
             continue
@@ -62,8 +69,9 @@ def _escape(s: str) -> str:
 class OAuthVerifier:
     """Checks requests against one API key (``consumer:token:secret``); keeps the nonces."""
 
-    def __init__(self, consumer_key: str, token_key: str, token_secret: str,
-                 *, window: int = TIMESTAMP_WINDOW, clock=time.time):
+    def __init__(
+        self, consumer_key: str, token_key: str, token_secret: str, *, window: int = TIMESTAMP_WINDOW, clock=time.time
+    ):
         self._consumer = consumer_key
         self._token = token_key
         self._expected_sig = f"{_escape('')}&{_escape(token_secret)}"
@@ -92,8 +100,10 @@ class OAuthVerifier:
         now = self._clock()
         stamp = int(params["oauth_timestamp"])
         if abs(now - stamp) > self._window:
-            raise self._error(f"Expired timestamp: given {stamp} and now {int(now)} has a greater "
-                              f"difference than threshold {self._window}")
+            raise self._error(
+                f"Expired timestamp: given {stamp} and now {int(now)} has a greater "
+                f"difference than threshold {self._window}"
+            )
         self._check_nonce(params["oauth_consumer_key"], params["oauth_token"], params["oauth_nonce"], now)
         if not hmac.compare_digest(params["oauth_signature"].encode(), self._expected_sig.encode()):
             raise self._error("Invalid signature.")
@@ -125,5 +135,6 @@ def _is_int(value: str) -> bool:
 
 
 def _bad_timestamp_message() -> str:
-    return repr("Bad Request: the following problems were found among the auth params: "
-                "('oauth_timestamp', 'unexpected type')")
+    return repr(
+        "Bad Request: the following problems were found among the auth params: ('oauth_timestamp', 'unexpected type')"
+    )

@@ -17,15 +17,17 @@ rendered with Tempita and must be a YAML mapping; MAAS checks that at ``deploy``
 broken preseed answers ``400 Failed to render preseed: ...``) and again when the node asks
 for its config.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
-from lab.maas.tempita import SafeObject, Template, TemplateError
+from metalflow.lab.maas.tempita import SafeObject, Template, TemplateError
 
 PREFIX = "curtin_userdata"
 
@@ -85,8 +87,9 @@ class NodeView(SafeObject):
 
     SAFE_METHODS = frozenset({"get_distro_series", "get_osystem"})
 
-    def __init__(self, *, system_id: str, hostname: str, fqdn: str, architecture: str,
-                 osystem: str, distro_series: str):
+    def __init__(
+        self, *, system_id: str, hostname: str, fqdn: str, architecture: str, osystem: str, distro_series: str
+    ):
         self.system_id = system_id
         self.hostname = hostname
         self.fqdn = fqdn

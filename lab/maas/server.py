@@ -6,6 +6,7 @@ without its trailing slash that would match with one gets Django's APPEND_SLASH 
 ``301`` to the slashed URL (a client that follows it re-sends a POST as GET, losing the body,
 which is why MAAS clients always send the slash). Every answer carries ``X-MAAS-API-Hash``.
 """
+
 from __future__ import annotations
 
 import email.parser
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
-from lab.maas.api import Api, ApiError, Params, Request, Response, match_route
-from lab.maas.oauth import CHALLENGE, AuthFailure, OAuthVerifier
+from metalflow.lab.maas.api import Api, ApiError, Params, Request, Response, match_route
+from metalflow.lab.maas.oauth import CHALLENGE, AuthFailure, OAuthVerifier
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ def parse_body(content_type: str, body: bytes) -> Params:
         return Params(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
     if ctype == "multipart/form-data":
         msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+        )
         pairs = []
         for part in msg.iter_parts():
             name = part.get_param("name", header="content-disposition")
@@ -60,8 +62,9 @@ class MaasHttpServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 256
 
-    def __init__(self, address: tuple[str, int], api: Api, verifier: OAuthVerifier,
-                 faults: Faults, faults_lock: threading.Lock):
+    def __init__(
+        self, address: tuple[str, int], api: Api, verifier: OAuthVerifier, faults: Faults, faults_lock: threading.Lock
+    ):
         self.api = api
         self.verifier = verifier
         self.faults = faults
@@ -78,11 +81,14 @@ class MaasHttpServer(ThreadingHTTPServer):
             if f.count == 0:
                 f.mode = "none"
         if mode == "503":
-            return Response.text(503, "Unable to connect to any rack controller: the region is busy.",
-                                 **{"Retry-After": str(retry)})
-        html = ("<html><head><title>409 Conflict</title></head><body><h1>Conflict</h1>"
-                "<p>The request could not be completed: a database conflict persisted after "
-                "retrying. Try again.</p></body></html>")
+            return Response.text(
+                503, "Unable to connect to any rack controller: the region is busy.", **{"Retry-After": str(retry)}
+            )
+        html = (
+            "<html><head><title>409 Conflict</title></head><body><h1>Conflict</h1>"
+            "<p>The request could not be completed: a database conflict persisted after "
+            "retrying. Try again.</p></body></html>"
+        )
         return Response(409, html.encode(), "text/html; charset=utf-8", {"Retry-After": str(retry)})
 
     def handle_request_bytes(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Response:
@@ -96,7 +102,7 @@ class MaasHttpServer(ThreadingHTTPServer):
             if path + "/" == PREFIX:
                 return _redirect(headers.get("host", ""), PREFIX, split.query)
             return _not_found(path)
-        rel = path[len(PREFIX):]
+        rel = path[len(PREFIX) :]
         found = match_route(rel)
         if found is None:
             if not rel.endswith("/") and match_route(rel + "/") is not None:
@@ -112,9 +118,12 @@ class MaasHttpServer(ThreadingHTTPServer):
             fault = self.take_fault()
             if fault is not None:
                 return fault
-        req = Request(method, rel, Params(parse_qsl(split.query, keep_blank_values=True)),
-                      parse_body(headers.get("content-type", ""), body)
-                      if method in ("POST", "PUT") else Params())
+        req = Request(
+            method,
+            rel,
+            Params(parse_qsl(split.query, keep_blank_values=True)),
+            parse_body(headers.get("content-type", ""), body) if method in ("POST", "PUT") else Params(),
+        )
         try:
             return self.api.dispatch(route, req, args)
         except ApiError as exc:
@@ -173,9 +182,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD" and resp.body:
             self.wfile.write(resp.body)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _serve  # noqa: N815
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _serve
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
 
@@ -183,4 +192,3 @@ def serve_forever_in_thread(server: MaasHttpServer, name: str) -> threading.Thre
     t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=name, daemon=True)
     t.start()
     return t
-

@@ -1,4 +1,5 @@
 """``MaasSim``: a MAAS region controller over HTTP, for the lab and the tests."""
+
 from __future__ import annotations
 
 import logging
@@ -8,16 +9,16 @@ import tempfile
 import threading
 from typing import Any
 
-from lab.maas import model
-from lab.maas.api import Api
-from lab.maas.lifecycle import FAULT_PHASES, Lifecycle
-from lab.maas.model import Machine, State, normalize_mac, valid_mac
-from lab.maas.oauth import OAuthVerifier
-from lab.maas.preseed import iter_existing
-from lab.maas.server import Faults, MaasHttpServer, serve_forever_in_thread
-from lab.maas.status import NodeStatus
-from lab.maas.world import MachineHooks, PowerDriver
-from lab.spec import MaasSpec, Timing
+from metalflow.lab.maas import model
+from metalflow.lab.maas.api import Api
+from metalflow.lab.maas.lifecycle import FAULT_PHASES, Lifecycle
+from metalflow.lab.maas.model import Machine, State, normalize_mac, valid_mac
+from metalflow.lab.maas.oauth import OAuthVerifier
+from metalflow.lab.maas.preseed import iter_existing
+from metalflow.lab.maas.server import Faults, MaasHttpServer, serve_forever_in_thread
+from metalflow.lab.maas.status import NodeStatus
+from metalflow.lab.maas.world import MachineHooks, PowerDriver
+from metalflow.lab.spec import MaasSpec, Timing
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,15 @@ class MaasSim:
     ``hooks``. Faults (``set_fault``, ``fail_next``, ``set_delay``) are the lab's knobs.
     """
 
-    def __init__(self, spec: MaasSpec, *, timing: Timing, power: PowerDriver,
-                 hooks: MachineHooks | None = None, seed: int | None = None):
+    def __init__(
+        self,
+        spec: MaasSpec,
+        *,
+        timing: Timing,
+        power: PowerDriver,
+        hooks: MachineHooks | None = None,
+        seed: int | None = None,
+    ):
         self.spec = spec
         self.timing = timing
         self.power = power
@@ -44,8 +52,15 @@ class MaasSim:
         self._faults = Faults()
         self._faults_lock = threading.Lock()
         self.state = State(pxe_vid=spec.pxe_vlan, images=spec.images, seed=seed)
-        self._life = Lifecycle(self.state, self._lock, timing=timing, power=power, hooks=hooks,
-                               preseed_dir=self.preseed_dir, preseed_context=self._preseed_context)
+        self._life = Lifecycle(
+            self.state,
+            self._lock,
+            timing=timing,
+            power=power,
+            hooks=hooks,
+            preseed_dir=self.preseed_dir,
+            preseed_context=self._preseed_context,
+        )
         self._api = Api(self.state, self._lock, self._life, base_url=lambda: self.url)
         self._verifier = OAuthVerifier(spec.consumer_key, spec.token_key, spec.token_secret)
         self._server: MaasHttpServer | None = None
@@ -65,8 +80,9 @@ class MaasSim:
     def start(self) -> None:
         if self._server is not None:
             return
-        self._server = MaasHttpServer((self.spec.address, self.spec.port), self._api,
-                                      self._verifier, self._faults, self._faults_lock)
+        self._server = MaasHttpServer(
+            (self.spec.address, self.spec.port), self._api, self._verifier, self._faults, self._faults_lock
+        )
         self._port = self._server.server_address[1]
         self._thread = serve_forever_in_thread(self._server, f"maas-http-{self._port}")
         log.info("MAAS simulator listening on %s", self.url)
@@ -83,7 +99,7 @@ class MaasSim:
         if self._own_preseed_dir:
             shutil.rmtree(self.preseed_dir, ignore_errors=True)
 
-    def __enter__(self) -> "MaasSim":
+    def __enter__(self) -> MaasSim:
         self.start()
         return self
 
@@ -98,10 +114,19 @@ class MaasSim:
         return self._life.on_netboot(mac, hardware)
 
     # --- lab preload ----------------------------------------------------------------------------
-    def add_machine(self, hostname: str, macs: list[str], power_parameters: dict, *,
-                    status: int = NodeStatus.READY, cpu_count: int = 16, memory: int = 65536,
-                    architecture: str = "amd64/generic", power_type: str = "ipmi",
-                    distro_series: str = "ubuntu/jammy") -> str:
+    def add_machine(
+        self,
+        hostname: str,
+        macs: list[str],
+        power_parameters: dict,
+        *,
+        status: int = NodeStatus.READY,
+        cpu_count: int = 16,
+        memory: int = 65536,
+        architecture: str = "amd64/generic",
+        power_type: str = "ipmi",
+        distro_series: str = "ubuntu/jammy",
+    ) -> str:
         """Preload a machine as if it had been enlisted and commissioned; returns its system_id.
         Owned statuses (Allocated, Deployed...) get the API user as owner; Deployed gets
         ``distro_series`` as its OS."""
@@ -116,15 +141,24 @@ class MaasSim:
             if taken:
                 raise ValueError(f"add_machine {hostname}: MAC(s) already in use: {', '.join(taken)}")
             m = self._api.create_machine(
-                hostname=hostname, macs=list(macs), architecture=architecture, power_type=power_type,
+                hostname=hostname,
+                macs=list(macs),
+                architecture=architecture,
+                power_type=power_type,
                 power_parameters={k: str(v) for k, v in power_parameters.items()},
-                cpu_count=cpu_count, memory=memory)
+                cpu_count=cpu_count,
+                memory=memory,
+            )
             self._life.place(m, status, status.label)
             m.power_state = "off"
             if status != NodeStatus.NEW:
                 m.commissioning_status = model.SCRIPT_PASSED
-            if status in (NodeStatus.ALLOCATED, NodeStatus.DEPLOYING, NodeStatus.DEPLOYED,
-                          NodeStatus.FAILED_DEPLOYMENT):
+            if status in (
+                NodeStatus.ALLOCATED,
+                NodeStatus.DEPLOYING,
+                NodeStatus.DEPLOYED,
+                NodeStatus.FAILED_DEPLOYMENT,
+            ):
                 m.owner = model.USER
             if status == NodeStatus.DEPLOYED:
                 image = self.state.find_image(distro_series)
@@ -165,37 +199,66 @@ class MaasSim:
     # --- reading it all ------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            machines = [self._machine_summary(m) for m in
-                        sorted(self.state.machines.values(), key=lambda m: m.id)]
+            machines = [self._machine_summary(m) for m in sorted(self.state.machines.values(), key=lambda m: m.id)]
             fail_next = dict(self._life.fail_counts)
             tags = sorted(self.state.tags)
         with self._faults_lock:
-            faults = {"mode": self._faults.mode, "count": self._faults.count,
-                      "retry_after": self._faults.retry_after, "delay": self._faults.delay}
-        return {"url": self.url, "machines": machines, "tags": tags, "faults": faults,
-                "fail_next": fail_next, "preseed_dir": self.preseed_dir,
-                "preseeds": list(iter_existing(self.preseed_dir))}
+            faults = {
+                "mode": self._faults.mode,
+                "count": self._faults.count,
+                "retry_after": self._faults.retry_after,
+                "delay": self._faults.delay,
+            }
+        return {
+            "url": self.url,
+            "machines": machines,
+            "tags": tags,
+            "faults": faults,
+            "fail_next": fail_next,
+            "preseed_dir": self.preseed_dir,
+            "preseeds": list(iter_existing(self.preseed_dir)),
+        }
 
     def _machine_summary(self, m: Machine) -> dict[str, Any]:
         st = self.state
         ifaces = []
         for i in m.interfaces.values():
             vlan = st.vlans.get(i.vlan_id) if i.vlan_id is not None else None
-            ifaces.append({
-                "id": i.id, "name": i.name, "type": i.type, "mac": i.mac,
-                "vlan": vlan.vid if vlan else None,
-                "parents": [m.interfaces[p].name for p in i.parents if p in m.interfaces],
-                "params": dict(i.params) if isinstance(i.params, dict) else {},
-                "links": [{"id": lk.id, "mode": lk.mode,
-                           "subnet": st.subnets[lk.subnet_id].cidr if lk.subnet_id else None,
-                           "ip": lk.ip} for lk in i.links],
-            })
+            ifaces.append(
+                {
+                    "id": i.id,
+                    "name": i.name,
+                    "type": i.type,
+                    "mac": i.mac,
+                    "vlan": vlan.vid if vlan else None,
+                    "parents": [m.interfaces[p].name for p in i.parents if p in m.interfaces],
+                    "params": dict(i.params) if isinstance(i.params, dict) else {},
+                    "links": [
+                        {
+                            "id": lk.id,
+                            "mode": lk.mode,
+                            "subnet": st.subnets[lk.subnet_id].cidr if lk.subnet_id else None,
+                            "ip": lk.ip,
+                        }
+                        for lk in i.links
+                    ],
+                }
+            )
         return {
-            "system_id": m.system_id, "hostname": m.hostname, "status": int(m.status),
-            "status_name": m.status.label, "status_message": m.status_message, "owner": m.owner,
-            "tags": sorted(m.tags), "osystem": m.osystem, "distro_series": m.distro_series,
-            "power_state": m.power_state, "power_type": m.power_type, "netboot": m.netboot,
-            "boot_mac": m.boot_mac, "interfaces": ifaces,
+            "system_id": m.system_id,
+            "hostname": m.hostname,
+            "status": int(m.status),
+            "status_name": m.status.label,
+            "status_message": m.status_message,
+            "owner": m.owner,
+            "tags": sorted(m.tags),
+            "osystem": m.osystem,
+            "distro_series": m.distro_series,
+            "power_state": m.power_state,
+            "power_type": m.power_type,
+            "netboot": m.netboot,
+            "boot_mac": m.boot_mac,
+            "interfaces": ifaces,
         }
 
     # --- preseed context ------------------------------------------------------------------------
@@ -231,4 +294,3 @@ class MaasSim:
                 "    type: webhook\n"
             ),
         }
-

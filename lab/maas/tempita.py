@@ -20,6 +20,7 @@ context, attribute and item access (no ``_`` names), comparisons, ``and``/``or``
 ``+``, ``%`` and calls of whitelisted functions and string/dict methods. Anything else is a
 ``TemplateError`` naming the line and column.
 """
+
 from __future__ import annotations
 
 import ast
@@ -27,8 +28,9 @@ import json
 import operator
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 _TAG = re.compile(r"\{\{(.*?)\}\}", re.S)
 _STATEMENT = re.compile(r"^(?:if\s|elif\s|for\s|default\s|py:)")
@@ -49,19 +51,52 @@ class Escape:
 ESCAPE = Escape()
 
 _SAFE_FUNCS: tuple[Callable[..., Any], ...] = (
-    str, int, len, bool, repr, sorted, list, dict, tuple, min, max, abs, shlex.quote, json.dumps,
+    str,
+    int,
+    len,
+    bool,
+    repr,
+    sorted,
+    list,
+    dict,
+    tuple,
+    min,
+    max,
+    abs,
+    shlex.quote,
+    json.dumps,
 )
 _SAFE_METHODS = {
-    str: {"splitlines", "strip", "lstrip", "rstrip", "split", "join", "lower", "upper",
-          "replace", "startswith", "endswith", "title", "capitalize"},
+    str: {
+        "splitlines",
+        "strip",
+        "lstrip",
+        "rstrip",
+        "split",
+        "join",
+        "lower",
+        "upper",
+        "replace",
+        "startswith",
+        "endswith",
+        "title",
+        "capitalize",
+    },
     dict: {"get", "items", "keys", "values"},
     list: {"index", "count"},
 }
 _BINOPS = {ast.Add: operator.add, ast.Mod: operator.mod, ast.Sub: operator.sub}
 _CMPOPS = {
-    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
-    ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Is: operator.is_, ast.IsNot: operator.is_not,
-    ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Is: operator.is_,
+    ast.IsNot: operator.is_not,
+    ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
 }
 
 
@@ -96,7 +131,7 @@ class _Expr:
     pos: _Pos
 
     @classmethod
-    def parse(cls, source: str, pos: _Pos) -> "_Expr":
+    def parse(cls, source: str, pos: _Pos) -> _Expr:
         try:
             tree = ast.parse(source.strip(), mode="eval").body
         except SyntaxError as exc:
@@ -108,7 +143,7 @@ class _Expr:
             return _eval(self.tree, ns)
         except TemplateError as exc:
             raise TemplateError(f"{exc} in {self.source!r} at {self.pos}") from None
-        except Exception as exc:  # a type error etc. inside an allowed operation
+        except Exception as exc:  # noqa: BLE001 - a type error etc. inside an allowed operation
             raise TemplateError(f"{type(exc).__name__}: {exc} in {self.source!r} at {self.pos}") from None
 
 
@@ -263,7 +298,7 @@ def _lex(src: str) -> list[tuple[str, str, int]]:
     kill: list[tuple[int, int]] = []  # source ranges removed by the whole-line rule
     for m in _TAG.finditer(src):
         if m.start() > last:
-            tokens.append(("text", src[last:m.start()], last))
+            tokens.append(("text", src[last : m.start()], last))
         content = m.group(1).strip()
         tokens.append(("tag", content, m.start()))
         last = m.end()
@@ -271,8 +306,8 @@ def _lex(src: str) -> list[tuple[str, str, int]]:
             line_start = src.rfind("\n", 0, m.start()) + 1
             nl = src.find("\n", m.end())
             line_end = len(src) if nl == -1 else nl + 1
-            before = src[line_start:m.start()]
-            after = src[m.end():line_end]
+            before = src[line_start : m.start()]
+            after = src[m.end() : line_end]
             if not before.strip() and not after.strip():
                 kill.append((line_start, line_end))
     if last < len(src):
@@ -316,7 +351,7 @@ def _parse(src: str) -> list[Any]:
             body.append(_Py(pos))
             continue
         word = content.split(None, 1)[0] if content else ""
-        rest = content[len(word):].strip()
+        rest = content[len(word) :].strip()
         if word == "if":
             node = _If()
             node.branches.append((_Expr.parse(rest, pos), []))
@@ -387,8 +422,9 @@ def _render(nodes: list[Any], ns: dict[str, Any], out: list[str]) -> None:
                 else:
                     values = tuple(item)
                     if len(values) != len(node.names):
-                        raise TemplateError(f"cannot unpack {len(values)} values into "
-                                            f"{len(node.names)} names at {node.iterable.pos}")
+                        raise TemplateError(
+                            f"cannot unpack {len(values)} values into {len(node.names)} names at {node.iterable.pos}"
+                        )
                     ns.update(zip(node.names, values))
                 _render(node.body, ns, out)
         elif isinstance(node, _Default):
@@ -409,7 +445,9 @@ class Template:
             raise TemplateError(f"{name}: {exc}") from None
 
     def substitute(self, **context: Any) -> str:
-        ns: dict[str, Any] = {f.__name__: f for f in _SAFE_FUNCS if isinstance(f, type) or f in (len, repr, sorted, min, max, abs)}
+        ns: dict[str, Any] = {
+            f.__name__: f for f in _SAFE_FUNCS if isinstance(f, type) or f in (len, repr, sorted, min, max, abs)
+        }
         ns.update({"escape": ESCAPE, "None": None, "True": True, "False": False})
         ns.update(context)
         out: list[str] = []

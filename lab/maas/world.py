@@ -6,13 +6,15 @@ run (``MaasSim.on_netboot``, called by the lab's world model). What the running 
 does on its own (curtin writing the disk, the installed system rebooting itself) is reported
 back to the world through ``MachineHooks``.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +98,9 @@ class IpmiPowerDriver:
         self._call(params, "power on", act)
 
     def power_off(self, params: dict, soft: bool = False) -> None:
-        self._call(params, "soft power off" if soft else "power off",
-                   lambda cmd: cmd.set_power("softoff" if soft else "off"))
+        self._call(
+            params, "soft power off" if soft else "power off", lambda cmd: cmd.set_power("softoff" if soft else "off")
+        )
 
     def query(self, params: dict) -> str:
         try:
@@ -121,7 +124,7 @@ class IpmiPowerDriver:
             raise PowerError(f"ipmi {what} on {target}: no answer within {self.timeout:g} s") from None
         except PowerError:
             raise
-        except Exception as exc:  # pyghmi raises IpmiException and plain errors alike
+        except Exception as exc:  # noqa: BLE001 - pyghmi raises IpmiException and plain errors alike
             raise PowerError(f"ipmi {what} on {target} failed: {exc}") from None
 
     @staticmethod
@@ -134,5 +137,5 @@ class IpmiPowerDriver:
         finally:
             try:
                 cmd.ipmi_session.logout()
-            except Exception:  # the session may already be broken
+            except Exception:  # noqa: BLE001 - the session may already be broken
                 pass

@@ -5,6 +5,7 @@ Dialects: ``force10`` (Dell FTOS/OS9, netmiko ``dell_force10``) and ``cisco_ios`
 ``PortVlans`` view of a port is what the lab's world model reads and what drift writes.
 See ``server.SwitchSim`` for the fault knobs and the dialect modules for the CLI rules.
 """
+
 from .core import FAULT_MODES
 from .dialect import dialect_for, dialects
 from .model import PortVlans

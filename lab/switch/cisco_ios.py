@@ -27,11 +27,13 @@ Please try later.`` ``copy running-config startup-config`` asks
 ``Destination filename [startup-config]?`` as IOS does (netmiko's default save is
 ``write mem``, which does not ask).
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .dialect import CONFIG, ENABLE, USER, CliError, Dialect
 from .grammar import Command, Line, Num, ParseError, Port, Token, VlanText, Word, cmd
@@ -53,12 +55,15 @@ IF = "if"
 VLAN = "vlan"
 
 PORT_TYPE = "GigabitEthernet"
-INTERFACE_TYPES = ("GigabitEthernet", "TenGigabitEthernet", "FastEthernet", "FortyGigabitEthernet",
-                   "TwentyFiveGigE")
-SHORT = {"GigabitEthernet": "Gi", "TenGigabitEthernet": "Te", "FastEthernet": "Fa",
-         "FortyGigabitEthernet": "Fo", "TwentyFiveGigE": "Twe"}
-RESERVED_VLANS = {1002: "fddi-default", 1003: "token-ring-default", 1004: "fddinet-default",
-                  1005: "trnet-default"}
+INTERFACE_TYPES = ("GigabitEthernet", "TenGigabitEthernet", "FastEthernet", "FortyGigabitEthernet", "TwentyFiveGigE")
+SHORT = {
+    "GigabitEthernet": "Gi",
+    "TenGigabitEthernet": "Te",
+    "FastEthernet": "Fa",
+    "FortyGigabitEthernet": "Fo",
+    "TwentyFiveGigE": "Twe",
+}
+RESERVED_VLANS = {1002: "fddi-default", 1003: "token-ring-default", 1004: "fddinet-default", 1005: "trnet-default"}
 ALL_VLANS = frozenset(range(VLAN_MIN, VLAN_MAX + 1))
 _JOINED = re.compile(r"^([A-Za-z][A-Za-z-]*?)(\d[\d/.:]*)$")
 
@@ -88,9 +93,7 @@ class CiscoIos(Dialect):
     netmiko_device_type = "cisco_ios"
     port_type = PORT_TYPE
     submodes = (IF, VLAN)
-    busy_lines = (
-        "% Configuration mode is locked by process '312' user 'netops' from terminal '2'. Please try later.",
-    )
+    busy_lines = ("% Configuration mode is locked by process '312' user 'netops' from terminal '2'. Please try later.",)
 
     # ---- grammar -------------------------------------------------------------------------
 
@@ -110,11 +113,11 @@ class CiscoIos(Dialect):
             cmd("show vlan id <vid>", "show_vlan_id", config=False, vid=Num(1, 4094)),
         ]
         for t in INTERFACE_TYPES:
-            cmds.append(cmd(f"show interfaces {t} <port> switchport", "show_switchport", config=False,
-                            port=Port(t)))
+            cmds.append(cmd(f"show interfaces {t} <port> switchport", "show_switchport", config=False, port=Port(t)))
             if privileged:
-                cmds.append(cmd(f"show running-config interface {t} <port>", "show_running_port",
-                                config=False, port=Port(t)))
+                cmds.append(
+                    cmd(f"show running-config interface {t} <port>", "show_running_port", config=False, port=Port(t))
+                )
         return cmds
 
     def config_commands(self) -> list[Command]:
@@ -161,7 +164,7 @@ class CiscoIos(Dialect):
         ]
 
     def split_token(self, tok: Token) -> Sequence[Token]:
-        """"Gi1/0/1" is two words to IOS: an interface type and its number."""
+        """ "Gi1/0/1" is two words to IOS: an interface type and its number."""
         m = _JOINED.match(tok.text)
         if m and len(m.group(1)) >= 2 and any(t.lower().startswith(m.group(1).lower()) for t in INTERFACE_TYPES):
             return (Token(m.group(1), tok.col), Token(m.group(2), tok.col + len(m.group(1))))
@@ -198,20 +201,20 @@ class CiscoIos(Dialect):
     def saved_lines(self) -> list[str]:
         return ["Building configuration...", "[OK]"]
 
-    def do_configure_ask(self, s: "CliSession") -> list[str]:
+    def do_configure_ask(self, s: CliSession) -> list[str]:
         s.ask("Configuring from terminal, memory, or network [terminal]? ", self._configure_from)
         return []
 
-    def _configure_from(self, s: "CliSession", answer: str) -> list[str]:
+    def _configure_from(self, s: CliSession, answer: str) -> list[str]:
         if answer == "" or "terminal".startswith(answer.lower()):
             return self.do_configure(s)
-        return ["?Must be \"terminal\", \"memory\" or \"network\""]
+        return ['?Must be "terminal", "memory" or "network"']
 
-    def do_copy_run_start(self, s: "CliSession") -> list[str]:
+    def do_copy_run_start(self, s: CliSession) -> list[str]:
         s.ask("Destination filename [startup-config]? ", self._copy_to)
         return []
 
-    def _copy_to(self, s: "CliSession", answer: str) -> list[str]:
+    def _copy_to(self, s: CliSession, answer: str) -> list[str]:
         if answer in ("", "startup-config"):
             s.save()
             return self.saved_lines()
@@ -225,7 +228,7 @@ class CiscoIos(Dialect):
     def short_port(self, canonical: str) -> str:
         for t in INTERFACE_TYPES:
             if canonical.startswith(t):
-                return SHORT[t] + canonical[len(t):]
+                return SHORT[t] + canonical[len(t) :]
         return canonical
 
     def port_aliases(self, name: str) -> str | None:
@@ -254,8 +257,13 @@ class CiscoIos(Dialect):
         if vlans.tagged:
             port = replace(old, mode="trunk", native_vlan=native, allowed=vlans.tagged | {native})
         else:
-            port = replace(old, mode="access" if old.mode == "trunk" else old.mode, access_vlan=native,
-                           native_vlan=DEFAULT_VLAN, allowed=None)
+            port = replace(
+                old,
+                mode="access" if old.mode == "trunk" else old.mode,
+                access_vlan=native,
+                native_vlan=DEFAULT_VLAN,
+                allowed=None,
+            )
         config = config.with_port(name, port)
         for vid in sorted(vlans.tagged | {native}):
             if vid not in config.vlans:
@@ -279,11 +287,11 @@ class CiscoIos(Dialect):
             )
         return result
 
-    def do_interface(self, s: "CliSession", port: str) -> list[str]:
+    def do_interface(self, s: CliSession, port: str) -> list[str]:
         s.enter(IF, port)
         return []
 
-    def do_vlan(self, s: "CliSession", vlans: str) -> list[str]:
+    def do_vlan(self, s: CliSession, vlans: str) -> list[str]:
         ids = self._vlan_list(vlans)
         config = s.config
         for vid in sorted(ids):
@@ -293,7 +301,7 @@ class CiscoIos(Dialect):
         s.enter(VLAN, tuple(sorted(ids)))
         return []
 
-    def do_no_vlan(self, s: "CliSession", vlans: str) -> list[str]:
+    def do_no_vlan(self, s: CliSession, vlans: str) -> list[str]:
         ids = self._vlan_list(vlans)
         for vid in sorted(ids):
             if vid == DEFAULT_VLAN or vid in RESERVED_VLANS:
@@ -304,7 +312,7 @@ class CiscoIos(Dialect):
         s.commit(config)
         return []
 
-    def do_name(self, s: "CliSession", text: str) -> list[str]:
+    def do_name(self, s: CliSession, text: str) -> list[str]:
         config = s.config
         for vid in s.ctx:
             if vid == DEFAULT_VLAN or vid in RESERVED_VLANS:
@@ -313,7 +321,7 @@ class CiscoIos(Dialect):
         s.commit(config)
         return []
 
-    def do_no_name(self, s: "CliSession") -> list[str]:
+    def do_no_name(self, s: CliSession) -> list[str]:
         config = s.config
         for vid in s.ctx:
             if vid != DEFAULT_VLAN and vid not in RESERVED_VLANS:
@@ -321,24 +329,24 @@ class CiscoIos(Dialect):
         s.commit(config)
         return []
 
-    def _update(self, s: "CliSession", **values: Any) -> list[str]:
+    def _update(self, s: CliSession, **values: Any) -> list[str]:
         port = s.ctx
         s.commit(s.config.with_port(port, replace(s.config.ports[port], **values)))
         return []
 
-    def do_noop(self, s: "CliSession") -> list[str]:
+    def do_noop(self, s: CliSession) -> list[str]:
         return []
 
-    def do_mode_access(self, s: "CliSession") -> list[str]:
+    def do_mode_access(self, s: CliSession) -> list[str]:
         return self._update(s, mode="access")
 
-    def do_mode_trunk(self, s: "CliSession") -> list[str]:
+    def do_mode_trunk(self, s: CliSession) -> list[str]:
         return self._update(s, mode="trunk")
 
-    def do_no_mode(self, s: "CliSession") -> list[str]:
+    def do_no_mode(self, s: CliSession) -> list[str]:
         return self._update(s, mode="dynamic")
 
-    def do_access_vlan(self, s: "CliSession", vid: int) -> list[str]:
+    def do_access_vlan(self, s: CliSession, vid: int) -> list[str]:
         out = []
         if vid not in s.config.vlans:
             s.commit(s.config.with_vlan(vid))
@@ -346,70 +354,70 @@ class CiscoIos(Dialect):
         self._update(s, access_vlan=vid)
         return out
 
-    def do_no_access_vlan(self, s: "CliSession") -> list[str]:
+    def do_no_access_vlan(self, s: CliSession) -> list[str]:
         return self._update(s, access_vlan=DEFAULT_VLAN)
 
-    def do_native_vlan(self, s: "CliSession", vid: int) -> list[str]:
+    def do_native_vlan(self, s: CliSession, vid: int) -> list[str]:
         return self._update(s, native_vlan=vid)
 
-    def do_no_native_vlan(self, s: "CliSession") -> list[str]:
+    def do_no_native_vlan(self, s: CliSession) -> list[str]:
         return self._update(s, native_vlan=DEFAULT_VLAN)
 
-    def _set_allowed(self, s: "CliSession", allowed: frozenset[int] | None) -> list[str]:
+    def _set_allowed(self, s: CliSession, allowed: frozenset[int] | None) -> list[str]:
         if allowed is not None and allowed == ALL_VLANS:
             allowed = None
         return self._update(s, allowed=allowed)
 
-    def _current_allowed(self, s: "CliSession") -> frozenset[int]:
+    def _current_allowed(self, s: CliSession) -> frozenset[int]:
         allowed = s.config.ports[s.ctx].allowed
         return ALL_VLANS if allowed is None else allowed
 
-    def do_allowed_set(self, s: "CliSession", vlans: str) -> list[str]:
+    def do_allowed_set(self, s: CliSession, vlans: str) -> list[str]:
         return self._set_allowed(s, self._vlan_list(vlans))
 
-    def do_allowed_add(self, s: "CliSession", vlans: str) -> list[str]:
+    def do_allowed_add(self, s: CliSession, vlans: str) -> list[str]:
         return self._set_allowed(s, self._current_allowed(s) | self._vlan_list(vlans))
 
-    def do_allowed_remove(self, s: "CliSession", vlans: str) -> list[str]:
+    def do_allowed_remove(self, s: CliSession, vlans: str) -> list[str]:
         return self._set_allowed(s, self._current_allowed(s) - self._vlan_list(vlans))
 
-    def do_allowed_except(self, s: "CliSession", vlans: str) -> list[str]:
+    def do_allowed_except(self, s: CliSession, vlans: str) -> list[str]:
         return self._set_allowed(s, ALL_VLANS - self._vlan_list(vlans))
 
-    def do_allowed_all(self, s: "CliSession") -> list[str]:
+    def do_allowed_all(self, s: CliSession) -> list[str]:
         return self._set_allowed(s, None)
 
-    def do_allowed_none(self, s: "CliSession") -> list[str]:
+    def do_allowed_none(self, s: CliSession) -> list[str]:
         return self._set_allowed(s, frozenset())
 
-    def do_encap_dot1q(self, s: "CliSession") -> list[str]:
+    def do_encap_dot1q(self, s: CliSession) -> list[str]:
         return self._update(s, encapsulation="dot1q")
 
-    def do_encap_isl(self, s: "CliSession") -> list[str]:
+    def do_encap_isl(self, s: CliSession) -> list[str]:
         return self._update(s, encapsulation="isl")
 
-    def do_encap_negotiate(self, s: "CliSession") -> list[str]:
+    def do_encap_negotiate(self, s: CliSession) -> list[str]:
         return self._update(s, encapsulation="negotiate")
 
-    def do_no_encapsulation(self, s: "CliSession") -> list[str]:
+    def do_no_encapsulation(self, s: CliSession) -> list[str]:
         return self._update(s, encapsulation="")
 
-    def do_nonegotiate(self, s: "CliSession") -> list[str]:
+    def do_nonegotiate(self, s: CliSession) -> list[str]:
         return self._update(s, nonegotiate=True)
 
-    def do_no_nonegotiate(self, s: "CliSession") -> list[str]:
+    def do_no_nonegotiate(self, s: CliSession) -> list[str]:
         return self._update(s, nonegotiate=False)
 
-    def do_shutdown(self, s: "CliSession") -> list[str]:
+    def do_shutdown(self, s: CliSession) -> list[str]:
         return self._update(s, shutdown=True)
 
-    def do_no_shutdown(self, s: "CliSession") -> list[str]:
+    def do_no_shutdown(self, s: CliSession) -> list[str]:
         return self._update(s, shutdown=False)
 
-    def do_description(self, s: "CliSession", text: str) -> list[str]:
+    def do_description(self, s: CliSession, text: str) -> list[str]:
         return self._update(s, description=text)
 
-    def do_no_description(self, s: "CliSession") -> list[str]:
+    def do_no_description(self, s: CliSession) -> list[str]:
         return self._update(s, description="")
 
     # ---- show ----------------------------------------------------------------------------
@@ -429,13 +437,13 @@ class CiscoIos(Dialect):
                 key=_port_key,
             )
             shorts = [self.short_port(n) for n in ports]
-            chunks = [", ".join(shorts[i:i + 4]) for i in range(0, len(shorts), 4)] or [""]
+            chunks = [", ".join(shorts[i : i + 4]) for i in range(0, len(shorts), 4)] or [""]
             head = f"{vid:<4} {vlan_name(config, vid)[:32]:<32} {status:<9} "
             for i, chunk in enumerate(chunks):
                 lines.append((head if i == 0 else " " * len(head)) + chunk)
         return lines
 
-    def do_show_vlan_brief(self, s: "CliSession") -> list[str]:
+    def do_show_vlan_brief(self, s: CliSession) -> list[str]:
         return self._brief_rows(s.view())
 
     def _type_rows(self, config: Config, vids: list[int]) -> list[str]:
@@ -449,17 +457,17 @@ class CiscoIos(Dialect):
             lines.append(f"{vid:<4} {kind:<5} {100000 + vid:<10} 1500  -      -      -        -    -        0      0")
         return lines
 
-    def do_show_vlan(self, s: "CliSession") -> list[str]:
+    def do_show_vlan(self, s: CliSession) -> list[str]:
         config = s.view()
         return self._brief_rows(config) + self._type_rows(config, sorted(config.vlans))
 
-    def do_show_vlan_id(self, s: "CliSession", vid: int) -> list[str]:
+    def do_show_vlan_id(self, s: CliSession, vid: int) -> list[str]:
         config = s.view()
         if vid not in config.vlans:
             return [f"VLAN id {vid} not found in current VLAN database"]
         return self._brief_rows(config, vid) + self._type_rows(config, [vid])
 
-    def do_show_switchport(self, s: "CliSession", port: str) -> list[str]:
+    def do_show_switchport(self, s: CliSession, port: str) -> list[str]:
         config = s.view()
         p = config.ports[port]
         admin = {"dynamic": "dynamic auto", "access": "static access", "trunk": "trunk"}[p.mode]
@@ -533,7 +541,7 @@ class CiscoIos(Dialect):
         size = sum(len(line) + 1 for line in body)
         return ["Building configuration...", "", f"Current configuration : {size} bytes"] + body + [""]
 
-    def do_show_running_port(self, s: "CliSession", port: str) -> list[str]:
+    def do_show_running_port(self, s: CliSession, port: str) -> list[str]:
         return self._building(["!"] + self._port_block(port, s.view().ports[port]) + ["end"])
 
     def render_running(self, config: Config, hostname: str) -> list[str]:

@@ -5,11 +5,13 @@ see each other's changes at once, as on a real switch. Faults are knobs on the c
 session: "drop the session after two more configuration commands" counts commands from any
 session.
 """
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .dialect import Dialect
 from .model import Config, PortVlans
@@ -27,8 +29,9 @@ class _Fault:
 
 
 class SwitchCore:
-    def __init__(self, name: str, ports: tuple[str, ...], dialect: Dialect,
-                 initial: Mapping[str, PortVlans] | None = None) -> None:
+    def __init__(
+        self, name: str, ports: tuple[str, ...], dialect: Dialect, initial: Mapping[str, PortVlans] | None = None
+    ) -> None:
         self.name = name
         self.dialect = dialect
         self.lock = threading.RLock()

@@ -11,10 +11,12 @@ configuration sub-modes, each with ``config`` as parent. As on the real systems,
 does not parse in a sub-mode is tried in ``config`` and, if it fits there, leaves the
 sub-mode (so ``interface ...`` lines can follow each other).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .grammar import Command, Line, Num, Parsed, ParseError, Token, cmd
 from .model import Config, PortVlans
@@ -140,71 +142,71 @@ class Dialect:
 
     # ---- dispatch ------------------------------------------------------------------------
 
-    def run(self, s: "CliSession", parsed: Parsed) -> list[str]:
+    def run(self, s: CliSession, parsed: Parsed) -> list[str]:
         handler = getattr(self, "do_" + parsed.command.action)
         return handler(s, **parsed.args) or []
 
     # ---- exec handlers -------------------------------------------------------------------
 
-    def do_enable(self, s: "CliSession") -> list[str]:
+    def do_enable(self, s: CliSession) -> list[str]:
         if s.mode == ENABLE:
             return []
         s.ask(self.password_prompt, self._check_secret, echo=False)
         return []
 
-    def _check_secret(self, s: "CliSession", answer: str) -> list[str]:
+    def _check_secret(self, s: CliSession, answer: str) -> list[str]:
         if s.check_enable_secret(answer):
             s.enter(ENABLE)
             return []
         return [self.access_denied]
 
-    def do_disable(self, s: "CliSession") -> list[str]:
+    def do_disable(self, s: CliSession) -> list[str]:
         s.enter(USER)
         return []
 
-    def do_logout(self, s: "CliSession") -> list[str]:
+    def do_logout(self, s: CliSession) -> list[str]:
         s.close()
         return []
 
-    def do_terminal(self, s: "CliSession", n: int) -> list[str]:
+    def do_terminal(self, s: CliSession, n: int) -> list[str]:
         # Accepted and remembered; output is never paged (clients always send "length 0").
         return []
 
-    def do_configure(self, s: "CliSession") -> list[str]:
+    def do_configure(self, s: CliSession) -> list[str]:
         s.enter(CONFIG)
         return self.configure_banner()
 
     def configure_banner(self) -> list[str]:
         return []
 
-    def do_write_memory(self, s: "CliSession") -> list[str]:
+    def do_write_memory(self, s: CliSession) -> list[str]:
         s.save()
         return self.saved_lines()
 
     def saved_lines(self) -> list[str]:
         return []
 
-    def do_copy_run_start(self, s: "CliSession") -> list[str]:
+    def do_copy_run_start(self, s: CliSession) -> list[str]:
         s.save()
         return self.saved_lines()
 
-    def do_show_running(self, s: "CliSession") -> list[str]:
+    def do_show_running(self, s: CliSession) -> list[str]:
         return self.render_running(s.view(), s.hostname)
 
-    def do_show_startup(self, s: "CliSession") -> list[str]:
+    def do_show_startup(self, s: CliSession) -> list[str]:
         return self.render_running(s.startup(), s.hostname)
 
     # ---- config-mode handlers --------------------------------------------------------------
 
-    def do_exit(self, s: "CliSession") -> list[str]:
+    def do_exit(self, s: CliSession) -> list[str]:
         s.enter(CONFIG if s.mode in self.submodes else ENABLE)
         return []
 
-    def do_end(self, s: "CliSession") -> list[str]:
+    def do_end(self, s: CliSession) -> list[str]:
         s.enter(ENABLE)
         return []
 
-    def do_do(self, s: "CliSession", line: str) -> list[str]:
+    def do_do(self, s: CliSession, line: str) -> list[str]:
         return s.run_nested(line, ENABLE)
 
     # ---- helpers -------------------------------------------------------------------------

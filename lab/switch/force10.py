@@ -35,11 +35,13 @@ notation; the default VLAN shows its members as a ``!untagged`` comment),
 ``show running-config interface tengigabitethernet 1/1/1``,
 ``show interfaces switchport tengigabitethernet 1/1/1`` (U/T membership table).
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .dialect import CONFIG, ENABLE, USER, CliError, Dialect, wrap_items
 from .grammar import Command, Line, Num, ParseError, Port, PortList, Word, cmd
@@ -106,14 +108,15 @@ class Force10(Dialect):
             cmd("show vlan id <vid>", "show_vlan", config=False, vid=Num(1, 4094)),
         ]
         for t in INTERFACE_TYPES:
-            cmds.append(cmd(f"show interfaces switchport {t} <port>", "show_switchport", config=False,
-                            port=Port(t)))
+            cmds.append(cmd(f"show interfaces switchport {t} <port>", "show_switchport", config=False, port=Port(t)))
             if privileged:
-                cmds.append(cmd(f"show running-config interface {t} <port>", "show_running_port",
-                                config=False, port=Port(t)))
+                cmds.append(
+                    cmd(f"show running-config interface {t} <port>", "show_running_port", config=False, port=Port(t))
+                )
         if privileged:
-            cmds.append(cmd("show running-config interface vlan <vid>", "show_running_vlan",
-                            config=False, vid=Num(1, 4094)))
+            cmds.append(
+                cmd("show running-config interface vlan <vid>", "show_running_vlan", config=False, vid=Num(1, 4094))
+            )
         return cmds
 
     def config_commands(self) -> list[Command]:
@@ -178,11 +181,11 @@ class Force10(Dialect):
             "startup-config in flash by default",
         ]
 
-    def do_copy_run_start(self, s: "CliSession") -> list[str]:
+    def do_copy_run_start(self, s: CliSession) -> list[str]:
         s.ask("Proceed to copy the file [confirm yes/no]: ", self._confirm_copy)
         return ["", "File with same name already exist."]
 
-    def _confirm_copy(self, s: "CliSession", answer: str) -> list[str]:
+    def _confirm_copy(self, s: CliSession, answer: str) -> list[str]:
         if answer.lower() in ("y", "ye", "yes"):
             s.save()
             text = self.render_running(s.startup(), s.hostname)
@@ -224,17 +227,17 @@ class Force10(Dialect):
 
     # ---- config handlers -----------------------------------------------------------------
 
-    def do_interface_port(self, s: "CliSession", port: str) -> list[str]:
+    def do_interface_port(self, s: CliSession, port: str) -> list[str]:
         s.enter(IF_TE, port)
         return []
 
-    def do_interface_vlan(self, s: "CliSession", vid: int) -> list[str]:
+    def do_interface_vlan(self, s: CliSession, vid: int) -> list[str]:
         if vid not in s.config.vlans:
             s.commit(s.config.with_vlan(vid))
         s.enter(IF_VL, vid)
         return []
 
-    def do_no_interface_vlan(self, s: "CliSession", vid: int) -> list[str]:
+    def do_no_interface_vlan(self, s: CliSession, vid: int) -> list[str]:
         if vid == DEFAULT_VLAN:
             raise CliError("% Error: Default VLAN cannot be deleted.")
         config = s.config
@@ -243,62 +246,61 @@ class Force10(Dialect):
         changes = {}
         for name, p in config.ports.items():
             if p.untagged == vid or vid in p.tagged:
-                changes[name] = replace(p, untagged=None if p.untagged == vid else p.untagged,
-                                        tagged=p.tagged - {vid})
+                changes[name] = replace(p, untagged=None if p.untagged == vid else p.untagged, tagged=p.tagged - {vid})
         s.commit(config.with_ports(changes).without_vlan(vid))
         return []
 
-    def _update_port(self, s: "CliSession", **values: Any) -> list[str]:
+    def _update_port(self, s: CliSession, **values: Any) -> list[str]:
         port = s.ctx
         s.commit(s.config.with_port(port, replace(s.config.ports[port], **values)))
         return []
 
-    def _update_vlan_name(self, s: "CliSession", text: str) -> list[str]:
+    def _update_vlan_name(self, s: CliSession, text: str) -> list[str]:
         s.commit(s.config.with_vlan(s.ctx, text))
         return []
 
-    def do_noop(self, s: "CliSession") -> list[str]:
+    def do_noop(self, s: CliSession) -> list[str]:
         return []
 
-    def do_shutdown(self, s: "CliSession") -> list[str]:
+    def do_shutdown(self, s: CliSession) -> list[str]:
         return self._update_port(s, shutdown=True) if s.mode == IF_TE else []
 
-    def do_no_shutdown(self, s: "CliSession") -> list[str]:
+    def do_no_shutdown(self, s: CliSession) -> list[str]:
         return self._update_port(s, shutdown=False) if s.mode == IF_TE else []
 
-    def do_description(self, s: "CliSession", text: str) -> list[str]:
+    def do_description(self, s: CliSession, text: str) -> list[str]:
         if s.mode == IF_TE:
             return self._update_port(s, description=text)
         return self._update_vlan_name(s, text)
 
-    def do_no_description(self, s: "CliSession") -> list[str]:
+    def do_no_description(self, s: CliSession) -> list[str]:
         if s.mode == IF_TE:
             return self._update_port(s, description="")
         return self._update_vlan_name(s, "")
 
-    def do_switchport(self, s: "CliSession") -> list[str]:
+    def do_switchport(self, s: CliSession) -> list[str]:
         return self._update_port(s, switchport=True)
 
-    def do_no_switchport(self, s: "CliSession") -> list[str]:
+    def do_no_switchport(self, s: CliSession) -> list[str]:
         p = s.config.ports[s.ctx]
         if p.untagged is not None or p.tagged:
             raise CliError("% Error: Port is part of a non-default VLAN.")
         return self._update_port(s, switchport=False)
 
-    def do_portmode_hybrid(self, s: "CliSession") -> list[str]:
+    def do_portmode_hybrid(self, s: CliSession) -> list[str]:
         return self._update_port(s, hybrid=True)
 
-    def do_no_portmode_hybrid(self, s: "CliSession") -> list[str]:
+    def do_no_portmode_hybrid(self, s: CliSession) -> list[str]:
         return self._update_port(s, hybrid=False)
 
-    def _member_ports(self, s: "CliSession", ports: tuple[str, ...]) -> dict[str, F10Port]:
+    def _member_ports(self, s: CliSession, ports: tuple[str, ...]) -> dict[str, F10Port]:
         found = {name: s.config.ports[name] for name in ports}
         for name, p in found.items():
             if not p.switchport:
                 raise CliError(f"% Error: Port is not in Layer 2 mode {self.short_port(name)}.")
         return found
 
-    def do_untagged(self, s: "CliSession", ports: tuple[str, ...]) -> list[str]:
+    def do_untagged(self, s: CliSession, ports: tuple[str, ...]) -> list[str]:
         vid: int = s.ctx
         found = self._member_ports(s, ports)
         changes = {}
@@ -312,7 +314,7 @@ class Force10(Dialect):
         s.commit(s.config.with_ports(changes))
         return []
 
-    def do_tagged(self, s: "CliSession", ports: tuple[str, ...]) -> list[str]:
+    def do_tagged(self, s: CliSession, ports: tuple[str, ...]) -> list[str]:
         vid: int = s.ctx
         if vid == DEFAULT_VLAN:
             raise CliError("% Error: Default VLAN cannot be tagged.")
@@ -325,13 +327,13 @@ class Force10(Dialect):
         s.commit(s.config.with_ports(changes))
         return []
 
-    def do_no_untagged(self, s: "CliSession", ports: tuple[str, ...]) -> list[str]:
+    def do_no_untagged(self, s: CliSession, ports: tuple[str, ...]) -> list[str]:
         vid: int = s.ctx
         changes = {n: replace(p, untagged=None) for n in ports if (p := s.config.ports[n]).untagged == vid}
         s.commit(s.config.with_ports(changes))
         return []
 
-    def do_no_tagged(self, s: "CliSession", ports: tuple[str, ...]) -> list[str]:
+    def do_no_tagged(self, s: CliSession, ports: tuple[str, ...]) -> list[str]:
         vid: int = s.ctx
         changes = {n: replace(p, tagged=p.tagged - {vid}) for n in ports if vid in (p := s.config.ports[n]).tagged}
         s.commit(s.config.with_ports(changes))
@@ -350,7 +352,7 @@ class Force10(Dialect):
                 tagged.append(name)
         return untagged, tagged
 
-    def do_show_vlan(self, s: "CliSession", vid: int | None = None) -> list[str]:
+    def do_show_vlan(self, s: CliSession, vid: int | None = None) -> list[str]:
         config = s.view()
         lines = [
             "",
@@ -370,8 +372,10 @@ class Force10(Dialect):
                 continue
             untagged, tagged = self._members(config, v)
             active = any(not config.ports[n].shutdown for n in untagged + tagged)
-            head = f"{'*' if v == DEFAULT_VLAN else '':<4}{v:<7}{'Active' if active else 'Inactive':<10}" \
-                   f"{config.vlans[v][:31]:<32}"
+            head = (
+                f"{'*' if v == DEFAULT_VLAN else '':<4}{v:<7}{'Active' if active else 'Inactive':<10}"
+                f"{config.vlans[v][:31]:<32}"
+            )
             rows = [("U", chunk) for chunk in wrap_items(compress_ports(untagged), 40)]
             rows += [("T", chunk) for chunk in wrap_items(compress_ports(tagged), 40)]
             if not rows:
@@ -380,7 +384,7 @@ class Force10(Dialect):
                 lines.append(f"{head if i == 0 else ' ' * len(head)}{q} Te {chunk}")
         return lines
 
-    def do_show_switchport(self, s: "CliSession", port: str) -> list[str]:
+    def do_show_switchport(self, s: CliSession, port: str) -> list[str]:
         p = s.view().ports[port]
         if not p.switchport:
             return []
@@ -431,10 +435,10 @@ class Force10(Dialect):
         lines.append(" no shutdown")
         return lines
 
-    def do_show_running_port(self, s: "CliSession", port: str) -> list[str]:
+    def do_show_running_port(self, s: CliSession, port: str) -> list[str]:
         return self._port_block(port, s.view().ports[port])
 
-    def do_show_running_vlan(self, s: "CliSession", vid: int) -> list[str]:
+    def do_show_running_vlan(self, s: CliSession, vid: int) -> list[str]:
         config = s.view()
         return self._vlan_block(config, vid) if vid in config.vlans else []
 

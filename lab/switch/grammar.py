@@ -10,11 +10,13 @@ before a command is complete is incomplete. Commands are written as data::
 
 and the parser hands the action name and the typed values to the dialect.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 
 class PortResolver(Protocol):

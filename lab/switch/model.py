@@ -10,12 +10,14 @@ mapping rules.
 "write memory" and the "read back the state before the last change" fault plain reference
 assignments, with no copying discipline to get wrong.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Generic, Iterable, Mapping, TypeVar
+from typing import Any, Generic, TypeVar
 
 VLAN_MIN = 1
 VLAN_MAX = 4094
@@ -75,22 +77,22 @@ class Config(Generic[P]):
         object.__setattr__(self, "vlans", _frozen(self.vlans))
         object.__setattr__(self, "ports", _frozen(self.ports))
 
-    def with_port(self, name: str, port: P) -> "Config[P]":
+    def with_port(self, name: str, port: P) -> Config[P]:
         ports = dict(self.ports)
         ports[name] = port
         return replace(self, ports=ports)
 
-    def with_ports(self, changes: Mapping[str, P]) -> "Config[P]":
+    def with_ports(self, changes: Mapping[str, P]) -> Config[P]:
         ports = dict(self.ports)
         ports.update(changes)
         return replace(self, ports=ports)
 
-    def with_vlan(self, vid: int, name: str = "") -> "Config[P]":
+    def with_vlan(self, vid: int, name: str = "") -> Config[P]:
         vlans = dict(self.vlans)
         vlans[vid] = name
         return replace(self, vlans=vlans)
 
-    def without_vlan(self, vid: int) -> "Config[P]":
+    def without_vlan(self, vid: int) -> Config[P]:
         vlans = dict(self.vlans)
         vlans.pop(vid, None)
         return replace(self, vlans=vlans)

@@ -9,6 +9,7 @@ The interactive loop echoes what is typed as it arrives, like a switch's tty, an
 each line with its output and the next prompt in one write: netmiko reads until the echo and
 then until the prompt, so it never falls back to its slow timing-based reads.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -16,7 +17,8 @@ import hmac
 import logging
 import socket
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import paramiko
 
@@ -134,8 +136,9 @@ class _SshServer(paramiko.ServerInterface):
 class SwitchSim:
     """A simulated switch: its CLI over SSH, its state, its fault knobs."""
 
-    def __init__(self, spec: Any, *, host_key: paramiko.PKey | None = None,
-                 initial: Mapping[str, PortVlans] | None = None) -> None:
+    def __init__(
+        self, spec: Any, *, host_key: paramiko.PKey | None = None, initial: Mapping[str, PortVlans] | None = None
+    ) -> None:
         self.spec = spec
         self._core = SwitchCore(spec.name, tuple(spec.ports), dialect_for(spec.dialect), initial)
         # ECDSA P-256 takes about a millisecond to generate, so each switch gets its own key
@@ -171,8 +174,10 @@ class SwitchSim:
                 sock.listen(128)
             except OSError as e:
                 sock.close()
-                raise OSError(e.errno, f"switch {self.spec.name}: cannot listen on "
-                                       f"{self.spec.address}:{self.spec.port}: {e.strerror}") from e
+                raise OSError(
+                    e.errno,
+                    f"switch {self.spec.name}: cannot listen on {self.spec.address}:{self.spec.port}: {e.strerror}",
+                ) from e
             self._listener = sock
             self._bound = sock.getsockname()[:2]
             self._stop.clear()
@@ -197,7 +202,7 @@ class SwitchSim:
             if th is not threading.current_thread():
                 th.join(timeout=5)
 
-    def __enter__(self) -> "SwitchSim":
+    def __enter__(self) -> SwitchSim:
         self.start()
         return self
 
@@ -318,8 +323,9 @@ class SwitchSim:
             except (OSError, EOFError, paramiko.SSHException):
                 pass  # the client hung up first
 
-    def _run_exec(self, transport: paramiko.Transport, chan: paramiko.Channel, session: CliSession,
-                  command: str) -> None:
+    def _run_exec(
+        self, transport: paramiko.Transport, chan: paramiko.Channel, session: CliSession, command: str
+    ) -> None:
         reply = session.run_exec(command)
         if reply.delay:
             self._stop.wait(reply.delay)

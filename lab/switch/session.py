@@ -4,11 +4,13 @@
 prompt, and what the transport must do: close politely, drop abruptly, wait first). It does
 no I/O, so the SSH layer stays a thin loop and the CLI behaviour is one place to read.
 """
+
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from . import grammar
 from .core import SwitchCore

@@ -1,7 +1,8 @@
-"""Every benchmark still runs: ``python -m bench.all --size smoke`` (each benchmark at its
-smallest size, all four at once, each on its own Prefect server) into a temporary directory, then each one's JSON, markdown
-and PNG are checked for their structure. Speed is not asserted here: figures belong to
+"""Every benchmark still runs: ``python -m metalflow.bench.all --size smoke`` (each benchmark at
+its smallest size, all four at once, each on its own Prefect server) into a temporary directory,
+then each one's JSON, markdown and PNG are checked for their structure. Speed is not asserted here: figures belong to
 bench/results from a full run on a quiet machine."""
+
 from __future__ import annotations
 
 import json
@@ -13,11 +14,22 @@ from pathlib import Path
 
 import pytest
 
-from bench.all import BENCHMARKS
+from metalflow.bench.all import BENCHMARKS
 
 REPO = Path(__file__).resolve().parents[2]
-FIGURE_KEYS = {"name", "metalflow", "baseline", "unit", "compare", "baseline_label", "target", "passed",
-               "relation", "verdict", "note"}
+FIGURE_KEYS = {
+    "name",
+    "metalflow",
+    "baseline",
+    "unit",
+    "compare",
+    "baseline_label",
+    "target",
+    "passed",
+    "relation",
+    "verdict",
+    "note",
+}
 MACHINE_KEYS = {"cores", "memory_gb", "cpu_model", "python", "pyghmi", "prefect", "date"}
 #: What each benchmark must have measured, in its JSON's "data".
 DATA_KEYS = {
@@ -31,9 +43,10 @@ DATA_KEYS = {
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("bench-results")
-    args = [sys.executable, "-m", "bench.all", "--size", "smoke", "--out", str(out)]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ))
+    args = [sys.executable, "-m", "metalflow.bench.all", "--size", "smoke", "--out", str(out)]
+    proc = subprocess.Popen(
+        args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
     try:
         stdout, stderr = proc.communicate(timeout=780)
     except BaseException:
@@ -105,6 +118,7 @@ def test_provision_concurrency_structure(smoke):
     phases = data["bulk"]["phases"]
     wave = data["bulk"]["children"]["hosts"] - 1
     assert [p for p, v in phases.items() if v.get("n") != wave] == [], phases
-    ends = [phases[p]["max"] for p in ("checks done", "PXE VLAN set", "deploy accepted", "deploy seen done",
-                                       "VM recorded")]
+    ends = [
+        phases[p]["max"] for p in ("checks done", "PXE VLAN set", "deploy accepted", "deploy seen done", "VM recorded")
+    ]
     assert ends == sorted(ends), phases

@@ -7,6 +7,7 @@ its environment but PATH, HOME and the configuration's path.
 The e2e harness of tests/e2e is reused unchanged (``E2E``: trigger, wait, lab, inventory); the
 stack is separate so these tests do not share hosts with the other end-to-end tests.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from deployments.stack import Stack
-from integrations.cloudstack.status import lock_name
-from integrations.common import Deadline
+from metalflow.deployments.stack import Stack
+from metalflow.integrations.cloudstack.status import lock_name
+from metalflow.integrations.common import Deadline
 from tests.cloudstack.payloads import write
 from tests.conftest import free_block
 from tests.e2e.conftest import E2E, _free_port
@@ -55,22 +56,37 @@ class CloudStackE2E:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.workdir),
-                "METALFLOW_CLOUDSTACK_CONFIG": str(self.config)}
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.workdir),
+            "METALFLOW_CLOUDSTACK_CONFIG": str(self.config),
+        }
 
     def argv(self, action: str, doc: dict, wait: int) -> list[str]:
         path = write(self.workdir, doc, name=str(uuid.uuid4()))  # <dataDir>/<extension>/<uuid>.json
-        exe = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "integrations.cloudstack.extension"]
+        exe = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "metalflow.integrations.cloudstack.extension"]
         return [*exe, action, str(path), str(wait)]
 
     def call(self, action: str, doc: dict, wait: int = 240) -> Call:
-        proc = subprocess.run(self.argv(action, doc, wait), env=self.env, cwd=self.workdir, capture_output=True,
-                              text=True, timeout=wait + 30)
+        proc = subprocess.run(
+            self.argv(action, doc, wait),
+            env=self.env,
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=wait + 30,
+        )
         return self._parse(proc.returncode, proc.stdout + proc.stderr)
 
     def spawn(self, action: str, doc: dict, wait: int = 240) -> subprocess.Popen:
-        return subprocess.Popen(self.argv(action, doc, wait), env=self.env, cwd=self.workdir,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            self.argv(action, doc, wait),
+            env=self.env,
+            cwd=self.workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def finish(self, proc: subprocess.Popen, timeout: float = 270) -> Call:
         out, _ = proc.communicate(timeout=timeout)
@@ -84,8 +100,11 @@ class CloudStackE2E:
 
     # --- reading the world -----------------------------------------------------------------
     def runs_for(self, vm_uuid: str) -> list[dict]:
-        r = requests.post(f"{self.e2e.stack.api_url}/flow_runs/filter",
-                          json={"flow_runs": {"tags": {"all_": [f"vm:{vm_uuid}"]}}}, timeout=10)
+        r = requests.post(
+            f"{self.e2e.stack.api_url}/flow_runs/filter",
+            json={"flow_runs": {"tags": {"all_": [f"vm:{vm_uuid}"]}}},
+            timeout=10,
+        )
         r.raise_for_status()
         return r.json()
 
@@ -116,13 +135,26 @@ class CloudStackE2E:
 @pytest.fixture(scope="session")
 def cs(tmp_path_factory) -> CloudStackE2E:
     home = tmp_path_factory.mktemp("metalflow-cloudstack")
-    stack = Stack(home=Path(home), api_url=f"http://127.0.0.1:{_free_port()}/api", hosts=HOSTS, switches=2,
-                  block=free_block(45),
-                  lab_args=("--deploy-seconds", "1", "--commission-seconds", "0.5", "--erase-seconds", "0.5",
-                            "--node-timeout", "8"),
-                  # The extension stores the state each operation verified; a poll every
-                  # 150 s (inside status's 180-s bound) spares the busy test machine.
-                  serve_env={"METALFLOW_POWER_POLL_INTERVAL": "150"})
+    stack = Stack(
+        home=Path(home),
+        api_url=f"http://127.0.0.1:{_free_port()}/api",
+        hosts=HOSTS,
+        switches=2,
+        block=free_block(45),
+        lab_args=(
+            "--deploy-seconds",
+            "1",
+            "--commission-seconds",
+            "0.5",
+            "--erase-seconds",
+            "0.5",
+            "--node-timeout",
+            "8",
+        ),
+        # The extension stores the state each operation verified; a poll every
+        # 150 s (inside status's 180-s bound) spares the busy test machine.
+        serve_env={"METALFLOW_POWER_POLL_INTERVAL": "150"},
+    )
     stack.start()
     try:
         e2e = E2E(stack)
@@ -135,9 +167,17 @@ def cs(tmp_path_factory) -> CloudStackE2E:
         workdir = Path(home) / "cloudstack"
         workdir.mkdir()
         config = workdir / "cloudstack.json"
-        config.write_text(json.dumps({"prefect_api_url": stack.api_url, "inventory_url": inventory_url,
-                                      "log_file": str(workdir / "extension.log"), "poll_interval": 0.3,
-                                      "stop_soft_timeout": 3}))
+        config.write_text(
+            json.dumps(
+                {
+                    "prefect_api_url": stack.api_url,
+                    "inventory_url": inventory_url,
+                    "log_file": str(workdir / "extension.log"),
+                    "poll_interval": 0.3,
+                    "stop_soft_timeout": 3,
+                }
+            )
+        )
         os.chmod(config, 0o600)
         yield CloudStackE2E(e2e, config, workdir)
     finally:

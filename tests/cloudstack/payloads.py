@@ -10,17 +10,24 @@
 - ``caller`` only in 4.22; custom actions add ``action`` and ``parameters``; an agent command
   CloudStack does not route is just ``{"action": "<Java class name>"}``.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
 
-GIB = 1024 ** 3
+GIB = 1024**3
 NETWORK_GUEST = "3f2a61c2-4bb7-4c57-9d3e-0a6f6f1a7b01"
 NETWORK_EXTRA = "9e8d7c6b-5a49-4e3d-8c2b-1a0f9e8d7c6b"
-CALLER = {"id": "c7a1f9d2-0000-4000-8000-00000000a001", "name": "admin", "type": "ADMIN",
-          "roleid": "r-1", "rolename": "Root Admin", "roletype": "Admin"}
+CALLER = {
+    "id": "c7a1f9d2-0000-4000-8000-00000000a001",
+    "name": "admin",
+    "type": "ADMIN",
+    "roleid": "r-1",
+    "rolename": "Root Admin",
+    "roletype": "Admin",
+}
 HOST_API_KEY = "consumer:tokenkey:tokensecret-DO-NOT-ECHO"
 VNC_PASSWORD = "vnc-secret-DO-NOT-ECHO"
 WITH_NICS = ("prepare", "create", "start")
@@ -35,11 +42,24 @@ def gson(doc: Any) -> str:
 
 
 def nic(index: int, vlan: str | None, *, default: bool, network: str, mac: str) -> dict:
-    n = {"deviceId": index, "networkRateMbps": 200, "defaultNic": default, "pxeDisable": False,
-         "nicUuid": f"5b1c9a40-0000-4000-8000-00000000{index:04d}", "uuid": network,
-         "ip": f"10.1.{index + 1}.23", "netmask": "255.255.255.0", "gateway": f"10.1.{index + 1}.1",
-         "mac": mac, "dns1": "10.1.1.1", "broadcastType": "Vlan", "type": "Guest",
-         "isSecurityGroupEnabled": False, "networkId": 204 + index, "mtu": 1500}
+    n = {
+        "deviceId": index,
+        "networkRateMbps": 200,
+        "defaultNic": default,
+        "pxeDisable": False,
+        "nicUuid": f"5b1c9a40-0000-4000-8000-00000000{index:04d}",
+        "uuid": network,
+        "ip": f"10.1.{index + 1}.23",
+        "netmask": "255.255.255.0",
+        "gateway": f"10.1.{index + 1}.1",
+        "mac": mac,
+        "dns1": "10.1.1.1",
+        "broadcastType": "Vlan",
+        "type": "Guest",
+        "isSecurityGroupEnabled": False,
+        "networkId": 204 + index,
+        "mtu": 1500,
+    }
     if vlan is not None:
         n["broadcastUri"] = vlan
     return n
@@ -73,7 +93,7 @@ def payload(
         default = next((n for n in nics if n.get("defaultNic")), None)
         uri = (default or {}).get("broadcastUri", "")
         if uri.startswith("vlan://") and uri != "vlan://untagged":
-            vm_ext.setdefault("cloudstack.vlan", uri[len("vlan://"):])
+            vm_ext.setdefault("cloudstack.vlan", uri[len("vlan://") :])
     ext: dict[str, Any] = {}
     if extension_ext:
         ext["extension"] = extension_ext
@@ -90,14 +110,31 @@ def payload(
     if action == "delete":
         vm_details["expunge.external.vm"] = "true"
     vm_details.update(details or {})
-    vm = {"id": 100, "name": internal_name, "uuid": vm_uuid, "type": "User",
-          "state": state or {"delete": "Expunging", "status": "Running", "stop": "Running"}.get(action, "Starting"),
-          "bootloader": "External", "cpus": cpus, "minSpeed": 1000, "maxSpeed": 1000,
-          "minRam": ram, "maxRam": ram, "arch": "x86_64", "vncPassword": VNC_PASSWORD,
-          "details": vm_details, "nics": nics if action in WITH_NICS else [], "disks": [],
-          "enableDynamicallyScaleVm": False}
-    doc: dict[str, Any] = {"externaldetails": ext, "virtualmachineid": vm_uuid, "virtualmachinename": internal_name,
-                           "cloudstack.vm.details": vm}
+    vm = {
+        "id": 100,
+        "name": internal_name,
+        "uuid": vm_uuid,
+        "type": "User",
+        "state": state or {"delete": "Expunging", "status": "Running", "stop": "Running"}.get(action, "Starting"),
+        "bootloader": "External",
+        "cpus": cpus,
+        "minSpeed": 1000,
+        "maxSpeed": 1000,
+        "minRam": ram,
+        "maxRam": ram,
+        "arch": "x86_64",
+        "vncPassword": VNC_PASSWORD,
+        "details": vm_details,
+        "nics": nics if action in WITH_NICS else [],
+        "disks": [],
+        "enableDynamicallyScaleVm": False,
+    }
+    doc: dict[str, Any] = {
+        "externaldetails": ext,
+        "virtualmachineid": vm_uuid,
+        "virtualmachinename": internal_name,
+        "cloudstack.vm.details": vm,
+    }
     if version == "4.22" and caller:
         doc["caller"] = CALLER
     if custom:
@@ -122,7 +159,7 @@ def after_prepare(doc: dict, answer: dict) -> dict:
     details = answer.get("details", {})
     merged["cloudstack.vm.details"]["details"].update(details)
     vm_ext = merged["externaldetails"].setdefault("virtualmachine", {})
-    vm_ext.update({k[len("External:"):]: v for k, v in details.items() if k.startswith("External:")})
+    vm_ext.update({k[len("External:") :]: v for k, v in details.items() if k.startswith("External:")})
     by_nic = {n.get("nicUuid"): n for n in answer.get("nics", [])}
     for n in merged["cloudstack.vm.details"]["nics"]:
         if n.get("nicUuid") in by_nic and "mac" in by_nic[n["nicUuid"]]:

@@ -1,5 +1,6 @@
 """Placement claims in the inventory: the pool model's prepare picks a free machine that fits,
 and two concurrent claims never get the same machine (threads and processes, real SQLite)."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -7,7 +8,7 @@ import threading
 
 import pytest
 
-from integrations.inventory import ClaimConflict, InventoryError, NoFreeHost, migrate
+from metalflow.integrations.inventory import ClaimConflict, InventoryError, NoFreeHost, migrate
 from tests.cloudstack.inventory_fixtures import SIZES, make_inventory
 
 
@@ -94,10 +95,16 @@ def test_removing_a_host_drops_its_claim(inv):
     assert inv.claim_for("vm-a") is None
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"vm_uuid": ""}, "vm_uuid"), ({"vm_uuid": "x" * 65}, "vm_uuid"), ({"vm_uuid": "a", "min_cpus": -1}, "min_cpus"),
-    ({"vm_uuid": "a", "min_memory_mb": True}, "min_memory_mb"), ({"vm_uuid": "a", "vm_name": ""}, "vm_name"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"vm_uuid": ""}, "vm_uuid"),
+        ({"vm_uuid": "x" * 65}, "vm_uuid"),
+        ({"vm_uuid": "a", "min_cpus": -1}, "min_cpus"),
+        ({"vm_uuid": "a", "min_memory_mb": True}, "min_memory_mb"),
+        ({"vm_uuid": "a", "vm_name": ""}, "vm_name"),
+    ],
+)
 def test_bad_claims(inv, kwargs, field):
     with pytest.raises(InventoryError) as err:
         inv.claim_host(**kwargs)
@@ -124,7 +131,7 @@ def test_concurrent_claims_from_threads_never_share_a_host(inv):
 
 
 def _claim_in_process(url: str, vm: str, barrier, out) -> None:
-    from integrations.inventory import Inventory
+    from metalflow.integrations.inventory import Inventory
 
     inv = Inventory(url)
     barrier.wait()

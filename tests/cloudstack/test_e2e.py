@@ -4,6 +4,7 @@ flows and the lab: stdout (one JSON document), exit codes, and the lab's hardwar
 Hosts: the pool tests get whatever prepare picks (the smallest free host, host-001 up);
 the seed-model test pins host-004 by its CloudStack id.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -11,8 +12,8 @@ import uuid
 
 import pytest
 
-from integrations.cloudstack.extension_config import load_config
-from integrations.cloudstack.status import lock_active
+from metalflow.integrations.cloudstack.extension_config import load_config
+from metalflow.integrations.cloudstack.status import lock_active
 from tests.cloudstack.payloads import GIB, NETWORK_EXTRA, NETWORK_GUEST, after_prepare, nic, payload
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -62,7 +63,7 @@ def test_pool_model_lifecycle_422(clean):
     machine = cs.e2e.maas().find_by_mac(hw["ports"][0]["mac"])
     assert machine.hostname == "web-01" and machine.status.name == "DEPLOYED"
 
-    later = {"virtualmachine": {k[len("External:"):]: v for k, v in prep.answer["details"].items()}}
+    later = {"virtualmachine": {k[len("External:") :]: v for k, v in prep.answer["details"].items()}}
     status = lambda: cs.call("status", payload("status", vm, vm_ext=later["virtualmachine"]))  # noqa: E731
     assert status().answer["power_state"] == "PowerOn"
 
@@ -80,8 +81,10 @@ def test_pool_model_lifecycle_422(clean):
     assert lock_active(load_config(cs.config), host) is False
     assert status().answer["power_state"] == "PowerOff"
 
-    started = cs.call("start", payload("start", vm, nics=[dict(guest_nic(), mac=hw["ports"][0]["mac"])],
-                                       vm_ext=later["virtualmachine"]))
+    started = cs.call(
+        "start",
+        payload("start", vm, nics=[dict(guest_nic(), mac=hw["ports"][0]["mac"])], vm_ext=later["virtualmachine"]),
+    )
     assert started.code == 0, started.stdout
     assert cs.host(host)["power"] == "on" and status().answer["power_state"] == "PowerOn"
 
@@ -91,8 +94,9 @@ def test_pool_model_lifecycle_422(clean):
     hw = cs.wait_for(lambda: (lambda h: h if h["boots"] > boots else None)(cs.host(host)), 30, "a boot after reboot")
     assert hw["power"] == "on"
 
-    plug = cs.call("PlugNetwork", payload("PlugNetwork", vm, custom=True, parameters={"vlan": 200},
-                                          vm_ext=later["virtualmachine"]))
+    plug = cs.call(
+        "PlugNetwork", payload("PlugNetwork", vm, custom=True, parameters={"vlan": 200}, vm_ext=later["virtualmachine"])
+    )
     assert plug.code == 0 and plug.answer["printmessage"] == "true", plug.stdout
     assert all(p["untagged"] == 100 and p["tagged"] == [200] for p in cs.host(host)["ports"])
 
@@ -115,11 +119,20 @@ def test_pool_model_lifecycle_422(clean):
 def test_seed_model_421_create_fails_midway_then_succeeds_on_retry(clean):
     cs = clean
     vm, host = new_vm(), "host-004"
-    nics = [guest_nic("vlan://110"), nic(1, "vlan://150", default=False, network=NETWORK_EXTRA,
-                                         mac="02:00:5a:00:00:02")]
+    nics = [
+        guest_nic("vlan://110"),
+        nic(1, "vlan://150", default=False, network=NETWORK_EXTRA, mac="02:00:5a:00:00:02"),
+    ]
     # 4.21: no caller, no prepare; the CloudStack host names its server by CloudStack id
-    doc = payload("create", vm, version="4.21", nics=nics, host_ext={"metalflow_host": "1004"},
-                  vm_ext={"os": "ubuntu", "distro_series": "jammy"}, internal_name="i-2-206-VM")
+    doc = payload(
+        "create",
+        vm,
+        version="4.21",
+        nics=nics,
+        host_ext={"metalflow_host": "1004"},
+        vm_ext={"os": "ubuntu", "distro_series": "jammy"},
+        internal_name="i-2-206-VM",
+    )
     cs.lab.control("POST", "/faults/maas", {"fail_next": "deploy", "count": 1})
     failed = cs.call("create", doc)
     assert failed.code == 1 and failed.answer["state"] == "Failed", failed.stdout

@@ -1,6 +1,7 @@
 """The extension without Prefect: status from a real inventory, prepare's placement and merge
 patch, stop/delete of a VM that has no machine, the entry point's output discipline, the
 configuration file and the installer."""
+
 from __future__ import annotations
 
 import json
@@ -10,16 +11,16 @@ import stat
 import subprocess
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from integrations.cloudstack import status as status_mod
-from integrations.cloudstack.actions import Extension, dispatch
-from integrations.cloudstack.extension import _quiet_stdio, is_cloudstack_call
-from integrations.cloudstack.extension_config import (
+from metalflow.integrations.cloudstack import status as status_mod
+from metalflow.integrations.cloudstack.actions import Extension, dispatch
+from metalflow.integrations.cloudstack.extension import _quiet_stdio, is_cloudstack_call
+from metalflow.integrations.cloudstack.extension_config import (
     ExtensionConfig,
     ExtensionConfigError,
     install,
@@ -27,8 +28,8 @@ from integrations.cloudstack.extension_config import (
     parse_config,
     shim_text,
 )
-from integrations.cloudstack.payload import parse_payload
-from integrations.common import Deadline, Secret
+from metalflow.integrations.cloudstack.payload import parse_payload
+from metalflow.integrations.common import Deadline, Secret
 from tests.cloudstack.inventory_fixtures import make_inventory
 from tests.cloudstack.payloads import (
     GIB,
@@ -43,7 +44,7 @@ from tests.cloudstack.payloads import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-UTC = timezone.utc
+UTC = UTC
 LOG = logging.LoggerAdapter(logging.getLogger("test.cloudstack"), {})
 
 
@@ -62,8 +63,12 @@ def inv(url):
 @pytest.fixture
 def cfg(url, tmp_path) -> ExtensionConfig:
     # Nothing listens on port 9: anything that reached for Prefect would fail loudly.
-    return ExtensionConfig(prefect_api_url="http://127.0.0.1:9/api", inventory_url=url,
-                           log_file=str(tmp_path / "ext.log"), path=str(tmp_path / "cloudstack.json"))
+    return ExtensionConfig(
+        prefect_api_url="http://127.0.0.1:9/api",
+        inventory_url=url,
+        log_file=str(tmp_path / "ext.log"),
+        path=str(tmp_path / "cloudstack.json"),
+    )
 
 
 def parsed(doc, action):
@@ -92,11 +97,14 @@ def test_status_answers_from_the_inventory(cfg, running):
     assert body["power_state"] == "PowerOn" and "host-003" in body["message"]
 
 
-@pytest.mark.parametrize("vm_ext, host_ext, version", [
-    ({"metalflow_host": "host-003"}, None, "4.22"),  # what prepare saved
-    ({}, {"metalflow_host": "1003"}, "4.21"),  # seed model: the CloudStack host's detail (CloudStack id)
-    ({}, None, "4.21"),  # neither: the claim
-])
+@pytest.mark.parametrize(
+    "vm_ext, host_ext, version",
+    [
+        ({"metalflow_host": "host-003"}, None, "4.22"),  # what prepare saved
+        ({}, {"metalflow_host": "1003"}, "4.21"),  # seed model: the CloudStack host's detail (CloudStack id)
+        ({}, None, "4.21"),  # neither: the claim
+    ],
+)
 def test_status_finds_the_machine_every_way(cfg, inv, running, vm_ext, host_ext, version):
     body = status_of(cfg, payload("status", "vm-a", version=version, vm_ext=vm_ext, host_ext=host_ext))
     assert body["power_state"] == "PowerOn"
@@ -143,7 +151,7 @@ class _LockStub(BaseHTTPRequestHandler):
     answers: dict = {}
     seen: list = []
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self.seen.append((self.path, self.headers.get("Authorization")))
         code, body = self.answers.get(self.path, (404, b'{"detail": "Concurrency Limit not found"}'))
         self.send_response(code)
@@ -161,9 +169,11 @@ def test_lock_check_reads_active_slots_with_basic_auth():
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}/api"
         cfg = ExtensionConfig(prefect_api_url=base, inventory_url="sqlite://", prefect_auth_string=Secret("mf:pw"))
-        _LockStub.answers = {"/api/v2/concurrency_limits/host-host-003": (200, b'{"active_slots": 1, "limit": 1}'),
-                             "/api/v2/concurrency_limits/host-host-004": (200, b'{"active_slots": 0, "limit": 1}'),
-                             "/api/v2/concurrency_limits/host-host-006": (500, b"boom")}
+        _LockStub.answers = {
+            "/api/v2/concurrency_limits/host-host-003": (200, b'{"active_slots": 1, "limit": 1}'),
+            "/api/v2/concurrency_limits/host-host-004": (200, b'{"active_slots": 0, "limit": 1}'),
+            "/api/v2/concurrency_limits/host-host-006": (500, b"boom"),
+        }
         assert status_mod.lock_active(cfg, "host-003") is True
         assert status_mod.lock_active(cfg, "host-004") is False
         assert status_mod.lock_active(cfg, "host-005") is False  # never taken: no limit yet
@@ -179,8 +189,10 @@ def test_lock_check_reads_active_slots_with_basic_auth():
 
 
 def two_nics():
-    return [nic(0, "vlan://100", default=True, network=NETWORK_GUEST, mac="02:00:5a:00:00:01"),
-            nic(1, None, default=False, network=NETWORK_EXTRA, mac="02:00:5a:00:00:02")]
+    return [
+        nic(0, "vlan://100", default=True, network=NETWORK_GUEST, mac="02:00:5a:00:00:01"),
+        nic(1, None, default=False, network=NETWORK_EXTRA, mac="02:00:5a:00:00:02"),
+    ]
 
 
 def act(cfg, doc, action):
@@ -192,13 +204,21 @@ def act(cfg, doc, action):
 
 
 def test_prepare_claims_the_smallest_fit_and_returns_its_mac(cfg, inv):
-    doc = payload("prepare", "vm-a", cpus=16, ram=40 * GIB, nics=two_nics(),
-                  host_ext={"endpoint": "10.0.0.5", "apikey": HOST_API_KEY})
+    doc = payload(
+        "prepare",
+        "vm-a",
+        cpus=16,
+        ram=40 * GIB,
+        nics=two_nics(),
+        host_ext={"endpoint": "10.0.0.5", "apikey": HOST_API_KEY},
+    )
     answer = act(cfg, doc, "prepare")
     host = inv.get_host("host-003")  # 16 CPUs and 64 GB: the smallest that fits 16 / 40 GB
     assert answer.ok and answer.body["details"] == {
-        "External:metalflow_host": "host-003", "External:maas_system_id": "sys002",
-        "External:mac_address": host.boot_mac}
+        "External:metalflow_host": "host-003",
+        "External:maas_system_id": "sys002",
+        "External:mac_address": host.boot_mac,
+    }
     # Every NIC echoed unchanged but for the default NIC's MAC (arrays merge on "uuid").
     sent = doc["cloudstack.vm.details"]["nics"]
     assert answer.body["nics"] == [dict(sent[0], mac=host.boot_mac), sent[1]]
@@ -236,8 +256,9 @@ def test_delete_of_a_prepared_but_never_created_vm_frees_the_machine(cfg, inv):
         def latest(self, *a, **k):
             return None
 
-    ext = Extension(cfg, parsed(payload("delete", "vm-a", vm_ext={"metalflow_host": "host-002"}), "delete"),
-                    Deadline(30), LOG)
+    ext = Extension(
+        cfg, parsed(payload("delete", "vm-a", vm_ext={"metalflow_host": "host-002"}), "delete"), Deadline(30), LOG
+    )
     ext.__dict__["runs"] = NoRuns()  # Prefect knows no run for this VM
     answer = dispatch(ext, "delete")
     ext.close()
@@ -246,8 +267,12 @@ def test_delete_of_a_prepared_but_never_created_vm_frees_the_machine(cfg, inv):
 
 
 def test_create_checks_the_payload_before_anything_changes(cfg, inv):
-    doc = payload("create", "vm-a", vm_ext={"image": "ubuntu/jammy", "metalflow_host": "host-002"},
-                  nics=[nic(0, "vlan://untagged", default=True, network=NETWORK_GUEST, mac="02:00:5a:00:00:01")])
+    doc = payload(
+        "create",
+        "vm-a",
+        vm_ext={"image": "ubuntu/jammy", "metalflow_host": "host-002"},
+        nics=[nic(0, "vlan://untagged", default=True, network=NETWORK_GUEST, mac="02:00:5a:00:00:01")],
+    )
     answer = act(cfg, doc, "create")
     assert not answer.ok and "broadcastUri" in answer.body["message"] and "VLAN" in answer.body["message"]
     assert inv.list_claims() == []
@@ -266,28 +291,49 @@ def test_reinstall_keeps_the_vm_and_its_current_networks(cfg, inv):
     provision's parameters), the image parameter winning, and the VLANs the ports should carry
     now (a NIC plugged since create included). The run lookup is a stand-in for Prefect's
     tag query (the e2e tests use the real one)."""
-    from integrations.prefectapi import FlowRun
+    from metalflow.integrations.prefectapi import FlowRun
 
     inv.claim_host("vm-a", host="host-003")
     inv.set_last_vm("host-003", "vm-a", "web-01")
     inv.set_desired_vlan("host-003", 100, purpose="guest")
     inv.set_desired_vlan("host-003", 200, purpose="extra")
-    before = {"name": "web-01", "uuid": "vm-a", "image": "ubuntu/jammy", "owner": {"account": "acc-1"},
-              "nics": [{"vlan": 100, "default": True}]}
+    before = {
+        "name": "web-01",
+        "uuid": "vm-a",
+        "image": "ubuntu/jammy",
+        "owner": {"account": "acc-1"},
+        "nics": [{"vlan": 100, "default": True}],
+    }
 
     class Runs:
         def latest(self, vm_uuid, host, *, completed=False, **kw):
             assert (vm_uuid, host, completed, kw.get("flow")) == ("vm-a", "host-003", True, "provision")
-            return FlowRun("r1", "provision host-003 → web-01", "COMPLETED", "Completed", "", None,
-                           {"host": "host-003", "vm": before})
+            return FlowRun(
+                "r1",
+                "provision host-003 → web-01",
+                "COMPLETED",
+                "Completed",
+                "",
+                None,
+                {"host": "host-003", "vm": before},
+            )
 
-    ext = Extension(cfg, parsed(payload("Reinstall", "vm-a", custom=True, parameters={"image": "ubuntu/noble"}),
-                                "Reinstall"), Deadline(30), LOG)
+    ext = Extension(
+        cfg,
+        parsed(payload("Reinstall", "vm-a", custom=True, parameters={"image": "ubuntu/noble"}), "Reinstall"),
+        Deadline(30),
+        LOG,
+    )
     ext.__dict__["runs"] = Runs()
     vm = ext._reinstall_vm(inv.get_host("host-003"))
     ext.close()
-    assert vm == {"name": "web-01", "uuid": "vm-a", "image": "ubuntu/noble", "owner": {"account": "acc-1"},
-                  "nics": [{"vlan": 100, "default": True}, {"vlan": 200, "default": False}]}
+    assert vm == {
+        "name": "web-01",
+        "uuid": "vm-a",
+        "image": "ubuntu/noble",
+        "owner": {"account": "acc-1"},
+        "nics": [{"vlan": 100, "default": True}, {"vlan": 200, "default": False}],
+    }
 
 
 def test_getconsole_says_there_is_none(cfg):
@@ -305,8 +351,14 @@ def test_plug_network_needs_a_vlan(cfg, inv):
 
 def run_exe(args, env_extra=None, cwd=None):
     env = dict(os.environ, **(env_extra or {}))
-    proc = subprocess.run([sys.executable, "-m", "integrations.cloudstack.extension", *args], cwd=cwd or REPO,
-                          env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "metalflow.integrations.cloudstack.extension", *args],
+        cwd=cwd or REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return proc
 
 
@@ -320,15 +372,21 @@ def one_json(proc) -> dict:
 @pytest.fixture
 def cfg_file(tmp_path, url, inv) -> Path:
     path = tmp_path / "cloudstack.json"
-    path.write_text(json.dumps({"prefect_api_url": "http://127.0.0.1:9/api", "inventory_url": url,
-                                "log_file": str(tmp_path / "ext.log")}))
+    path.write_text(
+        json.dumps(
+            {"prefect_api_url": "http://127.0.0.1:9/api", "inventory_url": url, "log_file": str(tmp_path / "ext.log")}
+        )
+    )
     return path
 
 
-@pytest.mark.parametrize("action, message", [
-    ("com.cloud.agent.api.CheckHealthCommand", "CloudStack agent command this extension does not handle"),
-    ("migrate", "unknown action 'migrate'"),
-])
+@pytest.mark.parametrize(
+    "action, message",
+    [
+        ("com.cloud.agent.api.CheckHealthCommand", "CloudStack agent command this extension does not handle"),
+        ("migrate", "unknown action 'migrate'"),
+    ],
+)
 def test_unknown_actions_fail_at_once(tmp_path, cfg_file, action, message):
     path = write(tmp_path, {"action": action})
     proc = run_exe([action, str(path), "60"], {"METALFLOW_CLOUDSTACK_CONFIG": str(cfg_file)})
@@ -374,26 +432,36 @@ def test_stray_output_goes_to_the_log_never_to_stdout(tmp_path, capfd):
     assert "noise from a library" in log.read_text() and "C-level noise" in log.read_text()
 
 
-@pytest.mark.parametrize("args, want", [
-    (["create", "/tmp/p.json", "1800"], True), (["status", "p.json", "0"], True),
-    (["install", "--config", "x"], False), (["create", "p.json"], False), (["create", "p.json", "x"], False),
-])
+@pytest.mark.parametrize(
+    "args, want",
+    [
+        (["create", "/tmp/p.json", "1800"], True),
+        (["status", "p.json", "0"], True),
+        (["install", "--config", "x"], False),
+        (["create", "p.json"], False),
+        (["create", "p.json", "x"], False),
+    ],
+)
 def test_what_counts_as_a_cloudstack_call(args, want):
     assert is_cloudstack_call(args) is want
 
 
 def test_the_entry_module_does_not_import_prefect():
-    code = ("import sys, integrations.cloudstack.extension, integrations.cloudstack.actions, "
-            "integrations.cloudstack.status; bad = [m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')"
-            " or m.startswith(('tasks', 'flows', 'deployments'))]; print(bad)")
+    code = (
+        "import sys, metalflow.integrations.cloudstack.extension, metalflow.integrations.cloudstack.actions, "
+        "metalflow.integrations.cloudstack.status; bad = [m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')"
+        " or m.startswith(('metalflow.tasks', 'metalflow.flows', 'metalflow.deployments'))]; print(bad)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
 def test_status_imports_neither_requests_nor_the_orm():
-    code = ("import sys; from integrations.cloudstack.extension import main; "
-            "import integrations.cloudstack.status; print(sorted(m for m in ('requests', 'alembic', 'sqlalchemy', "
-            "'integrations.inventory', 'prefect') if m in sys.modules))")
+    code = (
+        "import sys; from metalflow.integrations.cloudstack.extension import main; "
+        "import metalflow.integrations.cloudstack.status; print(sorted(m for m in ('requests', 'alembic', 'sqlalchemy', "
+        "'metalflow.integrations.inventory', 'prefect') if m in sys.modules))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
@@ -403,8 +471,16 @@ def test_status_imports_neither_requests_nor_the_orm():
 
 def test_config_errors_name_every_key_and_never_the_secret():
     with pytest.raises(ExtensionConfigError) as err:
-        parse_config({"prefect_api_url": "localhost:4200", "prefect_auth_string": "nocolon-SECRET",
-                      "status_timeout": 0, "erase_default": "shred", "colour": "blue"}, "c.json")
+        parse_config(
+            {
+                "prefect_api_url": "localhost:4200",
+                "prefect_auth_string": "nocolon-SECRET",
+                "status_timeout": 0,
+                "erase_default": "shred",
+                "colour": "blue",
+            },
+            "c.json",
+        )
     text = str(err.value)
     for key in ("prefect_api_url", "inventory_url", "prefect_auth_string", "status_timeout", "erase_default", "colour"):
         assert key in text
@@ -425,28 +501,53 @@ def test_the_deadline_stays_below_cloudstacks_wait(wait, want):
 def test_install_writes_an_owner_only_file_and_a_shim(tmp_path):
     config = tmp_path / "etc" / "cloudstack.json"
     shim = tmp_path / "extensions" / "metalflow" / "metalflow.sh"
-    cfg, text = install(config, prefect_api_url="http://10.0.0.9:4200/api", inventory_url="sqlite:////var/x.db",
-                        auth_string="metalflow:s3cret", shim=shim)
+    cfg, text = install(
+        config,
+        prefect_api_url="http://10.0.0.9:4200/api",
+        inventory_url="sqlite:////var/x.db",
+        auth_string="metalflow:s3cret",
+        shim=shim,
+    )
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     assert stat.S_IMODE(shim.stat().st_mode) == 0o755 and shim.read_text() == text
     assert text.splitlines()[0] == "#!/bin/sh" and f"METALFLOW_CLOUDSTACK_CONFIG={config}" in text
     assert text.splitlines()[1].startswith("exec env ") and text.rstrip().endswith('"$@"')
     again = load_config(config)
-    assert again.prefect_auth_string.reveal() == "metalflow:s3cret" and again.log_path == config.parent / \
-        "metalflow-cloudstack.log"
+    assert (
+        again.prefect_auth_string.reveal() == "metalflow:s3cret"
+        and again.log_path == config.parent / "metalflow-cloudstack.log"
+    )
     assert "s3cret" not in json.dumps(again.masked())
     assert stat.S_IMODE(again.log_path.stat().st_mode) == 0o600
 
 
 def test_install_command_line(tmp_path, url):
     config = tmp_path / "cloudstack.json"
-    proc = subprocess.run([sys.executable, "-m", "integrations.cloudstack.extension", "install", "--config",
-                           str(config), "--prefect-api-url", "http://127.0.0.1:4200/api", "--inventory-url", url,
-                           "--auth-string", "-"], input="u:p\n", cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "metalflow.integrations.cloudstack.extension",
+            "install",
+            "--config",
+            str(config),
+            "--prefect-api-url",
+            "http://127.0.0.1:4200/api",
+            "--inventory-url",
+            url,
+            "--auth-string",
+            "-",
+        ],
+        input="u:p\n",
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "#!/bin/sh" in proc.stdout and "u:p" not in proc.stdout
     assert load_config(config).prefect_auth_string.reveal() == "u:p"
-    from integrations.inventory import migrate
+    from metalflow.integrations.inventory import migrate
 
     assert migrate.current_revision(url) == migrate.head_revision()  # the claims table is there
     assert shim_text(config) in proc.stdout

@@ -1,11 +1,12 @@
 """Parsing the payloads CloudStack 4.21 and 4.22 write, and mapping them to flow parameters."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from integrations.cloudstack.payload import PayloadError, load_payload, parse_payload, parse_vlan
+from metalflow.integrations.cloudstack.payload import PayloadError, load_payload, parse_payload, parse_vlan
 from tests.cloudstack.payloads import (
     CALLER,
     GIB,
@@ -25,13 +26,22 @@ def parse(doc, action="create"):
 
 
 def two_nics(extra_vlan="vlan://200", default_vlan="vlan://100"):
-    return [nic(0, default_vlan, default=True, network=NETWORK_GUEST, mac="02:00:5a:00:00:01"),
-            nic(1, extra_vlan, default=False, network=NETWORK_EXTRA, mac="02:00:5a:00:00:02")]
+    return [
+        nic(0, default_vlan, default=True, network=NETWORK_GUEST, mac="02:00:5a:00:00:01"),
+        nic(1, extra_vlan, default=False, network=NETWORK_EXTRA, mac="02:00:5a:00:00:02"),
+    ]
 
 
 def test_a_422_prepare_payload(tmp_path):
-    doc = payload("prepare", UUID, cpus=4, ram=3 * GIB + 1, host_ext={"endpoint": "10.0.0.5"},
-                  extension_ext={"endpoint": "10.0.0.5"}, resourcemap={"site": "dc1"})
+    doc = payload(
+        "prepare",
+        UUID,
+        cpus=4,
+        ram=3 * GIB + 1,
+        host_ext={"endpoint": "10.0.0.5"},
+        extension_ext={"endpoint": "10.0.0.5"},
+        resourcemap={"site": "dc1"},
+    )
     p = load_payload(write(tmp_path, doc), "prepare")
     assert p.vm_uuid == UUID and p.vm_internal_name == "i-2-100-VM" and p.state == "Starting"
     assert p.cpus == 4 and p.min_memory_mb == 3 * 1024 + 1  # bytes rounded up to whole MB
@@ -44,8 +54,9 @@ def test_a_422_prepare_payload(tmp_path):
 
 
 def test_a_421_create_payload_has_no_caller_and_leaves_empty_maps_out():
-    doc = payload("create", UUID, version="4.21", nics=two_nics(),
-                  vm_ext={"image": "ubuntu/jammy", "metalflow_host": "host-003"})
+    doc = payload(
+        "create", UUID, version="4.21", nics=two_nics(), vm_ext={"image": "ubuntu/jammy", "metalflow_host": "host-003"}
+    )
     assert "caller" not in doc and set(doc["externaldetails"]) == {"virtualmachine"}
     p = parse(doc)
     assert p.caller is None and p.host == {} and p.extension == {}
@@ -70,12 +81,15 @@ def test_the_default_nics_vlan_falls_back_to_cloudstack_vlan():
     assert parse(doc).flow_nics() == [{"vlan": 300, "default": True}, {"vlan": 200, "default": False}]
 
 
-@pytest.mark.parametrize("default_vlan, extra_vlan, where", [
-    ("vlan://untagged", "vlan://200", "nics[0].broadcastUri"),
-    (None, "vlan://200", "nics[0].broadcastUri"),
-    ("vlan://100", "vlan://untagged", "nics[1].broadcastUri"),
-    ("vlan://100", None, "nics[1].broadcastUri"),
-])
+@pytest.mark.parametrize(
+    "default_vlan, extra_vlan, where",
+    [
+        ("vlan://untagged", "vlan://200", "nics[0].broadcastUri"),
+        (None, "vlan://200", "nics[0].broadcastUri"),
+        ("vlan://100", "vlan://untagged", "nics[1].broadcastUri"),
+        ("vlan://100", None, "nics[1].broadcastUri"),
+    ],
+)
 def test_a_nic_without_a_vlan_is_refused_for_create(default_vlan, extra_vlan, where):
     doc = payload("create", UUID, nics=two_nics(extra_vlan, default_vlan))
     with pytest.raises(PayloadError) as err:
@@ -98,45 +112,67 @@ def test_later_payloads_carry_no_nics():
             p.flow_nics()
 
 
-@pytest.mark.parametrize("value, want", [
-    ("vlan://100", 100), ("100", 100), (100, 100), ("VLAN://4094", 4094), ("vlan://untagged", None),
-    ("", None), (None, None),
-])
+@pytest.mark.parametrize(
+    "value, want",
+    [
+        ("vlan://100", 100),
+        ("100", 100),
+        (100, 100),
+        ("VLAN://4094", 4094),
+        ("vlan://untagged", None),
+        ("", None),
+        (None, None),
+    ],
+)
 def test_parse_vlan(value, want):
     assert parse_vlan(value, "f") == want
 
 
-@pytest.mark.parametrize("value, match", [
-    ("vxlan://5000", "only vlan://"), ("vlan://0", "1-4094"), ("vlan://4095", "1-4094"), ("vlan://abc", "not a VLAN"),
-    (5000, "1-4094"),
-])
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        ("vxlan://5000", "only vlan://"),
+        ("vlan://0", "1-4094"),
+        ("vlan://4095", "1-4094"),
+        ("vlan://abc", "not a VLAN"),
+        (5000, "1-4094"),
+    ],
+)
 def test_parse_vlan_refuses(value, match):
     with pytest.raises(PayloadError, match=match):
         parse_vlan(value, "f")
 
 
-@pytest.mark.parametrize("vm_ext, want", [
-    ({"image": "ubuntu/jammy"}, "ubuntu/jammy"),
-    ({"os": "ubuntu", "distro_series": "noble"}, "ubuntu/noble"),  # the 4.22 MaaS extension's template details
-    ({"distro_series": "centos/centos7"}, "centos/centos7"),
-    ({"image": "centos7"}, "centos7"),
-])
+@pytest.mark.parametrize(
+    "vm_ext, want",
+    [
+        ({"image": "ubuntu/jammy"}, "ubuntu/jammy"),
+        ({"os": "ubuntu", "distro_series": "noble"}, "ubuntu/noble"),  # the 4.22 MaaS extension's template details
+        ({"distro_series": "centos/centos7"}, "centos/centos7"),
+        ({"image": "centos7"}, "centos7"),
+    ],
+)
 def test_image_from_template_details(vm_ext, want):
     assert parse(payload("create", UUID, vm_ext=vm_ext)).image() == want
 
 
 def test_image_from_the_seeds_template_url_when_cloudstack_sends_one():
     doc = payload("create", UUID)
-    doc["cloudstack.vm.details"]["disks"] = [{"data": {"origUrl": "http://dummy/x.iso"}},
-                                             {"data": {"origUrl": "centos7"}}]
+    doc["cloudstack.vm.details"]["disks"] = [
+        {"data": {"origUrl": "http://dummy/x.iso"}},
+        {"data": {"origUrl": "centos7"}},
+    ]
     assert parse(doc).image() == "centos7"
 
 
-@pytest.mark.parametrize("vm_ext, match", [
-    ({}, "externaldetails\\[0\\].image"),
-    ({"image": "http://images/ubuntu.img"}, "not a MAAS image name"),
-    ({"distro_series": "jammy"}, "needs the template detail os"),
-])
+@pytest.mark.parametrize(
+    "vm_ext, match",
+    [
+        ({}, "externaldetails\\[0\\].image"),
+        ({"image": "http://images/ubuntu.img"}, "not a MAAS image name"),
+        ({"distro_series": "jammy"}, "needs the template detail os"),
+    ],
+)
 def test_image_missing_or_wrong(vm_ext, match):
     with pytest.raises(PayloadError, match=match):
         parse(payload("create", UUID, vm_ext=vm_ext)).image()
@@ -180,13 +216,16 @@ def test_an_unrouted_agent_command_payload():
         p.require_vm()
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (lambda d: d.__setitem__("externaldetails", []), "externaldetails"),
-    (lambda d: d["cloudstack.vm.details"].__setitem__("nics", {}), "cloudstack.vm.details.nics"),
-    (lambda d: d["cloudstack.vm.details"].__setitem__("cpus", -1), "cloudstack.vm.details.cpus"),
-    (lambda d: d.__setitem__("virtualmachineid", "../../etc/passwd"), "virtualmachineid"),
-    (lambda d: d["cloudstack.vm.details"]["nics"].__setitem__(0, "eth0"), "cloudstack.vm.details.nics[0]"),
-])
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda d: d.__setitem__("externaldetails", []), "externaldetails"),
+        (lambda d: d["cloudstack.vm.details"].__setitem__("nics", {}), "cloudstack.vm.details.nics"),
+        (lambda d: d["cloudstack.vm.details"].__setitem__("cpus", -1), "cloudstack.vm.details.cpus"),
+        (lambda d: d.__setitem__("virtualmachineid", "../../etc/passwd"), "virtualmachineid"),
+        (lambda d: d["cloudstack.vm.details"]["nics"].__setitem__(0, "eth0"), "cloudstack.vm.details.nics[0]"),
+    ],
+)
 def test_malformed_payloads_name_the_field(mutate, field):
     doc = payload("create", UUID)
     mutate(doc)

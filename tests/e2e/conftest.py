@@ -1,5 +1,6 @@
 """End-to-end harness: a real Prefect server, the lab, metalflow served by ``metalflow serve``,
 everything triggered over the REST API as CloudStack would. One stack per test session."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from deployments.stack import Stack
-from integrations.common import Deadline
-from integrations.prefectapi import FlowRun, PrefectApi, idempotency_key
+from metalflow.deployments.stack import Stack
+from metalflow.integrations.common import Deadline
+from metalflow.integrations.prefectapi import FlowRun, PrefectApi, idempotency_key
 from tests.conftest import LabHandle, free_block
 
 
@@ -55,8 +56,11 @@ class E2E:
 
     def rerun(self, run_id: str, timeout: float = 180) -> FlowRun:
         """What the UI's "Retry" does: put the same run back to Scheduled."""
-        r = requests.post(f"{self.stack.api_url}/flow_runs/{run_id}/set_state",
-                          json={"state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True}, timeout=10)
+        r = requests.post(
+            f"{self.stack.api_url}/flow_runs/{run_id}/set_state",
+            json={"state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True},
+            timeout=10,
+        )
         r.raise_for_status()
         return self.wait(run_id, timeout)
 
@@ -66,8 +70,11 @@ class E2E:
         deadline = Deadline(settle)
         previous = None
         while True:
-            r = requests.post(f"{self.stack.api_url}/logs/filter",
-                              json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}, timeout=10)
+            r = requests.post(
+                f"{self.stack.api_url}/logs/filter",
+                json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200},
+                timeout=10,
+            )
             if r.status_code == 503 and deadline.remaining() > 0:  # SQLite busy: ride it out
                 deadline.sleep(0.5)
                 continue
@@ -79,18 +86,21 @@ class E2E:
             deadline.sleep(2.5)
 
     def artifacts(self, run_id: str) -> list[dict]:
-        r = requests.post(f"{self.stack.api_url}/artifacts/filter",
-                          json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}, timeout=10)
+        r = requests.post(
+            f"{self.stack.api_url}/artifacts/filter",
+            json={"artifacts": {"flow_run_id": {"any_": [run_id]}}},
+            timeout=10,
+        )
         r.raise_for_status()
         return r.json()
 
     def inventory(self):
-        from integrations.inventory import Inventory
+        from metalflow.integrations.inventory import Inventory
 
         return Inventory(json.loads((self.stack.home / "config.json").read_text())["inventory_url"])
 
     def maas(self):
-        from integrations.maas import MaasClient
+        from metalflow.integrations.maas import MaasClient
 
         return MaasClient.from_settings(self.stack.manifest["maas"]["settings"])
 
@@ -98,10 +108,23 @@ class E2E:
 @pytest.fixture(scope="session")
 def e2e(tmp_path_factory) -> E2E:
     home = tmp_path_factory.mktemp("metalflow")
-    stack = Stack(home=Path(home), api_url=f"http://127.0.0.1:{_free_port()}/api", hosts=14, switches=2,
-                  block=free_block(30),
-                  lab_args=("--deploy-seconds", "1", "--commission-seconds", "0.5", "--erase-seconds", "0.5",
-                            "--node-timeout", "8"))
+    stack = Stack(
+        home=Path(home),
+        api_url=f"http://127.0.0.1:{_free_port()}/api",
+        hosts=14,
+        switches=2,
+        block=free_block(30),
+        lab_args=(
+            "--deploy-seconds",
+            "1",
+            "--commission-seconds",
+            "0.5",
+            "--erase-seconds",
+            "0.5",
+            "--node-timeout",
+            "8",
+        ),
+    )
     stack.start()
     yield E2E(stack)
     stack.stop()

@@ -6,6 +6,7 @@ the hosts idle for the bulk that succeeds.
 
 Nothing is mocked: the fault is the lab's (a switch that rejects every login), every assertion
 reads the lab, MAAS, the inventory journal or the Prefect API."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -27,8 +28,11 @@ def spec(e2e, host: str) -> dict:
 
 def children(e2e, run_id: str) -> dict[str, dict]:
     """The bulk run's child flow runs (linked by Prefect's parent task run), by host."""
-    r = requests.post(f"{e2e.stack.api_url}/flow_runs/filter",
-                      json={"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}}, timeout=10)
+    r = requests.post(
+        f"{e2e.stack.api_url}/flow_runs/filter",
+        json={"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}},
+        timeout=10,
+    )
     r.raise_for_status()
     return {c["parameters"]["host"]: c for c in r.json()}
 
@@ -47,8 +51,11 @@ def report(e2e, run_id: str) -> str:
 
 def milestone(e2e, host: str, child_id: str) -> datetime:
     """When the child run journaled MAAS accepting its deploy."""
-    hits = [ev.at for ev in e2e.inventory().events(host, limit=500, run_id=child_id)
-            if ev.step == "deploy-machine" and ev.outcome == "ok"]
+    hits = [
+        ev.at
+        for ev in e2e.inventory().events(host, limit=500, run_id=child_id)
+        if ev.step == "deploy-machine" and ev.outcome == "ok"
+    ]
     assert hits, f"{host}'s run {child_id} never journaled deploy-machine ok"
     return min(hits)
 
@@ -71,9 +78,11 @@ def hosts(e2e):
 
 
 def test_a_bad_bulk_is_refused_before_any_host_starts(e2e, hosts):
-    asks = [{"host": "host-011", "vm": vm("bulk-dup-a", 150)},
-            {"host": "1014", "vm": vm("bulk-dup-b", 151)},       # host-014 by its CloudStack id
-            {"host": "host-014", "vm": vm("bulk-dup-c", 152)}]  # ... and again by name
+    asks = [
+        {"host": "host-011", "vm": vm("bulk-dup-a", 150)},
+        {"host": "1014", "vm": vm("bulk-dup-b", 151)},  # host-014 by its CloudStack id
+        {"host": "host-014", "vm": vm("bulk-dup-c", 152)},
+    ]  # ... and again by name
     run = e2e.run("bulk-provision", requests=asks, canary=1)
     assert run.state_type == "FAILED", run.state_name
     assert "bulk-provision refused, nothing started" in run.message, run.message
@@ -98,8 +107,10 @@ def test_a_canary_failing_before_its_milestone_stops_the_bulk(e2e, hosts):
         e2e.lab.reset_faults()
     assert run.state_type == "FAILED", run.state_name
     assert run.name == "bulk-provision 3 hosts (host-011 … host-013)"
-    expected = ("1 of 3 hosts failed, 2 not started (aborted after 1 failure: canary host-011 failed before "
-                "its milestone); 0 provisioned")
+    expected = (
+        "1 of 3 hosts failed, 2 not started (aborted after 1 failure: canary host-011 failed before "
+        "its milestone); 0 provisioned"
+    )
     assert expected in run.message, run.message
 
     kids = children(e2e, run.id)
@@ -130,7 +141,8 @@ def test_a_bulk_of_three_in_waves_behind_a_canary(e2e, hosts):
         m = e2e.maas().machine(e2e.inventory().get_host(a["host"]).maas_system_id)
         assert (m.status.name, m.hostname) == ("DEPLOYED", a["vm"]["name"])
         assert [p["untagged"] for p in e2e.lab.host(a["host"])["ports"]] == [a["vm"]["nics"][0]["vlan"]] * len(
-            e2e.lab.host(a["host"])["ports"])
+            e2e.lab.host(a["host"])["ports"]
+        )
 
     kids = children(e2e, run.id)
     assert sorted(kids) == list(HOSTS[:3])
@@ -141,13 +153,16 @@ def test_a_bulk_of_three_in_waves_behind_a_canary(e2e, hosts):
         assert task_run(e2e, child["parent_task_run_id"])["flow_run_id"] == run.id  # a subflow of the bulk
         # Its steps ran inline (the bulk's default): no task run each, every one journaled
         # under the child's own run, which is what the milestone gate reads.
-        steps = requests.post(f"{e2e.stack.api_url}/task_runs/filter", timeout=10,
-                              json={"flow_runs": {"id": {"any_": [child["id"]]}}}).json()
+        steps = requests.post(
+            f"{e2e.stack.api_url}/task_runs/filter", timeout=10, json={"flow_runs": {"id": {"any_": [child["id"]]}}}
+        ).json()
         assert steps == [], [t["name"] for t in steps]
-        journaled = {ev.step for ev in e2e.inventory().events(a["host"], limit=500, run_id=child["id"])
-                     if ev.outcome == "ok"}
-        assert {"converge-ports", "rename-machine", "deploy-machine", "wait-for-status", "record-vm"} <= journaled, \
+        journaled = {
+            ev.step for ev in e2e.inventory().events(a["host"], limit=500, run_id=child["id"]) if ev.outcome == "ok"
+        }
+        assert {"converge-ports", "rename-machine", "deploy-machine", "wait-for-status", "record-vm"} <= journaled, (
             journaled
+        )
 
     # The gate: each wave started after the previous wave's milestone. (That it started
     # before the previous wave ended is a matter of speed: tests/unit/test_bulk.py forces it.)

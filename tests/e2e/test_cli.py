@@ -1,13 +1,19 @@
 """The operator's CLI against the running stack: register with a progress bar, hosts, events,
 trigger. Uses host-009 and host-010."""
+
 import subprocess
 import sys
 
 
 def cli(e2e, *args, timeout=300):
     env = dict(e2e.stack.env, COLUMNS="250")
-    return subprocess.run([sys.executable, "-m", "deployments.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "metalflow.deployments.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_register_hosts_events_trigger(e2e):

@@ -12,6 +12,7 @@ erase or deployment would time out waiting for a PXE boot that can never happen.
 Nothing is mocked: every fault is the lab's (its control API), every assertion reads the
 lab's hardware, MAAS, the inventory or the Prefect API.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,9 @@ from datetime import datetime
 import pytest
 import requests
 
-from flows.runbook import lock_name
-from integrations.common import Deadline
-from integrations.prefectapi import PrefectBadRequest, idempotency_key
+from metalflow.flows.runbook import lock_name
+from metalflow.integrations.common import Deadline
+from metalflow.integrations.prefectapi import PrefectBadRequest, idempotency_key
 
 HOSTS = ("host-005", "host-006", "host-007")
 IMAGE = "ubuntu/jammy"
@@ -33,11 +34,11 @@ OWNER_PREFIXES = ("accountid_", "domainid_", "projectid_")
 
 def vm(name: str, vlan: int, *extra: int, owner: dict | None = None, **more) -> dict:
     nics = [{"vlan": vlan, "default": True}] + [{"vlan": v} for v in extra]
-    return {"name": name, "uuid": f"uuid-{name}", "image": IMAGE, "nics": nics,
-            "owner": owner or {}, **more}
+    return {"name": name, "uuid": f"uuid-{name}", "image": IMAGE, "nics": nics, "owner": owner or {}, **more}
 
 
 # --- reading the world ----------------------------------------------------------------------
+
 
 def pxe_vlan(e2e) -> int:
     return int(e2e.stack.manifest["maas"]["pxe_vlan"])
@@ -74,14 +75,18 @@ def artifacts(e2e, run_id: str) -> list[dict]:
 
 def rerun(e2e, run_id: str, timeout: float = 240):
     """``e2e.rerun`` (what the UI's Retry does), riding out a busy API."""
-    post(e2e, f"flow_runs/{run_id}/set_state",
-         {"state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True}).raise_for_status()
+    post(
+        e2e, f"flow_runs/{run_id}/set_state", {"state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True}
+    ).raise_for_status()
     return e2e.wait(run_id, timeout)
 
 
 def task_runs(e2e, run_id: str) -> list[dict]:
-    r = post(e2e, "task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}, "sort": "EXPECTED_START_TIME_ASC",
-                                       "limit": 200})
+    r = post(
+        e2e,
+        "task_runs/filter",
+        {"flow_runs": {"id": {"any_": [run_id]}}, "sort": "EXPECTED_START_TIME_ASC", "limit": 200},
+    )
     r.raise_for_status()
     return r.json()
 
@@ -103,13 +108,27 @@ def snapshot(e2e, host: str) -> dict:
     rec = inv.get_host(host)
     return {
         "bmc": {k: hw[k] for k in ("power", "bootdev", "persistent", "boots", "running")},
-        "switches": {name: {"ports": sw["ports"], "config_commands": sw["counters"]["config_commands"],
-                            "saves": sw["counters"]["saves"]} for name, sw in state["switches"].items()},
-        "maas": {"status": m.status.name, "hostname": m.hostname, "tags": sorted(m.tag_names),
-                 "owner": m.owner, "osystem": m.osystem, "distro_series": m.distro_series},
-        "inventory": {"last_vm": (rec.last_vm_uuid, rec.last_vm_name), "maintenance": rec.maintenance,
-                      "desired": sorted((v.switch, v.port, v.vlan, v.tagged, v.purpose)
-                                        for v in inv.desired_vlans(host))},
+        "switches": {
+            name: {
+                "ports": sw["ports"],
+                "config_commands": sw["counters"]["config_commands"],
+                "saves": sw["counters"]["saves"],
+            }
+            for name, sw in state["switches"].items()
+        },
+        "maas": {
+            "status": m.status.name,
+            "hostname": m.hostname,
+            "tags": sorted(m.tag_names),
+            "owner": m.owner,
+            "osystem": m.osystem,
+            "distro_series": m.distro_series,
+        },
+        "inventory": {
+            "last_vm": (rec.last_vm_uuid, rec.last_vm_name),
+            "maintenance": rec.maintenance,
+            "desired": sorted((v.switch, v.port, v.vlan, v.tagged, v.purpose) for v in inv.desired_vlans(host)),
+        },
     }
 
 
@@ -188,6 +207,7 @@ def hosts(e2e):
 
 # --- bad input ------------------------------------------------------------------------------
 
+
 def test_bad_input_is_refused_before_anything_changes(e2e, hosts):
     """Each bad request fails with the field or constraint named, and changes nothing: not a
     switch port or counter, not the MAAS machine, not the BMC, not the inventory."""
@@ -210,15 +230,16 @@ def test_bad_input_is_refused_before_anything_changes(e2e, hosts):
     # Accepted by the API, failed by the run: all at once (they also queue on the host's lock).
     plain_password = "Plain-Text-Passw0rd-" + uuid.uuid4().hex[:8]
     cases = {
-        "two default NICs": (host, {**vm("bad-2def", 100), "nics": [{"vlan": 100, "default": True},
-                                                                   {"vlan": 101, "default": True}]},
-                             "exactly one NIC must be the default"),
+        "two default NICs": (
+            host,
+            {**vm("bad-2def", 100), "nics": [{"vlan": 100, "default": True}, {"vlan": 101, "default": True}]},
+            "exactly one NIC must be the default",
+        ),
         "capitals and underscore": (host, vm("Web_01", 100), "vm.name"),
         "plain password": (host, vm("bad-pw", 100, root_password_hash=plain_password), "vm.root_password_hash"),
         "PXE VLAN as guest": (host, vm("bad-pxe", pxe_vlan(e2e)), "VLANs are not the PXE VLAN"),
         "PXE VLAN as extra": (host, vm("bad-pxe-extra", 100, pxe_vlan(e2e)), "VLANs are not the PXE VLAN"),
-        "unknown image": (host, {**vm("bad-image", 100), "image": "ubuntu/no-such-release"},
-                          "image exists in MAAS"),
+        "unknown image": (host, {**vm("bad-image", 100), "image": "ubuntu/no-such-release"}, "image exists in MAAS"),
         "unknown host": ("host-999", vm("bad-host", 100), "no host 'host-999'"),
         "BMC refusing the login": (mute, vm("bad-bmc", 100), "BMC answers"),
     }
@@ -238,6 +259,7 @@ def test_bad_input_is_refused_before_anything_changes(e2e, hosts):
 
 
 # --- faults: ridden out when transient, rolled back when not ---------------------------------
+
 
 def test_deploy_phase_deadline_fails_and_rolls_back(e2e, hosts):
     """A deploy that outlives ``deploy_timeout`` fails the run, named, and is rolled back.
@@ -274,8 +296,10 @@ def test_cancel_from_the_ui_stops_the_run_and_rolls_it_back(e2e, hosts):
         run = e2e.trigger("provision", host=host, vm=vm("cancel-01", 155))
         deadline = Deadline(120)
         # A task run just created may have no state yet (the server records it a moment later).
-        while not any(t["name"].startswith("wait-for-deployed") and (t["state"] or {}).get("type") == "RUNNING"
-                      for t in task_runs(e2e, run.id)):
+        while not any(
+            t["name"].startswith("wait-for-deployed") and (t["state"] or {}).get("type") == "RUNNING"
+            for t in task_runs(e2e, run.id)
+        ):
             assert deadline.remaining() > 0, "the provision never reached its deploy wait"
             deadline.sleep(0.3)
         post(e2e, f"flow_runs/{run.id}/set_state", {"state": {"type": "CANCELLING"}, "force": True}).raise_for_status()
@@ -344,7 +368,7 @@ def test_switch_dropping_every_retry_rolls_back_and_a_rerun_completes(e2e, hosts
     """The session drops on every attempt of the guest-VLAN change (4 = the task's retries
     + 1), after the PXE VLAN was already removed from the port: the rollback must put the
     PXE VLAN back on a port left with no VLAN at all."""
-    from tasks.switches import converge_ports
+    from metalflow.tasks.switches import converge_ports
 
     host, switch = "host-005", "tor-1"  # one NIC on the Force10 switch
     free(e2e, host)
@@ -366,8 +390,15 @@ def test_switch_dropping_every_retry_rolls_back_and_a_rerun_completes(e2e, hosts
         ("COMPLETED", 1, True),  # rollback: PXE VLAN back
     ]
     assert [n.split()[0] for n in rollback_tasks(e2e, run.id)] == [
-        "want-ports", "converge-ports", "set-boot-device", "untag-machine", "release-machine",
-        "wait-for-ready", "power-off", "rename-machine"]
+        "want-ports",
+        "converge-ports",
+        "set-boot-device",
+        "untag-machine",
+        "release-machine",
+        "wait-for-ready",
+        "power-off",
+        "rename-machine",
+    ]
 
     e2e.lab.reset_faults()
     again = rerun(e2e, run.id)
@@ -376,6 +407,7 @@ def test_switch_dropping_every_retry_rolls_back_and_a_rerun_completes(e2e, hosts
 
 
 # --- one operation per host ---------------------------------------------------------------
+
 
 @contextmanager
 def holding_host_lock(e2e, host: str):
@@ -394,8 +426,10 @@ def holding_host_lock(e2e, host: str):
 def test_second_provision_waits_for_the_first_and_never_interleaves(e2e, hosts):
     host = "host-007"
     free(e2e, host)
-    vms = {"a": vm("conc-a", 160, 161, owner={"account": "acct-a"}),
-           "b": vm("conc-b", 170, owner={"account": "acct-b"})}
+    vms = {
+        "a": vm("conc-a", 160, 161, owner={"account": "acct-a"}),
+        "b": vm("conc-b", 170, owner={"account": "acct-b"}),
+    }
     key = idempotency_key("test-failures", "provision", host, vms["a"]["uuid"], uuid.uuid4().hex)
     waiting = f"waiting: another operation is running on {host}"
     with holding_host_lock(e2e, host):
@@ -421,15 +455,30 @@ def test_second_provision_waits_for_the_first_and_never_interleaves(e2e, hosts):
     # it only read (it never touched a switch, MAAS or the BMC).
     won, lost = task_runs(e2e, runs[winner].id), task_runs(e2e, runs[loser].id)
     assert min(when(t["start_time"]) for t in lost) >= max(when(t["end_time"]) for t in won)
-    changing = {"converge-ports", "rename-machine", "allocate-machine", "tag-machine", "untag-machine",
-                "deploy-machine", "release-machine", "set-boot-device", "power-off", "power-on", "reboot",
-                "want-ports", "record-vm", "create-bond", "deliver-preseed"}
+    changing = {
+        "converge-ports",
+        "rename-machine",
+        "allocate-machine",
+        "tag-machine",
+        "untag-machine",
+        "deploy-machine",
+        "release-machine",
+        "set-boot-device",
+        "power-off",
+        "power-on",
+        "reboot",
+        "want-ports",
+        "record-vm",
+        "create-bond",
+        "deliver-preseed",
+    }
     assert not {t["name"].split()[0] for t in lost} & changing
     # Exactly the winner's end state.
     assert_runs(e2e, host, vms[winner], (f"accountid_acct-{winner}",))
 
 
 # --- secrets --------------------------------------------------------------------------------
+
 
 def _all(e2e, path: str, body: dict) -> list[dict]:
     out, offset = [], 0
@@ -476,8 +525,9 @@ def test_no_secret_in_any_run_log_artifact_or_parameter(e2e, hosts):
         "flow run parameters and states": json.dumps([(r["name"], r["parameters"], r["state"]) for r in flow_runs]),
         "logs": json.dumps([entry["message"] for entry in _all(e2e, "logs/filter", {})]),
         "artifacts": json.dumps(_all(e2e, "artifacts/filter", {})),
-        "task runs": json.dumps([(t["name"], t["state"]) for t in
-                                 _all(e2e, "task_runs/filter", {"flow_runs": {"id": {"any_": ids}}})]),
+        "task runs": json.dumps(
+            [(t["name"], t["state"]) for t in _all(e2e, "task_runs/filter", {"flow_runs": {"id": {"any_": ids}}})]
+        ),
     }
     assert len(texts["logs"]) > 1000
     leaks = [f"{what} in {where}" for where, text in texts.items() for what, s in secrets.items() if s in text]

@@ -9,32 +9,44 @@ on each other, in file order: a lifecycle is a sequence.
 inventory after our own run instead of counting runs, so an interleaved scheduled poll cannot
 change the verdict.
 """
+
 from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from integrations.common import Deadline
+from metalflow.integrations.common import Deadline
 
 PXE = 10
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f ops@example"
 KEY_BODY = SSH_KEY.split()[1]
 PW_HASH = "$6$flowsalt$" + "Q" * 86
 
-VM1 = {"name": "flows-one", "uuid": "vm-flows-0001", "image": "ubuntu/jammy",
-       "nics": [{"vlan": 101, "default": True}, {"vlan": 201}],
-       "owner": {"account": "acc-1", "domain": "dom-1", "project": "prj-1"},
-       "root_password_hash": PW_HASH, "ssh_keys": [SSH_KEY]}
-VM4 = {"name": "flows-four", "uuid": "vm-flows-0004", "image": "ubuntu/noble",
-       "nics": [{"vlan": 104, "default": True}], "owner": {"account": "acc-4"}}
+VM1 = {
+    "name": "flows-one",
+    "uuid": "vm-flows-0001",
+    "image": "ubuntu/jammy",
+    "nics": [{"vlan": 101, "default": True}, {"vlan": 201}],
+    "owner": {"account": "acc-1", "domain": "dom-1", "project": "prj-1"},
+    "root_password_hash": PW_HASH,
+    "ssh_keys": [SSH_KEY],
+}
+VM4 = {
+    "name": "flows-four",
+    "uuid": "vm-flows-0004",
+    "image": "ubuntu/noble",
+    "nics": [{"vlan": 104, "default": True}],
+    "owner": {"account": "acc-4"},
+}
 
 OWNER_PREFIXES = ("accountid_", "domainid_", "projectid_")
 
 
 # --- reading the world --------------------------------------------------------------------------
+
 
 def spec(e2e, host: str) -> dict:
     return next(h for h in e2e.stack.manifest["hosts"] if h["name"] == host)
@@ -87,6 +99,7 @@ def refused(run, *fragments: str) -> None:
 
 # --- fixtures -----------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def registered(e2e):
     """host-002 and host-004 registered (in parallel: they are independent)."""
@@ -107,6 +120,7 @@ def lab_faults_cleared(e2e):
 
 
 # --- register-host ------------------------------------------------------------------------------
+
 
 def test_register_creates_commissions_then_adopts(e2e):
     host, inv, maas = "host-001", e2e.inventory(), e2e.maas()
@@ -149,6 +163,7 @@ def test_register_creates_commissions_then_adopts(e2e):
 
 # --- provision, case B, one NIC -----------------------------------------------------------------
 
+
 def test_provision_one_nic_host(e2e, state):
     host, inv = "host-001", e2e.inventory()
     sid = inv.get_host(host).maas_system_id
@@ -171,18 +186,38 @@ def test_provision_one_nic_host(e2e, state):
     assert (h.last_vm_uuid, h.last_vm_name) == ("vm-flows-0001", "flows-one")
 
     md = report(e2e, run)
-    for step in ("PXE VLAN on every cabled port", "rename to flows-one", "allocate", "ownership tags",
-                 "curtin preseed", "deploy ubuntu/jammy", "wait for Deployed", "boot device disk",
-                 "guest VLAN 101 untagged", "reboot", "record VM"):
+    for step in (
+        "PXE VLAN on every cabled port",
+        "rename to flows-one",
+        "allocate",
+        "ownership tags",
+        "curtin preseed",
+        "deploy ubuntu/jammy",
+        "wait for Deployed",
+        "boot device disk",
+        "guest VLAN 101 untagged",
+        "reboot",
+        "record VM",
+    ):
         assert step in md, f"report lacks {step!r}"
     assert re.search(r"tor-1: .*untagged .*1/1/1", md), "report lacks the switch command lines"
     preseed = md.split("## curtin preseed", 1)[1]
-    assert "usermod -p '***' root" in preseed and f"ssh-ed25519 *** ops@example" in preseed
+    assert "usermod -p '***' root" in preseed and "ssh-ed25519 *** ops@example" in preseed
     assert PW_HASH not in md and "flowsalt" not in md and KEY_BODY not in md
 
     steps = journal(e2e, host, run)
-    for step in ("converge-ports", "rename-machine", "allocate-machine", "tag-machine", "deliver-preseed",
-                 "deploy-machine", "wait-for-status", "set-boot-device", "reboot", "record-vm"):
+    for step in (
+        "converge-ports",
+        "rename-machine",
+        "allocate-machine",
+        "tag-machine",
+        "deliver-preseed",
+        "deploy-machine",
+        "wait-for-status",
+        "set-boot-device",
+        "reboot",
+        "record-vm",
+    ):
         assert (step, "ok") in steps, f"{step} not journaled: {sorted(steps)}"
 
 
@@ -190,8 +225,7 @@ def test_rerun_of_completed_provision_and_register_change_nothing(e2e, state):
     host = "host-001"
     sid = e2e.inventory().get_host(host).maas_system_id
     # Let the provision's own boots land first: deploy (PXE), curtin's reboot, the final reset.
-    wait_until(lambda: e2e.lab.host(host)["boots"] >= state["boots_before_provision"] + 3,
-               what="the provision's boots")
+    wait_until(lambda: e2e.lab.host(host)["boots"] >= state["boots_before_provision"] + 3, what="the provision's boots")
     boots, sw, m = e2e.lab.host(host)["boots"], config_counters(e2e, "tor-1"), maas_record(e2e, sid)
 
     run = e2e.rerun(state["provision_run"])
@@ -212,6 +246,7 @@ def test_rerun_of_completed_provision_and_register_change_nothing(e2e, state):
 
 
 # --- stop, then case A --------------------------------------------------------------------------
+
 
 def test_stop_then_provision_same_vm_only_powers_on(e2e):
     host, inv = "host-001", e2e.inventory()
@@ -238,6 +273,7 @@ def test_stop_then_provision_same_vm_only_powers_on(e2e):
 
 # --- plug-nic / unplug-nic ----------------------------------------------------------------------
 
+
 def test_plug_and_unplug_nic(e2e):
     host = "host-001"
     run = e2e.run("plug-nic", host=host, vlan=301)
@@ -252,8 +288,11 @@ def test_plug_and_unplug_nic(e2e):
 
     # Three refusals, triggered together (they are independent; the host lock orders them).
     sw = config_counters(e2e, "tor-1")
-    asks = [("unplug-nic", 101, ("default NIC", "cannot be unplugged")), ("plug-nic", PXE, ("PXE",)),
-            ("plug-nic", 5000, ("vlan", "5000", "1-4094"))]
+    asks = [
+        ("unplug-nic", 101, ("default NIC", "cannot be unplugged")),
+        ("plug-nic", PXE, ("PXE",)),
+        ("plug-nic", 5000, ("vlan", "5000", "1-4094")),
+    ]
     runs = [e2e.trigger(flow, host=host, vlan=vlan) for flow, vlan, _ in asks]
     for r, (_, _, why) in zip(runs, asks):
         done = e2e.wait(r.id)
@@ -263,6 +302,7 @@ def test_plug_and_unplug_nic(e2e):
 
 
 # --- destroy ------------------------------------------------------------------------------------
+
 
 def test_destroy_then_destroy_again(e2e):
     host, inv = "host-001", e2e.inventory()
@@ -280,8 +320,15 @@ def test_destroy_then_destroy_again(e2e):
     h = inv.get_host(host)
     assert h.last_vm_uuid is None and h.last_vm_name is None
     steps = journal(e2e, host, run)
-    for step in ("power-off", "converge-ports", "set-boot-device", "release-machine", "rename-machine",
-                 "untag-machine", "record-vm"):
+    for step in (
+        "power-off",
+        "converge-ports",
+        "set-boot-device",
+        "release-machine",
+        "rename-machine",
+        "untag-machine",
+        "record-vm",
+    ):
         assert (step, "ok") in steps, f"{step} not journaled: {sorted(steps)}"
 
     sw, rec, boots = config_counters(e2e, "tor-1"), maas_record(e2e, sid), hw["boots"]
@@ -293,6 +340,7 @@ def test_destroy_then_destroy_again(e2e):
 
 
 # --- a two-NIC host: bond, power operations, audit ----------------------------------------------
+
 
 def test_provision_two_nic_host_gets_a_bond(e2e, registered):
     host = "host-004"
@@ -352,7 +400,7 @@ def test_power_poll_sees_power_changed_behind_its_back(e2e, registered):
     host = "host-004"
     h = registered.get_host(host)
     assert h.power_state == "on"  # recorded by the reboot that just verified it
-    since = datetime.now(timezone.utc) - timedelta(seconds=1)
+    since = datetime.now(UTC) - timedelta(seconds=1)
     e2e.lab.control("POST", f"/power/{host}", {"on": False})  # someone pulled the plug
     run = e2e.run("power-poll")
     assert run.ok, run.message
@@ -399,6 +447,7 @@ def test_destroy_two_nic_host(e2e, registered):
 
 # --- power-poll ---------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def three_strikes(e2e):
     """maintenance_after_failures = 3 for this test (config.json, read by every run)."""
@@ -423,13 +472,18 @@ def test_silent_bmc_goes_into_maintenance_and_comes_back(e2e, registered, lab_fa
     assert h.maintenance and "failed" in h.maintenance_reason and "BmcTimeout" in h.maintenance_reason
     assert [ev for ev in registered.events(host) if ev.step == "maintenance" and ev.detail.startswith("entered")]
 
-    vm = {"name": "flows-two", "uuid": "vm-flows-0002", "image": "ubuntu/jammy", "nics": [{"vlan": 102, "default": True}]}
+    vm = {
+        "name": "flows-two",
+        "uuid": "vm-flows-0002",
+        "image": "ubuntu/jammy",
+        "nics": [{"vlan": 102, "default": True}],
+    }
     sw = config_counters(e2e, switch_of(e2e, host))
     refused(e2e.run("provision", host=host, vm=vm), "host not in maintenance", "in maintenance")
     assert config_counters(e2e, switch_of(e2e, host)) == sw and ports(e2e, host) == [(PXE, [])]
 
     e2e.lab.reset_faults()
-    since = datetime.now(timezone.utc) - timedelta(seconds=1)
+    since = datetime.now(UTC) - timedelta(seconds=1)
     run = e2e.run("power-poll")
     assert run.ok, run.message
     h = registered.get_host(host)

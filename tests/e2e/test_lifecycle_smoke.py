@@ -1,7 +1,12 @@
 """The whole life of one two-NIC host over the REST API, checked on the lab's hardware."""
 
-VM = {"name": "smoke-01", "uuid": "vm-smoke-0001", "image": "ubuntu/jammy",
-      "nics": [{"vlan": 100, "default": True}], "owner": {"account": "a1", "domain": "d1"}}
+VM = {
+    "name": "smoke-01",
+    "uuid": "vm-smoke-0001",
+    "image": "ubuntu/jammy",
+    "nics": [{"vlan": 100, "default": True}],
+    "owner": {"account": "a1", "domain": "d1"},
+}
 
 
 def test_register_provision_destroy(e2e):

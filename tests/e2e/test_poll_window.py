@@ -1,12 +1,13 @@
 """The long-running power-poll (``window > 0``) end to end: triggered over the REST API on the
 served deployment, reading the lab's BMCs, writing the inventory. Changes no host's power
 (other end-to-end tests share the hosts)."""
+
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from integrations.common import Deadline
+from metalflow.integrations.common import Deadline
 
 WINDOW = 6  # shorter than the period (10 s): a run still reads every host once
 BUSY = "another power-poll run is polling"
@@ -22,7 +23,7 @@ def test_window_poll_reads_every_host_once_at_a_time(e2e):
     inv = e2e.inventory()
     names = [h.name for h in inv.list_hosts()]
     assert names
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     # Two at once: the ``power-poll`` limit lets one poll; the other waits out its window and
     # ends Completed, saying why.
     runs = [e2e.trigger("power-poll", window=WINDOW) for _ in range(2)]
@@ -34,12 +35,15 @@ def test_window_poll_reads_every_host_once_at_a_time(e2e):
     if not polled:
         # A scheduled long-running poll held the limit for both windows: both rightly ended
         # without polling, and that poll keeps every host fresh instead.
-        Deadline(30).wait_for(lambda: all(h.power_state_at and h.power_state_at > since for h in inv.list_hosts()),
-                              bool, what="every host read by the running poll", interval=0.5)
+        Deadline(30).wait_for(
+            lambda: all(h.power_state_at and h.power_state_at > since for h in inv.list_hosts()),
+            bool,
+            what="every host read by the running poll",
+            interval=0.5,
+        )
     else:
         (md,) = polled
-        m = re.search(r"reads \*\*(\d+)\*\*, failed reads \*\*(\d+)\*\*, reads per BMC per minute \*\*([\d.]+)\*\*",
-                      md)
+        m = re.search(r"reads \*\*(\d+)\*\*, failed reads \*\*(\d+)\*\*, reads per BMC per minute \*\*([\d.]+)\*\*", md)
         assert m, md
         assert int(m.group(1)) >= len(names) and float(m.group(3)) > 0
         # each host stamped when its own read started (staggered), not all with one sweep time

@@ -1,5 +1,6 @@
 """CloudStack configuration parsing: the seed's settings string and rack config, the forms
 operators actually type, and errors that name the part and never show a secret."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import pickle
 
 import pytest
 
-from integrations.cloudstack import (
+from metalflow.integrations.cloudstack import (
     ConfigError,
     MaasSettings,
     RackConfig,
@@ -17,8 +18,8 @@ from integrations.cloudstack import (
     parse_settings,
     settings_from_api_key,
 )
-from integrations.common import Secret
-from lab.spec import generate
+from metalflow.integrations.common import Secret
+from metalflow.lab.spec import generate
 
 # Verbatim from the seed page (CLOUDSTACK-9913).
 SEED_SETTINGS_LINE = (
@@ -214,15 +215,33 @@ def test_settings_from_api_key():
 
 @pytest.mark.parametrize(
     "text",
-    ["00:18:8b:52:79:80", "00:18:8B:52:79:80", "00-18-8B-52-79-80", "00188b527980", "0018.8b52.7980",
-     "  00188B527980 ", "0:18:8b:52:79:80"],
+    [
+        "00:18:8b:52:79:80",
+        "00:18:8B:52:79:80",
+        "00-18-8B-52-79-80",
+        "00188b527980",
+        "0018.8b52.7980",
+        "  00188B527980 ",
+        "0:18:8b:52:79:80",
+    ],
 )
 def test_mac_normalisation(text):
     assert normalize_mac(text) == "00:18:8b:52:79:80"
 
 
-@pytest.mark.parametrize("text", ["", "00:18:8b:52:79", "00:18:8b:52:79:80:aa", "zz:18:8b:52:79:80",
-                                  "00188b52798", "0018.8b52.798g", "00:18-8b:52:79:80x", None])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "00:18:8b:52:79",
+        "00:18:8b:52:79:80:aa",
+        "zz:18:8b:52:79:80",
+        "00188b52798",
+        "0018.8b52.798g",
+        "00:18-8b:52:79:80x",
+        None,
+    ],
+)
 def test_mac_rejects(text):
     with pytest.raises(ValueError):
         normalize_mac(text)  # type: ignore[arg-type]
@@ -258,11 +277,24 @@ def test_rack_config_inputs_str_bytes_dict_path(tmp_path):
 
 def test_rack_config_normalises_macs_and_reads_the_switch_port():
     rc = load_rack_config(
-        {"racks": [{"l2Switch": {"ip": "10.1.0.1", "port": "2222", "username": "admin", "password": "pw",
-                                 "type": "Force10"},
-                    "hosts": [{"mac": "00-18-8B-52-79-80", "port": "1/1/1"},
-                              {"mac": "00188b527981", "port": " 1/1/2 "},
-                              {"mac": "0018.8b52.7982", "port": "1/1/3"}]}]}
+        {
+            "racks": [
+                {
+                    "l2Switch": {
+                        "ip": "10.1.0.1",
+                        "port": "2222",
+                        "username": "admin",
+                        "password": "pw",
+                        "type": "Force10",
+                    },
+                    "hosts": [
+                        {"mac": "00-18-8B-52-79-80", "port": "1/1/1"},
+                        {"mac": "00188b527981", "port": " 1/1/2 "},
+                        {"mac": "0018.8b52.7982", "port": "1/1/3"},
+                    ],
+                }
+            ]
+        }
     )
     assert rc.racks[0].switch.port == 2222
     assert rc.macs() == ("00:18:8b:52:79:80", "00:18:8b:52:79:81", "00:18:8b:52:79:82")
@@ -296,13 +328,16 @@ def test_rack_config_collects_every_error_with_its_path():
     data = {
         "racks": [
             _rack({"type": "NoSuchOS"}, [{"mac": "00:18:8b:52:79:80", "port": "1/1/1"}]),
-            _rack({"ip": "10.1.0.2", "port": 70000}, [
-                {"mac": "zz", "port": "1/1/1"},
-                {"mac": "00:18:8b:52:79:81"},
-                {"port": "1/1/3"},
-                {"mac": "00:18:8b:52:79:82", "port": "1/1/4", "vlan": 5},
-                "not an object",
-            ]),
+            _rack(
+                {"ip": "10.1.0.2", "port": 70000},
+                [
+                    {"mac": "zz", "port": "1/1/1"},
+                    {"mac": "00:18:8b:52:79:81"},
+                    {"port": "1/1/3"},
+                    {"mac": "00:18:8b:52:79:82", "port": "1/1/4", "vlan": 5},
+                    "not an object",
+                ],
+            ),
             _rack({"ip": "10.1.0.3", "password": None, "username": ""}),
             {"hosts": []},
         ]
@@ -323,8 +358,10 @@ def test_rack_config_collects_every_error_with_its_path():
 def test_rack_config_duplicates():
     data = {
         "racks": [
-            _rack({"ip": "10.1.0.1"}, [{"mac": "00:18:8b:52:79:80", "port": "1/1/1"},
-                                      {"mac": "00:18:8b:52:79:81", "port": "1/1/1"}]),
+            _rack(
+                {"ip": "10.1.0.1"},
+                [{"mac": "00:18:8b:52:79:80", "port": "1/1/1"}, {"mac": "00:18:8b:52:79:81", "port": "1/1/1"}],
+            ),
             _rack({"ip": "10.1.0.2", "password": "0therPassw0rd?"}, [{"mac": "00-18-8B-52-79-80", "port": "1/1/1"}]),
             _rack({"ip": "10.1.0.1"}, [{"mac": "00:18:8b:52:79:99", "port": "1/1/9"}]),
             _rack({"ip": "fd00::1"}),
@@ -372,22 +409,44 @@ def test_password_of_the_wrong_type_is_not_echoed():
 
 def test_port_grammar_comes_from_the_switch_dialects():
     """The dialects of ``integrations.switches`` decide which port names a type accepts."""
-    from integrations.switches import dialect_for
+    from metalflow.integrations.switches import dialect_for
 
-    problems = _problems({"racks": [_rack(hosts=[{"mac": "00:18:8b:52:79:80", "port": "xe-0/0/1"},
-                                                 {"mac": "00:18:8b:52:79:81", "port": "Gi0/1"},
-                                                 {"mac": "00:18:8b:52:79:82", "port": "1/1/1;reload"}])]})
+    problems = _problems(
+        {
+            "racks": [
+                _rack(
+                    hosts=[
+                        {"mac": "00:18:8b:52:79:80", "port": "xe-0/0/1"},
+                        {"mac": "00:18:8b:52:79:81", "port": "Gi0/1"},
+                        {"mac": "00:18:8b:52:79:82", "port": "1/1/1;reload"},
+                    ]
+                )
+            ]
+        }
+    )
     assert set(problems) == {"racks[0].hosts[0].port", "racks[0].hosts[2].port"}  # Gi0/1 is FTOS too
     assert "'xe-0/0/1' is not a force10 port name" in problems["racks[0].hosts[0].port"]
     # The same port on a Juniper switch is fine, and a Force10 name is not.
-    juniper = _rack({"type": "juniper_junos"}, [{"mac": "00:18:8b:52:79:80", "port": "xe-0/0/1"},
-                                                {"mac": "00:18:8b:52:79:81", "port": "1/1/1"}])
+    juniper = _rack(
+        {"type": "juniper_junos"},
+        [{"mac": "00:18:8b:52:79:80", "port": "xe-0/0/1"}, {"mac": "00:18:8b:52:79:81", "port": "1/1/1"}],
+    )
     assert list(_problems({"racks": [juniper]})) == ["racks[0].hosts[1].port"]
     # "1/1/1" and its long form name the same port: a duplicate.
     long_form = dialect_for("Force10").validate_port("1/1/1")
     assert long_form != "1/1/1"
-    problems = _problems({"racks": [_rack(hosts=[{"mac": "00:18:8b:52:79:80", "port": "1/1/1"},
-                                                 {"mac": "00:18:8b:52:79:81", "port": long_form}])]})
+    problems = _problems(
+        {
+            "racks": [
+                _rack(
+                    hosts=[
+                        {"mac": "00:18:8b:52:79:80", "port": "1/1/1"},
+                        {"mac": "00:18:8b:52:79:81", "port": long_form},
+                    ]
+                )
+            ]
+        }
+    )
     assert list(problems) == ["racks[0].hosts[1].port"]
 
 

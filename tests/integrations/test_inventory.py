@@ -1,18 +1,19 @@
 """The inventory on real SQLite files: migrations, import, power rules, desired VLANs, the
 journal and concurrent writers (threads and processes) that must not lose updates."""
+
 from __future__ import annotations
 
 import multiprocessing
 import sqlite3
 import threading
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import inspect, text
 
-from integrations.cloudstack import RackConfig, load_rack_config
-from integrations.inventory import (
+from metalflow.integrations.cloudstack import RackConfig, load_rack_config
+from metalflow.integrations.inventory import (
     DesiredVlan,
     HostNotFound,
     HostRecord,
@@ -23,10 +24,10 @@ from integrations.inventory import (
     migrate,
     split_credential_ref,
 )
-from integrations.inventory.store import Inventory as _Inventory
-from lab.spec import generate
+from metalflow.integrations.inventory.store import Inventory as _Inventory
+from metalflow.lab.spec import generate
 
-UTC = timezone.utc
+UTC = UTC
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
@@ -216,7 +217,8 @@ def test_import_moves_and_removes_nics(loaded, spec):
 def test_import_names_switches_and_refs_as_asked(inv, spec):
     rack = load_rack_config(spec.rack_config())
     summary = inv.import_rack_config(
-        rack, records_for(spec),
+        rack,
+        records_for(spec),
         switch_names={spec.switches[0].address: "rack-a"},
         switch_credential_ref="block:switch-{name}",
     )
@@ -348,8 +350,12 @@ def test_replacing_desired_vlans_is_one_transaction(loaded, spec):
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"vlan": 0}, "vlan"), ({"vlan": 4095}, "vlan"), ({"vlan": 10, "purpose": "storage"}, "purpose"),
-     ({"vlan": 10, "ports": [("tor-2", "GigabitEthernet1/0/1")]}, "ports[0]")],
+    [
+        ({"vlan": 0}, "vlan"),
+        ({"vlan": 4095}, "vlan"),
+        ({"vlan": 10, "purpose": "storage"}, "purpose"),
+        ({"vlan": 10, "ports": [("tor-2", "GigabitEthernet1/0/1")]}, "ports[0]"),
+    ],
 )
 def test_desired_vlan_bad_input(loaded, kwargs, field):
     with pytest.raises(InventoryError) as info:
@@ -373,7 +379,12 @@ def test_three_failures_put_a_host_in_maintenance_and_a_success_takes_it_out(loa
     t = loaded.record_power("host-001", "on", T0 + timedelta(minutes=3))
     assert t.left_maintenance and not t.maintenance and t.changed and t.previous == "unknown"
     host = loaded.get_host("host-001")
-    assert (host.power_state, host.poll_failures, host.last_poll_error, host.maintenance_reason) == ("on", 0, None, None)
+    assert (host.power_state, host.poll_failures, host.last_poll_error, host.maintenance_reason) == (
+        "on",
+        0,
+        None,
+        None,
+    )
     assert host.power_state_at == T0 + timedelta(minutes=3)
     steps = [(e.step, e.detail.split(":")[0]) for e in loaded.events("host-001")]
     assert steps == [("maintenance", "left maintenance"), ("maintenance", "entered maintenance")]
@@ -409,8 +420,7 @@ def test_a_stale_reading_is_ignored(loaded):
 
 @pytest.mark.parametrize(
     "state, at, error, field",
-    [("standby", None, None, "state"), ("on", None, "timeout", "state"),
-     ("on", datetime(2026, 1, 1), None, "at")],
+    [("standby", None, None, "state"), ("on", None, "timeout", "state"), ("on", datetime(2026, 1, 1), None, "at")],
 )
 def test_bad_power_readings(loaded, state, at, error, field):
     with pytest.raises(InventoryError) as info:
@@ -421,8 +431,10 @@ def test_bad_power_readings(loaded, state, at, error, field):
 @pytest.mark.parametrize(
     "detail, want",
     [
-        ("ipmitool -I lanplus -H 10.0.0.1 -U admin -P hunter2 chassis power status failed",
-         "ipmitool -I lanplus -H 10.0.0.1 -U admin -P *** chassis power status failed"),
+        (
+            "ipmitool -I lanplus -H 10.0.0.1 -U admin -P hunter2 chassis power status failed",
+            "ipmitool -I lanplus -H 10.0.0.1 -U admin -P *** chassis power status failed",
+        ),
         ("login failed: password=hunter2, user=admin", "login failed: password=***, user=admin"),
         ("MaasIP=10.0.0.5;MaasSecret=hunter2;MaasKey=abc", "MaasIP=10.0.0.5;MaasSecret=***;MaasKey=***"),
         ('{"api_key": "c:t:hunter2"}', '{"api_key": ***}'),
@@ -447,7 +459,8 @@ def test_bulk_power_record_of_2000_hosts(inv):
     for minute in range(3):
         readings = [
             PowerReading(n, "unknown", T0 + timedelta(minutes=minute), error="timeout")
-            if n in failing else PowerReading(n, "on" if i % 2 else "off", T0 + timedelta(minutes=minute))
+            if n in failing
+            else PowerReading(n, "on" if i % 2 else "off", T0 + timedelta(minutes=minute))
             for i, n in enumerate(names)
         ]
         result = inv.record_power_bulk(readings + [PowerReading("host-gone", "on")], run_id=f"run-{minute}")
@@ -482,13 +495,23 @@ def test_maas_system_id_and_last_vm(loaded):
 def test_journal(loaded):
     for i, (step, outcome) in enumerate([("set-pxe-vlan", "started"), ("set-pxe-vlan", "ok"), ("deploy", "failed")]):
         loaded.journal("host-001", "provision", "run-1", step, "switch", outcome, at=T0 + timedelta(seconds=i))
-    loaded.journal("host-001", "destroy", "run-2", "release", "maas", "ok",
-                   {"erase": "quick", "api_key": "c:t:s3cr3t"}, at=T0 + timedelta(seconds=9))
+    loaded.journal(
+        "host-001",
+        "destroy",
+        "run-2",
+        "release",
+        "maas",
+        "ok",
+        {"erase": "quick", "api_key": "c:t:s3cr3t"},
+        at=T0 + timedelta(seconds=9),
+    )
     loaded.journal("host-002", "stop", None, "power-off", "ipmi", "skipped", "already off")
     events = loaded.events("host-001")
     assert [(e.operation, e.step, e.outcome) for e in events] == [
-        ("destroy", "release", "ok"), ("provision", "deploy", "failed"),
-        ("provision", "set-pxe-vlan", "ok"), ("provision", "set-pxe-vlan", "started"),
+        ("destroy", "release", "ok"),
+        ("provision", "deploy", "failed"),
+        ("provision", "set-pxe-vlan", "ok"),
+        ("provision", "set-pxe-vlan", "started"),
     ]
     assert events[0].detail == "erase=quick, api_key=***" and events[0].at == T0 + timedelta(seconds=9)
     assert len(loaded.events("host-001", limit=2)) == 2
@@ -502,16 +525,19 @@ def test_journal(loaded):
 
 
 def test_step_events_of_several_hosts_in_one_query(loaded):
-    for host, run, step, outcome, sec in [("host-001", "r1", "deploy-machine", "ok", 5),
-                                          ("host-002", "r2", "deploy-machine", "started", 6),
-                                          ("host-002", "r2", "deploy-machine", "ok", 7),
-                                          ("host-001", "r0", "deploy-machine", "ok", -5),  # before since
-                                          ("host-003", "r3", "rename-machine", "ok", 8)]:
+    for host, run, step, outcome, sec in [
+        ("host-001", "r1", "deploy-machine", "ok", 5),
+        ("host-002", "r2", "deploy-machine", "started", 6),
+        ("host-002", "r2", "deploy-machine", "ok", 7),
+        ("host-001", "r0", "deploy-machine", "ok", -5),  # before since
+        ("host-003", "r3", "rename-machine", "ok", 8),
+    ]:
         loaded.journal(host, "provision", run, step, "maas", outcome, at=T0 + timedelta(seconds=sec))
-    got = loaded.step_events(["host-002", "host-001", "host-003", "host-002"], "deploy-machine",
-                             outcome="ok", since=T0)
-    assert [(e.host, e.run_id, e.at) for e in got] == [("host-001", "r1", T0 + timedelta(seconds=5)),
-                                                      ("host-002", "r2", T0 + timedelta(seconds=7))]
+    got = loaded.step_events(["host-002", "host-001", "host-003", "host-002"], "deploy-machine", outcome="ok", since=T0)
+    assert [(e.host, e.run_id, e.at) for e in got] == [
+        ("host-001", "r1", T0 + timedelta(seconds=5)),
+        ("host-002", "r2", T0 + timedelta(seconds=7)),
+    ]
     assert [e.outcome for e in loaded.step_events(["host-002"], "deploy-machine")] == ["started", "ok"]
     assert loaded.step_events([], "deploy-machine") == []
     with pytest.raises(InventoryError) as info:

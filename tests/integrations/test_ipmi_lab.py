@@ -4,6 +4,7 @@ Every power change is checked twice: by the client's own read-back and by the si
 view (``fleet.state``). Deadline tests assert that the call returned with the right error,
 never how long it took (speed lives in ``bench/ipmi_race.py``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,8 @@ import traceback
 
 import pytest
 
-from integrations.common import Deadline
-from integrations.ipmi import (
+from metalflow.integrations.common import Deadline
+from metalflow.integrations.ipmi import (
     BmcAuthFailed,
     BmcClient,
     BmcTarget,
@@ -22,11 +23,11 @@ from integrations.ipmi import (
     BmcWrongState,
     BootDevice,
     BulkPowerReader,
+    shim,
     shim_active,
 )
-from integrations.ipmi import shim
-from lab.bmc import BmcFleet
-from lab.spec import BmcSpec, Timing
+from metalflow.lab.bmc import BmcFleet
+from metalflow.lab.spec import BmcSpec, Timing
 
 N_BMCS = 200
 PASSWORD = "Lab-S3cret-ipmi"  # the BMCs' password
@@ -84,8 +85,14 @@ def bmc(i: int, password: str = PASSWORD, **kw) -> BmcClient:
 
 def wait_for_event(events, hostname: str, kind: str, after: int) -> None:
     """Events reach the fleet's thread asynchronously: wait for one, with a deadline."""
-    Deadline(10).wait_for(lambda: [e for e in events[after:] if e.host == hostname and e.kind == kind],
-                          bool, what=f"{kind} event of {hostname}", interval=0.02, factor=1.5, max_interval=0.2)
+    Deadline(10).wait_for(
+        lambda: [e for e in events[after:] if e.host == hostname and e.kind == kind],
+        bool,
+        what=f"{kind} event of {hostname}",
+        interval=0.02,
+        factor=1.5,
+        max_interval=0.2,
+    )
 
 
 def test_power_on_off_soft_reset_with_read_back(fleet, events):
@@ -218,8 +225,9 @@ def test_recovers_after_a_silent_spell(fleet, fault):
     fleet.set_fault(host(8), "none")
     # The abandoned call may still be in pyghmi: the client waits for it (bounded) or starts
     # afresh; either way a later read succeeds once the BMC answers again.
-    state = Deadline(20).wait_for(lambda: _try_read(c), lambda v: v is not None, what="recovery",
-                                  interval=0.2, max_interval=1.0)
+    state = Deadline(20).wait_for(
+        lambda: _try_read(c), lambda v: v is not None, what="recovery", interval=0.2, max_interval=1.0
+    )
     assert state == fleet.state(host(8)).power
     c.close()
 

@@ -6,6 +6,7 @@ drive real sockets, and these tests are about what the client decides (when to p
 give up, what to verify). ``test_ipmi_lab.py`` runs the same paths over RMCP+ against the
 lab's simulated BMCs.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -15,8 +16,8 @@ import threading
 import pyghmi.exceptions
 import pytest
 
-from integrations.common import Deadline, MetalflowError, Secret
-from integrations.ipmi import (
+from metalflow.integrations.common import Deadline, MetalflowError, Secret
+from metalflow.integrations.ipmi import (
     BmcAuthFailed,
     BmcBusy,
     BmcClient,
@@ -30,9 +31,9 @@ from integrations.ipmi import (
     IpmiError,
     PowerReading,
 )
-from integrations.ipmi.errors import classify, error_for_code, scrub
-from integrations.ipmi.guard import CallGuard
-from integrations.ipmi.wire import parse_boot_options
+from metalflow.integrations.ipmi.errors import classify, error_for_code, scrub
+from metalflow.integrations.ipmi.guard import CallGuard
+from metalflow.integrations.ipmi.wire import parse_boot_options
 
 PASSWORD = "Zq9-unit-pw"
 
@@ -54,8 +55,15 @@ class FakeLink:
     """The wire, simulated in fake time: a machine that takes ``on_delay``/``soft_delay``
     seconds to change state, optionally ignores soft off, and can fail reads."""
 
-    def __init__(self, clock: FakeClock, power: str = "off", *, on_delay: float = 0.0, soft_delay: float = 3.0,
-                 ignore_soft: bool = False):
+    def __init__(
+        self,
+        clock: FakeClock,
+        power: str = "off",
+        *,
+        on_delay: float = 0.0,
+        soft_delay: float = 3.0,
+        ignore_soft: bool = False,
+    ):
         self.clock = clock
         self.power = power
         self.on_delay = on_delay
@@ -190,8 +198,10 @@ def test_reprs_show_no_secret():
     [
         ("Incorrect password provided", BmcAuthFailed),
         ("Unauthorized name in RAKP2", BmcAuthFailed),
-        ("Insufficient privilege level or firmware firewall while requesting privelege level 4 for b'x'",
-         BmcAuthFailed),
+        (
+            "Insufficient privilege level or firmware firewall while requesting privelege level 4 for b'x'",
+            BmcAuthFailed,
+        ),
         ("timeout", BmcTimeout),
         ("Session no longer connected", BmcUnreachable),
         ("Insufficient resources to create new session (wait for existing sessions to timeout)", BmcBusy),
@@ -223,8 +233,15 @@ def test_classify_socket_and_protocol_errors():
 
 @pytest.mark.parametrize(
     "code, cls",
-    [(0xC0, BmcBusy), (0xD2, BmcBusy), (0xD4, BmcAuthFailed), (0xD5, BmcWrongState), (0xFFFF, BmcTimeout),
-     (0xC1, IpmiError), (0xCC, IpmiError)],
+    [
+        (0xC0, BmcBusy),
+        (0xD2, BmcBusy),
+        (0xD4, BmcAuthFailed),
+        (0xD5, BmcWrongState),
+        (0xFFFF, BmcTimeout),
+        (0xC1, IpmiError),
+        (0xCC, IpmiError),
+    ],
 )
 def test_completion_codes(code, cls):
     err = error_for_code(code, target="t", operation="power_on", text="x")
@@ -458,11 +475,17 @@ def test_bulk_reader_rejects_duplicate_keys_and_reports_bad_targets_without_send
 
 @pytest.mark.parametrize(
     "stuck, shard, wedged",
-    [([], 100, False), ([3.0, 4.0], 100, False), ([200.0], 100, True), ([5.0] * 8, 100, False),
-     ([5.0] * 50, 100, True), ([5.0] * 3, 4, False)],
+    [
+        ([], 100, False),
+        ([3.0, 4.0], 100, False),
+        ([200.0], 100, True),
+        ([5.0] * 8, 100, False),
+        ([5.0] * 50, 100, True),
+        ([5.0] * 3, 4, False),
+    ],
 )
 def test_worker_health_rule(stuck, shard, wedged):
-    from integrations.ipmi.bulk import looks_wedged
+    from metalflow.integrations.ipmi.bulk import looks_wedged
 
     assert looks_wedged(stuck, shard, limit=120) is wedged
 
@@ -506,7 +529,7 @@ def test_shim_applies_once():
 def test_patched_recvfrom_never_blocks_even_on_a_blocking_socket():
     import socket
 
-    from integrations.ipmi import shim
+    from metalflow.integrations.ipmi import shim
 
     a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -515,8 +538,13 @@ def test_patched_recvfrom_never_blocks_even_on_a_blocking_socket():
         a.setblocking(True)  # what pyghmi's _io_sendto leaves behind
         assert shim._io_recvfrom(a, 3000) is None  # returns at once: nothing to read
         b.sendto(b"hello", a.getsockname())
-        Deadline(5).wait_for(lambda: shim._io_recvfrom(a, 3000), lambda v: v is not None, what="datagram",
-                             interval=0.01, max_interval=0.1)
+        Deadline(5).wait_for(
+            lambda: shim._io_recvfrom(a, 3000),
+            lambda v: v is not None,
+            what="datagram",
+            interval=0.01,
+            max_interval=0.1,
+        )
     finally:
         a.close()
         b.close()
@@ -525,7 +553,7 @@ def test_patched_recvfrom_never_blocks_even_on_a_blocking_socket():
 def test_timedout_runs_with_the_waiting_lock_released_and_gets_it_back():
     from pyghmi.ipmi.private import session as s
 
-    from integrations.ipmi import shim
+    from metalflow.integrations.ipmi import shim
 
     wrapped = shim._make_timedout(lambda self: s.WAITING_SESSIONS._is_owned())
     with s.util.protect(s.WAITING_SESSIONS), s.util.protect(s.WAITING_SESSIONS):  # held twice
@@ -540,7 +568,7 @@ def test_timedout_no_longer_deadlocks_with_a_retransmit():
     (wait_for_rsp) holds WAITING and times a session out, which needs KEEPALIVE."""
     from pyghmi.ipmi.private import session as s
 
-    from integrations.ipmi import shim
+    from metalflow.integrations.ipmi import shim
 
     def original_timedout(self):  # what pyghmi's _timedout does first when it retransmits
         with s.util.protect(s.KEEPALIVE_SESSIONS):

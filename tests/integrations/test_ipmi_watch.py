@@ -5,6 +5,7 @@ The schedule is checked from the readings themselves (their ``at`` stamps), with
 a fraction of the period: the assertions are about which slot a read took, not about speed
 (speed lives in ``bench/power_freshness.py``). Waits are deadlines on a condition.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,14 +14,14 @@ import signal
 import time
 import traceback
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
-from integrations.common import Deadline
-from integrations.ipmi import BmcTarget, PowerWatch, TimedReading
-from lab.bmc import BmcFleet
-from lab.spec import BmcSpec
+from metalflow.integrations.common import Deadline
+from metalflow.integrations.ipmi import BmcTarget, PowerWatch, TimedReading
+from metalflow.lab.bmc import BmcFleet
+from metalflow.lab.spec import BmcSpec
 
 N_BMCS = 8
 PASSWORD = "Lab-S3cret-watch"
@@ -114,7 +115,7 @@ def circular(a: float, b: float, period: float) -> float:
 
 def test_each_bmc_read_once_per_period_at_its_own_phase(fleet, watch):
     keys = [host(i) for i in range(4)]
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     watch.set_targets([target(i) for i in range(4)])
     c = Collector(watch)
     c.until(at_least(keys, 3), "three readings of every BMC")
@@ -189,16 +190,21 @@ def test_a_killed_worker_is_restarted_and_its_reads_in_flight_fail(fleet, fault)
         c.until(at_least(keys, 1), "a reading of every BMC")
         # Kill while the silent BMC's read is known to be in flight (the parent's view of the
         # worker: there is no public hook for "in flight", and this is what the test is about).
-        Deadline(10).wait_for(lambda: host(3) in w._handles[0].inflight, bool, what="a read in flight",
-                              interval=0.02, factor=1.0)
+        Deadline(10).wait_for(
+            lambda: host(3) in w._handles[0].inflight, bool, what="a read in flight", interval=0.02, factor=1.0
+        )
         (old,) = w.worker_pids()
         os.kill(old, signal.SIGKILL)
-        killed = datetime.now(timezone.utc)
+        killed = datetime.now(UTC)
         c.clear()
-        c.until(lambda by: any(r.error and "worker process died" in r.error for r in by.get(host(3), ())),
-                "the read in flight reported failed")
-        c.until(lambda by: all(any(r.ok and r.at > killed for r in by.get(k, ())) for k in keys[:2]),
-                "readings after the restart")
+        c.until(
+            lambda by: any(r.error and "worker process died" in r.error for r in by.get(host(3), ())),
+            "the read in flight reported failed",
+        )
+        c.until(
+            lambda by: all(any(r.ok and r.at > killed for r in by.get(k, ())) for k in keys[:2]),
+            "readings after the restart",
+        )
         (pid,) = w.worker_pids()
         assert pid is not None and pid != old
         assert w.stats.worker_restarts == 1
@@ -232,8 +238,12 @@ def test_no_password_in_reprs_readings_logs_or_errors(fleet, fault, caplog, caps
 
 
 def test_bad_arguments_are_refused():
-    for kwargs in ({"period": 0.5}, {"period": 10, "processes": 0}, {"period": 10, "per_call_timeout": 10},
-                   {"period": 10, "concurrency": 0}):
+    for kwargs in (
+        {"period": 0.5},
+        {"period": 10, "processes": 0},
+        {"period": 10, "per_call_timeout": 10},
+        {"period": 10, "concurrency": 0},
+    ):
         with pytest.raises(ValueError):
             PowerWatch(**kwargs)
     w = PowerWatch(10)
@@ -243,8 +253,8 @@ def test_bad_arguments_are_refused():
         w.set_targets([target(0)])
 
 
-
 # --- the handover between two power-poll runs of one process (flows.poll.Keeper) ----------
+
 
 def _watching(*hosts_i: int) -> PowerWatch:
     w = PowerWatch(PERIOD, processes=1, per_call_timeout=CALL_TIMEOUT)
@@ -254,13 +264,13 @@ def _watching(*hosts_i: int) -> PowerWatch:
 
 
 def test_a_parked_watch_goes_on_reading_and_is_taken_over_with_its_workers(fleet):
-    from flows.poll import Keeper
+    from metalflow.flows.poll import Keeper
 
     keeper, key = Keeper(), (PERIOD, 1, CALL_TIMEOUT)
     w = _watching(0, 1)
     try:
         pids = w.worker_pids()
-        parked_at = datetime.now(timezone.utc)
+        parked_at = datetime.now(UTC)
         keeper.park(w, key, linger=30)
         time.sleep(2.5 * PERIOD)  # between two runs: nobody drains
         assert keeper.take(key) is w
@@ -274,7 +284,7 @@ def test_a_parked_watch_goes_on_reading_and_is_taken_over_with_its_workers(fleet
 
 
 def test_a_parked_watch_made_otherwise_or_not_taken_in_time_is_closed(fleet):
-    from flows.poll import Keeper
+    from metalflow.flows.poll import Keeper
 
     keeper, key = Keeper(), (PERIOD, 1, CALL_TIMEOUT)
     w = _watching(2)
@@ -292,7 +302,7 @@ def test_a_by_hand_sweep_reads_with_the_previous_sweeps_reader(fleet, tmp_path, 
     """power-poll by hand twice in one process: the second sweep's ``read-all-bmcs`` takes over
     the first one's reader (same worker processes, so the same BMC sessions); a sweep that
     raises closes its reader instead of keeping it."""
-    from flows import poll
+    from metalflow.flows import poll
 
     monkeypatch.setenv("METALFLOW_HOME", str(tmp_path))
     monkeypatch.setenv("METALFLOW_POWER_POLL_PROCESSES", "1")
@@ -324,7 +334,7 @@ def test_a_by_hand_sweep_with_a_bmc_gone_silent_keeps_no_reader(fleet, fault, tm
     even once it answers again; a kept reader would fail it on the next sweeps (measured: for
     14 s after the BMC came back from two silent sweeps). So such a sweep closes its reader,
     and the operator who repairs the BMC and polls again at once reads it."""
-    from flows import poll
+    from metalflow.flows import poll
 
     monkeypatch.setenv("METALFLOW_HOME", str(tmp_path))
     monkeypatch.setenv("METALFLOW_POWER_POLL_PROCESSES", "1")

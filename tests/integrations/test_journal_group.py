@@ -2,18 +2,19 @@
 many threads' lines in few transactions, each thread's lines in order, each line's own result.
 The two fault tests wrap the real inventory to hold or fail one transaction (no simulator can
 stall a SQLite commit on cue); everything else is the real write path."""
+
 from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
-from integrations.cloudstack import load_rack_config
-from integrations.inventory import HostNotFound, Inventory, InventoryError
-from integrations.inventory.group import GroupJournal
-from lab.spec import generate
+from metalflow.integrations.cloudstack import load_rack_config
+from metalflow.integrations.inventory import HostNotFound, Inventory, InventoryError
+from metalflow.integrations.inventory.group import GroupJournal
+from metalflow.lab.spec import generate
 from tests.integrations.test_inventory import records_for
 
 WAIT = 30.0
@@ -62,8 +63,7 @@ def test_lines_from_many_threads_share_transactions_and_keep_each_threads_order(
         list(pool.map(run, range(16)))
     assert group.transactions < 160  # 160 lines: grouped, not one commit each
     for i in range(16):
-        mine = sorted((e for e in inv.events(hosts[i % 4], limit=1000) if e.run_id == f"run-{i}"),
-                      key=lambda e: e.at)
+        mine = sorted((e for e in inv.events(hosts[i % 4], limit=1000) if e.run_id == f"run-{i}"), key=lambda e: e.at)
         assert [e.step for e in mine] == [f"step-{n}" for n in range(10)]
 
 
@@ -73,10 +73,10 @@ def test_a_line_is_stamped_when_queued_not_when_committed(inv):
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(group.journal, "host-001", "provision", "r", "a", "maas", "started")
         assert held.entered.wait(WAIT)
-        queued_at = datetime.now(timezone.utc)
+        queued_at = datetime.now(UTC)
         second = pool.submit(group.journal, "host-002", "provision", "r", "b", "maas", "started")
         threading.Event().wait(0.2)
-        released_at = datetime.now(timezone.utc)  # its transaction can only begin after this
+        released_at = datetime.now(UTC)  # its transaction can only begin after this
         held.go.set()
         assert first.result(WAIT).step == "a"
         e = second.result(WAIT)
@@ -92,8 +92,9 @@ def test_an_unknown_host_fails_only_its_own_line(inv):
         assert held.entered.wait(WAIT)
         ok = pool.submit(group.journal, "host-002", "provision", "r", "ok", "maas", "ok")
         bad = pool.submit(group.journal, "host-999", "provision", "r", "bad", "maas", "ok")
-        by_id = pool.submit(group.journal, inv.get_host("host-003").cloudstack_id, "provision", "r", "by-id",
-                            "maas", "ok")
+        by_id = pool.submit(
+            group.journal, inv.get_host("host-003").cloudstack_id, "provision", "r", "by-id", "maas", "ok"
+        )
         threading.Event().wait(0.2)  # the three queue behind the held transaction: one batch
         held.go.set()
         assert lead.result(WAIT).host == "host-001"
@@ -144,8 +145,9 @@ def test_the_others_in_a_failed_transaction_get_a_failure_of_their_own(inv):
     with ThreadPoolExecutor(4) as pool:
         first = pool.submit(group.journal, "host-001", "provision", "r", "first", "maas", "ok")
         assert held.entered.wait(WAIT)
-        second = [pool.submit(group.journal, "host-002", "provision", "r", f"second-{i}", "maas", "ok")
-                  for i in range(3)]
+        second = [
+            pool.submit(group.journal, "host-002", "provision", "r", f"second-{i}", "maas", "ok") for i in range(3)
+        ]
         threading.Event().wait(0.2)  # all three queued: the second transaction carries them
         held.go.set()
         assert first.result(WAIT).step == "first"
@@ -160,7 +162,7 @@ def test_the_others_in_a_failed_transaction_get_a_failure_of_their_own(inv):
 def test_a_caller_cancelled_after_being_handed_the_lead_does_not_wedge_the_queue(inv):
     """The pool cancels a run by raising RunCancelled in its thread (deployments.pool): here it
     lands in a caller queued behind a transaction, as it is handed the lead."""
-    from deployments.pool import RunCancelled, raise_in_thread
+    from metalflow.deployments.pool import RunCancelled, raise_in_thread
 
     held = Held(inv)
     group = GroupJournal(held, timeout=5.0)  # a wedged queue fails the test in seconds

@@ -6,6 +6,7 @@ port is untagged in the PXE VLAN, as on real hardware. Faults are the lab's own 
 ``set_fault``/``fail_next``, a switch port taken off the PXE VLAN (a phase that hangs), a BMC
 that rejects logins (MAAS answers 503 without Retry-After).
 """
+
 from __future__ import annotations
 
 import pickle
@@ -14,8 +15,8 @@ import traceback
 import pytest
 import yaml
 
-from integrations.common import Backoff, Secret
-from integrations.maas import (
+from metalflow.integrations.common import Backoff, Secret
+from metalflow.integrations.maas import (
     LocalPreseedStore,
     MaasAuthFailed,
     MaasClient,
@@ -30,8 +31,8 @@ from integrations.maas import (
 )
 
 runner = pytest.importorskip("lab.runner", reason="the lab is not in this checkout")
-from lab.spec import Timing, generate  # noqa: E402
-from lab.switch import PortVlans  # noqa: E402
+from metalflow.lab.spec import Timing, generate  # noqa: E402
+from metalflow.lab.switch import PortVlans  # noqa: E402
 
 BLOCK = 62  # 127.162.0.0/16, this test file's loopback block
 HASH = "$6$mfgoldensalt$gTFB5ASXZKXJHZ7x2I.Vf8necUInQcfX4WHOeJ82nzbkXZ3mlPvpZM7AfL763l9/TEDV6B/nSNb7EKG8S6wb10"
@@ -44,14 +45,27 @@ WAIT = dict(interval=0.05, max_interval=0.2)
 def env(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("maas-lab")
     spec = generate(
-        hosts=22, switches=1, block=BLOCK, workdir=str(workdir), dialects=("force10",),
-        nics_per_host=(1, 2), seed_secrets="test-maas-lab",
-        timing=Timing(commission=0.2, deploy=0.3, release=0.05, erase=0.2, quick_erase=0.1,
-                      secure_erase=0.3, node_timeout=20.0, soft_off=0.1, boot=0.02),
+        hosts=22,
+        switches=1,
+        block=BLOCK,
+        workdir=str(workdir),
+        dialects=("force10",),
+        nics_per_host=(1, 2),
+        seed_secrets="test-maas-lab",
+        timing=Timing(
+            commission=0.2,
+            deploy=0.3,
+            release=0.05,
+            erase=0.2,
+            quick_erase=0.1,
+            secure_erase=0.3,
+            node_timeout=20.0,
+            soft_off=0.1,
+            boot=0.02,
+        ),
     )
     with runner.Lab(spec) as lab:
-        client = MaasClient(lab.maas.url, Secret(spec.maas.api_key), timeout=10, retries=FAST,
-                            retry_budget=30)
+        client = MaasClient(lab.maas.url, Secret(spec.maas.api_key), timeout=10, retries=FAST, retry_budget=30)
         yield spec, lab, client
         client.close()
 
@@ -85,8 +99,9 @@ def test_register_host_commissions_to_ready_and_is_found_by_mac(env):
     spec, _, client = env
     h = spec.hosts[0]
     assert client.find_by_mac(h.boot_mac) is None
-    m = client.create_machine(h.name, h.macs, h.bmc.address, h.bmc.username, Secret(h.bmc.password),
-                              power_port=h.bmc.port)
+    m = client.create_machine(
+        h.name, h.macs, h.bmc.address, h.bmc.username, Secret(h.bmc.password), power_port=h.bmc.port
+    )
     assert m.status is NodeStatus.COMMISSIONING and m.hostname == h.name and m.power_type == "ipmi"
     m = client.wait_for_status(m.system_id, NodeStatus.READY, deadline=20, **WAIT)
     assert m.status_name == "Ready"
@@ -102,12 +117,14 @@ def test_register_host_commissions_to_ready_and_is_found_by_mac(env):
     params = client.power_parameters(m.system_id)
     assert params["power_address"] == f"{h.bmc.address}:16230" and params["power_user"] == "operator"
     assert isinstance(params["power_pass"], Secret) and params["power_pass"].reveal() == "n3w-bmc-pw"
-    client.set_power_parameters(m.system_id, h.bmc.address, h.bmc.username, Secret(h.bmc.password),
-                                power_port=h.bmc.port)
+    client.set_power_parameters(
+        m.system_id, h.bmc.address, h.bmc.username, Secret(h.bmc.password), power_port=h.bmc.port
+    )
     # A second registration of the same MACs is refused by MAAS, naming the field.
     with pytest.raises(MaasValidationError) as ei:
-        client.create_machine("dup", h.macs, h.bmc.address, h.bmc.username, Secret(h.bmc.password),
-                              power_port=h.bmc.port)
+        client.create_machine(
+            "dup", h.macs, h.bmc.address, h.bmc.username, Secret(h.bmc.password), power_port=h.bmc.port
+        )
     assert "mac_addresses" in ei.value.fields
     assert_no_secret(ei.value, spec)
 
@@ -152,11 +169,16 @@ def test_allocate_tags_bond_and_links(env):
 
 def test_deploy_with_delivered_preseed_then_release(env):
     spec, lab, client = env
-    h = spec.hosts[2]
     sid = ready_machine(env, 2)
     client.rename(sid, "vm-deploy")
-    rendered = render_preseed(hostname="vm-deploy", osystem="centos", release="centos70",
-                              architecture="amd64/generic", root_password_hash=HASH, ssh_keys=[SSH_KEY])
+    rendered = render_preseed(
+        hostname="vm-deploy",
+        osystem="centos",
+        release="centos70",
+        architecture="amd64/generic",
+        root_password_hash=HASH,
+        ssh_keys=[SSH_KEY],
+    )
     store = LocalPreseedStore(spec.maas.preseed_dir)
     store.write(rendered.filename, rendered.text)
     assert rendered.filename in lab.maas.snapshot()["preseeds"]
@@ -237,7 +259,8 @@ def test_hung_phase_times_out_naming_the_machine_and_status(env):
     finally:
         for nic in h.nics:
             lab.switches[nic.switch].set_port_vlans(
-                nic.port, PortVlans(untagged=spec.maas.pxe_vlan, tagged=frozenset()))
+                nic.port, PortVlans(untagged=spec.maas.pxe_vlan, tagged=frozenset())
+            )
 
 
 class RecordingClock:
@@ -329,9 +352,11 @@ def test_wrong_state_not_found_and_owner_actions(env):
     spec, _, client = env
     sid = ready_machine(env, 12)
     errors = []
-    for call in (lambda: client.abort(sid),  # nothing to abort in Ready
-                 lambda: client.power_on(sid),  # not allocated
-                 lambda: client.mark_fixed(sid)):  # not broken
+    for call in (
+        lambda: client.abort(sid),  # nothing to abort in Ready
+        lambda: client.power_on(sid),  # not allocated
+        lambda: client.mark_fixed(sid),
+    ):  # not broken
         with pytest.raises(MaasWrongState) as ei:
             call()
         assert ei.value.status == 409 and ei.value.system_id == sid
@@ -351,8 +376,15 @@ def test_wrong_state_not_found_and_owner_actions(env):
 def test_delete_exists_for_operators(env):
     spec, _, client = env
     h = spec.hosts[13]
-    m = client.create_machine("to-delete", ["02:ff:00:00:00:01"], h.bmc.address, h.bmc.username,
-                              Secret(h.bmc.password), power_port=h.bmc.port, commission=False)
+    m = client.create_machine(
+        "to-delete",
+        ["02:ff:00:00:00:01"],
+        h.bmc.address,
+        h.bmc.username,
+        Secret(h.bmc.password),
+        power_port=h.bmc.port,
+        commission=False,
+    )
     assert m.status is NodeStatus.NEW
     client.delete_machine(m.system_id)
     assert client.find_by_mac("02:ff:00:00:00:01") is None
@@ -360,11 +392,19 @@ def test_delete_exists_for_operators(env):
 
 # --- the shared status watch: one read per round for every machine waited on ------------------
 
+
 def watched_client(env, calls: list):
     """A client of its own (its own watch), recording every HTTP exchange it makes."""
     spec, lab, _ = env
-    return MaasClient(lab.maas.url, Secret(spec.maas.api_key), timeout=10, retries=FAST, retry_budget=30,
-                      on_call=calls.append, watch_interval=0.05)
+    return MaasClient(
+        lab.maas.url,
+        Secret(spec.maas.api_key),
+        timeout=10,
+        retries=FAST,
+        retry_budget=30,
+        on_call=calls.append,
+        watch_interval=0.05,
+    )
 
 
 def test_shared_waits_read_every_machine_in_one_request_per_round(env):
@@ -417,6 +457,7 @@ def test_shared_wait_rides_out_503_then_times_out_naming_the_status(env):
     # Nobody waits any more: the watch's thread has stopped polling.
     sent = len(calls)
     import time
+
     time.sleep(0.3)
     assert len(calls) - sent <= 1
     watcher.close()
@@ -425,8 +466,9 @@ def test_shared_wait_rides_out_503_then_times_out_naming_the_status(env):
 def test_shared_wait_on_a_deleted_machine_is_not_found(env):
     _, lab, client = env
     h = env[0].hosts[13]
-    sid = lab.maas.add_machine("watch-gone", [h.macs[0].replace(h.macs[0][:2], "0a", 1)],
-                               runner.power_parameters(env[0], h.name))
+    sid = lab.maas.add_machine(
+        "watch-gone", [h.macs[0].replace(h.macs[0][:2], "0a", 1)], runner.power_parameters(env[0], h.name)
+    )
     client.delete_machine(sid)
     with pytest.raises(MaasNotFound):
         client.wait_for_status(sid, NodeStatus.READY, deadline=10, shared=True)

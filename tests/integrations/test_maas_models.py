@@ -1,11 +1,12 @@
 """Typed MAAS objects parse real MAAS answers (gomaasclient's recorded fixtures), and NodeStatus
 matches the reference table number for number, label for label."""
+
 import json
 from pathlib import Path
 
 import pytest
 
-from integrations.maas import (
+from metalflow.integrations.maas import (
     FAILED_STATES,
     WAIT_FAILURE_STATES,
     BootResource,
@@ -97,8 +98,15 @@ def test_machine_from_real_answer(name):
     assert m.boot_interface is not None and m.boot_interface.id == d["boot_interface"]["id"]
     assert m.boot_interface.children == ("bond-VpkNvO",)
     assert m.boot_interface.vlan == Vlan(
-        id=5005, vid=0, name="untagged", fabric="fabric-2", fabric_id=2, mtu=1500,
-        dhcp_on=False, primary_rack=None, space="undefined",
+        id=5005,
+        vid=0,
+        name="untagged",
+        fabric="fabric-2",
+        fabric_id=2,
+        mtu=1500,
+        dhcp_on=False,
+        primary_rack=None,
+        space="undefined",
     )
     assert m.boot_interface.params == {}  # MAAS sends "" for "no params"
 
@@ -141,7 +149,13 @@ def test_single_interface_without_vlan():
 def test_subnets_and_vlans():
     s = Subnet.from_api(load("subnet.json"))
     assert (s.id, s.cidr, s.name, s.gateway_ip, s.managed, s.space) == (
-        9, "172.16.5.0/24", "172.16.5.0/24", None, True, "management")
+        9,
+        "172.16.5.0/24",
+        "172.16.5.0/24",
+        None,
+        True,
+        "management",
+    )
     assert s.vlan.id == 5001 and s.vlan.vid == 0 and s.vlan.fabric == "fabric-0"
     assert len([Subnet.from_api(d) for d in load("subnets.json")]) == len(load("subnets.json"))
     v = Vlan.from_api(load("vlan.json"))
@@ -152,8 +166,15 @@ def test_subnets_and_vlans():
 
 def test_fabric_from_api_shape():
     # No fabric fixture was recorded; this is MAAS's fabrics/ shape (id, name, class_type, vlans).
-    f = Fabric.from_api({"id": 0, "name": "fabric-0", "class_type": None,
-                         "vlans": load("vlans.json"), "resource_uri": "/MAAS/api/2.0/fabrics/0/"})
+    f = Fabric.from_api(
+        {
+            "id": 0,
+            "name": "fabric-0",
+            "class_type": None,
+            "vlans": load("vlans.json"),
+            "resource_uri": "/MAAS/api/2.0/fabrics/0/",
+        }
+    )
     assert f.name == "fabric-0" and [v.id for v in f.vlans] == [5014, 5015]
 
 
@@ -164,11 +185,17 @@ def test_boot_resources():
     assert ubuntu.architecture == "amd64/ga-18.04" and "ga-18.04" in ubuntu.subarches
     # An uploaded custom image with a bare name deploys as osystem "custom".
     assert (alma.type, alma.name, alma.osystem, alma.release, alma.base_image) == (
-        "Uploaded", "alma9", "custom", "alma9", "rhel/9")
+        "Uploaded",
+        "alma9",
+        "custom",
+        "alma9",
+        "rhel/9",
+    )
     one = BootResource.from_api(load("boot_resource.json"))
     assert one.id == 13 and one.title == "Alma 9 Custom"
-    assert BootResource.from_api({"id": 1, "type": "Synced", "name": "grub-efi-signed/uefi",
-                                  "architecture": "amd64/generic"}).is_bootloader
+    assert BootResource.from_api(
+        {"id": 1, "type": "Synced", "name": "grub-efi-signed/uefi", "architecture": "amd64/generic"}
+    ).is_bootloader
 
 
 def test_machine_helpers():

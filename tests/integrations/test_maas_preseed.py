@@ -1,6 +1,7 @@
 """The curtin preseed: golden rendering, MAAS's Tempita left intact, validation of what goes in
 (hash not password, real SSH keys) and what comes out (YAML, expected keys), masking, and
 delivery (local atomic write; SFTP against an in-test paramiko SFTP server)."""
+
 import os
 import socket
 import stat
@@ -11,8 +12,8 @@ import paramiko
 import pytest
 import yaml
 
-from integrations.common import Secret
-from integrations.maas import (
+from metalflow.integrations.common import Secret
+from metalflow.integrations.maas import (
     LocalPreseedStore,
     PreseedError,
     PreseedStore,
@@ -22,7 +23,7 @@ from integrations.maas import (
     preseed_filename,
     render_preseed,
 )
-from integrations.maas.preseed import (
+from metalflow.integrations.maas.preseed import (
     check_password_hash,
     check_ssh_key,
     substitute_tempita,
@@ -41,8 +42,14 @@ RSA = (
     "KPRXNtesmjXZpuZKyy819wO1ZHQcSp/6HETYw5rsO3mWk+0s4khbCwn5wCkAxlNWMenC7t/o0scL3l7cPkD/RxQzuDDK5rH"
     "wK+sR7SMfyew0D6nncQ=="
 )
-INPUTS = dict(hostname="vm-42", osystem="centos", release="centos70", architecture="amd64/generic",
-              root_password_hash=HASH, ssh_keys=[ED25519, RSA])
+INPUTS = dict(
+    hostname="vm-42",
+    osystem="centos",
+    release="centos70",
+    architecture="amd64/generic",
+    root_password_hash=HASH,
+    ssh_keys=[ED25519, RSA],
+)
 
 
 def test_golden_rendering():
@@ -54,12 +61,20 @@ def test_golden_rendering():
 
 def test_tempita_placeholders_pass_through_untouched():
     text = render_preseed(**INPUTS).text
-    for tag in ("{{for line in str(curtin_preseed).splitlines()}}", "{{line}}", "{{endfor}}",
-                "'{{node_disable_pxe_url}}'", "'{{node_disable_pxe_data}}'"):
+    for tag in (
+        "{{for line in str(curtin_preseed).splitlines()}}",
+        "{{line}}",
+        "{{endfor}}",
+        "'{{node_disable_pxe_url}}'",
+        "'{{node_disable_pxe_data}}'",
+    ):
         assert tag in text
     assert tempita_placeholders(text) == {
-        "for line in str(curtin_preseed).splitlines()", "line", "endfor",
-        "node_disable_pxe_url", "node_disable_pxe_data",
+        "for line in str(curtin_preseed).splitlines()",
+        "line",
+        "endfor",
+        "node_disable_pxe_url",
+        "node_disable_pxe_data",
     }
 
 
@@ -69,7 +84,14 @@ def test_rendered_yaml_has_the_seed_structure():
     assert set(data) == {"debconf_selections", "metalflow_node_setup", "late_commands", "power_state"}
     assert data["power_state"] == {"mode": "reboot"}
     assert data["late_commands"]["maas"] == [
-        "wget", "--no-proxy", "tempita-value", "--post-data", "tempita-value", "-O", "/dev/null"]
+        "wget",
+        "--no-proxy",
+        "tempita-value",
+        "--post-data",
+        "tempita-value",
+        "-O",
+        "/dev/null",
+    ]
     script = data["late_commands"]["metalflow_node_setup"]
     assert script[:5] == ["curtin", "in-target", "--", "sh", "-c"]
     body = script[5]  # the YAML alias resolved to the script itself
@@ -81,43 +103,56 @@ def test_rendered_yaml_has_the_seed_structure():
 
 def test_minimal_rendering_omits_optional_parts():
     r = render_preseed(hostname="h1", osystem="ubuntu", release="jammy", remove_cloud_init=False)
-    assert "usermod" not in r.text and "authorized_keys" not in r.text and "cloud-init" not in r.text.split("late_commands")[1]
+    assert (
+        "usermod" not in r.text
+        and "authorized_keys" not in r.text
+        and "cloud-init" not in r.text.split("late_commands")[1]
+    )
     assert "metalflow-first-boot" not in r.text
     validate_preseed(r.text)
 
 
-@pytest.mark.parametrize("bad", [
-    "hunter2-plain",
-    "correct horse",
-    "$6$short$abc",  # the shape, not a real hash
-    "$1$saltsalt$abcdefghijklmnopqrstuv",  # md5crypt: too weak, refused
-    HASH + "x",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "hunter2-plain",
+        "correct horse",
+        "$6$short$abc",  # the shape, not a real hash
+        "$1$saltsalt$abcdefghijklmnopqrstuv",  # md5crypt: too weak, refused
+        HASH + "x",
+    ],
+)
 def test_plain_password_or_bad_hash_is_refused_without_echo(bad):
     with pytest.raises(PreseedError) as ei:
         render_preseed(**{**INPUTS, "root_password_hash": bad})
     assert bad not in str(ei.value) and "root_password_hash" in str(ei.value)
 
 
-@pytest.mark.parametrize("good", [
-    HASH,
-    "$y$j9T$F5Jx5fExrKuPp53xLKQ..1$X3DX6M94c7o.9agCG9G317fhZg9SqC.5i5rd.RhAtQ7",
-    "$5$rounds=5000$saltsalt$" + "a" * 43,
-    "$2b$12$" + "a" * 53,
-])
+@pytest.mark.parametrize(
+    "good",
+    [
+        HASH,
+        "$y$j9T$F5Jx5fExrKuPp53xLKQ..1$X3DX6M94c7o.9agCG9G317fhZg9SqC.5i5rd.RhAtQ7",
+        "$5$rounds=5000$saltsalt$" + "a" * 43,
+        "$2b$12$" + "a" * 53,
+    ],
+)
 def test_crypt_hashes_are_accepted(good):
     assert check_password_hash(Secret(good)) == good
 
 
-@pytest.mark.parametrize("line,why", [
-    ("ssh-ed25519", "type base64"),
-    ("ssh-dss AAAAB3NzaC1kc3MAAACBAP comment", "not accepted"),
-    ('from="10.0.0.1" ' + ED25519, "not accepted"),
-    ("ssh-ed25519 not-base64!! x", "does not decode"),
-    ("ssh-rsa " + ED25519.split()[1], "holds a 'ssh-ed25519' key"),
-    (ED25519.rsplit(" ", 1)[0] + " {{evil}}", "comment"),
-    (ED25519 + "\nssh-rsa AAAA", "one key per line"),
-])
+@pytest.mark.parametrize(
+    "line,why",
+    [
+        ("ssh-ed25519", "type base64"),
+        ("ssh-dss AAAAB3NzaC1kc3MAAACBAP comment", "not accepted"),
+        ('from="10.0.0.1" ' + ED25519, "not accepted"),
+        ("ssh-ed25519 not-base64!! x", "does not decode"),
+        ("ssh-rsa " + ED25519.split()[1], "holds a 'ssh-ed25519' key"),
+        (ED25519.rsplit(" ", 1)[0] + " {{evil}}", "comment"),
+        (ED25519 + "\nssh-rsa AAAA", "one key per line"),
+    ],
+)
 def test_bad_ssh_keys_are_refused(line, why):
     with pytest.raises(PreseedError, match=why):
         check_ssh_key(line)
@@ -143,8 +178,7 @@ def test_template_without_expected_keys_or_callback_is_refused():
     with pytest.raises(PreseedError, match="lacks the top-level key"):
         render_preseed(ok_tail, hostname="h1", osystem="ubuntu", release="jammy")
     with pytest.raises(PreseedError, match="node_disable_pxe_url"):
-        render_preseed("debconf_selections: {}\nlate_commands: {}\n", hostname="h1", osystem="ubuntu",
-                       release="jammy")
+        render_preseed("debconf_selections: {}\nlate_commands: {}\n", hostname="h1", osystem="ubuntu", release="jammy")
     with pytest.raises(PreseedError, match="not a mapping"):
         validate_preseed("- '{{node_disable_pxe_url}} {{node_disable_pxe_data}}'\n")
 
@@ -152,8 +186,10 @@ def test_template_without_expected_keys_or_callback_is_refused():
 def test_jinja_with_default_delimiters_would_eat_tempita_so_we_check():
     # A template whose Jinja expression produces the Tempita tag text is fine; one that drops a
     # tag from the source (here: inside a false [% if %]) is reported.
-    src = ("debconf_selections: {}\n[% if false %]x: '{{gone}}'\n[% endif %]"
-           "late_commands: {m: ['{{node_disable_pxe_url}}', '{{node_disable_pxe_data}}']}\n")
+    src = (
+        "debconf_selections: {}\n[% if false %]x: '{{gone}}'\n[% endif %]"
+        "late_commands: {m: ['{{node_disable_pxe_url}}', '{{node_disable_pxe_data}}']}\n"
+    )
     with pytest.raises(PreseedError, match="lost MAAS's Tempita placeholders.*gone"):
         render_preseed(src, hostname="h1", osystem="ubuntu", release="jammy")
 
@@ -166,8 +202,10 @@ def test_template_errors_name_the_problem_not_secrets():
 
 
 def test_extra_variables_reach_custom_templates():
-    src = ("debconf_selections: {}\nlate_commands:\n  maas: ['{{node_disable_pxe_url}}', '{{node_disable_pxe_data}}']\n"
-           "  pkg: [yum, install, -y, '[[ extra.package ]]']\n")
+    src = (
+        "debconf_selections: {}\nlate_commands:\n  maas: ['{{node_disable_pxe_url}}', '{{node_disable_pxe_data}}']\n"
+        "  pkg: [yum, install, -y, '[[ extra.package ]]']\n"
+    )
     r = render_preseed(src, hostname="h1", osystem="centos", release="centos70", extra={"package": "lldpad"})
     assert "'lldpad'" in r.text
 
@@ -183,21 +221,30 @@ def test_masked_copy_and_repr_hide_hash_and_keys():
     assert "{{node_disable_pxe_url}}" in m.text  # the Tempita stays readable
 
 
-@pytest.mark.parametrize("args,expected", [
-    (("centos", "amd64", "generic", "centos70", "vm-42"), "curtin_userdata_centos_amd64_generic_centos70_vm-42"),
-    (("custom", "amd64", "generic", "centos7", "host-001"), "curtin_userdata_custom_amd64_generic_centos7_host-001"),
-    (("ubuntu", "arm64", "ga-22.04", "jammy", "n1"), "curtin_userdata_ubuntu_arm64_ga-22.04_jammy_n1"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (("centos", "amd64", "generic", "centos70", "vm-42"), "curtin_userdata_centos_amd64_generic_centos70_vm-42"),
+        (
+            ("custom", "amd64", "generic", "centos7", "host-001"),
+            "curtin_userdata_custom_amd64_generic_centos7_host-001",
+        ),
+        (("ubuntu", "arm64", "ga-22.04", "jammy", "n1"), "curtin_userdata_ubuntu_arm64_ga-22.04_jammy_n1"),
+    ],
+)
 def test_preseed_filename(args, expected):
     assert preseed_filename(*args) == expected
 
 
-@pytest.mark.parametrize("args", [
-    ("centos", "amd64/generic", "generic", "centos70", "vm"),
-    ("../etc", "amd64", "generic", "x", "vm"),
-    ("centos", "amd64", "generic", "centos70", "bad_host"),
-    ("centos", "amd64", "generic", "", "vm"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("centos", "amd64/generic", "generic", "centos70", "vm"),
+        ("../etc", "amd64", "generic", "x", "vm"),
+        ("centos", "amd64", "generic", "centos70", "bad_host"),
+        ("centos", "amd64", "generic", "", "vm"),
+    ],
+)
 def test_preseed_filename_refuses_path_like_parts(args):
     with pytest.raises(PreseedError):
         preseed_filename(*args)
@@ -358,8 +405,15 @@ def sftp_server(tmp_path):
 
 def test_sftp_store_round_trip(sftp_server):
     root, port, known = sftp_server
-    store = SftpPreseedStore("127.162.9.1", port, "maas", Secret("pw-for-test"),
-                             directory="/etc/maas/preseeds", known_hosts=str(known), timeout=10)
+    store = SftpPreseedStore(
+        "127.162.9.1",
+        port,
+        "maas",
+        Secret("pw-for-test"),
+        directory="/etc/maas/preseeds",
+        known_hosts=str(known),
+        timeout=10,
+    )
     r = render_preseed(**INPUTS)
     where = store.write(r.filename, r.text)
     assert where == f"sftp://127.162.9.1:{port}/etc/maas/preseeds/{r.filename}"
@@ -375,13 +429,21 @@ def test_sftp_store_round_trip(sftp_server):
 
 def test_sftp_store_errors_name_the_host_not_the_password(sftp_server):
     _, port, known = sftp_server
-    bad = SftpPreseedStore("127.162.9.1", port, "maas", Secret("wrong-pw-123"),
-                           directory="/etc/maas/preseeds", known_hosts=str(known), timeout=10)
+    bad = SftpPreseedStore(
+        "127.162.9.1",
+        port,
+        "maas",
+        Secret("wrong-pw-123"),
+        directory="/etc/maas/preseeds",
+        known_hosts=str(known),
+        timeout=10,
+    )
     with pytest.raises(PreseedStoreError) as ei:
         bad.write("curtin_userdata", "x")
     assert "127.162.9.1" in str(ei.value) and "Authentication" in str(ei.value)
     assert "wrong-pw-123" not in str(ei.value) and ei.value.__cause__ is None
-    unknown_host = SftpPreseedStore("127.162.9.1", port, "maas", "pw-for-test", directory="/x",
-                                    known_hosts=os.devnull, timeout=10)
+    unknown_host = SftpPreseedStore(
+        "127.162.9.1", port, "maas", "pw-for-test", directory="/x", known_hosts=os.devnull, timeout=10
+    )
     with pytest.raises(PreseedStoreError, match="SSHException"):
         unknown_host.exists("curtin_userdata")  # RejectPolicy: an unknown host key is refused

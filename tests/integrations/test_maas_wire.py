@@ -1,12 +1,13 @@
 """The MAAS wire's offline logic: URL and key parsing, MAAS's form conventions, Retry-After,
 secrets kept out of reprs and errors, and connection errors retried only where idempotent
 (against a real closed port, no mock)."""
+
 import pickle
 
 import pytest
 
-from integrations.common import Backoff, Secret
-from integrations.maas import (
+from metalflow.integrations.common import Backoff, Secret
+from metalflow.integrations.maas import (
     ApiKey,
     MaasClient,
     MaasError,
@@ -15,19 +16,22 @@ from integrations.maas import (
     format_power_address,
     normalize_mac,
 )
-from integrations.maas.wire import api_root, encode_form, parse_retry_after, resource_path
+from metalflow.integrations.maas.wire import api_root, encode_form, parse_retry_after, resource_path
 
 KEY = "ckCONSUMER123:tkTOKEN456789:tsSECRETabcdefghij"
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1:5240",
-    "http://127.0.0.1:5240/",
-    "http://127.0.0.1:5240/MAAS",
-    "http://127.0.0.1:5240/MAAS/",
-    "http://127.0.0.1:5240/MAAS/api/2.0",
-    "http://127.0.0.1:5240/MAAS/api/2.0/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:5240",
+        "http://127.0.0.1:5240/",
+        "http://127.0.0.1:5240/MAAS",
+        "http://127.0.0.1:5240/MAAS/",
+        "http://127.0.0.1:5240/MAAS/api/2.0",
+        "http://127.0.0.1:5240/MAAS/api/2.0/",
+    ],
+)
 def test_api_root_always_ends_in_api_2_0_slash(url):
     assert api_root(url) == "http://127.0.0.1:5240/MAAS/api/2.0/"
 
@@ -46,14 +50,16 @@ def test_resource_path_quotes_and_refuses_traversal():
 
 
 def test_form_encoding_follows_maas_conventions():
-    pairs = encode_form({
-        "mac_addresses": ["aa:bb:cc:dd:ee:01", "aa:bb:cc:dd:ee:02"],
-        "commission": False,
-        "erase": True,
-        "comment": None,
-        "cpu": 4,
-        "power_parameters_power_pass": Secret("pw"),
-    })
+    pairs = encode_form(
+        {
+            "mac_addresses": ["aa:bb:cc:dd:ee:01", "aa:bb:cc:dd:ee:02"],
+            "commission": False,
+            "erase": True,
+            "comment": None,
+            "cpu": 4,
+            "power_parameters_power_pass": Secret("pw"),
+        }
+    )
     assert pairs == [
         ("mac_addresses", "aa:bb:cc:dd:ee:01"),
         ("mac_addresses", "aa:bb:cc:dd:ee:02"),
@@ -93,14 +99,17 @@ def test_scrub_masks_key_parts_and_oauth_values():
     out = wire.scrub(text)
     for part in KEY.split(":"):
         assert part not in out
-    assert 'oauth_signature=***' in out and "oauth_token=***" in out
+    assert "oauth_signature=***" in out and "oauth_token=***" in out
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("AA-BB-CC-DD-EE-FF", "aa:bb:cc:dd:ee:ff"),
-    ("aabb.ccdd.eeff", "aa:bb:cc:dd:ee:ff"),
-    ("02:3e:00:11:22:33", "02:3e:00:11:22:33"),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("AA-BB-CC-DD-EE-FF", "aa:bb:cc:dd:ee:ff"),
+        ("aabb.ccdd.eeff", "aa:bb:cc:dd:ee:ff"),
+        ("02:3e:00:11:22:33", "02:3e:00:11:22:33"),
+    ],
+)
 def test_normalize_mac(raw, expected):
     assert normalize_mac(raw) == expected
 
@@ -121,11 +130,18 @@ def test_power_address_with_port():
 
 
 def test_maas_errors_pickle_with_their_fields():
-    e = MaasValidationError("bad", fields={"distro_series": ["x"]}, status=400, excerpt="{}",
-                            system_id="abc", op="deploy")
+    e = MaasValidationError(
+        "bad", fields={"distro_series": ["x"]}, status=400, excerpt="{}", system_id="abc", op="deploy"
+    )
     e2 = pickle.loads(pickle.dumps(e))
     assert (type(e2), e2.fields, e2.system_id, e2.op, e2.status, str(e2)) == (
-        MaasValidationError, {"distro_series": ["x"]}, "abc", "deploy", 400, str(e))
+        MaasValidationError,
+        {"distro_series": ["x"]},
+        "abc",
+        "deploy",
+        400,
+        str(e),
+    )
 
 
 # Nothing listens on this address: connection refused, for real.
@@ -134,8 +150,9 @@ CLOSED = "http://127.162.250.99:5240/MAAS/"
 
 def test_connection_error_retried_on_get_only():
     calls = []
-    client = MaasClient(CLOSED, KEY, timeout=2, retries=Backoff(first=0.01, attempts=3, jitter=False),
-                        on_call=calls.append)
+    client = MaasClient(
+        CLOSED, KEY, timeout=2, retries=Backoff(first=0.01, attempts=3, jitter=False), on_call=calls.append
+    )
     with pytest.raises(MaasUnreachable) as ei:
         client.machine("abc123")
     assert [c.attempt for c in calls] == [1, 2, 3] and all(c.status is None for c in calls)
@@ -160,12 +177,17 @@ def test_wait_for_status_gives_up_on_time_when_maas_is_unreachable():
 
 
 def test_from_settings_uses_the_seed_string():
-    seed = ("MaasIP=172.31.0.75;MaasKey=fGWswZhpUQrrKUxprD;MaasSecret=CUaKSPXngrtRGRACtLLQKCYLqrQxPgTC;"
-            "MaasConsumerKey=6sxtWH3XCfKgkspC8J")
+    seed = (
+        "MaasIP=172.31.0.75;MaasKey=fGWswZhpUQrrKUxprD;MaasSecret=CUaKSPXngrtRGRACtLLQKCYLqrQxPgTC;"
+        "MaasConsumerKey=6sxtWH3XCfKgkspC8J"
+    )
     client = MaasClient.from_settings(seed)
     assert client.url == "http://172.31.0.75:5240/MAAS/api/2.0/"
-    assert client.wire._key.revealed() == ("6sxtWH3XCfKgkspC8J", "fGWswZhpUQrrKUxprD",
-                                           "CUaKSPXngrtRGRACtLLQKCYLqrQxPgTC")
+    assert client.wire._key.revealed() == (
+        "6sxtWH3XCfKgkspC8J",
+        "fGWswZhpUQrrKUxprD",
+        "CUaKSPXngrtRGRACtLLQKCYLqrQxPgTC",
+    )
     assert "CUaKSPXngrtRGRACtLLQKCYLqrQxPgTC" not in repr(client)
     client = MaasClient.from_settings(Secret(seed + ";MaasPort=5241"))
     assert client.url == "http://172.31.0.75:5241/MAAS/api/2.0/"

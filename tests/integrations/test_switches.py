@@ -1,6 +1,7 @@
 """Switch dialects offline: registry completeness, port/VLAN validation, golden command lines,
 read-back parsers on vendor-format output, error classification, and the driver's mechanics
 for the dialects the lab does not simulate (a small scripted Junos stands in there)."""
+
 from __future__ import annotations
 
 import pickle
@@ -9,8 +10,8 @@ import re
 import pytest
 from netmiko.ssh_dispatcher import CLASS_MAPPER
 
-from integrations.common import Backoff, Secret
-from integrations.switches import (
+from metalflow.integrations.common import Backoff, Secret
+from metalflow.integrations.switches import (
     DIALECTS,
     OPS,
     InvalidPort,
@@ -27,8 +28,8 @@ from integrations.switches import (
     format_vlan_list,
     parse_vlan_list,
 )
-from integrations.switches.dialect import Dialect, interface_block
-from integrations.switches.portlist import expand_fastiron, expand_ports
+from metalflow.integrations.switches.dialect import Dialect, interface_block
+from metalflow.integrations.switches.portlist import expand_fastiron, expand_ports
 
 PV = PortVlans
 
@@ -63,13 +64,28 @@ def test_every_dialect_is_complete(name):
         assert issubclass(d.netmiko_class, CLASS_MAPPER[d.netmiko_device_type])
 
 
-@pytest.mark.parametrize("switch_type,name", [
-    ("Force10", "force10"), ("force10", "force10"), ("dell_force10", "force10"), ("DELLOS9", "force10"),
-    ("DellOS10", "dell_os10"), ("dell_os10", "dell_os10"), ("DellOS6", "dell_os6"), ("dell_os6", "dell_os6"),
-    ("CiscoIOS", "cisco_ios"), ("cisco_ios", "cisco_ios"), ("CiscoNXOS", "cisco_nxos"),
-    ("AristaEOS", "arista_eos"), ("Junos", "juniper_junos"), ("juniper_junos", "juniper_junos"),
-    ("FastIron", "brocade_fastiron"), ("Brocade", "brocade_fastiron"), ("brocade_fastiron", "brocade_fastiron"),
-])
+@pytest.mark.parametrize(
+    "switch_type,name",
+    [
+        ("Force10", "force10"),
+        ("force10", "force10"),
+        ("dell_force10", "force10"),
+        ("DELLOS9", "force10"),
+        ("DellOS10", "dell_os10"),
+        ("dell_os10", "dell_os10"),
+        ("DellOS6", "dell_os6"),
+        ("dell_os6", "dell_os6"),
+        ("CiscoIOS", "cisco_ios"),
+        ("cisco_ios", "cisco_ios"),
+        ("CiscoNXOS", "cisco_nxos"),
+        ("AristaEOS", "arista_eos"),
+        ("Junos", "juniper_junos"),
+        ("juniper_junos", "juniper_junos"),
+        ("FastIron", "brocade_fastiron"),
+        ("Brocade", "brocade_fastiron"),
+        ("brocade_fastiron", "brocade_fastiron"),
+    ],
+)
 def test_dialect_for_accepts_rack_config_and_netmiko_names(switch_type, name):
     assert dialect_for(switch_type).name == name
 
@@ -84,34 +100,50 @@ def test_unknown_switch_type_names_the_choices():
 # ----- validation ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,given,canonical", [
-    ("force10", "1/1/1", "TenGigabitEthernet 1/1/1"),
-    ("force10", "TenGigabitEthernet 1/1/1", "TenGigabitEthernet 1/1/1"),
-    ("force10", "tengigabitethernet 1/1/12", "TenGigabitEthernet 1/1/12"),
-    ("force10", "Te 0/4", "TenGigabitEthernet 0/4"),
-    ("force10", "fortyGigE 1/49", "fortyGigE 1/49"),
-    ("force10", "hundredGigE 1/1/50", "hundredGigE 1/1/50"),
-    ("dell_os10", "ethernet1/1/1", "ethernet1/1/1"),
-    ("dell_os10", "1/1/7:1", "ethernet1/1/7:1"),
-    ("dell_os6", "Te1/0/1", "Te1/0/1"),
-    ("dell_os6", "gigabitethernet1/0/3", "Gi1/0/3"),
-    ("cisco_ios", "GigabitEthernet1/0/1", "GigabitEthernet1/0/1"),
-    ("cisco_ios", "Gi1/0/24", "GigabitEthernet1/0/24"),
-    ("cisco_ios", "te1/1/1", "TenGigabitEthernet1/1/1"),
-    ("cisco_nxos", "Eth1/1", "Ethernet1/1"),
-    ("arista_eos", "Et12", "Ethernet12"),
-    ("arista_eos", "Ethernet3/1", "Ethernet3/1"),
-    ("juniper_junos", "ge-0/0/1", "ge-0/0/1"),
-    ("juniper_junos", "XE-0/0/47", "xe-0/0/47"),
-    ("brocade_fastiron", "1/1/1", "1/1/1"),
-    ("brocade_fastiron", "ethe 1/2/3", "1/2/3"),
-])
+@pytest.mark.parametrize(
+    "name,given,canonical",
+    [
+        ("force10", "1/1/1", "TenGigabitEthernet 1/1/1"),
+        ("force10", "TenGigabitEthernet 1/1/1", "TenGigabitEthernet 1/1/1"),
+        ("force10", "tengigabitethernet 1/1/12", "TenGigabitEthernet 1/1/12"),
+        ("force10", "Te 0/4", "TenGigabitEthernet 0/4"),
+        ("force10", "fortyGigE 1/49", "fortyGigE 1/49"),
+        ("force10", "hundredGigE 1/1/50", "hundredGigE 1/1/50"),
+        ("dell_os10", "ethernet1/1/1", "ethernet1/1/1"),
+        ("dell_os10", "1/1/7:1", "ethernet1/1/7:1"),
+        ("dell_os6", "Te1/0/1", "Te1/0/1"),
+        ("dell_os6", "gigabitethernet1/0/3", "Gi1/0/3"),
+        ("cisco_ios", "GigabitEthernet1/0/1", "GigabitEthernet1/0/1"),
+        ("cisco_ios", "Gi1/0/24", "GigabitEthernet1/0/24"),
+        ("cisco_ios", "te1/1/1", "TenGigabitEthernet1/1/1"),
+        ("cisco_nxos", "Eth1/1", "Ethernet1/1"),
+        ("arista_eos", "Et12", "Ethernet12"),
+        ("arista_eos", "Ethernet3/1", "Ethernet3/1"),
+        ("juniper_junos", "ge-0/0/1", "ge-0/0/1"),
+        ("juniper_junos", "XE-0/0/47", "xe-0/0/47"),
+        ("brocade_fastiron", "1/1/1", "1/1/1"),
+        ("brocade_fastiron", "ethe 1/2/3", "1/2/3"),
+    ],
+)
 def test_ports_are_canonicalised(name, given, canonical):
     assert DIALECTS[name].validate_port(given) == canonical
 
 
-INJECTIONS = ["1/1/1\nreload", "1/1/1\r\nwrite erase", "1/1/1;reload", "1/1/1 ; reload", "1/1/1|include x",
-              "1/1/1 1/1/2", "1/1/1,1/1/2", "1/1/1-3", "", "   ", "1/1/1\x00", "$(reboot)", "1/1/1\tx"]
+INJECTIONS = [
+    "1/1/1\nreload",
+    "1/1/1\r\nwrite erase",
+    "1/1/1;reload",
+    "1/1/1 ; reload",
+    "1/1/1|include x",
+    "1/1/1 1/1/2",
+    "1/1/1,1/1/2",
+    "1/1/1-3",
+    "",
+    "   ",
+    "1/1/1\x00",
+    "$(reboot)",
+    "1/1/1\tx",
+]
 
 
 @pytest.mark.parametrize("name", sorted(DIALECTS))
@@ -160,10 +192,17 @@ def test_validation_happens_before_any_connection():
             s.add_vlan("x", 100, tagged=True)
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    ({"host": "10.0.0.1\nx"}, "address"), ({"host": ""}, "address"), ({"port": 0}, "SSH port"),
-    ({"port": "22"}, "SSH port"), ({"username": "ad min"}, "username"), ({"timeout": 0}, "timeout"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"host": "10.0.0.1\nx"}, "address"),
+        ({"host": ""}, "address"),
+        ({"port": 0}, "SSH port"),
+        ({"port": "22"}, "SSH port"),
+        ({"username": "ad min"}, "username"),
+        ({"timeout": 0}, "timeout"),
+    ],
+)
 def test_switch_settings_are_checked(kwargs, field):
     args = {"host": "10.0.0.1", "username": "admin", "password": "pw", "port": 22, "timeout": 30} | kwargs
     with pytest.raises(InvalidSwitchSettings, match=field):
@@ -182,74 +221,151 @@ def test_driver_repr_and_errors_never_show_the_password():
 GOLDEN = {
     # (dialect, op, tagged, current) -> lines
     ("force10", "add", True, PV()): [
-        "interface TenGigabitEthernet 1/1/1", "switchport", "interface vlan 100", "tagged TenGigabitEthernet 1/1/1"],
+        "interface TenGigabitEthernet 1/1/1",
+        "switchport",
+        "interface vlan 100",
+        "tagged TenGigabitEthernet 1/1/1",
+    ],
     ("force10", "add", False, PV()): [
-        "interface TenGigabitEthernet 1/1/1", "switchport", "interface vlan 100", "untagged TenGigabitEthernet 1/1/1"],
-    ("force10", "remove", True, PV(None, frozenset({100}))): ["interface vlan 100", "no tagged TenGigabitEthernet 1/1/1"],
+        "interface TenGigabitEthernet 1/1/1",
+        "switchport",
+        "interface vlan 100",
+        "untagged TenGigabitEthernet 1/1/1",
+    ],
+    ("force10", "remove", True, PV(None, frozenset({100}))): [
+        "interface vlan 100",
+        "no tagged TenGigabitEthernet 1/1/1",
+    ],
     ("force10", "remove", False, PV(100)): ["interface vlan 100", "no untagged TenGigabitEthernet 1/1/1"],
     ("dell_os10", "add", True, PV()): [
-        "interface ethernet1/1/1", "switchport mode trunk", "switchport trunk allowed vlan 100"],
+        "interface ethernet1/1/1",
+        "switchport mode trunk",
+        "switchport trunk allowed vlan 100",
+    ],
     ("dell_os10", "add", False, PV()): ["interface ethernet1/1/1", "switchport access vlan 100"],
     ("dell_os10", "remove", True, PV(None, frozenset({100}))): [
-        "interface ethernet1/1/1", "no switchport trunk allowed vlan 100"],
+        "interface ethernet1/1/1",
+        "no switchport trunk allowed vlan 100",
+    ],
     ("dell_os10", "remove", False, PV(100)): ["interface ethernet1/1/1", "no switchport access vlan"],
     ("dell_os6", "add", True, PV()): [
-        "interface Te1/0/1", "switchport mode general", "switchport general allowed vlan add 100 tagged"],
+        "interface Te1/0/1",
+        "switchport mode general",
+        "switchport general allowed vlan add 100 tagged",
+    ],
     ("dell_os6", "add", False, PV()): [
-        "interface Te1/0/1", "switchport mode general", "switchport general allowed vlan add 100 untagged",
-        "switchport general pvid 100"],
+        "interface Te1/0/1",
+        "switchport mode general",
+        "switchport general allowed vlan add 100 untagged",
+        "switchport general pvid 100",
+    ],
     ("dell_os6", "remove", True, PV(None, frozenset({100}))): [
-        "interface Te1/0/1", "switchport general allowed vlan remove 100"],
+        "interface Te1/0/1",
+        "switchport general allowed vlan remove 100",
+    ],
     ("dell_os6", "remove", False, PV(100)): [
-        "interface Te1/0/1", "switchport general allowed vlan remove 100", "no switchport general pvid"],
+        "interface Te1/0/1",
+        "switchport general allowed vlan remove 100",
+        "no switchport general pvid",
+    ],
     ("cisco_ios", "add", True, PV()): [
-        "interface GigabitEthernet1/0/1", "switchport trunk native vlan 1", "switchport trunk allowed vlan 1,100",
-        "switchport mode trunk"],
+        "interface GigabitEthernet1/0/1",
+        "switchport trunk native vlan 1",
+        "switchport trunk allowed vlan 1,100",
+        "switchport mode trunk",
+    ],
     ("cisco_ios", "add", False, PV()): [
-        "interface GigabitEthernet1/0/1", "switchport mode access", "switchport access vlan 100"],
+        "interface GigabitEthernet1/0/1",
+        "switchport mode access",
+        "switchport access vlan 100",
+    ],
     ("cisco_ios", "add", True, PV(10, frozenset({300}))): [
-        "interface GigabitEthernet1/0/1", "switchport trunk native vlan 10",
-        "switchport trunk allowed vlan 10,100,300", "switchport mode trunk"],
+        "interface GigabitEthernet1/0/1",
+        "switchport trunk native vlan 10",
+        "switchport trunk allowed vlan 10,100,300",
+        "switchport mode trunk",
+    ],
     ("cisco_ios", "add", False, PV(None, frozenset({200}))): [
-        "interface GigabitEthernet1/0/1", "switchport trunk native vlan 100",
-        "switchport trunk allowed vlan 100,200", "switchport mode trunk"],
+        "interface GigabitEthernet1/0/1",
+        "switchport trunk native vlan 100",
+        "switchport trunk allowed vlan 100,200",
+        "switchport mode trunk",
+    ],
     ("cisco_ios", "remove", True, PV(10, frozenset({100}))): [
-        "interface GigabitEthernet1/0/1", "switchport mode access", "switchport access vlan 10"],
+        "interface GigabitEthernet1/0/1",
+        "switchport mode access",
+        "switchport access vlan 10",
+    ],
     ("cisco_ios", "remove", False, PV(100)): [
-        "interface GigabitEthernet1/0/1", "switchport mode access", "switchport access vlan 1"],
+        "interface GigabitEthernet1/0/1",
+        "switchport mode access",
+        "switchport access vlan 1",
+    ],
     ("cisco_nxos", "add", True, PV()): [
-        "interface Ethernet1/1", "switchport", "switchport trunk native vlan 1", "switchport trunk allowed vlan 1,100",
-        "switchport mode trunk"],
+        "interface Ethernet1/1",
+        "switchport",
+        "switchport trunk native vlan 1",
+        "switchport trunk allowed vlan 1,100",
+        "switchport mode trunk",
+    ],
     ("cisco_nxos", "add", False, PV()): [
-        "interface Ethernet1/1", "switchport", "switchport mode access", "switchport access vlan 100"],
+        "interface Ethernet1/1",
+        "switchport",
+        "switchport mode access",
+        "switchport access vlan 100",
+    ],
     ("cisco_nxos", "remove", False, PV(100, frozenset({200}))): [
-        "interface Ethernet1/1", "switchport", "switchport trunk native vlan 1", "switchport trunk allowed vlan 1,200",
-        "switchport mode trunk"],
+        "interface Ethernet1/1",
+        "switchport",
+        "switchport trunk native vlan 1",
+        "switchport trunk allowed vlan 1,200",
+        "switchport mode trunk",
+    ],
     ("arista_eos", "add", True, PV()): [
-        "interface Ethernet1", "switchport trunk native vlan 1", "switchport trunk allowed vlan 1,100",
-        "switchport mode trunk"],
+        "interface Ethernet1",
+        "switchport trunk native vlan 1",
+        "switchport trunk allowed vlan 1,100",
+        "switchport mode trunk",
+    ],
     ("arista_eos", "add", False, PV()): ["interface Ethernet1", "switchport mode access", "switchport access vlan 100"],
     ("arista_eos", "remove", True, PV(None, frozenset({100, 101, 102}))): [
-        "interface Ethernet1", "switchport trunk native vlan 1", "switchport trunk allowed vlan 1,101-102",
-        "switchport mode trunk"],
+        "interface Ethernet1",
+        "switchport trunk native vlan 1",
+        "switchport trunk allowed vlan 1,101-102",
+        "switchport mode trunk",
+    ],
     ("juniper_junos", "add", True, PV()): [
         "set interfaces ge-0/0/1 unit 0 family ethernet-switching interface-mode trunk",
-        "set interfaces ge-0/0/1 unit 0 family ethernet-switching vlan members 100"],
+        "set interfaces ge-0/0/1 unit 0 family ethernet-switching vlan members 100",
+    ],
     ("juniper_junos", "add", False, PV()): [
         "set interfaces ge-0/0/1 unit 0 family ethernet-switching interface-mode trunk",
         "set interfaces ge-0/0/1 native-vlan-id 100",
-        "set interfaces ge-0/0/1 unit 0 family ethernet-switching vlan members 100"],
+        "set interfaces ge-0/0/1 unit 0 family ethernet-switching vlan members 100",
+    ],
     ("juniper_junos", "remove", True, PV(None, frozenset({100}))): [
-        "delete interfaces ge-0/0/1 unit 0 family ethernet-switching vlan members 100"],
+        "delete interfaces ge-0/0/1 unit 0 family ethernet-switching vlan members 100"
+    ],
     ("juniper_junos", "remove", False, PV(100)): [
         "delete interfaces ge-0/0/1 native-vlan-id",
-        "delete interfaces ge-0/0/1 unit 0 family ethernet-switching vlan members 100"],
+        "delete interfaces ge-0/0/1 unit 0 family ethernet-switching vlan members 100",
+    ],
     ("brocade_fastiron", "add", True, PV()): ["vlan 100", "tagged ethernet 1/1/1"],
     ("brocade_fastiron", "add", False, PV()): [
-        "vlan 100", "tagged ethernet 1/1/1", "exit", "interface ethernet 1/1/1", "dual-mode 100"],
+        "vlan 100",
+        "tagged ethernet 1/1/1",
+        "exit",
+        "interface ethernet 1/1/1",
+        "dual-mode 100",
+    ],
     ("brocade_fastiron", "remove", True, PV(None, frozenset({100}))): ["vlan 100", "no tagged ethernet 1/1/1"],
     ("brocade_fastiron", "remove", False, PV(100)): [
-        "interface ethernet 1/1/1", "no dual-mode 100", "exit", "vlan 100", "no tagged ethernet 1/1/1"],
+        "interface ethernet 1/1/1",
+        "no dual-mode 100",
+        "exit",
+        "vlan 100",
+        "no tagged ethernet 1/1/1",
+    ],
 }
 
 
@@ -289,22 +405,25 @@ Q: U - Untagged, T - Tagged
 """
 
 
-@pytest.mark.parametrize("port,expected", [
-    ("TenGigabitEthernet 1/1/1", PV(100, frozenset({200}))),
-    ("TenGigabitEthernet 1/1/2", PV()),
-    ("TenGigabitEthernet 1/1/3", PV(None, frozenset({200}))),
-    ("TenGigabitEthernet 1/1/5", PV(10, frozenset({100}))),
-    ("TenGigabitEthernet 1/1/11", PV(None, frozenset({300}))),
-    ("fortyGigE 1/1/49", PV(None, frozenset({200}))),
-    ("GigabitEthernet 1/1/1", PV()),  # same number, other type
-])
+@pytest.mark.parametrize(
+    "port,expected",
+    [
+        ("TenGigabitEthernet 1/1/1", PV(100, frozenset({200}))),
+        ("TenGigabitEthernet 1/1/2", PV()),
+        ("TenGigabitEthernet 1/1/3", PV(None, frozenset({200}))),
+        ("TenGigabitEthernet 1/1/5", PV(10, frozenset({100}))),
+        ("TenGigabitEthernet 1/1/11", PV(None, frozenset({300}))),
+        ("fortyGigE 1/1/49", PV(None, frozenset({200}))),
+        ("GigabitEthernet 1/1/1", PV()),  # same number, other type
+    ],
+)
 def test_force10_show_vlan(port, expected):
     assert DIALECTS["force10"].parse(port, [OS9_SHOW_VLAN]) == expected
 
 
 def test_force10_refuses_output_without_a_vlan_table():
     with pytest.raises(ValueError, match="VLAN table"):
-        DIALECTS["force10"].parse("TenGigabitEthernet 1/1/1", ["% Error: Invalid input at \"^\" marker."])
+        DIALECTS["force10"].parse("TenGigabitEthernet 1/1/1", ['% Error: Invalid input at "^" marker.'])
 
 
 IOS_TRUNK = """Building configuration...
@@ -420,16 +539,20 @@ exit
     assert d.parse("Te1/0/1", [general]) == PV(100, frozenset({200, 300}))
     half_done = general.replace("switchport general pvid 100\n", "")  # untagged member, PVID not set
     assert d.parse("Te1/0/1", [half_done]) == PV(None, frozenset({200, 300}))
-    trunk = "interface Te1/0/2\nswitchport mode trunk\nswitchport trunk native vlan 10\n" \
-            "switchport trunk allowed vlan 10,20\nexit\n"
+    trunk = (
+        "interface Te1/0/2\nswitchport mode trunk\nswitchport trunk native vlan 10\n"
+        "switchport trunk allowed vlan 10,20\nexit\n"
+    )
     assert d.parse("Te1/0/2", [trunk]) == PV(10, frozenset({20}))
     access = "interface Gi1/0/3\nswitchport access vlan 30\nexit\n"
     assert d.parse("Gi1/0/3", [access]) == PV(30)
 
 
 def test_dell_os6_save_question_is_answered():
-    question = ("This operation may take a few minutes.\nManagement interfaces will not be available "
-                "during this time.\n\nAre you sure you want to save? (y/n) ")
+    question = (
+        "This operation may take a few minutes.\nManagement interfaces will not be available "
+        "during this time.\n\nAre you sure you want to save? (y/n) "
+    )
     pattern, answer = DIALECTS["dell_os6"].save_confirm
     assert re.search(pattern, question) and answer == "y"
 
@@ -491,41 +614,50 @@ def test_vlan_and_port_lists():
 # ----- error classification ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,answer,transient", [
-    ("force10", "% Error: Config DB is locked by another session. Try again later.", True),
-    ("force10", '                ^\n% Error: Invalid input at "^" marker.', False),
-    ("force10", "% Error: Port is untagged in another Vlan.", False),
-    ("cisco_ios", "% Configuration mode is locked by process '312' user 'netops' from terminal '2'. "
-                  "Please try later.", True),
-    ("cisco_ios", "        ^\n% Invalid input detected at '^' marker.", False),
-    ("cisco_ios", "% Incomplete command.", False),
-    ("cisco_ios", "Command rejected: Bad VLAN list - character #5 (-) delimits a VLAN number", False),
-    ("cisco_nxos", "ERROR: VLAN 4000 is a reserved VLAN", False),
-    ("arista_eos", "% Invalid input", False),
-    ("dell_os10", "% Error: Illegal parameter.", False),
-    ("dell_os6", "Configuration Database locked by another application - try later", True),
-    ("dell_os6", "VLAN was not created by user.", False),
-    ("juniper_junos", "error: configuration database locked by:\n  netops terminal p0", True),
-    ("juniper_junos", "error: shared configuration database modified", True),
-    ("juniper_junos", "syntax error.", False),
-    ("brocade_fastiron", "Invalid input -> vlna 100\nType ? for a list", False),
-    ("brocade_fastiron", "Error - port 1/1/1 is not a member of vlan 100", False),
-    ("brocade_fastiron", "Flash access in progress. Please try later.", True),
-])
+@pytest.mark.parametrize(
+    "name,answer,transient",
+    [
+        ("force10", "% Error: Config DB is locked by another session. Try again later.", True),
+        ("force10", '                ^\n% Error: Invalid input at "^" marker.', False),
+        ("force10", "% Error: Port is untagged in another Vlan.", False),
+        (
+            "cisco_ios",
+            "% Configuration mode is locked by process '312' user 'netops' from terminal '2'. Please try later.",
+            True,
+        ),
+        ("cisco_ios", "        ^\n% Invalid input detected at '^' marker.", False),
+        ("cisco_ios", "% Incomplete command.", False),
+        ("cisco_ios", "Command rejected: Bad VLAN list - character #5 (-) delimits a VLAN number", False),
+        ("cisco_nxos", "ERROR: VLAN 4000 is a reserved VLAN", False),
+        ("arista_eos", "% Invalid input", False),
+        ("dell_os10", "% Error: Illegal parameter.", False),
+        ("dell_os6", "Configuration Database locked by another application - try later", True),
+        ("dell_os6", "VLAN was not created by user.", False),
+        ("juniper_junos", "error: configuration database locked by:\n  netops terminal p0", True),
+        ("juniper_junos", "error: shared configuration database modified", True),
+        ("juniper_junos", "syntax error.", False),
+        ("brocade_fastiron", "Invalid input -> vlna 100\nType ? for a list", False),
+        ("brocade_fastiron", "Error - port 1/1/1 is not a member of vlan 100", False),
+        ("brocade_fastiron", "Flash access in progress. Please try later.", True),
+    ],
+)
 def test_error_patterns(name, answer, transient):
     found = DIALECTS[name].scan(answer)
     assert found is not None and found.transient is transient
     assert found.text and "\n" not in found.text
 
 
-@pytest.mark.parametrize("name,answer", [
-    ("cisco_ios", "% Access VLAN does not exist. Creating vlan 100"),
-    ("cisco_ios", "Building configuration...\n[OK]"),
-    ("force10", "!\nNov 25 12:00:00: %STKUNIT1-M:CP %FILEMGR-5-FILESAVED: Copied running-config to startup-config"),
-    ("juniper_junos", "warning: statement not found"),
-    ("juniper_junos", "commit complete"),
-    ("dell_os10", ""),
-])
+@pytest.mark.parametrize(
+    "name,answer",
+    [
+        ("cisco_ios", "% Access VLAN does not exist. Creating vlan 100"),
+        ("cisco_ios", "Building configuration...\n[OK]"),
+        ("force10", "!\nNov 25 12:00:00: %STKUNIT1-M:CP %FILEMGR-5-FILESAVED: Copied running-config to startup-config"),
+        ("juniper_junos", "warning: statement not found"),
+        ("juniper_junos", "commit complete"),
+        ("dell_os10", ""),
+    ],
+)
 def test_informational_answers_are_not_errors(name, answer):
     assert DIALECTS[name].scan(answer) is None
 
@@ -537,8 +669,15 @@ def test_show_output_is_scanned_for_fatal_errors_only():
 
 
 def test_errors_survive_pickling_with_their_details():
-    exc = SwitchVerifyFailed("mismatch", target="10.0.0.2:22 port 1/1/1", operation="add VLAN 100 untagged",
-                             evidence="expected x", port="1/1/1", expected=PV(100), observed=PV())
+    exc = SwitchVerifyFailed(
+        "mismatch",
+        target="10.0.0.2:22 port 1/1/1",
+        operation="add VLAN 100 untagged",
+        evidence="expected x",
+        port="1/1/1",
+        expected=PV(100),
+        observed=PV(),
+    )
     back = pickle.loads(pickle.dumps(exc))
     assert str(back) == str(exc) and back.expected == PV(100) and back.observed == PV()
     lost = pickle.loads(pickle.dumps(SwitchSessionLost("gone", applied=("a",))))
@@ -594,8 +733,14 @@ class ScriptedJunos:
 
 
 def junos_driver(fake):
-    return connect("Junos", "127.160.9.10", "admin", "pw", cli_factory=lambda timeout: fake,
-                   busy_backoff=Backoff(first=0.01, cap=0.01, attempts=2, jitter=False))
+    return connect(
+        "Junos",
+        "127.160.9.10",
+        "admin",
+        "pw",
+        cli_factory=lambda timeout: fake,
+        busy_backoff=Backoff(first=0.01, cap=0.01, attempts=2, jitter=False),
+    )
 
 
 def test_junos_session_configures_privately_and_commits_once():

@@ -4,6 +4,7 @@ Cisco IOS): changes with read-back, idempotent reruns, batching, and every fault
 Each test uses its own ports, so the module-scoped simulators need no reset between tests
 beyond clearing the fault. Addresses: 127.160.0.0/16.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from integrations.common import Backoff, Secret
-from integrations.switches import (
+from metalflow.integrations.common import Backoff, Secret
+from metalflow.integrations.switches import (
     InvalidPort,
     InvalidVlan,
     PortVlans,
@@ -29,10 +30,10 @@ from integrations.switches import (
     SwitchWrongState,
     connect,
 )
-from integrations.switches.cli import open_netmiko
-from lab.spec import SwitchSpec, port_name
-from lab.switch import PortVlans as LabPortVlans
-from lab.switch import SwitchSim
+from metalflow.integrations.switches.cli import open_netmiko
+from metalflow.lab.spec import SwitchSpec, port_name
+from metalflow.lab.switch import PortVlans as LabPortVlans
+from metalflow.lab.switch import SwitchSim
 
 PASSWORD = "Sw1tch-pa55word"
 ENABLE = "En4ble-s3cret"
@@ -57,8 +58,17 @@ class SwitchUnderTest:
     def driver(self, *, password: str = PASSWORD, enable: str = ENABLE, timeout: float = 10, **kw):
         host, port = self.sim.address
         kw.setdefault("busy_backoff", FAST)
-        return connect(self.rack_type, host, "admin", Secret(password), port, enable_secret=enable,
-                       timeout=timeout, connect_backoff=FAST, **kw)
+        return connect(
+            self.rack_type,
+            host,
+            "admin",
+            Secret(password),
+            port,
+            enable_secret=enable,
+            timeout=timeout,
+            connect_backoff=FAST,
+            **kw,
+        )
 
     def counters(self) -> dict:
         return self.sim.snapshot()["counters"]
@@ -80,9 +90,16 @@ def sims():
     started = {}
     try:
         for dialect, (_, address) in SWITCHES.items():
-            spec = SwitchSpec(name=f"tor-{dialect.replace('_', '-')}", dialect=dialect, address=address,
-                              port=SSH_PORT, username="admin", password=PASSWORD, enable_secret=ENABLE,
-                              ports=tuple(port_name(dialect, i) for i in range(1, 33)))
+            spec = SwitchSpec(
+                name=f"tor-{dialect.replace('_', '-')}",
+                dialect=dialect,
+                address=address,
+                port=SSH_PORT,
+                username="admin",
+                password=PASSWORD,
+                enable_secret=ENABLE,
+                ports=tuple(port_name(dialect, i) for i in range(1, 33)),
+            )
             sim = SwitchSim(spec)
             sim.start()
             started[dialect] = sim
@@ -179,8 +196,11 @@ def test_a_dropped_session_reports_what_was_applied_and_a_rerun_converges(sw):
     with drv.session(force_save=True) as s:  # the rerun: every change reads first
         for port, vlan, tagged in plan:
             s.add_vlan(port, vlan, tagged)
-    assert [x.split(" on ")[0] for x in s.applied] == ["add VLAN 200 tagged", "add VLAN 100 untagged",
-                                                        "add VLAN 200 tagged"]
+    assert [x.split(" on ")[0] for x in s.applied] == [
+        "add VLAN 200 tagged",
+        "add VLAN 100 untagged",
+        "add VLAN 200 tagged",
+    ]
     assert sw.state(p7) == PortVlans(100, frozenset({200}))
     assert sw.state(p8) == PortVlans(100)
     assert sw.state(p9) == PortVlans(None, frozenset({200}))
@@ -259,8 +279,11 @@ def test_bad_input_never_reaches_the_switch(sw):
         with pytest.raises(InvalidVlan):
             drv.add_vlan(sw.port(1), vlan, tagged=False)
     after = sw.counters()
-    assert (after["logins"], after["login_failures"], after["commands"]) == \
-           (before["logins"], before["login_failures"], before["commands"])
+    assert (after["logins"], after["login_failures"], after["commands"]) == (
+        before["logins"],
+        before["login_failures"],
+        before["commands"],
+    )
 
 
 def test_an_untagged_vlan_is_not_replaced_silently(sw):
@@ -294,20 +317,24 @@ def test_a_silent_switch_gives_up_within_the_deadline(sw):
         sw.sim.set_fault("none")
 
 
-@pytest.mark.parametrize("dialect,question,answer", [
-    ("force10", r"\[confirm yes/no\]", "yes"),
-    ("cisco_ios", r"Destination filename \[startup-config\]\?", ""),
-])
+@pytest.mark.parametrize(
+    "dialect,question,answer",
+    [
+        ("force10", r"\[confirm yes/no\]", "yes"),
+        ("cisco_ios", r"Destination filename \[startup-config\]\?", ""),
+    ],
+)
 def test_a_question_is_answered_over_ssh(sims, dialect, question, answer):
     sim = sims[dialect]
     sim.set_fault("none")
     host, port = sim.address
     rack = SWITCHES[dialect][0]
-    from integrations.switches import dialect_for
+    from metalflow.integrations.switches import dialect_for
 
     d = dialect_for(rack)
-    cli = open_netmiko(d.netmiko_class, d.netmiko_device_type, host, port, "admin", Secret(PASSWORD),
-                       Secret(ENABLE), 10)
+    cli = open_netmiko(
+        d.netmiko_class, d.netmiko_device_type, host, port, "admin", Secret(PASSWORD), Secret(ENABLE), 10
+    )
     try:
         saves = sim.snapshot()["counters"]["saves"]
         cli.send("copy running-config startup-config", timeout=10, confirm=(question, answer))
@@ -339,8 +366,13 @@ def test_no_secret_in_any_error(sw):
     sw.sim.set_fault("drop_session", after=0)
     collect(lambda: sw.driver().add_vlan(p, 300, tagged=True))
     sw.sim.set_fault("none")
-    assert [type(e).__name__ for e in errors] == ["SwitchAuthFailed", "SwitchAuthFailed", "SwitchVerifyFailed",
-                                                  "SwitchCommandFailed", "SwitchSessionLost"]
+    assert [type(e).__name__ for e in errors] == [
+        "SwitchAuthFailed",
+        "SwitchAuthFailed",
+        "SwitchVerifyFailed",
+        "SwitchCommandFailed",
+        "SwitchSessionLost",
+    ]
     for exc in errors:
         text = str(exc) + repr(exc) + "".join(traceback.format_exception(exc)) + repr(vars(exc))
         for secret in (PASSWORD, ENABLE, "wrong-" + PASSWORD, ENABLE + "-wrong"):
@@ -350,8 +382,15 @@ def test_no_secret_in_any_error(sw):
 
 def test_a_refused_connection_is_retried_then_reported_unreachable():
     # Nothing listens on this address: every attempt is refused at once.
-    drv = connect("Force10", "127.160.0.250", "admin", Secret(PASSWORD), SSH_PORT, timeout=10,
-                  connect_backoff=Backoff(first=0.01, cap=0.02, attempts=3))
+    drv = connect(
+        "Force10",
+        "127.160.0.250",
+        "admin",
+        Secret(PASSWORD),
+        SSH_PORT,
+        timeout=10,
+        connect_backoff=Backoff(first=0.01, cap=0.02, attempts=3),
+    )
     with pytest.raises(SwitchUnreachable) as ei:
         drv.port_vlans("1/1/1")
     e = ei.value
@@ -365,8 +404,15 @@ def test_a_silent_listener_gives_up_within_the_deadline():
     with socket.socket() as silent:
         silent.bind(("127.160.0.251", 0))
         silent.listen(8)  # the kernel completes the handshake; nobody ever speaks
-        drv = connect("CiscoIOS", "127.160.0.251", "admin", Secret(PASSWORD), silent.getsockname()[1],
-                      timeout=1.0, connect_backoff=Backoff(first=0.05, cap=0.05, attempts=5))
+        drv = connect(
+            "CiscoIOS",
+            "127.160.0.251",
+            "admin",
+            Secret(PASSWORD),
+            silent.getsockname()[1],
+            timeout=1.0,
+            connect_backoff=Backoff(first=0.05, cap=0.05, attempts=5),
+        )
         start = time.monotonic()
         with pytest.raises(SwitchUnreachable) as ei:
             drv.port_vlans("GigabitEthernet1/0/1")
@@ -376,11 +422,12 @@ def test_a_silent_listener_gives_up_within_the_deadline():
 
 # --- the group commit (tasks.switches.SwitchBatch) over real SSH ----------------------------
 
+
 def converge_at_once(sw, requests: dict[str, list]) -> tuple[dict[str, object], dict[str, int]]:
     """Each request converged from its own thread, as the runs of ``metalflow serve`` do, all
     queued before the first session opens. What each got (its lines, or its error) by host,
     and how the switch's counters moved."""
-    from tasks.switches import SwitchBatches, converge_switch
+    from metalflow.tasks.switches import SwitchBatches, converge_switch
 
     batches = SwitchBatches()
     batch = batches.of(sw.sim.spec.name)
@@ -418,7 +465,7 @@ def converge_at_once(sw, requests: dict[str, list]) -> tuple[dict[str, object], 
 
 
 def test_runs_converging_at_once_share_one_session(sw):
-    from tasks.switches import PortTarget
+    from metalflow.tasks.switches import PortTarget
 
     name = sw.sim.spec.name
     ports = {f"host-{i}": sw.port(16 + i) for i in range(1, 9)}
@@ -438,15 +485,17 @@ def test_runs_converging_at_once_share_one_session(sw):
 
 
 def test_a_refused_port_fails_its_run_only_and_the_session_goes_on(sw):
-    from tasks.switches import PortTarget
+    from metalflow.tasks.switches import PortTarget
 
     name = sw.sim.spec.name
     missing = "1/1/99" if sw.sim.spec.dialect == "force10" else "GigabitEthernet1/0/99"
     good = {"host-1": sw.port(25), "host-3": sw.port(26)}
     sw.reset(*good.values())
-    requests = {"host-1": [PortTarget(name, good["host-1"], 101)],
-                "host-2": [PortTarget(name, missing, 102)],  # a port the switch does not have
-                "host-3": [PortTarget(name, good["host-3"], 103)]}
+    requests = {
+        "host-1": [PortTarget(name, good["host-1"], 101)],
+        "host-2": [PortTarget(name, missing, 102)],  # a port the switch does not have
+        "host-3": [PortTarget(name, good["host-3"], 103)],
+    }
     results, moved = converge_at_once(sw, requests)
 
     assert isinstance(results["host-2"], SwitchCommandFailed) and not results["host-2"].transient
@@ -456,7 +505,7 @@ def test_a_refused_port_fails_its_run_only_and_the_session_goes_on(sw):
 
 
 def test_a_dropped_session_fails_the_runs_it_took_and_the_others_get_a_new_one(sw):
-    from tasks.switches import PortTarget
+    from metalflow.tasks.switches import PortTarget
 
     name = sw.sim.spec.name
     ports = {f"host-{i}": sw.port(26 + i) for i in range(1, 5)}

@@ -9,13 +9,15 @@ pyghmi runs in a helper process that is killed when our own deadline passes: a p
 to a silent BMC can block for a long time, and a thread cannot be killed (a hung one would
 also leave a half-open session in pyghmi's process-wide session table).
 """
+
 from __future__ import annotations
 
 import multiprocessing
 import re
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import requests
 from netmiko import ConnectHandler
@@ -34,8 +36,9 @@ GUEST_VLAN = 200
 IPMI_DEADLINE = 10.0
 
 
-def wait_for(what: str, probe: Callable[[], Any], ok: Callable[[Any], bool], timeout: float,
-             interval: float = 0.05) -> Any:
+def wait_for(
+    what: str, probe: Callable[[], Any], ok: Callable[[Any], bool], timeout: float, interval: float = 0.05
+) -> Any:
     """Poll ``probe`` until ``ok(value)``; fail naming ``what`` and the last value seen."""
     deadline = time.monotonic() + timeout
     while True:
@@ -57,8 +60,9 @@ class Maas:
         self.base = manifest["maas"]["url"] + "api/2.0/"
         ck, tk, ts = (api_key or manifest["maas"]["api_key"]).split(":")
         self.session = requests.Session()
-        self.session.auth = OAuth1(ck, client_secret="", resource_owner_key=tk, resource_owner_secret=ts,
-                                   signature_method="PLAINTEXT")
+        self.session.auth = OAuth1(
+            ck, client_secret="", resource_owner_key=tk, resource_owner_secret=ts, signature_method="PLAINTEXT"
+        )
 
     def get(self, path: str, op: str | None = None, **params: Any) -> requests.Response:
         if op:
@@ -81,8 +85,7 @@ class Maas:
         assert r.status_code == 200, f"GET machines/?mac_address={mac}: {r.status_code} {r.text[:200]}"
         return r.json()
 
-    def wait_status(self, system_id: str, target: int, *, failure: Iterable[int] = (),
-                    timeout: float = 20.0) -> dict:
+    def wait_status(self, system_id: str, target: int, *, failure: Iterable[int] = (), timeout: float = 20.0) -> dict:
         """Poll until ``status == target``; a ``failure`` status ends the wait at once."""
         failure = set(failure)
         deadline = time.monotonic() + timeout
@@ -91,11 +94,15 @@ class Maas:
             if m["status"] == target:
                 return m
             if m["status"] in failure:
-                raise AssertionError(f"{m['hostname']} ({system_id}) went to {m['status_name']} "
-                                     f"({m['status']}) while waiting for status {target}: {m.get('status_message')!r}")
+                raise AssertionError(
+                    f"{m['hostname']} ({system_id}) went to {m['status_name']} "
+                    f"({m['status']}) while waiting for status {target}: {m.get('status_message')!r}"
+                )
             if time.monotonic() >= deadline:
-                raise AssertionError(f"{m['hostname']} ({system_id}) still {m['status_name']} ({m['status']}) "
-                                     f"after {timeout:g} s waiting for status {target}: {m.get('status_message')!r}")
+                raise AssertionError(
+                    f"{m['hostname']} ({system_id}) still {m['status_name']} ({m['status']}) "
+                    f"after {timeout:g} s waiting for status {target}: {m.get('status_message')!r}"
+                )
             time.sleep(0.1)
 
 
@@ -107,11 +114,15 @@ def power_address(host: dict) -> str:
 
 def create_form(host: dict) -> list[tuple[str, str]]:
     """The machines/ create form for a manifest host (every cabled MAC, ipmi power)."""
-    form = [("architecture", host["arch"]), ("hostname", host["name"]), ("power_type", "ipmi"),
-            ("power_parameters_power_address", power_address(host)),
-            ("power_parameters_power_user", host["ipmi"]["username"]),
-            ("power_parameters_power_pass", host["ipmi"]["password"]),
-            ("power_parameters_power_driver", "LAN_2_0")]
+    form = [
+        ("architecture", host["arch"]),
+        ("hostname", host["name"]),
+        ("power_type", "ipmi"),
+        ("power_parameters_power_address", power_address(host)),
+        ("power_parameters_power_user", host["ipmi"]["username"]),
+        ("power_parameters_power_pass", host["ipmi"]["password"]),
+        ("power_parameters_power_driver", "LAN_2_0"),
+    ]
     form += [("mac_addresses", mac) for mac in host["macs"]]
     return form
 
@@ -168,10 +179,10 @@ def _ipmi_main(conn: Any) -> None:
             result = _ipmi_op(cmd, op, args)
             try:
                 cmd.ipmi_session.logout()
-            except Exception:
+            except Exception:  # noqa: BLE001 - reported as data
                 pass
             conn.send(("ok", result))
-        except Exception as exc:  # pyghmi raises IpmiException and plain errors alike
+        except Exception as exc:  # noqa: BLE001 - pyghmi raises IpmiException and plain errors alike
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
@@ -188,8 +199,7 @@ class Ipmi:
         self._proc.start()
         child.close()
 
-    def call(self, host: dict, op: str, *args: Any, timeout: float = IPMI_DEADLINE,
-             password: str | None = None) -> Any:
+    def call(self, host: dict, op: str, *args: Any, timeout: float = IPMI_DEADLINE, password: str | None = None) -> Any:
         ipmi = host["ipmi"]
         pw = ipmi["password"] if password is None else password
         self._conn.send((ipmi["address"], ipmi["port"], ipmi["username"].encode(), pw.encode(), op, args))
@@ -222,9 +232,17 @@ def switch_of(manifest: dict, name: str) -> dict:
 
 
 def connect_switch(sw: dict, **kw: Any):
-    params = dict(device_type=sw["netmiko_device_type"], host=sw["address"], port=sw["port"],
-                  username=sw["username"], password=sw["password"], secret=sw["enable_secret"],
-                  conn_timeout=10, auth_timeout=10, banner_timeout=10)
+    params = dict(
+        device_type=sw["netmiko_device_type"],
+        host=sw["address"],
+        port=sw["port"],
+        username=sw["username"],
+        password=sw["password"],
+        secret=sw["enable_secret"],
+        conn_timeout=10,
+        auth_timeout=10,
+        banner_timeout=10,
+    )
     params.update(kw)
     conn = ConnectHandler(**params)
     conn.enable()

@@ -8,6 +8,7 @@ own BMCs, so pyghmi's cached sessions never leak a fault from one test into anot
 Loopback block 127.150.0.0/16: the shared fleet on 127.150.1.x, the 300-BMC fleet on
 127.150.10.x-11.x, one-off fleets on 127.150.20.x to 127.150.41.x.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -23,12 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from lab.bmc import BmcEvent, BmcFleet, BmcFleetError, BmcStartError, BmcState
-from lab.bmc import wire
-from lab.bmc.fleet import process_count
-from lab.bmc.model import Machine
-from lab.bmc.server import BmcServer
-from lab.spec import BmcSpec, Timing
+from metalflow.lab.bmc import BmcEvent, BmcFleet, BmcFleetError, BmcStartError, BmcState, wire
+from metalflow.lab.bmc.fleet import process_count
+from metalflow.lab.bmc.model import Machine
+from metalflow.lab.bmc.server import BmcServer
+from metalflow.lab.spec import BmcSpec, Timing
 
 USER, PASSWORD = "admin", "lab-secret-01"
 SOFT_OFF = 0.4
@@ -36,7 +36,9 @@ CALL_DEADLINE = 20.0  # our own bound around one pyghmi call (a login included)
 
 
 def spec(i: int, third: int = 1, password: str = PASSWORD) -> BmcSpec:
-    return BmcSpec(host=f"bmc-{third}-{i}", address=f"127.150.{third}.{1 + i}", port=623, username=USER, password=password)
+    return BmcSpec(
+        host=f"bmc-{third}-{i}", address=f"127.150.{third}.{1 + i}", port=623, username=USER, password=password
+    )
 
 
 # -- pyghmi in a helper process ------------------------------------------------------------------
@@ -74,7 +76,7 @@ def _client_main(conn) -> None:
                 c = command.Command(bmc=address, userid=user.encode(), password=password.encode(), port=port)
                 results.append(_pyghmi_op(c, op, args))
             conn.send(("ok", results))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported as data
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
@@ -111,8 +113,15 @@ class PyghmiClient:
             raise IpmiCallError(value)
         return value
 
-    def call(self, bmc: BmcSpec, op: str, *args, timeout: float = CALL_DEADLINE, password: str | None = None,
-             user: str | None = None):
+    def call(
+        self,
+        bmc: BmcSpec,
+        op: str,
+        *args,
+        timeout: float = CALL_DEADLINE,
+        password: str | None = None,
+        user: str | None = None,
+    ):
         pw = bmc.password if password is None else password
         return self.batch([(bmc.address, bmc.port, user or bmc.username, pw, op, args)], timeout)[0]
 

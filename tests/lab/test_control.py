@@ -1,5 +1,5 @@
 """End-to-end: every knob of the lab's control API, observed through independent clients, and
-the ``python -m lab`` command line against the running lab.
+the ``python -m metalflow.lab`` command line against the running lab.
 
 Uses the session's ``lab`` (``tests.conftest``). Hosts this module uses, each handed back off,
 unknown to MAAS, with no fault: host-004 (tor-2 Gi1/0/2 and Gi1/0/3: MAAS fail_next deploy),
@@ -7,6 +7,7 @@ host-005 (tor-1 1/1/4: BMC faults and the power button), host-006 (tor-2 Gi1/0/4
 BMC fault). Switch faults and drift use uncabled ports (41 and up) only. Every test that sets
 a fault clears it (``/reset``), also when it fails.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,23 @@ from netmiko.exceptions import NetmikoAuthenticationException, ReadTimeout
 
 from tests.conftest import REPO
 from tests.lab.independent import (
-    DEPLOYED, DEPLOYING, FAILED_DEPLOYMENT, PXE_IDLE, READY, Ipmi, IpmiDeadline, IpmiError, Maas,
-    PortView, commission, configure, connect_switch, create_form, forget, show_port, switch_of,
+    DEPLOYED,
+    DEPLOYING,
+    FAILED_DEPLOYMENT,
+    PXE_IDLE,
+    READY,
+    Ipmi,
+    IpmiDeadline,
+    IpmiError,
+    Maas,
+    PortView,
+    commission,
+    configure,
+    connect_switch,
+    create_form,
+    forget,
+    show_port,
+    switch_of,
     wait_for,
 )
 
@@ -76,14 +92,19 @@ def host_back(lab, maas, ipmi):
         forget(maas, host)
         lab.control("POST", f"/power/{host['name']}", {"on": False})
         ipmi.call(host, "set_bootdev", "network", True)
-        wait_for(f"{host['name']} off", lambda: lab.host(host["name"]),
-                 lambda s: s["power"] == "off" and s["running"] == "off", timeout=10)
+        wait_for(
+            f"{host['name']} off",
+            lambda: lab.host(host["name"]),
+            lambda s: s["power"] == "off" and s["running"] == "off",
+            timeout=10,
+        )
 
 
 def raw_control(lab, method: str, path: str, data: bytes | None = None) -> tuple[int, dict]:
     """A control call that returns (status, JSON body) for errors too."""
-    req = urllib.request.Request(lab.control_url + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        lab.control_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=15) as resp:
             return resp.status, json.loads(resp.read())
@@ -290,7 +311,12 @@ def test_bad_control_requests_get_a_json_error_and_change_nothing(lab):
     before = lab.state()
     for method, path, body, status, needle in BAD_REQUESTS:
         got, payload = raw_control(lab, method, path, body)
-        assert (got, needle.lower() in payload.get("error", "").lower()) == (status, True), (method, path, body, payload)
+        assert (got, needle.lower() in payload.get("error", "").lower()) == (status, True), (
+            method,
+            path,
+            body,
+            payload,
+        )
     after = lab.state()
     assert after["hosts"]["host-005"]["bmc_fault"] == "none"
     assert after["switches"]["tor-1"]["ports"] == before["switches"]["tor-1"]["ports"]
@@ -308,8 +334,9 @@ def _manifest_path(lab) -> str:
 def cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, COLUMNS="250", METALFLOW_HOME="/nonexistent-metalflow-home")
     env.pop("METALFLOW_LAB_MANIFEST", None)
-    return subprocess.run([sys.executable, "-m", "lab", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "metalflow.lab", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_cli_state_lists_every_host(lab):

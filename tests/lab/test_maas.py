@@ -7,6 +7,7 @@ a powered machine would PXE-boot. The lead's coherence tests cover the same inte
 real BMC and switch simulators; ``test_ipmi_driver_*`` runs the real ``IpmiPowerDriver``
 against pyghmi's stock ``Bmc`` in a subprocess.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,17 +27,20 @@ import yaml
 from oauthlib.oauth1 import SIGNATURE_PLAINTEXT
 from requests_oauthlib import OAuth1
 
-from lab.maas import IpmiPowerDriver, MaasSim, NodeStatus, PowerError
-from lab.maas import preseed as preseed_mod
-from lab.maas.status import ACTIONS, LABELS, TRANSITIONS
-from lab.maas.tempita import Template, TemplateError
-from lab.spec import MaasSpec, Timing
+from metalflow.lab.maas import IpmiPowerDriver, MaasSim, NodeStatus, PowerError
+from metalflow.lab.maas import preseed as preseed_mod
+from metalflow.lab.maas.status import ACTIONS, LABELS, TRANSITIONS
+from metalflow.lab.maas.tempita import Template, TemplateError
+from metalflow.lab.spec import MaasSpec, Timing
 
 ADDR = "127.152.250.1"
 CK, TK, TS = "lab-consumer", "lab-token", "lab-secret"
-FIXTURES = Path(os.environ.get("MAAS_FIXTURES") or Path(__file__).resolve().parents[1] / "fixtures" / "maas" / "gomaasclient")
-FAST = Timing(commission=0.2, deploy=0.3, release=0.1, erase=0.3, quick_erase=0.1,
-              secure_erase=0.2, node_timeout=5.0, boot=0.0)
+FIXTURES = Path(
+    os.environ.get("MAAS_FIXTURES") or Path(__file__).resolve().parents[1] / "fixtures" / "maas" / "gomaasclient"
+)
+FAST = Timing(
+    commission=0.2, deploy=0.3, release=0.1, erase=0.3, quick_erase=0.1, secure_erase=0.2, node_timeout=5.0, boot=0.0
+)
 
 
 # --- the stand-in for the physical world -----------------------------------------------------
@@ -57,8 +61,16 @@ class FakeWorld:
         self.lock = threading.Lock()
 
     def add(self, address: str, macs: list[str], *, pxe: bool = True, cpu: int = 8, mem: int = 16384) -> dict:
-        self.hosts[address] = {"macs": macs, "pxe": pxe, "power": "off", "cpu": cpu, "mem": mem,
-                               "power_error": False, "disk": None, "answers": []}
+        self.hosts[address] = {
+            "macs": macs,
+            "pxe": pxe,
+            "power": "off",
+            "cpu": cpu,
+            "mem": mem,
+            "power_error": False,
+            "disk": None,
+            "answers": [],
+        }
         return power_params(address)
 
     def _host(self, params: dict) -> dict:
@@ -73,8 +85,9 @@ class FakeWorld:
 
     def netboot(self, address: str) -> str | None:
         host = self.hosts[address]
-        answer = self.sim.on_netboot(host["macs"][0], {"macs": host["macs"], "cpu_count": host["cpu"],
-                                                       "memory": host["mem"]})
+        answer = self.sim.on_netboot(
+            host["macs"][0], {"macs": host["macs"], "cpu_count": host["cpu"], "memory": host["mem"]}
+        )
         host["answers"].append(answer)
         self._note("netboot", address, str(answer))
         return answer
@@ -123,8 +136,7 @@ class FakeWorld:
 
 
 def power_params(address: str) -> dict[str, str]:
-    return {"power_address": address, "power_user": "admin", "power_pass": "pw",
-            "power_driver": "LAN_2_0"}
+    return {"power_address": address, "power_user": "admin", "power_pass": "pw", "power_driver": "LAN_2_0"}
 
 
 class Client:
@@ -133,8 +145,9 @@ class Client:
     def __init__(self, sim: MaasSim):
         self.base = sim.api_url
         self.s = requests.Session()
-        self.s.auth = OAuth1(CK, client_secret="", resource_owner_key=TK, resource_owner_secret=TS,
-                             signature_method=SIGNATURE_PLAINTEXT)
+        self.s.auth = OAuth1(
+            CK, client_secret="", resource_owner_key=TK, resource_owner_secret=TS, signature_method=SIGNATURE_PLAINTEXT
+        )
 
     def get(self, path: str, **params: Any) -> requests.Response:
         return self.s.get(self.base + path, params=params, timeout=10)
@@ -164,8 +177,11 @@ class Client:
         return m
 
     def create(self, hostname: str, macs: list[str], params: dict, **extra: str) -> requests.Response:
-        data: list[tuple[str, str]] = [("architecture", "amd64/generic"), ("hostname", hostname),
-                                       ("power_type", "ipmi")]
+        data: list[tuple[str, str]] = [
+            ("architecture", "amd64/generic"),
+            ("hostname", hostname),
+            ("power_type", "ipmi"),
+        ]
         data += [("mac_addresses", m) for m in macs]
         data += [(f"power_parameters_{k}", v) for k, v in params.items()]
         data += list(extra.items())
@@ -187,8 +203,16 @@ def make_maas(tmp_path):
     def make(timing: Timing = FAST, images: tuple[str, ...] | None = None):
         world = FakeWorld()
         kw = {"images": images} if images else {}
-        spec = MaasSpec(address=ADDR, port=0, consumer_key=CK, token_key=TK, token_secret=TS,
-                        preseed_dir=str(tmp_path / "preseeds"), pxe_vlan=10, **kw)
+        spec = MaasSpec(
+            address=ADDR,
+            port=0,
+            consumer_key=CK,
+            token_key=TK,
+            token_secret=TS,
+            preseed_dir=str(tmp_path / "preseeds"),
+            pxe_vlan=10,
+            **kw,
+        )
         sim = MaasSim(spec, timing=timing, power=world, hooks=world, seed=7)
         world.sim = sim
         sim.start()
@@ -226,9 +250,11 @@ def ready_machine(client: Client, world: FakeWorld, n: int, nics: int = 1, **kw:
 def _oauth_header(ck=CK, tk=TK, sig=f"%26{TS}", nonce=None, ts=None, method="PLAINTEXT") -> str:
     nonce = nonce or os.urandom(8).hex()
     ts = ts if ts is not None else str(int(time.time()))
-    return (f'OAuth realm="", oauth_version="1.0", oauth_signature_method="{method}", '
-            f'oauth_consumer_key="{ck}", oauth_token="{tk}", oauth_signature="{sig}", '
-            f'oauth_nonce="{nonce}", oauth_timestamp="{ts}"')
+    return (
+        f'OAuth realm="", oauth_version="1.0", oauth_signature_method="{method}", '
+        f'oauth_consumer_key="{ck}", oauth_token="{tk}", oauth_signature="{sig}", '
+        f'oauth_nonce="{nonce}", oauth_timestamp="{ts}"'
+    )
 
 
 def test_version_and_describe_need_no_auth(maas):
@@ -256,14 +282,19 @@ def test_no_credentials_is_401_forbidden(maas):
 
 # Headers are built when the test runs, not at collection: a timestamp made at import goes
 # stale (MAAS's 300 s window) when the suite before this test takes longer than that.
-@pytest.mark.parametrize("header_args, body", [
-    ({"ck": "nobody"}, "Authorization Error: Invalid API key."),
-    ({"tk": "stolen"}, "Authorization Error: 'Invalid access token: stolen'"),
-    ({"sig": "%26wrong"}, "Authorization Error: 'Invalid signature.'"),
-    ({"method": "HMAC-SHA1"}, "Authorization Error: 'Signature method HMAC-SHA1 not supported"
-                              " try one of the following: PLAINTEXT'"),
-    ({"ts": "1000000000"}, "Authorization Error: 'Expired timestamp:"),
-])
+@pytest.mark.parametrize(
+    "header_args, body",
+    [
+        ({"ck": "nobody"}, "Authorization Error: Invalid API key."),
+        ({"tk": "stolen"}, "Authorization Error: 'Invalid access token: stolen'"),
+        ({"sig": "%26wrong"}, "Authorization Error: 'Invalid signature.'"),
+        (
+            {"method": "HMAC-SHA1"},
+            "Authorization Error: 'Signature method HMAC-SHA1 not supported try one of the following: PLAINTEXT'",
+        ),
+        ({"ts": "1000000000"}, "Authorization Error: 'Expired timestamp:"),
+    ],
+)
 def test_bad_credentials_are_401_with_maas_messages(maas, header_args, body):
     sim, _, _ = maas
     header = _oauth_header(**header_args)
@@ -300,8 +331,9 @@ def test_missing_trailing_slash_redirects_and_loses_the_post(maas):
     assert r.status_code == 301
     assert r.headers["Location"] == client.base + "machines/?hostname=x"
     sid = ready_machine(client, world, 1)
-    r = client.s.post(client.base + "machines", params={"op": "allocate"}, data={"system_id": sid},
-                      allow_redirects=False, timeout=5)
+    r = client.s.post(
+        client.base + "machines", params={"op": "allocate"}, data={"system_id": sid}, allow_redirects=False, timeout=5
+    )
     assert r.status_code == 301
     assert client.machine(sid)["status_name"] == "Ready"  # the POST did nothing
     # A client that follows the redirect re-sends it as a GET: a plain list, not an allocation.
@@ -335,8 +367,13 @@ def test_json_body_is_not_read_multipart_is(maas):
     r = client.s.post(client.base + "machines/", json={"mac_addresses": [mac(1)], "hostname": "j"}, timeout=5)
     assert r.status_code == 400
     assert r.json() == {"mac_addresses": ["This field is required."]}
-    files = {"hostname": (None, "multi"), "mac_addresses": (None, mac(2)), "commission": (None, "false"),
-             "power_type": (None, "ipmi"), "power_parameters_power_address": (None, "127.152.1.2")}
+    files = {
+        "hostname": (None, "multi"),
+        "mac_addresses": (None, mac(2)),
+        "commission": (None, "false"),
+        "power_type": (None, "ipmi"),
+        "power_parameters_power_address": (None, "127.152.1.2"),
+    }
     r = client.s.post(client.base + "machines/", files=files, timeout=5)
     assert r.status_code == 200, r.text
     assert (r.json()["hostname"], r.json()["status_name"]) == ("multi", "New")
@@ -378,14 +415,22 @@ def test_runbook_commission_allocate_deploy_release(maas):
     m = client.wait(sid, "Ready")
     assert (m["owner"], m["osystem"], m["distro_series"], m["ip_addresses"]) == (None, "", "", [])
     assert world.kinds(address) == [
-        "power_on", "netboot:commissioning", "power_off",
-        "power_on", "netboot:deploying", "install", "reboot", "netboot:local",
+        "power_on",
+        "netboot:commissioning",
+        "power_off",
+        "power_on",
+        "netboot:deploying",
+        "install",
+        "reboot",
+        "netboot:local",
         "power_off",
     ]
 
 
-@pytest.mark.parametrize("flags", [{"erase": "true"}, {"quick_erase": "true"},
-                                   {"secure_erase": "true"}, {"erase": "true", "quick_erase": "true"}])
+@pytest.mark.parametrize(
+    "flags",
+    [{"erase": "true"}, {"quick_erase": "true"}, {"secure_erase": "true"}, {"erase": "true", "quick_erase": "true"}],
+)
 def test_release_with_erase_wipes_through_the_erase_phase(maas, flags):
     sim, world, client = maas
     world.add("127.152.1.5", [mac(5)])
@@ -489,12 +534,15 @@ def test_abort_deploying_commissioning_and_wrong_state(make_maas):
     assert client.post(f"machines/{sid}/", op="abort").json()["status_name"] == "Failed disk erasing"
 
 
-@pytest.mark.parametrize("phase, action, failed", [
-    ("commission", "commission", "Failed commissioning"),
-    ("deploy", "deploy", "Failed deployment"),
-    ("erase", "erase", "Failed disk erasing"),
-    ("release", "release", "Releasing failed"),
-])
+@pytest.mark.parametrize(
+    "phase, action, failed",
+    [
+        ("commission", "commission", "Failed commissioning"),
+        ("deploy", "deploy", "Failed deployment"),
+        ("erase", "erase", "Failed disk erasing"),
+        ("release", "release", "Releasing failed"),
+    ],
+)
 def test_fail_next_fails_the_next_phase_only(maas, phase, action, failed):
     sim, world, client = maas
     sid = ready_machine(client, world, 1)
@@ -530,18 +578,27 @@ def test_deploy_unknown_image_is_400_after_auto_allocation(maas):
     sid = sim.add_machine("host-008", [mac(8)], power_params("127.152.1.8"))
     r = client.post(f"machines/{sid}/", op="deploy", data={"distro_series": "windows/2019"})
     assert r.status_code == 400
-    assert r.json() == {"distro_series": [
-        "'windows/2019' is not a valid distro_series.  It should be one of: '', 'centos/centos70', "
-        "'custom/centos7', 'ubuntu/jammy', 'ubuntu/noble'."]}
+    assert r.json() == {
+        "distro_series": [
+            "'windows/2019' is not a valid distro_series.  It should be one of: '', 'centos/centos70', "
+            "'custom/centos7', 'ubuntu/jammy', 'ubuntu/noble'."
+        ]
+    }
     m = client.machine(sid)  # MAAS allocates before it validates the series
     assert (m["status_name"], m["osystem"]) == ("Allocated", "")
 
 
-@pytest.mark.parametrize("series, osystem, release", [
-    ("ubuntu/jammy", "ubuntu", "jammy"), ("jammy", "ubuntu", "jammy"), ("22.04", "ubuntu", "jammy"),
-    ("custom/centos7", "custom", "centos7"), ("centos7", "custom", "centos7"),
-    ("centos/centos70", "centos", "centos70"),
-])
+@pytest.mark.parametrize(
+    "series, osystem, release",
+    [
+        ("ubuntu/jammy", "ubuntu", "jammy"),
+        ("jammy", "ubuntu", "jammy"),
+        ("22.04", "ubuntu", "jammy"),
+        ("custom/centos7", "custom", "centos7"),
+        ("centos7", "custom", "centos7"),
+        ("centos/centos70", "centos", "centos70"),
+    ],
+)
 def test_deploy_series_spellings(maas, series, osystem, release):
     sim, world, client = maas
     world.add("127.152.1.9", [mac(9)])
@@ -713,36 +770,46 @@ def test_bond_link_unlink_disconnect_and_the_409_when_deployed(maas):
     assert [i["type"] for i in ifaces] == ["physical", "physical"]
     assert all(i["vlan"]["vid"] == 10 and i["vlan"]["dhcp_on"] for i in ifaces)
     eth0, eth1 = ifaces
-    r = client.post(f"nodes/{sid}/interfaces/", op="create_bond",
-                    data=[("name", "bond0"), ("parents", str(eth0["id"])), ("parents", str(eth1["id"]))])
+    r = client.post(
+        f"nodes/{sid}/interfaces/",
+        op="create_bond",
+        data=[("name", "bond0"), ("parents", str(eth0["id"])), ("parents", str(eth1["id"]))],
+    )
     assert r.status_code == 200, r.text
     bond = r.json()
     assert (bond["type"], bond["parents"], bond["mac_address"]) == ("bond", ["eth0", "eth1"], mac(1))
     assert bond["params"]["bond_mode"] == "active-backup"
     assert client.get(f"nodes/{sid}/interfaces/{eth0['id']}/").json()["children"] == ["bond0"]
-    r = client.post(f"nodes/{sid}/interfaces/", op="create_bond",
-                    data=[("name", "bond1"), ("parents", str(eth0["id"]))])
+    r = client.post(
+        f"nodes/{sid}/interfaces/", op="create_bond", data=[("name", "bond1"), ("parents", str(eth0["id"]))]
+    )
     assert r.status_code == 400 and "parents" in r.json()
     r = client.post(f"nodes/{sid}/interfaces/", op="create_bond", data={"parents": str(eth0["id"])})
     assert r.json()["name"] == ["This field is required."]
 
     biid = bond["id"]
-    r = client.post(f"nodes/{sid}/interfaces/{biid}/", op="link_subnet",
-                    data={"mode": "STATIC", "subnet": "cidr:10.10.0.0/24", "ip_address": "10.10.0.50",
-                          "default_gateway": "true"})
+    r = client.post(
+        f"nodes/{sid}/interfaces/{biid}/",
+        op="link_subnet",
+        data={"mode": "STATIC", "subnet": "cidr:10.10.0.0/24", "ip_address": "10.10.0.50", "default_gateway": "true"},
+    )
     assert r.status_code == 200, r.text
     link = r.json()["links"][0]
     assert (link["mode"], link["ip_address"], link["subnet"]["cidr"]) == ("static", "10.10.0.50", "10.10.0.0/24")
     assert client.machine(sid)["default_gateways"]["ipv4"]["gateway_ip"] == "10.10.0.1"
     r = client.post(f"nodes/{sid}/interfaces/{biid}/", op="link_subnet", data={"mode": "AUTO"})
     assert r.json() == {"subnet": ["This field is required."]}
-    r = client.post(f"nodes/{sid}/interfaces/{biid}/", op="link_subnet",
-                    data={"mode": "static", "subnet": "2", "ip_address": "10.100.0.9"})
+    r = client.post(
+        f"nodes/{sid}/interfaces/{biid}/",
+        op="link_subnet",
+        data={"mode": "static", "subnet": "2", "ip_address": "10.100.0.9"},
+    )
     assert r.status_code == 400 and "same VLAN" in r.json()["subnet"][0]
     r = client.post(f"nodes/{sid}/interfaces/{biid}/", op="unlink_subnet", data={"id": str(link["id"])})
     assert r.status_code == 200 and [lk["mode"] for lk in r.json()["links"]] == ["link_up"]
     assert client.post(f"nodes/{sid}/interfaces/{biid}/", op="unlink_subnet", data={}).json() == {
-        "id": ["This field is required."]}
+        "id": ["This field is required."]
+    }
 
     guest = client.get("fabrics/0/vlans/100/").json()
     r = client.put(f"nodes/{sid}/interfaces/{biid}/", {"vlan": str(guest["id"])})
@@ -756,7 +823,9 @@ def test_bond_link_unlink_disconnect_and_the_409_when_deployed(maas):
     client.wait(sid, "Deployed")
     r = client.post(f"nodes/{sid}/interfaces/{biid}/", op="link_subnet", data={"mode": "dhcp", "subnet": "1"})
     assert (r.status_code, r.text) == (
-        409, "Cannot link subnet interface because the machine is not New, Ready, Allocated, or Broken.")
+        409,
+        "Cannot link subnet interface because the machine is not New, Ready, Allocated, or Broken.",
+    )
     r = client.post(f"nodes/{sid}/interfaces/", op="create_bond", data={"name": "bond9", "parents": "1"})
     assert r.status_code == 409
     r = client.put(f"nodes/{sid}/interfaces/{biid}/", {"name": "bond-renamed", "vlan": str(guest["id"])})
@@ -769,8 +838,11 @@ def test_commissioning_resets_networking(maas):
     _, world, client = maas
     sid = ready_machine(client, world, 1, nics=2)
     eth0, eth1 = client.get(f"nodes/{sid}/interfaces/").json()
-    client.post(f"nodes/{sid}/interfaces/", op="create_bond",
-                data=[("name", "bond0"), ("parents", str(eth0["id"])), ("parents", str(eth1["id"]))])
+    client.post(
+        f"nodes/{sid}/interfaces/",
+        op="create_bond",
+        data=[("name", "bond0"), ("parents", str(eth0["id"])), ("parents", str(eth1["id"]))],
+    )
     client.post(f"machines/{sid}/", op="commission")
     client.wait(sid, "Ready")
     ifaces = client.get(f"nodes/{sid}/interfaces/").json()
@@ -786,7 +858,11 @@ def test_network_endpoints(maas):
     subnets = client.get("subnets/").json()
     pxe = subnets[0]
     assert (pxe["cidr"], pxe["gateway_ip"], pxe["vlan"]["vid"], pxe["vlan"]["dhcp_on"]) == (
-        "10.10.0.0/24", "10.10.0.1", 10, True)
+        "10.10.0.0/24",
+        "10.10.0.1",
+        10,
+        True,
+    )
     assert len(subnets) == 3 and {s["vlan"]["vid"] for s in subnets} == {10, 100, 101}
     assert client.get(f"subnets/{pxe['id']}/").json()["cidr"] == "10.10.0.0/24"
     assert client.get("subnets/cidr:10.100.0.0/24/").json()["vlan"]["vid"] == 100
@@ -803,8 +879,11 @@ def test_boot_resources(maas):
     _, _, client = maas
     res = client.get("boot-resources/").json()
     assert [(r["type"], r["name"]) for r in res] == [
-        ("Synced", "ubuntu/jammy"), ("Synced", "ubuntu/noble"), ("Synced", "centos/centos70"),
-        ("Uploaded", "centos7")]
+        ("Synced", "ubuntu/jammy"),
+        ("Synced", "ubuntu/noble"),
+        ("Synced", "centos/centos70"),
+        ("Uploaded", "centos7"),
+    ]
     assert [r["name"] for r in client.get("boot-resources/", type="uploaded").json()] == ["centos7"]
     one = client.get(f"boot-resources/{res[0]['id']}/").json()
     assert one["architecture"] == "amd64/ga-22.04" and "sets" in one
@@ -846,12 +925,23 @@ power_state:
 
 def test_preseed_rendering_golden(tmp_path):
     (tmp_path / "curtin_userdata_custom").write_text(SEED_CENTOS)
-    node = preseed_mod.NodeView(system_id="abc123", hostname="vm-7", fqdn="vm-7.maas",
-                                architecture="amd64/generic", osystem="custom", distro_series="centos7")
-    out = preseed_mod.render(str(tmp_path), node, {
-        "curtin_preseed": "datasource:\n  MAAS:\n    metadata_url: http://m/MAAS/metadata/",
-        "node_disable_pxe_url": "http://m/MAAS/metadata/latest/by-id/abc123/",
-        "node_disable_pxe_data": "op=netboot_off"})
+    node = preseed_mod.NodeView(
+        system_id="abc123",
+        hostname="vm-7",
+        fqdn="vm-7.maas",
+        architecture="amd64/generic",
+        osystem="custom",
+        distro_series="centos7",
+    )
+    out = preseed_mod.render(
+        str(tmp_path),
+        node,
+        {
+            "curtin_preseed": "datasource:\n  MAAS:\n    metadata_url: http://m/MAAS/metadata/",
+            "node_disable_pxe_url": "http://m/MAAS/metadata/latest/by-id/abc123/",
+            "node_disable_pxe_data": "op=netboot_off",
+        },
+    )
     assert out.path.endswith("curtin_userdata_custom")
     assert out.text == textwrap.dedent("""\
         #cloud-config
@@ -870,8 +960,14 @@ def test_preseed_rendering_golden(tmp_path):
 
 
 def test_tempita_subset_is_safe():
-    for source in ("{{__import__('os')}}", "{{x.__class__}}", "{{open('/etc/passwd')}}",
-                   "{{'{0.__class__}'.format(x)}}", "{{py: import os}}", "{{if x}}no end"):
+    for source in (
+        "{{__import__('os')}}",
+        "{{x.__class__}}",
+        "{{open('/etc/passwd')}}",
+        "{{'{0.__class__}'.format(x)}}",
+        "{{py: import os}}",
+        "{{if x}}no end",
+    ):
         with pytest.raises(TemplateError):
             Template(source).substitute(x=1)
     assert Template("{{if 0}}{{py: import os}}{{endif}}ok|{{x|str}}|{{None}}").substitute(x=3) == "ok|3|"
@@ -882,9 +978,12 @@ def test_deploy_uses_the_most_specific_preseed(maas):
     world.add("127.152.1.1", [mac(1)])
     sid = sim.add_machine("vm-1", [mac(1)], power_params("127.152.1.1"))
     d = Path(sim.preseed_dir)
-    for name, marker in [("curtin_userdata", "generic"), ("curtin_userdata_ubuntu", "os"),
-                         ("curtin_userdata_ubuntu_amd64_generic_jammy_vm-1", "node"),
-                         ("curtin_userdata_ubuntu_amd64", "arch")]:
+    for name, marker in [
+        ("curtin_userdata", "generic"),
+        ("curtin_userdata_ubuntu", "os"),
+        ("curtin_userdata_ubuntu_amd64_generic_jammy_vm-1", "node"),
+        ("curtin_userdata_ubuntu_amd64", "arch"),
+    ]:
         (d / name).write_text(f"marker: {marker}\nlate_commands:\n  pxe: ['{{{{node_disable_pxe_url}}}}']\n")
     r = client.post(f"machines/{sid}/", op="get_curtin_config")
     assert r.status_code == 400  # op is GET-only: POST is another signature
@@ -1010,8 +1109,11 @@ def _same_shape(ours: Any, theirs: Any, where: str, skip: tuple[str, ...] = ()) 
         if isinstance(theirs, bool) or isinstance(ours, bool):
             ok = type(theirs) is type(ours)
         else:
-            ok = (isinstance(theirs, number) and isinstance(ours, number)
-                  and isinstance(theirs, float) == isinstance(ours, float)) or type(theirs) is type(ours)
+            ok = (
+                isinstance(theirs, number)
+                and isinstance(ours, number)
+                and isinstance(theirs, float) == isinstance(ours, float)
+            ) or type(theirs) is type(ours)
         if not ok:
             problems.append(f"{where}: {type(theirs).__name__} expected, got {type(ours).__name__}")
     return problems
@@ -1027,12 +1129,12 @@ def test_json_shapes_match_real_maas_answers(maas):
     # are compared as lists only; parameters of a physical interface are "" in both.
     skip = ("cache_sets", "volume_groups", "bcaches", "raids", "special_filesystems", "pod", "storage_pool")
     problems = _same_shape(machine, _fixture("machine.json"), "machine", skip)
-    problems += _same_shape(client.get(f"nodes/{sid}/interfaces/").json(), _fixture("interfaces.json"),
-                            "interfaces", skip)
+    problems += _same_shape(
+        client.get(f"nodes/{sid}/interfaces/").json(), _fixture("interfaces.json"), "interfaces", skip
+    )
     problems += _same_shape(client.get("subnets/").json(), _fixture("subnets.json"), "subnets")
     problems += _same_shape(client.get("subnets/1/").json(), _fixture("subnet.json"), "subnet")
-    problems += _same_shape(client.get("fabrics/0/vlans/").json(), _fixture("vlans.json"), "vlans",
-                            ("relay_vlan",))
+    problems += _same_shape(client.get("fabrics/0/vlans/").json(), _fixture("vlans.json"), "vlans", ("relay_vlan",))
     problems += _same_shape(client.get("vlans/5002/").json(), _fixture("vlan.json"), "vlan")
     resources = client.get("boot-resources/").json()
     synced, uploaded = _fixture("boot_resources.json")
@@ -1040,16 +1142,40 @@ def test_json_shapes_match_real_maas_answers(maas):
     problems += _same_shape(resources[-1], uploaded, "boot_resource[uploaded]")
     one, fixture_one = client.get(f"boot-resources/{resources[-1]['id']}/").json(), _fixture("boot_resource.json")
     problems += _same_shape(one, fixture_one, "boot_resource", ("sets",))  # sets: keyed by version
-    problems += _same_shape(next(iter(one["sets"].values())), next(iter(fixture_one["sets"].values())),
-                            "boot_resource.sets[*]", ("files",))
-    problems += _same_shape(next(iter(next(iter(one["sets"].values()))["files"].values())),
-                            next(iter(next(iter(fixture_one["sets"].values()))["files"].values())),
-                            "boot_resource.sets[*].files[*]")
+    problems += _same_shape(
+        next(iter(one["sets"].values())), next(iter(fixture_one["sets"].values())), "boot_resource.sets[*]", ("files",)
+    )
+    problems += _same_shape(
+        next(iter(next(iter(one["sets"].values()))["files"].values())),
+        next(iter(next(iter(fixture_one["sets"].values()))["files"].values())),
+        "boot_resource.sets[*].files[*]",
+    )
     assert problems == []
-    for key in ("tag_names", "owner", "status", "status_name", "status_message", "power_state",
-                "power_type", "osystem", "distro_series", "interface_set", "boot_interface", "hostname",
-                "fqdn", "system_id", "cpu_count", "memory", "architecture", "netboot", "resource_uri",
-                "zone", "pool", "domain", "node_type"):
+    for key in (
+        "tag_names",
+        "owner",
+        "status",
+        "status_name",
+        "status_message",
+        "power_state",
+        "power_type",
+        "osystem",
+        "distro_series",
+        "interface_set",
+        "boot_interface",
+        "hostname",
+        "fqdn",
+        "system_id",
+        "cpu_count",
+        "memory",
+        "architecture",
+        "netboot",
+        "resource_uri",
+        "zone",
+        "pool",
+        "domain",
+        "node_type",
+    ):
         assert key in machine
     assert machine["node_type"] == 0
 
@@ -1085,7 +1211,7 @@ def test_unknown_mac_netboot_gets_nothing(maas):
 
 # --- the real IPMI driver against pyghmi's stock Bmc ----------------------------------------------------
 
-BMC_SCRIPT = r'''
+BMC_SCRIPT = r"""
 import os, sys
 import pyghmi.ipmi.bmc as bmc
 import pyghmi.ipmi.private.serversession as ss
@@ -1117,7 +1243,7 @@ class Bmc(bmc.Bmc):
 b = Bmc({"admin": "secret"}, port=int(sys.argv[2]), address=sys.argv[1])
 print("ready", flush=True)
 b.listen()
-'''
+"""
 
 
 def _free_udp_port(addr: str) -> int:
@@ -1134,8 +1260,7 @@ def stock_bmc(tmp_path):
     script.write_text(BMC_SCRIPT)
     log = tmp_path / "bmc.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(script), addr, str(port)], stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, str(script), addr, str(port)], stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: "ready" in log.read_text() or proc.poll() is not None, what="stock BMC")
         assert proc.poll() is None, log.read_text()
@@ -1160,8 +1285,13 @@ def test_ipmi_driver_powers_a_real_bmc(stock_bmc):
         driver.power_on(params)  # already on: reset
         driver.power_off(params, soft=True)
         assert driver.query(params) == "off"
-        assert log.read_text().split("\n")[1:6] == ["boot network", "on network", "boot network",
-                                                   "reset network", "softoff"]
+        assert log.read_text().split("\n")[1:6] == [
+            "boot network",
+            "on network",
+            "boot network",
+            "reset network",
+            "softoff",
+        ]
         assert driver.query(dict(params, power_pass="wrong")) == "error"
     finally:
         driver.close()
@@ -1182,7 +1312,8 @@ def test_ipmi_driver_gives_up_on_a_silent_bmc_within_its_deadline():
 
 
 def test_power_address_forms():
-    from lab.maas.world import parse_power_address
+    from metalflow.lab.maas.world import parse_power_address
+
     assert parse_power_address("10.0.0.5") == ("10.0.0.5", 623)
     assert parse_power_address("10.0.0.5:16230") == ("10.0.0.5", 16230)
     assert parse_power_address("[fd00::1]:624") == ("fd00::1", 624)

@@ -5,22 +5,23 @@ its stock drivers work against the simulator without waiting out timeouts, the p
 echo are right. Show output is parsed here with small parsers written from the dialects'
 formats, not with the simulator's code. Loopback block 127.151.0.0/16.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import paramiko
 import pytest
 from netmiko import ConnectHandler
 from netmiko.exceptions import NetmikoAuthenticationException, ReadTimeout
 
-from lab.spec import SwitchSpec, port_name
-from lab.switch import PortVlans, SwitchSim
+from metalflow.lab.spec import SwitchSpec, port_name
+from metalflow.lab.switch import PortVlans, SwitchSim
 
 SSH_PORT = 22 if os.geteuid() == 0 else 0  # 0: an ephemeral port when not root
 USER, PASSWORD, SECRET = "admin", "s3cret-pw", "en-secret"
@@ -43,7 +44,7 @@ def make_spec(dialect: str, octet: int, n_ports: int = 8) -> SwitchSpec:
 
 
 def expand_f10_ports(text: str) -> set[str]:
-    """"1/1/1-3,1/1/5" -> {"1/1/1", "1/1/2", "1/1/3", "1/1/5"}."""
+    """ "1/1/1-3,1/1/5" -> {"1/1/1", "1/1/2", "1/1/3", "1/1/5"}."""
     ports: set[str] = set()
     for item in text.split(","):
         first, _, last = item.partition("-")
@@ -135,8 +136,13 @@ F10 = Case(
     device_type="dell_force10",
     octet=1,
     readback=f10_readback,
-    add_untagged=lambda p, v: [f"interface TenGigabitEthernet {p}", "switchport", "no shutdown",
-                               f"interface vlan {v}", f"untagged TenGigabitEthernet {p}"],
+    add_untagged=lambda p, v: [
+        f"interface TenGigabitEthernet {p}",
+        "switchport",
+        "no shutdown",
+        f"interface vlan {v}",
+        f"untagged TenGigabitEthernet {p}",
+    ],
     add_tagged=lambda p, v, u: [f"interface vlan {v}", f"tagged TenGigabitEthernet {p}"],
     remove_tagged=lambda p, v: [f"interface vlan {v}", f"no tagged TenGigabitEthernet {p}"],
     remove_untagged=lambda p, v: [f"interface vlan {v}", f"no untagged TenGigabitEthernet {p}"],
@@ -149,12 +155,20 @@ IOS = Case(
     octet=2,
     readback=ios_readback,
     add_untagged=lambda p, v: [f"interface {p}", "switchport mode access", f"switchport access vlan {v}"],
-    add_tagged=lambda p, v, u: [f"interface {p}", f"switchport trunk native vlan {u}",
-                                f"switchport trunk allowed vlan {u},{v}", "switchport mode trunk"],
+    add_tagged=lambda p, v, u: [
+        f"interface {p}",
+        f"switchport trunk native vlan {u}",
+        f"switchport trunk allowed vlan {u},{v}",
+        "switchport mode trunk",
+    ],
     remove_tagged=lambda p, v: [f"interface {p}", f"switchport trunk allowed vlan remove {v}"],
-    remove_untagged=lambda p, v: [f"interface {p}", "no switchport trunk native vlan",
-                                  "no switchport trunk allowed vlan", "switchport mode access",
-                                  "no switchport access vlan"],
+    remove_untagged=lambda p, v: [
+        f"interface {p}",
+        "no switchport trunk native vlan",
+        "no switchport trunk allowed vlan",
+        "switchport mode access",
+        "no switchport access vlan",
+    ],
     invalid_marker="% Invalid input detected at '^' marker.",
     busy_marker="% Configuration mode is locked by process",
 )
@@ -176,8 +190,17 @@ def sim(case):
 
 def connect(case: Case, sim: SwitchSim, **kw):
     host, port = sim.address
-    params = dict(device_type=case.device_type, host=host, port=port, username=USER, password=PASSWORD,
-                  secret=SECRET, conn_timeout=5, auth_timeout=5, banner_timeout=5)
+    params = dict(
+        device_type=case.device_type,
+        host=host,
+        port=port,
+        username=USER,
+        password=PASSWORD,
+        secret=SECRET,
+        conn_timeout=5,
+        auth_timeout=5,
+        banner_timeout=5,
+    )
     params.update(kw)
     return ConnectHandler(**params)
 
@@ -201,8 +224,9 @@ def test_login_enable_and_prompts(case, sim):
         conn.enable()
         assert conn.find_prompt() == "tor-1#"
         assert conn.check_enable_mode()
-        out = conn.send_config_set([f"interface {'TenGigabitEthernet ' if case is F10 else ''}{p1(sim)}"],
-                                   exit_config_mode=False)
+        out = conn.send_config_set(
+            [f"interface {'TenGigabitEthernet ' if case is F10 else ''}{p1(sim)}"], exit_config_mode=False
+        )
         expected = "tor-1(conf-if-te-1/1/1)#" if case is F10 else "tor-1(config-if)#"
         assert expected in out
         assert conn.check_config_mode()
@@ -273,8 +297,15 @@ def test_force10_read_back_views():
         conn = connect(F10, s)
         try:
             conn.enable()
-            conn.send_config_set(["interface vlan 100", "untagged TenGigabitEthernet 1/1/1",
-                                  "tagged Te 1/1/2-3", "interface vlan 200", "tagged Te 1/1/2"])
+            conn.send_config_set(
+                [
+                    "interface vlan 100",
+                    "untagged TenGigabitEthernet 1/1/1",
+                    "tagged Te 1/1/2-3",
+                    "interface vlan 200",
+                    "tagged Te 1/1/2",
+                ]
+            )
             by_id = parse_f10_show_vlan(conn.send_command("show vlan id 100"))
             assert by_id == {100: {"U": {"1/1/1"}, "T": {"1/1/2", "1/1/3"}}}
             run = conn.send_command("show running-config interface vlan 100").splitlines()
@@ -284,8 +315,12 @@ def test_force10_read_back_views():
             default = conn.send_command("show running-config interface vlan 1")
             assert "!untagged TenGigabitEthernet 1/1/2-8" in default
             port_run = conn.send_command("show running-config interface tengigabitethernet 1/1/1").splitlines()
-            assert port_run[1:] == ["interface TenGigabitEthernet 1/1/1", " no ip address", " switchport",
-                                    " no shutdown"]
+            assert port_run[1:] == [
+                "interface TenGigabitEthernet 1/1/1",
+                " no ip address",
+                " switchport",
+                " no shutdown",
+            ]
             fields = conn.send_command("show interfaces switchport TenGigabitEthernet 1/1/2")
             assert re.search(r"^U\s+1$", fields, re.M) and re.search(r"^T\s+100,200$", fields, re.M)
             whole = parse_f10_show_vlan(conn.send_command("show vlan"))
@@ -301,10 +336,18 @@ def test_ios_read_back_views():
         conn = connect(IOS, s)
         try:
             conn.enable()
-            out = conn.send_config_set(["vlan 300", "name storage", "interface Gi1/0/1",
-                                        "switchport mode access", "switchport access vlan 300",
-                                        "interface gi 1/0/2", "switchport mode trunk",
-                                        "switchport trunk allowed vlan 300,400-401"])
+            out = conn.send_config_set(
+                [
+                    "vlan 300",
+                    "name storage",
+                    "interface Gi1/0/1",
+                    "switchport mode access",
+                    "switchport access vlan 300",
+                    "interface gi 1/0/2",
+                    "switchport mode trunk",
+                    "switchport trunk allowed vlan 300,400-401",
+                ]
+            )
             assert_no_error(out)
             brief = parse_ios_vlan_brief(conn.send_command("show vlan brief"))
             assert brief[300] == {"Gi1/0/1"}
@@ -313,8 +356,11 @@ def test_ios_read_back_views():
             assert "storage" in conn.send_command("show vlan id 300")
             assert "VLAN id 999 not found in current VLAN database" in conn.send_command("show vlan id 999")
             run = conn.send_command("show running-config interface GigabitEthernet1/0/1").splitlines()
-            assert run[run.index("interface GigabitEthernet1/0/1") + 1:][:3] == [
-                " switchport access vlan 300", " switchport mode access", "end"]
+            assert run[run.index("interface GigabitEthernet1/0/1") + 1 :][:3] == [
+                " switchport access vlan 300",
+                " switchport mode access",
+                "end",
+            ]
             fields = parse_colon_fields(conn.send_command("show interfaces GigabitEthernet1/0/2 switchport"))
             assert fields["Administrative Mode"] == "trunk"
             assert fields["Trunking VLANs Enabled"] == "300,400-401"
@@ -334,8 +380,14 @@ def test_ios_trunk_allowed_list_semantics():
             assert s.port_vlans(port) == PortVlans()  # "allowed all" lists nothing tagged
             conn.send_config_set([f"interface {port}", "switchport trunk allowed vlan add 100"])
             assert s.port_vlans(port) == PortVlans()  # adding to "all" keeps "all", as on IOS
-            conn.send_config_set([f"interface {port}", "switchport trunk allowed vlan none",
-                                  "switchport trunk allowed vlan add 100,200", "switchport trunk native vlan 200"])
+            conn.send_config_set(
+                [
+                    f"interface {port}",
+                    "switchport trunk allowed vlan none",
+                    "switchport trunk allowed vlan add 100,200",
+                    "switchport trunk native vlan 200",
+                ]
+            )
             assert s.port_vlans(port) == PortVlans(200, frozenset({100}))
             conn.send_config_set([f"interface {port}", "switchport trunk allowed vlan remove 100"])
             assert s.port_vlans(port) == PortVlans(200, frozenset())
@@ -404,8 +456,12 @@ ERRORS = {
     ],
     "cisco_ios": [
         ("interface GigabitEthernet1/0/99", "1/0/99", "% Invalid input detected at '^' marker."),
-        ("vlan 4095", None, "Command rejected: Bad VLAN list - character #5 (EOL) delimits a VLAN number "
-                            "which is out of the range 1..4094."),
+        (
+            "vlan 4095",
+            None,
+            "Command rejected: Bad VLAN list - character #5 (EOL) delimits a VLAN number "
+            "which is out of the range 1..4094.",
+        ),
         ("vlan 0", None, "Command rejected: Bad VLAN list"),
         ("frobnicate the switch", "frobnicate", "% Invalid input detected at '^' marker."),
         ("interface", None, "% Incomplete command."),
@@ -425,8 +481,7 @@ def test_bad_input_errors(case, sim):
                 assert _caret_under(out, command, token), out
         # Errors inside interface mode too: a VLAN out of range and an incomplete command.
         if case is IOS:
-            out = conn.send_config_set(["interface Gi1/0/1", "switchport access vlan 4095",
-                                        "switchport access", "s"])
+            out = conn.send_config_set(["interface Gi1/0/1", "switchport access vlan 4095", "switchport access", "s"])
             assert _caret_under(out, "switchport access vlan 4095", "4095"), out
             assert "% Incomplete command." in out and '% Ambiguous command: "s"' in out
             assert "% Unknown command or computer name" in conn.send_command("frobnicate")
@@ -451,12 +506,24 @@ def test_force10_untagged_in_only_one_non_default_vlan():
             assert "% Error: Port is untagged in another Vlan." in out
             assert s.port_vlans("1/1/1") == PortVlans(100, frozenset())
             # Tagged in another VLAN is fine; tagged where it is untagged is not.
-            out = conn.send_config_set(["interface vlan 200", "tagged TenGigabitEthernet 1/1/1",
-                                        "interface vlan 100", "tagged TenGigabitEthernet 1/1/1"])
+            out = conn.send_config_set(
+                [
+                    "interface vlan 200",
+                    "tagged TenGigabitEthernet 1/1/1",
+                    "interface vlan 100",
+                    "tagged TenGigabitEthernet 1/1/1",
+                ]
+            )
             assert "% Error: Port is already untagged in this Vlan." in out
             assert s.port_vlans("1/1/1") == PortVlans(100, frozenset({200}))
-            conn.send_config_set(["interface vlan 100", "no untagged TenGigabitEthernet 1/1/1",
-                                  "interface vlan 300", "untagged TenGigabitEthernet 1/1/1"])
+            conn.send_config_set(
+                [
+                    "interface vlan 100",
+                    "no untagged TenGigabitEthernet 1/1/1",
+                    "interface vlan 300",
+                    "untagged TenGigabitEthernet 1/1/1",
+                ]
+            )
             assert s.port_vlans("1/1/1") == PortVlans(300, frozenset({200}))
         finally:
             conn.disconnect()
@@ -468,13 +535,25 @@ def test_force10_port_must_be_layer2_to_join_a_vlan():
         conn = connect(F10, s)
         try:
             conn.enable()
-            out = conn.send_config_set(["interface TenGigabitEthernet 1/1/3", "no switchport",
-                                        "interface vlan 100", "untagged TenGigabitEthernet 1/1/3"])
+            out = conn.send_config_set(
+                [
+                    "interface TenGigabitEthernet 1/1/3",
+                    "no switchport",
+                    "interface vlan 100",
+                    "untagged TenGigabitEthernet 1/1/3",
+                ]
+            )
             assert "% Error: Port is not in Layer 2 mode Te 1/1/3." in out
             assert s.port_vlans("1/1/3") == PortVlans()
             assert "1/1/3" not in parse_f10_show_vlan(conn.send_command("show vlan"))[1]["U"]
-            out = conn.send_config_set(["interface TenGigabitEthernet 1/1/3", "switchport",
-                                        "interface vlan 100", "untagged TenGigabitEthernet 1/1/3"])
+            out = conn.send_config_set(
+                [
+                    "interface TenGigabitEthernet 1/1/3",
+                    "switchport",
+                    "interface vlan 100",
+                    "untagged TenGigabitEthernet 1/1/3",
+                ]
+            )
             assert_no_error(out)
             assert s.port_vlans("1/1/3") == PortVlans(100, frozenset())
             out = conn.send_config_set(["interface TenGigabitEthernet 1/1/3", "no switchport"])
@@ -494,8 +573,12 @@ def test_drop_session_mid_config(case, sim):
     if case is F10:
         commands = ["interface vlan 100", "untagged TenGigabitEthernet 1/1/1", "tagged TenGigabitEthernet 1/1/2"]
     else:
-        commands = ["interface GigabitEthernet1/0/1", "switchport access vlan 100",
-                    "interface GigabitEthernet1/0/2", "switchport access vlan 100"]
+        commands = [
+            "interface GigabitEthernet1/0/1",
+            "switchport access vlan 100",
+            "interface GigabitEthernet1/0/2",
+            "switchport access vlan 100",
+        ]
     # Two configuration commands go through; the third is met by a dropped connection, which
     # netmiko sees as an answer that never comes.
     assert_no_error(conn.send_config_set(commands[:2], exit_config_mode=False))
@@ -511,8 +594,9 @@ def test_drop_session_mid_config(case, sim):
     try:
         conn.enable()
         conn.send_config_set(commands)
-        assert case.readback(conn, port2) == (PortVlans(None, frozenset({100})) if case is F10
-                                              else PortVlans(100, frozenset()))
+        assert case.readback(conn, port2) == (
+            PortVlans(None, frozenset({100})) if case is F10 else PortVlans(100, frozenset())
+        )
     finally:
         conn.disconnect()
 
@@ -655,8 +739,9 @@ def _client(sim: SwitchSim, **kw) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     host, port = sim.address
-    client.connect(host, port, USER, kw.pop("password", PASSWORD), look_for_keys=False, allow_agent=False,
-                   timeout=5, **kw)
+    client.connect(
+        host, port, USER, kw.pop("password", PASSWORD), look_for_keys=False, allow_agent=False, timeout=5, **kw
+    )
     return client
 
 

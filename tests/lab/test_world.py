@@ -15,6 +15,7 @@ boot device PXE):
 - host-003 (tor-1 1/1/2 and 1/1/3, two NICs): deploy, boot from disk on the guest VLAN,
   PXE without DHCP, disk erase without and with the PXE VLAN.
 """
+
 from __future__ import annotations
 
 import ast
@@ -30,10 +31,29 @@ import requests
 
 from tests.conftest import REPO
 from tests.lab.independent import (
-    ALLOCATED, COMMISSIONING, DEPLOYED, DEPLOYING, DISK_ERASING, FAILED_COMMISSIONING,
-    FAILED_DEPLOYMENT, FAILED_DISK_ERASING, GUEST_VLAN, NO_DHCP, READY, Ipmi, Maas, commission,
-    configure, connect_switch, create_form, forget, move_host_untagged, power_address,
-    show_port, switch_of, wait_for,
+    ALLOCATED,
+    COMMISSIONING,
+    DEPLOYED,
+    DEPLOYING,
+    DISK_ERASING,
+    FAILED_COMMISSIONING,
+    FAILED_DEPLOYMENT,
+    FAILED_DISK_ERASING,
+    GUEST_VLAN,
+    NO_DHCP,
+    READY,
+    Ipmi,
+    Maas,
+    commission,
+    configure,
+    connect_switch,
+    create_form,
+    forget,
+    move_host_untagged,
+    power_address,
+    show_port,
+    switch_of,
+    wait_for,
 )
 
 IMAGE = "ubuntu/jammy"
@@ -69,8 +89,12 @@ def hand_back(lab, maas: Maas, ipmi: Ipmi, host: dict) -> None:
     for nic in host["nics"]:
         lab.control("POST", f"/ports/{nic['switch']}", {"port": nic["port"], "untagged": pxe, "tagged": []})
     ipmi.call(host, "set_bootdev", "network", True)
-    state = wait_for(f"{host['name']} to be off", lambda: lab.host(host["name"]),
-                     lambda s: s["power"] == "off" and s["running"] == "off", timeout=10)
+    state = wait_for(
+        f"{host['name']} to be off",
+        lambda: lab.host(host["name"]),
+        lambda s: s["power"] == "off" and s["running"] == "off",
+        timeout=10,
+    )
     assert state["bootdev"] == "pxe" and state["persistent"], state
 
 
@@ -109,8 +133,9 @@ def reset_and_wait_boot(lab, ipmi: Ipmi, host: dict) -> dict:
     """IPMI reset, then wait until the world counted one more boot."""
     boots = lab.host(host["name"])["boots"]
     ipmi.call(host, "set_power", "reset")
-    return wait_for(f"{host['name']} to boot again", lambda: lab.host(host["name"]),
-                    lambda s: s["boots"] > boots, timeout=10)
+    return wait_for(
+        f"{host['name']} to boot again", lambda: lab.host(host["name"]), lambda s: s["boots"] > boots, timeout=10
+    )
 
 
 # --- 1. the manifest ---------------------------------------------------------------------------------
@@ -148,7 +173,11 @@ def test_manifest_is_owner_only_and_matches_what_answers(lab, maas, ipmi):
     for rack, sw in zip(racks, m["switches"]):
         l2 = rack["l2Switch"]
         assert {k: l2[k] for k in ("ip", "username", "password", "type")} == {
-            "ip": sw["address"], "username": sw["username"], "password": sw["password"], "type": sw["type"]}
+            "ip": sw["address"],
+            "username": sw["username"],
+            "password": sw["password"],
+            "type": sw["type"],
+        }
         cabled |= {(h["mac"], sw["name"], h["port"]) for h in rack["hosts"]}
     assert cabled == nics
     assert [sw["type"] for sw in m["switches"]] == ["Force10", "CiscoIOS"]
@@ -161,7 +190,7 @@ def test_manifest_is_owner_only_and_matches_what_answers(lab, maas, ipmi):
     for sw in m["switches"]:
         conn = connect_switch(sw)
         try:
-            for mac, name, port in sorted(nics):
+            for _mac, name, port in sorted(nics):
                 if name == sw["name"]:
                     show_port(sw, port, conn)  # a port the switch does not have fails to parse
         finally:
@@ -216,12 +245,14 @@ def test_deploy_without_the_pxe_vlan_fails_by_node_timeout(lab, maas, ipmi, use_
     allocate_and_deploy(maas, sid)
 
     # The BMC powers it on, the PXE ROM gets no DHCP offer and the server sits there...
-    state = wait_for("the PXE ROM to give up", lambda: lab.host(host["name"]),
-                     lambda s: s["running"] == NO_DHCP, timeout=10)
+    state = wait_for(
+        "the PXE ROM to give up", lambda: lab.host(host["name"]), lambda s: s["running"] == NO_DHCP, timeout=10
+    )
     assert state["power"] == "on"
     # ...until MAAS's node_timeout fails the deployment.
-    failed = maas.wait_status(sid, FAILED_DEPLOYMENT, failure=(DEPLOYED,),
-                              timeout=lab.manifest["timing"]["node_timeout"] + 10)
+    failed = maas.wait_status(
+        sid, FAILED_DEPLOYMENT, failure=(DEPLOYED,), timeout=lab.manifest["timing"]["node_timeout"] + 10
+    )
     assert "timed out" in failed["status_message"]
     state = lab.host(host["name"])
     assert state["running"] == NO_DHCP and state["disk_image"] is None
@@ -250,8 +281,9 @@ def test_deploy_then_disk_boot_on_the_guest_vlan_then_erase_needs_the_pxe_vlan(l
     allocate_and_deploy(maas, sid)
     deployed = maas.wait_status(sid, DEPLOYED, failure=(FAILED_DEPLOYMENT,))
     assert (deployed["osystem"], deployed["distro_series"]) == tuple(IMAGE.split("/"))
-    state = wait_for(f"{name} to run its OS", lambda: lab.host(name),
-                     lambda s: s["running"] == f"os:{IMAGE}", timeout=10)
+    state = wait_for(
+        f"{name} to run its OS", lambda: lab.host(name), lambda s: s["running"] == f"os:{IMAGE}", timeout=10
+    )
     assert state["disk_image"] == IMAGE and state["power"] == "on"
     assert since(lab, name, t0) == ["ephemeral:deploying", f"os:{IMAGE}"]
 
@@ -275,8 +307,9 @@ def test_deploy_then_disk_boot_on_the_guest_vlan_then_erase_needs_the_pxe_vlan(l
     r = maas.post(f"machines/{sid}/", op="release", data={"erase": "true"})
     assert r.status_code == 200, r.text[:200]
     assert r.json()["status"] == DISK_ERASING
-    failed = maas.wait_status(sid, FAILED_DISK_ERASING, failure=(READY,),
-                              timeout=lab.manifest["timing"]["node_timeout"] + 10)
+    failed = maas.wait_status(
+        sid, FAILED_DISK_ERASING, failure=(READY,), timeout=lab.manifest["timing"]["node_timeout"] + 10
+    )
     assert "timed out" in failed["status_message"]
     state = lab.host(name)
     assert state["disk_image"] == IMAGE and state["running"] == NO_DHCP
@@ -306,9 +339,13 @@ def _imports(path: Path) -> list[str]:
             names += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.append(node.module)
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("import_module", "__import__")):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("import_module", "__import__")
+        ):
             names.append(node.args[0].value)
     return names
 
@@ -316,14 +353,22 @@ def _imports(path: Path) -> list[str]:
 def test_lab_never_imports_integrations():
     files = sorted((REPO / "lab").rglob("*.py"))
     assert len(files) > 20
-    offenders = {str(f.relative_to(REPO)): n for f in files for n in _imports(f)
-                 if n == "integrations" or n.startswith("integrations.")}
+    offenders = {
+        str(f.relative_to(REPO)): n
+        for f in files
+        for n in _imports(f)
+        if n == "metalflow.integrations" or n.startswith("metalflow.integrations.")
+    }
     assert offenders == {}
     # And at run time: loading every lab module pulls in nothing from integrations.
-    modules = sorted({".".join(f.relative_to(REPO).with_suffix("").parts) for f in files} - {"lab.__main__"})
-    code = ("import importlib, sys\n"
-            f"for m in {[m.removesuffix('.__init__') for m in modules]!r}: importlib.import_module(m)\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'integrations'))")
+    modules = sorted(
+        {"metalflow." + ".".join(f.relative_to(REPO).with_suffix("").parts) for f in files} - {"metalflow.lab.__main__"}
+    )
+    code = (
+        "import importlib, sys\n"
+        f"for m in {[m.removesuffix('.__init__') for m in modules]!r}: importlib.import_module(m)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('metalflow.integrations')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"

@@ -5,17 +5,18 @@ REST API, as in tests/e2e, whose ``E2E`` helper this reuses.
 
 PostgreSQL missing is a failure, not a skip: CI installs it (.ci/system-packages).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from deployments.stack import Stack
-from deployments.workers import WorkerProcess
+from metalflow.deployments.stack import Stack
+from metalflow.deployments.workers import WorkerProcess
+from metalflow.lab.postgres import LocalPostgres, PostgresUnavailable, free_port
 from tests.conftest import free_block
 from tests.e2e.conftest import E2E
-from lab.postgres import LocalPostgres, PostgresUnavailable, free_port
 
 #: Seconds without a heartbeat before the crash automation marks a run Crashed. Heartbeats come
 #: every 30 s (Prefect's minimum), so 60 s is two missed heartbeats: short for the test, still
@@ -74,12 +75,28 @@ class Scale(E2E):
 def scale(postgres, tmp_path_factory) -> Scale:
     home = Path(tmp_path_factory.mktemp("scale"))
     stack = Stack(
-        home=home, api_url=f"http://127.0.0.1:{free_port()}/api", hosts=6, switches=2, block=free_block(60),
-        lab_args=("--deploy-seconds", "1", "--commission-seconds", "0.5", "--erase-seconds", "0.5",
-                  "--node-timeout", "8"),
+        home=home,
+        api_url=f"http://127.0.0.1:{free_port()}/api",
+        hosts=6,
+        switches=2,
+        block=free_block(60),
+        lab_args=(
+            "--deploy-seconds",
+            "1",
+            "--commission-seconds",
+            "0.5",
+            "--erase-seconds",
+            "0.5",
+            "--node-timeout",
+            "8",
+        ),
         serve_env={"METALFLOW_INVENTORY_URL": postgres.url("inventory"), **SETTINGS},
-        prefect_database_url=postgres.url("prefect", "asyncpg"), server_extra_env=SERVER_ENV,
-        workers=2, worker_limit=3, worker_extra_env=WORKER_ENV, crash_after=CRASH_AFTER,
+        prefect_database_url=postgres.url("prefect", "asyncpg"),
+        server_extra_env=SERVER_ENV,
+        workers=2,
+        worker_limit=3,
+        worker_extra_env=WORKER_ENV,
+        crash_after=CRASH_AFTER,
     )
     stack.start()
     yield Scale(stack, postgres)

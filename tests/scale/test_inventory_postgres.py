@@ -1,15 +1,16 @@
 """The inventory on PostgreSQL: the Alembic migrations (run by two processes at once), the
 schema the models describe, and two processes updating one host row without losing an update
 (``SELECT ... FOR UPDATE`` plus the version column)."""
+
 from __future__ import annotations
 
 import multiprocessing
 
 import pytest
 
-from integrations.cloudstack import load_rack_config
-from integrations.inventory import HostRecord, Inventory, migrate
-from lab.spec import generate
+from metalflow.integrations.cloudstack import load_rack_config
+from metalflow.integrations.inventory import HostRecord, Inventory, migrate
+from metalflow.lab.spec import generate
 
 pytestmark = pytest.mark.slow  # spawns processes; seconds, not minutes
 
@@ -47,11 +48,23 @@ def inventory(postgres) -> Inventory:
     assert _spawn(_upgrade, url) == [0, 0]  # the advisory lock serialises them; the second finds nothing to do
     inv = Inventory(url)
     spec = generate(hosts=2, switches=1, seed_secrets="scale-inventory", privileged=True)
-    inv.import_rack_config(load_rack_config(spec.rack_config()), [
-        HostRecord(name=h.name, cloudstack_id=str(h.cloudstack_id), ipmi_address=h.bmc.address,
-                   ipmi_port=h.bmc.port, ipmi_username=h.bmc.username, ipmi_credential_ref=f"env:IPMI_{i}",
-                   macs=h.macs, cpu_count=h.cpu_count, memory_mb=h.memory_mb)
-        for i, h in enumerate(spec.hosts)])
+    inv.import_rack_config(
+        load_rack_config(spec.rack_config()),
+        [
+            HostRecord(
+                name=h.name,
+                cloudstack_id=str(h.cloudstack_id),
+                ipmi_address=h.bmc.address,
+                ipmi_port=h.bmc.port,
+                ipmi_username=h.bmc.username,
+                ipmi_credential_ref=f"env:IPMI_{i}",
+                macs=h.macs,
+                cpu_count=h.cpu_count,
+                memory_mb=h.memory_mb,
+            )
+            for i, h in enumerate(spec.hosts)
+        ],
+    )
     yield inv
     inv.dispose()
 

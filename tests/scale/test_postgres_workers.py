@@ -5,6 +5,7 @@ Triggered over the REST API; results read from the lab's hardware, MAAS and swit
 The tests run in file order on one stack (the module fixture); the last one kills a worker and
 starts it again. Timings are printed (``pytest -s``) for docs/scale-out.md, never asserted.
 """
+
 from __future__ import annotations
 
 import collections
@@ -15,10 +16,10 @@ import uuid
 import pytest
 import requests
 
-from flows.runbook import lock_name
-from integrations.common import Deadline, Secret
-from integrations.prefectapi import PrefectApi
-from integrations.switches import connect
+from metalflow.flows.runbook import lock_name
+from metalflow.integrations.common import Deadline, Secret
+from metalflow.integrations.prefectapi import PrefectApi
+from metalflow.integrations.switches import connect
 
 # Minutes, not seconds: the worker-kill test waits for Prefect to notice (~1 min) and for the
 # dead run's lease; a busy CI machine can double that.
@@ -29,8 +30,13 @@ PXE_VLAN = 10
 
 
 def vm(name: str, vlan: int) -> dict:
-    return {"name": name, "uuid": f"uuid-{name}", "image": IMAGE, "nics": [{"vlan": vlan, "default": True}],
-            "owner": {"account": "a1", "domain": "d1"}}
+    return {
+        "name": name,
+        "uuid": f"uuid-{name}",
+        "image": IMAGE,
+        "nics": [{"vlan": vlan, "default": True}],
+        "owner": {"account": "a1", "domain": "d1"},
+    }
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
@@ -73,7 +79,7 @@ def test_provisions_of_four_hosts_spread_over_both_workers_and_complete(scale):
     runs = {h: scale.trigger("provision", host=h, vm=vm(f"web-{h[-1]}", 100 + int(h[-1]))) for h in hosts}
     done = {h: scale.wait(r.id, 300) for h, r in runs.items()}
     makespan = time.monotonic() - started
-    for h, run in done.items():
+    for run in done.values():
         assert run.ok, f"{run.name}: {run.state_name} {run.message}"
     print(f"\n4 provisions on 2 workers: makespan {makespan:.1f} s")
 
@@ -99,17 +105,25 @@ def test_the_host_lock_spans_processes(scale):
     name = lock_name(host)
     r = requests.post(f"{url}/v2/concurrency_limits/", json={"name": name, "limit": 1}, timeout=10)
     assert r.status_code in (201, 409), r.text
-    lease = requests.post(f"{url}/v2/concurrency_limits/increment-with-lease", timeout=10, json={
-        "names": [name], "slots": 1, "mode": "concurrency", "lease_duration": 120}).json()["lease_id"]
+    lease = requests.post(
+        f"{url}/v2/concurrency_limits/increment-with-lease",
+        timeout=10,
+        json={"names": [name], "slots": 1, "mode": "concurrency", "lease_duration": 120},
+    ).json()["lease_id"]
     try:
         reboot = scale.trigger("reboot", host=host)
-        wait_for(lambda: "waiting: another operation is running on host-006" in scale.logs(reboot.id), 120,
-                 "the reboot saying it waits for the lock", interval=1)
+        wait_for(
+            lambda: "waiting: another operation is running on host-006" in scale.logs(reboot.id),
+            120,
+            "the reboot saying it waits for the lock",
+            interval=1,
+        )
         assert scale.api.read_flow_run(reboot.id).state_type == "RUNNING"
     finally:
         released = time.time()
-        requests.post(f"{url}/v2/concurrency_limits/decrement-with-lease", json={"lease_id": lease},
-                      timeout=10).raise_for_status()
+        requests.post(
+            f"{url}/v2/concurrency_limits/decrement-with-lease", json={"lease_id": lease}, timeout=10
+        ).raise_for_status()
     done = scale.wait(reboot.id, 120)
     assert done.ok, done.message
     # Logs reach the API in batches, possibly after the final state.
@@ -157,8 +171,9 @@ def test_50_concurrent_triggers_get_no_503_and_make_no_duplicate_run(scale):
             t.start()
         for t in threads:
             t.join(120)
-        created = requests.post(f"{url}/flow_runs/filter", json={"flow_runs": {"tags": {"all_": [tag]}}, "limit": 200},
-                                timeout=30).json()
+        created = requests.post(
+            f"{url}/flow_runs/filter", json={"flow_runs": {"tags": {"all_": [tag]}}, "limit": 200}, timeout=30
+        ).json()
     finally:
         for run in created:
             requests.delete(f"{url}/flow_runs/{run['id']}", timeout=10)
@@ -181,9 +196,15 @@ def test_scheduled_runs_run_once_with_two_workers(scale):
 
     def finished(deployment: str, n: int) -> list:
         dep = api.deployment_id(deployment)
-        runs = requests.post(f"{scale.stack.api_url}/flow_runs/filter", timeout=10, json={
-            "deployments": {"id": {"any_": [dep]}},
-            "flow_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}}, "limit": 200}).json()
+        runs = requests.post(
+            f"{scale.stack.api_url}/flow_runs/filter",
+            timeout=10,
+            json={
+                "deployments": {"id": {"any_": [dep]}},
+                "flow_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}},
+                "limit": 200,
+            },
+        ).json()
         return runs if len(runs) >= n else []
 
     for deployment, n in (("power-poll/metalflow", 3), ("audit/metalflow", 1)):
@@ -204,8 +225,9 @@ def switch_change_cost(scale, switch: str, port: str, old: int, new: int) -> int
     scale.lab.control("POST", f"/ports/{switch}", {"port": port, "untagged": old, "tagged": []})
     before = scale.lab.state()["switches"][switch]["counters"]["config_commands"]
     password = Secret(spec["password"])
-    driver = connect(spec["type"], spec["address"], spec["username"], password, port=spec["port"],
-                     enable_secret=password)
+    driver = connect(
+        spec["type"], spec["address"], spec["username"], password, port=spec["port"], enable_secret=password
+    )
     try:
         with driver.session() as s:
             s.port_vlans(port)
@@ -225,8 +247,11 @@ def test_a_worker_killed_mid_provision_and_a_rerun_on_the_other_worker(scale):
     switch = hw["ports"][0]["switch"]
     assert len(hw["ports"]) == 1
     cabled = {p["port"] for h in scale.lab.state()["hosts"].values() for p in h["ports"] if p["switch"] == switch}
-    spare = next(p for p, v in scale.lab.state()["switches"][switch]["ports"].items()
-                 if p not in cabled and v["untagged"] is None and not v["tagged"])
+    spare = next(
+        p
+        for p, v in scale.lab.state()["switches"][switch]["ports"].items()
+        if p not in cabled and v["untagged"] is None and not v["tagged"]
+    )
     one_change = switch_change_cost(scale, switch, spare, PXE_VLAN, guest)
     assert one_change > 0
 
@@ -260,8 +285,7 @@ def test_a_worker_killed_mid_provision_and_a_rerun_on_the_other_worker(scale):
     # One machine, deployed once, under the VM's name; the ports changed once.
     hw = scale.lab.host(host)
     mac = hw["ports"][0]["mac"]
-    machines = [m for m in scale.lab.state()["maas"]["machines"]
-                if any(i["mac"] == mac for i in m["interfaces"])]
+    machines = [m for m in scale.lab.state()["maas"]["machines"] if any(i["mac"] == mac for i in m["interfaces"])]
     assert len(machines) == 1 and machines[0]["hostname"] == "killed-01" and machines[0]["status_name"] == "Deployed"
     assert deploy_count(scale, host) == 1
     assert hw["power"] == "on" and hw["bootdev"] == "disk" and hw["running"] == f"os:{IMAGE}"

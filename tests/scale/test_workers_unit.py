@@ -1,5 +1,6 @@
 """deployments/workers.py offline: the pool deployments are the served ones, bound to the pool
 with module entrypoints that import back to the same flows; the worker's command and env."""
+
 from __future__ import annotations
 
 import subprocess
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.registry import deployments
-from deployments.workers import (
+from metalflow.deployments.registry import deployments
+from metalflow.deployments.workers import (
     HEARTBEAT_SECONDS,
     POOL,
     WorkerProcess,
@@ -21,7 +22,7 @@ from deployments.workers import (
     worker_command,
     worker_env,
 )
-from tasks.settings import Settings
+from metalflow.tasks.settings import Settings
 
 YAML = Path(__file__).resolve().parents[2] / "deployments" / "prefect.yaml"
 
@@ -55,7 +56,18 @@ def test_no_schedules_when_asked():
 
 def test_worker_command_and_env():
     cmd = worker_command(POOL, name="rack-7", limit=4)
-    assert cmd[1:] == ["worker", "start", "--pool", "metalflow", "--type", "process", "--name", "rack-7", "--limit", "4"]
+    assert cmd[1:] == [
+        "worker",
+        "start",
+        "--pool",
+        "metalflow",
+        "--type",
+        "process",
+        "--name",
+        "rack-7",
+        "--limit",
+        "4",
+    ]
     env = worker_env({"METALFLOW_INVENTORY_URL": "postgresql+psycopg://db/inv", "PREFECT_WORKER_QUERY_SECONDS": "5"})
     assert env["METALFLOW_INVENTORY_URL"] == "postgresql+psycopg://db/inv"
     assert env["PREFECT_WORKER_QUERY_SECONDS"] == "5"  # the operator's value wins
@@ -70,9 +82,11 @@ def test_a_crash_window_shorter_than_a_heartbeat_is_refused():
 def test_kill_reaches_the_children_in_their_own_sessions(tmp_path):
     """A worker's flow runs sit in sessions of their own (Prefect isolates them), so a signal
     to the worker's process group misses them; ``kill`` finds them as children."""
-    script = ("import subprocess, sys, time\n"
-              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True)\n"
-              "time.sleep(60)\n")
+    script = (
+        "import subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True)\n"
+        "time.sleep(60)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     worker = WorkerProcess("fake", proc, tmp_path / "fake.log")
     end = time.monotonic() + 10
@@ -99,9 +113,11 @@ def _dead(pid: int) -> bool:
 def test_runs_reads_the_log_and_leaves_out_aborted_submissions(tmp_path):
     log = tmp_path / "w.log"
     a, b = "11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222"
-    log.write_text(f"INFO | Worker 'w' submitting flow run '{a}'\n"
-                   f"INFO | Worker 'w' submitting flow run '{b}'\n"
-                   f"INFO | Aborted submission of flow run '{b}'. Server sent an abort signal: ...\n")
+    log.write_text(
+        f"INFO | Worker 'w' submitting flow run '{a}'\n"
+        f"INFO | Worker 'w' submitting flow run '{b}'\n"
+        f"INFO | Aborted submission of flow run '{b}'. Server sent an abort signal: ...\n"
+    )
     worker = WorkerProcess("w", subprocess.Popen(["true"]), log)
     worker.proc.wait()
     assert worker.runs() == {a}
@@ -111,9 +127,11 @@ def test_runs_counts_a_run_submitted_again_after_an_aborted_submission(tmp_path)
     """A run another worker won first and this one ran later (a rerun from the UI)."""
     log = tmp_path / "w.log"
     a = "33333333-3333-3333-3333-333333333333"
-    log.write_text(f"INFO | Worker 'w' submitting flow run '{a}'\n"
-                   f"INFO | Aborted submission of flow run '{a}'. Server sent an abort signal: ...\n"
-                   f"INFO | Worker 'w' submitting flow run '{a}'\n")
+    log.write_text(
+        f"INFO | Worker 'w' submitting flow run '{a}'\n"
+        f"INFO | Aborted submission of flow run '{a}'. Server sent an abort signal: ...\n"
+        f"INFO | Worker 'w' submitting flow run '{a}'\n"
+    )
     worker = WorkerProcess("w", subprocess.Popen(["true"]), log)
     worker.proc.wait()
     assert worker.runs() == {a}

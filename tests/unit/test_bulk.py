@@ -4,27 +4,45 @@
 The stand-ins replace the provision subflow and the journal: each is a thread that passes its
 milestone or ends only when the test says so, so every ordering below is forced by events,
 not by timing. (The real subflows, journal and Prefect links are tested in tests/e2e.)"""
+
 from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
 
-from flows.bulk import (CANARY, FAILED, NOT_STARTED, PASSED, TIMED_OUT, BulkRefused, Outcome, Waves,
-                        describe_hosts, plan_bulk)
-from flows.models import BulkItem
+from metalflow.flows.bulk import (
+    CANARY,
+    FAILED,
+    NOT_STARTED,
+    PASSED,
+    TIMED_OUT,
+    BulkRefused,
+    Outcome,
+    Waves,
+    describe_hosts,
+    plan_bulk,
+)
+from metalflow.flows.models import BulkItem
 
 WAIT = 10.0  # a bound on every event wait below: only reached when the logic under test is wrong
 
 
 def item(host: str, name: str | None = None, uuid: str | None = None) -> BulkItem:
     name = name or f"vm-{host}"
-    return BulkItem(host=host, vm={"name": name, "uuid": uuid or f"uuid-{name}", "image": "ubuntu/jammy",
-                                   "nics": [{"vlan": 100, "default": True}]})
+    return BulkItem(
+        host=host,
+        vm={
+            "name": name,
+            "uuid": uuid or f"uuid-{name}",
+            "image": "ubuntu/jammy",
+            "nics": [{"vlan": 100, "default": True}],
+        },
+    )
 
 
 @dataclass
@@ -41,11 +59,15 @@ def lookup(table: dict[str, FakeHost]):
 
 # --- the request check ------------------------------------------------------------------------
 
+
 def test_plan_groups_canary_then_waves():
     items = [item(f"h{i}") for i in range(7)]
     plan = plan_bulk(items, canary=1, wave_size=3, max_failures=2)
     assert [(label, [i.host for i in g]) for label, g in plan.groups] == [
-        (CANARY, ["h0"]), ("wave 1", ["h1", "h2", "h3"]), ("wave 2", ["h4", "h5", "h6"])]
+        (CANARY, ["h0"]),
+        ("wave 1", ["h1", "h2", "h3"]),
+        ("wave 2", ["h4", "h5", "h6"]),
+    ]
     plan = plan_bulk(items[:2], canary=0, wave_size=25)
     assert [label for label, _ in plan.groups] == ["wave 1"]
 
@@ -61,19 +83,25 @@ def test_hosts_are_canonicalised_and_a_host_named_twice_is_refused():
     assert "requests[1].host: 'host-011' is also requests[0].host; list each host once" in msg
 
 
-@pytest.mark.parametrize("requests, kwargs, fragments", [
-    ([], {}, ["requests: empty"]),
-    ([item("a")], {"canary": 2}, ["canary: 2 is out of range; use 0 to 1"]),
-    ([item("a")], {"canary": -1}, ["canary: -1"]),
-    ([item("a")], {"wave_size": 0}, ["wave_size: 0 is out of range; use 1 or more"]),
-    ([item("a")], {"max_failures": -1}, ["max_failures: -1 is out of range; use 0 or more"]),
-    ([item("a")], {"milestone_timeout": 0}, ["milestone_timeout: 0"]),
-    ([item("a", "x"), item("b", "x")], {}, ["requests[1].vm.name: 'x' is also requests[0].vm.name"]),
-    ([item("a", "x", "u"), item("b", "y", "u")], {}, ["requests[1].vm.uuid: 'u' is also requests[0].vm.uuid"]),
-    # every problem at once, not the first only
-    ([item("a", "x"), item("a", "x")], {"wave_size": 0},
-     ["wave_size: 0", "requests[1].host", "requests[1].vm.name"]),
-])
+@pytest.mark.parametrize(
+    "requests, kwargs, fragments",
+    [
+        ([], {}, ["requests: empty"]),
+        ([item("a")], {"canary": 2}, ["canary: 2 is out of range; use 0 to 1"]),
+        ([item("a")], {"canary": -1}, ["canary: -1"]),
+        ([item("a")], {"wave_size": 0}, ["wave_size: 0 is out of range; use 1 or more"]),
+        ([item("a")], {"max_failures": -1}, ["max_failures: -1 is out of range; use 0 or more"]),
+        ([item("a")], {"milestone_timeout": 0}, ["milestone_timeout: 0"]),
+        ([item("a", "x"), item("b", "x")], {}, ["requests[1].vm.name: 'x' is also requests[0].vm.name"]),
+        ([item("a", "x", "u"), item("b", "y", "u")], {}, ["requests[1].vm.uuid: 'u' is also requests[0].vm.uuid"]),
+        # every problem at once, not the first only
+        (
+            [item("a", "x"), item("a", "x")],
+            {"wave_size": 0},
+            ["wave_size: 0", "requests[1].host", "requests[1].vm.name"],
+        ),
+    ],
+)
 def test_bad_requests_are_refused_naming_the_field(requests, kwargs, fragments):
     with pytest.raises(BulkRefused) as err:
         plan_bulk(requests, **kwargs)
@@ -82,8 +110,10 @@ def test_bad_requests_are_refused_naming_the_field(requests, kwargs, fragments):
 
 
 def test_unknown_unregistered_and_maintenance_hosts_are_refused():
-    table = {"b": FakeHost("b", maas_system_id=None), "c": FakeHost("c", maintenance=True,
-                                                                   maintenance_reason="BMC silent")}
+    table = {
+        "b": FakeHost("b", maas_system_id=None),
+        "c": FakeHost("c", maintenance=True, maintenance_reason="BMC silent"),
+    }
     with pytest.raises(BulkRefused) as err:
         plan_bulk([item("a"), item("b"), item("c")], lookup=lookup(table))
     msg = str(err.value)
@@ -106,6 +136,7 @@ def test_describe_hosts():
 
 
 # --- the waves --------------------------------------------------------------------------------
+
 
 class Lab:
     """Stand-in hosts: ``pass_milestone(h)`` and ``finish(h, ok)`` drive each one; the log
@@ -141,7 +172,7 @@ class Lab:
             assert self.started_event.wait_for(lambda: host in self.started, WAIT), f"{host} never started"
 
     def pass_milestone(self, host: str) -> None:
-        self.milestones[host] = datetime.now(timezone.utc)
+        self.milestones[host] = datetime.now(UTC)
 
     def finish(self, host: str, ok: bool = True) -> None:
         self.results[host] = ok
@@ -212,8 +243,10 @@ def test_a_canary_failing_before_its_milestone_starts_nothing_else():
     assert lab.started == ["c"]
     assert [r.gate for r in result.runs] == [FAILED, NOT_STARTED, NOT_STARTED]
     assert result.aborted == "aborted after 1 failure: canary c failed before its milestone"
-    assert result.summary() == ("1 of 3 hosts failed, 2 not started (aborted after 1 failure: canary c failed "
-                                "before its milestone); 0 provisioned")
+    assert result.summary() == (
+        "1 of 3 hosts failed, 2 not started (aborted after 1 failure: canary c failed "
+        "before its milestone); 0 provisioned"
+    )
 
 
 def test_a_canary_failing_after_its_milestone_counts_toward_the_threshold():

@@ -1,7 +1,8 @@
 """Deadline, retry and secret helpers: pure logic with a fake clock (no real sleeps)."""
+
 import pytest
 
-from integrations.common import Backoff, Deadline, DeadlineExceeded, Secret, mask, retry
+from metalflow.integrations.common import Backoff, Deadline, DeadlineExceeded, Secret, mask, retry
 
 
 class FakeClock:
@@ -58,8 +59,12 @@ def test_retry_only_transient_and_respects_attempts():
             raise ConnectionError("reset")
         return "ok"
 
-    out = retry(flaky, transient=lambda e: 0.0 if isinstance(e, ConnectionError) else None,
-                deadline=Deadline(100, clock=clock), backoff=Backoff(first=1, jitter=False))
+    out = retry(
+        flaky,
+        transient=lambda e: 0.0 if isinstance(e, ConnectionError) else None,
+        deadline=Deadline(100, clock=clock),
+        backoff=Backoff(first=1, jitter=False),
+    )
     assert out == "ok" and len(calls) == 3 and clock.sleeps == [1, 2]
 
     calls.clear()
@@ -69,8 +74,11 @@ def test_retry_only_transient_and_respects_attempts():
         raise ValueError("bad input")
 
     with pytest.raises(ValueError):
-        retry(bad, transient=lambda e: 0.0 if isinstance(e, ConnectionError) else None,
-              deadline=Deadline(100, clock=clock))
+        retry(
+            bad,
+            transient=lambda e: 0.0 if isinstance(e, ConnectionError) else None,
+            deadline=Deadline(100, clock=clock),
+        )
     assert len(calls) == 1
 
 
@@ -83,8 +91,12 @@ def test_retry_honours_retry_after_floor_and_deadline():
         raise ConnectionError("503")
 
     with pytest.raises(ConnectionError):
-        retry(busy, transient=lambda e: 5.0, deadline=Deadline(12, clock=clock),
-              backoff=Backoff(first=0.1, jitter=False, attempts=10))
+        retry(
+            busy,
+            transient=lambda e: 5.0,
+            deadline=Deadline(12, clock=clock),
+            backoff=Backoff(first=0.1, jitter=False, attempts=10),
+        )
     assert clock.sleeps == [5.0, 5.0]  # a third 5 s wait would pass the 12 s deadline
     assert len(n) == 3
 

@@ -3,12 +3,13 @@
 The load itself (``SecretBlock.load`` against a Prefect server) is replaced by a slow counting
 function: what is tested is the cache's own concurrency, not Prefect's block API (the e2e
 tests resolve real blocks through a real server)."""
+
 from __future__ import annotations
 
 import threading
 import time
 
-from tasks import credentials
+from metalflow.tasks import credentials
 
 
 def test_threads_that_miss_together_share_one_load(monkeypatch):

@@ -2,9 +2,10 @@
 task's transient-only retries, and no Prefect task run. Outside the block, the step is the
 Prefect task. No Prefect server is needed: inline calls never reach it, and the task path is
 only inspected, not called."""
+
 import pytest
 
-from tasks.common import Step, inline_steps, runbook_task
+from metalflow.tasks.common import Step, inline_steps, runbook_task
 
 
 class Flaky(Exception):
@@ -64,7 +65,7 @@ def test_with_options_keeps_the_step_and_its_new_retries():
 
 
 def test_the_block_ends_with_its_context():
-    from tasks.common import _INLINE
+    from metalflow.tasks.common import _INLINE
 
     with inline_steps():
         assert _INLINE.get()

@@ -9,6 +9,7 @@ switches in tests/integrations/test_switches_lab.py, including the batch over re
 
 Arrival order is made deterministic: each request is submitted once the one before is queued,
 and the first session is held closed (``gate``) until every request of the test is queued."""
+
 from __future__ import annotations
 
 import logging
@@ -17,9 +18,9 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 
-from integrations.switches import PortVlans, SwitchCommandFailed, SwitchSessionLost
-from tasks.common import is_transient
-from tasks.switches import PortTarget, SessionAbandoned, SwitchBatches, SwitchOutcome, converge_switch
+from metalflow.integrations.switches import PortVlans, SwitchCommandFailed, SwitchSessionLost
+from metalflow.tasks.common import is_transient
+from metalflow.tasks.switches import PortTarget, SessionAbandoned, SwitchBatches, SwitchOutcome, converge_switch
 
 SW = "tor-1"
 PXE = 10
@@ -100,8 +101,9 @@ class FakeSession:
         if p == self.sw.stall_at:
             assert self.sw.stall.wait(10)
         if p in self.sw.refuse:
-            raise SwitchCommandFailed("the switch refused the line", target=f"{SW} port {p}",
-                                      line=self.commands[-1], transient=False)
+            raise SwitchCommandFailed(
+                "the switch refused the line", target=f"{SW} port {p}", line=self.commands[-1], transient=False
+            )
         self.sw.ports[p] = self.sw.ports[p].with_added(vlan, tagged)
 
 
@@ -122,8 +124,9 @@ class Runs:
         def run() -> None:
             try:
                 if via_task:
-                    self.results[host] = converge_switch(SW, host, [target(i)], self.fake.session,
-                                                         batches=self.batches, wait=wait)
+                    self.results[host] = converge_switch(
+                        SW, host, [target(i)], self.fake.session, batches=self.batches, wait=wait
+                    )
                 else:
                     self.results[host] = self.batch.submit(host, [target(i)], self.fake.session, wait)
             except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt included: recorded
@@ -171,7 +174,8 @@ def test_requests_that_overlap_share_one_session_and_each_gets_its_own_lines(cap
         assert [r.threadName for r in mine] == [f"host-{i}"]
     led = [r for r in caplog.records if "one session for" in r.getMessage()]
     assert [(r.threadName, r.getMessage()) for r in led] == [
-        ("host-1", f"switch {SW}: one session for 8 hosts' ports ({', '.join(f'host-{i}' for i in range(1, 9))})")]
+        ("host-1", f"switch {SW}: one session for 8 hosts' ports ({', '.join(f'host-{i}' for i in range(1, 9))})")
+    ]
 
 
 def test_a_rerun_sends_nothing_and_says_so(caplog):

@@ -2,6 +2,7 @@
 
 Real Prefect clients are built (no request is sent: building one does not connect); what is
 counted is the real ``ssl.create_default_context`` being called."""
+
 from __future__ import annotations
 
 import ssl
@@ -11,7 +12,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deployments import tlscache
+from metalflow.deployments import tlscache
 
 
 @pytest.fixture

@@ -1,13 +1,14 @@
 """Alembic environment for the inventory. Normally run by ``integrations.inventory.migrate``,
 which hands over an open connection inside a write transaction; the ``url`` path exists so
 that ``migrate revision`` (autogenerate) works for developers too."""
+
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import text
 
-from integrations.inventory.engine import WRITE_OPTION, make_engine
-from integrations.inventory.models import Base, UTCDateTime
+from metalflow.integrations.inventory.engine import WRITE_OPTION, make_engine
+from metalflow.integrations.inventory.models import Base, UTCDateTime
 
 # Any constant: serialises concurrent upgrades of one PostgreSQL database.
 _PG_MIGRATION_LOCK = 0x6D66_696E  # "mfin"

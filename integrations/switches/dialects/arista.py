@@ -1,7 +1,8 @@
 """Arista EOS: the Cisco switchport words (see ``cisco``), ``Ethernet1`` style ports."""
+
 from __future__ import annotations
 
-from integrations.switches.dialects.cisco import CiscoStyle
+from metalflow.integrations.switches.dialects.cisco import CiscoStyle
 
 
 class AristaEOS(CiscoStyle):
@@ -13,7 +14,11 @@ class AristaEOS(CiscoStyle):
     port_example = "Ethernet1"
     templates = {
         "access": ("interface {port}", "switchport mode access", "switchport access vlan {untagged}"),
-        "trunk": ("interface {port}", "switchport trunk native vlan {native}",
-                  "switchport trunk allowed vlan {allowed}", "switchport mode trunk"),
+        "trunk": (
+            "interface {port}",
+            "switchport trunk native vlan {native}",
+            "switchport trunk allowed vlan {allowed}",
+            "switchport mode trunk",
+        ),
     }
     read_commands = ("show running-config interfaces {port}",)

@@ -8,15 +8,19 @@ allowed list (``allowed`` = tagged VLANs plus the native one). The lines are abs
 rerun after a partial failure converges. Native and allowed are set before the mode, so a
 port never sits in trunk mode allowing every VLAN.
 """
+
 from __future__ import annotations
 
 import re
 
-from integrations.switches.dialect import Dialect, interface_block
-from integrations.switches.model import ALL_VLANS, PortVlans, parse_vlan_list
+from metalflow.integrations.switches.dialect import Dialect, interface_block
+from metalflow.integrations.switches.model import ALL_VLANS, PortVlans, parse_vlan_list
 
-_CISCO_ERRORS = (re.compile(r"(?m)^\s*%\s*(?:Invalid|Incomplete|Ambiguous|Unrecognized|Bad|Error)"),
-                 re.compile(r"(?m)^\s*%?\s*ERROR:"), re.compile(r"(?m)^Command rejected"))
+_CISCO_ERRORS = (
+    re.compile(r"(?m)^\s*%\s*(?:Invalid|Incomplete|Ambiguous|Unrecognized|Bad|Error)"),
+    re.compile(r"(?m)^\s*%?\s*ERROR:"),
+    re.compile(r"(?m)^Command rejected"),
+)
 
 
 class CiscoStyle(Dialect):
@@ -64,18 +68,29 @@ class CiscoIOS(CiscoStyle):
     netmiko_device_type = "cisco_ios"
     port_number = r"\d{1,2}(?:/\d{1,2}){1,3}"
     kinds = {
-        "fastethernet": "FastEthernet", "fa": "FastEthernet",
-        "gigabitethernet": "GigabitEthernet", "gi": "GigabitEthernet", "gig": "GigabitEthernet",
-        "tengigabitethernet": "TenGigabitEthernet", "te": "TenGigabitEthernet",
-        "twentyfivegige": "TwentyFiveGigE", "twe": "TwentyFiveGigE",
-        "fortygigabitethernet": "FortyGigabitEthernet", "fo": "FortyGigabitEthernet",
-        "hundredgige": "HundredGigE", "hu": "HundredGigE",
+        "fastethernet": "FastEthernet",
+        "fa": "FastEthernet",
+        "gigabitethernet": "GigabitEthernet",
+        "gi": "GigabitEthernet",
+        "gig": "GigabitEthernet",
+        "tengigabitethernet": "TenGigabitEthernet",
+        "te": "TenGigabitEthernet",
+        "twentyfivegige": "TwentyFiveGigE",
+        "twe": "TwentyFiveGigE",
+        "fortygigabitethernet": "FortyGigabitEthernet",
+        "fo": "FortyGigabitEthernet",
+        "hundredgige": "HundredGigE",
+        "hu": "HundredGigE",
     }
     port_example = "GigabitEthernet1/0/1"
     templates = {
         "access": ("interface {port}", "switchport mode access", "switchport access vlan {untagged}"),
-        "trunk": ("interface {port}", "switchport trunk native vlan {native}",
-                  "switchport trunk allowed vlan {allowed}", "switchport mode trunk"),
+        "trunk": (
+            "interface {port}",
+            "switchport trunk native vlan {native}",
+            "switchport trunk allowed vlan {allowed}",
+            "switchport mode trunk",
+        ),
     }
 
 
@@ -89,9 +104,13 @@ class CiscoNXOS(CiscoStyle):
     kinds = {"ethernet": "Ethernet", "eth": "Ethernet", "e": "Ethernet"}
     port_example = "Ethernet1/1"
     templates = {
-        "access": ("interface {port}", "switchport", "switchport mode access",
-                   "switchport access vlan {untagged}"),
-        "trunk": ("interface {port}", "switchport", "switchport trunk native vlan {native}",
-                  "switchport trunk allowed vlan {allowed}", "switchport mode trunk"),
+        "access": ("interface {port}", "switchport", "switchport mode access", "switchport access vlan {untagged}"),
+        "trunk": (
+            "interface {port}",
+            "switchport",
+            "switchport trunk native vlan {native}",
+            "switchport trunk allowed vlan {allowed}",
+            "switchport mode trunk",
+        ),
     }
     save_command = "copy running-config startup-config"

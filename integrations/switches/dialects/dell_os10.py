@@ -1,12 +1,13 @@
 """Dell EMC SmartFabric OS10: ``switchport access vlan`` is the untagged VLAN in both modes,
 ``switchport trunk allowed vlan N`` *adds* N to the tagged list and ``no ...`` removes it, so
 every change is one delta line. Tagged VLANs need trunk mode; untagged does not."""
+
 from __future__ import annotations
 
 import re
 
-from integrations.switches.dialect import Dialect, interface_block
-from integrations.switches.model import PortVlans, parse_vlan_list
+from metalflow.integrations.switches.dialect import Dialect, interface_block
+from metalflow.integrations.switches.model import PortVlans, parse_vlan_list
 
 
 class DellOS10(Dialect):

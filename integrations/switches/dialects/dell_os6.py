@@ -7,22 +7,23 @@ stopped half-way reads as not done and a rerun completes it.
 netmiko's ``dell_os6`` checks config mode with timing-based reads (about 2 s each, several
 per session, ~10 s in all); ``FastDellOS6`` checks with a prompt pattern instead.
 """
+
 from __future__ import annotations
 
 import re
 
 from netmiko.dell.dell_dnos6 import DellDNOS6SSH
 
-from integrations.switches.dialect import Dialect, interface_block
-from integrations.switches.model import ALL_VLANS, PortVlans, parse_vlan_list
-
+from metalflow.integrations.switches.dialect import Dialect, interface_block
+from metalflow.integrations.switches.model import ALL_VLANS, PortVlans, parse_vlan_list
 
 _GENERAL = re.compile(r"switchport general allowed vlan (add|remove) (\S+)(?: (tagged|untagged))?")
 
 
 class FastDellOS6(DellDNOS6SSH):
-    def check_config_mode(self, check_string: str = "(config", pattern: str = r"[>#]",
-                          force_regex: bool = False) -> bool:
+    def check_config_mode(
+        self, check_string: str = "(config", pattern: str = r"[>#]", force_regex: bool = False
+    ) -> bool:
         return super().check_config_mode(check_string=check_string, pattern=pattern)
 
 
@@ -32,26 +33,46 @@ class DellOS6(Dialect):
     netmiko_device_type = "dell_os6"
     netmiko_class = FastDellOS6
     port_number = r"\d/\d/\d{1,2}"
-    kinds = {"gi": "Gi", "gigabitethernet": "Gi", "te": "Te", "tengigabitethernet": "Te",
-             "tw": "Tw", "twentyfivegigabitethernet": "Tw", "fo": "Fo", "fortygigabitethernet": "Fo",
-             "hu": "Hu", "hundredgigabitethernet": "Hu"}
+    kinds = {
+        "gi": "Gi",
+        "gigabitethernet": "Gi",
+        "te": "Te",
+        "tengigabitethernet": "Te",
+        "tw": "Tw",
+        "twentyfivegigabitethernet": "Tw",
+        "fo": "Fo",
+        "fortygigabitethernet": "Fo",
+        "hu": "Hu",
+        "hundredgigabitethernet": "Hu",
+    }
     port_example = "Te1/0/1"
     templates = {
-        "add_tagged": ("interface {port}", "switchport mode general",
-                       "switchport general allowed vlan add {vlan} tagged"),
-        "add_untagged": ("interface {port}", "switchport mode general",
-                         "switchport general allowed vlan add {vlan} untagged",
-                         "switchport general pvid {vlan}"),
+        "add_tagged": (
+            "interface {port}",
+            "switchport mode general",
+            "switchport general allowed vlan add {vlan} tagged",
+        ),
+        "add_untagged": (
+            "interface {port}",
+            "switchport mode general",
+            "switchport general allowed vlan add {vlan} untagged",
+            "switchport general pvid {vlan}",
+        ),
         "remove_tagged": ("interface {port}", "switchport general allowed vlan remove {vlan}"),
-        "remove_untagged": ("interface {port}", "switchport general allowed vlan remove {vlan}",
-                            "no switchport general pvid"),
+        "remove_untagged": (
+            "interface {port}",
+            "switchport general allowed vlan remove {vlan}",
+            "no switchport general pvid",
+        ),
     }
     read_commands = ("show running-config interface {port}",)
     config_enter = "configure"
     save_command = "copy running-config startup-config"
     save_confirm = (r"\(y/n\)", "y")
-    fatal_errors = (re.compile(r"(?m)^\s*%\s*(?:Invalid|Incomplete|Ambiguous|Error)"),
-                    re.compile(r"(?m)VLAN was not created by user|Failure Information|^\s*Error"))
+    fatal_errors = (
+        re.compile(r"(?m)^\s*%\s*(?:Invalid|Incomplete|Ambiguous|Error)"),
+        re.compile(r"(?m)VLAN was not created by user|Failure Information|^\s*Error"),
+    )
 
     def parse(self, port, outputs):
         header = re.compile(rf"interface\s+{re.escape(port)}", re.I)

@@ -11,15 +11,16 @@ operator: our removal template undoes dual-mode.
 netmiko's ``brocade_fastiron`` session set-up reads with a 2 s quiet timer and checks config
 mode the same way; ``FastFastIron`` waits for the prompt pattern instead.
 """
+
 from __future__ import annotations
 
 import re
 
 from netmiko.ruckus.ruckus_fastiron import RuckusFastironSSH
 
-from integrations.switches.dialect import Dialect
-from integrations.switches.model import PortVlans
-from integrations.switches.portlist import expand_fastiron
+from metalflow.integrations.switches.dialect import Dialect
+from metalflow.integrations.switches.model import PortVlans
+from metalflow.integrations.switches.portlist import expand_fastiron
 
 
 class FastFastIron(RuckusFastironSSH):
@@ -29,8 +30,7 @@ class FastFastIron(RuckusFastironSSH):
         self.enable()
         self.disable_paging(command="skip-page-display")
 
-    def check_config_mode(self, check_string: str = ")#", pattern: str = r"[>#]",
-                          force_regex: bool = False) -> bool:
+    def check_config_mode(self, check_string: str = ")#", pattern: str = r"[>#]", force_regex: bool = False) -> bool:
         return super().check_config_mode(check_string=check_string, pattern=pattern)
 
 
@@ -46,11 +46,21 @@ class FastIron(Dialect):
     port_example = "ethernet 1/1/1"
     templates = {
         "add_tagged": ("vlan {vlan}", "tagged ethernet {port}"),
-        "add_untagged": ("vlan {vlan}", "tagged ethernet {port}", "exit", "interface ethernet {port}",
-                         "dual-mode {vlan}"),
+        "add_untagged": (
+            "vlan {vlan}",
+            "tagged ethernet {port}",
+            "exit",
+            "interface ethernet {port}",
+            "dual-mode {vlan}",
+        ),
         "remove_tagged": ("vlan {vlan}", "no tagged ethernet {port}"),
-        "remove_untagged": ("interface ethernet {port}", "no dual-mode {vlan}", "exit", "vlan {vlan}",
-                            "no tagged ethernet {port}"),
+        "remove_untagged": (
+            "interface ethernet {port}",
+            "no dual-mode {vlan}",
+            "exit",
+            "vlan {vlan}",
+            "no tagged ethernet {port}",
+        ),
     }
     read_commands = ("show running-config vlan", "show running-config interface ethernet {port}")
     fatal_errors = (re.compile(r"(?mi)^\s*(?:Invalid input|Error\b|Incomplete command|Ambiguous input)"),)

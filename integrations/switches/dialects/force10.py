@@ -6,21 +6,28 @@ the old untagged VLAN first" is also the switch's. A bare ``1/1/1`` (the rack co
 means a TenGigabitEthernet port. Read-back is ``show vlan``: the Q column says U or T and the
 port list uses short type names and ranges (``Te 1/1/2-1/1/4,1/1/6``).
 """
+
 from __future__ import annotations
 
 import re
 
-from integrations.switches.dialect import Dialect
-from integrations.switches.model import PortVlans
-from integrations.switches.portlist import expand_ports
+from metalflow.integrations.switches.dialect import Dialect
+from metalflow.integrations.switches.model import PortVlans
+from metalflow.integrations.switches.portlist import expand_ports
 
 _KINDS = {
-    "gigabitethernet": "GigabitEthernet", "gi": "GigabitEthernet",
-    "tengigabitethernet": "TenGigabitEthernet", "te": "TenGigabitEthernet",
-    "twentyfivegige": "twentyFiveGigE", "tf": "twentyFiveGigE",
-    "fortygige": "fortyGigE", "fo": "fortyGigE",
-    "fiftygige": "fiftyGigE", "fi": "fiftyGigE",
-    "hundredgige": "hundredGigE", "hu": "hundredGigE",
+    "gigabitethernet": "GigabitEthernet",
+    "gi": "GigabitEthernet",
+    "tengigabitethernet": "TenGigabitEthernet",
+    "te": "TenGigabitEthernet",
+    "twentyfivegige": "twentyFiveGigE",
+    "tf": "twentyFiveGigE",
+    "fortygige": "fortyGigE",
+    "fo": "fortyGigE",
+    "fiftygige": "fiftyGigE",
+    "fi": "fiftyGigE",
+    "hundredgige": "hundredGigE",
+    "hu": "hundredGigE",
 }
 _ROW = re.compile(r"^\s*(?:[*A-Za-z]{1,2}\s+)?(\d{1,4})\s+(?:Active|Inactive|Suspended)\b(.*)$", re.I)
 _MEMBERS = re.compile(r"(?:^|\s)([UTxXoOGMiIvVH])\s+([A-Za-z]+)\s+([\d/,\-]+)\s*$")
@@ -51,7 +58,7 @@ class Force10(Dialect):
         if start is None:
             raise ValueError("no VLAN table (header 'NUM Status ... Q Ports') in the output")
         untagged, tagged, vid = set(), set(), None
-        for line in lines[start + 1:]:
+        for line in lines[start + 1 :]:
             row = _ROW.match(line)
             if row:
                 vid, line = int(row.group(1)), row.group(2)

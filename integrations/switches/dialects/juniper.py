@@ -7,12 +7,13 @@ mode (``configure private``: our candidate is invisible to others and discarded 
 session dies), so read-backs show the candidate. VLAN members must be numeric ids of VLANs
 that exist under ``vlans``: Junos cannot add a port to a VLAN it does not know.
 """
+
 from __future__ import annotations
 
 import re
 
-from integrations.switches.dialect import COMMON_RETRYABLE, Dialect
-from integrations.switches.model import PortVlans, parse_vlan_list
+from metalflow.integrations.switches.dialect import COMMON_RETRYABLE, Dialect
+from metalflow.integrations.switches.model import PortVlans, parse_vlan_list
 
 _ES = "set interfaces {port} unit 0 family ethernet-switching"
 _DEL = "delete interfaces {port} unit 0 family ethernet-switching"
@@ -28,8 +29,11 @@ class JuniperJunos(Dialect):
     port_example = "ge-0/0/1"
     templates = {
         "add_tagged": (f"{_ES} interface-mode trunk", f"{_ES} vlan members {{vlan}}"),
-        "add_untagged": (f"{_ES} interface-mode trunk", "set interfaces {port} native-vlan-id {vlan}",
-                         f"{_ES} vlan members {{vlan}}"),
+        "add_untagged": (
+            f"{_ES} interface-mode trunk",
+            "set interfaces {port} native-vlan-id {vlan}",
+            f"{_ES} vlan members {{vlan}}",
+        ),
         "remove_tagged": (f"{_DEL} vlan members {{vlan}}",),
         "remove_untagged": ("delete interfaces {port} native-vlan-id", f"{_DEL} vlan members {{vlan}}"),
     }
@@ -49,7 +53,7 @@ class JuniperJunos(Dialect):
             line = line.strip()
             if not line.startswith(prefix):
                 continue
-            rest = line[len(prefix):].replace("unit 0 family ethernet-switching ", "")
+            rest = line[len(prefix) :].replace("unit 0 family ethernet-switching ", "")
             if m := re.fullmatch(r"(?:interface|port)-mode (\S+)", rest):
                 mode = m.group(1)
             elif m := re.fullmatch(r"native-vlan-id (\d+)", rest):

@@ -4,6 +4,7 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-25
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -16,18 +17,21 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table('host_claims',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('host_id', sa.Integer(), nullable=False),
-    sa.Column('vm_uuid', sa.String(length=64), nullable=False),
-    sa.Column('vm_name', sa.String(length=255), nullable=True),
-    sa.Column('claimed_at', sa.DateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['host_id'], ['hosts.id'], name=op.f('fk_host_claims_host_id_hosts'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_host_claims')),
-    sa.UniqueConstraint('host_id', name=op.f('uq_host_claims_host_id')),
-    sa.UniqueConstraint('vm_uuid', name=op.f('uq_host_claims_vm_uuid'))
+    op.create_table(
+        "host_claims",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("host_id", sa.Integer(), nullable=False),
+        sa.Column("vm_uuid", sa.String(length=64), nullable=False),
+        sa.Column("vm_name", sa.String(length=255), nullable=True),
+        sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["host_id"], ["hosts.id"], name=op.f("fk_host_claims_host_id_hosts"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_host_claims")),
+        sa.UniqueConstraint("host_id", name=op.f("uq_host_claims_host_id")),
+        sa.UniqueConstraint("vm_uuid", name=op.f("uq_host_claims_vm_uuid")),
     )
 
 
 def downgrade() -> None:
-    op.drop_table('host_claims')
+    op.drop_table("host_claims")
