@@ -32,6 +32,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from metalflow.integrations.common.names import POWER_POLL_LIMIT
 from metalflow.integrations.inventory import PowerReading as InvReading
 from metalflow.integrations.ipmi import BulkPowerReader, PowerWatch
 from metalflow.integrations.ipmi.watch import WatchStats
@@ -42,7 +43,7 @@ from metalflow.tasks.locks import acquire, ensure_limit
 from metalflow.tasks.settings import settings
 
 #: The global concurrency limit (limit 1) held by the long-running poll.
-POLL_LIMIT = "power-poll"
+POLL_LIMIT = POWER_POLL_LIMIT
 #: Seconds the limit outlives a poller that died without releasing it (Prefect renews the lease
 #: every 3/4 of it while the run lives; its minimum is 60). The next scheduled run waits for it.
 POLL_LOCK_LEASE = 60.0

@@ -14,8 +14,9 @@ from prefect import tags
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
+from metalflow.integrations.common.names import host_lock_name
 from metalflow.tasks.common import logger, write_journal
-from metalflow.tasks.locks import acquire, ensure_limit, limit_name
+from metalflow.tasks.locks import acquire, ensure_limit
 from metalflow.tasks.settings import settings
 
 LOCK_WAIT_SECONDS = 4 * 3600.0
@@ -23,14 +24,10 @@ LOCK_WAIT_SECONDS = 4 * 3600.0
 ROLLBACK_TAG = "rollback"
 
 
-def lock_name(host: str) -> str:
-    return limit_name("host", host)
-
-
 def ensure_host_limit(host: str) -> str:
     """The global concurrency limit that serialises operations on one host (limit 1). Made on
     first use; ``strict=True`` below then refuses to run if it ever went missing."""
-    return ensure_limit(lock_name(host))
+    return ensure_limit(host_lock_name(host))
 
 
 def canonical_host(host: str) -> str:

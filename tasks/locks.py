@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +23,8 @@ import httpx
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from metalflow.integrations.common.names import switch_lock_name
+
 #: Seconds a switch lock is waited for before the step fails (and retries, as a transient
 #: error: another run's session is still going).
 SWITCH_LOCK_WAIT = 300.0
@@ -31,10 +32,6 @@ SWITCH_LOCK_LEASE = 120.0
 
 _local_guard = threading.Lock()
 _local: dict[str, threading.Lock] = {}
-
-
-def limit_name(kind: str, name: str) -> str:
-    return f"{kind}-" + re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
 
 
 class LimitMissing(RuntimeError):
@@ -201,7 +198,7 @@ def switch_lock(switch: str, wait: float = SWITCH_LOCK_WAIT) -> Iterator[None]:
     from metalflow.tasks.settings import settings
 
     started = time.monotonic()
-    name = limit_name("switch", switch)
+    name = switch_lock_name(switch)
     local = _process_lock(name)
     if not local.acquire(timeout=wait):
         raise TimeoutError(f"switch {switch}: another run of this process held it for {wait:.0f} s")

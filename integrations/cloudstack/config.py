@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -75,23 +76,25 @@ def _rebuild_config_error(cls, message, field, problems):
 
 # Words of our own messages: never treated as secret text to scrub (the seed's switch
 # password is literally "password").
-_OWN_WORDS = {
-    w.lower()
-    for w in (
-        "MaasIP",
-        "MaasPort",
-        "MaasKey",
-        "MaasSecret",
-        "MaasConsumerKey",
-        "password",
-        "username",
-        "l2Switch",
-        "racks",
-        "hosts",
-        "missing",
-        "expected",
-    )
-}
+_OWN_WORDS = frozenset(
+    {
+        w.lower()
+        for w in (
+            "MaasIP",
+            "MaasPort",
+            "MaasKey",
+            "MaasSecret",
+            "MaasConsumerKey",
+            "password",
+            "username",
+            "l2Switch",
+            "racks",
+            "hosts",
+            "missing",
+            "expected",
+        )
+    }
+)
 
 
 def _scrub(problems: list[Problem], secrets: Iterable[str]) -> list[Problem]:
@@ -207,15 +210,21 @@ class MaasSettings:
 
 
 # Canonical key names of the settings string, looked up case-insensitively.
-_SETTINGS_KEYS = {k.lower(): k for k in ("MaasIP", "MaasPort", "MaasKey", "MaasSecret", "MaasConsumerKey")}
+_SETTINGS_KEYS = MappingProxyType(
+    {k.lower(): k for k in ("MaasIP", "MaasPort", "MaasKey", "MaasSecret", "MaasConsumerKey")}
+)
 _SETTINGS_PREFIX = re.compile(r"^\s*external\.baremetal\.system\.url\s*[=:]\s*", re.IGNORECASE)
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
-_MISSING_HINT = {
-    "MaasIP": "add MaasIP=<MAAS address>, e.g. MaasIP=10.0.0.5 or MaasIP=https://maas.example:5443",
-    "MaasKey": "add MaasKey=<token key>, the second part of the MAAS API key consumer:token:secret",
-    "MaasSecret": "add MaasSecret=<token secret>, the third part of the MAAS API key consumer:token:secret",
-    "MaasConsumerKey": "add MaasConsumerKey=<consumer key>, the first part of the MAAS API key consumer:token:secret",
-}
+_MISSING_HINT = MappingProxyType(
+    {
+        "MaasIP": "add MaasIP=<MAAS address>, e.g. MaasIP=10.0.0.5 or MaasIP=https://maas.example:5443",
+        "MaasKey": "add MaasKey=<token key>, the second part of the MAAS API key consumer:token:secret",
+        "MaasSecret": "add MaasSecret=<token secret>, the third part of the MAAS API key consumer:token:secret",
+        "MaasConsumerKey": (
+            "add MaasConsumerKey=<consumer key>, the first part of the MAAS API key consumer:token:secret"
+        ),
+    }
+)
 
 
 def parse_settings(s: str) -> MaasSettings:

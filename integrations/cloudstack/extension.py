@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import MappingProxyType
 
 from metalflow.integrations.cloudstack.answer import Answer, no_console
 from metalflow.integrations.cloudstack.extension_config import ExtensionConfig, ExtensionConfigError, load_config
@@ -37,7 +38,7 @@ from metalflow.integrations.common import Deadline, MetalflowError
 
 BUILTIN_ACTIONS = ("prepare", "create", "start", "stop", "reboot", "delete", "status", "getconsole")
 CUSTOM_ACTIONS = ("PlugNetwork", "UnplugNetwork", "Reinstall")
-ACTIONS = {a.lower(): a for a in BUILTIN_ACTIONS + CUSTOM_ACTIONS}
+ACTIONS = MappingProxyType({a.lower(): a for a in BUILTIN_ACTIONS + CUSTOM_ACTIONS})
 ADMIN_COMMANDS = ("install", "check", "shim")
 LOGGER = "metalflow.cloudstack"
 

@@ -13,8 +13,8 @@ might not describe the VM now:
 
 Never PowerOff by guess. This module imports only the standard library (and SQLAlchemy Core
 for a database other than SQLite): no ORM models, no Alembic, no requests, because process
-start-up is most of a status call. Its SQL names the inventory's tables directly; tests run
-it against a migrated inventory.
+start-up is most of a status call. Its SQL names the inventory's tables by the names in
+``integrations.common.names`` (the models use the same); tests run it against a migrated inventory.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -32,30 +31,27 @@ from typing import Any
 from metalflow.integrations.cloudstack.answer import POWER_OFF, POWER_ON, POWER_UNKNOWN, Answer
 from metalflow.integrations.cloudstack.extension_config import ExtensionConfig
 from metalflow.integrations.cloudstack.payload import Payload
+from metalflow.integrations.common.names import HOST_CLAIMS_TABLE, HOST_EVENTS_TABLE, HOSTS_TABLE, host_lock_name
 
 _COLUMNS = (
     "h.id AS id, h.name AS name, h.last_vm_uuid AS last_vm_uuid, h.power_state AS power_state, "
     "h.power_state_at AS power_state_at"
 )
-Q_CLAIM = f"SELECT {_COLUMNS} FROM host_claims c JOIN hosts h ON h.id = c.host_id WHERE c.vm_uuid = :key"
+Q_CLAIM = (
+    f"SELECT {_COLUMNS} FROM {HOST_CLAIMS_TABLE} c JOIN {HOSTS_TABLE} h ON h.id = c.host_id WHERE c.vm_uuid = :key"
+)
 Q_HOST = (
-    f"SELECT {_COLUMNS} FROM hosts h WHERE h.name = :key OR h.cloudstack_id = :key "
+    f"SELECT {_COLUMNS} FROM {HOSTS_TABLE} h WHERE h.name = :key OR h.cloudstack_id = :key "
     "ORDER BY CASE WHEN h.name = :key THEN 0 ELSE 1 END"
 )
-Q_CARRIES = f"SELECT {_COLUMNS} FROM hosts h WHERE h.last_vm_uuid = :key ORDER BY h.name"
-Q_LAST_EVENT = "SELECT max(at) AS at FROM host_events WHERE host_id = :id AND operation <> 'power-poll'"
-
-
-def lock_name(host: str) -> str:
-    """The per-host global concurrency limit the flows hold (``flows.runbook.lock_name``;
-    repeated here because the extension must not import the flows)."""
-    return "host-" + re.sub(r"[^a-z0-9-]+", "-", host.lower()).strip("-")
+Q_CARRIES = f"SELECT {_COLUMNS} FROM {HOSTS_TABLE} h WHERE h.last_vm_uuid = :key ORDER BY h.name"
+Q_LAST_EVENT = f"SELECT max(at) AS at FROM {HOST_EVENTS_TABLE} WHERE host_id = :id AND operation <> 'power-poll'"
 
 
 def lock_active(cfg: ExtensionConfig, host: str) -> bool | None:
     """Whether an operation holds ``host``'s lock; None when the Prefect API does not say.
     A limit that does not exist yet was never taken (the flows create it on first use)."""
-    url = f"{cfg.prefect_api_url.rstrip('/')}/v2/concurrency_limits/{lock_name(host)}"
+    url = f"{cfg.prefect_api_url.rstrip('/')}/v2/concurrency_limits/{host_lock_name(host)}"
     headers = {"Accept": "application/json"}
     if cfg.prefect_auth_string is not None:
         token = base64.b64encode(cfg.prefect_auth_string.reveal().encode()).decode()

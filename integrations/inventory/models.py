@@ -27,6 +27,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from metalflow.integrations.common.names import (
+    HOST_CLAIMS_TABLE,
+    HOST_EVENTS_TABLE,
+    HOST_NICS_TABLE,
+    HOSTS_TABLE,
+    PORT_VLANS_TABLE,
+    SWITCHES_TABLE,
+)
+
 POWER_STATES = ("on", "off", "unknown")
 MAINTENANCE_SOURCES = ("poll", "operator")
 VLAN_PURPOSES = ("pxe", "guest", "extra")
@@ -83,7 +92,7 @@ class Timestamps:
 
 
 class Switch(Timestamps, Base):
-    __tablename__ = "switches"
+    __tablename__ = SWITCHES_TABLE
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -101,7 +110,7 @@ class Switch(Timestamps, Base):
 
 
 class Host(Timestamps, Base):
-    __tablename__ = "hosts"
+    __tablename__ = HOSTS_TABLE
     __table_args__ = (
         CheckConstraint(_in("power_state", POWER_STATES), name="power_state"),
         CheckConstraint(
@@ -144,7 +153,7 @@ class Host(Timestamps, Base):
 
 
 class HostNic(Base):
-    __tablename__ = "host_nics"
+    __tablename__ = HOST_NICS_TABLE
     __table_args__ = (
         UniqueConstraint("switch_id", "port"),
         CheckConstraint("(switch_id IS NULL) = (port IS NULL)", name="cabled"),
@@ -164,7 +173,7 @@ class HostNic(Base):
 class PortVlan(Timestamps, Base):
     """A VLAN a switch port should carry, and why. Rollback and audit read this."""
 
-    __tablename__ = "port_vlans"
+    __tablename__ = PORT_VLANS_TABLE
     __table_args__ = (
         UniqueConstraint("switch_id", "port", "vlan"),
         CheckConstraint("vlan BETWEEN 1 AND 4094", name="vlan"),
@@ -186,7 +195,7 @@ class PortVlan(Timestamps, Base):
 class HostEvent(Base):
     """One journal line: a step of an operation on a host, its system and outcome."""
 
-    __tablename__ = "host_events"
+    __tablename__ = HOST_EVENTS_TABLE
     __table_args__ = (
         CheckConstraint(_in("outcome", OUTCOMES), name="outcome"),
         Index(None, "host_id", "at"),
@@ -213,7 +222,7 @@ class HostClaim(Base):
     INSERT for a host fails instead of silently sharing it, and a VM holds at most one host.
     """
 
-    __tablename__ = "host_claims"
+    __tablename__ = HOST_CLAIMS_TABLE
 
     id: Mapped[int] = mapped_column(primary_key=True)
     host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), unique=True)

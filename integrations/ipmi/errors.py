@@ -10,6 +10,9 @@ out of any evidence it keeps.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from metalflow.integrations.common import MetalflowError, Secret
 
 
@@ -71,14 +74,16 @@ _LOGIN_TEXT: tuple[tuple[str, type[IpmiError]], ...] = (
 )
 
 # IPMI completion codes (IPMI 2.0 table 5-2) that say "not now" rather than "never".
-_BUSY_CODES = {
-    0xC0: "node busy",
-    0xC3: "timeout while processing",
-    0xCE: "response could not be provided",
-    0xD2: "BMC initialisation in progress",
-}
-_AUTH_CODES = {0xD4: "insufficient privilege level"}
-_STATE_CODES = {0xD5: "command not supported in present state"}
+_BUSY_CODES = MappingProxyType(
+    {
+        0xC0: "node busy",
+        0xC3: "timeout while processing",
+        0xCE: "response could not be provided",
+        0xD2: "BMC initialisation in progress",
+    }
+)
+_AUTH_CODES = MappingProxyType({0xD4: "insufficient privilege level"})
+_STATE_CODES = MappingProxyType({0xD5: "command not supported in present state"})
 PYGHMI_TIMEOUT_CODE = 0xFFFF  # pyghmi's own code for "no answer after its retries"
 
 
@@ -143,10 +148,12 @@ def classify_text(text: str, *, target: str, operation: str, evidence: str = "")
     return IpmiError("the BMC session failed", target=target, operation=operation, evidence=evidence or text)
 
 
-_MESSAGES: dict[type[IpmiError], str] = {
-    BmcAuthFailed: "the BMC rejected the credentials",
-    BmcInvalidInput: "the credentials do not fit IPMI's limits",
-    BmcBusy: "the BMC cannot open a session now",
-    BmcTimeout: "the BMC did not answer",
-    BmcUnreachable: "lost the session to the BMC",
-}
+_MESSAGES: Mapping[type[IpmiError], str] = MappingProxyType(
+    {
+        BmcAuthFailed: "the BMC rejected the credentials",
+        BmcInvalidInput: "the credentials do not fit IPMI's limits",
+        BmcBusy: "the BMC cannot open a session now",
+        BmcTimeout: "the BMC did not answer",
+        BmcUnreachable: "lost the session to the BMC",
+    }
+)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Protocol
 
 from metalflow.integrations.common import Secret
@@ -55,10 +56,10 @@ BOOT_PARAM_INFO_ACK = 3
 BOOT_PARAM_FLAGS = 5
 CC_PARAM_NOT_SUPPORTED = 0x80
 
-CHASSIS_CONTROL = {"off": 0, "on": 1, "cycle": 2, "reset": 3, "soft": 5}
+CHASSIS_CONTROL = MappingProxyType({"off": 0, "on": 1, "cycle": 2, "reset": 3, "soft": 5})
 # Boot device selector (boot flags data 2, bits 5..2) by our name, and back.
-BOOT_DEVICE_CODE = {"pxe": 0x04, "disk": 0x08}
-BOOT_DEVICE_NAME = {1: "pxe", 2: "disk", 3: "disk-safe", 5: "optical", 6: "setup", 15: "floppy"}
+BOOT_DEVICE_CODE = MappingProxyType({"pxe": 0x04, "disk": 0x08})
+BOOT_DEVICE_NAME = MappingProxyType({1: "pxe", 2: "disk", 3: "disk-safe", 5: "optical", 6: "setup", 15: "floppy"})
 
 
 @dataclass(frozen=True)

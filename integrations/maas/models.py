@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from types import MappingProxyType
 from typing import Any
 
 
@@ -68,11 +69,13 @@ class NodeStatus(IntEnum):
 
 
 # Labels that are not simply the capitalised enum name.
-_LABELS = {
-    NodeStatus.FAILED_RELEASING: "Releasing failed",
-    NodeStatus.FAILED_ENTERING_RESCUE_MODE: "Failed to enter rescue mode",
-    NodeStatus.FAILED_EXITING_RESCUE_MODE: "Failed to exit rescue mode",
-}
+_LABELS = MappingProxyType(
+    {
+        NodeStatus.FAILED_RELEASING: "Releasing failed",
+        NodeStatus.FAILED_ENTERING_RESCUE_MODE: "Failed to enter rescue mode",
+        NodeStatus.FAILED_EXITING_RESCUE_MODE: "Failed to exit rescue mode",
+    }
+)
 
 #: The FAILED_* states: a phase ended in failure.
 FAILED_STATES = frozenset(s for s in NodeStatus if s.name.startswith("FAILED_"))

@@ -23,8 +23,8 @@ import pytest
 import requests
 
 from metalflow.deployments.stack import Stack
-from metalflow.integrations.cloudstack.status import lock_name
 from metalflow.integrations.common import Deadline
+from metalflow.integrations.common.names import host_lock_name as lock_name
 from tests.cloudstack.payloads import write
 from tests.conftest import free_block
 from tests.e2e.conftest import E2E, _free_port

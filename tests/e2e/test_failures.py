@@ -23,8 +23,8 @@ from datetime import datetime
 import pytest
 import requests
 
-from metalflow.flows.runbook import lock_name
 from metalflow.integrations.common import Deadline
+from metalflow.integrations.common.names import host_lock_name as lock_name
 from metalflow.integrations.prefectapi import PrefectBadRequest, idempotency_key
 
 HOSTS = ("host-005", "host-006", "host-007")

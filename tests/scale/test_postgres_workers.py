@@ -16,8 +16,8 @@ import uuid
 import pytest
 import requests
 
-from metalflow.flows.runbook import lock_name
 from metalflow.integrations.common import Deadline, Secret
+from metalflow.integrations.common.names import host_lock_name as lock_name
 from metalflow.integrations.prefectapi import PrefectApi
 from metalflow.integrations.switches import connect
 

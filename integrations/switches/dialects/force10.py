@@ -10,25 +10,28 @@ port list uses short type names and ranges (``Te 1/1/2-1/1/4,1/1/6``).
 from __future__ import annotations
 
 import re
+from types import MappingProxyType
 
 from metalflow.integrations.switches.dialect import Dialect
 from metalflow.integrations.switches.model import PortVlans
 from metalflow.integrations.switches.portlist import expand_ports
 
-_KINDS = {
-    "gigabitethernet": "GigabitEthernet",
-    "gi": "GigabitEthernet",
-    "tengigabitethernet": "TenGigabitEthernet",
-    "te": "TenGigabitEthernet",
-    "twentyfivegige": "twentyFiveGigE",
-    "tf": "twentyFiveGigE",
-    "fortygige": "fortyGigE",
-    "fo": "fortyGigE",
-    "fiftygige": "fiftyGigE",
-    "fi": "fiftyGigE",
-    "hundredgige": "hundredGigE",
-    "hu": "hundredGigE",
-}
+_KINDS = MappingProxyType(
+    {
+        "gigabitethernet": "GigabitEthernet",
+        "gi": "GigabitEthernet",
+        "tengigabitethernet": "TenGigabitEthernet",
+        "te": "TenGigabitEthernet",
+        "twentyfivegige": "twentyFiveGigE",
+        "tf": "twentyFiveGigE",
+        "fortygige": "fortyGigE",
+        "fo": "fortyGigE",
+        "fiftygige": "fiftyGigE",
+        "fi": "fiftyGigE",
+        "hundredgige": "hundredGigE",
+        "hu": "hundredGigE",
+    }
+)
 _ROW = re.compile(r"^\s*(?:[*A-Za-z]{1,2}\s+)?(\d{1,4})\s+(?:Active|Inactive|Suspended)\b(.*)$", re.I)
 _MEMBERS = re.compile(r"(?:^|\s)([UTxXoOGMiIvVH])\s+([A-Za-z]+)\s+([\d/,\-]+)\s*$")
 
