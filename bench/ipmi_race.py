@@ -99,7 +99,9 @@ def _sweeps(n: int, base: str) -> None:
 
     prefix = ".".join(base.split(".")[:2])
     specs = [BmcSpec(f"s{i}", f"{prefix}.{100 + i // 250}.{1 + i % 250}", 623, USER, PASSWORD) for i in range(n)]
-    targets = [BmcTarget(s.host, s.address, USER, PASSWORD) for s in specs]
+    from metalflow.integrations.common import Secret
+
+    targets = [BmcTarget(s.host, s.address, USER, Secret(PASSWORD)) for s in specs]
     with BmcFleet(specs):
         for patch in (False, True):
             with BulkPowerReader(processes=2, per_call_timeout=5.0, patch=patch) as reader:

@@ -31,6 +31,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -49,7 +50,7 @@ from metalflow.bench.common import (
 from metalflow.bench.stacks import flow_runs, stack, start_process, stop_process, ts, wait_final, wait_idle
 from metalflow.integrations.common import Deadline
 
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"ks": [3], "deploy_seconds": 1.0, "switches": 1, "bulk_repeats": 1},
     # 40 hosts per switch at most: the lab's Cisco IOS port names stop at GigabitEthernet1/0/99
     # and two-NIC hosts take two ports.
@@ -173,7 +174,7 @@ def _wave(
         triggered = time.time() - t0
         runs = wait_final(api, ids, timeout)
         wait_idle(proc.pid, 60)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for rid in ids:
         r = runs.get(rid) or flow_runs(api.api_url, [rid])[rid]
         created, start, end = ts(r["created"]), ts(r.get("start_time")), ts(r.get("end_time"))
@@ -183,8 +184,8 @@ def _wave(
                 "name": r.get("name"),
                 "state": (r.get("state") or {}).get("type"),
                 "message": ((r.get("state") or {}).get("message") or "")[:300],
-                "to_start_s": start - created if start else None,
-                "duration_s": end - start if start and end else None,
+                "to_start_s": start - created if start is not None and created is not None else None,
+                "duration_s": end - start if start is not None and end is not None else None,
                 "end": end,
             }
         )
@@ -201,6 +202,11 @@ def _wave(
         "max_sessions_per_switch": dict(sessions.peak),
         "runs": rows,
     }
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    """a - b, or None when either is unknown (a run that has not started or ended)."""
+    return None if a is None or b is None else a - b
 
 
 def _children(api, parent_id: str) -> dict:
@@ -220,10 +226,8 @@ def _children(api, parent_id: str) -> dict:
         (
             {
                 "name": k["name"],
-                "start": ts(k.get("start_time")) - p0 if k.get("start_time") else None,
-                "duration": (ts(k["end_time"]) - ts(k["start_time"]))
-                if k.get("end_time") and k.get("start_time")
-                else None,
+                "start": _minus(ts(k.get("start_time")), p0),
+                "duration": _minus(ts(k.get("end_time")), ts(k.get("start_time"))),
             }
             for k in kids
         ),
@@ -374,7 +378,7 @@ def run(
             b["children"] = _children(api, b["runs"][0]["id"])
             parent = flow_runs(api.api_url, [b["runs"][0]["id"]])[b["runs"][0]["id"]]
             if parent.get("start_time"):
-                b["phases"] = _phases(st, hosts[1:], ts(parent["start_time"]))
+                b["phases"] = _phases(st, hosts[1:], ts(parent["start_time"]) or 0.0)
             bulks.append(b)
             used += kmax
         bulk = _median_bulk(bulks)
@@ -387,7 +391,7 @@ def run(
         )
         parent = flow_runs(api.api_url, [open_bulk["runs"][0]["id"]])[open_bulk["runs"][0]["id"]]
         if parent.get("start_time"):
-            open_bulk["phases"] = _phases(st, hosts, ts(parent["start_time"]))
+            open_bulk["phases"] = _phases(st, hosts, ts(parent["start_time"]) or 0.0)
         used += kmax
         print(f"[provision_concurrency] baseline: {kmax} at once, one subprocess per run", flush=True)
         try:

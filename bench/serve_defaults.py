@@ -21,7 +21,8 @@ def main() -> None:
     from metalflow.deployments.registry import ON_DEMAND
 
     flows = {f.name: f for f in ON_DEMAND}
-    serve(flows[args.flow].to_deployment(name=args.name, tags=["bench"]), print_starting_message=False)
+    deployment = flows[args.flow].to_deployment(name=args.name, tags=["bench"])
+    serve(deployment, print_starting_message=False)  # type: ignore[arg-type]  # sync call: not a coroutine
 
 
 if __name__ == "__main__":

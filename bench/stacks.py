@@ -4,6 +4,11 @@ timestamps (so latencies are measured on one clock, the server's)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from metalflow.deployments.stack import Stack
+
 import contextlib
 import subprocess
 import sys
@@ -31,7 +36,7 @@ def stack(
     serve: bool = True,
     lab_timeout: float = 180,
     inventory_url: str | None = None,
-) -> Iterator[object]:
+) -> Iterator[Stack]:
     """A lab of ``hosts`` hosts and ``metalflow serve`` against the server at ``api_url`` (which
     must be up: the benchmarks share one), the inventory at ``inventory_url`` (None: a SQLite
     file under ``home``). Scheduled runs left behind are deleted on exit, so the next benchmark

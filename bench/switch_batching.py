@@ -19,7 +19,7 @@ from pathlib import Path
 
 from metalflow.bench.common import Figure, Report, default_out, free_block, main_for, summary
 
-SIZES = {"smoke": {"changes": 8, "repeats": 1}, "full": {"changes": 48, "repeats": 3}}
+SIZES: dict[str, dict[str, int]] = {"smoke": {"changes": 8, "repeats": 1}, "full": {"changes": 48, "repeats": 3}}
 DIALECTS = {"force10": "Force10", "cisco_ios": "CiscoIOS"}
 PASSWORD = "bench-switch-pw"
 VLAN = 100
@@ -124,7 +124,9 @@ def run(
         sim = _sim(dialect, f"{net}.{1 + j}", n)
         try:
             ports = list(sim.spec.ports[:n])
-            single, batch, wrong = [], [], 0
+            single: list[float] = []
+            batch: list[float] = []
+            wrong = 0
             counters = {}
             for _ in range(repeats):
                 for variant, fn, acc in (("per_change", _one_by_one, single), ("batched", _batched, batch)):

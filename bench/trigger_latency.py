@@ -22,12 +22,13 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from metalflow.bench.common import Figure, Report, backend, default_out, main_for, summary, workdir
 from metalflow.bench.stacks import flow_runs, stack, start_process, stop_process, task_runs, ts, wait_final, wait_idle
 from metalflow.integrations.common import Deadline
 
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"singles": 1, "baseline_singles": 1, "burst": 2},
     "full": {"singles": 100, "baseline_singles": 30, "burst": 50},
 }
@@ -63,8 +64,8 @@ def _latencies(api_url: str, ids: list[str]) -> list[dict]:
             {
                 "id": rid,
                 "state": (r.get("state") or {}).get("type"),
-                "to_first_task_s": None if first is None else first - created,
-                "to_flow_start_s": None if start is None else start - created,
+                "to_first_task_s": None if first is None or created is None else first - created,
+                "to_flow_start_s": None if start is None or created is None else start - created,
                 "run_s": r.get("total_run_time"),
             }
         )
@@ -154,6 +155,7 @@ def run(
             single_lat = {v: _latencies(be.api_url, ids) for v, ids in singles.items()}
             burst_lat = {v: _latencies(be.api_url, ids) for v, ids in bursts.items()}
             wait_idle(baseline.pid)
+            assert st.serve_proc is not None  # started by stack()
             wait_idle(st.serve_proc.pid)
         finally:
             stop_process(baseline)
