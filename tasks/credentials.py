@@ -18,6 +18,7 @@ import threading
 import time
 
 from metalflow.integrations.common import MetalflowError, Secret
+from metalflow.tasks.runtime import runtime
 
 
 class CredentialError(MetalflowError):
@@ -69,12 +70,10 @@ class _BlockCache:
             self._data[name] = (time.monotonic(), value)
         return value
 
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
 
-
-_blocks = _BlockCache()
+def _blocks() -> _BlockCache:
+    """The process's Secret block cache (a part of its ``Runtime``)."""
+    return runtime().part("secret-blocks", _BlockCache)
 
 
 def resolve(ref: str) -> Secret:
@@ -87,7 +86,7 @@ def resolve(ref: str) -> Secret:
         return Secret(os.environ[rest])
     if scheme == "block":
         name, _, key = rest.partition("#")
-        value = _blocks.get(name)
+        value = _blocks().get(name)
         if key:
             if isinstance(value, str):
                 try:
@@ -103,7 +102,3 @@ def resolve(ref: str) -> Secret:
             raise CredentialError(f"Secret block {name!r}{'#' + key if key else ''} does not hold a string")
         return Secret(value)
     raise CredentialError(f"unknown credential scheme {scheme!r} in {ref!r} (use env: or block:)")
-
-
-def clear_cache() -> None:
-    _blocks.clear()
