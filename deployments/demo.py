@@ -7,6 +7,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from metalflow.deployments.runtime import process_runtime
 from metalflow.deployments.stack import Stack
 from metalflow.integrations.common import Deadline
 from metalflow.integrations.prefectapi import PrefectApi, idempotency_key
@@ -14,6 +15,12 @@ from metalflow.tasks.settings import metalflow_home
 
 
 def run_demo(*, hosts: int, port: int, stay: bool, console: Console) -> int:
+    """The demo, with this process's runtime built for it and closed when it ends."""
+    with process_runtime("metalflow demo"):
+        return _demo(hosts=hosts, port=port, stay=stay, console=console)
+
+
+def _demo(*, hosts: int, port: int, stay: bool, console: Console) -> int:
     home = metalflow_home() / "demo"
     stack = Stack(home=home, api_url=f"http://127.0.0.1:{port}/api", hosts=hosts, switches=2, block=0)
     steps: list[tuple[str, str, str, float]] = []

@@ -66,12 +66,16 @@ def serve_all(*, schedules: bool = True, limit: int | None = None, isolated: boo
     """Serve every deployment from this process (the embedded default), schedules included:
     every run in a thread of this process (``deployments.pool``), or with ``isolated`` in a
     subprocess of its own (Prefect's ``serve``: more isolation, about 20 times the memory and
-    a second or two more before each run starts)."""
-    if isolated:
-        serve(*deployments(schedules=schedules), limit=limit, print_starting_message=False)
-        return
-    from metalflow.deployments import tlscache
-    from metalflow.deployments.pool import PooledRunner
+    a second or two more before each run starts). The process's runtime is built now and closed
+    when serving ends (``deployments.runtime``)."""
+    from metalflow.deployments.runtime import process_runtime
 
-    tlscache.install()  # every run's Prefect clients in this one process share their TLS contexts
-    PooledRunner(served(schedules=schedules), limit=limit).run()
+    with process_runtime("metalflow serve"):
+        if isolated:
+            serve(*deployments(schedules=schedules), limit=limit, print_starting_message=False)
+            return
+        from metalflow.deployments import tlscache
+        from metalflow.deployments.pool import PooledRunner
+
+        tlscache.install()  # every run's Prefect clients in this one process share their TLS contexts
+        PooledRunner(served(schedules=schedules), limit=limit).run()
