@@ -26,8 +26,8 @@ def _demo(*, hosts: int, port: int, stay: bool, console: Console) -> int:
     steps: list[tuple[str, str, str, float]] = []
     try:
         with console.status("starting the Prefect server (about 10 s the first time)..."):
-            stack.start_server()
-        console.print(f"Prefect server: {stack.server.ui_url}")
+            server = stack.start_server()
+        console.print(f"Prefect server: {server.ui_url}")
         with console.status("starting the lab (MAAS, BMCs, switches)..."):
             manifest = stack.start_lab()
         console.print(
@@ -78,7 +78,7 @@ def _demo(*, hosts: int, port: int, stay: bool, console: Console) -> int:
             table.add_row(run_name, state, f"{secs:.1f}")
         console.print(table)
         ok = len(steps) == len(plan) and all(s[1] == "Completed" for s in steps)
-        ui = stack.server.ui_url
+        ui = server.ui_url
         console.print(f"\nPrefect UI: [bold]{ui}/runs[/bold] (every run, its tasks, logs and the report artifact)")
         console.print(f"Lab state:  metalflow lab state --manifest {stack.manifest_path}")
         console.print(f"Inventory:  METALFLOW_HOME={home} metalflow hosts   |   metalflow events {name}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from prefect import serve
 from prefect.schedules import Interval
@@ -26,7 +27,7 @@ ON_DEMAND = (register_host, provision, stop, start, reboot, status, destroy, plu
 def served(cfg: Settings | None = None, *, schedules: bool = True) -> list[tuple]:
     """(flow, deployment) for every deployment this process serves."""
     cfg = cfg or settings()
-    out = [(f, f.to_deployment(name=DEPLOYMENT, tags=["metalflow"])) for f in ON_DEMAND]
+    out: list[tuple[Any, Any]] = [(f, f.to_deployment(name=DEPLOYMENT, tags=["metalflow"])) for f in ON_DEMAND]
     # Each scheduled power-poll run polls for the whole interval (its window), so one
     # long-running poller is always at work; the window rides on the schedule, not on the
     # deployment, so a run triggered by hand is still one quick sweep.

@@ -16,6 +16,7 @@ import json
 import os
 import threading
 import time
+from typing import Any
 
 from metalflow.integrations.common import MetalflowError, Secret
 from metalflow.tasks.runtime import runtime
@@ -59,8 +60,9 @@ class _BlockCache:
     def _load(self, name: str) -> object:
         from prefect.blocks.system import Secret as SecretBlock
 
+        load: Any = SecretBlock.load  # sync-compatible: typed as sync or async, called sync here
         try:
-            value = SecretBlock.load(name, _sync=True).get()
+            value = load(name, _sync=True).get()
         except ValueError:
             raise CredentialError(
                 f"no Prefect Secret block named {name!r}; create it in the UI "
