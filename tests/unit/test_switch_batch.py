@@ -19,8 +19,8 @@ from collections import defaultdict
 from contextlib import contextmanager
 
 from metalflow.integrations.switches import PortVlans, SwitchCommandFailed, SwitchSessionLost
-from metalflow.tasks.common import is_transient
 from metalflow.integrations.switches.batch import PortTarget, SessionAbandoned, SwitchBatches, SwitchOutcome
+from metalflow.tasks.common import is_transient
 from metalflow.tasks.switches import converge_switch
 
 SW = "tor-1"
