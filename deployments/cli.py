@@ -73,7 +73,9 @@ def worker(
     ),
 ) -> None:
     """Run a Prefect process worker for metalflow's pool (`prefect worker start`), with a short
-    poll interval and the flow-run heartbeats the crash automation watches."""
+    poll interval and the flow-run heartbeats the crash automation watches. This process
+    becomes the worker (``exec``); each flow run is a process of its own that gets its runtime
+    on first use (``deployments.runtime``)."""
     from metalflow.deployments.workers import worker_command, worker_env
 
     cmd = worker_command(pool, name=name, limit=limit)

@@ -7,6 +7,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from metalflow.deployments.runtime import process_runtime
 from metalflow.deployments.stack import Stack
 from metalflow.integrations.common import Deadline
 from metalflow.integrations.prefectapi import PrefectApi, idempotency_key
@@ -14,13 +15,19 @@ from metalflow.tasks.settings import metalflow_home
 
 
 def run_demo(*, hosts: int, port: int, stay: bool, console: Console) -> int:
+    """The demo, with this process's runtime built for it and closed when it ends."""
+    with process_runtime("metalflow demo"):
+        return _demo(hosts=hosts, port=port, stay=stay, console=console)
+
+
+def _demo(*, hosts: int, port: int, stay: bool, console: Console) -> int:
     home = metalflow_home() / "demo"
     stack = Stack(home=home, api_url=f"http://127.0.0.1:{port}/api", hosts=hosts, switches=2, block=0)
     steps: list[tuple[str, str, str, float]] = []
     try:
         with console.status("starting the Prefect server (about 10 s the first time)..."):
-            stack.start_server()
-        console.print(f"Prefect server: {stack.server.ui_url}")
+            server = stack.start_server()
+        console.print(f"Prefect server: {server.ui_url}")
         with console.status("starting the lab (MAAS, BMCs, switches)..."):
             manifest = stack.start_lab()
         console.print(
@@ -71,7 +78,7 @@ def run_demo(*, hosts: int, port: int, stay: bool, console: Console) -> int:
             table.add_row(run_name, state, f"{secs:.1f}")
         console.print(table)
         ok = len(steps) == len(plan) and all(s[1] == "Completed" for s in steps)
-        ui = stack.server.ui_url
+        ui = server.ui_url
         console.print(f"\nPrefect UI: [bold]{ui}/runs[/bold] (every run, its tasks, logs and the report artifact)")
         console.print(f"Lab state:  metalflow lab state --manifest {stack.manifest_path}")
         console.print(f"Inventory:  METALFLOW_HOME={home} metalflow hosts   |   metalflow events {name}")

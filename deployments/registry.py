@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from prefect import serve
 from prefect.schedules import Interval
@@ -26,7 +27,7 @@ ON_DEMAND = (register_host, provision, stop, start, reboot, status, destroy, plu
 def served(cfg: Settings | None = None, *, schedules: bool = True) -> list[tuple]:
     """(flow, deployment) for every deployment this process serves."""
     cfg = cfg or settings()
-    out = [(f, f.to_deployment(name=DEPLOYMENT, tags=["metalflow"])) for f in ON_DEMAND]
+    out: list[tuple[Any, Any]] = [(f, f.to_deployment(name=DEPLOYMENT, tags=["metalflow"])) for f in ON_DEMAND]
     # Each scheduled power-poll run polls for the whole interval (its window), so one
     # long-running poller is always at work; the window rides on the schedule, not on the
     # deployment, so a run triggered by hand is still one quick sweep.
@@ -66,12 +67,16 @@ def serve_all(*, schedules: bool = True, limit: int | None = None, isolated: boo
     """Serve every deployment from this process (the embedded default), schedules included:
     every run in a thread of this process (``deployments.pool``), or with ``isolated`` in a
     subprocess of its own (Prefect's ``serve``: more isolation, about 20 times the memory and
-    a second or two more before each run starts)."""
-    if isolated:
-        serve(*deployments(schedules=schedules), limit=limit, print_starting_message=False)
-        return
-    from metalflow.deployments import tlscache
-    from metalflow.deployments.pool import PooledRunner
+    a second or two more before each run starts). The process's runtime is built now and closed
+    when serving ends (``deployments.runtime``)."""
+    from metalflow.deployments.runtime import process_runtime
 
-    tlscache.install()  # every run's Prefect clients in this one process share their TLS contexts
-    PooledRunner(served(schedules=schedules), limit=limit).run()
+    with process_runtime("metalflow serve"):
+        if isolated:
+            serve(*deployments(schedules=schedules), limit=limit, print_starting_message=False)
+            return
+        from metalflow.deployments import tlscache
+        from metalflow.deployments.pool import PooledRunner
+
+        tlscache.install()  # every run's Prefect clients in this one process share their TLS contexts
+        PooledRunner(served(schedules=schedules), limit=limit).run()

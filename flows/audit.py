@@ -18,12 +18,11 @@ from prefect.runtime import flow_run
 
 from metalflow.flows.runbook import host_lock
 from metalflow.integrations.inventory import SwitchInfo, VlanInfo
+from metalflow.integrations.switches.batch import PortTarget, plan_port
 from metalflow.tasks import clients, switches
 from metalflow.tasks import inventory as inv_t
 from metalflow.tasks.common import logger, write_journal
 from metalflow.tasks.inventory import targets_from
-from metalflow.tasks.locks import switch_lock
-from metalflow.tasks.switches import PortTarget, plan_port
 
 #: How long a repair waits for a host's lock before it skips the host (seconds, after the
 #: first second's try).
@@ -49,24 +48,20 @@ def _vlans(untagged: int | None, tagged) -> str:
 def audit_switch(switch: SwitchInfo, targets: list[PortTarget], owners: dict[str, str | None]) -> list[dict]:
     """One session per switch: read each port, return the ones that differ from the target."""
     drift = []
-    driver = clients.switch(switch)
-    try:
-        with switch_lock(switch.name), driver.session() as s:
-            for t in targets:
-                current = s.port_vlans(t.port)
-                if plan_port(current, t):
-                    drift.append(
-                        {
-                            "switch": switch.name,
-                            "port": t.port,
-                            "host": owners.get(t.port),
-                            "want": _vlans(t.untagged, t.tagged),
-                            "found": _vlans(current.untagged, current.tagged),
-                            "repaired": "no",
-                        }
-                    )
-    finally:
-        driver.close()
+    found = switches.read_ports(switch, [t.port for t in targets])
+    for t in targets:
+        current = found[t.port]
+        if plan_port(current, t):
+            drift.append(
+                {
+                    "switch": switch.name,
+                    "port": t.port,
+                    "host": owners.get(t.port),
+                    "want": _vlans(t.untagged, t.tagged),
+                    "found": _vlans(current.untagged, current.tagged),
+                    "repaired": "no",
+                }
+            )
     return drift
 
 

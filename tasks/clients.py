@@ -1,12 +1,11 @@
 """Clients built from settings and credential references, inside the worker process.
 
-Each worker process keeps one inventory engine and one MAAS session (connection reuse);
-BMC and switch clients are made per call, since each targets one device."""
+Each process keeps one inventory engine, one journal group commit and one MAAS session
+(connection reuse), as parts of its ``Runtime``: made on first use for the settings of the
+moment (an edited inventory URL or MAAS reference gets its own), closed when the runtime
+closes. BMC and switch clients are made per call, since each targets one device."""
 
 from __future__ import annotations
-
-import threading
-from functools import lru_cache
 
 from metalflow.integrations.inventory import HostInfo, Inventory, SwitchInfo
 from metalflow.integrations.inventory.group import GroupJournal
@@ -15,53 +14,49 @@ from metalflow.integrations.maas import MaasClient
 from metalflow.integrations.maas.preseed import LocalPreseedStore, PreseedStore, SftpPreseedStore
 from metalflow.integrations.switches import SwitchDriver, connect
 from metalflow.tasks.credentials import resolve
+from metalflow.tasks.runtime import runtime
 from metalflow.tasks.settings import settings
 
-_lock = threading.Lock()
 
-
-@lru_cache(maxsize=4)
 def _inventory(url: str) -> Inventory:
-    inv = Inventory(url)
-    inv.upgrade()
-    return inv
+    def make() -> Inventory:
+        inv = Inventory(url)
+        inv.upgrade()
+        return inv
+
+    return runtime().part(("inventory", url), make, Inventory.dispose)
 
 
 def inventory() -> Inventory:
-    with _lock:
-        return _inventory(settings().resolved_inventory_url())
-
-
-@lru_cache(maxsize=4)
-def _journal(url: str) -> GroupJournal:
-    return GroupJournal(_inventory(url))
+    return _inventory(settings().resolved_inventory_url())
 
 
 def journal() -> GroupJournal:
     """The process's journal writer: the lines that the runs of this process write at the
     same time share one transaction (``integrations.inventory.group``)."""
-    with _lock:
-        return _journal(settings().resolved_inventory_url())
-
-
-@lru_cache(maxsize=4)
-def _maas(ref: str, wait_interval: float) -> MaasClient:
-    return MaasClient.from_settings(resolve(ref), watch_interval=wait_interval)
+    url = settings().resolved_inventory_url()
+    return runtime().part(("journal", url), lambda: GroupJournal(_inventory(url)))
 
 
 def maas() -> MaasClient:
-    with _lock:
-        cfg = settings()
-        return _maas(cfg.maas_settings_ref, cfg.maas_wait_interval)
+    cfg = settings()
+    ref, interval = cfg.maas_settings_ref, cfg.maas_wait_interval
+    return runtime().part(
+        ("maas", ref, interval),
+        lambda: MaasClient.from_settings(resolve(ref), watch_interval=interval),
+        MaasClient.close,
+    )
 
 
 def bmc(host: HostInfo, **kwargs) -> BmcClient:
+    runtime()  # the pyghmi shim is in place before the first BMC call of the process
     return BmcClient(
         host.ipmi_address, host.ipmi_username, resolve(host.ipmi_credential_ref), port=host.ipmi_port, **kwargs
     )
 
 
 def bmc_target(host: HostInfo) -> BmcTarget:
+    runtime()  # the pyghmi shim is in place before the first BMC call of the process
     return BmcTarget(
         key=host.name,
         address=host.ipmi_address,

@@ -16,8 +16,10 @@ import json
 import os
 import threading
 import time
+from typing import Any
 
 from metalflow.integrations.common import MetalflowError, Secret
+from metalflow.tasks.runtime import runtime
 
 
 class CredentialError(MetalflowError):
@@ -58,8 +60,9 @@ class _BlockCache:
     def _load(self, name: str) -> object:
         from prefect.blocks.system import Secret as SecretBlock
 
+        load: Any = SecretBlock.load  # sync-compatible: typed as sync or async, called sync here
         try:
-            value = SecretBlock.load(name, _sync=True).get()
+            value = load(name, _sync=True).get()
         except ValueError:
             raise CredentialError(
                 f"no Prefect Secret block named {name!r}; create it in the UI "
@@ -69,12 +72,10 @@ class _BlockCache:
             self._data[name] = (time.monotonic(), value)
         return value
 
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
 
-
-_blocks = _BlockCache()
+def _blocks() -> _BlockCache:
+    """The process's Secret block cache (a part of its ``Runtime``)."""
+    return runtime().part("secret-blocks", _BlockCache)
 
 
 def resolve(ref: str) -> Secret:
@@ -87,7 +88,7 @@ def resolve(ref: str) -> Secret:
         return Secret(os.environ[rest])
     if scheme == "block":
         name, _, key = rest.partition("#")
-        value = _blocks.get(name)
+        value = _blocks().get(name)
         if key:
             if isinstance(value, str):
                 try:
@@ -103,7 +104,3 @@ def resolve(ref: str) -> Secret:
             raise CredentialError(f"Secret block {name!r}{'#' + key if key else ''} does not hold a string")
         return Secret(value)
     raise CredentialError(f"unknown credential scheme {scheme!r} in {ref!r} (use env: or block:)")
-
-
-def clear_cache() -> None:
-    _blocks.clear()

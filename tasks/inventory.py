@@ -4,10 +4,10 @@ the VM a host carries."""
 from __future__ import annotations
 
 from metalflow.integrations.inventory import CabledPort, DesiredVlan, HostInfo, VlanInfo
+from metalflow.integrations.switches.batch import PortTarget
 from metalflow.tasks import clients
 from metalflow.tasks.common import runbook_task
 from metalflow.tasks.settings import settings
-from metalflow.tasks.switches import PortTarget
 
 
 def pxe_vlan_for(switch_pxe_vlan: int | None) -> int:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-from functools import lru_cache
+import threading
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
+
+from metalflow.tasks.runtime import runtime
 
 
 def metalflow_home() -> Path:
@@ -105,10 +107,24 @@ def _fingerprint() -> tuple:
     )
 
 
-@lru_cache(maxsize=1)
-def _settings(fingerprint: tuple) -> Settings:
-    return load_settings()
+class _Latest:
+    """The settings last read and what they were read from: read again once that changed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._read: tuple[tuple, Settings] | None = None
+
+    def get(self) -> Settings:
+        fingerprint = _fingerprint()
+        with self._lock:
+            if self._read is not None and self._read[0] == fingerprint:
+                return self._read[1]
+        value = load_settings()
+        with self._lock:
+            self._read = (fingerprint, value)
+        return value
 
 
 def settings() -> Settings:
-    return _settings(_fingerprint())
+    """The settings now (kept by the process's ``Runtime``, read again after an edit)."""
+    return runtime().part("settings", _Latest).get()

@@ -420,14 +420,15 @@ def test_a_silent_listener_gives_up_within_the_deadline():
         assert ei.value.transient
 
 
-# --- the group commit (tasks.switches.SwitchBatch) over real SSH ----------------------------
+# --- the group commit (integrations.switches.batch.SwitchBatch) over real SSH ----------------------------
 
 
 def converge_at_once(sw, requests: dict[str, list]) -> tuple[dict[str, object], dict[str, int]]:
     """Each request converged from its own thread, as the runs of ``metalflow serve`` do, all
     queued before the first session opens. What each got (its lines, or its error) by host,
     and how the switch's counters moved."""
-    from metalflow.tasks.switches import SwitchBatches, converge_switch
+    from metalflow.integrations.switches.batch import SwitchBatches
+    from metalflow.tasks.switches import converge_switch
 
     batches = SwitchBatches()
     batch = batches.of(sw.sim.spec.name)
@@ -465,7 +466,7 @@ def converge_at_once(sw, requests: dict[str, list]) -> tuple[dict[str, object], 
 
 
 def test_runs_converging_at_once_share_one_session(sw):
-    from metalflow.tasks.switches import PortTarget
+    from metalflow.integrations.switches.batch import PortTarget
 
     name = sw.sim.spec.name
     ports = {f"host-{i}": sw.port(16 + i) for i in range(1, 9)}
@@ -485,7 +486,7 @@ def test_runs_converging_at_once_share_one_session(sw):
 
 
 def test_a_refused_port_fails_its_run_only_and_the_session_goes_on(sw):
-    from metalflow.tasks.switches import PortTarget
+    from metalflow.integrations.switches.batch import PortTarget
 
     name = sw.sim.spec.name
     missing = "1/1/99" if sw.sim.spec.dialect == "force10" else "GigabitEthernet1/0/99"
@@ -505,7 +506,7 @@ def test_a_refused_port_fails_its_run_only_and_the_session_goes_on(sw):
 
 
 def test_a_dropped_session_fails_the_runs_it_took_and_the_others_get_a_new_one(sw):
-    from metalflow.tasks.switches import PortTarget
+    from metalflow.integrations.switches.batch import PortTarget
 
     name = sw.sim.spec.name
     ports = {f"host-{i}": sw.port(26 + i) for i in range(1, 5)}

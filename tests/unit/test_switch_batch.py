@@ -1,4 +1,4 @@
-"""The group commit on a switch (``tasks.switches.SwitchBatch``): its concurrency logic, with
+"""The group commit on a switch (``integrations.switches.batch.SwitchBatch``): its concurrency logic, with
 threads of this process as the runs of ``metalflow serve``.
 
 The switch here is a small in-memory fake (``FakeSwitch``) injected as the session opener:
@@ -19,8 +19,9 @@ from collections import defaultdict
 from contextlib import contextmanager
 
 from metalflow.integrations.switches import PortVlans, SwitchCommandFailed, SwitchSessionLost
+from metalflow.integrations.switches.batch import PortTarget, SessionAbandoned, SwitchBatches, SwitchOutcome
 from metalflow.tasks.common import is_transient
-from metalflow.tasks.switches import PortTarget, SessionAbandoned, SwitchBatches, SwitchOutcome, converge_switch
+from metalflow.tasks.switches import converge_switch
 
 SW = "tor-1"
 PXE = 10
