@@ -8,32 +8,29 @@ destroy use, so it is journaled and verified the same way."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import ExitStack
 from itertools import groupby
+from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from metalflow.flows.runbook import host_lock
+from metalflow.flows.runbook import host_lock, md_cell, publish_markdown
 from metalflow.integrations.inventory import SwitchInfo, VlanInfo
 from metalflow.integrations.switches.batch import PortTarget, plan_port
 from metalflow.tasks import clients, switches
 from metalflow.tasks import inventory as inv_t
 from metalflow.tasks.common import logger, write_journal
-from metalflow.tasks.inventory import targets_from
+from metalflow.tasks.inventory import PortState, targets_from
 
 #: How long a repair waits for a host's lock before it skips the host (seconds, after the
 #: first second's try).
 REPAIR_LOCK_WAIT = 2.0
 
 
-def _cell(value) -> str:
-    return str(value or "-").replace("|", "\\|").replace("\n", " ")[:300]
-
-
-def _vlans(untagged: int | None, tagged) -> str:
+def _vlans(untagged: int | None, tagged: Iterable[int]) -> str:
     return f"untagged {untagged or '-'} tagged {','.join(map(str, sorted(tagged))) or '-'}"
 
 
@@ -45,7 +42,7 @@ def _vlans(untagged: int | None, tagged) -> str:
     retries=2,
     retry_delay_seconds=[2, 10],
 )
-def audit_switch(switch: SwitchInfo, targets: list[PortTarget], owners: dict[str, str | None]) -> list[dict]:
+def audit_switch(switch: SwitchInfo, targets: list[PortTarget], owners: dict[str, str | None]) -> list[dict[str, Any]]:
     """One session per switch: read each port, return the ones that differ from the target."""
     drift = []
     found = switches.read_ports(switch, [t.port for t in targets])
@@ -83,7 +80,7 @@ def repair_host(host: str) -> str:
             logger().warning("%s is busy with another operation: not repaired now", host)
             return "no: another operation holds the host"
         h = inv_t.load_host(host)
-        sent = switches.converge_ports(h, inv_t.want_ports(h, "keep"))
+        sent = switches.converge_ports(h, inv_t.want_ports(h, PortState.KEEP))
         return "yes" if sent else "yes (already right on a second read)"
 
 
@@ -96,10 +93,10 @@ def _run_name() -> str:
 
 
 @flow(name="audit", flow_run_name=_run_name, log_prints=True)
-def audit(repair: bool = False) -> dict:
+def audit(repair: bool = False) -> dict[str, Any]:
     inv = clients.inventory()
     switches_ = inv.list_switches()
-    drift: list[dict] = []
+    drift: list[dict[str, Any]] = []
     problems: list[str] = []
     ports = 0
     for sw in switches_:
@@ -144,13 +141,15 @@ def audit(repair: bool = False) -> dict:
     if drift:
         lines += ["| switch | port | host | should carry | found | repaired |", "|---|---|---|---|---|---|"]
         lines += [
-            "| " + " | ".join(_cell(d[k]) for k in ("switch", "port", "host", "want", "found", "repaired")) + " |"
+            "| "
+            + " | ".join(md_cell(d[k] or "-", 300) for k in ("switch", "port", "host", "want", "found", "repaired"))
+            + " |"
             for d in drift
         ]
         logger().warning("VLAN drift on %d ports%s", len(drift), f" ({repaired} repaired)" if repair else "")
     if problems:
         lines += ["", "## incomplete", ""] + [f"- {p}" for p in problems]
-    create_markdown_artifact(markdown="\n".join(lines), key="audit", description=f"drift on {len(drift)} ports")
+    publish_markdown("audit", "\n".join(lines), f"drift on {len(drift)} ports")
     if problems:
         raise AuditIncomplete("; ".join(problems))
     return {"ports": ports, "drift": drift, "repaired": repaired}

@@ -23,18 +23,23 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+from uuid import UUID
 
 from prefect import flow
 from prefect.runtime import flow_run
-from prefect.states import Completed
+from prefect.states import Completed, State
 
 from metalflow.flows.models import BulkItem, EraseMode
 from metalflow.flows.provision import provision
+from metalflow.flows.runbook import inline_steps, md_cell, publish_markdown
 from metalflow.integrations.common import Deadline
 from metalflow.integrations.common.deadline import Clock, MonotonicClock
-from metalflow.tasks.common import inline_steps, logger
+from metalflow.tasks.common import logger
 from metalflow.tasks.settings import settings
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
 
 #: The journaled runbook step whose success is a host's milestone (MAAS accepted the deploy).
 MILESTONE_STEP = "deploy-machine"
@@ -53,10 +58,16 @@ class BulkFailed(Exception):
 
 
 class HostLike(Protocol):
-    name: str
-    maas_system_id: str | None
-    maintenance: bool
-    maintenance_reason: str | None
+    """What the plan reads of a host (``HostInfo`` is one; read-only, as a frozen record)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def maas_system_id(self) -> str | None: ...
+    @property
+    def maintenance(self) -> bool: ...
+    @property
+    def maintenance_reason(self) -> str | None: ...
 
 
 # --- the plan: checked once, before anything starts ---------------------------------------------
@@ -172,7 +183,7 @@ class HostRun:
     milestone_at: datetime | None = None
     ended_at: datetime | None = None
     outcome: Outcome | None = None
-    future: Future | None = None
+    future: Future[Outcome] | None = None
     deadline: Deadline | None = None
 
     @property
@@ -216,7 +227,7 @@ class Waves:
     so the gating logic is tested without Prefect."""
 
     plan: Plan
-    start: Callable[[HostRun], Future]
+    start: Callable[[HostRun], Future[Outcome]]
     milestone: Callable[[HostRun], datetime | None]
     poll: float = 0.5
     clock: Clock = field(default_factory=MonotonicClock)
@@ -259,7 +270,7 @@ class Waves:
                 "bulk %s; %d host(s) not started", aborted, sum(1 for r in self.runs if r.gate == NOT_STARTED)
             )
         started = [r for r in self.runs if r.future is not None]
-        wait([r.future for r in started])
+        wait([r.future for r in started if r.future is not None])
         for r in started:
             self._update(r)
         return BulkResult(self.runs, aborted)
@@ -268,8 +279,12 @@ class Waves:
         r.gate, r.started_at = WAITING, _now()
         r.deadline = Deadline(self.plan.milestone_timeout, self.clock)
         r.future = self.start(r)
-        # Stamped by the thread that ends the host's run, not when the bulk next looks.
-        r.future.add_done_callback(lambda _, r=r: setattr(r, "ended_at", r.ended_at or _now()))
+
+        def ended(_: Future[Outcome]) -> None:
+            # Stamped by the thread that ends the host's run, not when the bulk next looks.
+            r.ended_at = r.ended_at or _now()
+
+        r.future.add_done_callback(ended)
 
     def _wait_gate(self, group: list[HostRun], *, canary: bool) -> None:
         """Until every host of ``group`` passed its milestone, failed or ran out of time;
@@ -285,7 +300,7 @@ class Waves:
             if not canary and self.failures() > self.plan.max_failures:
                 return
             # Wakes at once when a host ends; otherwise polls the milestone.
-            wait([r.future for r in waiting], timeout=self.poll, return_when=FIRST_COMPLETED)
+            wait([r.future for r in waiting if r.future is not None], timeout=self.poll, return_when=FIRST_COMPLETED)
 
     def _update(self, r: HostRun) -> None:
         if r.future is None:
@@ -320,7 +335,7 @@ class Waves:
             return None
 
 
-def _outcome(fut: Future) -> Outcome:
+def _outcome(fut: Future[Outcome]) -> Outcome:
     try:
         return fut.result()
     except Exception as exc:  # noqa: BLE001 - the child's engine itself broke: a failure
@@ -362,14 +377,16 @@ class Children:
         self._looked = 0.0
         self._hits: dict[str, list[tuple[datetime, str | None]]] = {}
 
-    def _read(self) -> list:
+    def _read(self) -> list[FlowRun]:
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
         self._refreshed = time.monotonic()
         with get_client(sync_client=True) as client:
             return client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[self.parent_id]))
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[UUID(self.parent_id)])
+                )
             )
 
     def ignore_existing(self) -> None:
@@ -480,12 +497,12 @@ def report_markdown(
                     r.host,
                     r.item.vm.name,
                     r.wave,
-                    _cell(outcome),
+                    md_cell(outcome, 300),
                     at(r.started_at),
                     at(r.milestone_at),
                     at(r.ended_at),
                     duration,
-                    _cell(child),
+                    md_cell(child, 300),
                     "",
                 ]
             ).strip()
@@ -498,19 +515,6 @@ def report_markdown(
     return "\n".join(lines)
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")[:300]
-
-
-def _publish(markdown: str, description: str) -> None:
-    from prefect.artifacts import create_markdown_artifact
-
-    try:
-        create_markdown_artifact(markdown=markdown, key="bulk-provision", description=description[:500])
-    except Exception as exc:  # noqa: BLE001 - a report must not fail the operation
-        logger().warning("could not publish the bulk report: %s", exc)
-
-
 @flow(name="bulk-provision", flow_run_name=bulk_run_name, log_prints=True)
 def bulk_provision(
     requests: list[BulkItem],
@@ -520,7 +524,7 @@ def bulk_provision(
     erase_on_failure: EraseMode | None = None,
     milestone_timeout: float | None = None,
     step_task_runs: bool = False,
-):
+) -> State[Any]:
     """Provision every ``requests`` host with its VM: the ``canary`` first hosts, then waves
     of ``wave_size``, each started when the previous one passed its milestone; no new host
     once more than ``max_failures`` failed. ``milestone_timeout`` (default: the
@@ -546,14 +550,14 @@ def bulk_provision(
             lookup=inv.find_host,
         )
     except BulkRefused as exc:
-        _publish(f"# {title}\n\n**Outcome:** {exc}", str(exc))
+        publish_markdown("bulk-provision", f"# {title}\n\n**Outcome:** {exc}", str(exc))
         raise
     children = Children(str(flow_run.id), [item.host for item in plan.items])
     children.ignore_existing()
     log = logger()
     with ThreadPoolExecutor(max_workers=len(plan.items), thread_name_prefix="bulk") as pool:
 
-        def start(r: HostRun) -> Future:
+        def start(r: HostRun) -> Future[Outcome]:
             # Each thread runs in its own copy of this flow's context: the subflow sees its
             # parent run and is recorded as its child (parent_task_run_id).
             ctx = contextvars.copy_context()
@@ -565,7 +569,7 @@ def bulk_provision(
     except Exception as exc:  # noqa: BLE001 - only the report's run names are missing then
         log.warning("could not read the child runs: %s", exc)
     summary = result.summary()
-    _publish(report_markdown(result, plan, children, began, title), summary)
+    publish_markdown("bulk-provision", report_markdown(result, plan, children, began, title), summary)
     _, failed, idle = result.count()
     if failed or idle:
         raise BulkFailed(summary)

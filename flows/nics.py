@@ -10,14 +10,14 @@ from collections.abc import Callable
 from prefect import flow
 from prefect.runtime import flow_run
 
-from metalflow.flows.runbook import Report, host_lock
-from metalflow.integrations.inventory import HostInfo
+from metalflow.flows.runbook import Refused, Runbook, host_lock
+from metalflow.integrations.inventory import HostInfo, VlanInfo
 from metalflow.tasks import clients, switches
 from metalflow.tasks import inventory as inv_t
 from metalflow.tasks.common import logger
 
 
-class NicRefused(ValueError):
+class NicRefused(Refused, ValueError):
     """The request cannot be honoured as given; nothing was changed."""
 
 
@@ -36,55 +36,37 @@ def _check_vlan_id(vlan: int) -> None:
         raise NicRefused("vlan: 1 is every switch's default VLAN, which metalflow never changes; use 2-4094")
 
 
-def _refuse(report: Report, exc: NicRefused) -> None:
-    report.outcome = f"refused, nothing changed: {exc}"
-    report.publish()
-    raise exc
-
-
 @flow(name="plug-nic", flow_run_name=_run_name("plug-nic"), log_prints=True)
 def plug_nic(host: str, vlan: int) -> str:
-    report = Report("plug-nic", host, f"VLAN {vlan}")
-    try:
+    with Runbook("plug-nic", host, f"VLAN {vlan}") as rb:
         _check_vlan_id(vlan)
-    except NicRefused as exc:
-        _refuse(report, exc)
-    with host_lock(host, "plug-nic"):
-        h = inv_t.load_host(host)
-        report.host = h.name
-        try:
-            if vlan in inv_t.pxe_vlans(h):
+        with host_lock(host, "plug-nic"):
+            h = rb.load_host(host)
+            if vlan in rb.run(inv_t.pxe_vlans, h):
                 raise NicRefused(f"vlan: {vlan} is the PXE (provisioning) VLAN; a VM cannot join it")
             if not h.last_vm_uuid:
                 # An extra VLAN on an idle host would be handed to whichever VM comes next.
                 raise NicRefused(f"host: {h.name} carries no VM; plug a NIC into a provisioned VM")
             if any(v.vlan == vlan and v.purpose == "guest" for v in _desired(h)):
                 raise NicRefused(f"vlan: {vlan} is already the default NIC's (guest) VLAN on {h.name}")
-        except NicRefused as exc:
-            _refuse(report, exc)
-        report.add(
-            "switch",
-            f"VLAN {vlan} tagged on every cabled port",
-            switches.converge_ports(h, inv_t.want_extra_vlan(h, vlan, True)),
-        )
-        report.outcome = f"VLAN {vlan} plugged"
-        report.publish()
-        return report.outcome
+            rb.step(
+                f"VLAN {vlan} tagged on every cabled port",
+                switches.converge_ports,
+                h,
+                rb.run(inv_t.want_extra_vlan, h, vlan, True),
+            )
+            rb.outcome = f"VLAN {vlan} plugged"
+            return rb.outcome
 
 
 @flow(name="unplug-nic", flow_run_name=_run_name("unplug-nic"), log_prints=True)
 def unplug_nic(host: str, vlan: int) -> str:
-    report = Report("unplug-nic", host, f"VLAN {vlan}")
-    try:
+    with Runbook("unplug-nic", host, f"VLAN {vlan}") as rb:
         _check_vlan_id(vlan)
-    except NicRefused as exc:
-        _refuse(report, exc)
-    with host_lock(host, "unplug-nic"):
-        h = inv_t.load_host(host)
-        report.host = h.name
-        desired = _desired(h)
-        try:
-            if vlan in inv_t.pxe_vlans(h):
+        with host_lock(host, "unplug-nic"):
+            h = rb.load_host(host)
+            desired = _desired(h)
+            if vlan in rb.run(inv_t.pxe_vlans, h):
                 raise NicRefused(
                     f"vlan: {vlan} is the PXE (provisioning) VLAN, not a NIC of the VM; "
                     "destroy puts the host back on it"
@@ -94,19 +76,17 @@ def unplug_nic(host: str, vlan: int) -> str:
                     f"vlan: {vlan} belongs to the default NIC of {h.name}; the default NIC "
                     "cannot be unplugged (destroy the VM instead)"
                 )
-        except NicRefused as exc:
-            _refuse(report, exc)
-        if not any(v.vlan == vlan for v in desired):
-            logger().info("VLAN %s is not plugged on %s: making sure the ports agree", vlan, h.name)
-        report.add(
-            "switch",
-            f"VLAN {vlan} off every cabled port",
-            switches.converge_ports(h, inv_t.want_extra_vlan(h, vlan, False)),
-        )
-        report.outcome = f"VLAN {vlan} unplugged"
-        report.publish()
-        return report.outcome
+            if not any(v.vlan == vlan for v in desired):
+                logger().info("VLAN %s is not plugged on %s: making sure the ports agree", vlan, h.name)
+            rb.step(
+                f"VLAN {vlan} off every cabled port",
+                switches.converge_ports,
+                h,
+                rb.run(inv_t.want_extra_vlan, h, vlan, False),
+            )
+            rb.outcome = f"VLAN {vlan} unplugged"
+            return rb.outcome
 
 
-def _desired(h: HostInfo):
+def _desired(h: HostInfo) -> list[VlanInfo]:
     return clients.inventory().desired_vlans(h.name)

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import Task, flow
 
-from metalflow.flows.runbook import Report, host_lock, run_name
-from metalflow.tasks import inventory as inv_t
+from metalflow.flows.runbook import Runbook, host_lock, run_name
+from metalflow.integrations.inventory import HostInfo
 from metalflow.tasks import ipmi
 from metalflow.tasks.common import logger
 
 
-def _power_flow(operation: str, host: str, action) -> str:
-    with host_lock(host, operation):
-        h = inv_t.load_host(host)
-        report = Report(operation, h.name, h.last_vm_name or "")
-        try:
-            result = action(h)
-        except Exception as exc:
-            report.add("ipmi", operation, f"FAILED: {exc}")
-            report.outcome = f"failed: {exc}"
-            report.publish()
-            raise
-        report.add("ipmi", operation, result)
-        report.outcome = result
-        report.publish()
+def _power_flow(operation: str, host: str, action: Task[..., str], *args: object) -> str:
+    """One power step under the host's lock; its result is the run's outcome."""
+    with host_lock(host, operation), Runbook(operation, host) as rb:
+        h = rb.load_host(host)
+        rb.subject = h.last_vm_name or ""
+        result = rb.step(operation, action, h, *args)
+        rb.outcome = result
         return result
 
 
@@ -35,7 +28,7 @@ def stop(host: str, soft_timeout: float | None = None) -> str:
             f"soft_timeout: {soft_timeout!r} must be a positive number of seconds "
             "(how long the OS gets to shut down before a hard power off)"
         )
-    return _power_flow("stop", host, lambda h: ipmi.shut_down(h, soft_timeout))
+    return _power_flow("stop", host, ipmi.shut_down, soft_timeout)
 
 
 @flow(name="start", flow_run_name=run_name("start"), log_prints=True)
@@ -51,11 +44,10 @@ def reboot(host: str) -> str:
 @flow(name="status", flow_run_name=run_name("status"), log_prints=True)
 def status(host: str) -> str:
     """Read the power state from the BMC now (no lock: a read never changes anything)."""
-    h = inv_t.load_host(host)
-    state = ipmi.read_power(h)
-    logger().info("%s is powered %s", h.name, state)
-    report = Report("status", h.name, h.last_vm_name or "")
-    report.add("ipmi", "read power", state)
-    report.outcome = f"power {state}"
-    report.publish()
-    return state
+    with Runbook("status", host) as rb:
+        h: HostInfo = rb.load_host(host)
+        rb.subject = h.last_vm_name or ""
+        state = rb.step("read power", ipmi.read_power, h)
+        logger().info("%s is powered %s", h.name, state)
+        rb.outcome = f"power {state}"
+        return state

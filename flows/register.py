@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from prefect import flow
 
-from metalflow.flows.provision import idle_name
-from metalflow.flows.runbook import Report, host_lock, run_name
-from metalflow.integrations.maas import NodeStatus
+from metalflow.flows.provision import idle_name, status_of
+from metalflow.flows.runbook import Runbook, Shown, host_lock, run_name
+from metalflow.integrations.maas import Machine, NodeStatus
 from metalflow.tasks import inventory as inv_t
 from metalflow.tasks import maas, switches
+from metalflow.tasks.inventory import PortState
+from metalflow.tasks.maas import WaitFor
 from metalflow.tasks.settings import settings
 
 S = NodeStatus
@@ -19,31 +21,37 @@ SETTLED = (S.READY, S.ALLOCATED, S.DEPLOYING, S.DEPLOYED)
 
 @flow(name="register-host", flow_run_name=run_name("register-host"), log_prints=True)
 def register_host(host: str) -> str:
-    with host_lock(host, "register-host"):
-        h = inv_t.load_host(host)
-        report = Report("register-host", h.name)
-        try:
-            if h.last_vm_uuid:
-                # A host that carries a VM is registered again (CloudStack re-adds it, an
-                # operator reruns): its ports carry the guest network; PXE would cut the VM off.
-                report.add("switch", "ports left alone", f"{h.name} carries VM {h.last_vm_name or h.last_vm_uuid}")
-            else:
-                # Commissioning PXE-boots: the cabled ports must be on the provisioning network.
-                report.add(
-                    "switch", "PXE VLAN on every cabled port", switches.converge_ports(h, inv_t.want_ports(h, "pxe"))
-                )
-            machine = maas.find_or_create_machine(h, idle_name(h))
-            report.add("maas", "adopt or enlist", f"{machine.system_id} ({machine.status.label})")
-            report.add("inventory", "record system_id", inv_t.record_system_id(h, machine.system_id))
-            h = inv_t.load_host(h.name)
-            if machine.status not in SETTLED:
-                report.add("maas", "commission", maas.commission_machine(h, machine.system_id))
-                ready = maas.wait_for_status(h, machine.system_id, "ready", settings().commission_timeout)
-                report.add("maas", "wait for Ready", ready.status.label)
-        except Exception as exc:
-            report.outcome = f"failed (a rerun continues): {exc}"
-            report.publish()
-            raise
-        report.outcome = f"{h.name} is {h.maas_system_id} in MAAS"
-        report.publish()
-        return report.outcome
+    with host_lock(host, "register-host"), Runbook("register-host", host, failed="failed (a rerun continues)") as rb:
+        h = rb.load_host(host)
+        if h.last_vm_uuid:
+            # A host that carries a VM is registered again (CloudStack re-adds it, an
+            # operator reruns): its ports carry the guest network; PXE would cut the VM off.
+            rb.note("switch", "ports left alone", f"{h.name} carries VM {h.last_vm_name or h.last_vm_uuid}")
+        else:
+            # Commissioning PXE-boots: the cabled ports must be on the provisioning network.
+            rb.step(
+                "PXE VLAN on every cabled port",
+                switches.converge_ports,
+                h,
+                rb.run(inv_t.want_ports, h, PortState.PXE),
+            )
+        machine = rb.step(Shown("adopt or enlist", adopted), maas.find_or_create_machine, h, idle_name(h))
+        rb.step("record system_id", inv_t.record_system_id, h, machine.system_id)
+        h = rb.load_host(h.name)
+        if machine.status not in SETTLED:
+            rb.step("commission", maas.commission_machine, h, machine.system_id)
+            rb.step(
+                Shown("wait for Ready", status_of),
+                maas.wait_for_status,
+                h,
+                machine.system_id,
+                WaitFor.READY,
+                settings().commission_timeout,
+            )
+        rb.outcome = f"{h.name} is {h.maas_system_id} in MAAS"
+        return rb.outcome
+
+
+def adopted(m: Machine) -> str:
+    """The machine MAAS adopted or enlisted, in the report: ``abc123 (Ready)``."""
+    return f"{m.system_id} ({m.status.label})"

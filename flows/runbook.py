@@ -1,27 +1,37 @@
-"""What every operation flow shares: the per-host lock, the undo stack, the run's report and
-its name. Flows stay readable as the runbook; the mechanics live here."""
+"""What every operation flow shares: the per-host lock, and the ``Runbook`` that owns a run's
+steps, its undo stack, its report, its outcome and their publishing. Flows stay readable as
+the runbook; the mechanics live here."""
 
 from __future__ import annotations
 
+import contextvars
 import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from types import TracebackType
+from typing import Any, Generic, ParamSpec, TypeVar
 
-from prefect import tags
+from prefect import Task, tags
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from metalflow.integrations.common.names import host_lock_name
-from metalflow.tasks.common import logger, write_journal
+from metalflow.integrations.inventory import HostInfo
+from metalflow.tasks import inventory
+from metalflow.tasks.common import logger, run_inline, system_of
 from metalflow.tasks.locks import acquire, ensure_limit
 from metalflow.tasks.settings import settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 LOCK_WAIT_SECONDS = 4 * 3600.0
 #: The tag every compensation task run carries (filter on it in the UI or the API).
 ROLLBACK_TAG = "rollback"
+#: A markdown table cell keeps at most this many characters (a long error stays readable).
+CELL_WIDTH = 400
 
 
 def ensure_host_limit(host: str) -> str:
@@ -34,9 +44,9 @@ def canonical_host(host: str) -> str:
     """The inventory name of ``host`` (given by name or CloudStack id), so that two runs for
     one machine take one lock however the caller named it. An unknown host fails here, named,
     before a lock (or anything else) is made for it."""
-    from metalflow.tasks.clients import inventory
+    from metalflow.tasks.clients import inventory as inventory_client
 
-    return inventory().get_host(host).name
+    return inventory_client().get_host(host).name
 
 
 @contextmanager
@@ -67,49 +77,28 @@ def host_lock(host: str, operation: str, wait: float = LOCK_WAIT_SECONDS) -> Ite
         yield
 
 
-@dataclass
-class Undo:
-    """Compensation: each change registers its undo right before it is made (a change that
-    fails half-way must be undone too, and every undo is idempotent, so undoing a change that
-    never happened is a no-op); on failure the undos run in reverse, each a visible task run
-    tagged ``rollback``, and one failing undo does not stop the others."""
-
-    steps: list[tuple[str, Callable[[], Any]]] = field(default_factory=list)
-
-    def push(self, label: str, fn: Callable[[], Any]) -> None:
-        if label not in [s[0] for s in self.steps]:  # registered twice: it keeps its first place
-            self.steps.append((label, fn))
-
-    def run(self, report: Report) -> list[str]:
-        """Undo everything registered, newest first. Returns the labels of the undos that
-        failed (empty: fully rolled back)."""
-        log = logger()
-        failed: list[str] = []
-        for label, fn in reversed(self.steps):
-            try:
-                with tags(ROLLBACK_TAG):
-                    result = fn()
-                report.add("rollback", label, result)
-            except Exception as exc:  # noqa: BLE001 - keep undoing
-                log.error("rollback step %r failed: %s", label, exc)
-                report.add("rollback", f"{label} FAILED", str(exc))
-                failed.append(label)
-        self.steps.clear()
-        return failed
+# --- markdown artifacts: one cell escape, one publisher ------------------------------------------
 
 
-class RolledBack(Exception):
-    """An operation failed after it began changing things; ``str()`` says why and whether
-    the compensation undid everything (the run's state message, what CloudStack shows).
-    Plain ``Exception(message)`` underneath, so it pickles like any other."""
+def md_cell(value: object, width: int = CELL_WIDTH) -> str:
+    """``value`` as one markdown table cell: pipes escaped, one line, at most ``width``
+    characters; None and "" are an empty cell."""
+    if value is None or value == "":
+        return ""
+    return str(value).replace("|", "\\|").replace("\n", " ")[:width]
 
-    @classmethod
-    def of(cls, reason: BaseException, undone: int, failed: list[str]) -> RolledBack:
-        if failed:
-            tail = f"ROLLBACK INCOMPLETE: {', '.join(failed)} failed (see the run's report and logs)"
-        else:
-            tail = f"rolled back ({undone} step{'s' if undone != 1 else ''} undone)"
-        return cls(f"{type(reason).__name__}: {reason} | {tail}")
+
+def publish_markdown(key: str, markdown: str, description: str) -> None:
+    """Publish a run's markdown artifact under ``key`` (made a valid artifact key: lower-case
+    letters, digits, dashes). Best effort: a report must not fail the operation it reports."""
+    key = re.sub(r"[^a-z0-9-]+", "-", key.lower()).strip("-")
+    try:
+        create_markdown_artifact(markdown=markdown, key=key, description=description[:500])
+    except Exception as exc:  # noqa: BLE001 - a report must not fail the operation
+        logger().warning("could not publish the run report %s: %s", key, exc)
+
+
+# --- the report ----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -123,11 +112,11 @@ class Report:
     sections: list[tuple[str, str]] = field(default_factory=list)
     outcome: str = "running"
 
-    def add(self, system: str, step: str, result: Any = "") -> None:
+    def add(self, system: str, step: str, result: object = "") -> None:
         if isinstance(result, (list, tuple)):
-            text = "<br>".join(_cell(r) for r in result) if result else "no change"
+            text = "<br>".join(md_cell(r) for r in result) if result else "no change"
         else:
-            text = _cell(result)
+            text = md_cell(result)
         self.rows.append((system, step, text))
 
     def section(self, title: str, body: str, lang: str = "") -> None:
@@ -149,22 +138,220 @@ class Report:
         return "\n".join(lines)
 
     def publish(self) -> None:
-        key = re.sub(r"[^a-z0-9-]+", "-", f"{self.operation}-{self.host}".lower()).strip("-")
+        publish_markdown(
+            f"{self.operation}-{self.host}", self.markdown(), f"{self.operation} on {self.host}: {self.outcome}"
+        )
+
+
+# --- outcomes ------------------------------------------------------------------------------------
+
+
+class Refused(Exception):
+    """A flow's input or precondition does not hold; raised before any change, so nothing
+    was changed. The ``Runbook`` publishes it as ``refused, nothing changed: ...``."""
+
+
+class RolledBack(Exception):
+    """An operation failed after it began changing things; ``str()`` says why and whether
+    the compensation undid everything (the run's state message, what CloudStack shows).
+    Plain ``Exception(message)`` underneath, so it pickles like any other."""
+
+    @classmethod
+    def of(cls, reason: BaseException, undone: int, failed: list[str]) -> RolledBack:
+        if failed:
+            tail = f"ROLLBACK INCOMPLETE: {', '.join(failed)} failed (see the run's report and logs)"
+        else:
+            tail = f"rolled back ({undone} step{'s' if undone != 1 else ''} undone)"
+        return cls(f"{type(reason).__name__}: {reason} | {tail}")
+
+
+@dataclass(frozen=True)
+class Shown(Generic[R]):
+    """A step's label with how its result reads in the report, when that is not ``str()``
+    (a ``Machine`` reads as its status): ``rb.step(Shown("wait for Ready", status_of), ...)``."""
+
+    label: str
+    show: Callable[[R], object]
+
+
+# --- inline steps: the same runbook without a Prefect task run per step --------------------------
+
+_INLINE: contextvars.ContextVar[bool] = contextvars.ContextVar("metalflow_inline_steps", default=False)
+
+
+@contextmanager
+def inline_steps() -> Iterator[None]:
+    """Within this block (this thread's context), every ``Runbook`` made without an explicit
+    ``inline`` runs its steps inline (see ``Runbook``). ``bulk-provision`` wraps each host's
+    provision subflow in it."""
+    token = _INLINE.set(True)
+    try:
+        yield
+    finally:
+        _INLINE.reset(token)
+
+
+class Runbook:
+    """One run of an operation flow: its steps, their undos, its report and its outcome.
+
+        with Runbook("provision", h.name, vm.name) as rb:
+            rb.undo("rename back", maas.rename_machine, h, idle_name(h))
+            rb.step(f"rename to {vm.name}", maas.rename_machine, h, vm.name)
+
+    A step is a runbook task: its row in the report names the task's system and the given
+    label, with its result (or ``FAILED: <error>``); the task journals itself. ``run`` calls a
+    task without a row (the reads a step needs).
+
+    Compensation: each change registers its undo right before it is made (a change that fails
+    half-way must be undone too, and every undo is idempotent, so undoing a change that never
+    happened is a no-op). Once ``begin_changes()`` was called (or an undo registered), an
+    exception ends the run by running the undos in reverse, each a visible task run tagged
+    ``rollback``, one failing undo not stopping the others; the run then fails with
+    ``RolledBack`` saying whether everything was undone. Before that, a ``Refused`` is
+    published as ``refused, nothing changed: ...`` and any other error as ``<failed>: ...``.
+    The report is published when the block ends, however it ends.
+
+    ``inline``: steps run as plain calls inside the flow run instead of as Prefect task runs:
+    the same function, journal line and report row, the same transient-only retries with
+    backoff, the clients' own deadlines (the task's ``timeout_seconds`` backstop does not
+    apply). Default: inside ``inline_steps()`` or not. Why: each task run costs the Prefect
+    server about three state events and the serving process its engine; under fifty
+    provisions at once on two cores that is most of the CPU (bench/provision_concurrency).
+    ``bulk-provision`` runs its hosts this way; each host still has its own run page, report,
+    logs and journal, only the per-step task rows go."""
+
+    def __init__(
+        self,
+        operation: str,
+        host: str,
+        subject: str = "",
+        *,
+        failed: str = "failed",
+        inline: bool | None = None,
+    ):
+        self.report = Report(operation, host, subject)
+        self.failed = failed
+        self.inline = _INLINE.get() if inline is None else inline
+        self.undos: list[tuple[str, Callable[[], object]]] = []
+        self.changing = False
+
+    # -- what a flow writes ----------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return self.report.host
+
+    @host.setter
+    def host(self, name: str) -> None:
+        self.report.host = name
+
+    @property
+    def subject(self) -> str:
+        return self.report.subject
+
+    @subject.setter
+    def subject(self, text: str) -> None:
+        self.report.subject = text
+
+    def load_host(self, host: str) -> HostInfo:
+        """The host's inventory record; the report names the host as the inventory does."""
+        h = self.run(inventory.load_host, host)
+        self.host = h.name
+        return h
+
+    @property
+    def outcome(self) -> str:
+        return self.report.outcome
+
+    @outcome.setter
+    def outcome(self, text: str) -> None:
+        self.report.outcome = text
+
+    def run(self, task: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call ``task``: a Prefect task run, or inline (see the class). No report row."""
+        if self.inline:
+            return run_inline(task, *args, **kwargs)
+        return task(*args, **kwargs)
+
+    def step(self, label: str | Shown[R], task: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run one runbook step and report it under the task's system."""
+        text, show = (label, None) if isinstance(label, str) else (label.label, label.show)
         try:
-            create_markdown_artifact(
-                markdown=self.markdown(), key=key, description=f"{self.operation} on {self.host}: {self.outcome}"
-            )
-        except Exception as exc:  # noqa: BLE001 - a report must not fail the operation
-            logger().warning("could not publish the run report: %s", exc)
+            result = self.run(task, *args, **kwargs)
+        except Exception as exc:
+            self.report.add(system_of(task), text, f"FAILED: {exc}")
+            raise
+        self.report.add(system_of(task), text, show(result) if show else result)
+        return result
 
+    def note(self, system: str, label: str, result: object = "") -> None:
+        """A report row that is no step of its own (a check, a step skipped and why)."""
+        self.report.add(system, label, result)
 
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")[:400] if value not in (None, "") else ""
+    def section(self, title: str, body: str, lang: str = "") -> None:
+        self.report.section(title, body, lang)
 
+    def begin_changes(self) -> None:
+        """From here on a failure is rolled back (even before the first undo is registered:
+        the rollback then says "0 steps undone")."""
+        self.changing = True
 
-def step(report: Report, system: str, label: str, result: Any) -> Any:
-    report.add(system, label, result)
-    return result
+    def undo(self, label: str, fn: Task[P, Any] | Callable[P, Any], *args: P.args, **kwargs: P.kwargs) -> None:
+        """Register the undo of the change that follows (a runbook task, called as ``run``
+        does, or a function that calls its tasks through this runbook). Registered twice
+        (a loop, a retried block): it keeps its first place."""
+        self.changing = True
+        if label in (u[0] for u in self.undos):
+            return
+        if isinstance(fn, Task):
+            task: Task[P, Any] = fn
+            self.undos.append((label, lambda: self.run(task, *args, **kwargs)))
+        else:
+            plain: Callable[P, Any] = fn
+            self.undos.append((label, lambda: plain(*args, **kwargs)))
+
+    # -- how a run ends ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Runbook:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc is None:
+            self.report.publish()
+            return
+        if not isinstance(exc, Exception):  # KeyboardInterrupt, a cancelled run's exit: as is
+            self.report.publish()
+            return
+        if not self.changing:
+            if isinstance(exc, Refused):
+                self.outcome = f"refused, nothing changed: {exc}"
+            else:
+                self.outcome = f"{self.failed}: {exc}"
+            self.report.publish()
+            return  # re-raised as it is
+        steps = len(self.undos)
+        failed = self.rollback()
+        outcome = RolledBack.of(exc, steps, failed)
+        self.outcome = f"failed: {outcome}"
+        self.report.publish()
+        raise outcome from exc
+
+    def rollback(self) -> list[str]:
+        """Undo everything registered, newest first. Returns the labels of the undos that
+        failed (empty: fully rolled back)."""
+        log = logger()
+        failed: list[str] = []
+        for label, fn in reversed(self.undos):
+            try:
+                with tags(ROLLBACK_TAG):
+                    result = fn()
+                self.report.add("rollback", label, result)
+            except Exception as exc:  # noqa: BLE001 - keep undoing
+                log.error("rollback step %r failed: %s", label, exc)
+                self.report.add("rollback", f"{label} FAILED", str(exc))
+                failed.append(label)
+        self.undos.clear()
+        return failed
 
 
 def run_name(operation: str, subject_param: str | None = None, subject_key: str | None = None) -> Callable[[], str]:
@@ -179,7 +366,3 @@ def run_name(operation: str, subject_param: str | None = None, subject_key: str 
         return f"{operation} {host}" + (f" → {subject}" if subject not in (None, "") else "")
 
     return name
-
-
-def journal_flow(host: str, outcome: str, detail: str = "") -> None:
-    write_journal(host, "flow", "metalflow", outcome, detail)

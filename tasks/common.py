@@ -7,20 +7,19 @@ hide the reason. Clients hold their own deadlines; ``timeout_seconds`` here is a
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import logging
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
-from prefect import get_run_logger, task
+from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from metalflow.integrations.common import Backoff, Deadline, DeadlineExceeded, retry
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -51,111 +50,76 @@ def runbook_task(
     run_name: str | None = None,
     journal: bool = True,
     **kwargs: Any,
-) -> Callable[[F], F]:
+) -> Callable[[Callable[P, R]], Task[P, R]]:
     """``@task`` with metalflow's defaults: transient-only retries with exponential backoff and
     jitter, a run name that includes the host, no result caching (a rerun must re-read the
     world, never replay a cached answer), and a journal line per attempt in the host's event
-    journal when the task's first parameter is ``host`` (a ``HostInfo``)."""
+    journal when the task's first parameter is ``host`` (a ``HostInfo``).
 
-    def deco(fn: F) -> F:
+    The task's function carries its ``system`` (``system_of``): a flow's ``Runbook`` reports
+    each step under it, and may call the function directly (inline) with the same retries."""
+
+    def deco(fn: Callable[P, R]) -> Task[P, R]:
         step = name or fn.__name__.replace("_", "-")
         body = _journaled(fn, step, system) if journal else fn
-        return Step(
-            task(  # type: ignore[return-value]
-                body,
-                name=step,
-                task_run_name=run_name or (step + " {host.name}"),
-                retries=retries,
-                retry_delay_seconds=exponential_backoff(backoff)(retries) if retries else 0,
-                retry_jitter_factor=0.5,
-                retry_condition_fn=transient_only,
-                timeout_seconds=timeout,
-                cache_policy=NO_CACHE,
-                persist_result=False,
-                **kwargs,
-            ),
-            retries,
-            backoff,
-        )
+        setattr(body, _SYSTEM, system)
+        options: dict[str, Any] = {
+            "name": step,
+            "task_run_name": run_name or (step + " {host.name}"),
+            "retries": retries,
+            "retry_delay_seconds": exponential_backoff(backoff)(retries) if retries else 0,
+            "retry_jitter_factor": 0.5,
+            "retry_condition_fn": transient_only,
+            "timeout_seconds": timeout,
+            "cache_policy": NO_CACHE,
+            "persist_result": False,
+            **kwargs,
+        }
+        return task(**options)(body)
 
     return deco
 
 
-# --- inline steps: the same runbook without a Prefect task run per step ------------------------
-
-_INLINE: contextvars.ContextVar[bool] = contextvars.ContextVar("metalflow_inline_steps", default=False)
-
-
-@contextlib.contextmanager
-def inline_steps() -> Iterator[None]:
-    """Within this block (this thread's context), runbook steps run as plain calls inside the
-    flow run instead of as Prefect task runs: the same function, journal line and report row,
-    the same transient-only retries with backoff (``integrations.common.retry``), and the
-    clients' own deadlines (the task's ``timeout_seconds`` backstop does not apply).
-
-    Why: each task run costs the Prefect server about three state events and the serving
-    process its engine; under fifty provisions at once on two cores that is most of the CPU
-    (bench/provision_concurrency). ``bulk-provision`` runs its hosts this way; each host
-    still has its own run page, report, logs and journal, only the per-step task rows go."""
-    token = _INLINE.set(True)
-    try:
-        yield
-    finally:
-        _INLINE.reset(token)
+#: The attribute of a runbook task's function that names its system (survives ``with_options``).
+_SYSTEM = "__metalflow_system__"
 
 
-class Step:
-    """A runbook step: calls its Prefect task, or inside ``inline_steps()`` its function
-    directly. Everything else (``.fn``, ``.name``, ``.submit``) is the task's."""
+def system_of(step: Task[..., Any]) -> str:
+    """The system a runbook task acts on (``maas``, ``switch``, ``ipmi``, ``inventory``)."""
+    return str(getattr(step.fn, _SYSTEM, "") or step.name)
 
-    def __init__(self, task_: Any, retries: int, backoff: float):
-        self.task, self.retries, self.backoff = task_, retries, backoff
-        functools.update_wrapper(self, task_.fn)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if not _INLINE.get():
-            return self.task(*args, **kwargs)
-        log = logger()
+def run_inline(step: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """Call a task's function directly, not as a Prefect task run, with the task's own
+    transient-only retries and backoff (``integrations.common.retry``) and the clients' own
+    deadlines (the task's ``timeout_seconds`` backstop does not apply). The journal line is
+    the function's, so it is written as always."""
+    log = logger()
+    retries = step.retries or 0
+    delays = step.retry_delay_seconds
+    if isinstance(delays, (list, tuple)):
+        first, cap = (float(delays[0]), float(delays[-1])) if delays else (0.0, 0.0)
+    else:
+        first = float(delays or 0)
+        cap = first * 2 ** max(0, retries - 1)
 
-        def again(attempt: int, exc: BaseException, delay: float) -> None:
-            log.warning(
-                "%s: attempt %d failed (%s: %s); again in %.1f s",
-                self.task.name,
-                attempt,
-                type(exc).__name__,
-                exc,
-                delay,
-            )
-
-        return retry(
-            lambda: self.task.fn(*args, **kwargs),
-            transient=lambda exc: 0.0 if is_transient(exc) else None,
-            deadline=Deadline(3600.0),
-            backoff=Backoff(
-                first=self.backoff,
-                factor=2.0,
-                cap=self.backoff * 2 ** max(0, self.retries - 1),
-                attempts=self.retries + 1,
-            ),
-            on_retry=again,
+    def again(attempt: int, exc: BaseException, delay: float) -> None:
+        log.warning(
+            "%s: attempt %d failed (%s: %s); again in %.1f s", step.name, attempt, type(exc).__name__, exc, delay
         )
 
-    def with_options(self, **options: Any) -> Step:
-        retries = options.get("retries", self.retries)
-        delay = options.get("retry_delay_seconds")
-        return Step(
-            self.task.with_options(**options),
-            retries,
-            float(delay) if isinstance(delay, (int, float)) else self.backoff,
-        )
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self.task, attr)
+    return retry(
+        lambda: step.fn(*args, **kwargs),
+        transient=lambda exc: 0.0 if is_transient(exc) else None,
+        deadline=Deadline(3600.0),
+        backoff=Backoff(first=first, factor=2.0, cap=cap, attempts=retries + 1),
+        on_retry=again,
+    )
 
 
-def _journaled(fn: F, step: str, system: str) -> F:
+def _journaled(fn: Callable[P, R], step: str, system: str) -> Callable[P, R]:
     @functools.wraps(fn)
-    def wrapper(host: Any, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(host: Any, *args: Any, **kwargs: Any) -> R:
         write_journal(host, step, system, "started")
         try:
             result = fn(host, *args, **kwargs)
@@ -208,17 +172,3 @@ def current_run_id() -> str:
     from prefect.runtime import flow_run
 
     return str(flow_run.id or "")
-
-
-def quiet_errors(fn: F) -> F:
-    """For compensation steps: log and swallow, so one failed undo does not stop the others."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001
-            logger().warning("%s failed: %s", fn.__name__, exc)
-            return None
-
-    return wrapper  # type: ignore[return-value]

@@ -3,11 +3,25 @@ the VM a host carries."""
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from metalflow.integrations.inventory import CabledPort, DesiredVlan, HostInfo, VlanInfo
 from metalflow.integrations.switches.batch import PortTarget
 from metalflow.tasks import clients
 from metalflow.tasks.common import runbook_task
 from metalflow.tasks.settings import settings
+
+
+class PortState(StrEnum):
+    """What a host's cabled ports should carry (``want_ports``). A ``StrEnum``: Prefect shows
+    task parameters as their value, so a run page still reads ``want-ports host-007 pxe``."""
+
+    #: Idle or provisioning: each switch's PXE VLAN untagged, nothing else.
+    PXE = "pxe"
+    #: A VM's networks: its guest VLAN untagged, its extra VLANs tagged.
+    GUEST = "guest"
+    #: Whatever the inventory already records (the audit's repair).
+    KEEP = "keep"
 
 
 def pxe_vlan_for(switch_pxe_vlan: int | None) -> int:
@@ -43,35 +57,38 @@ def pxe_vlans(host: HostInfo) -> list[int]:
 
 @runbook_task(system="inventory", name="want-ports", run_name="want-ports {host.name} {state}")
 def want_ports(
-    host: HostInfo, state: str, guest_vlan: int | None = None, extra_vlans: list[int] | None = None
+    host: HostInfo, state: PortState, guest_vlan: int | None = None, extra_vlans: list[int] | None = None
 ) -> list[PortTarget]:
     """Record the desired VLANs of every cabled port, then return the targets to converge to.
 
-    ``state``: ``pxe`` (idle or provisioning: the PXE VLAN untagged only), ``guest`` (the
-    guest VLAN untagged plus ``extra_vlans`` tagged), or ``keep`` (read back what is recorded).
+    ``state``: ``PXE`` (idle or provisioning: the PXE VLAN untagged only), ``GUEST`` (the
+    guest VLAN untagged plus ``extra_vlans`` tagged), or ``KEEP`` (read back what is recorded).
     """
+    try:
+        state = PortState(state)  # a plain string (a caller outside the flows) still works
+    except ValueError:
+        raise ValueError(f"state: {state!r} is not pxe, guest or keep") from None
     inv = clients.inventory()
-    if state == "keep":
+    if state is PortState.KEEP:
         ports, desired = inv.cabled_ports(host.name), inv.desired_vlans(host.name)
-    elif state in ("pxe", "guest"):
-        if state == "guest" and guest_vlan is None:
-            raise ValueError("guest_vlan: needed for state 'guest'")
+        return targets_from([(cp.switch.name, cp.port) for cp in ports], desired)
+    if state is PortState.GUEST and guest_vlan is None:
+        raise ValueError("guest_vlan: needed for state 'guest'")
 
-        def plan(ports: list[CabledPort]) -> list[DesiredVlan]:
-            if state == "pxe":  # each switch's own PXE VLAN on the ports cabled to it
-                by_vlan: dict[int, list[tuple[str, str]]] = {}
-                for cp in ports:
-                    by_vlan.setdefault(pxe_vlan_for(cp.switch.pxe_vlan), []).append((cp.switch.name, cp.port))
-                return [DesiredVlan(vlan, "pxe", tagged=False, ports=plist) for vlan, plist in by_vlan.items()]
-            # The VM's whole network set is given here: any earlier guest or extra VLAN goes.
-            return [DesiredVlan(guest_vlan, "guest", tagged=False)] + [
-                DesiredVlan(extra, "extra", tagged=True) for extra in extra_vlans or []
-            ]
+    def plan(ports: list[CabledPort]) -> list[DesiredVlan]:
+        if state is PortState.PXE:  # each switch's own PXE VLAN on the ports cabled to it
+            by_vlan: dict[int, list[tuple[str, str]]] = {}
+            for cp in ports:
+                by_vlan.setdefault(pxe_vlan_for(cp.switch.pxe_vlan), []).append((cp.switch.name, cp.port))
+            return [DesiredVlan(vlan, "pxe", tagged=False, ports=plist) for vlan, plist in by_vlan.items()]
+        assert guest_vlan is not None  # checked above
+        # The VM's whole network set is given here: any earlier guest or extra VLAN goes.
+        return [DesiredVlan(guest_vlan, "guest", tagged=False)] + [
+            DesiredVlan(extra, "extra", tagged=True) for extra in extra_vlans or []
+        ]
 
-        # One transaction: the ports never show nothing desired half-way (see the audit).
-        ports, desired = inv.replace_desired_vlans(host.name, plan)
-    else:
-        raise ValueError(f"state: {state!r} is not pxe, guest or keep")
+    # One transaction: the ports never show nothing desired half-way (see the audit).
+    ports, desired = inv.replace_desired_vlans(host.name, plan)
     return targets_from([(cp.switch.name, cp.port) for cp in ports], desired)
 
 

@@ -5,11 +5,21 @@ the next power poll does not take metalflow's own action for a change behind its
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from metalflow.integrations.inventory import HostInfo
 from metalflow.integrations.ipmi import BmcTimeout, BmcWrongState
 from metalflow.tasks import clients
 from metalflow.tasks.common import logger, runbook_task
 from metalflow.tasks.settings import settings
+
+
+class BootFrom(StrEnum):
+    """The boot devices the runbook sets (``set_boot_device``): PXE while MAAS owns the
+    machine, the disk once the OS is installed. Values are the BMC client's device names."""
+
+    PXE = "pxe"
+    DISK = "disk"
 
 
 def record_power(host: HostInfo, state: str) -> None:
@@ -84,10 +94,11 @@ def reboot(host: HostInfo) -> str:
 
 
 @runbook_task(system="ipmi", name="set-boot-device", run_name="set-boot-device {host.name} {device}")
-def set_boot_device(host: HostInfo, device: str, persistent: bool = True) -> str:
+def set_boot_device(host: HostInfo, device: BootFrom, persistent: bool = True) -> str:
+    device = BootFrom(device)
     with clients.bmc(host) as bmc:
         current = bmc.boot_device()
         if current.device == device and current.persistent == persistent:
             return f"already {device}"
-        bmc.set_boot_device(device, persistent=persistent)
+        bmc.set_boot_device(device.value, persistent=persistent)
         return f"{device} ({'persistent' if persistent else 'next boot'})"

@@ -4,6 +4,7 @@ a rerun of any run converges without duplicate changes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from metalflow.integrations.common import Deadline, Secret
 from metalflow.integrations.inventory import HostInfo
@@ -14,6 +15,19 @@ from metalflow.tasks.common import logger, runbook_task
 from metalflow.tasks.credentials import resolve
 
 S = NodeStatus
+
+
+class WaitFor(StrEnum):
+    """The MAAS statuses a run waits for (``wait_for_status``). A ``StrEnum`` rather than
+    ``NodeStatus`` itself (an ``IntEnum`` of MAAS's numbers): Prefect shows the parameter and
+    the run name (``wait-for-ready host-007``) by value."""
+
+    READY = "ready"
+    DEPLOYED = "deployed"
+
+    @property
+    def status(self) -> NodeStatus:
+        return NodeStatus[self.name]
 
 
 def _sid(host: HostInfo) -> str:
@@ -61,7 +75,7 @@ def commission_machine(host: HostInfo, system_id: str) -> str:
 
 
 @runbook_task(system="maas", name="wait-for-status", run_name="wait-for-{want} {host.name}", retries=1)
-def wait_for_status(host: HostInfo, system_id: str, want: str, timeout: float, phase: str = "") -> Machine:
+def wait_for_status(host: HostInfo, system_id: str, want: WaitFor, timeout: float, phase: str = "") -> Machine:
     """Wait with a deadline; a failure state ends the wait at once with MAAS's message. The
     wait goes through the process's shared status watch: one MAAS read per round for every
     machine any run of this process waits on, a round a second (``MaasClient.status_watch``).
@@ -69,9 +83,7 @@ def wait_for_status(host: HostInfo, system_id: str, want: str, timeout: float, p
     ``phase`` (commission, deploy, erase) names the MAAS phase being waited for: its deadline
     is the ``<phase>_timeout`` setting, and a phase that outlives it fails saying so."""
     try:
-        return clients.maas().wait_for_status(
-            system_id, [S[w.strip().upper()] for w in want.split("|")], deadline=Deadline(timeout), shared=True
-        )
+        return clients.maas().wait_for_status(system_id, WaitFor(want).status, deadline=Deadline(timeout), shared=True)
     except MaasTimeout as exc:
         if not phase:
             raise
@@ -118,7 +130,7 @@ def create_bond(host: HostInfo, macs: list[str]) -> str:
         raise MaasError(
             "MAAS does not know every cabled interface of the host",
             target=f"{host.name} {sid}",
-            evidence=f"cabled {sorted(wanted)}",
+            excerpt=f"cabled {sorted(wanted)}",
         )
     existing = [i for i in ifaces if i.type == "bond" and set(i.parents) == {p.name for p in parents}]
     if existing:
@@ -168,6 +180,9 @@ def untag_machine(host: HostInfo, prefixes: list[str]) -> list[str]:
 class DeliveredPreseed:
     filename: str
     masked_text: str
+
+    def __str__(self) -> str:  # the report's cell and the journal line: the file, not its text
+        return self.filename
 
 
 @runbook_task(system="maas", name="deliver-preseed")
