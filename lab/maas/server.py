@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
-from metalflow.lab.maas.api import Api, ApiError, Params, Request, Response, match_route
+from metalflow.lab.maas.api.base import ApiError, Params, Request, Response
+from metalflow.lab.maas.api.routes import Api, match_route
 from metalflow.lab.maas.oauth import CHALLENGE, AuthFailure, OAuthVerifier
 
 log = logging.getLogger(__name__)
