@@ -38,7 +38,9 @@ class Secret:
     def __bool__(self) -> bool:
         return bool(self._value)
 
-    def __reduce__(self):  # picklable for process pools; still masked in reprs
+    def __reduce__(
+        self,
+    ) -> tuple[type[Secret], tuple[str | bytes]]:  # picklable for process pools; still masked in reprs
         return (Secret, (self._value,))
 
 

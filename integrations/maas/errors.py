@@ -36,22 +36,6 @@ class MaasError(MetalflowError):
         evidence = f"HTTP {status}: {excerpt}" if status is not None else excerpt
         super().__init__(message, target=system_id or target, operation=op, evidence=evidence)
 
-    def __reduce__(self):
-        return (_rebuild, (type(self), self.message, self.__dict__.copy()))
-
-
-def _rebuild(cls, message, state):
-    obj = cls.__new__(cls)
-    MetalflowError.__init__(
-        obj,
-        message,
-        target=state.get("target", ""),
-        operation=state.get("operation", ""),
-        evidence=state.get("evidence", ""),
-    )
-    obj.__dict__.update(state)
-    return obj
-
 
 class MaasAuthFailed(MaasError):
     """401: the API key is unknown, the token was revoked, or the signature is wrong."""
