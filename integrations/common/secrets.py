@@ -11,7 +11,7 @@ SECRET_KEYS = ("password", "pass", "secret", "key", "token", "apikey", "api_key"
 class Secret:
     __slots__ = ("_value",)
 
-    def __init__(self, value: str | bytes):
+    def __init__(self, value: str | bytes | Secret):
         if isinstance(value, Secret):
             value = value.reveal()
         self._value = value

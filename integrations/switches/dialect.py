@@ -79,8 +79,10 @@ class Dialect:
     # Protocol shape
     transactional: ClassVar[bool] = False  # changes live in a candidate until the save (commit)
     untagged_builds_on_tagged: ClassVar[bool] = False  # untagged = tagged member + native marker
+    # Made from port_number and kinds when a subclass sets them (__init_subclass__).
+    _port_re: ClassVar[re.Pattern[str]]
 
-    def __init_subclass__(cls, **kw) -> None:
+    def __init_subclass__(cls, **kw: object) -> None:
         super().__init_subclass__(**kw)
         if "port_number" in cls.__dict__ or "kinds" in cls.__dict__:
             kinds = "|".join(sorted((re.escape(k) for k in cls.kinds), key=len, reverse=True))

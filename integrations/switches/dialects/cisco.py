@@ -12,8 +12,10 @@ port never sits in trunk mode allowing every VLAN.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from metalflow.integrations.switches.dialect import Dialect, interface_block, parse_switchport
+from metalflow.integrations.switches.model import PortVlans
 
 _CISCO_ERRORS = (
     re.compile(r"(?m)^\s*%\s*(?:Invalid|Incomplete|Ambiguous|Unrecognized|Bad|Error)"),
@@ -39,10 +41,10 @@ class CiscoStyle(Dialect):
     read_commands = ("show running-config interface {port}",)
     fatal_errors = _CISCO_ERRORS
 
-    def template_key(self, op, tagged, target):
+    def template_key(self, op: str, tagged: bool, target: PortVlans) -> str:
         return "trunk" if target.tagged else "access"
 
-    def parse(self, port, outputs):
+    def parse(self, port: str, outputs: Sequence[str]) -> PortVlans:
         header = re.compile(rf"interface\s+{re.escape(port)}", re.I)
         return parse_switchport(interface_block(outputs[0], header))
 
