@@ -52,8 +52,8 @@ def parse_body(content_type: str, body: bytes) -> Params:
             name = part.get_param("name", header="content-disposition")
             if name is None:
                 continue
-            payload = part.get_payload(decode=True) or b""
-            pairs.append((str(name), payload.decode("utf-8", "replace")))
+            payload = part.get_payload(decode=True)  # bytes (or None) for a non-multipart part
+            pairs.append((str(name), payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""))
         return Params(pairs)
     return Params()
 

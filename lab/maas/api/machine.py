@@ -7,7 +7,7 @@ import re
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # no stubs: types-PyYAML is not a dependency
 
 from metalflow.lab.maas import model
 from metalflow.lab.maas.api.base import (
@@ -225,7 +225,8 @@ class OneMachine(Resource):
             }
             if iface.type == "bond":
                 e["bond_interfaces"] = sorted(m.interfaces[p].name for p in iface.parents)
-                e["params"] = {k.replace("_", "-"): v for k, v in dict(iface.params).items()}
+                params = iface.params if isinstance(iface.params, dict) else {}
+                e["params"] = {k.replace("_", "-"): v for k, v in params.items()}
             entries.append(e)
         return {"version": 1, "config": entries}
 
