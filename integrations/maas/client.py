@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
-import yaml  # type: ignore[import-untyped]  # no stubs: types-PyYAML is not a dependency
+import yaml
 
 from metalflow.integrations.common import Backoff, Clock, Deadline, DeadlineExceeded, Secret
 from metalflow.integrations.maas.errors import (

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import jinja2
-import yaml  # type: ignore[import-untyped]  # no stubs: types-PyYAML is not a dependency
+import yaml
 
 from metalflow.integrations.common import MetalflowError, Secret
 
@@ -475,7 +475,7 @@ class SftpPreseedStore:
 
     def _session(self, operation: str) -> tuple[Any, Any]:
         """A connected paramiko ``SSHClient`` and its ``SFTPClient`` (paramiko has no stubs)."""
-        import paramiko  # type: ignore[import-untyped]  # only this store needs it; no stubs
+        import paramiko  # only this store needs it
 
         client = paramiko.SSHClient()
         if self.known_hosts:

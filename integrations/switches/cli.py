@@ -17,7 +17,7 @@ import select
 import time
 from typing import Any, Protocol
 
-import paramiko  # type: ignore[import-untyped]  # no stubs: types-paramiko is not a dependency
+import paramiko
 from netmiko.base_connection import BaseConnection
 from netmiko.exceptions import (
     NetmikoAuthenticationException,

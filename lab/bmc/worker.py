@@ -143,6 +143,11 @@ class Worker:
         raise ValueError(f"unknown worker operation {op!r}")
 
 
+def _same(server: BmcServer) -> BmcServer:
+    """The protocol factory's answer: each socket's one server (bound per loop iteration)."""
+    return server
+
+
 def raise_file_limit(sockets: int) -> None:
     """One socket per BMC: lift the soft open-files limit (often 1,024) toward the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -170,8 +175,3 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
-
-
-def _same(server: BmcServer) -> BmcServer:
-    """The protocol factory's answer: each socket's one server (bound per loop iteration)."""
-    return server

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-import paramiko  # type: ignore[import-untyped]  # no stubs: types-paramiko is not a dependency
+import paramiko
 
 from .core import SwitchCore
 from .dialect import dialect_for

@@ -12,7 +12,7 @@ from typing import Any
 
 from metalflow.lab.maas import model
 from metalflow.lab.maas.lifecycle import Lifecycle
-from metalflow.lab.maas.model import Interface, Machine, State
+from metalflow.lab.maas.model import Machine, State
 
 # --- request / response ------------------------------------------------------------------
 
@@ -148,19 +148,5 @@ class Resource:
             raise not_found(what)
         return m
 
-    def _interface(self, system_id: str, iface_id: str) -> tuple[Machine, Interface]:
-        m = self.state.machines.get(system_id)
-        iid = int(iface_id) if iface_id.isdigit() else None
-        iface = m.interfaces.get(iid) if m is not None and iid is not None else None
-        if m is None or iface is None:
-            # MAAS also accepts the interface name in place of its id.
-            iface = next((i for i in m.interfaces.values() if i.name == iface_id), None) if m else None
-            if m is None or iface is None:
-                raise not_found("Interface")
-        return m, iface
-
     def _mj(self, m: Machine) -> dict[str, Any]:
         return model.machine_json(self.state, m)
-
-    def _ij(self, m: Machine, iface: Interface) -> dict[str, Any]:
-        return model.interface_json(self.state, m, iface)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from metalflow.lab.maas import model
 from metalflow.lab.maas.api.base import (
     Request,
     Resource,
@@ -15,6 +16,7 @@ from metalflow.lab.maas.api.base import (
     choice_error,
     conflict,
     multi,
+    not_found,
     parse_bool,
     parse_int,
 )
@@ -25,6 +27,20 @@ S = NodeStatus
 
 
 class Interfaces(Resource):
+    def _interface(self, system_id: str, iface_id: str) -> tuple[Machine, Interface]:
+        m = self.state.machines.get(system_id)
+        iid = int(iface_id) if iface_id.isdigit() else None
+        iface = m.interfaces.get(iid) if m is not None and iid is not None else None
+        if m is None or iface is None:
+            # MAAS also accepts the interface name in place of its id.
+            iface = next((i for i in m.interfaces.values() if i.name == iface_id), None) if m else None
+            if m is None or iface is None:
+                raise not_found("Interface")
+        return m, iface
+
+    def _ij(self, m: Machine, iface: Interface) -> dict[str, Any]:
+        return model.interface_json(self.state, m, iface)
+
     def _check_editable(self, m: Machine, operation: str, extra: tuple[NodeStatus, ...] = ()) -> None:
         if m.status not in ACTIONS["edit_interfaces"] and m.status not in extra:
             raise conflict(f"Cannot {operation} interface because the machine is not New, Ready, Allocated, or Broken.")

@@ -7,7 +7,7 @@ import re
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]  # no stubs: types-PyYAML is not a dependency
+import yaml
 
 from metalflow.lab.maas import model
 from metalflow.lab.maas.api.base import (

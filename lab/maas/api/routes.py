@@ -26,8 +26,6 @@ from metalflow.lab.maas.lifecycle import Lifecycle
 from metalflow.lab.maas.model import API, State
 
 MAAS_VERSION = "3.5.0"
-
-
 CAPABILITIES = [
     "networks-management",
     "static-ipaddresses",
