@@ -44,7 +44,7 @@ class ControlServer:
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://{host!s}:{port}/"
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="lab-control", daemon=True)

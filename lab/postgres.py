@@ -43,9 +43,9 @@ def find_bindir() -> Path:
         bindir = Path(initdb).parent
         if all((bindir / tool).exists() for tool in ("pg_ctl", "postgres")):
             return bindir
-    initdb = shutil.which("initdb")
-    if initdb:
-        bindir = Path(os.path.realpath(initdb)).parent
+    on_path = shutil.which("initdb")
+    if on_path:
+        bindir = Path(os.path.realpath(on_path)).parent
         if (bindir / "pg_ctl").exists():
             return bindir
     raise PostgresUnavailable(INSTALL_HINT)

@@ -7,6 +7,11 @@ secret or a request header.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
+_E = TypeVar("_E", bound="MetalflowError")
+
 
 class MetalflowError(Exception):
     #: Whether retrying the same call later may succeed (tasks use it to classify).
@@ -24,11 +29,17 @@ class MetalflowError(Exception):
             parts.append(f"({evidence[:300]})")
         super().__init__(" ".join(parts))
 
-    def __reduce__(self):
-        return (_rebuild, (type(self), self.message, self.target, self.operation, self.evidence))
+    def __reduce__(
+        self,
+    ) -> tuple[Callable[..., MetalflowError], tuple[type[MetalflowError], tuple[object, ...], dict[str, object]]]:
+        # The class, the args and every attribute, not the constructor's arguments: subclasses
+        # add keyword-only details (system_id, fields, applied, observed...) that a plain
+        # exception pickle would lose. Prefect may carry an exception between processes.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
 
-def _rebuild(cls, message, target, operation, evidence):
+def _rebuild(cls: type[_E], args: tuple[object, ...], state: dict[str, object]) -> _E:
     obj = cls.__new__(cls)
-    MetalflowError.__init__(obj, message, target=target, operation=operation, evidence=evidence)
+    Exception.__init__(obj, *args)
+    obj.__dict__.update(state)
     return obj

@@ -11,7 +11,7 @@ SECRET_KEYS = ("password", "pass", "secret", "key", "token", "apikey", "api_key"
 class Secret:
     __slots__ = ("_value",)
 
-    def __init__(self, value: str | bytes):
+    def __init__(self, value: str | bytes | Secret):
         if isinstance(value, Secret):
             value = value.reveal()
         self._value = value
@@ -38,7 +38,9 @@ class Secret:
     def __bool__(self) -> bool:
         return bool(self._value)
 
-    def __reduce__(self):  # picklable for process pools; still masked in reprs
+    def __reduce__(
+        self,
+    ) -> tuple[type[Secret], tuple[str | bytes]]:  # picklable for process pools; still masked in reprs
         return (Secret, (self._value,))
 
 

@@ -19,6 +19,7 @@ import contextlib
 import re
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -45,7 +46,7 @@ from metalflow.integrations.maas.models import (
     split_image_name,
 )
 from metalflow.integrations.maas.watch import StatusWatch
-from metalflow.integrations.maas.wire import DEFAULT_RETRIES, ApiKey, CallRecord, MaasWire, resource_path
+from metalflow.integrations.maas.wire import DEFAULT_RETRIES, ApiKey, CallRecord, Form, MaasWire, resource_path
 
 ERASE_MODES = ("none", "quick", "secure", "full")
 LINK_MODES = ("auto", "dhcp", "static", "link_up")
@@ -107,6 +108,14 @@ def _status_filter(value: Any) -> Any:
     if isinstance(value, (list, tuple, set, frozenset)):
         return [_status_filter(v) for v in value]
     return value
+
+
+@dataclass
+class _LastSeen:
+    """What a status wait saw last, for the message when its deadline passes."""
+
+    machine: Machine | None = None
+    error: MaasUnavailable | None = None
 
 
 class MaasClient:
@@ -232,7 +241,7 @@ class MaasClient:
         macs = [normalize_mac(m) for m in macs]
         if not macs:
             raise ValueError("macs: at least one MAC address is needed")
-        data = {
+        data: Form = {
             "hostname": _check_hostname(hostname),
             "architecture": architecture,
             "mac_addresses": macs,
@@ -262,7 +271,7 @@ class MaasClient:
         power_type: str = "ipmi",
         skip_check: bool | None = None,
     ) -> Machine:
-        data = {
+        data: Form = {
             "power_type": power_type,
             "power_parameters_power_address": format_power_address(power_address, power_port),
             "power_parameters_power_user": power_user,
@@ -442,7 +451,8 @@ class MaasClient:
         answer = self.wire.request("GET", path, op="get_curtin_config", system_id=system_id)
         if isinstance(answer, str):
             return answer
-        return yaml.safe_dump(answer, default_flow_style=False)
+        text: str = yaml.safe_dump(answer, default_flow_style=False)
+        return text
 
     def delete_machine(self, system_id: str) -> None:
         """Remove the machine from MAAS. No metalflow flow calls this: removing a host from
@@ -450,7 +460,7 @@ class MaasClient:
         operators and lab tooling."""
         self.wire.request("DELETE", resource_path("machines", system_id), system_id=system_id)
 
-    def _machine_op(self, system_id: str, op: str, data: dict, *, idempotent: bool = False) -> Machine:
+    def _machine_op(self, system_id: str, op: str, data: Form, *, idempotent: bool = False) -> Machine:
         return Machine.from_api(
             self.wire.request(
                 "POST",
@@ -494,7 +504,7 @@ class MaasClient:
             raise ValueError("targets: at least one status to wait for")
         dl = deadline if isinstance(deadline, Deadline) else Deadline(float(deadline), clock=self.clock)
         names = " or ".join(sorted(s.label for s in wanted))
-        seen: dict[str, Any] = {"machine": None, "error": None}
+        seen = _LastSeen()
 
         watch = self.status_watch() if shared else None
 
@@ -503,13 +513,13 @@ class MaasClient:
                 if watch is not None:
                     machine = watch.next(system_id, dl)
                     if machine is None:
-                        return seen["machine"]  # no newer view (a failed round, or time is up)
+                        return seen.machine  # no newer view (a failed round, or time is up)
                 else:
                     machine = self._poll_machine(system_id, budget=dl.remaining())
             except MaasUnavailable as exc:
-                seen["error"] = exc
+                seen.error = exc
                 return None
-            seen["machine"] = machine
+            seen.machine = machine
             return machine
 
         def done(m: Machine | None) -> bool:
@@ -532,7 +542,7 @@ class MaasClient:
             interval = max_interval = 0.0
         try:
             with watch.watching(system_id) if watch is not None else contextlib.nullcontext():
-                return dl.wait_for(
+                found = dl.wait_for(
                     probe,
                     done,
                     what=f"wait for {system_id} to be {names}",
@@ -541,9 +551,9 @@ class MaasClient:
                     max_interval=max_interval,
                 )
         except DeadlineExceeded:
-            last: Machine | None = seen["machine"]
+            last = seen.machine
             last_status = (last.status_name or last.status.label) if last else "unknown"
-            tail = f"; last error: {seen['error']}" if seen["error"] is not None and last is None else ""
+            tail = f"; last error: {seen.error}" if seen.error is not None and last is None else ""
             raise MaasTimeout(
                 f"{system_id} did not become {names} within {dl.seconds:.0f} s (last status: {last_status}){tail}",
                 system_id=system_id,
@@ -551,6 +561,8 @@ class MaasClient:
                 last_status=last_status,
                 excerpt=f"last status: {last_status}",
             ) from None
+        assert found is not None  # done() holds only for a machine
+        return found
 
     def _poll_machine(self, system_id: str, *, budget: float | None = None) -> Machine:
         """``machine()`` whose retries and timeout stay within ``budget`` seconds (for polls
@@ -700,7 +712,7 @@ class MaasClient:
         """Drop every link of the interface and set its VLAN to none."""
         return self._interface_call(system_id, interface_id, "disconnect", {})
 
-    def _interface_call(self, system_id: str, interface_id: int | None, op: str, data: dict) -> Interface:
+    def _interface_call(self, system_id: str, interface_id: int | None, op: str, data: Form) -> Interface:
         segs: tuple[Any, ...] = ("nodes", system_id, "interfaces")
         if interface_id is not None:
             segs += (int(interface_id),)

@@ -12,12 +12,27 @@ chained to them.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypedDict, Unpack
 
 from metalflow.integrations.common import MetalflowError
 
 
+class ErrorContext(TypedDict, total=False):
+    """The keywords every ``MaasError`` takes: where it happened and what MAAS said. The wire
+    layer builds one per call and adds the answer's status and excerpt."""
+
+    system_id: str
+    op: str
+    status: int | None
+    excerpt: str
+    target: str
+
+
 class MaasError(MetalflowError):
-    """Anything MAAS refused or could not do."""
+    """Anything MAAS refused or could not do. ``retry_after`` is the seconds MAAS asked the
+    caller to wait (a 409 or 503 with Retry-After); the wire retries only those."""
+
+    retry_after: float | None = None
 
     def __init__(
         self,
@@ -36,22 +51,6 @@ class MaasError(MetalflowError):
         evidence = f"HTTP {status}: {excerpt}" if status is not None else excerpt
         super().__init__(message, target=system_id or target, operation=op, evidence=evidence)
 
-    def __reduce__(self):
-        return (_rebuild, (type(self), self.message, self.__dict__.copy()))
-
-
-def _rebuild(cls, message, state):
-    obj = cls.__new__(cls)
-    MetalflowError.__init__(
-        obj,
-        message,
-        target=state.get("target", ""),
-        operation=state.get("operation", ""),
-        evidence=state.get("evidence", ""),
-    )
-    obj.__dict__.update(state)
-    return obj
-
 
 class MaasAuthFailed(MaasError):
     """401: the API key is unknown, the token was revoked, or the signature is wrong."""
@@ -69,7 +68,7 @@ class MaasValidationError(MaasError):
     """400: MAAS rejected the input. ``fields`` maps each field to its messages (form-wide
     messages under ``__all__``); it is empty when MAAS answered with plain text."""
 
-    def __init__(self, message: str, *, fields: Mapping[str, list[str]] | None = None, **kw):
+    def __init__(self, message: str, *, fields: Mapping[str, list[str]] | None = None, **kw: Unpack[ErrorContext]):
         self.fields = {k: list(v) for k, v in (fields or {}).items()}
         super().__init__(message, **kw)
 
@@ -84,7 +83,7 @@ class MaasWrongState(MaasError):
     wait saw the machine fall into a failure state. ``machine_status`` is the status label
     when known."""
 
-    def __init__(self, message: str, *, machine_status: str = "", **kw):
+    def __init__(self, message: str, *, machine_status: str = "", **kw: Unpack[ErrorContext]):
         self.machine_status = machine_status
         super().__init__(message, **kw)
 
@@ -103,6 +102,6 @@ class MaasUnreachable(MaasUnavailable):
 class MaasTimeout(MaasError, TimeoutError):
     """A wait for a machine status ran out of time. ``last_status`` is the label last seen."""
 
-    def __init__(self, message: str, *, last_status: str = "", **kw):
+    def __init__(self, message: str, *, last_status: str = "", **kw: Unpack[ErrorContext]):
         self.last_status = last_status
         super().__init__(message, **kw)

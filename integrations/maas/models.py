@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, overload
 
 
 class NodeStatus(IntEnum):
@@ -366,6 +366,10 @@ class BootResource:
         return self.name.split("/", 1)[0] in _BOOTLOADERS
 
 
+@overload
+def split_image_name(name: str, *, bare_os: str) -> tuple[str, str]: ...
+@overload
+def split_image_name(name: str, *, bare_os: None = None) -> tuple[str | None, str]: ...
 def split_image_name(name: str, *, bare_os: str | None = None) -> tuple[str | None, str]:
     """``"ubuntu/jammy"`` -> ``("ubuntu", "jammy")``; a bare ``"alma9"`` -> ``(bare_os,
     "alma9")`` (``None`` when unknown: ``jammy`` and ``alma9`` look alike)."""

@@ -31,10 +31,10 @@ import secrets as _secrets
 import stat
 import struct
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import jinja2
 import yaml
@@ -45,6 +45,7 @@ TEMPLATE_DIR = Path(__file__).with_name("templates")
 DEFAULT_TEMPLATE = "curtin_userdata.j2"
 PRESEED_PREFIX = "curtin_userdata"
 REQUIRED_KEYS = ("debconf_selections", "late_commands")
+_T = TypeVar("_T")
 REQUIRED_PLACEHOLDERS = ("node_disable_pxe_url", "node_disable_pxe_data")
 
 
@@ -208,7 +209,7 @@ def _environment(loader: jinja2.BaseLoader) -> jinja2.Environment:
     )
 
 
-def _load_template(template: str | os.PathLike | None) -> tuple[str, jinja2.Template]:
+def _load_template(template: str | os.PathLike[str] | None) -> tuple[str, jinja2.Template]:
     """``None``: the packaged default. A path (``pathlib.Path``/``os.PathLike``): that file. A
     ``str``: the template source itself."""
     if template is None:
@@ -240,7 +241,7 @@ def substitute_tempita(text: str) -> str:
     ``{{py:}}``...) removed, expressions replaced by a dummy scalar. Enough to check that the
     surrounding YAML is well formed."""
 
-    def repl(m: re.Match) -> str:
+    def repl(m: re.Match[str]) -> str:
         return "" if _TEMPITA_DIRECTIVE.match(m.group(1)) else "tempita-value"
 
     return _TEMPITA.sub(repl, text)
@@ -253,7 +254,7 @@ def validate_preseed(
     required_keys: Iterable[str] = REQUIRED_KEYS,
     required_placeholders: Iterable[str] = REQUIRED_PLACEHOLDERS,
     sensitive: Iterable[str] = (),
-) -> dict:
+) -> dict[str, Any]:
     """Check a rendered preseed; return its YAML (Tempita replaced by dummies) as a dict."""
     found = tempita_placeholders(text)
     if source is not None:
@@ -285,7 +286,7 @@ def validate_preseed(
 
 
 def render_preseed(
-    template: str | os.PathLike | None = None,
+    template: str | os.PathLike[str] | None = None,
     *,
     hostname: str,
     osystem: str,
@@ -360,7 +361,7 @@ class LocalPreseedStore:
     the lab's). Writes are atomic (a temporary file in the same directory, then a rename), so
     MAAS never reads half a template; files are mode 0644, readable by the MAAS daemon."""
 
-    def __init__(self, directory: str | os.PathLike, *, mode: int = 0o644):
+    def __init__(self, directory: str | os.PathLike[str], *, mode: int = 0o644):
         self.directory = Path(directory)
         self.mode = mode
 
@@ -472,7 +473,8 @@ class SftpPreseedStore:
     def remote_path(self, name: str) -> str:
         return posixpath.join(self.directory, _check_name(name))
 
-    def _session(self, operation: str):
+    def _session(self, operation: str) -> tuple[Any, Any]:
+        """A connected paramiko ``SSHClient`` and its ``SFTPClient`` (paramiko has no stubs)."""
         import paramiko  # only this store needs it
 
         client = paramiko.SSHClient()
@@ -519,15 +521,13 @@ class SftpPreseedStore:
             ) from None
         return client, sftp
 
-    def _run(self, operation: str, name: str, fn):
+    def _run(self, operation: str, name: str, fn: Callable[[Any, str], _T]) -> _T:
         client, sftp = self._session(operation)
         try:
             return fn(sftp, self.remote_path(name))
         except PreseedError:
             raise
         except Exception as exc:  # noqa: BLE001
-            if isinstance(exc, FileNotFoundError) and operation == "remove":
-                return None
             raise PreseedStoreError(
                 f"SFTP {operation} failed ({type(exc).__name__})",
                 target=f"{self.target}:{self.remote_path(name)}",
@@ -539,7 +539,7 @@ class SftpPreseedStore:
             client.close()
 
     def write(self, name: str, text: str) -> str:
-        def op(sftp, path):
+        def op(sftp: Any, path: str) -> str:
             tmp = posixpath.join(self.directory, f".{name}.{_secrets.token_hex(4)}.tmp")
             try:
                 with sftp.open(tmp, "w") as f:
@@ -564,23 +564,31 @@ class SftpPreseedStore:
         return self._run("write", name, op)
 
     def read(self, name: str) -> str:
-        def op(sftp, path):
+        def op(sftp: Any, path: str) -> str:
             with sftp.open(path, "r") as f:
-                return f.read().decode("utf-8")
+                data: bytes = f.read()
+            return data.decode("utf-8")
 
         return self._run("read", name, op)
 
     def exists(self, name: str) -> bool:
-        def op(sftp, path):
+        def op(sftp: Any, path: str) -> bool:
             try:
-                return stat.S_ISREG(sftp.stat(path).st_mode or 0)
+                mode: int = sftp.stat(path).st_mode or 0
+                return stat.S_ISREG(mode)
             except FileNotFoundError:
                 return False
 
         return self._run("exists", name, op)
 
     def remove(self, name: str) -> None:
-        return self._run("remove", name, lambda sftp, path: sftp.remove(path))
+        def op(sftp: Any, path: str) -> None:
+            try:
+                sftp.remove(path)
+            except FileNotFoundError:
+                pass  # already gone: removing is idempotent
+
+        self._run("remove", name, op)
 
 
 def _safe_reason(exc: BaseException, password: Secret | None) -> str:

@@ -35,6 +35,7 @@ from requests_oauthlib import OAuth1
 
 from metalflow.integrations.common import Backoff, Clock, Deadline, MonotonicClock, Secret, retry
 from metalflow.integrations.maas.errors import (
+    ErrorContext,
     MaasAuthFailed,
     MaasConflict,
     MaasError,
@@ -271,7 +272,7 @@ class MaasWire:
             )
 
         def transient(exc: BaseException) -> float | None:
-            floor = getattr(exc, "retry_after", None)
+            floor = exc.retry_after if isinstance(exc, MaasError) else None
             if floor is not None:
                 return floor
             if isinstance(exc, MaasUnreachable) and idempotent:
@@ -300,7 +301,7 @@ class MaasWire:
         attempt: int,
     ) -> Any:
         started = self.clock.now()
-        ident = dict(system_id=system_id, op=label, target="" if system_id else f"MAAS {self.netloc}")
+        ident = ErrorContext(system_id=system_id, op=label, target="" if system_id else f"MAAS {self.netloc}")
         try:
             resp = self.session.request(
                 method,
@@ -315,25 +316,26 @@ class MaasWire:
             self._record(method, path, label, None, started, attempt)
             kind = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
             # ``from None``: a requests exception holds the prepared request and its headers.
-            raise MaasUnreachable(f"MAAS at {self.root} {kind}", excerpt=type(exc).__name__, **ident) from None
+            context: ErrorContext = {**ident, "excerpt": type(exc).__name__}
+            raise MaasUnreachable(f"MAAS at {self.root} {kind}", **context) from None
         self._record(method, path, label, resp.status_code, started, attempt)
         status = resp.status_code
         if 200 <= status < 300:
             return _decode(resp)
         raise self._error(resp, ident, on_conflict, conflict_message)
 
-    def _record(self, method, path, op, status, started, attempt) -> None:
+    def _record(self, method: str, path: str, op: str | None, status: int | None, started: float, attempt: int) -> None:
         if self.on_call is not None:
             self.on_call(CallRecord(method, path, op or "", status, self.clock.now() - started, attempt))
 
     def _error(
-        self, resp: requests.Response, ident: dict, on_conflict: type[MaasError], conflict_message: str
+        self, resp: requests.Response, ident: ErrorContext, on_conflict: type[MaasError], conflict_message: str
     ) -> MaasError:
         status = resp.status_code
         text = resp.text or ""
         excerpt = self.excerpt(text)
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-        common = dict(status=status, excerpt=excerpt, **ident)
+        common: ErrorContext = {**ident, "status": status, "excerpt": excerpt}
         exc: MaasError
         if status == 400:
             fields = _field_errors(resp)
@@ -364,7 +366,7 @@ class MaasWire:
         else:
             exc = MaasError(f"MAAS answered HTTP {status}", **common)
         # Only 409/503 carrying Retry-After are retried by the wire (see transient()).
-        exc.retry_after = retry_after if status in (409, 503) else None  # type: ignore[attr-defined]
+        exc.retry_after = retry_after if status in (409, 503) else None
         return exc
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import re
 import select
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 import paramiko
+from netmiko.base_connection import BaseConnection
 from netmiko.exceptions import (
     NetmikoAuthenticationException,
     NetmikoBaseException,
@@ -47,7 +48,7 @@ class Cli(Protocol):
 class NetmikoCli:
     """A logged-in netmiko connection, driven line by line."""
 
-    def __init__(self, conn, target: str):
+    def __init__(self, conn: BaseConnection, target: str):
         self._conn = conn
         self._target = target
         self.prompt = conn.base_prompt
@@ -107,7 +108,9 @@ class NetmikoCli:
             time.sleep(min(timeout, 0.002))
 
     def _dead(self) -> bool:
-        chan = self._conn.remote_conn
+        # A paramiko Channel: netmiko types it as any of its transports, but open_netmiko only
+        # opens SSH sessions (and paramiko has no stubs).
+        chan: Any = self._conn.remote_conn
         if chan is None or chan.closed or chan.eof_received:
             return True
         transport = chan.get_transport()

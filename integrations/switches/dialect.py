@@ -23,7 +23,15 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from metalflow.integrations.switches.errors import InvalidPort, InvalidVlan
-from metalflow.integrations.switches.model import DEFAULT_VLAN, MAX_VLAN, MIN_VLAN, PortVlans, format_vlan_list
+from metalflow.integrations.switches.model import (
+    ALL_VLANS,
+    DEFAULT_VLAN,
+    MAX_VLAN,
+    MIN_VLAN,
+    PortVlans,
+    format_vlan_list,
+    parse_vlan_list,
+)
 
 OPS = ("add", "remove")
 DELTA_TEMPLATES = ("add_tagged", "add_untagged", "remove_tagged", "remove_untagged")
@@ -71,8 +79,10 @@ class Dialect:
     # Protocol shape
     transactional: ClassVar[bool] = False  # changes live in a candidate until the save (commit)
     untagged_builds_on_tagged: ClassVar[bool] = False  # untagged = tagged member + native marker
+    # Made from port_number and kinds when a subclass sets them (__init_subclass__).
+    _port_re: ClassVar[re.Pattern[str]]
 
-    def __init_subclass__(cls, **kw) -> None:
+    def __init_subclass__(cls, **kw: object) -> None:
         super().__init_subclass__(**kw)
         if "port_number" in cls.__dict__ or "kinds" in cls.__dict__:
             kinds = "|".join(sorted((re.escape(k) for k in cls.kinds), key=len, reverse=True))
@@ -192,3 +202,35 @@ def interface_block(output: str, header: re.Pattern[str], *, indented: bool = Tr
                 body.append(text)
             return body
     raise ValueError("the output has no configuration block for the port")
+
+
+def switchport_mode(lines: Sequence[str]) -> str:
+    """The port's ``switchport mode`` (the last one wins; ``access`` when none is set)."""
+    modes = [m.group(1) for line in lines if (m := re.fullmatch(r"switchport mode (\S+)", line))]
+    return modes[-1] if modes else "access"
+
+
+def parse_switchport(lines: Sequence[str]) -> PortVlans:
+    """Membership from a port's access and trunk ``switchport`` lines, in running-config
+    (IOS, NX-OS, EOS, and OS6 outside its general mode). An access port carries its access
+    VLAN untagged; a trunk its native VLAN untagged (when allowed) and the rest of its allowed
+    list, which is *all* VLANs until an ``allowed vlan`` line narrows it, tagged."""
+    access, native = DEFAULT_VLAN, DEFAULT_VLAN
+    allowed: frozenset[int] | None = None
+    for line in lines:
+        if m := re.fullmatch(r"switchport access vlan (\d+)", line):
+            access = int(m.group(1))
+        elif m := re.fullmatch(r"switchport trunk native vlan (\d+)", line):
+            native = int(m.group(1))
+        elif m := re.fullmatch(r"switchport trunk allowed vlan (add |remove |except )?(\S+)", line):
+            verb, vlans = (m.group(1) or "").strip(), parse_vlan_list(m.group(2))
+            if verb == "add":
+                allowed = (allowed or frozenset()) | vlans
+            elif verb == "remove":
+                allowed = (ALL_VLANS if allowed is None else allowed) - vlans
+            else:
+                allowed = ALL_VLANS - vlans if verb == "except" else vlans
+    if switchport_mode(lines) != "trunk":
+        return PortVlans(access, frozenset())
+    allowed = ALL_VLANS if allowed is None else allowed
+    return PortVlans(native if native in allowed else None, allowed - {native})

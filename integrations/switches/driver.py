@@ -33,6 +33,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from metalflow.integrations.common import Backoff, Clock, Deadline, MonotonicClock, Secret, retry
 from metalflow.integrations.switches.cli import Cli, open_netmiko
@@ -51,6 +52,7 @@ from metalflow.integrations.switches.model import PortVlans
 from metalflow.integrations.switches.registry import dialect_for
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 CONNECT_BACKOFF = Backoff(first=0.3, factor=2.0, cap=3.0, attempts=4)
 BUSY_BACKOFF = Backoff(first=0.3, factor=2.0, cap=3.0, attempts=6)
@@ -160,7 +162,7 @@ class SwitchDriver:
 
     # ----- mechanics ------------------------------------------------------------------------
 
-    def _call(self, fn, port: str, vlan: int | None = None):
+    def _call(self, fn: Callable[[Session], _T], port: str, vlan: int | None = None) -> _T:
         self.dialect.validate_port(port)  # bad input fails here, before any connection
         if vlan is not None:
             self.dialect.validate_vlan(vlan)
@@ -241,7 +243,7 @@ class Session:
 
     def remove_vlan(self, port: str, vlan: int) -> None:
         port, vlan = self._d.dialect.validate_port(port), self._d.dialect.validate_vlan(vlan)
-        self._change("remove", port, vlan, None)
+        self._change("remove", port, vlan, False)  # a remove takes the VLAN off either way
 
     def port_vlans(self, port: str) -> PortVlans:
         port = self._d.dialect.validate_port(port)
@@ -250,7 +252,7 @@ class Session:
 
     # ----- one change -----------------------------------------------------------------------
 
-    def _change(self, op: str, port: str, vlan: int, tagged: bool | None) -> None:
+    def _change(self, op: str, port: str, vlan: int, tagged: bool) -> None:
         dialect, target = self._d.dialect, self._d.target
         what = f"remove VLAN {vlan}"
         if op == "add":
@@ -286,7 +288,9 @@ class Session:
 
         retry(attempt, transient=_busy, deadline=deadline, backoff=self._d.busy_backoff, on_retry=note)
 
-    def _plan(self, op, port, vlan, tagged, current: PortVlans, what) -> tuple[bool, PortVlans] | None:
+    def _plan(
+        self, op: str, port: str, vlan: int, tagged: bool, current: PortVlans, what: str
+    ) -> tuple[bool, PortVlans] | None:
         """(send as tagged?, expected state), or None when there is nothing to do."""
         where = f"{self._d.target} port {port}"
         if op == "remove":

@@ -26,18 +26,6 @@ class SwitchError(MetalflowError):
         for name, value in details.items():
             setattr(self, name, value)
 
-    def __reduce__(self):
-        # Keep the details (applied, expected, observed, line, transient) across pickling:
-        # Prefect may carry an exception between processes.
-        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
-
-
-def _rebuild(cls: type, args: tuple, state: dict) -> SwitchError:
-    obj = cls.__new__(cls)
-    Exception.__init__(obj, *args)
-    obj.__dict__.update(state)
-    return obj
-
 
 class UnknownSwitchType(SwitchError, ValueError):
     """The rack config names a switch type no dialect speaks."""

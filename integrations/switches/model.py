@@ -9,6 +9,7 @@ leaving it out keeps every comparison about the VLANs we manage.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 DEFAULT_VLAN = 1
@@ -72,7 +73,7 @@ def parse_vlan_list(text: str) -> frozenset[int]:
     return frozenset(out)
 
 
-def format_vlan_list(vlans) -> str:
+def format_vlan_list(vlans: Iterable[int]) -> str:
     """{1, 100, 101, 102, 200} -> ``"1,100-102,200"`` (the compact form every CLI accepts)."""
     items = sorted(set(vlans))
     parts: list[str] = []

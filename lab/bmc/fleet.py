@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
+from typing import cast
 
 from metalflow.lab.bmc.model import FAULT_MODES, BmcEvent, BmcState
 from metalflow.lab.bmc.wire import CIPHER_SUITES
@@ -222,11 +223,12 @@ class BmcFleet:
     def _pump_events(self) -> None:
         conns = [c.events for c in self._children]
         while conns:
-            for conn in wait(conns, timeout=1.0):
+            ready = cast(list[Connection], wait(conns, timeout=1.0))  # the objects it was given
+            for conn in ready:
                 try:
                     _, host, kind, bootdev, at = conn.recv()
                 except (EOFError, OSError):
-                    conns.remove(conn)  # type: ignore[arg-type]
+                    conns.remove(conn)
                     continue
                 if self._on_event is None:
                     continue

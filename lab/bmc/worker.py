@@ -16,6 +16,7 @@ The worker exits when told to stop or when the parent goes away (end of file on 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import resource
 import signal
@@ -70,11 +71,11 @@ class Worker:
             machine = Machine(
                 spec.host,
                 soft_off_delay=self.timing.soft_off,
-                emit=lambda kind, dev, host=spec.host: self.emit(host, kind, dev),
+                emit=functools.partial(self.emit, spec.host),
                 schedule=loop.call_later,
             )
             server = BmcServer(spec, machine, self.suites)
-            transport, _ = await loop.create_datagram_endpoint(lambda server=server: server, sock=sock)
+            transport, _ = await loop.create_datagram_endpoint(functools.partial(_same, server), sock=sock)
             self.transports.append(transport)
             self.servers[spec.host] = server
         self.cmd.send((0, "ready", len(self.servers)))
@@ -140,6 +141,11 @@ class Worker:
             self.finish()
             return None
         raise ValueError(f"unknown worker operation {op!r}")
+
+
+def _same(server: BmcServer) -> BmcServer:
+    """The protocol factory's answer: each socket's one server (bound per loop iteration)."""
+    return server
 
 
 def raise_file_limit(sockets: int) -> None:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
-from metalflow.lab.maas.api import Api, ApiError, Params, Request, Response, match_route
+from metalflow.lab.maas.api.base import ApiError, Params, Request, Response
+from metalflow.lab.maas.api.routes import Api, match_route
 from metalflow.lab.maas.oauth import CHALLENGE, AuthFailure, OAuthVerifier
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,8 @@ def parse_body(content_type: str, body: bytes) -> Params:
             name = part.get_param("name", header="content-disposition")
             if name is None:
                 continue
-            payload = part.get_payload(decode=True) or b""
-            pairs.append((str(name), payload.decode("utf-8", "replace")))
+            payload = part.get_payload(decode=True)  # bytes (or None) for a non-multipart part
+            pairs.append((str(name), payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""))
         return Params(pairs)
     return Params()
 

@@ -10,7 +10,8 @@ import threading
 from typing import Any
 
 from metalflow.lab.maas import model
-from metalflow.lab.maas.api import Api
+from metalflow.lab.maas.api.machines import create_machine
+from metalflow.lab.maas.api.routes import Api
 from metalflow.lab.maas.lifecycle import FAULT_PHASES, Lifecycle
 from metalflow.lab.maas.model import Machine, State, normalize_mac, valid_mac
 from metalflow.lab.maas.oauth import OAuthVerifier
@@ -140,7 +141,9 @@ class MaasSim:
             taken = [m for m in macs if normalize_mac(m) in self.state.by_mac]
             if taken:
                 raise ValueError(f"add_machine {hostname}: MAC(s) already in use: {', '.join(taken)}")
-            m = self._api.create_machine(
+            m = create_machine(
+                self.state,
+                self._life,
                 hostname=hostname,
                 macs=list(macs),
                 architecture=architecture,

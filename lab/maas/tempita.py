@@ -189,7 +189,7 @@ def _eval(node: ast.expr, ns: dict[str, Any]) -> Any:
         if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
             raise TemplateError("star arguments are not allowed")
         args = [_eval(a, ns) for a in node.args]
-        kwargs = {k.arg: _eval(k.value, ns) for k in node.keywords}
+        kwargs = {k.arg: _eval(k.value, ns) for k in node.keywords if k.arg is not None}  # ** refused above
         return fn(*args, **kwargs)
     if isinstance(node, ast.BoolOp):
         result: Any = None
@@ -372,10 +372,10 @@ def _parse(src: str) -> list[Any]:
             m = re.match(r"^([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*)\s+in\s+(.+)$", rest, re.S)
             if not m:
                 raise TemplateError(f"bad {{{{for}}}} at {pos}: expected 'for NAME in EXPR'")
-            node = _For([n.strip() for n in m.group(1).split(",")], _Expr.parse(m.group(2), pos))
-            body.append(node)
-            stack.append((node, body))
-            body = node.body
+            loop = _For([n.strip() for n in m.group(1).split(",")], _Expr.parse(m.group(2), pos))
+            body.append(loop)
+            stack.append((loop, body))
+            body = loop.body
         elif word == "endfor":
             if not stack or not isinstance(stack[-1][0], _For):
                 raise TemplateError(f"{{{{endfor}}}} without a matching {{{{for}}}} at {pos}")

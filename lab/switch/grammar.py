@@ -211,7 +211,9 @@ def parse(
             value = word.parse(text, ctx)
             if value is None:
                 continue
-            hit = _Candidate(cand.command, {**cand.args, cand.command.names[i]: value})
+            name = cand.command.names[i]
+            assert name is not None  # an argument's position always has a name (see cmd)
+            hit = _Candidate(cand.command, {**cand.args, name: value})
             if word.greedy:
                 finished.append(hit)
             else:

@@ -30,7 +30,7 @@ from metalflow.integrations.maas import (
     render_preseed,
 )
 
-runner = pytest.importorskip("lab.runner", reason="the lab is not in this checkout")
+runner = pytest.importorskip("metalflow.lab.runner", reason="the lab is not in this checkout")
 from metalflow.lab.spec import Timing, generate  # noqa: E402
 from metalflow.lab.switch import PortVlans  # noqa: E402
 

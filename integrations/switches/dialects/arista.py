@@ -1,4 +1,6 @@
-"""Arista EOS: the Cisco switchport words (see ``cisco``), ``Ethernet1`` style ports."""
+"""Arista EOS: the Cisco switchport words and templates (see ``cisco``); what differs is the
+port grammar (``Ethernet1``, ``Ethernet1/1``) and the read-back command's plural
+``interfaces``."""
 
 from __future__ import annotations
 
@@ -12,13 +14,4 @@ class AristaEOS(CiscoStyle):
     port_number = r"\d{1,3}(?:/\d{1,3}){0,2}"
     kinds = {"ethernet": "Ethernet", "eth": "Ethernet", "et": "Ethernet"}
     port_example = "Ethernet1"
-    templates = {
-        "access": ("interface {port}", "switchport mode access", "switchport access vlan {untagged}"),
-        "trunk": (
-            "interface {port}",
-            "switchport trunk native vlan {native}",
-            "switchport trunk allowed vlan {allowed}",
-            "switchport mode trunk",
-        ),
-    }
     read_commands = ("show running-config interfaces {port}",)

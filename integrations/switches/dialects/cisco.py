@@ -12,9 +12,10 @@ port never sits in trunk mode allowing every VLAN.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
-from metalflow.integrations.switches.dialect import Dialect, interface_block
-from metalflow.integrations.switches.model import ALL_VLANS, PortVlans, parse_vlan_list
+from metalflow.integrations.switches.dialect import Dialect, interface_block, parse_switchport
+from metalflow.integrations.switches.model import PortVlans
 
 _CISCO_ERRORS = (
     re.compile(r"(?m)^\s*%\s*(?:Invalid|Incomplete|Ambiguous|Unrecognized|Bad|Error)"),
@@ -24,42 +25,28 @@ _CISCO_ERRORS = (
 
 
 class CiscoStyle(Dialect):
-    """Shared by IOS, NX-OS and EOS: two templates chosen by the port's target shape."""
+    """Shared by IOS, NX-OS and EOS: two templates chosen by the port's target shape. The
+    templates are IOS's, which EOS speaks word for word."""
 
     required_templates = ("access", "trunk")
+    templates = {
+        "access": ("interface {port}", "switchport mode access", "switchport access vlan {untagged}"),
+        "trunk": (
+            "interface {port}",
+            "switchport trunk native vlan {native}",
+            "switchport trunk allowed vlan {allowed}",
+            "switchport mode trunk",
+        ),
+    }
     read_commands = ("show running-config interface {port}",)
     fatal_errors = _CISCO_ERRORS
 
-    def template_key(self, op, tagged, target):
+    def template_key(self, op: str, tagged: bool, target: PortVlans) -> str:
         return "trunk" if target.tagged else "access"
 
-    def parse(self, port, outputs):
+    def parse(self, port: str, outputs: Sequence[str]) -> PortVlans:
         header = re.compile(rf"interface\s+{re.escape(port)}", re.I)
         return parse_switchport(interface_block(outputs[0], header))
-
-
-def parse_switchport(lines: list[str]) -> PortVlans:
-    """Membership from a port's ``switchport`` lines (running-config, IOS/NX-OS/EOS/OS10)."""
-    mode, access, native, allowed = "access", 1, 1, None
-    for line in lines:
-        if m := re.fullmatch(r"switchport mode (\S+)", line):
-            mode = m.group(1)
-        elif m := re.fullmatch(r"switchport access vlan (\d+)", line):
-            access = int(m.group(1))
-        elif m := re.fullmatch(r"switchport trunk native vlan (\d+)", line):
-            native = int(m.group(1))
-        elif m := re.fullmatch(r"switchport trunk allowed vlan (add |remove |except )?(\S+)", line):
-            verb, vlans = (m.group(1) or "").strip(), parse_vlan_list(m.group(2))
-            if verb == "add":
-                allowed = (allowed or frozenset()) | vlans
-            elif verb == "remove":
-                allowed = (ALL_VLANS if allowed is None else allowed) - vlans
-            else:
-                allowed = ALL_VLANS - vlans if verb == "except" else vlans
-    if mode != "trunk":
-        return PortVlans(access, frozenset())
-    allowed = ALL_VLANS if allowed is None else allowed
-    return PortVlans(native if native in allowed else None, allowed - {native})
 
 
 class CiscoIOS(CiscoStyle):
@@ -83,19 +70,10 @@ class CiscoIOS(CiscoStyle):
         "hu": "HundredGigE",
     }
     port_example = "GigabitEthernet1/0/1"
-    templates = {
-        "access": ("interface {port}", "switchport mode access", "switchport access vlan {untagged}"),
-        "trunk": (
-            "interface {port}",
-            "switchport trunk native vlan {native}",
-            "switchport trunk allowed vlan {allowed}",
-            "switchport mode trunk",
-        ),
-    }
 
 
 class CiscoNXOS(CiscoStyle):
-    """NX-OS ports may default to routed mode: ``switchport`` first."""
+    """NX-OS ports may default to routed mode: the family's lines with ``switchport`` first."""
 
     name = "cisco_nxos"
     aliases = ("CiscoNXOS", "cisco_nxos", "nxos", "nexus")
@@ -103,14 +81,5 @@ class CiscoNXOS(CiscoStyle):
     port_number = r"\d{1,3}/\d{1,3}(?:/\d{1,3})?"
     kinds = {"ethernet": "Ethernet", "eth": "Ethernet", "e": "Ethernet"}
     port_example = "Ethernet1/1"
-    templates = {
-        "access": ("interface {port}", "switchport", "switchport mode access", "switchport access vlan {untagged}"),
-        "trunk": (
-            "interface {port}",
-            "switchport",
-            "switchport trunk native vlan {native}",
-            "switchport trunk allowed vlan {allowed}",
-            "switchport mode trunk",
-        ),
-    }
+    templates = {key: (enter, "switchport", *rest) for key, (enter, *rest) in CiscoStyle.templates.items()}
     save_command = "copy running-config startup-config"

@@ -5,6 +5,7 @@ every change is one delta line. Tagged VLANs need trunk mode; untagged does not.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from metalflow.integrations.switches.dialect import Dialect, interface_block
 from metalflow.integrations.switches.model import PortVlans, parse_vlan_list
@@ -28,9 +29,9 @@ class DellOS10(Dialect):
     save_command = "copy running-configuration startup-configuration"
     fatal_errors = (re.compile(r"(?m)^\s*%\s*(?:Error|Invalid|Incomplete|Ambiguous)"),)
 
-    def parse(self, port, outputs):
+    def parse(self, port: str, outputs: Sequence[str]) -> PortVlans:
         lines = interface_block(outputs[0], re.compile(rf"interface\s+{re.escape(port)}", re.I))
-        untagged, tagged, trunk = 1, set(), False
+        untagged, tagged, trunk = 1, set[int](), False
         for line in lines:
             if m := re.fullmatch(r"switchport access vlan (\d+)", line):
                 untagged = int(m.group(1))

@@ -11,11 +11,12 @@ per session, ~10 s in all); ``FastDellOS6`` checks with a prompt pattern instead
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from netmiko.dell.dell_dnos6 import DellDNOS6SSH
 
-from metalflow.integrations.switches.dialect import Dialect, interface_block
-from metalflow.integrations.switches.model import ALL_VLANS, PortVlans, parse_vlan_list
+from metalflow.integrations.switches.dialect import Dialect, interface_block, parse_switchport, switchport_mode
+from metalflow.integrations.switches.model import DEFAULT_VLAN, PortVlans, parse_vlan_list
 
 _GENERAL = re.compile(r"switchport general allowed vlan (add|remove) (\S+)(?: (tagged|untagged))?")
 
@@ -74,32 +75,18 @@ class DellOS6(Dialect):
         re.compile(r"(?m)VLAN was not created by user|Failure Information|^\s*Error"),
     )
 
-    def parse(self, port, outputs):
+    def parse(self, port: str, outputs: Sequence[str]) -> PortVlans:
         header = re.compile(rf"interface\s+{re.escape(port)}", re.I)
         lines = interface_block(outputs[0], header, indented=False)  # OS6 does not indent
-        mode, access, pvid, native = "access", 1, 1, 1
-        untagged: set[int] = {1}
-        tagged: set[int] = set()
-        allowed = None  # trunk allowed list (None: all)
+        if switchport_mode(lines) != "general":
+            return parse_switchport(lines)
+        pvid, untagged, tagged = DEFAULT_VLAN, {DEFAULT_VLAN}, set[int]()
         for line in lines:
-            if m := re.fullmatch(r"switchport mode (\S+)", line):
-                mode = m.group(1)
-            elif m := re.fullmatch(r"switchport access vlan (\d+)", line):
-                access = int(m.group(1))
-            elif m := re.fullmatch(r"switchport general pvid (\d+)", line):
+            if m := re.fullmatch(r"switchport general pvid (\d+)", line):
                 pvid = int(m.group(1))
             elif m := _GENERAL.fullmatch(line):
                 vlans = parse_vlan_list(m.group(2))
                 untagged, tagged = untagged - vlans, tagged - vlans
                 if m.group(1) == "add":
                     (tagged if m.group(3) == "tagged" else untagged).update(vlans)
-            elif m := re.fullmatch(r"switchport trunk native vlan (\d+)", line):
-                native = int(m.group(1))
-            elif m := re.fullmatch(r"switchport trunk allowed vlan (\S+)", line):
-                allowed = parse_vlan_list(m.group(1))
-        if mode == "general":
-            return PortVlans(pvid if pvid in untagged else None, frozenset(tagged))
-        if mode == "trunk":
-            allowed = ALL_VLANS if allowed is None else allowed
-            return PortVlans(native if native in allowed else None, allowed - {native})
-        return PortVlans(access, frozenset())
+        return PortVlans(pvid if pvid in untagged else None, frozenset(tagged))

@@ -15,6 +15,7 @@ mode the same way; ``FastFastIron`` waits for the prompt pattern instead.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from netmiko.ruckus.ruckus_fastiron import RuckusFastironSSH
 
@@ -66,8 +67,8 @@ class FastIron(Dialect):
     fatal_errors = (re.compile(r"(?mi)^\s*(?:Invalid input|Error\b|Incomplete command|Ambiguous input)"),)
     untagged_builds_on_tagged = True
 
-    def parse(self, port, outputs):
-        tagged, untagged, vid = set(), set(), None
+    def parse(self, port: str, outputs: Sequence[str]) -> PortVlans:
+        tagged, untagged, vid = set[int](), set[int](), None
         for line in outputs[0].splitlines():
             if m := re.match(r"vlan (\d+)\b", line):
                 vid = int(m.group(1))

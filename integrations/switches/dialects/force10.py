@@ -10,6 +10,7 @@ port list uses short type names and ranges (``Te 1/1/2-1/1/4,1/1/6``).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from types import MappingProxyType
 
 from metalflow.integrations.switches.dialect import Dialect
@@ -54,13 +55,13 @@ class Force10(Dialect):
     read_commands = ("show vlan",)
     fatal_errors = (re.compile(r"(?m)^\s*%\s*(?:Error|Invalid|Incomplete|Ambiguous)"),)
 
-    def parse(self, port, outputs):
+    def parse(self, port: str, outputs: Sequence[str]) -> PortVlans:
         kind, number = port.split(" ", 1)
         lines = outputs[0].splitlines()
         start = next((i for i, ln in enumerate(lines) if re.search(r"\bNUM\b.*\bStatus\b", ln)), None)
         if start is None:
             raise ValueError("no VLAN table (header 'NUM Status ... Q Ports') in the output")
-        untagged, tagged, vid = set(), set(), None
+        untagged, tagged, vid = set[int](), set[int](), None
         for line in lines[start + 1 :]:
             row = _ROW.match(line)
             if row:

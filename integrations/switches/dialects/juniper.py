@@ -11,6 +11,7 @@ that exist under ``vlans``: Junos cannot add a port to a VLAN it does not know.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from metalflow.integrations.switches.dialect import COMMON_RETRYABLE, Dialect
 from metalflow.integrations.switches.model import PortVlans, parse_vlan_list
@@ -46,8 +47,8 @@ class JuniperJunos(Dialect):
     retryable_errors = COMMON_RETRYABLE + (re.compile(r"database (?:is )?(?:locked|modified)"),)
     fatal_errors = (re.compile(r"(?mi)^\s*(?:error:|syntax error|unknown command|missing argument)"),)
 
-    def parse(self, port, outputs):
-        mode, native, members = "access", None, set()
+    def parse(self, port: str, outputs: Sequence[str]) -> PortVlans:
+        mode, native, members = "access", None, set[int]()
         prefix = f"set interfaces {port} "
         for line in outputs[0].splitlines():
             line = line.strip()

@@ -1,5 +1,8 @@
 """A single timer thread for the world model: run callables at a time, in order, off the
-caller's thread (BMC events arrive on the fleet's reader thread and must not block it)."""
+caller's thread (BMC events arrive on the fleet's reader thread and must not block it).
+
+A package of its own, below ``lab.maas`` (whose lifecycle runs on it) and the lab's top level
+(whose world model does), so that neither depends on the other through it."""
 
 from __future__ import annotations
 

@@ -11,6 +11,10 @@ labs (the demo, a test run) can run side by side on one machine:
 - switch *j* on ``127.<100+block>.200.<1 + j>`` port 22 (10022 when not root);
 - MAAS on ``127.<100+block>.250.1`` port 5240 and the lab control API on the same address,
   port 5241.
+
+A package of its own, not a module of ``metalflow.lab``: the simulators (``lab.bmc``,
+``lab.maas``, ``lab.switch``) are built from it, and the lab's top level (``runner``, ``world``)
+composes those simulators, so the spec must sit below both for the lab's packages to form a DAG.
 """
 
 from __future__ import annotations
