@@ -35,7 +35,7 @@ def lab_settings(manifest: dict, inventory_url: str) -> dict:
 def save_secret(name: str, value: str) -> None:
     from prefect.blocks.system import Secret
 
-    Secret(value=value).save(name, overwrite=True)
+    Secret(value=value).save(name, overwrite=True)  # type: ignore[arg-type]  # pydantic coerces str
 
 
 def setup_lab(manifest_path: Path, *, inventory_url: str | None = None, home: Path | None = None) -> ImportSummary:

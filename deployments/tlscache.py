@@ -59,5 +59,5 @@ def install() -> bool:
         return True
     if current is not ssl:
         return False
-    orchestration.ssl = _SharedContexts()  # type: ignore[attr-defined]
+    orchestration.ssl = _SharedContexts()  # type: ignore[assignment]  # a stand-in for the ssl module
     return True

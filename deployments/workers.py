@@ -54,7 +54,7 @@ def _entrypoint(flow) -> str:
 def pool_deployments(cfg=None, *, pool: str = POOL, schedules: bool = True) -> list:
     """The deployments ``metalflow serve`` serves (same names, tags, parameters and
     schedules), bound to ``pool`` with module entrypoints."""
-    from prefect.deployments.runner import EntrypointType
+    from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
     from metalflow.deployments.registry import ON_DEMAND, deployments
     from metalflow.flows.audit import audit
@@ -64,7 +64,7 @@ def pool_deployments(cfg=None, *, pool: str = POOL, schedules: bool = True) -> l
     out = []
     for served in deployments(cfg, schedules=schedules):
         flow = flows[served.flow_name]
-        d = flow.to_deployment(
+        d: RunnerDeployment = flow.to_deployment(  # type: ignore[assignment]  # sync call: no coroutine
             name=served.name,
             tags=list(served.tags),
             parameters=dict(served.parameters),
@@ -140,13 +140,13 @@ def ensure_crash_automation(within: float = CRASH_AFTER_SECONDS) -> str:
             within=timedelta(seconds=within),
         ),
         actions=[
-            ChangeFlowRunState(
+            ChangeFlowRunState(  # type: ignore[call-arg]  # name and force have defaults
                 state=StateType.CRASHED,
                 message=f"no heartbeat for {within:.0f} s: the worker running it died; rerun it to converge",
             )
         ],
     ).create()
-    return str(automation.id)
+    return str(automation.id)  # type: ignore[union-attr]  # sync call: not a coroutine
 
 
 def deploy_all(
