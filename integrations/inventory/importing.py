@@ -10,7 +10,6 @@ put the password there.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from metalflow.integrations.cloudstack.config import RackConfig, normalize_mac, valid_address
+from metalflow.integrations.config import RackConfig, address_key, normalize_mac, valid_address
 from metalflow.integrations.inventory.models import Host, HostNic, Switch
 from metalflow.integrations.inventory.records import (
     HostRecord,
@@ -170,13 +169,6 @@ def switch_credential_ref(source: CredentialRefSource, name: str) -> str:
     return check_credential_ref(ref, "switch_credential_ref")
 
 
-def _address_key(address: str) -> str:
-    try:
-        return ipaddress.ip_address(address).compressed
-    except ValueError:
-        return address.lower().rstrip(".")
-
-
 def _update(row: Any, values: Mapping[str, Any], label: str, details: list[str]) -> bool:
     changed = False
     for key, new in values.items():
@@ -199,7 +191,7 @@ def import_rack(
 ) -> ImportSummary:
     """Do the import inside the caller's (write) transaction; see the module docstring."""
     if not isinstance(rack, RackConfig):
-        raise InventoryError("expected a RackConfig from integrations.cloudstack.load_rack_config", field="rack")
+        raise InventoryError("expected a RackConfig from integrations.config.load_rack_config", field="rack")
     if pxe_vlan is not None and (not isinstance(pxe_vlan, int) or not 1 <= pxe_vlan <= 4094):
         raise InventoryError(f"{pxe_vlan!r} is not a VLAN id (1-4094)", field="pxe_vlan")
     hosts = validate_records(records)
@@ -242,14 +234,14 @@ def import_rack(
 
 
 def _import_switches(s, rack, credential_ref, switch_names, pxe_vlan, details, warnings):
-    existing = {_address_key(sw.address): sw for sw in s.scalars(select(Switch).with_for_update())}
+    existing = {address_key(sw.address): sw for sw in s.scalars(select(Switch).with_for_update())}
     by_name = {sw.name: sw for sw in existing.values()}
     result: dict[str, Switch] = {}
     added = updated = 0
     refs: list[tuple[str, str]] = []
     for i, r in enumerate(rack.racks):
         sc = r.switch
-        key = _address_key(sc.ip)
+        key = address_key(sc.ip)
         row = existing.get(key)
         wanted = switch_names.get(sc.ip)
         if row is None:
@@ -341,7 +333,7 @@ def _import_nics(s, rack: RackConfig, hosts: list[_Host], rows: dict[str, Host],
     # The rack config is the truth about cabling, for every NIC in the inventory.
     target: dict[str, tuple[Switch, str]] = {}
     for r in rack.racks:
-        sw = switches[_address_key(r.switch.ip)]
+        sw = switches[address_key(r.switch.ip)]
         for c in r.hosts:
             target[c.mac] = (sw, c.port)
     occupied = {

@@ -21,8 +21,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
-from metalflow.integrations.cloudstack.config import RackConfig
 from metalflow.integrations.common import Backoff, Deadline, mask, retry
+from metalflow.integrations.config import RackConfig
 from metalflow.integrations.inventory import migrate
 from metalflow.integrations.inventory.engine import WRITE_OPTION, default_url, make_engine
 from metalflow.integrations.inventory.importing import (

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import inspect, text
 
-from metalflow.integrations.cloudstack import RackConfig, load_rack_config
+from metalflow.integrations.config import RackConfig, load_rack_config
 from metalflow.integrations.inventory import (
     DesiredVlan,
     HostNotFound,
