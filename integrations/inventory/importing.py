@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from sqlalchemy import select
@@ -43,43 +43,30 @@ def chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
         yield items[i : i + size]
 
 
-@dataclass(frozen=True)
-class _Host:
-    """A validated, normalised host record."""
-
-    name: str
-    cloudstack_id: str | None
-    ipmi_address: str
-    ipmi_port: int
-    ipmi_username: str
-    ipmi_credential_ref: str
-    macs: tuple[str, ...]
-    cpu_count: int
-    memory_mb: int
-    arch: str
-
-    def fields(self) -> dict[str, Any]:
-        return {
-            "cloudstack_id": self.cloudstack_id,
-            "ipmi_address": self.ipmi_address,
-            "ipmi_port": self.ipmi_port,
-            "ipmi_username": self.ipmi_username,
-            "ipmi_credential_ref": self.ipmi_credential_ref,
-            "boot_mac": self.macs[0],
-            "cpu_count": self.cpu_count,
-            "memory_mb": self.memory_mb,
-            "arch": self.arch,
-        }
+def _host_fields(h: HostRecord) -> dict[str, Any]:
+    """The host row's columns from a validated record (``macs[0]`` is the boot NIC)."""
+    return {
+        "cloudstack_id": h.cloudstack_id,
+        "ipmi_address": h.ipmi_address,
+        "ipmi_port": h.ipmi_port,
+        "ipmi_username": h.ipmi_username,
+        "ipmi_credential_ref": h.ipmi_credential_ref,
+        "boot_mac": h.macs[0],
+        "cpu_count": h.cpu_count,
+        "memory_mb": h.memory_mb,
+        "arch": h.arch,
+    }
 
 
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def validate_records(records: Sequence[HostRecord]) -> list[_Host]:
-    """Check every record (collecting every problem) and normalise MACs and ids."""
+def validate_records(records: Sequence[HostRecord]) -> list[HostRecord]:
+    """Check every record (collecting every problem) and return them normalised: MACs as
+    ``00:18:8b:52:79:80``, the CloudStack id as text, the IPMI address stripped."""
     problems: list[tuple[str, str]] = []
-    out: list[_Host] = []
+    out: list[HostRecord] = []
     seen_names: dict[str, str] = {}
     seen_ids: dict[str, str] = {}
     seen_macs: dict[str, str] = {}
@@ -140,20 +127,7 @@ def validate_records(records: Sequence[HostRecord]) -> list[_Host]:
         if not isinstance(r.arch, str) or not r.arch or len(r.arch) > 64:
             problems.append((f"{p}.arch", f"{r.arch!r} is not a MAAS architecture (e.g. amd64/generic)"))
         if len(problems) == before:
-            out.append(
-                _Host(
-                    r.name,
-                    cs_id,
-                    r.ipmi_address.strip(),
-                    r.ipmi_port,
-                    r.ipmi_username,
-                    r.ipmi_credential_ref,
-                    tuple(macs),
-                    r.cpu_count,
-                    r.memory_mb,
-                    r.arch,
-                )
-            )
+            out.append(replace(r, cloudstack_id=cs_id, ipmi_address=r.ipmi_address.strip(), macs=tuple(macs)))
     if problems:
         raise problems_error("host records", problems)
     return out
@@ -293,7 +267,7 @@ def _free_name(index: int, taken: Mapping[str, Any]) -> str:
     return name
 
 
-def _import_hosts(s: Session, hosts: list[_Host], details: list[str]):
+def _import_hosts(s: Session, hosts: list[HostRecord], details: list[str]):
     rows: dict[str, Host] = {}
     names = [h.name for h in hosts]
     for part in chunks(names):
@@ -313,18 +287,18 @@ def _import_hosts(s: Session, hosts: list[_Host], details: list[str]):
     for h in hosts:
         row = rows.get(h.name)
         if row is None:
-            row = Host(name=h.name, nics=[], **h.fields())  # an empty collection: no lazy load later
+            row = Host(name=h.name, nics=[], **_host_fields(h))  # an empty collection: no lazy load later
             s.add(row)
             rows[h.name] = row
             details.append(f"host {h.name}: added")
             added += 1
-        elif _update(row, h.fields(), f"host {h.name}", details):
+        elif _update(row, _host_fields(h), f"host {h.name}", details):
             updated += 1
     s.flush()
     return rows, added, updated
 
 
-def _import_nics(s, rack: RackConfig, hosts: list[_Host], rows: dict[str, Host], switches, details):
+def _import_nics(s, rack: RackConfig, hosts: list[HostRecord], rows: dict[str, Host], switches, details):
     all_macs = [m for h in hosts for m in h.macs]
     existing: dict[str, HostNic] = {}
     for part in chunks(all_macs):

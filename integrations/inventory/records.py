@@ -169,10 +169,6 @@ class HostInfo:
             tuple(NicInfo.of(n) for n in h.nics),
         )
 
-    @property
-    def cabled_nics(self) -> tuple[NicInfo, ...]:
-        return tuple(n for n in self.nics if n.switch is not None)
-
 
 class CabledPort(NamedTuple):
     """``(switch, port)``: a switch port one of the host's NICs is cabled to."""
@@ -218,7 +214,11 @@ class DesiredVlan:
 
 
 @dataclass(frozen=True)
-class EventInfo:
+class JournalLine:
+    """One line of a host's journal: checked and stamped before it is written
+    (``journal.journal_line``, ``host`` the key it was given), and as read back (``host`` the
+    inventory name)."""
+
     host: str
     at: datetime
     operation: str
@@ -229,7 +229,7 @@ class EventInfo:
     detail: str
 
     @classmethod
-    def of(cls, e: HostEvent, host: str) -> EventInfo:
+    def of(cls, e: HostEvent, host: str) -> JournalLine:
         return cls(host, e.at, e.operation, e.run_id, e.step, e.system, e.outcome, e.detail)
 
 

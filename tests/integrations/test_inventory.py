@@ -24,7 +24,7 @@ from metalflow.integrations.inventory import (
     migrate,
     split_credential_ref,
 )
-from metalflow.integrations.inventory.store import Inventory as _Inventory
+from metalflow.integrations.inventory.hosts import host_row
 from metalflow.lab.spec import generate
 
 UTC = UTC
@@ -555,7 +555,7 @@ def test_a_stale_version_is_retried_on_fresh_data(loaded):
     attempts = []
 
     def bump(s):
-        row = _Inventory._host(s, "host-001", lock=True)
+        row = host_row(s, "host-001", lock=True)
         if not attempts:
             s.execute(text("UPDATE hosts SET version = version + 1 WHERE name = 'host-001'"))
         attempts.append(row.version)
@@ -563,7 +563,7 @@ def test_a_stale_version_is_retried_on_fresh_data(loaded):
         s.flush()
         return row.poll_failures
 
-    assert loaded._write(bump) == 1
+    assert loaded.db.write(bump) == 1
     assert attempts == [1, 1]  # the first attempt's bump was rolled back with it
     assert loaded.get_host("host-001").version == 2
 
