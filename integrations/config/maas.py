@@ -39,7 +39,7 @@ class ApiKey:
         return Secret(f"{self.consumer_key}:{self.token_key}:{self.token_secret.reveal()}")
 
 
-def parse_api_key(s: str, *, field: str = "api_key") -> ApiKey:
+def parse_api_key(s: str | Secret, *, field: str = "api_key") -> ApiKey:
     """Parse ``consumer:token:secret``; exactly three non-empty parts."""
     if isinstance(s, Secret):
         s = s.reveal()
@@ -127,7 +127,7 @@ _MISSING_HINT = MappingProxyType(
 )
 
 
-def parse_settings(s: str) -> MaasSettings:
+def parse_settings(s: str | Secret) -> MaasSettings:
     """Parse CloudStack's ``external.baremetal.system.url``.
 
     Accepts ``Key=value`` pairs separated by ``;``, keys in any case, whitespace around either,

@@ -38,11 +38,13 @@ class ConfigError(MetalflowError):
             message = f"{what} has {len(problems)} problems:\n{lines}"
         return cls(message, field=problems[0].field, problems=problems)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_config_error, (type(self), self.message, self.field, self.problems))
 
 
-def _rebuild_config_error(cls, message, field, problems):
+def _rebuild_config_error(
+    cls: type[ConfigError], message: str, field: str, problems: tuple[Problem, ...]
+) -> ConfigError:
     return cls(message, field=field, problems=problems)
 
 

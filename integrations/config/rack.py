@@ -91,7 +91,7 @@ def _error_text(exc: BaseException) -> str:
     return str(exc)
 
 
-def load_rack_config(data: str | bytes | Mapping[str, Any] | os.PathLike) -> RackConfig:
+def load_rack_config(data: str | bytes | Mapping[str, Any] | os.PathLike[str]) -> RackConfig:
     """Parse the rack config (seed format) from JSON text, bytes, a parsed dict or a file path.
 
     Checks: structure and types, MACs (normalised to ``00:18:8b:52:79:80``), known switch
@@ -236,6 +236,8 @@ def _parse_switch(
 
     if len(problems) > before:
         return None, check
+    # Every field passed its check above (each failure added a problem).
+    assert isinstance(ip, str) and isinstance(username, str) and isinstance(password, str) and isinstance(stype, str)
     return (
         SwitchConfig(
             ip=ip.strip(), username=username.strip(), password=Secret(password), type=stype.strip(), port=port
@@ -294,6 +296,7 @@ def _parse_hosts(
             except Exception as exc:  # noqa: BLE001 - the dialect's port-grammar error
                 problems.append(Problem(f"{hp}.port", _error_text(exc)))
         if canonical is not None:
+            assert isinstance(port, str)  # checked above: a port name was given
             # Duplicates by the dialect's canonical name ("1/1/1" is "TenGigabitEthernet 1/1/1");
             # the port is kept as written, which is what the switch and the lab call it.
             key = canonical.lower()
@@ -304,5 +307,6 @@ def _parse_hosts(
             else:
                 seen_ports[key] = hp
         if mac is not None and canonical is not None:
+            assert isinstance(port, str)
             hosts.append(CabledMac(mac, port.strip()))
     return tuple(hosts) if len(problems) == before else None

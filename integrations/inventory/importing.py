@@ -207,7 +207,15 @@ def import_rack(
     )
 
 
-def _import_switches(s, rack, credential_ref, switch_names, pxe_vlan, details, warnings):
+def _import_switches(
+    s: Session,
+    rack: RackConfig,
+    credential_ref: CredentialRefSource,
+    switch_names: Mapping[str, str],
+    pxe_vlan: int | None,
+    details: list[str],
+    warnings: list[str],
+) -> tuple[dict[str, Switch], int, int, list[tuple[str, str]]]:
     existing = {address_key(sw.address): sw for sw in s.scalars(select(Switch).with_for_update())}
     by_name = {sw.name: sw for sw in existing.values()}
     result: dict[str, Switch] = {}
@@ -228,13 +236,14 @@ def _import_switches(s, rack, credential_ref, switch_names, pxe_vlan, details, w
                 f"{name!r} is already the name of switch {holder.address}; choose another in switch_names",
                 field=f"racks[{i}].l2Switch",
             )
-        values = {
+        ref = switch_credential_ref(credential_ref, name)
+        values: dict[str, Any] = {
             "name": name,
             "address": sc.ip,
             "port": sc.port,
             "type": sc.type,
             "username": sc.username,
-            "credential_ref": switch_credential_ref(credential_ref, name),
+            "credential_ref": ref,
         }
         if pxe_vlan is not None or row is None:
             values["pxe_vlan"] = pxe_vlan
@@ -250,10 +259,10 @@ def _import_switches(s, rack, credential_ref, switch_names, pxe_vlan, details, w
                 updated += 1
         by_name[name] = row
         result[key] = row
-        refs.append((name, values["credential_ref"]))
-    for key, row in existing.items():
+        refs.append((name, ref))
+    for key, known in existing.items():
         if key not in result:
-            warnings.append(f"switch {row.name} ({row.address}) is not in the rack config; its NICs are uncabled")
+            warnings.append(f"switch {known.name} ({known.address}) is not in the rack config; its NICs are uncabled")
     s.flush()
     return result, added, updated, refs
 
@@ -267,15 +276,15 @@ def _free_name(index: int, taken: Mapping[str, Any]) -> str:
     return name
 
 
-def _import_hosts(s: Session, hosts: list[HostRecord], details: list[str]):
+def _import_hosts(s: Session, hosts: list[HostRecord], details: list[str]) -> tuple[dict[str, Host], int, int]:
     rows: dict[str, Host] = {}
     names = [h.name for h in hosts]
     for part in chunks(names):
-        for row in s.scalars(
+        for found in s.scalars(
             select(Host).where(Host.name.in_(part)).options(selectinload(Host.nics)).with_for_update()
         ):
-            rows[row.name] = row
-    ids = [h.cloudstack_id for h in hosts if h.cloudstack_id is not None]
+            rows[found.name] = found
+    ids = [str(h.cloudstack_id) for h in hosts if h.cloudstack_id is not None]  # text once validated
     for part in chunks(ids):
         for other in s.execute(select(Host.name, Host.cloudstack_id).where(Host.cloudstack_id.in_(part))):
             if other.name not in rows:
@@ -298,18 +307,25 @@ def _import_hosts(s: Session, hosts: list[HostRecord], details: list[str]):
     return rows, added, updated
 
 
-def _import_nics(s, rack: RackConfig, hosts: list[HostRecord], rows: dict[str, Host], switches, details):
+def _import_nics(
+    s: Session,
+    rack: RackConfig,
+    hosts: list[HostRecord],
+    rows: dict[str, Host],
+    switches: Mapping[str, Switch],
+    details: list[str],
+) -> tuple[int, int, int]:
     all_macs = [m for h in hosts for m in h.macs]
     existing: dict[str, HostNic] = {}
     for part in chunks(all_macs):
-        for nic in s.scalars(select(HostNic).where(HostNic.mac.in_(part)).options(selectinload(HostNic.host))):
-            existing[nic.mac] = nic
+        for known in s.scalars(select(HostNic).where(HostNic.mac.in_(part)).options(selectinload(HostNic.host))):
+            existing[known.mac] = known
     # The rack config is the truth about cabling, for every NIC in the inventory.
-    target: dict[str, tuple[Switch, str]] = {}
+    target: dict[str, tuple[Switch | None, str | None]] = {}
     for r in rack.racks:
-        sw = switches[address_key(r.switch.ip)]
+        tor = switches[address_key(r.switch.ip)]
         for c in r.hosts:
-            target[c.mac] = (sw, c.port)
+            target[c.mac] = (tor, c.port)
     occupied = {
         tuple(r) for r in s.execute(select(HostNic.switch_id, HostNic.port).where(HostNic.switch_id.is_not(None)))
     }
@@ -318,11 +334,11 @@ def _import_nics(s, rack: RackConfig, hosts: list[HostRecord], rows: dict[str, H
     for h in hosts:
         row = rows[h.name]
         wanted = set(h.macs)
-        for nic in list(row.nics):
+        for old in list(row.nics):
             # A NIC another record claims is moved below (or was already), not removed.
-            if nic.mac not in wanted and nic.mac not in existing:
-                row.nics.remove(nic)
-                details.append(f"host {h.name}: NIC {nic.mac} removed")
+            if old.mac not in wanted and old.mac not in existing:
+                row.nics.remove(old)
+                details.append(f"host {h.name}: NIC {old.mac} removed")
                 removed += 1
         for k, mac in enumerate(h.macs):
             nic = existing.get(mac)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import ColumnElement, delete, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from metalflow.integrations.inventory.hosts import HostKey, host_row
@@ -43,7 +43,7 @@ def _ports(row: Host, ports: Sequence[tuple[str, str]] | None) -> list[HostNic]:
         if not cabled:
             raise InventoryError(f"host {row.name} has no NIC cabled to a switch in the rack config", field="ports")
         return cabled
-    by_port = {(n.switch.name, n.port): n for n in cabled}
+    by_port = {(n.switch.name, n.port): n for n in cabled if n.switch is not None}
     out = []
     for i, p in enumerate(ports):
         key = tuple(p)
@@ -60,6 +60,7 @@ def _set_desired(s: Session, row: Host, want: DesiredVlan) -> int:
     changed = 0
     vlan, is_tagged, purpose = want.vlan, want.is_tagged, want.purpose
     for nic in _ports(row, want.ports):
+        assert nic.switch is not None  # _ports gives cabled NICs only
         current = {
             v.vlan: v
             for v in s.scalars(select(PortVlan).where(PortVlan.switch_id == nic.switch_id, PortVlan.port == nic.port))
@@ -100,7 +101,7 @@ def _clear_desired(
 ) -> int:
     cabled = [n for n in row.nics if n.switch_id is not None]
     nics = _ports(row, ports) if ports is not None else cabled
-    conds = [(PortVlan.switch_id == n.switch_id) & (PortVlan.port == n.port) for n in nics]
+    conds: list[ColumnElement[bool]] = [(PortVlan.switch_id == n.switch_id) & (PortVlan.port == n.port) for n in nics]
     if ports is None:
         conds.append(PortVlan.host_id == row.id)
     if not conds:

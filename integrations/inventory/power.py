@@ -158,14 +158,15 @@ class PowerRepository:
             for part in chunks(names):
                 for row in s.scalars(select(Host).where(Host.name.in_(part)).with_for_update()):
                     rows[row.name] = row
-            transitions, unknown = [], []
+            transitions: list[PowerTransition] = []
+            unknown: list[str] = []
             for name, state, at, error in cleaned:
-                row = rows.get(str(name))
-                if row is None:
+                found = rows.get(str(name))
+                if found is None:
                     unknown.append(str(name))
                     continue
-                t = apply_reading(row, state, at, error, threshold=self.maintenance_after)
-                _journal_transition(s, row, t, run_id)
+                t = apply_reading(found, state, at, error, threshold=self.maintenance_after)
+                _journal_transition(s, found, t, run_id)
                 transitions.append(t)
             return BulkPowerResult(tuple(transitions), tuple(unknown))
 

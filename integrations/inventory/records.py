@@ -21,7 +21,7 @@ class InventoryError(MetalflowError):
         text = f"{field}: {message}" if field else message
         super().__init__(text, target=target, operation=operation)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.message, self.field, self.target, self.operation))
 
 
@@ -37,7 +37,7 @@ class ClaimConflict(InventoryError):
     """The host asked for is claimed by, or carries, another VM."""
 
 
-def _rebuild(cls, message, field_, target, operation):
+def _rebuild(cls: type[InventoryError], message: str, field_: str, target: str, operation: str) -> InventoryError:
     obj = cls.__new__(cls)
     obj.field = field_
     MetalflowError.__init__(obj, message, target=target, operation=operation)

@@ -71,7 +71,8 @@ class Database:
         lock up front on SQLite (``BEGIN IMMEDIATE``)."""
         with self._sessions() as s:
             if write:
-                s.connection(execution_options={WRITE_OPTION: True})
+                # Our own option (read by engine.py's begin hook), not a key SQLAlchemy's TypedDict lists.
+                s.connection(execution_options={WRITE_OPTION: True})  # type: ignore[misc]
             try:
                 yield s
                 s.commit()
