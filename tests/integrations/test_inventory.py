@@ -73,6 +73,26 @@ def loaded(inv, spec):
     return inv
 
 
+# ---------------------------------------------------------------- repositories
+
+
+def test_the_repositories_share_one_database_and_answer_as_the_facade(loaded):
+    """Inventory is the composition of its repositories over one Database: a write through
+    one repository is what every other one (and the facade's delegations) reads next."""
+    assert {repo.db for repo in (loaded.hosts, loaded.ports, loaded.power, loaded.history, loaded.claims)} == {
+        loaded.db
+    }
+    assert loaded.hosts.get("host-001") == loaded.get_host("host-001")
+    assert loaded.hosts.all() == loaded.list_hosts()
+    assert loaded.ports.cabled_ports("host-003") == loaded.cabled_ports("host-003")
+    loaded.ports.set_desired_vlan("host-001", 200)
+    assert [v.vlan for v in loaded.desired_vlans("host-001")] == [200]
+    line = loaded.history.append("host-001", "provision", "run-1", "deploy", "maas", "ok", "x")
+    assert loaded.events("host-001") == [line]
+    assert loaded.power.record("host-001", "on").state == "on"
+    assert loaded.get_host("host-001").power_state == "on"
+
+
 # ---------------------------------------------------------------- migrations and engine
 
 
