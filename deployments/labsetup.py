@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from metalflow.integrations.cloudstack import load_rack_config
+from metalflow.integrations.config import load_rack_config
 from metalflow.integrations.inventory import HostRecord, ImportSummary, Inventory
 from metalflow.tasks.settings import metalflow_home
 

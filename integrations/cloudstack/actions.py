@@ -41,7 +41,11 @@ class ActionError(MetalflowError):
 
 class Extension:
     def __init__(
-        self, cfg: ExtensionConfig, payload: Payload, deadline: Deadline, log: logging.Logger | logging.LoggerAdapter
+        self,
+        cfg: ExtensionConfig,
+        payload: Payload,
+        deadline: Deadline,
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger],
     ):
         self.cfg = cfg
         self.p = payload

@@ -33,7 +33,7 @@ from types import MappingProxyType
 
 from metalflow.integrations.cloudstack.answer import Answer, no_console
 from metalflow.integrations.cloudstack.extension_config import ExtensionConfig, ExtensionConfigError, load_config
-from metalflow.integrations.cloudstack.payload import PayloadError, load_payload
+from metalflow.integrations.cloudstack.payload import Payload, PayloadError, load_payload
 from metalflow.integrations.common import Deadline, MetalflowError
 
 BUILTIN_ACTIONS = ("prepare", "create", "start", "stop", "reboot", "delete", "status", "getconsole")
@@ -86,7 +86,7 @@ def _quiet_stdio(log_path: Path | None) -> Iterator[int]:
             os.close(fd)
 
 
-def _logger(cfg: ExtensionConfig | None, action: str) -> logging.LoggerAdapter:
+def _logger(cfg: ExtensionConfig | None, action: str) -> logging.LoggerAdapter[logging.Logger]:
     log = logging.getLogger(LOGGER)
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -181,7 +181,14 @@ def _explain(exc: Exception, cfg: ExtensionConfig) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _act(cfg: ExtensionConfig, payload, name: str, wait_seconds: int, started: float, log) -> Answer:
+def _act(
+    cfg: ExtensionConfig,
+    payload: Payload,
+    name: str,
+    wait_seconds: int,
+    started: float,
+    log: logging.LoggerAdapter[logging.Logger],
+) -> Answer:
     from metalflow.integrations.cloudstack.actions import Extension, dispatch
     from metalflow.integrations.prefectapi import PrefectApiError
 

@@ -44,7 +44,7 @@ class PayloadError(MetalflowError):
         self.field = field
         super().__init__(f"{field}: {message}" if field else message)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (self.message, self.field))
 
 

@@ -72,7 +72,8 @@ def _aware(value: Any) -> datetime | None:
         return None
     if isinstance(value, str):  # a driver that hands back text
         value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    stamp: datetime = value
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
 
 
 def _sqlite_path(url: str) -> str | None:
@@ -83,7 +84,7 @@ def _sqlite_path(url: str) -> str | None:
     return url[len(prefix) :]
 
 
-def read_host(url: str, p: Payload):
+def read_host(url: str, p: Payload) -> tuple[dict[str, Any] | None, datetime | None]:
     """The VM's host row (claim, then the machine prepare saved, then the CloudStack host's
     detail, then the host carrying the VM) and the time of its newest non-poll journal line.
 
@@ -115,12 +116,12 @@ def read_host(url: str, p: Payload):
 
     engine = create_engine(url)
     try:
-        with engine.connect() as conn:
+        with engine.connect() as db:
             for sql, key in keys:
-                row = conn.execute(text(sql).columns(power_state_at=DateTime()), {"key": key}).mappings().first()
-                if row is not None:
-                    last = conn.execute(text(Q_LAST_EVENT).columns(at=DateTime()), {"id": row["id"]}).scalar()
-                    return dict(row), _aware(last)
+                found = db.execute(text(sql).columns(power_state_at=DateTime()), {"key": key}).mappings().first()
+                if found is not None:
+                    last = db.execute(text(Q_LAST_EVENT).columns(at=DateTime()), {"id": found["id"]}).scalar()
+                    return dict(found), _aware(last)
             return None, None
     finally:
         engine.dispose()

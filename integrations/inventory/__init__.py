@@ -1,24 +1,30 @@
 """The inventory: what metalflow knows about hosts, switches, cabling, the VLANs each port
 should carry, power state and a per-host journal. SQLAlchemy 2 models, Alembic migrations
 shipped in the package (``migrate.upgrade(url)``), and the ``Inventory`` facade that flows
-use. SQLite by default (safe for several processes), PostgreSQL at scale."""
+use, composed of small repositories (``hosts``, ``ports``, ``power``, ``history``, ``claims``)
+over one ``Database``. SQLite by default (safe for several processes), PostgreSQL at scale."""
 
+from metalflow.integrations.inventory.claims import ClaimRepository
 from metalflow.integrations.inventory.engine import ENV_HOME, ENV_URL, default_url, make_engine
+from metalflow.integrations.inventory.hosts import HostRepository
 from metalflow.integrations.inventory.importing import DEFAULT_SWITCH_CREDENTIAL_REF
+from metalflow.integrations.inventory.journal import JournalRepository, clean_detail, journal_line
 from metalflow.integrations.inventory.migrate import upgrade
 from metalflow.integrations.inventory.models import Base, Host, HostClaim, HostEvent, HostNic, PortVlan, Switch
+from metalflow.integrations.inventory.ports import PortRepository
+from metalflow.integrations.inventory.power import PowerRepository
 from metalflow.integrations.inventory.records import (
     BulkPowerResult,
     CabledPort,
     ClaimConflict,
     ClaimInfo,
     DesiredVlan,
-    EventInfo,
     HostInfo,
     HostNotFound,
     HostRecord,
     ImportSummary,
     InventoryError,
+    JournalLine,
     NicInfo,
     NoFreeHost,
     PowerReading,
@@ -28,7 +34,8 @@ from metalflow.integrations.inventory.records import (
     check_credential_ref,
     split_credential_ref,
 )
-from metalflow.integrations.inventory.store import Inventory, clean_detail
+from metalflow.integrations.inventory.session import Database
+from metalflow.integrations.inventory.store import Inventory
 
 __all__ = [
     "DEFAULT_SWITCH_CREDENTIAL_REF",
@@ -39,8 +46,9 @@ __all__ = [
     "CabledPort",
     "ClaimConflict",
     "ClaimInfo",
+    "ClaimRepository",
+    "Database",
     "DesiredVlan",
-    "EventInfo",
     "Host",
     "HostClaim",
     "HostEvent",
@@ -48,12 +56,17 @@ __all__ = [
     "HostNic",
     "HostNotFound",
     "HostRecord",
+    "HostRepository",
     "ImportSummary",
     "Inventory",
     "InventoryError",
+    "JournalLine",
+    "JournalRepository",
     "NicInfo",
     "NoFreeHost",
+    "PortRepository",
     "PortVlan",
+    "PowerRepository",
     "PowerReading",
     "PowerTransition",
     "Switch",
@@ -62,6 +75,7 @@ __all__ = [
     "check_credential_ref",
     "clean_detail",
     "default_url",
+    "journal_line",
     "make_engine",
     "split_credential_ref",
     "upgrade",

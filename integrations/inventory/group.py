@@ -9,7 +9,7 @@ writes every line queued at the moment in one transaction (``Inventory.journal_l
   line included, then hands the lead to the oldest line still queued, so no thread writes
   other threads' lines for longer than one transaction;
 - the others wait for the commit that carries their line and get their own result: their
-  ``EventInfo``, or their own error (an unknown host fails only its own line);
+  ``JournalLine``, or their own error (an unknown host fails only its own line);
 - each line is stamped when it is queued, and a thread waits for its line before it writes
   the next, so a run's lines keep their order;
 - a caller that leaves early (its wait timed out, or its run was cancelled by an exception
@@ -27,8 +27,9 @@ import threading
 from collections import deque
 from typing import Any
 
-from metalflow.integrations.inventory.records import EventInfo, InventoryError
-from metalflow.integrations.inventory.store import Inventory, JournalLine, journal_line
+from metalflow.integrations.inventory.journal import journal_line
+from metalflow.integrations.inventory.records import InventoryError, JournalLine
+from metalflow.integrations.inventory.store import Inventory
 
 
 class _Slot:
@@ -39,7 +40,7 @@ class _Slot:
         self.wake = threading.Event()  # set when its line is written, or when it is handed the lead
         self.lead = False
         self.finished = False
-        self.result: EventInfo | None = None
+        self.result: JournalLine | None = None
         self.error: BaseException | None = None
 
 
@@ -71,7 +72,7 @@ class GroupJournal:
         detail: Any = "",
         *,
         at: Any = None,
-    ) -> EventInfo:
+    ) -> JournalLine:
         slot = _Slot(journal_line(host, operation, run_id, step, system, outcome, detail, at=at))
         with self._lock:
             self._queue.append(slot)
@@ -104,7 +105,7 @@ class GroupJournal:
 
     def _write_queued(self) -> None:
         batch: list[_Slot] = []
-        results: list[EventInfo | InventoryError] | None = None
+        results: list[JournalLine | InventoryError] | None = None
         failure: BaseException | None = None
         try:
             with self._lock:

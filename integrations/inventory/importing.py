@@ -10,17 +10,16 @@ put the password there.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from metalflow.integrations.cloudstack.config import RackConfig, normalize_mac, valid_address
+from metalflow.integrations.config import RackConfig, address_key, normalize_mac, valid_address
 from metalflow.integrations.inventory.models import Host, HostNic, Switch
 from metalflow.integrations.inventory.records import (
     HostRecord,
@@ -44,43 +43,30 @@ def chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
         yield items[i : i + size]
 
 
-@dataclass(frozen=True)
-class _Host:
-    """A validated, normalised host record."""
-
-    name: str
-    cloudstack_id: str | None
-    ipmi_address: str
-    ipmi_port: int
-    ipmi_username: str
-    ipmi_credential_ref: str
-    macs: tuple[str, ...]
-    cpu_count: int
-    memory_mb: int
-    arch: str
-
-    def fields(self) -> dict[str, Any]:
-        return {
-            "cloudstack_id": self.cloudstack_id,
-            "ipmi_address": self.ipmi_address,
-            "ipmi_port": self.ipmi_port,
-            "ipmi_username": self.ipmi_username,
-            "ipmi_credential_ref": self.ipmi_credential_ref,
-            "boot_mac": self.macs[0],
-            "cpu_count": self.cpu_count,
-            "memory_mb": self.memory_mb,
-            "arch": self.arch,
-        }
+def _host_fields(h: HostRecord) -> dict[str, Any]:
+    """The host row's columns from a validated record (``macs[0]`` is the boot NIC)."""
+    return {
+        "cloudstack_id": h.cloudstack_id,
+        "ipmi_address": h.ipmi_address,
+        "ipmi_port": h.ipmi_port,
+        "ipmi_username": h.ipmi_username,
+        "ipmi_credential_ref": h.ipmi_credential_ref,
+        "boot_mac": h.macs[0],
+        "cpu_count": h.cpu_count,
+        "memory_mb": h.memory_mb,
+        "arch": h.arch,
+    }
 
 
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def validate_records(records: Sequence[HostRecord]) -> list[_Host]:
-    """Check every record (collecting every problem) and normalise MACs and ids."""
+def validate_records(records: Sequence[HostRecord]) -> list[HostRecord]:
+    """Check every record (collecting every problem) and return them normalised: MACs as
+    ``00:18:8b:52:79:80``, the CloudStack id as text, the IPMI address stripped."""
     problems: list[tuple[str, str]] = []
-    out: list[_Host] = []
+    out: list[HostRecord] = []
     seen_names: dict[str, str] = {}
     seen_ids: dict[str, str] = {}
     seen_macs: dict[str, str] = {}
@@ -141,20 +127,7 @@ def validate_records(records: Sequence[HostRecord]) -> list[_Host]:
         if not isinstance(r.arch, str) or not r.arch or len(r.arch) > 64:
             problems.append((f"{p}.arch", f"{r.arch!r} is not a MAAS architecture (e.g. amd64/generic)"))
         if len(problems) == before:
-            out.append(
-                _Host(
-                    r.name,
-                    cs_id,
-                    r.ipmi_address.strip(),
-                    r.ipmi_port,
-                    r.ipmi_username,
-                    r.ipmi_credential_ref,
-                    tuple(macs),
-                    r.cpu_count,
-                    r.memory_mb,
-                    r.arch,
-                )
-            )
+            out.append(replace(r, cloudstack_id=cs_id, ipmi_address=r.ipmi_address.strip(), macs=tuple(macs)))
     if problems:
         raise problems_error("host records", problems)
     return out
@@ -168,13 +141,6 @@ def switch_credential_ref(source: CredentialRefSource, name: str) -> str:
     else:
         ref = source.format(name=name, NAME=re.sub(r"[^A-Za-z0-9]", "_", name).upper())
     return check_credential_ref(ref, "switch_credential_ref")
-
-
-def _address_key(address: str) -> str:
-    try:
-        return ipaddress.ip_address(address).compressed
-    except ValueError:
-        return address.lower().rstrip(".")
 
 
 def _update(row: Any, values: Mapping[str, Any], label: str, details: list[str]) -> bool:
@@ -199,7 +165,7 @@ def import_rack(
 ) -> ImportSummary:
     """Do the import inside the caller's (write) transaction; see the module docstring."""
     if not isinstance(rack, RackConfig):
-        raise InventoryError("expected a RackConfig from integrations.cloudstack.load_rack_config", field="rack")
+        raise InventoryError("expected a RackConfig from integrations.config.load_rack_config", field="rack")
     if pxe_vlan is not None and (not isinstance(pxe_vlan, int) or not 1 <= pxe_vlan <= 4094):
         raise InventoryError(f"{pxe_vlan!r} is not a VLAN id (1-4094)", field="pxe_vlan")
     hosts = validate_records(records)
@@ -241,15 +207,23 @@ def import_rack(
     )
 
 
-def _import_switches(s, rack, credential_ref, switch_names, pxe_vlan, details, warnings):
-    existing = {_address_key(sw.address): sw for sw in s.scalars(select(Switch).with_for_update())}
+def _import_switches(
+    s: Session,
+    rack: RackConfig,
+    credential_ref: CredentialRefSource,
+    switch_names: Mapping[str, str],
+    pxe_vlan: int | None,
+    details: list[str],
+    warnings: list[str],
+) -> tuple[dict[str, Switch], int, int, list[tuple[str, str]]]:
+    existing = {address_key(sw.address): sw for sw in s.scalars(select(Switch).with_for_update())}
     by_name = {sw.name: sw for sw in existing.values()}
     result: dict[str, Switch] = {}
     added = updated = 0
     refs: list[tuple[str, str]] = []
     for i, r in enumerate(rack.racks):
         sc = r.switch
-        key = _address_key(sc.ip)
+        key = address_key(sc.ip)
         row = existing.get(key)
         wanted = switch_names.get(sc.ip)
         if row is None:
@@ -262,13 +236,14 @@ def _import_switches(s, rack, credential_ref, switch_names, pxe_vlan, details, w
                 f"{name!r} is already the name of switch {holder.address}; choose another in switch_names",
                 field=f"racks[{i}].l2Switch",
             )
-        values = {
+        ref = switch_credential_ref(credential_ref, name)
+        values: dict[str, Any] = {
             "name": name,
             "address": sc.ip,
             "port": sc.port,
             "type": sc.type,
             "username": sc.username,
-            "credential_ref": switch_credential_ref(credential_ref, name),
+            "credential_ref": ref,
         }
         if pxe_vlan is not None or row is None:
             values["pxe_vlan"] = pxe_vlan
@@ -284,10 +259,10 @@ def _import_switches(s, rack, credential_ref, switch_names, pxe_vlan, details, w
                 updated += 1
         by_name[name] = row
         result[key] = row
-        refs.append((name, values["credential_ref"]))
-    for key, row in existing.items():
+        refs.append((name, ref))
+    for key, known in existing.items():
         if key not in result:
-            warnings.append(f"switch {row.name} ({row.address}) is not in the rack config; its NICs are uncabled")
+            warnings.append(f"switch {known.name} ({known.address}) is not in the rack config; its NICs are uncabled")
     s.flush()
     return result, added, updated, refs
 
@@ -301,15 +276,15 @@ def _free_name(index: int, taken: Mapping[str, Any]) -> str:
     return name
 
 
-def _import_hosts(s: Session, hosts: list[_Host], details: list[str]):
+def _import_hosts(s: Session, hosts: list[HostRecord], details: list[str]) -> tuple[dict[str, Host], int, int]:
     rows: dict[str, Host] = {}
     names = [h.name for h in hosts]
     for part in chunks(names):
-        for row in s.scalars(
+        for found in s.scalars(
             select(Host).where(Host.name.in_(part)).options(selectinload(Host.nics)).with_for_update()
         ):
-            rows[row.name] = row
-    ids = [h.cloudstack_id for h in hosts if h.cloudstack_id is not None]
+            rows[found.name] = found
+    ids = [str(h.cloudstack_id) for h in hosts if h.cloudstack_id is not None]  # text once validated
     for part in chunks(ids):
         for other in s.execute(select(Host.name, Host.cloudstack_id).where(Host.cloudstack_id.in_(part))):
             if other.name not in rows:
@@ -321,29 +296,36 @@ def _import_hosts(s: Session, hosts: list[_Host], details: list[str]):
     for h in hosts:
         row = rows.get(h.name)
         if row is None:
-            row = Host(name=h.name, nics=[], **h.fields())  # an empty collection: no lazy load later
+            row = Host(name=h.name, nics=[], **_host_fields(h))  # an empty collection: no lazy load later
             s.add(row)
             rows[h.name] = row
             details.append(f"host {h.name}: added")
             added += 1
-        elif _update(row, h.fields(), f"host {h.name}", details):
+        elif _update(row, _host_fields(h), f"host {h.name}", details):
             updated += 1
     s.flush()
     return rows, added, updated
 
 
-def _import_nics(s, rack: RackConfig, hosts: list[_Host], rows: dict[str, Host], switches, details):
+def _import_nics(
+    s: Session,
+    rack: RackConfig,
+    hosts: list[HostRecord],
+    rows: dict[str, Host],
+    switches: Mapping[str, Switch],
+    details: list[str],
+) -> tuple[int, int, int]:
     all_macs = [m for h in hosts for m in h.macs]
     existing: dict[str, HostNic] = {}
     for part in chunks(all_macs):
-        for nic in s.scalars(select(HostNic).where(HostNic.mac.in_(part)).options(selectinload(HostNic.host))):
-            existing[nic.mac] = nic
+        for known in s.scalars(select(HostNic).where(HostNic.mac.in_(part)).options(selectinload(HostNic.host))):
+            existing[known.mac] = known
     # The rack config is the truth about cabling, for every NIC in the inventory.
-    target: dict[str, tuple[Switch, str]] = {}
+    target: dict[str, tuple[Switch | None, str | None]] = {}
     for r in rack.racks:
-        sw = switches[_address_key(r.switch.ip)]
+        tor = switches[address_key(r.switch.ip)]
         for c in r.hosts:
-            target[c.mac] = (sw, c.port)
+            target[c.mac] = (tor, c.port)
     occupied = {
         tuple(r) for r in s.execute(select(HostNic.switch_id, HostNic.port).where(HostNic.switch_id.is_not(None)))
     }
@@ -352,11 +334,11 @@ def _import_nics(s, rack: RackConfig, hosts: list[_Host], rows: dict[str, Host],
     for h in hosts:
         row = rows[h.name]
         wanted = set(h.macs)
-        for nic in list(row.nics):
+        for old in list(row.nics):
             # A NIC another record claims is moved below (or was already), not removed.
-            if nic.mac not in wanted and nic.mac not in existing:
-                row.nics.remove(nic)
-                details.append(f"host {h.name}: NIC {nic.mac} removed")
+            if old.mac not in wanted and old.mac not in existing:
+                row.nics.remove(old)
+                details.append(f"host {h.name}: NIC {old.mac} removed")
                 removed += 1
         for k, mac in enumerate(h.macs):
             nic = existing.get(mac)

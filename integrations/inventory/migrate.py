@@ -19,7 +19,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from metalflow.integrations.inventory.engine import WRITE_OPTION, default_url, make_engine
 from metalflow.integrations.inventory.models import Base
@@ -70,9 +70,11 @@ def upgrade(target: str | Engine | None = None, revision: str = "head") -> None:
             engine.dispose()
 
 
-def _sqlite_pragma(conn, statement: str) -> None:
+def _sqlite_pragma(conn: Connection, statement: str) -> None:
     """Run a pragma on the raw connection, outside any transaction SQLAlchemy would begin."""
-    cursor = conn.connection.dbapi_connection.cursor()
+    raw = conn.connection.dbapi_connection
+    assert raw is not None  # an open connection
+    cursor = raw.cursor()
     try:
         cursor.execute(statement)
     finally:

@@ -21,7 +21,7 @@ class InventoryError(MetalflowError):
         text = f"{field}: {message}" if field else message
         super().__init__(text, target=target, operation=operation)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.message, self.field, self.target, self.operation))
 
 
@@ -37,7 +37,7 @@ class ClaimConflict(InventoryError):
     """The host asked for is claimed by, or carries, another VM."""
 
 
-def _rebuild(cls, message, field_, target, operation):
+def _rebuild(cls: type[InventoryError], message: str, field_: str, target: str, operation: str) -> InventoryError:
     obj = cls.__new__(cls)
     obj.field = field_
     MetalflowError.__init__(obj, message, target=target, operation=operation)
@@ -169,10 +169,6 @@ class HostInfo:
             tuple(NicInfo.of(n) for n in h.nics),
         )
 
-    @property
-    def cabled_nics(self) -> tuple[NicInfo, ...]:
-        return tuple(n for n in self.nics if n.switch is not None)
-
 
 class CabledPort(NamedTuple):
     """``(switch, port)``: a switch port one of the host's NICs is cabled to."""
@@ -218,7 +214,11 @@ class DesiredVlan:
 
 
 @dataclass(frozen=True)
-class EventInfo:
+class JournalLine:
+    """One line of a host's journal: checked and stamped before it is written
+    (``journal.journal_line``, ``host`` the key it was given), and as read back (``host`` the
+    inventory name)."""
+
     host: str
     at: datetime
     operation: str
@@ -229,7 +229,7 @@ class EventInfo:
     detail: str
 
     @classmethod
-    def of(cls, e: HostEvent, host: str) -> EventInfo:
+    def of(cls, e: HostEvent, host: str) -> JournalLine:
         return cls(host, e.at, e.operation, e.run_id, e.step, e.system, e.outcome, e.detail)
 
 

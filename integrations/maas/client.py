@@ -159,8 +159,8 @@ class MaasClient:
     def from_settings(cls, settings_string: str | Secret, **kwargs: Any) -> MaasClient:
         """A client from CloudStack's ``external.baremetal.system.url`` string
         (``MaasIP=...;MaasKey=...;MaasSecret=...;MaasConsumerKey=...``, plus ``MaasPort`` and
-        scheme); parsing belongs to ``integrations.cloudstack.config``."""
-        from metalflow.integrations.cloudstack.config import parse_settings  # lazy: a sibling package
+        scheme); parsing belongs to ``integrations.config``."""
+        from metalflow.integrations.config import parse_settings  # lazy: only this constructor needs it
 
         raw = settings_string.reveal() if isinstance(settings_string, Secret) else settings_string
         s = parse_settings(raw)

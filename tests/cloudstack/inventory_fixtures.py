@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from metalflow.integrations.cloudstack import load_rack_config
+from metalflow.integrations.config import load_rack_config
 from metalflow.integrations.inventory import HostRecord, Inventory
 from metalflow.lab.spec import generate
 

@@ -8,7 +8,8 @@ import pickle
 
 import pytest
 
-from metalflow.integrations.cloudstack import (
+from metalflow.integrations.common import Secret
+from metalflow.integrations.config import (
     ConfigError,
     MaasSettings,
     RackConfig,
@@ -18,7 +19,6 @@ from metalflow.integrations.cloudstack import (
     parse_settings,
     settings_from_api_key,
 )
-from metalflow.integrations.common import Secret
 from metalflow.lab.spec import generate
 
 # Verbatim from the seed page (CLOUDSTACK-9913).

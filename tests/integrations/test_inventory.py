@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import inspect, text
 
-from metalflow.integrations.cloudstack import RackConfig, load_rack_config
+from metalflow.integrations.config import RackConfig, load_rack_config
 from metalflow.integrations.inventory import (
     DesiredVlan,
     HostNotFound,
@@ -24,7 +24,7 @@ from metalflow.integrations.inventory import (
     migrate,
     split_credential_ref,
 )
-from metalflow.integrations.inventory.store import Inventory as _Inventory
+from metalflow.integrations.inventory.hosts import host_row
 from metalflow.lab.spec import generate
 
 UTC = UTC
@@ -71,6 +71,26 @@ def spec():
 def loaded(inv, spec):
     inv.import_rack_config(load_rack_config(spec.rack_config()), records_for(spec))
     return inv
+
+
+# ---------------------------------------------------------------- repositories
+
+
+def test_the_repositories_share_one_database_and_answer_as_the_facade(loaded):
+    """Inventory is the composition of its repositories over one Database: a write through
+    one repository is what every other one (and the facade's delegations) reads next."""
+    assert {repo.db for repo in (loaded.hosts, loaded.ports, loaded.power, loaded.history, loaded.claims)} == {
+        loaded.db
+    }
+    assert loaded.hosts.get("host-001") == loaded.get_host("host-001")
+    assert loaded.hosts.all() == loaded.list_hosts()
+    assert loaded.ports.cabled_ports("host-003") == loaded.cabled_ports("host-003")
+    loaded.ports.set_desired_vlan("host-001", 200)
+    assert [v.vlan for v in loaded.desired_vlans("host-001")] == [200]
+    line = loaded.history.append("host-001", "provision", "run-1", "deploy", "maas", "ok", "x")
+    assert loaded.events("host-001") == [line]
+    assert loaded.power.record("host-001", "on").state == "on"
+    assert loaded.get_host("host-001").power_state == "on"
 
 
 # ---------------------------------------------------------------- migrations and engine
@@ -555,7 +575,7 @@ def test_a_stale_version_is_retried_on_fresh_data(loaded):
     attempts = []
 
     def bump(s):
-        row = _Inventory._host(s, "host-001", lock=True)
+        row = host_row(s, "host-001", lock=True)
         if not attempts:
             s.execute(text("UPDATE hosts SET version = version + 1 WHERE name = 'host-001'"))
         attempts.append(row.version)
@@ -563,7 +583,7 @@ def test_a_stale_version_is_retried_on_fresh_data(loaded):
         s.flush()
         return row.poll_failures
 
-    assert loaded._write(bump) == 1
+    assert loaded.db.write(bump) == 1
     assert attempts == [1, 1]  # the first attempt's bump was rolled back with it
     assert loaded.get_host("host-001").version == 2
 

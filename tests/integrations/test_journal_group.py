@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from metalflow.integrations.cloudstack import load_rack_config
+from metalflow.integrations.config import load_rack_config
 from metalflow.integrations.inventory import HostNotFound, Inventory, InventoryError
 from metalflow.integrations.inventory.group import GroupJournal
 from metalflow.lab.spec import generate

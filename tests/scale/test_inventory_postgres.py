@@ -8,7 +8,7 @@ import multiprocessing
 
 import pytest
 
-from metalflow.integrations.cloudstack import load_rack_config
+from metalflow.integrations.config import load_rack_config
 from metalflow.integrations.inventory import HostRecord, Inventory, migrate
 from metalflow.lab.spec import generate
 

@@ -4,8 +4,11 @@ that ``migrate revision`` (autogenerate) works for developers too."""
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from alembic import context
-from sqlalchemy import text
+from alembic.autogenerate.api import AutogenContext
+from sqlalchemy import Connection, text
 
 from metalflow.integrations.inventory.engine import WRITE_OPTION, make_engine
 from metalflow.integrations.inventory.models import Base, UTCDateTime
@@ -14,14 +17,14 @@ from metalflow.integrations.inventory.models import Base, UTCDateTime
 _PG_MIGRATION_LOCK = 0x6D66_696E  # "mfin"
 
 
-def _render_item(kind: str, obj, autogen_context):
+def _render_item(kind: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     """Write our UTC type as the plain column type it is in the database."""
     if kind == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"
     return False
 
 
-def _configure(connection) -> None:
+def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
@@ -32,7 +35,7 @@ def _configure(connection) -> None:
     )
 
 
-def _migrate(connection) -> None:
+def _migrate(connection: Connection) -> None:
     _configure(connection)
     if connection.dialect.name == "postgresql":
         connection.execute(text(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})"))

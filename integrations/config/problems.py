@@ -1,0 +1,93 @@
+"""Every problem of a configuration input at once, named by where it is and how to fix it,
+and never with a secret in it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from metalflow.integrations.common import MetalflowError
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the input: where (a key or a JSON path) and what, with the fix."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class ConfigError(MetalflowError):
+    """Bad configuration. ``field`` names the first offending part; ``problems`` lists them all."""
+
+    def __init__(self, message: str, *, field: str = "", problems: Sequence[Problem] = ()):
+        self.field = field
+        self.problems = tuple(problems)
+        super().__init__(message)
+
+    @classmethod
+    def from_problems(cls, what: str, problems: Sequence[Problem]) -> ConfigError:
+        if len(problems) == 1:
+            message = f"{what}: {problems[0]}"
+        else:
+            lines = "\n".join(f"  - {p}" for p in problems)
+            message = f"{what} has {len(problems)} problems:\n{lines}"
+        return cls(message, field=problems[0].field, problems=problems)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_config_error, (type(self), self.message, self.field, self.problems))
+
+
+def _rebuild_config_error(
+    cls: type[ConfigError], message: str, field: str, problems: tuple[Problem, ...]
+) -> ConfigError:
+    return cls(message, field=field, problems=problems)
+
+
+# Words of our own messages: never treated as secret text to scrub (the seed's switch
+# password is literally "password").
+_OWN_WORDS = frozenset(
+    {
+        w.lower()
+        for w in (
+            "MaasIP",
+            "MaasPort",
+            "MaasKey",
+            "MaasSecret",
+            "MaasConsumerKey",
+            "password",
+            "username",
+            "l2Switch",
+            "racks",
+            "hosts",
+            "missing",
+            "expected",
+        )
+    }
+)
+
+
+def scrub(problems: list[Problem], secrets: Iterable[str]) -> list[Problem]:
+    """Replace any secret text that slipped into a message (a second line of defence: the
+    messages are written never to echo a secret value in the first place)."""
+    secrets = [s for s in secrets if isinstance(s, str) and len(s) >= 6 and s.lower() not in _OWN_WORDS]
+    if not secrets:
+        return problems
+    out = []
+    for p in problems:
+        field, message = p.field, p.message
+        for s in secrets:
+            field = field.replace(s, "***")
+            message = message.replace(s, "***")
+        out.append(Problem(field, message))
+    return out
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """A short repr of a non-secret value for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
