@@ -27,9 +27,9 @@ from metalflow.integrations.ipmi import (
     BmcUnreachable,
     BmcWrongState,
     BootDevice,
-    BulkPowerReader,
     IpmiError,
     PowerReading,
+    PowerWatch,
 )
 from metalflow.integrations.ipmi.errors import classify, error_for_code, scrub
 from metalflow.integrations.ipmi.guard import CallGuard
@@ -458,15 +458,15 @@ def test_close_closes_the_link():
     assert link.closed
 
 
-# -- bulk reader, offline parts -------------------------------------------------------------------
-def test_bulk_reader_rejects_duplicate_keys_and_reports_bad_targets_without_sending():
-    reader = BulkPowerReader(processes=1)
+# -- the engine's sweep, offline parts -------------------------------------------------------------------
+def test_sweep_rejects_duplicate_keys_and_reports_bad_targets_without_sending():
+    reader = PowerWatch(processes=1)
     t = BmcTarget("h1", "10.0.0.1", "admin", PASSWORD)
     with pytest.raises(ValueError, match="unique"):
-        reader.read([t, t], deadline=5)
+        reader.sweep([t, t], deadline=5)
     bad = BmcTarget("h2", "10.0.0.1:623", "admin", PASSWORD)
     try:
-        got = reader.read([bad], deadline=5)
+        got = reader.sweep([bad], deadline=5)
     finally:
         reader.close()
     assert got["h2"].kind == "BmcInvalidInput" and got["h2"].state is None and "address" in got["h2"].error
@@ -485,7 +485,7 @@ def test_bulk_reader_rejects_duplicate_keys_and_reports_bad_targets_without_send
     ],
 )
 def test_worker_health_rule(stuck, shard, wedged):
-    from metalflow.integrations.ipmi.bulk import looks_wedged
+    from metalflow.integrations.ipmi.readings import looks_wedged
 
     assert looks_wedged(stuck, shard, limit=120) is wedged
 
@@ -499,7 +499,7 @@ def _in_fresh_process(code: str) -> str:
 def test_shim_skips_when_pyghmi_source_differs():
     out = _in_fresh_process(
         "import logging; logging.basicConfig(level=logging.INFO)\n"
-        "from integrations.ipmi import shim\n"
+        "from metalflow.integrations.ipmi import shim\n"
         "shim.SESSION_SHA256 = frozenset({'0' * 64})\n"
         "print(shim.patch_pyghmi(), shim.shim_active())"
     )
@@ -508,7 +508,7 @@ def test_shim_skips_when_pyghmi_source_differs():
 
 def test_shim_skips_unknown_pyghmi_versions():
     out = _in_fresh_process(
-        "from integrations.ipmi import shim\n"
+        "from metalflow.integrations.ipmi import shim\n"
         "shim.SUPPORTED_VERSIONS = frozenset({'0.0.1'})\n"
         "print(shim.patch_pyghmi(), shim.shim_active())"
     )
@@ -517,7 +517,7 @@ def test_shim_skips_unknown_pyghmi_versions():
 
 def test_shim_applies_once():
     out = _in_fresh_process(
-        "from integrations.ipmi import shim\n"
+        "from metalflow.integrations.ipmi import shim\n"
         "from pyghmi.ipmi.private import session\n"
         "print(shim.shim_active(), shim.patch_pyghmi(), shim.patch_pyghmi(), shim.shim_active(),"
         " session.Session.awaitresponse is shim._awaitresponse, session._poller is shim._poller,"
