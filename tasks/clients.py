@@ -10,9 +10,10 @@ from functools import lru_cache
 
 from metalflow.integrations.inventory import HostInfo, Inventory, SwitchInfo
 from metalflow.integrations.inventory.group import GroupJournal
-from metalflow.integrations.ipmi import BmcClient, BmcTarget
+from metalflow.integrations.ipmi import BmcClient, BmcTarget, CallGuards, patch_pyghmi
 from metalflow.integrations.maas import MaasClient
 from metalflow.integrations.maas.preseed import LocalPreseedStore, PreseedStore, SftpPreseedStore
+from metalflow.integrations.runtime import Runtime
 from metalflow.integrations.switches import SwitchDriver, connect
 from metalflow.tasks.credentials import resolve
 from metalflow.tasks.settings import settings
@@ -55,7 +56,20 @@ def maas() -> MaasClient:
         return _maas(cfg.maas_settings_ref, cfg.maas_wait_interval)
 
 
+def _ipmi_guards() -> CallGuards:
+    # The shim goes in before the process's first BMC client (tasks.runtime.runtime() is to
+    # apply it at process start; until then, here, once per runtime).
+    patch_pyghmi()
+    return CallGuards()
+
+
+def call_guards() -> CallGuards:
+    """The process's IPMI call guards (one per BMC, whoever the client): a runtime part."""
+    return Runtime.current().part(("ipmi", "guards"), _ipmi_guards)
+
+
 def bmc(host: HostInfo, **kwargs) -> BmcClient:
+    kwargs.setdefault("guards", call_guards())
     return BmcClient(
         host.ipmi_address, host.ipmi_username, resolve(host.ipmi_credential_ref), port=host.ipmi_port, **kwargs
     )
