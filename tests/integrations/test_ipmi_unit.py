@@ -32,8 +32,8 @@ from metalflow.integrations.ipmi import (
     PowerWatch,
 )
 from metalflow.integrations.ipmi.errors import classify, error_for_code, scrub
-from metalflow.integrations.ipmi.guard import CallGuard
-from metalflow.integrations.ipmi.wire import parse_boot_options
+from metalflow.integrations.ipmi.guard import CallGuard, CallGuards
+from metalflow.integrations.ipmi.wire import PyghmiLink, parse_boot_options
 
 PASSWORD = "Zq9-unit-pw"
 
@@ -313,6 +313,32 @@ def test_guard_gives_up_at_the_deadline_and_keeps_one_call_in_flight():
     # Once it ended, calls go through again.
     assert g.run(lambda: "fresh", timeout=5, operation="power_state") == "fresh"
     assert not g.busy()
+
+
+def test_guards_one_per_bmc_and_idle_ones_are_pruned_but_not_a_stuck_one():
+    guards = CallGuards()
+    a, b = guards.of("10.0.0.5:623"), guards.of("10.0.0.6:623")
+    assert guards.of("10.0.0.5:623") is a and len(guards) == 2
+    release = threading.Event()
+    with pytest.raises(BmcTimeout):
+        b.run(lambda: release.wait(30), timeout=0.1, operation="power_state")  # b stays stuck
+    a.last_used -= CallGuards.PRUNE_IDLE + 1
+    b.last_used -= CallGuards.PRUNE_IDLE + 1
+    try:
+        assert guards.prune() == 1  # the idle one; the stuck one must keep its caller waiting
+        assert a.retired and not b.retired and guards.of("10.0.0.6:623") is b
+        assert guards.of("10.0.0.5:623") is not a  # a fresh one
+    finally:
+        release.set()
+
+
+def test_a_link_holding_a_pruned_guard_takes_the_current_one():
+    guards = CallGuards()
+    link = PyghmiLink("10.0.0.5", 623, b"admin", Secret(PASSWORD), guards)
+    old = link.guard
+    old.last_used -= CallGuards.PRUNE_IDLE + 1
+    guards.prune()
+    assert link.guard is guards.of("10.0.0.5:623") is not old
 
 
 # -- power logic under a fake clock -----------------------------------------------------------------

@@ -298,6 +298,23 @@ def test_a_parked_watch_made_otherwise_or_not_taken_in_time_is_closed(fleet):
     assert keeper.take(key) is None
 
 
+def test_the_power_poll_keepers_are_parts_of_the_process_runtime_and_close_with_it():
+    """No atexit of their own: the runtime that owns them closes them, and the watch parked."""
+    from metalflow.integrations.runtime import Runtime
+    from metalflow.tasks import poll
+
+    rt = Runtime.install(Runtime("test"))
+    try:
+        keeper = poll.watch_keeper()
+        assert poll.watch_keeper() is keeper and poll.sweep_keeper() is not keeper
+        w = PowerWatch(10)
+        keeper.park(w, "key", linger=60)
+    finally:
+        Runtime.uninstall(rt)
+    with pytest.raises(RuntimeError, match="closed"):
+        w.set_targets([target(0)])
+
+
 def test_a_by_hand_sweep_reads_with_the_previous_sweeps_reader(fleet, tmp_path, monkeypatch):
     """power-poll by hand twice in one process: the second sweep's ``read-all-bmcs`` takes over
     the first one's reader (same worker processes, so the same BMC sessions); a sweep that
