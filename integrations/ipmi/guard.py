@@ -50,8 +50,9 @@ class CallGuard:
         self._lock = threading.Lock()  # one caller at a time through this guard
         self._inflight: Future[Any] | None = None
         self._abandoned = 0  # calls given up on so far (for tests and reports)
-        self._inflight_since = 0.0
-        self.last_used = time.monotonic()  # when a call last went through (for pruning)
+        #: Monotonic start of the current or last call (its creation before any): how long it
+        #: has been stuck, or idle (for pruning).
+        self.last_call = time.monotonic()
         #: Set when its registry dropped it: whoever still holds it asks the registry again.
         self.retired = False
 
@@ -60,6 +61,10 @@ class CallGuard:
         """How many calls this guard has walked away from since it was created."""
         return self._abandoned
 
+    def in_use(self) -> bool:
+        """True while a caller holds the guard (or waits for an abandoned call to end)."""
+        return self._lock.locked()
+
     def busy(self) -> bool:
         """True while an abandoned call is still running in pyghmi."""
         f = self._inflight
@@ -67,13 +72,13 @@ class CallGuard:
 
     def stuck_for(self) -> float:
         """Seconds the current call has been running (0 when none is)."""
-        return time.monotonic() - self._inflight_since if self.busy() else 0.0
+        return time.monotonic() - self.last_call if self.busy() else 0.0
 
     def run(self, call: Callable[[], T], *, timeout: float, operation: str) -> T:
         """``call()`` in a helper thread; its result or exception, or ``BmcTimeout`` after
         ``timeout`` seconds (the helper is then abandoned, see the module docstring)."""
         # ``Future.result`` measures real time; the callers pass what is left of their deadline.
-        end = self.last_used = time.monotonic() + max(0.0, timeout)
+        end = time.monotonic() + max(0.0, timeout)
         if not self._lock.acquire(timeout=max(0.0, timeout)):
             raise BmcTimeout(
                 "another call to this BMC did not finish in time",
@@ -108,7 +113,7 @@ class CallGuard:
                 future.set_exception(exc)
 
         self._inflight = future
-        self._inflight_since = time.monotonic()
+        self.last_call = time.monotonic()
         threading.Thread(target=work, name=f"ipmi {operation} {self.target}", daemon=True).start()
         try:
             return future.result(timeout=max(0.0, end - time.monotonic()))
@@ -160,7 +165,11 @@ class CallGuards:
 
     def _prune(self, now: float) -> int:
         self._next_prune = now + self.PRUNE_EVERY
-        idle = [t for t, g in self._guards.items() if not g.busy() and now - g.last_used > self.PRUNE_IDLE]
+        idle = [
+            t
+            for t, g in self._guards.items()
+            if now - g.last_call > self.PRUNE_IDLE and not g.busy() and not g.in_use()
+        ]
         for t in idle:
             self._guards.pop(t).retired = True
         return len(idle)

@@ -322,8 +322,8 @@ def test_guards_one_per_bmc_and_idle_ones_are_pruned_but_not_a_stuck_one():
     release = threading.Event()
     with pytest.raises(BmcTimeout):
         b.run(lambda: release.wait(30), timeout=0.1, operation="power_state")  # b stays stuck
-    a.last_used -= CallGuards.PRUNE_IDLE + 1
-    b.last_used -= CallGuards.PRUNE_IDLE + 1
+    a.last_call -= CallGuards.PRUNE_IDLE + 1
+    b.last_call -= CallGuards.PRUNE_IDLE + 1
     try:
         assert guards.prune() == 1  # the idle one; the stuck one must keep its caller waiting
         assert a.retired and not b.retired and guards.of("10.0.0.6:623") is b
@@ -336,7 +336,7 @@ def test_a_link_holding_a_pruned_guard_takes_the_current_one():
     guards = CallGuards()
     link = PyghmiLink("10.0.0.5", 623, b"admin", Secret(PASSWORD), guards)
     old = link.guard
-    old.last_used -= CallGuards.PRUNE_IDLE + 1
+    old.last_call -= CallGuards.PRUNE_IDLE + 1
     guards.prune()
     assert link.guard is guards.of("10.0.0.5:623") is not old
 
