@@ -8,14 +8,14 @@ variants must not share one): once with pyghmi as shipped, once after ``patch_py
 Both go through the client's wire layer (``PyghmiLink``: our deadline guard, one session).
 Prints total time and latency percentiles of each, and the stock/patched ratio.
 
-``--sweep N`` also times ``BulkPowerReader`` over N simulated BMCs (one cold sweep, then
+``--sweep N`` also times the power-poll engine's sweeps (``PowerWatch.sweep``) over N simulated BMCs (one cold sweep, then
 three warm ones) with and without the shim.
 
 Measured on the project's 2-core machine (shared with other work), pyghmi 1.6.19:
 
 - 2,000 sequential reads: stock 3.7 to 21 s (4 to 27 stalls of 0.5 to 1 s each), patched
   0.9 to 1.3 s (no read over 100 ms; p99 under 5 ms); ratio 3x to 22x.
-- BulkPowerReader, 2 processes, 1,000 BMCs: warm sweep stock 1.2 to 1.5 s, patched 0.4 to
+- Sweeps (then ``BulkPowerReader``), 2 processes, 1,000 BMCs: warm sweep stock 1.2 to 1.5 s, patched 0.4 to
   0.7 s; cold sweep (every BMC logs in) stock 2.1 to 2.4 s, patched 0.8 to 1.8 s.
 """
 
@@ -33,12 +33,12 @@ USER, PASSWORD = "bench", "bench-race-pw"
 
 def _child(mode: str, address: str, port: int, reads: int) -> None:
     from metalflow.integrations.common import Secret
-    from metalflow.integrations.ipmi import patch_pyghmi, shim_active
+    from metalflow.integrations.ipmi import CallGuards, patch_pyghmi, shim_active
     from metalflow.integrations.ipmi.wire import PyghmiLink
 
     if mode == "patched" and not patch_pyghmi():
         raise SystemExit("the shim did not apply")
-    link = PyghmiLink(address, port, USER.encode(), Secret(PASSWORD))
+    link = PyghmiLink(address, port, USER.encode(), Secret(PASSWORD), CallGuards())
     link.power_is_on(timeout=30, operation="warm-up")  # the login is not what we measure
     lat, failures = [], 0
     start = time.perf_counter()
@@ -93,7 +93,7 @@ def _run_child(mode: str, address: str, port: int, reads: int) -> dict:
 
 
 def _sweeps(n: int, base: str) -> None:
-    from metalflow.integrations.ipmi import BmcTarget, BulkPowerReader
+    from metalflow.integrations.ipmi import BmcTarget, PowerWatch
     from metalflow.lab.bmc import BmcFleet
     from metalflow.lab.spec import BmcSpec
 
@@ -104,14 +104,14 @@ def _sweeps(n: int, base: str) -> None:
     targets = [BmcTarget(s.host, s.address, USER, Secret(PASSWORD)) for s in specs]
     with BmcFleet(specs):
         for patch in (False, True):
-            with BulkPowerReader(processes=2, per_call_timeout=5.0, patch=patch) as reader:
+            with PowerWatch(processes=2, per_call_timeout=5.0, patch=patch) as reader:
                 t = time.perf_counter()
-                cold = reader.read(targets, deadline=120)
+                cold = reader.sweep(targets, deadline=120)
                 cold_s = time.perf_counter() - t
                 warm = []
                 for _ in range(3):
                     t = time.perf_counter()
-                    got = reader.read(targets, deadline=120)
+                    got = reader.sweep(targets, deadline=120)
                     warm.append(time.perf_counter() - t)
                 bad = sum(1 for r in got.values() if not r.ok) + sum(1 for r in cold.values() if not r.ok)
                 print(

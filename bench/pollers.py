@@ -3,11 +3,12 @@ memory can be sampled alone and pyghmi's process-wide state is never shared:
 
 - ``stock``: the bare loop an operator would write first: every BMC in turn with stock pyghmi
   (``Command(...).get_power()``, one Command per BMC kept between sweeps), one process.
-- ``bulk``: the same loop with metalflow's client: ``BulkPowerReader`` (worker processes,
-  bounded concurrency, a deadline per call, the pyghmi shim), kept between sweeps.
+- ``bulk``: the same loop with metalflow's client: the power-poll engine's sweeps
+  (``PowerWatch.sweep``: worker processes, bounded concurrency, a deadline per call, the
+  pyghmi shim), the watch kept between sweeps.
 
-metalflow's own poller (``integrations.ipmi.PowerWatch`` under the ``power-poll`` flow) is
-measured through ``metalflow serve``, not here.
+metalflow's own poller (``integrations.ipmi.PowerWatch`` watching under the ``power-poll``
+flow) is measured through ``metalflow serve``, not here.
 
 ``stock`` and ``bulk`` print one JSON line: the sweeps (start, end, per-host ok), and for
 ``bulk`` the seconds its reader took to start its workers (before the first sweep). They sweep
@@ -78,17 +79,17 @@ def bulk(
     manifest: str, interval: float, seconds: float, processes: int, call_timeout: float
 ) -> tuple[list[dict], float]:
     """The sweeps, and how long the reader took to start its workers (before the first sweep)."""
-    from metalflow.integrations.ipmi import BmcTarget, BulkPowerReader
+    from metalflow.integrations.ipmi import BmcTarget, PowerWatch
 
     targets = [BmcTarget(n, a, u, p, port) for n, a, port, u, p in _targets(manifest)]
-    reader = BulkPowerReader(processes=processes, per_call_timeout=call_timeout)
+    reader = PowerWatch(processes=processes, per_call_timeout=call_timeout)
     t0 = time.time()
     reader.start()
     started_s = time.time() - t0
     with reader:
 
         def sweep() -> dict[str, bool]:
-            got = reader.read(targets, deadline=max(10.0, interval * 0.8))
+            got = reader.sweep(targets, deadline=max(10.0, interval * 0.8))
             return {k: r.ok for k, r in got.items()}
 
         return _loop(sweep, interval, seconds), started_s

@@ -5,15 +5,16 @@
 For each fleet size (smoke: 50 BMCs; full: 1,000 then 3,000), on one lab:
 
 1. ``stock``: a bare loop with stock pyghmi, every BMC in turn, one process (baseline);
-2. ``bulk``: the same loop with metalflow's client, ``BulkPowerReader`` (baseline for the
-   sweep time: the issue's "sweep <= 1.5x the bare loop with metalflow's client");
+2. ``bulk``: the same loop with metalflow's client, the engine's sweeps (``PowerWatch.sweep``;
+   baseline for the sweep time: the issue's "sweep <= 1.5x the bare loop with metalflow's
+   client");
 3. ``silent``: the bulk loop again with 1 % of the BMCs silent (lab control API): a sweep
    must not wait on them beyond their per-call deadline;
 4. ``sweep``: ``power-poll`` triggered by hand (``window=0``: one sweep), three times through
    the real Prefect path, its ``read-all-bmcs`` task against the bare loop with the same
    client: the first by-hand sweep starts a reader and logs in to every BMC (against the bare
    loop's reader start + first sweep); the next ones reuse the reader the previous one kept
-   (``flows.poll.READERS``; against the bare loop's warm sweeps);
+   (``tasks.poll.sweep_keeper``; against the bare loop's warm sweeps);
 5. ``flow``: metalflow as shipped: ``metalflow serve`` runs ``power-poll`` on its schedule
    (each scheduled run polls for its window, ``METALFLOW_POWER_POLL_INTERVAL``, reading each
    BMC every ``METALFLOW_POWER_POLL_PERIOD`` at its own phase; the next run takes over);
@@ -398,12 +399,12 @@ def _one_size(rep: Report, be: Backend, home: Path, n: int, cfg: dict) -> dict:
         print(f"[power_freshness] {n} BMCs: stock pyghmi loop", flush=True)
         out, cpu = _child("stock", st.manifest_path, cfg["bare_s"], cfg["interval"], st.env, home / "pollers.log")
         res["stock"] = _bare(out["sweeps"], cfg["bare_s"], cfg["sample_every"]) | {"cpu_mem": cpu}
-        print(f"[power_freshness] {n} BMCs: BulkPowerReader loop", flush=True)
+        print(f"[power_freshness] {n} BMCs: sweep loop (PowerWatch.sweep)", flush=True)
         out, cpu = _child("bulk", st.manifest_path, cfg["bare_s"], cfg["interval"], st.env, home / "pollers.log")
         res["bulk"] = _bare(out["sweeps"], cfg["bare_s"], cfg["sample_every"], out.get("reader_start_s")) | {
             "cpu_mem": cpu
         }
-        print(f"[power_freshness] {n} BMCs: BulkPowerReader loop with 1 % silent", flush=True)
+        print(f"[power_freshness] {n} BMCs: sweep loop (PowerWatch.sweep) with 1 % silent", flush=True)
         res["silent"] = _silent(st, cfg, n, home / "pollers.log")
         print(f"[power_freshness] {n} BMCs: power-poll by hand, one sweep, x{cfg['sweeps']}", flush=True)
         res["sweep"] = _sweep_phase(st, cfg)
@@ -421,7 +422,7 @@ def _figures(rep: Report, r: dict, cfg: dict) -> None:
     n, flow, bulk, stock, silent, sweep = r["n"], r["flow"], r["bulk"], r["stock"], r["silent"], r["sweep"]
     tgt = _age_target(n)
     P = f"{n} BMCs"
-    base = f"bare BulkPowerReader loop every {cfg['interval']:.0f} s"
+    base = f"bare PowerWatch.sweep loop every {cfg['interval']:.0f} s"
     rep.add(
         Figure(
             f"{P}: p95 age, power-poll",
@@ -491,7 +492,7 @@ def _figures(rep: Report, r: dict, cfg: dict) -> None:
             first,
             cold,
             "s",
-            baseline_label="bare BulkPowerReader loop: reader start + first sweep (logins)",
+            baseline_label="bare PowerWatch.sweep loop: workers start + first sweep (logins)",
             target="≤ 1.5× the bare loop with metalflow's client",
             passed=first <= 1.5 * cold,
             note=f"of which the bare reader's start {bulk['reader_start_s']:.2f} s",
@@ -505,7 +506,7 @@ def _figures(rep: Report, r: dict, cfg: dict) -> None:
                 again,
                 warm,
                 "s",
-                baseline_label="bare BulkPowerReader loop, warm sweeps",
+                baseline_label="bare PowerWatch.sweep loop, warm sweeps",
                 target="≤ 1.5× the bare loop with metalflow's client",
                 passed=again <= 1.5 * warm,
                 note="the next by-hand sweep within 2 min reuses the previous one's reader, and within "
@@ -662,7 +663,7 @@ def run(
         ax1.legend(fontsize=7)
         labels, vals = [], []
         for r in results:
-            for key, label in (("stock", "stock loop"), ("bulk", "BulkPowerReader"), ("flow", "power-poll")):
+            for key, label in (("stock", "stock loop"), ("bulk", "PowerWatch.sweep"), ("flow", "power-poll")):
                 labels.append(f"{r['n']}\n{label}")
                 vals.append(r[key]["age"]["p95"])
         ax2.bar(range(len(vals)), vals, color=["tab:gray", "silver", "tab:blue"] * len(results))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from metalflow.integrations.inventory import HostInfo, Inventory, SwitchInfo
 from metalflow.integrations.inventory.group import GroupJournal
-from metalflow.integrations.ipmi import BmcClient, BmcTarget
+from metalflow.integrations.ipmi import BmcClient, BmcTarget, CallGuards
 from metalflow.integrations.maas import MaasClient
 from metalflow.integrations.maas.preseed import LocalPreseedStore, PreseedStore, SftpPreseedStore
 from metalflow.integrations.switches import SwitchDriver, connect
@@ -48,8 +48,14 @@ def maas() -> MaasClient:
     )
 
 
+def call_guards() -> CallGuards:
+    """The process's IPMI call guards (one per BMC, whoever the client): a runtime part. Asking
+    for them through ``runtime()`` puts the pyghmi shim in place before the first BMC call."""
+    return runtime().part(("ipmi", "guards"), CallGuards)
+
+
 def bmc(host: HostInfo, **kwargs) -> BmcClient:
-    runtime()  # the pyghmi shim is in place before the first BMC call of the process
+    kwargs.setdefault("guards", call_guards())
     return BmcClient(
         host.ipmi_address, host.ipmi_username, resolve(host.ipmi_credential_ref), port=host.ipmi_port, **kwargs
     )

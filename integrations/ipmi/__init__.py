@@ -1,9 +1,9 @@
-"""IPMI: a power interface for one BMC (``BmcClient``, after Ironic's) and a bulk power reader
-for the power poll (``BulkPowerReader``), a continuous staggered reader for the long-running
-poll (``PowerWatch``), all on pyghmi with our own deadlines, plus the shim
-that closes pyghmi 1.6.19's lost wake-up race (``patch_pyghmi``)."""
+"""IPMI: a power interface for one BMC (``BmcClient``, after Ironic's) and the power-poll
+engine (``PowerWatch``: every BMC read once per period at its own phase, or all at once in a
+sweep, from worker processes), all on pyghmi with our own deadlines (``CallGuards``: one guard
+per BMC, owned by whoever owns the process's parts), plus the shim that closes pyghmi 1.6.19's
+lost wake-up race (``patch_pyghmi``, applied once when a process starts)."""
 
-from metalflow.integrations.ipmi.bulk import BmcTarget, BulkPowerReader, PowerReading
 from metalflow.integrations.ipmi.client import BOOT_DEVICES, BmcClient
 from metalflow.integrations.ipmi.errors import (
     BmcAuthFailed,
@@ -14,8 +14,11 @@ from metalflow.integrations.ipmi.errors import (
     BmcWrongState,
     IpmiError,
 )
+from metalflow.integrations.ipmi.guard import CallGuards
+from metalflow.integrations.ipmi.keeper import Keeper
+from metalflow.integrations.ipmi.readings import BmcTarget, PowerReading, TimedReading, WatchStats
 from metalflow.integrations.ipmi.shim import patch_pyghmi, shim_active
-from metalflow.integrations.ipmi.watch import PowerWatch, TimedReading, WatchStats
+from metalflow.integrations.ipmi.watch import PowerWatch, RunStats
 from metalflow.integrations.ipmi.wire import BootDevice
 
 __all__ = [
@@ -29,10 +32,12 @@ __all__ = [
     "BmcUnreachable",
     "BmcWrongState",
     "BootDevice",
-    "BulkPowerReader",
+    "CallGuards",
     "IpmiError",
+    "Keeper",
     "PowerReading",
     "PowerWatch",
+    "RunStats",
     "TimedReading",
     "WatchStats",
     "patch_pyghmi",

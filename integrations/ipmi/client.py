@@ -8,7 +8,12 @@
   to escalate to a hard off. Reset works from off (it powers on).
 - Setting the boot device is verified by reading it back.
 - Each pyghmi call gets ``min(call_timeout, what is left of the operation's deadline)`` and
-  runs behind our own hard deadline (``guard.CallGuard``).
+  runs behind our own hard deadline (``guard.CallGuard``), the BMC's one guard from the
+  ``CallGuards`` the caller passes (the process's: ``tasks`` keeps it in the runtime).
+- The pyghmi shim (``shim.patch_pyghmi``) is the process's business, applied once when it
+  starts (``tasks``' runtime, the engine's workers, a test's fixture), not by the first client:
+  a client only reads it. Without it pyghmi still works, with its stalls and deadlock (see
+  ``shim``); that is also what an unchecked pyghmi version gets, so it is not an error.
 - ``min_gap`` spaces commands to this BMC (small BMCs fall over when hammered); the time of
   the last command lives in the client object.
 - Only ``BmcBusy`` (the BMC said "not now", so the command was not executed) is retried
@@ -23,7 +28,7 @@ from typing import TypeVar
 
 from metalflow.integrations.common import Backoff, Clock, Deadline, DeadlineExceeded, MonotonicClock, Secret, retry
 from metalflow.integrations.ipmi.errors import BmcBusy, BmcInvalidInput, BmcTimeout, BmcUnreachable, BmcWrongState
-from metalflow.integrations.ipmi.shim import patch_pyghmi
+from metalflow.integrations.ipmi.guard import CallGuards
 from metalflow.integrations.ipmi.validate import check_address, check_password, check_port, check_username
 from metalflow.integrations.ipmi.wire import BOOT_DEVICE_CODE, BootDevice, Link, PyghmiLink
 
@@ -56,9 +61,12 @@ class BmcClient:
         min_gap: float = 0.0,
         clock: Clock | None = None,
         link: Link | None = None,
+        guards: CallGuards | None = None,
     ):
-        """``link`` replaces the pyghmi wire (tests with a fake clock use it; nothing else
-        should)."""
+        """``guards``: the process's call guards, so that all clients of one BMC share its
+        guard (pyghmi's session tables are process-wide); without it the client has its own,
+        which is only right when nothing else in the process talks to that BMC. ``link``
+        replaces the pyghmi wire (tests with a fake clock use it; nothing else should)."""
         self.address = address
         self.port = port
         self.username = username
@@ -67,6 +75,7 @@ class BmcClient:
         self.min_gap = min_gap
         self._clock: Clock = clock or MonotonicClock()
         self._link = link
+        self._guards = guards
         self._validated = False
         self._last_command: float | None = None  # clock time of the last command sent
 
@@ -80,7 +89,7 @@ class BmcClient:
     def __enter__(self) -> BmcClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- offline ----------------------------------------------------------------------------
@@ -179,8 +188,8 @@ class BmcClient:
         if not self._validated:
             self.validate()
         if self._link is None:
-            patch_pyghmi()
-            self._link = PyghmiLink(self.address, self.port, check_username(self.username), self._password)
+            guards = self._guards if self._guards is not None else CallGuards()
+            self._link = PyghmiLink(self.address, self.port, check_username(self.username), self._password, guards)
         return self._link
 
     def _pace(self, d: Deadline, operation: str) -> None:

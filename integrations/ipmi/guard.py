@@ -12,8 +12,14 @@ the session is then marked broken and dropped from pyghmi's tables) or the BMC f
 answers (the answer is discarded). The helper is a daemon thread, so it never delays the
 interpreter's exit. To keep this bounded, a guard has at most one call in flight: the next
 call first waits (within its own deadline) for the abandoned one to end, and gives up with
-``BmcTimeout`` if it has not. One guard per BMC client means at most one stuck thread per BMC,
+``BmcTimeout`` if it has not. One guard per BMC (``CallGuards.of``) means at most one stuck thread per BMC,
 however often a caller retries.
+
+The guards of a process live in a ``CallGuards`` registry that its owner hands to the clients
+(``tasks`` keeps one as a part of the process ``Runtime``; an engine's worker process keeps
+its own). It used to be a module-level dict that only ever grew; now a guard with no call in
+flight and no call for ``CallGuards.PRUNE_IDLE`` seconds is dropped (``retired``), and a link
+that still holds a retired guard takes the current one on its next call.
 """
 
 from __future__ import annotations
@@ -23,45 +29,41 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from metalflow.integrations.ipmi.errors import BmcTimeout
 
 T = TypeVar("T")
 
 
-_REGISTRY: dict[str, CallGuard] = {}
-_REGISTRY_LOCK = threading.Lock()
-
-
 class CallGuard:
     """Runs one blocking call at a time for one BMC, each with a hard timeout.
 
-    ``CallGuard.of(target)`` is the process's one guard for a BMC: every client of that BMC
-    in this process goes through it. pyghmi keeps its sessions in process-wide tables keyed
-    by the BMC's socket address; two clients logging in to one BMC from two threads at once
-    raced on them (``KeyError: ('::ffff:127.174.1.1', 623, 0, 0)``, seen with fifty status
-    runs of one host at once)."""
-
-    @classmethod
-    def of(cls, target: str) -> CallGuard:
-        with _REGISTRY_LOCK:
-            guard = _REGISTRY.get(target)
-            if guard is None:
-                guard = _REGISTRY[target] = cls(target)
-            return guard
+    Get it from the process's ``CallGuards`` (``guards.of(target)``), so that every client of
+    that BMC in this process goes through the same one. pyghmi keeps its sessions in
+    process-wide tables keyed by the BMC's socket address; two clients logging in to one BMC
+    from two threads at once raced on them (``KeyError: ('::ffff:127.174.1.1', 623, 0, 0)``,
+    seen with fifty status runs of one host at once)."""
 
     def __init__(self, target: str):
         self.target = target
         self._lock = threading.Lock()  # one caller at a time through this guard
-        self._inflight: Future | None = None
+        self._inflight: Future[Any] | None = None
         self._abandoned = 0  # calls given up on so far (for tests and reports)
-        self._inflight_since = 0.0
+        #: Monotonic start of the current or last call (its creation before any): how long it
+        #: has been stuck, or idle (for pruning).
+        self.last_call = time.monotonic()
+        #: Set when its registry dropped it: whoever still holds it asks the registry again.
+        self.retired = False
 
     @property
     def abandoned(self) -> int:
         """How many calls this guard has walked away from since it was created."""
         return self._abandoned
+
+    def in_use(self) -> bool:
+        """True while a caller holds the guard (or waits for an abandoned call to end)."""
+        return self._lock.locked()
 
     def busy(self) -> bool:
         """True while an abandoned call is still running in pyghmi."""
@@ -70,7 +72,7 @@ class CallGuard:
 
     def stuck_for(self) -> float:
         """Seconds the current call has been running (0 when none is)."""
-        return time.monotonic() - self._inflight_since if self.busy() else 0.0
+        return time.monotonic() - self.last_call if self.busy() else 0.0
 
     def run(self, call: Callable[[], T], *, timeout: float, operation: str) -> T:
         """``call()`` in a helper thread; its result or exception, or ``BmcTimeout`` after
@@ -101,7 +103,7 @@ class CallGuard:
                     operation=operation,
                     evidence=f"waited {timeout:.1f} s for it to end",
                 ) from None
-        future: Future = Future()
+        future: Future[T] = Future()
         future.set_running_or_notify_cancel()
 
         def work() -> None:
@@ -111,7 +113,7 @@ class CallGuard:
                 future.set_exception(exc)
 
         self._inflight = future
-        self._inflight_since = time.monotonic()
+        self.last_call = time.monotonic()
         threading.Thread(target=work, name=f"ipmi {operation} {self.target}", daemon=True).start()
         try:
             return future.result(timeout=max(0.0, end - time.monotonic()))
@@ -123,3 +125,51 @@ class CallGuard:
                 operation=operation,
                 evidence=f"no result after {timeout:.1f} s",
             ) from None
+
+
+class CallGuards:
+    """The guards of one process, one per BMC target, made on first use.
+
+    Pruned as it goes: at most every ``PRUNE_EVERY`` seconds, ``of`` drops the guards that have
+    no call in flight and saw no call for ``PRUNE_IDLE`` seconds (a host deleted, a BMC moved),
+    so a process that lives for months keeps only the BMCs it talks to. A stuck call keeps
+    its guard (its thread is still in pyghmi: the next call must wait for it)."""
+
+    PRUNE_IDLE = 600.0
+    PRUNE_EVERY = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._guards: dict[str, CallGuard] = {}
+        self._next_prune = time.monotonic() + self.PRUNE_EVERY
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._guards)
+
+    def of(self, target: str) -> CallGuard:
+        """The process's one guard for ``target`` (``address:port``)."""
+        with self._lock:
+            now = time.monotonic()
+            if now >= self._next_prune:
+                self._prune(now)
+            guard = self._guards.get(target)
+            if guard is None:
+                guard = self._guards[target] = CallGuard(target)
+            return guard
+
+    def prune(self) -> int:
+        """Drop the idle guards now; how many went."""
+        with self._lock:
+            return self._prune(time.monotonic())
+
+    def _prune(self, now: float) -> int:
+        self._next_prune = now + self.PRUNE_EVERY
+        idle = [
+            t
+            for t, g in self._guards.items()
+            if now - g.last_call > self.PRUNE_IDLE and not g.busy() and not g.in_use()
+        ]
+        for t in idle:
+            self._guards.pop(t).retired = True
+        return len(idle)

@@ -24,7 +24,7 @@ the events of the waiters whose address just sent something.
    ``WAITING_SESSIONS`` while they call ``_timedout``, which takes ``KEEPALIVE_SESSIONS``
    (through ``send_payload`` or ``_mark_broken``). A thread retransmitting and a thread timing
    out deadlock, and with them every pyghmi call of the process, for ever: seen within a
-   minute in the bulk reader with two silent BMCs. Fix: ``_timedout`` runs with
+   minute in the bulk sweep with two silent BMCs. Fix: ``_timedout`` runs with
    ``WAITING_SESSIONS`` released (the callers only walk a list they already took from the
    table), so no thread ever waits for ``KEEPALIVE_SESSIONS`` while holding the other lock.
    (Merging the two locks into one also removes the deadlock, but made a cold sweep of 1,000
@@ -39,8 +39,11 @@ the events of the waiters whose address just sent something.
 ``patch_pyghmi()`` applies the three fixes and nothing else. It is idempotent, and applies
 only to pyghmi versions we checked *and* only when ``pyghmi/ipmi/private/session.py`` is
 byte for byte the file we checked (its sha256, as ``sha256sum`` prints it); otherwise it logs
-a warning and leaves pyghmi alone. Call it before pyghmi is in use (``BmcClient`` and the bulk
-reader's worker processes do, before their first session).
+a warning and leaves pyghmi alone. Call it once when a process starts, before pyghmi is in
+use: the power-poll engine's worker processes do, ``tasks``' process runtime does for the
+clients of the runs, and tests, benchmarks and lab tools that use ``BmcClient`` directly do
+themselves. ``BmcClient`` does not: a side effect of the first client hid when the process's
+pyghmi changed.
 
 A residual gap we leave alone: when several threads log in at once, one thread may process
 another's last login packet (``wait_for_rsp`` serves any session); the owner then sleeps until

@@ -1,334 +1,127 @@
-"""Watch many BMCs' power states continuously: each BMC read once per period at its own phase.
+"""The power-poll engine: watch many BMCs' power states, each read once per period at its own
+phase, or sweep them all at once; a sweep is one round of a watch.
 
-Why not repeated sweeps (``BulkPowerReader``): a sweep stamps every host at once and is
-published at its end, so the age of a recorded state runs up to interval + start delay + sweep
-time, and every run pays process starts and cold logins. ``PowerWatch`` keeps its worker
-processes and their sessions for its whole life and spreads the reads over the period: the BMCs
-of the whole set, sorted by key, get the phases ``j * period / n`` on the wall clock (so two
-watches one after the other, e.g. consecutive scheduled poll runs, keep each BMC's slot). Each
-reading is stamped with the time its read started and handed to the caller within about 0.1 s.
-A host's recorded age then runs from ~0 to ~period, at one read per period.
+Why a watch, not repeated sweeps: a sweep stamps every host at once and is published at its
+end, so the age of a recorded state runs up to interval + start delay + sweep time, and every
+run pays process starts and cold logins. ``PowerWatch`` keeps its worker processes and their
+sessions for its whole life and spreads the reads over the period: the BMCs of the whole set,
+sorted by key, get the phases ``j * period / n`` on the wall clock (so two watches one after
+the other, e.g. consecutive scheduled poll runs, keep each BMC's slot). Each reading is
+stamped with the time its read started and handed to the caller within about 0.1 s. A host's
+recorded age then runs from ~0 to ~period, at one read per period. ``run`` drives it until a
+deadline and hands the readings to the caller's sink.
 
 A read still running at its BMC's next slot (the worker is overloaded) is not queued: the slot
 is skipped and counted (``stats.skipped_in_flight``). A silent BMC holds one thread for its
-per-call timeout and never delays another BMC. Two targets naming one BMC (a duplicated host
-record) are read one after the other (see ``bulk._SweepWorker._read``).
+per-call timeout and never delays another BMC.
 
-Workers are fresh interpreters talking over a socket pair (for the same reasons as
-``bulk``: a forked child would inherit pyghmi's half state; ``spawn`` re-imports the caller's
-``__main__``). A worker that dies, stops sending its heartbeat, or looks wedged in pyghmi is
-replaced with its shard (its sessions are lost, the new one logs in again); its reads in flight
-are reported failed. A background thread in the parent receives the workers' messages, so a
-caller that is slow to ``drain`` never stalls the workers.
+A sweep (``sweep``: what an operator's by-hand poll does) reads every target now, within one
+deadline, with the same workers and sessions. The BMCs that failed the previous sweep are
+tried first (see ``sweep``); calls that the sweep left stuck in pyghmi are counted
+(``calls_stuck``) so that a caller can decide not to keep the watch.
+
+The targets are sharded over the workers by a stable hash of their BMC address, so a BMC is
+always read by the same worker (its session is reused, a call still stuck from an earlier read
+is found by the same guard, duplicated host records are serialised there). A worker that dies,
+stops sending its heartbeat, or looks wedged in pyghmi is replaced with its shard (its sessions
+are lost, the new one logs in again); its reads in flight are reported failed. A background
+thread in the parent receives the workers' messages, so a caller that is slow to ``drain``
+never stalls the workers. The workers themselves: ``worker``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import heapq
 import logging
 import queue
 import threading
 import time
 import zlib
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
+from typing import Any
 
 from metalflow.integrations.common import Secret
-from metalflow.integrations.ipmi.bulk import BmcTarget, PowerReading, _failed, looks_wedged
-from metalflow.integrations.ipmi.errors import BmcInvalidInput, BmcTimeout, IpmiError
-from metalflow.integrations.ipmi.validate import check_address, check_password, check_port, check_username
-from metalflow.integrations.ipmi.wire import PyghmiLink
-from metalflow.integrations.ipmi.workerproc import WorkerProcess
+from metalflow.integrations.ipmi.errors import BmcInvalidInput, IpmiError
+from metalflow.integrations.ipmi.readings import (
+    BmcTarget,
+    PowerReading,
+    TimedReading,
+    WatchStats,
+    failed,
+    looks_wedged,
+)
+from metalflow.integrations.ipmi.worker import HEARTBEAT, Wire, WorkerProcess
 
 log = logging.getLogger(__name__)
 
-_WORKER_CODE = "import sys; from metalflow.integrations.ipmi.watch import _worker_entry; _worker_entry(sys.argv[1:])"
-
-
-@dataclass(frozen=True)
-class TimedReading(PowerReading):
-    """A ``PowerReading`` with ``at``, the aware UTC time its read started: the time the
-    inventory records (the state was true at least then)."""
-
-    at: datetime = field(kw_only=True)
-
-
-@dataclass(frozen=True)
-class WatchStats:
-    """Counters since the watch started. ``reads`` counts every reading delivered (failed
-    ones too); ``skipped_in_flight`` the slots skipped because the BMC's previous read was
-    still running; ``worker_restarts`` the worker processes replaced."""
-
-    reads: int = 0
-    failed: int = 0
-    skipped_in_flight: int = 0
-    worker_restarts: int = 0
-
-
-def _ident(t: BmcTarget) -> tuple:
-    """What makes a session: the target and a digest of its credentials (never the password)."""
-    return (t.key, t.address, t.port, t.username, hashlib.sha256(t.password.reveal_bytes()).digest())
-
-
-def _check(t: BmcTarget) -> None:
-    check_address(t.address, t.target)
-    check_port(t.port, t.target)
-    check_username(t.username, t.target)
-    check_password(t.password, t.target)
-
-
-def _next_slot(phase: float, period: float, not_before_wall: float) -> float:
-    """The first wall-clock time >= ``not_before_wall`` that is ``phase`` modulo ``period``."""
-    return not_before_wall + (phase - not_before_wall) % period
-
-
-# ---------------------------------------------------------------------------------------------
-# the worker process
-
-
-class _Entry:
-    """One BMC in a worker: its link (session), phase and next slot."""
-
-    __slots__ = ("target", "ident", "phase", "link", "due", "busy", "last_start")
-
-    def __init__(self, target: BmcTarget, ident: tuple, phase: float):
-        self.target, self.ident, self.phase = target, ident, phase
-        self.link: PyghmiLink | None = None
-        self.due = 0.0  # monotonic
-        self.busy = False  # a read is running (in our pool)
-        self.last_start = float("-inf")  # monotonic start of the last read
-
-
-class _WatchWorker:
-    """A worker's state: its shard, a thread pool, one link per BMC, the readings to send."""
-
-    def __init__(self, per_call_timeout: float, concurrency: int):
-        self.per_call_timeout = per_call_timeout
-        self.period = 1.0
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ipmi-watch")
-        self._entries: dict[str, _Entry] = {}  # by key
-        self._heap: list[tuple[float, int, str]] = []
-        self._seq = 0
-        self._lock = threading.Lock()  # entries' busy flags, the in-flight map, the outbox
-        self._outbox: list[tuple] = []
-        self._inflight: dict[str, float] = {}  # key -> wall time its read started
-        self._endpoints: dict[tuple[str, int], threading.Lock] = {}
-        self.skipped = 0
-
-    # -- the shard --------------------------------------------------------------------------
-    def assign(self, shard: Sequence[tuple[BmcTarget, float]], period: float) -> None:
-        """Take a new shard: keep the links of unchanged targets, log out of dropped ones,
-        move each target to its (possibly new) slot."""
-        self.period = period
-        now, wall = time.monotonic(), time.time()
-        new: dict[str, _Entry] = {}
-        with self._lock:
-            for target, phase in shard:
-                ident = _ident(target)
-                entry = self._entries.get(target.key)
-                if entry is None or entry.ident != ident:
-                    entry = _Entry(target, ident, phase)
-                    entry.due = -1.0  # scheduled below
-                elif entry.phase != phase:
-                    entry.phase, entry.due = phase, -1.0
-                new[target.key] = entry
-            dropped = [e for k, e in self._entries.items() if new.get(k) is not e]
-            self._entries = new
-            for e in new.values():
-                if e.due < 0:
-                    # At least half a period after its last read: a phase that moved a little
-                    # must not cause a second read right after the first.
-                    earliest = max(now, e.last_start + period / 2)
-                    e.due = now + (_next_slot(e.phase, period, wall + (earliest - now)) - wall)
-                    self._push(e)
-        for e in dropped:
-            if e.link is not None:
-                self._pool.submit(e.link.close)  # serialised with a read in flight by its guard
-
-    def _push(self, e: _Entry) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (e.due, self._seq, e.target.key))
-
-    def dispatch(self) -> float:
-        """Start the reads that are due; return the seconds until the next one is."""
-        now = time.monotonic()
-        with self._lock:
-            while self._heap and self._heap[0][0] <= now:
-                due, _, key = heapq.heappop(self._heap)
-                e = self._entries.get(key)
-                if e is None or e.due != due:
-                    continue  # removed or rescheduled since
-                if e.busy:
-                    self.skipped += 1  # not queued: the next slot comes soon enough
-                else:
-                    e.busy = True
-                    self._pool.submit(self._read, e)
-                e.due = due + self.period
-                if e.due <= now:  # fell behind (a stall): the next slot after now
-                    e.due = due + self.period * (1 + (now - due) // self.period)
-                self._push(e)
-            return max(0.0, self._heap[0][0] - now) if self._heap else 1.0
-
-    def _read(self, e: _Entry) -> None:
-        t = e.target
-        start, at = time.monotonic(), time.time()
-        with self._lock:
-            e.last_start = start
-            self._inflight[t.key] = at
-            endpoint = self._endpoints.setdefault((t.address, t.port), threading.Lock())
-        try:
-            if not endpoint.acquire(timeout=self.per_call_timeout):
-                raise BmcTimeout(
-                    "not read: another target with this BMC address took the time",
-                    target=t.target,
-                    operation="power_state",
-                )
-            try:
-                if e.link is None:
-                    e.link = PyghmiLink(t.address, t.port, check_username(t.username), t.password)
-                timeout = self.per_call_timeout - (time.monotonic() - start)
-                if timeout <= 0:
-                    raise BmcTimeout(
-                        "not read: waited for another target with this BMC address",
-                        target=t.target,
-                        operation="power_state",
-                    )
-                on = e.link.power_is_on(timeout=timeout, operation="power_state")
-            finally:
-                endpoint.release()
-            r = PowerReading(t.key, "on" if on else "off", None, time.monotonic() - start)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a reading
-            r = _failed(t.key, exc, time.monotonic() - start, t.password)
-        with self._lock:
-            e.busy = False
-            self._inflight.pop(t.key, None)
-            current = self._entries.get(t.key) is e
-            if current:  # a target removed meanwhile is not reported
-                self._outbox.append((r.key, r.state, r.error, r.kind, r.elapsed, at))
-        if not current and e.link is not None:
-            e.link.close()  # removed while this read made its session
-
-    # -- reporting --------------------------------------------------------------------------
-    def report(self, with_stuck: bool) -> tuple[list[tuple], dict[str, float], int, list[float]]:
-        """The readings since the last report, the reads in flight, the skipped slots so far and
-        (``with_stuck``) the ages of calls stuck in pyghmi (abandoned by their guard, still
-        running)."""
-        with self._lock:
-            out, self._outbox = self._outbox, []
-            inflight = dict(self._inflight)
-            links = [e.link for e in self._entries.values() if e.link is not None] if with_stuck else []
-        stuck = [a for a in (link.guard.stuck_for() for link in links) if a > 0]
-        return out, inflight, self.skipped, stuck
-
-    def has_news(self) -> bool:
-        """Readings to send, or reads in flight (the parent must know them, to report them
-        failed if this process dies)."""
-        with self._lock:
-            return bool(self._outbox or self._inflight)
-
-    def close(self) -> None:
-        with self._lock:
-            links = [e.link for e in self._entries.values() if e.link is not None]
-            self._entries, self._heap = {}, []
-        for link in links:
-            link.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def worker_main(conn: Connection, per_call_timeout: float, concurrency: int, patch: bool) -> None:
-    """A watch worker: apply the shim, then read its shard on schedule and send what it
-    learns at least every ``HEARTBEAT`` seconds, until told to stop or the parent goes away."""
-    from metalflow.integrations.ipmi.shim import patch_pyghmi, shim_active
-
-    if patch:
-        patch_pyghmi()
-    worker = _WatchWorker(per_call_timeout, concurrency)
-    heartbeat, flush = PowerWatch.HEARTBEAT, 0.1
-    try:
-        conn.send(("ready", shim_active()))
-        last_sent = last_beat = time.monotonic()
-        while True:
-            wait = worker.dispatch()
-            now = time.monotonic()
-            beat = now - last_beat >= heartbeat
-            if beat or (worker.has_news() and now - last_sent >= flush):
-                conn.send(("report", *worker.report(with_stuck=beat)))
-                last_sent = now
-                if beat:
-                    last_beat = now
-            if conn.poll(min(wait, flush)):
-                msg = conn.recv()
-                if msg is None:
-                    break
-                _, shard, period = msg
-                worker.assign(shard, period)
-    except (EOFError, OSError):
-        pass  # the parent is gone
-    finally:
-        worker.close()
-
-
-def _worker_entry(argv: list[str]) -> None:
-    fd, per_call_timeout, concurrency, patch = argv
-    worker_main(Connection(int(fd)), float(per_call_timeout), int(concurrency), patch == "1")
-
-
-# ---------------------------------------------------------------------------------------------
-# the parent
+#: What ``run`` hands its sink; the sink raises when it could not take them (kept, retried).
+Sink = Callable[[list[TimedReading]], None]
 
 
 class _Handle(WorkerProcess):
     """The parent's handle on one worker process."""
 
     def __init__(self, index: int, per_call_timeout: float, concurrency: int, patch: bool):
-        super().__init__(["-c", _WORKER_CODE], repr(per_call_timeout), str(concurrency), "1" if patch else "0")
+        super().__init__(per_call_timeout, concurrency, patch)
         self.index = index
         self.started = self.heard = time.monotonic()
         self.ready = False
         self.shim = False
-        self.sent: tuple | None = None  # the shard last sent (its signature)
+        self.sent: tuple[Any, ...] | None = None  # the shard last sent (its signature)
         self.inflight: dict[str, float] = {}
         self.skipped = 0
+        self.sweeping_until = 0.0  # monotonic: a sweep keeps the worker quiet until then
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """What ``run`` did: the watch's counters over the run and how long it ran (seconds)."""
+
+    stats: WatchStats
+    seconds: float
 
 
 class PowerWatch:
     """Reads every target's power state once per ``period`` seconds, each at its own phase,
-    from ``processes`` long-lived worker processes; ``drain()`` hands over the readings.
+    from ``processes`` long-lived worker processes; or reads them all at once (``sweep``).
 
-    ``set_targets`` gives the set (the first call starts the workers), ``drain`` collects,
-    ``close`` (or the context manager) logs out and stops. Not meant to be shared between
-    threads, apart from ``stats`` and ``worker_pids``."""
+    Continuous: ``set_targets`` gives the set (the first call starts the workers), ``drain``
+    collects, ``run`` does both until a deadline and feeds a sink. Sweeps: ``sweep`` (a watch
+    made without ``period`` does only those). ``close`` (or the context manager) logs out and
+    stops. Not meant to be shared between threads, apart from ``stats`` and ``worker_pids``."""
 
     START_TIMEOUT = 60.0  # spawn + import of pyghmi on a loaded machine
-    HEARTBEAT = 1.0  # a worker reports at least this often
+    HEARTBEAT = HEARTBEAT  # a worker reports at least this often
     HANG_AFTER = 15.0  # silence after which a worker is declared hung and replaced
     RECYCLE_AFTER = 120.0  # a call stuck in pyghmi this long gets its worker replaced
     STUCK_AFTER = 30.0  # calls stuck longer count toward "half the shard is stuck"
     RESTART_GAP = 2.0  # at least this long between two starts of one worker
+    GRACE = 3.0  # beyond a sweep's deadline before a worker is declared hung
+    FLUSH_EVERY = 0.5  # run: seconds between two batches handed to the sink
+    MAX_PENDING = 200_000  # run: readings kept while the sink fails
 
     def __init__(
         self,
-        period: float,
+        period: float | None = None,
         processes: int = 2,
         per_call_timeout: float = 3.0,
         concurrency: int = 32,
         *,
         patch: bool = True,
     ):
-        if not period >= 1.0:  # also refuses NaN
+        """``period`` None: a watch for sweeps only."""
+        if period is not None and not period >= 1.0:  # also refuses NaN
             raise ValueError("period: at least 1 second")
         if processes < 1:
             raise ValueError("processes: at least 1")
-        if not 0 < per_call_timeout < period:
+        if not per_call_timeout > 0 or (period is not None and not per_call_timeout < period):
             raise ValueError("per_call_timeout: must be positive and shorter than the period")
         if concurrency < 1:
             raise ValueError("concurrency: at least 1")
-        self.period = float(period)
+        self.period = float(period) if period is not None else None
         self.processes = processes
         self.per_call_timeout = float(per_call_timeout)
         self.concurrency = concurrency
@@ -336,20 +129,29 @@ class PowerWatch:
         self._lock = threading.RLock()
         self._handles: list[_Handle | None] = [None] * processes
         self._next_start = [0.0] * processes
-        self._shards: list[tuple] = [()] * processes  # (target, phase) per worker
+        self._shards: list[tuple[tuple[BmcTarget, float], ...]] = [()] * processes  # (target, phase) per worker
         self._targets: dict[str, BmcTarget] = {}
         self._readings: queue.SimpleQueue[TimedReading] = queue.SimpleQueue()
+        self._swept: queue.SimpleQueue[tuple[int, list[PowerReading] | None, list[float], str]] = queue.SimpleQueue()
         self._reads = self._failed = self._skipped_gone = self._restarts = 0
         self._pump: threading.Thread | None = None
         self._closed = threading.Event()
+        self._failed_last: set[str] = set()  # keys whose previous sweep read failed: tried first
+        #: Calls the last sweep abandoned that were still running in pyghmi when it ended (a BMC
+        #: that stopped answering mid-session holds one for about 20 s, even once it answers
+        #: again). Until they end, the next read of those BMCs in this watch waits for them and
+        #: fails; a caller that needs that read to count (an operator checking a repaired BMC)
+        #: closes the watch instead of reusing it.
+        self.calls_stuck = 0
 
     def __repr__(self) -> str:
-        return f"PowerWatch(period={self.period:g}, processes={self.processes}, targets={len(self._targets)})"
+        period = "None" if self.period is None else f"{self.period:g}"
+        return f"PowerWatch(period={period}, processes={self.processes}, targets={len(self._targets)})"
 
     def __enter__(self) -> PowerWatch:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- public -----------------------------------------------------------------------------
@@ -375,6 +177,20 @@ class PowerWatch:
         with self._lock:
             return list(self._targets)
 
+    def start(self) -> None:
+        """Start the workers (if not yet) and wait until they are all ready."""
+        if self._closed.is_set():
+            raise RuntimeError("this PowerWatch is closed")
+        if self._pump is not None:
+            self._await_ready()
+            return
+        with self._lock:
+            for i in range(self.processes):
+                self._start(i)
+        self._pump = threading.Thread(target=self._run_pump, name="power-watch", daemon=True)
+        self._pump.start()
+        self._await_ready()
+
     def set_targets(self, targets: Sequence[BmcTarget]) -> None:
         """Watch exactly ``targets`` from now on. The first call starts the workers (and waits
         until they are ready); later calls add, remove and replace targets (changed
@@ -384,40 +200,30 @@ class PowerWatch:
         readings (``BmcInvalidInput``)."""
         if self._closed.is_set():
             raise RuntimeError("this PowerWatch is closed")
-        keys = [t.key for t in targets]
-        if len(set(keys)) != len(keys):
-            raise ValueError("targets: keys must be unique")
-        valid: list[BmcTarget] = []
-        now = datetime.now(UTC)
-        for t in targets:
-            try:
-                _check(t)
-            except BmcInvalidInput as exc:
-                password = t.password if isinstance(t.password, Secret) else None
-                self._deliver(TimedReading(**vars(_failed(t.key, exc, 0.0, password)), at=now))
-                continue
-            valid.append(t)
+        if self.period is None:
+            raise RuntimeError("this PowerWatch was made for sweeps (no period): it cannot watch")
+        valid = self._valid(targets, datetime.now(UTC))
         valid.sort(key=lambda t: t.key)
         n = len(valid)
         shards: list[list[tuple[BmcTarget, float]]] = [[] for _ in range(self.processes)]
         for j, t in enumerate(valid):
             # By BMC endpoint: one BMC is always read by the same worker (duplicated records
             # are serialised there); the phases are global, so the whole set is spread evenly.
-            shards[zlib.crc32(t.target.encode()) % self.processes].append((t, j * self.period / n))
-        first = self._pump is None
+            shards[self._worker_of(t)].append((t, j * self.period / n))
         with self._lock:
             self._targets = {t.key: t for t in valid}
             self._shards = [tuple(s) for s in shards]
-            if first:
-                for i in range(self.processes):
-                    self._start(i)
-            else:
+            if self._pump is not None:
                 for i in range(self.processes):
                     self._send_shard(i)
-        if first:
-            self._pump = threading.Thread(target=self._run_pump, name="power-watch", daemon=True)
-            self._pump.start()
-            self._await_ready()
+        if self._pump is None:
+            self.start()  # each worker gets its shard when it says it is ready
+
+    def report(self, reading: TimedReading) -> None:
+        """Hand a reading the caller made (a target it could not build, e.g. credentials that
+        cannot be loaded) to the same consumer as the watch's own readings; not a read, so not
+        counted in ``stats``."""
+        self._readings.put(reading)
 
     def drain(self, timeout: float) -> list[TimedReading]:
         """The readings that arrived since the last call, waiting up to ``timeout`` seconds
@@ -432,6 +238,108 @@ class PowerWatch:
                 out.append(self._readings.get_nowait())
             except queue.Empty:
                 return out
+
+    def run(
+        self,
+        until: float,
+        sink: Sink,
+        *,
+        targets: Callable[[], Sequence[BmcTarget] | None],
+        refresh_every: float,
+        progress: Callable[[WatchStats], None] | None = None,
+        progress_every: float = 30.0,
+        ended: Callable[[], None] | None = None,
+    ) -> RunStats:
+        """Watch ``targets()`` until ``until`` (wall clock, epoch seconds), and at least one full
+        period, so that every target is read once even by a run that started late; hand the
+        readings to ``sink`` in batches every ``FLUSH_EVERY`` seconds. ``targets()`` is asked
+        again every ``refresh_every`` seconds (None: keep the current set). A sink that raises
+        keeps its batch: it is handed again with the next readings, backing off up to 10 s,
+        keeping the newest ``MAX_PENDING``; at the end it gets five more tries, and the last
+        failure is raised. ``progress(stats since the start)`` every ``progress_every`` s;
+        ``ended()`` once the polling is over, before those last tries (a caller parks the watch
+        there: a failing sink then fails the run, not the watch)."""
+        if self.period is None:
+            raise RuntimeError("this PowerWatch was made for sweeps (no period): it cannot watch")
+        base = self.stats  # the run's figures are counted from here
+        pending: list[TimedReading] = []
+
+        def refresh() -> None:
+            got = targets()
+            if got is not None:
+                self.set_targets(got)
+
+        refresh()
+        started = time.monotonic()
+        min_end = started + self.period + self.per_call_timeout + 2 * self.FLUSH_EVERY  # one full round
+        next_refresh = started + refresh_every
+        next_progress = started + progress_every
+        next_flush, flush_gap = started, self.FLUSH_EVERY
+        while True:
+            now = time.monotonic()
+            done = time.time() >= until and now >= min_end
+            pending += self.drain(timeout=0 if done else self.FLUSH_EVERY / 2)
+            if done:
+                break
+            if len(pending) > self.MAX_PENDING:  # the sink has failed for long: keep the newest
+                log.warning("dropping %d old readings that could not be recorded", len(pending) - self.MAX_PENDING)
+                del pending[: len(pending) - self.MAX_PENDING]
+            now = time.monotonic()
+            if pending and now >= next_flush:
+                if self._flush(sink, pending):
+                    flush_gap = self.FLUSH_EVERY
+                else:  # a failing sink: keep the readings, back off, try again
+                    flush_gap = min(10.0, flush_gap * 2)
+                next_flush = now + flush_gap
+            if now >= next_refresh:
+                refresh()
+                next_refresh = now + refresh_every
+            if progress is not None and now >= next_progress:
+                progress(self.stats.since(base))
+                next_progress = now + progress_every
+        result = RunStats(self.stats.since(base), time.monotonic() - started)
+        if ended is not None:
+            ended()
+        for attempt in range(5):  # the last readings; a sink still failing fails the run
+            if not pending or self._flush(sink, pending, final=attempt == 4):
+                break
+            time.sleep(2**attempt)
+        return result
+
+    def sweep(self, targets: Sequence[BmcTarget], deadline: float) -> dict[str, PowerReading]:
+        """One round: every target's power state or error, within ``deadline`` seconds (counted
+        once the workers are up; the first call starts them). Targets that fail the offline
+        checks get a ``BmcInvalidInput`` reading and are not sent."""
+        if self._closed.is_set():
+            raise RuntimeError("this PowerWatch is closed")
+        keys = [t.key for t in targets]
+        if len(set(keys)) != len(keys):
+            raise ValueError("targets: keys must be unique")
+        if deadline <= 0:
+            raise ValueError("deadline: must be positive")
+        if self._targets:
+            raise RuntimeError("this PowerWatch is watching its targets continuously: it cannot sweep")
+        results: dict[str, PowerReading] = {}
+        shards: list[list[BmcTarget]] = [[] for _ in range(self.processes)]
+        for t in targets:
+            try:
+                t.check()
+            except BmcInvalidInput as exc:
+                results[t.key] = failed(t.key, exc, 0.0, t.password if isinstance(t.password, Secret) else None)
+                continue
+            shards[self._worker_of(t)].append(t)
+        # A BMC that failed the previous read is likely silent again, and a silent one holds an
+        # in-flight slot for its whole per-call deadline. Tried first, those deadlines run beside
+        # the rest of the sweep; in list order, the last of them would only start well into the
+        # sweep and end it a deadline later. (sort is stable: the others keep their order.)
+        for shard in shards:
+            shard.sort(key=lambda t: t.key not in self._failed_last)
+        self.calls_stuck = 0
+        if any(shards):
+            self.start()
+            self._sweep_shards(shards, float(deadline), results)
+        self._failed_last = {k for k, r in results.items() if not r.ok}
+        return {k: results[k] for k in keys}
 
     def close(self) -> None:
         """Stop the workers (they log out of their sessions first). Safe to call twice."""
@@ -449,6 +357,102 @@ class PowerWatch:
         for h in handles:
             h.kill(wait=10)
 
+    # -- mechanics ------------------------------------------------------------------------------
+    def _worker_of(self, t: BmcTarget) -> int:
+        return zlib.crc32(t.target.encode()) % self.processes
+
+    def _valid(self, targets: Sequence[BmcTarget], now: datetime) -> list[BmcTarget]:
+        keys = [t.key for t in targets]
+        if len(set(keys)) != len(keys):
+            raise ValueError("targets: keys must be unique")
+        valid: list[BmcTarget] = []
+        for t in targets:
+            try:
+                t.check()
+            except BmcInvalidInput as exc:
+                password = t.password if isinstance(t.password, Secret) else None
+                self._deliver(TimedReading(**vars(failed(t.key, exc, 0.0, password)), at=now))
+                continue
+            valid.append(t)
+        return valid
+
+    def _flush(self, sink: Sink, pending: list[TimedReading], final: bool = False) -> bool:
+        """Hand ``pending`` to the sink and empty it; on failure keep it and say so (the sink
+        already retried what it knows to be transient). ``final``: raise instead."""
+        batch = list(pending)
+        try:
+            sink(batch)
+        except Exception as exc:
+            if final:
+                raise
+            log.warning("could not record %d readings (kept, retried): %s", len(batch), exc)
+            return False
+        del pending[: len(batch)]
+        return True
+
+    def _sweep_shards(self, shards: list[list[BmcTarget]], deadline: float, results: dict[str, PowerReading]) -> None:
+        while True:  # answers of an earlier sweep that ended without them
+            try:
+                self._swept.get_nowait()
+            except queue.Empty:
+                break
+        sent: set[int] = set()
+        with self._lock:
+            handles = list(self._handles)
+            for i, h in enumerate(handles):
+                if h is not None and shards[i]:
+                    h.sweeping_until = time.monotonic() + deadline + self.GRACE
+        for i, shard in enumerate(shards):
+            if not shard:
+                continue
+            h = handles[i]
+            try:
+                if h is None or not h.ready:
+                    raise OSError
+                h.send(("sweep", shard, deadline))  # not under the lock: the pump goes on receiving
+                sent.add(i)
+            except (OSError, ValueError):
+                self._lost_sweep(i, shard, results, "the worker process is gone")
+        end = time.monotonic() + deadline + self.GRACE
+        while sent:
+            try:
+                i, readings, stuck, why = self._swept.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                break
+            if i not in sent:
+                continue
+            sent.discard(i)
+            if readings is None:
+                self._lost_sweep(i, shards[i], results, why)
+                continue
+            for reading in readings:
+                results[reading.key] = reading
+            if not self._check_health(i, len(shards[i]), stuck):
+                self.calls_stuck += len(stuck)
+        for i in sent:
+            self._lost_sweep(i, shards[i], results, "the worker process did not answer in time")
+
+    def _check_health(self, i: int, shard: int, stuck: list[float]) -> bool:
+        """Replace a worker whose pyghmi looks wedged after a sweep: a call stuck far longer
+        than pyghmi's own retries take, or half its BMCs stuck at once. A fresh process costs a
+        second and cold logins; a wedged pyghmi would fail every sweep until restarted. True:
+        replaced."""
+        if not looks_wedged(stuck, shard, self.RECYCLE_AFTER):
+            return False
+        with self._lock:
+            h = self._handles[i]
+            if h is not None:
+                self._lost(h, f"{len(stuck)} calls stuck in pyghmi (oldest {max(stuck):.0f} s)")
+        return True
+
+    def _lost_sweep(self, i: int, shard: list[BmcTarget], results: dict[str, PowerReading], why: str) -> None:
+        with self._lock:
+            h = self._handles[i]
+            if h is not None:
+                self._lost(h, why)
+        for t in shard:
+            results.setdefault(t.key, failed(t.key, IpmiError(why, target=t.target, operation="power_state"), 0.0))
+
     # -- the pump (a background thread) -------------------------------------------------------
     def _run_pump(self) -> None:
         while not self._closed.is_set():
@@ -464,6 +468,7 @@ class PowerWatch:
                 if self._closed.is_set():
                     return
                 for conn in ready:
+                    assert isinstance(conn, Connection)
                     h = conns[conn]
                     if self._handles[h.index] is not h:
                         continue
@@ -475,20 +480,28 @@ class PowerWatch:
                     self._receive(h, msg)
                 self._check_workers()
 
-    def _receive(self, h: _Handle, msg: tuple) -> None:
+    def _receive(self, h: _Handle, msg: tuple[Any, ...]) -> None:
         h.heard = time.monotonic()
         if msg[0] == "ready":
             h.ready, h.shim = True, bool(msg[1])
             self._send_shard(h.index)
             return
+        if msg[0] == "swept":
+            h.sweeping_until = 0.0
+            self._swept.put((h.index, msg[1], msg[2], ""))
+            return
         _, readings, inflight, skipped, stuck = msg
         h.inflight, h.skipped = inflight, skipped
+        self._receive_readings(readings)
+        if self._shards[h.index]:  # a sweep's stuck calls are judged by the sweep
+            long_stuck = [a for a in stuck if a > self.STUCK_AFTER]
+            if looks_wedged(long_stuck, len(self._shards[h.index]), self.RECYCLE_AFTER):
+                self._lost(h, f"{len(long_stuck)} calls stuck in pyghmi (oldest {max(long_stuck):.0f} s)")
+
+    def _receive_readings(self, readings: list[Wire]) -> None:
         for key, state, error, kind, elapsed, at in readings:
             if key in self._targets:  # removed meanwhile: not reported
                 self._deliver(TimedReading(key, state, error, elapsed, kind, at=datetime.fromtimestamp(at, UTC)))
-        long_stuck = [a for a in stuck if a > self.STUCK_AFTER]
-        if looks_wedged(long_stuck, len(self._shards[h.index]), self.RECYCLE_AFTER):
-            self._lost(h, f"{len(long_stuck)} calls stuck in pyghmi (oldest {max(long_stuck):.0f} s)")
 
     def _check_workers(self) -> None:
         now = time.monotonic()
@@ -501,7 +514,7 @@ class PowerWatch:
                 self._lost(h, "the worker process died")
             elif not h.ready and now - h.started > self.START_TIMEOUT:
                 self._lost(h, f"the worker process did not start within {self.START_TIMEOUT:.0f} s")
-            elif h.ready and now - h.heard > self.HANG_AFTER:
+            elif h.ready and now - h.heard > self.HANG_AFTER and now > h.sweeping_until:
                 self._lost(h, f"the worker process sent nothing for {now - h.heard:.0f} s")
 
     def _deliver(self, r: TimedReading) -> None:
@@ -516,20 +529,21 @@ class PowerWatch:
 
     def _send_shard(self, i: int) -> None:
         h = self._handles[i]
-        if h is None or not h.ready:
+        if h is None or not h.ready or self.period is None:
             return  # sent when it says it is ready
-        signature = tuple((_ident(t), phase) for t, phase in self._shards[i])
+        signature = tuple((t.ident(), phase) for t, phase in self._shards[i])
         if signature == h.sent:
             return
         try:
-            h.conn.send(("shard", list(self._shards[i]), self.period))
+            h.send(("shard", list(self._shards[i]), self.period))
             h.sent = signature
         except (OSError, ValueError):
             self._lost(h, "the worker process is gone")
 
     def _lost(self, h: _Handle, why: str) -> None:
-        """Replace a worker: its reads in flight become failed readings, a fresh process takes
-        its shard (on the next pump round, at most every ``RESTART_GAP`` seconds)."""
+        """Replace a worker: its reads in flight become failed readings (a sweep it was doing
+        ends for it), a fresh process takes its shard (on the next pump round, at most every
+        ``RESTART_GAP`` seconds)."""
         if self._handles[h.index] is not h:
             return
         log.warning("IPMI power-watch worker %d (pid %d): %s; restarting it", h.index, h.pid, why)
@@ -540,8 +554,10 @@ class PowerWatch:
             t = self._targets.get(key)
             if t is not None:
                 exc = IpmiError(why, target=t.target, operation="power_state")
-                r = _failed(key, exc, max(0.0, time.time() - at), t.password)
+                r = failed(key, exc, max(0.0, time.time() - at), t.password)
                 self._deliver(TimedReading(**vars(r), at=datetime.fromtimestamp(at, UTC)))
+        if h.sweeping_until:
+            self._swept.put((h.index, None, [], why))
         h.kill()
 
     def _await_ready(self) -> None:

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from metalflow.integrations.common import Secret
 from metalflow.integrations.ipmi.errors import (
@@ -43,9 +44,11 @@ from metalflow.integrations.ipmi.errors import (
     error_for_code,
     scrub,
 )
-from metalflow.integrations.ipmi.guard import CallGuard
+from metalflow.integrations.ipmi.guard import CallGuard, CallGuards
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 NETFN_CHASSIS = 0x00
 CMD_GET_CHASSIS_STATUS = 0x01
@@ -101,19 +104,21 @@ class Link(Protocol):
 
 
 class PyghmiLink:
-    """One BMC over pyghmi, with every call behind a ``CallGuard``."""
+    """One BMC over pyghmi, with every call behind the BMC's ``CallGuard`` from ``guards``
+    (the process's registry: one guard per BMC, whoever the client)."""
 
     REUSE_IDLE = 20.0  # seconds a session may idle before we log it out and open a new one
     CLOSE_TIMEOUT = 2.0
 
-    def __init__(self, address: str, port: int, username: bytes, password: Secret):
+    def __init__(self, address: str, port: int, username: bytes, password: Secret, guards: CallGuards):
         self.target = f"{address}:{port}"
         self._address = address
         self._port = port
         self._username = username
         self._password = password
-        self._guard = CallGuard.of(self.target)
-        self._command = None  # pyghmi Command, touched only from guarded helper threads
+        self._guards = guards
+        self._guard = guards.of(self.target)
+        self._command: Any = None  # pyghmi Command, touched only from guarded helper threads
         self._last_ok = 0.0
         self._stale = False  # set when a call was abandoned: its session is not to be trusted
 
@@ -122,6 +127,9 @@ class PyghmiLink:
 
     @property
     def guard(self) -> CallGuard:
+        """This BMC's guard; a fresh one from the registry if it pruned ours while we idled."""
+        if self._guard.retired:
+            self._guard = self._guards.of(self.target)
         return self._guard
 
     # -- the four commands ------------------------------------------------------------------
@@ -170,27 +178,30 @@ class PyghmiLink:
         """Log the session out (bounded by ``CLOSE_TIMEOUT``); never raises. With a call still
         stuck in pyghmi there is nothing to log out yet: that call ends on its own and its
         session is dropped by pyghmi when it fails (or idles out on the BMC if it succeeds)."""
-        if self._command is None or self._guard.busy():
+        guard = self.guard
+        if self._command is None or guard.busy():
             return
         try:
-            self._guard.run(self._drop, timeout=self.CLOSE_TIMEOUT, operation="close")
+            guard.run(self._drop, timeout=self.CLOSE_TIMEOUT, operation="close")
         except IpmiError as exc:
             log.debug("closing %s: %s", self.target, exc)
 
     # -- mechanics --------------------------------------------------------------------------
-    def _raw(self, netfn: int, command: int, data: tuple, *, timeout: float, operation: str) -> bytes:
+    def _raw(self, netfn: int, command: int, data: tuple[int, ...], *, timeout: float, operation: str) -> bytes:
         return self._guarded(
             lambda: self._exchange(netfn, command, data, operation), timeout=timeout, operation=operation
         )
 
-    def _guarded(self, call, *, timeout: float, operation: str):
+    def _guarded(self, call: Callable[[], T], *, timeout: float, operation: str) -> T:
         try:
-            return self._guard.run(call, timeout=timeout, operation=operation)
+            return self.guard.run(call, timeout=timeout, operation=operation)
         except BmcUnreachable:
             self._stale = True  # a timed-out or dropped session is not reused
             raise
 
-    def _exchange(self, netfn: int, command: int, data: tuple, operation: str, tolerate: tuple[int, ...] = ()) -> bytes:
+    def _exchange(
+        self, netfn: int, command: int, data: tuple[int, ...], operation: str, tolerate: tuple[int, ...] = ()
+    ) -> bytes:
         """One request and its answer; runs in the guard's helper thread."""
         cmd = self._session(operation)
         try:
@@ -212,7 +223,7 @@ class PyghmiLink:
         self._last_ok = time.monotonic()
         return bytes(rsp.get("data", b""))
 
-    def _session(self, operation: str):
+    def _session(self, operation: str) -> Any:
         """The current pyghmi ``Command``, a fresh one after a failure or a long idle."""
         if self._command is not None and (self._stale or time.monotonic() - self._last_ok > self.REUSE_IDLE):
             self._drop()

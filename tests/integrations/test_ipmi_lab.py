@@ -1,4 +1,4 @@
-"""BmcClient and BulkPowerReader over real RMCP+ (UDP) against the lab's simulated BMCs.
+"""BmcClient and the power-poll engine's sweeps (PowerWatch.sweep) over real RMCP+ (UDP) against the lab's simulated BMCs.
 
 Every power change is checked twice: by the client's own read-back and by the simulator's
 view (``fleet.state``). Deadline tests assert that the call returned with the right error,
@@ -22,7 +22,8 @@ from metalflow.integrations.ipmi import (
     BmcUnreachable,
     BmcWrongState,
     BootDevice,
-    BulkPowerReader,
+    CallGuards,
+    PowerWatch,
     shim,
     shim_active,
 )
@@ -78,8 +79,13 @@ def fault(fleet):
         fleet.set_fault(host(i), "none")
 
 
+#: The test process's call guards (one per BMC), as the runtime keeps them for a metalflow process.
+GUARDS = CallGuards()
+
+
 def bmc(i: int, password: str = PASSWORD, **kw) -> BmcClient:
     kw.setdefault("call_timeout", 3.0)
+    kw.setdefault("guards", GUARDS)
     return BmcClient(address(i), kw.pop("username", USER), password, **kw)
 
 
@@ -241,7 +247,7 @@ def _try_read(c: BmcClient) -> str | None:
 
 def test_shim_is_active_and_sequential_reads_all_succeed(fleet):
     with bmc(9) as c:
-        assert c.power_state() == "off"  # the first call applies the shim
+        assert c.power_state() == "off"  # the conftest applied the shim
         assert shim_active()
         from pyghmi.ipmi.private import session
 
@@ -260,12 +266,12 @@ def test_bulk_read_of_many_bmcs_with_two_silent(fleet, fault):
     # A second host record naming h013's BMC with a wrong password: an auth error for it alone.
     targets.append(BmcTarget("dup", address(13), USER, WRONG))
     truth = fleet.states()
-    reader = BulkPowerReader(processes=2, per_call_timeout=3.0)
+    reader = PowerWatch(processes=2, per_call_timeout=3.0)
     try:
-        first = reader.read(targets, deadline=30)
+        first = reader.sweep(targets, deadline=30)
         pids = reader.worker_pids()
         assert None not in pids
-        second = reader.read(targets, deadline=30)  # the pool is reused
+        second = reader.sweep(targets, deadline=30)  # the pool is reused
         assert reader.worker_pids() == pids
         assert reader.shim_active
     finally:
@@ -290,7 +296,7 @@ def test_bulk_read_tries_first_the_bmcs_that_failed_the_previous_read(fleet, fau
     the readings' start times."""
     quiet, others = 45, range(30, 40)
     targets = [BmcTarget(host(i), address(i), USER, PASSWORD) for i in (*others, quiet)]
-    reader = BulkPowerReader(processes=1, per_call_timeout=1.0, concurrency=1)
+    reader = PowerWatch(processes=1, per_call_timeout=1.0, concurrency=1)
 
     def starts(got):
         assert all(r.started is not None for r in got.values())
@@ -298,19 +304,19 @@ def test_bulk_read_tries_first_the_bmcs_that_failed_the_previous_read(fleet, fau
 
     try:
         fault(quiet, "silent")
-        first = reader.read(targets, deadline=20)
+        first = reader.sweep(targets, deadline=20)
         q, rest = starts(first)
         assert q.kind == "BmcTimeout" and q.started > max(rest)  # in list order: last
         assert all(first[host(i)].ok for i in others)
-        second = reader.read(targets, deadline=20)
+        second = reader.sweep(targets, deadline=20)
         q, rest = starts(second)
         assert q.kind == "BmcTimeout" and q.started < min(rest)  # it failed last time: first
         assert all(second[host(i)].ok for i in others)
         fleet.set_fault(host(quiet), "none")
-        third = reader.read(targets, deadline=20)
+        third = reader.sweep(targets, deadline=20)
         q, rest = starts(third)
         assert q.ok and q.started < min(rest)  # still first: it failed the read before
-        fourth = reader.read(targets, deadline=20)
+        fourth = reader.sweep(targets, deadline=20)
         q, rest = starts(fourth)
         assert q.ok and q.started > max(rest)  # answered last time: back in list order
     finally:

@@ -27,13 +27,13 @@ from metalflow.integrations.ipmi import (
     BmcUnreachable,
     BmcWrongState,
     BootDevice,
-    BulkPowerReader,
     IpmiError,
     PowerReading,
+    PowerWatch,
 )
 from metalflow.integrations.ipmi.errors import classify, error_for_code, scrub
-from metalflow.integrations.ipmi.guard import CallGuard
-from metalflow.integrations.ipmi.wire import parse_boot_options
+from metalflow.integrations.ipmi.guard import CallGuard, CallGuards
+from metalflow.integrations.ipmi.wire import PyghmiLink, parse_boot_options
 
 PASSWORD = "Zq9-unit-pw"
 
@@ -315,6 +315,32 @@ def test_guard_gives_up_at_the_deadline_and_keeps_one_call_in_flight():
     assert not g.busy()
 
 
+def test_guards_one_per_bmc_and_idle_ones_are_pruned_but_not_a_stuck_one():
+    guards = CallGuards()
+    a, b = guards.of("10.0.0.5:623"), guards.of("10.0.0.6:623")
+    assert guards.of("10.0.0.5:623") is a and len(guards) == 2
+    release = threading.Event()
+    with pytest.raises(BmcTimeout):
+        b.run(lambda: release.wait(30), timeout=0.1, operation="power_state")  # b stays stuck
+    a.last_call -= CallGuards.PRUNE_IDLE + 1
+    b.last_call -= CallGuards.PRUNE_IDLE + 1
+    try:
+        assert guards.prune() == 1  # the idle one; the stuck one must keep its caller waiting
+        assert a.retired and not b.retired and guards.of("10.0.0.6:623") is b
+        assert guards.of("10.0.0.5:623") is not a  # a fresh one
+    finally:
+        release.set()
+
+
+def test_a_link_holding_a_pruned_guard_takes_the_current_one():
+    guards = CallGuards()
+    link = PyghmiLink("10.0.0.5", 623, b"admin", Secret(PASSWORD), guards)
+    old = link.guard
+    old.last_call -= CallGuards.PRUNE_IDLE + 1
+    guards.prune()
+    assert link.guard is guards.of("10.0.0.5:623") is not old
+
+
 # -- power logic under a fake clock -----------------------------------------------------------------
 def test_power_on_is_a_noop_when_on():
     clock = FakeClock()
@@ -458,15 +484,15 @@ def test_close_closes_the_link():
     assert link.closed
 
 
-# -- bulk reader, offline parts -------------------------------------------------------------------
-def test_bulk_reader_rejects_duplicate_keys_and_reports_bad_targets_without_sending():
-    reader = BulkPowerReader(processes=1)
+# -- the engine's sweep, offline parts -------------------------------------------------------------------
+def test_sweep_rejects_duplicate_keys_and_reports_bad_targets_without_sending():
+    reader = PowerWatch(processes=1)
     t = BmcTarget("h1", "10.0.0.1", "admin", PASSWORD)
     with pytest.raises(ValueError, match="unique"):
-        reader.read([t, t], deadline=5)
+        reader.sweep([t, t], deadline=5)
     bad = BmcTarget("h2", "10.0.0.1:623", "admin", PASSWORD)
     try:
-        got = reader.read([bad], deadline=5)
+        got = reader.sweep([bad], deadline=5)
     finally:
         reader.close()
     assert got["h2"].kind == "BmcInvalidInput" and got["h2"].state is None and "address" in got["h2"].error
@@ -485,7 +511,7 @@ def test_bulk_reader_rejects_duplicate_keys_and_reports_bad_targets_without_send
     ],
 )
 def test_worker_health_rule(stuck, shard, wedged):
-    from metalflow.integrations.ipmi.bulk import looks_wedged
+    from metalflow.integrations.ipmi.readings import looks_wedged
 
     assert looks_wedged(stuck, shard, limit=120) is wedged
 
@@ -499,7 +525,7 @@ def _in_fresh_process(code: str) -> str:
 def test_shim_skips_when_pyghmi_source_differs():
     out = _in_fresh_process(
         "import logging; logging.basicConfig(level=logging.INFO)\n"
-        "from integrations.ipmi import shim\n"
+        "from metalflow.integrations.ipmi import shim\n"
         "shim.SESSION_SHA256 = frozenset({'0' * 64})\n"
         "print(shim.patch_pyghmi(), shim.shim_active())"
     )
@@ -508,7 +534,7 @@ def test_shim_skips_when_pyghmi_source_differs():
 
 def test_shim_skips_unknown_pyghmi_versions():
     out = _in_fresh_process(
-        "from integrations.ipmi import shim\n"
+        "from metalflow.integrations.ipmi import shim\n"
         "shim.SUPPORTED_VERSIONS = frozenset({'0.0.1'})\n"
         "print(shim.patch_pyghmi(), shim.shim_active())"
     )
@@ -517,7 +543,7 @@ def test_shim_skips_unknown_pyghmi_versions():
 
 def test_shim_applies_once():
     out = _in_fresh_process(
-        "from integrations.ipmi import shim\n"
+        "from metalflow.integrations.ipmi import shim\n"
         "from pyghmi.ipmi.private import session\n"
         "print(shim.shim_active(), shim.patch_pyghmi(), shim.patch_pyghmi(), shim.shim_active(),"
         " session.Session.awaitresponse is shim._awaitresponse, session._poller is shim._poller,"

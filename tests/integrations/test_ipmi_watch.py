@@ -253,7 +253,7 @@ def test_bad_arguments_are_refused():
         w.set_targets([target(0)])
 
 
-# --- the handover between two power-poll runs of one process (flows.poll.Keeper) ----------
+# --- the handover between two power-poll runs of one process (integrations.ipmi.Keeper) ----------
 
 
 def _watching(*hosts_i: int) -> PowerWatch:
@@ -264,7 +264,7 @@ def _watching(*hosts_i: int) -> PowerWatch:
 
 
 def test_a_parked_watch_goes_on_reading_and_is_taken_over_with_its_workers(fleet):
-    from metalflow.flows.poll import Keeper
+    from metalflow.integrations.ipmi import Keeper
 
     keeper, key = Keeper(), (PERIOD, 1, CALL_TIMEOUT)
     w = _watching(0, 1)
@@ -284,7 +284,7 @@ def test_a_parked_watch_goes_on_reading_and_is_taken_over_with_its_workers(fleet
 
 
 def test_a_parked_watch_made_otherwise_or_not_taken_in_time_is_closed(fleet):
-    from metalflow.flows.poll import Keeper
+    from metalflow.integrations.ipmi import Keeper
 
     keeper, key = Keeper(), (PERIOD, 1, CALL_TIMEOUT)
     w = _watching(2)
@@ -298,35 +298,52 @@ def test_a_parked_watch_made_otherwise_or_not_taken_in_time_is_closed(fleet):
     assert keeper.take(key) is None
 
 
+def test_the_power_poll_keepers_are_parts_of_the_process_runtime_and_close_with_it():
+    """No atexit of their own: the runtime that owns them closes them, and the watch parked."""
+    from metalflow.integrations.runtime import Runtime
+    from metalflow.tasks import poll
+
+    rt = Runtime.install(Runtime("test"))
+    try:
+        keeper = poll.watch_keeper()
+        assert poll.watch_keeper() is keeper and poll.sweep_keeper() is not keeper
+        w = PowerWatch(10)
+        keeper.park(w, "key", linger=60)
+    finally:
+        Runtime.uninstall(rt)
+    with pytest.raises(RuntimeError, match="closed"):
+        w.set_targets([target(0)])
+
+
 def test_a_by_hand_sweep_reads_with_the_previous_sweeps_reader(fleet, tmp_path, monkeypatch):
     """power-poll by hand twice in one process: the second sweep's ``read-all-bmcs`` takes over
     the first one's reader (same worker processes, so the same BMC sessions); a sweep that
     raises closes its reader instead of keeping it."""
-    from metalflow.flows import poll
+    from metalflow.tasks import poll
 
     monkeypatch.setenv("METALFLOW_HOME", str(tmp_path))
     monkeypatch.setenv("METALFLOW_POWER_POLL_PROCESSES", "1")
     key = (1, poll.settings().power_poll_call_timeout)
-    poll.READERS.close()
+    poll.sweep_keeper().close()
     targets = [target(i) for i in range(4)]
     truth = fleet.states()
     try:
         first = poll.read_all.fn(targets)
-        reader = poll.READERS.take(key)
+        reader = poll.sweep_keeper().take(key)
         assert reader is not None
         pids = reader.worker_pids()
-        poll.READERS.park(reader, key, linger=60)
+        poll.sweep_keeper().park(reader, key, linger=60)
         second = poll.read_all.fn(targets)
         for got in (first, second):
             assert {k: r.state for k, r in got.items()} == {host(i): truth[host(i)].power for i in range(4)}
-        assert poll.READERS.take(key) is reader and reader.worker_pids() == pids
-        poll.READERS.park(reader, key, linger=60)
+        assert poll.sweep_keeper().take(key) is reader and reader.worker_pids() == pids
+        poll.sweep_keeper().park(reader, key, linger=60)
         with pytest.raises(ValueError, match="unique"):
             poll.read_all.fn(targets + [target(0)])  # two targets with one key: refused
-        assert poll.READERS.take(key) is None
+        assert poll.sweep_keeper().take(key) is None
         assert not any(reader.worker_pids())  # closed, not left running
     finally:
-        poll.READERS.close()
+        poll.sweep_keeper().close()
 
 
 def test_a_by_hand_sweep_with_a_bmc_gone_silent_keeps_no_reader(fleet, fault, tmp_path, monkeypatch):
@@ -334,29 +351,29 @@ def test_a_by_hand_sweep_with_a_bmc_gone_silent_keeps_no_reader(fleet, fault, tm
     even once it answers again; a kept reader would fail it on the next sweeps (measured: for
     14 s after the BMC came back from two silent sweeps). So such a sweep closes its reader,
     and the operator who repairs the BMC and polls again at once reads it."""
-    from metalflow.flows import poll
+    from metalflow.tasks import poll
 
     monkeypatch.setenv("METALFLOW_HOME", str(tmp_path))
     monkeypatch.setenv("METALFLOW_POWER_POLL_PROCESSES", "1")
     key = (1, poll.settings().power_poll_call_timeout)
-    poll.READERS.close()
+    poll.sweep_keeper().close()
     targets = [target(i) for i in range(4, 8)]
     truth = fleet.states()
     try:
         assert all(r.ok for r in poll.read_all.fn(targets).values())  # sessions now logged in
-        reader = poll.READERS.take(key)
+        reader = poll.sweep_keeper().take(key)
         assert reader is not None and reader.calls_stuck == 0
-        poll.READERS.park(reader, key, linger=60)
+        poll.sweep_keeper().park(reader, key, linger=60)
         fault(5, "silent")
         silent = poll.read_all.fn(targets)  # with the kept reader
         assert silent[host(5)].kind == "BmcTimeout"
         assert all(silent[host(i)].ok for i in (4, 6, 7))
         assert reader.calls_stuck >= 1 and not any(reader.worker_pids())  # closed, not kept
-        assert poll.READERS.take(key) is None
+        assert poll.sweep_keeper().take(key) is None
         silent = poll.read_all.fn(targets)  # still silent (as over the polls into maintenance)
-        assert silent[host(5)].kind == "BmcTimeout" and poll.READERS.take(key) is None
+        assert silent[host(5)].kind == "BmcTimeout" and poll.sweep_keeper().take(key) is None
         fleet.set_fault(host(5), "none")
         again = poll.read_all.fn(targets)
         assert {k: r.state for k, r in again.items()} == {host(i): truth[host(i)].power for i in range(4, 8)}
     finally:
-        poll.READERS.close()
+        poll.sweep_keeper().close()

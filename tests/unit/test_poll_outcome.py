@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from metalflow.flows.poll import apply_outcome
 from metalflow.integrations.inventory.records import BulkPowerResult, PowerTransition
+from metalflow.tasks.poll import apply_outcome
 
 AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
