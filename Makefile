@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.metalflow-installed
 
-.PHONY: demo test install lab clean
+.PHONY: demo test lint install lab clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/metalflow demo
 
-## test: install, then run the whole test suite (in two halves at once: tests/split.py)
+## test: install, then lint, format and type checks (tests/lint.py), then the whole test
+## suite (in two halves at once: tests/split.py)
 test: $(STAMP)
+	$(BIN)/python -m tests.lint
 	$(BIN)/python -m tests.split $(PYTEST_ARGS)
+
+## lint: ruff check, ruff format --check, mypy (strict on integrations/ and flows/)
+lint: $(STAMP)
+	$(BIN)/python -m tests.lint
 
 lab: $(STAMP)
 	$(BIN)/metalflow lab up

@@ -23,9 +23,10 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 
-def _targets(manifest: str, skip: set[str] = frozenset()) -> list[tuple[str, str, int, str, str]]:
+def _targets(manifest: str, skip: frozenset[str] = frozenset()) -> list[tuple[str, str, int, str, str]]:
     hosts = json.loads(Path(manifest).read_text())["hosts"]
     return [
         (h["name"], h["ipmi"]["address"], h["ipmi"]["port"], h["ipmi"]["username"], h["ipmi"]["password"])
@@ -37,7 +38,7 @@ def _targets(manifest: str, skip: set[str] = frozenset()) -> list[tuple[str, str
 def _loop(sweep, interval: float, seconds: float, min_sweeps: int = 2) -> list[dict]:
     """Sweep every ``interval`` s for ``seconds``, and at least ``min_sweeps`` times (the first
     sweep logs in to every BMC; the next ones show the warm cost)."""
-    sweeps = []
+    sweeps: list[dict[str, Any]] = []
     end = time.time() + seconds
     while time.time() < end or len(sweeps) < min_sweeps:
         start = time.time()
@@ -55,10 +56,10 @@ def stock(manifest: str, interval: float, seconds: float) -> list[dict]:
     from pyghmi.ipmi import command
 
     targets = _targets(manifest)
-    cmds: dict[str, object] = {}
+    cmds: dict[str, Any] = {}
 
     def sweep() -> dict[str, bool]:
-        ok = {}
+        ok: dict[str, bool] = {}
         for name, address, port, user, password in targets:
             try:
                 c = cmds.get(name)
@@ -79,9 +80,10 @@ def bulk(
     manifest: str, interval: float, seconds: float, processes: int, call_timeout: float
 ) -> tuple[list[dict], float]:
     """The sweeps, and how long the reader took to start its workers (before the first sweep)."""
+    from metalflow.integrations.common import Secret
     from metalflow.integrations.ipmi import BmcTarget, PowerWatch
 
-    targets = [BmcTarget(n, a, u, p, port) for n, a, port, u, p in _targets(manifest)]
+    targets = [BmcTarget(n, a, u, Secret(p), port) for n, a, port, u, p in _targets(manifest)]
     reader = PowerWatch(processes=processes, per_call_timeout=call_timeout)
     t0 = time.time()
     reader.start()
@@ -105,7 +107,7 @@ def main() -> None:
     p.add_argument("--call-timeout", type=float, default=3.0)
     a = p.parse_args()
     if a.mode == "stock":
-        out = {"sweeps": stock(a.manifest, a.interval, a.seconds)}
+        out: dict[str, Any] = {"sweeps": stock(a.manifest, a.interval, a.seconds)}
     else:
         sweeps, started_s = bulk(a.manifest, a.interval, a.seconds, a.processes, a.call_timeout)
         out = {"sweeps": sweeps, "reader_start_s": started_s}

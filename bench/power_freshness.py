@@ -41,6 +41,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -59,7 +60,7 @@ from metalflow.bench.common import (
 )
 from metalflow.bench.stacks import flow_runs_of, stack, task_runs, ts
 
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     # interval: the bare loops' sweep interval and power-poll's period (reads of one BMC);
     # window: each scheduled power-poll run's window (the schedule's interval).
     "smoke": {
@@ -82,6 +83,11 @@ SIZES = {
     },
 }
 PROCESSES, CALL_TIMEOUT = 2, 3.0  # tasks.settings defaults: power_poll_processes, power_poll_call_timeout
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    """a - b, or None when either is unknown (a run that has not started)."""
+    return None if a is None or b is None else a - b
 
 
 def _age_target(n: int) -> float:
@@ -174,8 +180,8 @@ class InventorySampler:
 
     def read(self) -> list[tuple[str, datetime | None, int]]:
         with self.engine.connect() as c:
-            rows = c.execute(self.query).all()
-        out = []
+            rows: list[Any] = list(c.execute(self.query).all())
+        out: list[tuple[str, datetime | None, int]] = []
         for name, at, failures in rows:
             if isinstance(at, str):
                 at = datetime.fromisoformat(at)
@@ -308,7 +314,7 @@ def _flow_phase(st, inv: InventorySampler, cfg: dict, n: int) -> dict:
                 "expected_start": ts(r.get("expected_start_time")),
                 "start": start,
                 "end": end,
-                "start_delay_s": (start - ts(r["expected_start_time"])) if start else None,
+                "start_delay_s": _minus(start, ts(r.get("expected_start_time"))),
                 "run_s": (end - start) if start and end else None,
                 "polled_s": _num(text, "polled"),
                 "reads": _num(text, "reads"),

@@ -258,7 +258,7 @@ class BmcClient:
                 return None
 
         try:
-            return d.wait_for(
+            d.wait_for(
                 probe,
                 lambda v: v == want,
                 what=f"{operation} on {self.target}",
@@ -266,6 +266,7 @@ class BmcClient:
                 max_interval=self.poll_max_interval,
                 factor=self.poll_factor,
             )
+            return want  # the only reading the wait accepts
         except DeadlineExceeded:
             if not seen and errors:
                 raise errors[-1] from None

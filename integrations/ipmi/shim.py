@@ -61,6 +61,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ SUPPORTED_VERSIONS = frozenset({"1.6.19"})
 SESSION_SHA256 = frozenset({"77a324e9b3cdfb6079ddd9bf010e1c564f7d9e810aaa519170625a99aad6cec4"})
 
 
-def _session_module():
+def _session_module() -> Any:  # pyghmi ships no types
     from pyghmi.ipmi.private import session
 
     return session
@@ -80,7 +81,7 @@ def session_source_digest() -> str:
     return hashlib.sha256(inspect.getsource(_session_module()).encode()).hexdigest()
 
 
-def _wait_registered(timeout: float, address, ready: Callable[[], object]) -> None:
+def _wait_registered(timeout: float, address: object, ready: Callable[[], object]) -> None:
     """pyghmi's ``_io_wait`` with the order fixed: register, check ``ready()``, then sleep."""
     s = _session_module()
     event = threading.Event()
@@ -96,7 +97,7 @@ def _wait_registered(timeout: float, address, ready: Callable[[], object]) -> No
     event.wait()
 
 
-def _awaitresponse(self, retry, netfn, command):
+def _awaitresponse(self: Any, retry: bool, netfn: int, command: int) -> None:
     """``Session.awaitresponse`` from pyghmi 1.6.19 with the wait replaced by
     ``_wait_registered``; ready = a packet is queued for this session or the awaited response
     has already been handled (another thread may process our queue inside ``wait_for_rsp``)."""
@@ -132,7 +133,7 @@ def _awaitresponse(self, retry, netfn, command):
         self.awaitingresponse = False
 
 
-def _poller(timeout=0):
+def _poller(timeout: float = 0) -> object:
     """``session._poller`` with the waiter registered before ``sessionqueue`` is checked."""
     s = _session_module()
     if s.sessionqueue:
@@ -141,21 +142,22 @@ def _poller(timeout=0):
     return s.sessionqueue
 
 
-def _io_recvfrom(mysocket, size):
+def _io_recvfrom(mysocket: Any, size: int) -> tuple[bytes, Any] | None:
     """``session._io_recvfrom`` that never blocks, whatever mode a sender left the socket in."""
     try:
-        return mysocket.recvfrom(size, socket.MSG_DONTWAIT)
+        got: tuple[bytes, Any] = mysocket.recvfrom(size, socket.MSG_DONTWAIT)
+        return got
     except OSError:
         return None
 
 
-def _make_timedout(original):
+def _make_timedout(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """``Session._timedout`` that releases ``WAITING_SESSIONS`` (an RLock, held perhaps several
     levels deep by this thread) for the duration of the call, then takes it back as it was
     (``_release_save``/``_acquire_restore``: what ``threading.Condition`` does around a wait)."""
 
     @functools.wraps(original)
-    def _timedout(self):
+    def _timedout(self: Any) -> Any:
         lock = _session_module().WAITING_SESSIONS
         if not lock._is_owned():
             return original(self)
@@ -165,7 +167,7 @@ def _make_timedout(original):
         finally:
             lock._acquire_restore(saved)
 
-    _timedout.metalflow_shim = True
+    _timedout.metalflow_shim = True  # type: ignore[attr-defined]  # how shim_active() recognises it
     return _timedout
 
 

@@ -257,7 +257,7 @@ class PyghmiLink:
         """Forget the session, logging it out if pyghmi still thinks it is alive."""
         cmd, self._command = self._command, None
         session = getattr(cmd, "ipmi_session", None)
-        if session is not None and getattr(session, "logged", 0) and not getattr(session, "broken", True):
+        if session is not None and getattr(session, "logged", False) and not getattr(session, "broken", True):
             try:
                 session.logout()  # one Close Session packet, pyghmi does not wait for the answer
             except Exception as exc:  # noqa: BLE001 - best effort
