@@ -60,7 +60,7 @@ def power_poll(window: float = 0) -> dict[str, Any]:
 
 
 def _sweep() -> dict[str, Any]:
-    hosts = clients.inventory().list_hosts()
+    hosts = clients.inventory().hosts.all()
     now = datetime.now(UTC)
     targets, failed = power_targets(hosts, now)
     results = read_all(targets) if targets else {}
