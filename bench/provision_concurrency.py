@@ -90,7 +90,7 @@ def _adopt(st) -> int:
     for h in st.manifest["hosts"]:
         sid = by_mac.get(h["macs"][0].lower())
         if sid:
-            inv.set_maas_system_id(h["name"], sid)
+            inv.hosts.set_maas_system_id(h["name"], sid)
             n += 1
     return n
 
@@ -270,7 +270,8 @@ def _phases(st, hosts: list[str], t0: float) -> dict:
     ends: dict[str, list[float]] = {label: [] for label, _, _ in PHASES}
     for host in hosts:
         events = sorted(
-            (e for e in inv.events(host, limit=300, operation="provision") if e.outcome == "ok"), key=lambda e: e.at
+            (e for e in inv.history.events(host, limit=300, operation="provision") if e.outcome == "ok"),
+            key=lambda e: e.at,
         )
         for label, step, nth in PHASES:
             hits = [e for e in events if e.step == step]

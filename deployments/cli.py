@@ -154,7 +154,7 @@ def register(
     from metalflow.tasks.clients import inventory
 
     if not names:
-        names = [h.name for h in inventory().list_hosts() if all_hosts or not h.maas_system_id]
+        names = [h.name for h in inventory().hosts.all() if all_hosts or not h.maas_system_id]
     if not names:
         console.print("every host is registered already (use --all to run register-host on each anyway)")
         return
@@ -206,7 +206,7 @@ def hosts() -> None:
 
     now = datetime.now(UTC)
     t = Table("host", "CloudStack id", "MAAS", "VM", "power", "age", "maintenance")
-    for h in inventory().list_hosts():
+    for h in inventory().hosts.all():
         age = f"{(now - h.power_state_at).total_seconds():.0f} s" if h.power_state_at else "never"
         t.add_row(
             h.name,
@@ -226,7 +226,7 @@ def events(host: str, limit: int = typer.Option(50)) -> None:
     from metalflow.tasks.clients import inventory
 
     t = Table("time", "operation", "step", "system", "outcome", "detail")
-    for e in inventory().events(host, limit=limit):
+    for e in inventory().history.events(host, limit=limit):
         t.add_row(e.at.strftime("%H:%M:%S"), e.operation, e.step, e.system, e.outcome, (e.detail or "")[:80])
     console.print(t)
 

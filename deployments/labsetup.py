@@ -71,7 +71,7 @@ def setup_lab(manifest_path: Path, *, inventory_url: str | None = None, home: Pa
     names = {s["address"]: s["name"] for s in manifest["switches"]}
     inv = Inventory(inventory_url)
     inv.upgrade()
-    return inv.import_rack_config(
+    return inv.hosts.import_rack_config(
         rack,
         records,
         switch_names=names,

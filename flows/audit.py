@@ -95,12 +95,12 @@ def _run_name() -> str:
 @flow(name="audit", flow_run_name=_run_name, log_prints=True)
 def audit(repair: bool = False) -> dict[str, Any]:
     inv = clients.inventory()
-    switches_ = inv.list_switches()
+    switches_ = inv.ports.list_switches()
     drift: list[dict[str, Any]] = []
     problems: list[str] = []
     ports = 0
     for sw in switches_:
-        targets, owners = desired_targets(inv.switch_vlans(sw.name))
+        targets, owners = desired_targets(inv.ports.switch_vlans(sw.name))
         ports += len(targets)
         if not targets:
             continue

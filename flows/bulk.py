@@ -407,7 +407,7 @@ class Children:
             return
         self._looked = time.monotonic()
         hits: dict[str, list[tuple[datetime, str | None]]] = {}
-        for e in inventory().step_events(self.hosts, MILESTONE_STEP, outcome="ok", since=self.since):
+        for e in inventory().history.step_events(self.hosts, MILESTONE_STEP, outcome="ok", since=self.since):
             hits.setdefault(e.host, []).append((e.at, e.run_id))
         self._hits = hits
 
@@ -547,7 +547,7 @@ def bulk_provision(
             wave_size,
             max_failures,
             milestone_timeout if milestone_timeout is not None else settings().deploy_timeout,
-            lookup=inv.find_host,
+            lookup=inv.hosts.find,
         )
     except BulkRefused as exc:
         publish_markdown("bulk-provision", f"# {title}\n\n**Outcome:** {exc}", str(exc))

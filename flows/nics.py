@@ -89,4 +89,4 @@ def unplug_nic(host: str, vlan: int) -> str:
 
 
 def _desired(h: HostInfo) -> list[VlanInfo]:
-    return clients.inventory().desired_vlans(h.name)
+    return clients.inventory().ports.desired_vlans(h.name)

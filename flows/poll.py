@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
+from metalflow.flows.runbook import md_cell, publish_markdown
 from metalflow.integrations.common.names import POWER_POLL_LIMIT
 from metalflow.tasks import clients
 from metalflow.tasks.common import logger
@@ -60,7 +60,7 @@ def power_poll(window: float = 0) -> dict[str, Any]:
 
 
 def _sweep() -> dict[str, Any]:
-    hosts = clients.inventory().list_hosts()
+    hosts = clients.inventory().hosts.all()
     now = datetime.now(UTC)
     targets, failed = power_targets(hosts, now)
     results = read_all(targets) if targets else {}
@@ -143,9 +143,11 @@ def _markdown(tally: PollTally, summary: dict[str, Any], extra: list[str] | None
     ]
     if tally.changed:
         lines += ["| host | was | now |", "|---|---|---|"]
-        lines += [f"| {t.host} | {t.previous} | {t.state} |" for t in tally.changed[:200]]
+        lines += [f"| {md_cell(t.host)} | {md_cell(t.previous)} | {md_cell(t.state)} |" for t in tally.changed[:200]]
     if bad:
-        lines += ["", "| host | error |", "|---|---|"] + [f"| {r.host} | {(r.error or '')[:160]} |" for r in bad[:200]]
+        lines += ["", "| host | error |", "|---|---|"] + [
+            f"| {md_cell(r.host)} | {md_cell(r.error, 160)} |" for r in bad[:200]
+        ]
     if tally.entered or tally.left:
         lines += [
             "",
@@ -156,4 +158,4 @@ def _markdown(tally: PollTally, summary: dict[str, Any], extra: list[str] | None
 
 
 def _publish(markdown: str) -> None:
-    create_markdown_artifact(markdown=markdown, key="power-poll", description="last power poll")
+    publish_markdown("power-poll", markdown, "last power poll")

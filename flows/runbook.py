@@ -46,7 +46,7 @@ def canonical_host(host: str) -> str:
     before a lock (or anything else) is made for it."""
     from metalflow.tasks.clients import inventory as inventory_client
 
-    return inventory_client().get_host(host).name
+    return inventory_client().hosts.get(host).name
 
 
 @contextmanager

@@ -35,7 +35,7 @@ def journal() -> GroupJournal:
     """The process's journal writer: the lines that the runs of this process write at the
     same time share one transaction (``integrations.inventory.group``)."""
     url = settings().resolved_inventory_url()
-    return runtime().part(("journal", url), lambda: GroupJournal(_inventory(url)))
+    return runtime().part(("journal", url), lambda: GroupJournal(_inventory(url).history))
 
 
 def maas() -> MaasClient:

@@ -44,14 +44,14 @@ def targets_from(host_ports: list[tuple[str, str]], desired: list[VlanInfo]) -> 
 
 @runbook_task(system="inventory", name="load-host", run_name="load-host {host}", journal=False, retries=2)
 def load_host(host: str) -> HostInfo:
-    return clients.inventory().get_host(host)
+    return clients.inventory().hosts.get(host)
 
 
 @runbook_task(system="inventory", name="pxe-vlans", run_name="pxe-vlans {host.name}", journal=False, retries=2)
 def pxe_vlans(host: HostInfo) -> list[int]:
     """The provisioning VLAN of every switch the host is cabled to (a switch may have its
     own; the setting is the default). No VM network may be one of them."""
-    ports = clients.inventory().cabled_ports(host.name)
+    ports = clients.inventory().ports.cabled_ports(host.name)
     return sorted({pxe_vlan_for(cp.switch.pxe_vlan) for cp in ports}) or [pxe_vlan_for(None)]
 
 
@@ -70,7 +70,7 @@ def want_ports(
         raise ValueError(f"state: {state!r} is not pxe, guest or keep") from None
     inv = clients.inventory()
     if state is PortState.KEEP:
-        ports, desired = inv.cabled_ports(host.name), inv.desired_vlans(host.name)
+        ports, desired = inv.ports.cabled_ports(host.name), inv.ports.desired_vlans(host.name)
         return targets_from([(cp.switch.name, cp.port) for cp in ports], desired)
     if state is PortState.GUEST and guest_vlan is None:
         raise ValueError("guest_vlan: needed for state 'guest'")
@@ -88,7 +88,7 @@ def want_ports(
         ]
 
     # One transaction: the ports never show nothing desired half-way (see the audit).
-    ports, desired = inv.replace_desired_vlans(host.name, plan)
+    ports, desired = inv.ports.replace_desired_vlans(host.name, plan)
     return targets_from([(cp.switch.name, cp.port) for cp in ports], desired)
 
 
@@ -96,20 +96,20 @@ def want_ports(
 def want_extra_vlan(host: HostInfo, vlan: int, present: bool) -> list[PortTarget]:
     inv = clients.inventory()
     if present:
-        inv.set_desired_vlan(host.name, vlan, purpose="extra", tagged=True)
+        inv.ports.set_desired_vlan(host.name, vlan, purpose="extra", tagged=True)
     else:
-        inv.clear_desired_vlan(host.name, vlan, purpose="extra")
-    ports = [(cp.switch.name, cp.port) for cp in inv.cabled_ports(host.name)]
-    return targets_from(ports, inv.desired_vlans(host.name))
+        inv.ports.clear_desired_vlan(host.name, vlan, purpose="extra")
+    ports = [(cp.switch.name, cp.port) for cp in inv.ports.cabled_ports(host.name)]
+    return targets_from(ports, inv.ports.desired_vlans(host.name))
 
 
 @runbook_task(system="inventory", name="record-vm", run_name="record-vm {host.name}")
 def record_vm(host: HostInfo, vm_uuid: str | None, vm_name: str | None) -> str:
-    clients.inventory().set_last_vm(host.name, vm_uuid, vm_name)
+    clients.inventory().hosts.set_last_vm(host.name, vm_uuid, vm_name)
     return f"last VM: {vm_name or '-'}"
 
 
 @runbook_task(system="inventory", name="record-system-id", run_name="record-system-id {host.name}")
 def record_system_id(host: HostInfo, system_id: str) -> str:
-    clients.inventory().set_maas_system_id(host.name, system_id)
+    clients.inventory().hosts.set_maas_system_id(host.name, system_id)
     return system_id

@@ -25,7 +25,7 @@ class BootFrom(StrEnum):
 def record_power(host: HostInfo, state: str) -> None:
     """Best effort: an inventory that cannot be written must not fail the power step."""
     try:
-        clients.inventory().record_power(host.name, state)
+        clients.inventory().power.record(host.name, state)
     except Exception as exc:  # noqa: BLE001
         logger().warning("could not record power %s of %s in the inventory: %s", state, host.name, exc)
 

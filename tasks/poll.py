@@ -152,7 +152,7 @@ def read_all(targets: list[BmcTarget]) -> dict[str, PowerReading]:
 @task(name="record-power", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=1)
 def record(readings: list[InvReading]) -> BulkPowerResult:
     """One transaction for every reading; maintenance changes are journaled with this run's id."""
-    return clients.inventory().record_power_bulk(readings, run_id=current_run_id() or None)
+    return clients.inventory().power.record_bulk(readings, run_id=current_run_id() or None)
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,7 @@ def watch_bmcs(until: float) -> WatchResult:
     def targets() -> list[BmcTarget] | None:
         nonlocal names, told
         try:
-            hosts = inv.list_hosts()
+            hosts = inv.hosts.all()
         except Exception as exc:  # noqa: BLE001 - keep polling the hosts we know
             log.warning("could not read the host list (keeping the last one): %s", exc)
             return None
@@ -215,7 +215,7 @@ def watch_bmcs(until: float) -> WatchResult:
 
     def sink(readings: list[TimedReading]) -> None:
         batch = [inventory_reading(r, r.at) for r in readings]
-        outcome = inv.record_power_bulk(batch, run_id=run_id)
+        outcome = inv.power.record_bulk(batch, run_id=run_id)
         tally.add(batch, outcome, apply_outcome(outcome, log))
 
     def progress(s: WatchStats) -> None:

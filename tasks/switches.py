@@ -80,7 +80,7 @@ def converge_ports(host: HostInfo, targets: list[PortTarget]) -> list[str]:
     sent: list[str] = []
     inv = clients.inventory()
     for sw_name, group in groupby(sorted(targets, key=lambda t: (t.switch, t.port)), key=lambda t: t.switch):
-        sent += converge_switch(sw_name, host.name, list(group), _locked_session(inv.get_switch(sw_name)))
+        sent += converge_switch(sw_name, host.name, list(group), _locked_session(inv.ports.get_switch(sw_name)))
     return sent
 
 

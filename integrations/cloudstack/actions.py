@@ -73,35 +73,35 @@ class Extension:
         """The VM's machine: its claim, the machine prepare saved in the VM's details, the
         CloudStack host's server (seed model), or the host that carries the VM."""
         uuid = self.p.require_vm()
-        claim = self.inventory.claim_for(uuid)
+        claim = self.inventory.claims.for_vm(uuid)
         if claim is not None:
-            return self.inventory.get_host(claim.host)
+            return self.inventory.hosts.get(claim.host)
         for hint, where in (
             (self.p.virtualmachine.get("metalflow_host"), "externaldetails.virtualmachine.metalflow_host"),
             (self.p.host.get("metalflow_host"), "externaldetails.host.metalflow_host"),
         ):
             if hint:
-                host = self.inventory.find_host(str(hint))
+                host = self.inventory.hosts.find(str(hint))
                 if host is None:
                     self.log.warning("%s names %s, which is not in the inventory", where, hint)
                 return host
-        return self.inventory.host_for_vm(uuid)
+        return self.inventory.claims.host_for_vm(uuid)
 
     def place_for_create(self, vm_name: str) -> HostInfo:
         uuid = self.p.require_vm()
         pinned = self.p.host.get("metalflow_host")
-        claim = self.inventory.claim_for(uuid)
+        claim = self.inventory.claims.for_vm(uuid)
         if pinned:
             host = self._host_named(str(pinned), "externaldetails.host.metalflow_host")
             if claim is not None and claim.host != host.name:
                 self._let_go_of(claim.host)
-            return self.inventory.claim_host(uuid, vm_name=vm_name, host=host.name)
+            return self.inventory.claims.claim(uuid, vm_name=vm_name, host=host.name)
         if claim is not None:
-            return self.inventory.get_host(claim.host)
+            return self.inventory.hosts.get(claim.host)
         chosen = self.p.virtualmachine.get("metalflow_host")
         if chosen:  # claim released after a failed create; CloudStack retried without prepare
             host = self._host_named(str(chosen), "externaldetails.virtualmachine.metalflow_host")
-            return self.inventory.claim_host(uuid, vm_name=vm_name, host=host.name)
+            return self.inventory.claims.claim(uuid, vm_name=vm_name, host=host.name)
         raise ActionError(
             f"no machine for VM {uuid}: either create the extension with orchestratorrequirespreparevm=true "
             "(prepare picks a free machine) or give the CloudStack host the detail metalflow_host "
@@ -110,7 +110,7 @@ class Extension:
 
     def _host_named(self, key: str, where: str) -> HostInfo:
         try:
-            return self.inventory.get_host(key)
+            return self.inventory.hosts.get(key)
         except HostNotFound:
             raise ActionError(f"{where}: no host {key!r} in metalflow's inventory (by name or CloudStack id)") from None
 
@@ -118,13 +118,13 @@ class Extension:
         """CloudStack moved a VM whose earlier create did not finish to another host: release
         the old claim, unless the VM is (being) installed there."""
         uuid = self.p.require_vm()
-        host = self.inventory.get_host(other)
+        host = self.inventory.hosts.get(other)
         if host.last_vm_uuid == uuid or self.runs.live(uuid, "create", other, deadline=self._call_deadline()):
             raise ActionError(
                 f"VM {uuid} is installed, or being installed, on {other}: delete it there first "
                 "(CloudStack gave up waiting for that create)"
             )
-        self.inventory.release_claim(uuid)
+        self.inventory.claims.release(uuid)
         self.log.info("released the claim on %s: CloudStack retries the VM on another host", other)
 
     def _call_deadline(self) -> Deadline:
@@ -173,7 +173,7 @@ class Extension:
         """Store the state the flow just verified, so ``status`` does not answer from a
         reading taken before the change (best effort: the next power-poll stores it too)."""
         try:
-            self.inventory.record_power(host, state)
+            self.inventory.power.record(host, state)
         except Exception as exc:  # noqa: BLE001
             self.log.warning("could not record power %s for %s: %s", state, host, exc)
 
@@ -200,12 +200,12 @@ class Extension:
         pinned = self.p.host.get("metalflow_host")
         if pinned:
             host = self._host_named(str(pinned), "externaldetails.host.metalflow_host")
-            claim = self.inventory.claim_for(uuid)
+            claim = self.inventory.claims.for_vm(uuid)
             if claim is not None and claim.host != host.name:
                 self._let_go_of(claim.host)
-            host = self.inventory.claim_host(uuid, vm_name=vm_name, host=host.name)
+            host = self.inventory.claims.claim(uuid, vm_name=vm_name, host=host.name)
         else:
-            host = self.inventory.claim_host(
+            host = self.inventory.claims.claim(
                 uuid, vm_name=vm_name, min_cpus=self.p.cpus or 0, min_memory_mb=self.p.min_memory_mb
             )
         self.log.info("VM %s (%s) placed on %s (%s)", uuid, vm_name, host.name, host.boot_mac)
@@ -250,7 +250,7 @@ class Extension:
         elif run.state_type == "FAILED":
             # The flow undid its changes before failing: the machine is free for the retry
             # CloudStack makes (prepare may pick it again).
-            released = self.inventory.release_claim(vm["uuid"])
+            released = self.inventory.claims.release(vm["uuid"])
             self.log.info("create failed on %s; claim released: %s", host.name, bool(released))
         return self.outcome(run, f"{vm['name']} is running on {host.name} ({vm['image']})", host=host.name)
 
@@ -304,7 +304,7 @@ class Extension:
         if host is None:
             return Answer.success(f"no machine holds VM {uuid}: nothing to delete")
         if host.last_vm_uuid not in (None, uuid):
-            released = self.inventory.release_claim(uuid)
+            released = self.inventory.claims.release(uuid)
             return Answer.success(
                 f"VM {uuid} is not on {host.name} (it carries {host.last_vm_name or host.last_vm_uuid})"
                 + ("; claim released" if released else ""),
@@ -319,7 +319,7 @@ class Extension:
             last_create is not None and last_create.state_type not in ("COMPLETED", "FAILED")
         )
         if not needs_destroy:
-            released = self.inventory.release_claim(uuid)
+            released = self.inventory.claims.release(uuid)
             return Answer.success(
                 f"VM {uuid} was never installed on {host.name}: nothing to destroy"
                 + ("; claim released" if released else ""),
@@ -334,7 +334,7 @@ class Extension:
         )
         if run.ok:
             self.record_power(host.name, "off")
-            self.inventory.release_claim(uuid)
+            self.inventory.claims.release(uuid)
         return self.outcome(run, f"{host.name} is free again (erase: {erase})", host=host.name)
 
     def nic(self, plug: bool) -> Answer:
@@ -404,7 +404,7 @@ class Extension:
         elif "image" not in vm:
             vm["image"] = self.p.image()
         if host.last_vm_uuid == uuid:
-            vlans = self.inventory.desired_vlans(host.name)
+            vlans = self.inventory.ports.desired_vlans(host.name)
             guest = sorted({v.vlan for v in vlans if v.purpose == "guest"})
             extra = sorted({v.vlan for v in vlans if v.purpose == "extra"})
             if len(guest) == 1:

@@ -319,8 +319,8 @@ def _check(path: str | None) -> int:
             print(f"FAIL deployment {flow}/{cfg.deployment}: {exc}")
     try:
         inv = Inventory(cfg.inventory_url)
-        hosts = inv.list_hosts()
-        claims = inv.list_claims()
+        hosts = inv.hosts.all()
+        claims = inv.claims.all()
         inv.dispose()
         print(f"ok   inventory: {len(hosts)} hosts, {len(claims)} claimed")
     except Exception as exc:  # noqa: BLE001

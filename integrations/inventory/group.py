@@ -3,7 +3,7 @@
 A ``metalflow serve`` process runs tens of runs in threads; each step of each run writes two
 journal lines (started, then ok or failed). Written one transaction each, fifty provisions
 at once cost thousands of round trips to the database in a few seconds. ``GroupJournal``
-writes every line queued at the moment in one transaction (``Inventory.journal_lines``):
+writes every line queued at the moment in one transaction (``JournalRepository.append_lines``):
 
 - the first writer to find no commit in progress leads: it writes what is queued, its own
   line included, then hands the lead to the oldest line still queued, so no thread writes
@@ -27,9 +27,8 @@ import threading
 from collections import deque
 from typing import Any
 
-from metalflow.integrations.inventory.journal import journal_line
+from metalflow.integrations.inventory.journal import JournalRepository, journal_line
 from metalflow.integrations.inventory.records import InventoryError, JournalLine
-from metalflow.integrations.inventory.store import Inventory
 
 
 class _Slot:
@@ -45,17 +44,17 @@ class _Slot:
 
 
 class GroupJournal:
-    """``journal(...)`` as ``Inventory.journal``, committed together with the lines other
+    """``journal(...)`` as ``JournalRepository.append``, committed together with the lines other
     threads write at the same time. ``max_lines`` bounds one transaction; ``timeout`` bounds
     how long a caller waits for the commit that carries its line (its line may still be
     written after that; the ``TimeoutError`` says so)."""
 
-    def __init__(self, inventory: Inventory, *, max_lines: int = 500, timeout: float | None = None):
-        self.inventory = inventory
+    def __init__(self, history: JournalRepository, *, max_lines: int = 500, timeout: float | None = None):
+        self.history = history
         self.max_lines = max_lines
         # One transaction retries for up to the inventory's write deadline; a line may wait
         # behind one transaction before its own.
-        self.timeout = timeout if timeout is not None else 2 * inventory.write_deadline + 5
+        self.timeout = timeout if timeout is not None else 2 * history.db.write_deadline + 5
         self._lock = threading.Lock()
         self._queue: deque[_Slot] = deque()
         self._leading = False
@@ -110,7 +109,7 @@ class GroupJournal:
         try:
             with self._lock:
                 batch = [self._queue.popleft() for _ in range(min(self.max_lines, len(self._queue)))]
-            results = self.inventory.journal_lines([s.line for s in batch])
+            results = self.history.append_lines([s.line for s in batch])
         except BaseException as exc:
             failure = exc
             raise

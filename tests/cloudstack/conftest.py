@@ -191,6 +191,6 @@ def clean(cs):
     yield cs
     cs.lab.reset_faults()
     inv = cs.inventory()
-    for claim in inv.list_claims():
-        inv.release_claim(claim.vm_uuid)
+    for claim in inv.claims.all():
+        inv.claims.release(claim.vm_uuid)
     inv.dispose()

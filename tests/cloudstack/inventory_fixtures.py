@@ -41,11 +41,11 @@ def make_inventory(url: str, *, registered: bool = True, polled: bool = True) ->
         )
     inv = Inventory(url)
     inv.upgrade()
-    inv.import_rack_config(load_rack_config(spec.rack_config()), records)
+    inv.hosts.import_rack_config(load_rack_config(spec.rack_config()), records)
     polled_at = datetime.now(UTC) - timedelta(seconds=60)
     for i, name in enumerate(SIZES):
         if registered:
-            inv.set_maas_system_id(name, f"sys{i:03d}")
+            inv.hosts.set_maas_system_id(name, f"sys{i:03d}")
         if polled:
-            inv.record_power(name, "off", at=polled_at)
+            inv.power.record(name, "off", at=polled_at)
     return inv

@@ -25,28 +25,28 @@ def inv(url):
 
 
 def test_the_smallest_free_host_that_fits_is_claimed(inv):
-    h = inv.claim_host("vm-a", vm_name="a", min_cpus=8, min_memory_mb=16000)
+    h = inv.claims.claim("vm-a", vm_name="a", min_cpus=8, min_memory_mb=16000)
     assert h.name == "host-002"  # 8 CPUs / 16 GB: smallest, then by name
-    assert inv.claim_host("vm-b", min_cpus=8, min_memory_mb=16000).name == "host-005"
-    assert inv.claim_host("vm-c", min_cpus=16, min_memory_mb=40000).name == "host-003"
-    claim = inv.claim_for("vm-a")
+    assert inv.claims.claim("vm-b", min_cpus=8, min_memory_mb=16000).name == "host-005"
+    assert inv.claims.claim("vm-c", min_cpus=16, min_memory_mb=40000).name == "host-003"
+    claim = inv.claims.for_vm("vm-a")
     assert claim.host == "host-002" and claim.vm_name == "a" and claim.claimed_at.tzinfo is not None
 
 
 def test_a_claim_is_idempotent_per_vm(inv):
-    first = inv.claim_host("vm-a", min_cpus=1)
-    assert inv.claim_host("vm-a", min_cpus=1).name == first.name
-    assert [c.vm_uuid for c in inv.list_claims()] == ["vm-a"]
+    first = inv.claims.claim("vm-a", min_cpus=1)
+    assert inv.claims.claim("vm-a", min_cpus=1).name == first.name
+    assert [c.vm_uuid for c in inv.claims.all()] == ["vm-a"]
 
 
 def test_hosts_that_are_not_free_are_skipped_and_counted(inv):
-    inv.set_last_vm("host-002", "vm-old", "old")
-    inv.set_maintenance("host-005", True, "broken fan")
-    inv.record_power("host-004", "unknown", error="BMC silent")
-    inv.claim_host("vm-a", host="host-003")
-    assert inv.claim_host("vm-b").name == "host-001"
+    inv.hosts.set_last_vm("host-002", "vm-old", "old")
+    inv.power.set_maintenance("host-005", True, "broken fan")
+    inv.power.record("host-004", "unknown", error="BMC silent")
+    inv.claims.claim("vm-a", host="host-003")
+    assert inv.claims.claim("vm-b").name == "host-001"
     with pytest.raises(NoFreeHost) as err:
-        inv.claim_host("vm-c")
+        inv.claims.claim("vm-c")
     text = str(err.value)
     assert "5 hosts" in text and "2 claimed" in text and "1 carrying a VM" in text
     assert "1 in maintenance" in text and "1 power state unknown" in text
@@ -54,45 +54,45 @@ def test_hosts_that_are_not_free_are_skipped_and_counted(inv):
 
 def test_nothing_fits_says_so(inv):
     with pytest.raises(NoFreeHost, match="no free host fits 64 CPUs and 1024 MB .*5 too small"):
-        inv.claim_host("vm-a", min_cpus=64, min_memory_mb=1024)
+        inv.claims.claim("vm-a", min_cpus=64, min_memory_mb=1024)
 
 
 def test_unregistered_hosts_are_not_picked(url):
     inv = make_inventory(url, registered=False)
     with pytest.raises(NoFreeHost, match="5 not registered in MAAS"):
-        inv.claim_host("vm-a")
+        inv.claims.claim("vm-a")
 
 
 def test_a_pinned_host_seed_model(inv):
-    assert inv.claim_host("vm-a", host="1003").name == "host-003"  # by CloudStack id too
+    assert inv.claims.claim("vm-a", host="1003").name == "host-003"  # by CloudStack id too
     with pytest.raises(ClaimConflict, match="claimed by VM vm-a"):
-        inv.claim_host("vm-b", host="host-003")
+        inv.claims.claim("vm-b", host="host-003")
     with pytest.raises(ClaimConflict, match="already holds host host-003"):
-        inv.claim_host("vm-a", host="host-004")
-    inv.set_last_vm("host-004", "vm-x", "x")
+        inv.claims.claim("vm-a", host="host-004")
+    inv.hosts.set_last_vm("host-004", "vm-x", "x")
     with pytest.raises(ClaimConflict, match="carries VM x"):
-        inv.claim_host("vm-c", host="host-004")
+        inv.claims.claim("vm-c", host="host-004")
 
 
 def test_a_vm_already_on_a_host_gets_that_host_back(inv):
-    inv.set_last_vm("host-004", "vm-a", "a")
-    assert inv.claim_host("vm-a").name == "host-004"
+    inv.hosts.set_last_vm("host-004", "vm-a", "a")
+    assert inv.claims.claim("vm-a").name == "host-004"
 
 
 def test_release_and_lookup(inv):
-    inv.claim_host("vm-a", host="host-001")
-    assert inv.host_for_vm("vm-a").name == "host-001"
-    assert inv.release_claim("vm-a").host == "host-001"
-    assert inv.release_claim("vm-a") is None
-    assert inv.host_for_vm("vm-a") is None
-    inv.set_last_vm("host-002", "vm-a", "a")
-    assert inv.host_for_vm("vm-a").name == "host-002"  # no claim: the host that carries it
+    inv.claims.claim("vm-a", host="host-001")
+    assert inv.claims.host_for_vm("vm-a").name == "host-001"
+    assert inv.claims.release("vm-a").host == "host-001"
+    assert inv.claims.release("vm-a") is None
+    assert inv.claims.host_for_vm("vm-a") is None
+    inv.hosts.set_last_vm("host-002", "vm-a", "a")
+    assert inv.claims.host_for_vm("vm-a").name == "host-002"  # no claim: the host that carries it
 
 
 def test_removing_a_host_drops_its_claim(inv):
-    inv.claim_host("vm-a", host="host-001")
-    assert inv.remove_host("host-001")
-    assert inv.claim_for("vm-a") is None
+    inv.claims.claim("vm-a", host="host-001")
+    assert inv.hosts.remove("host-001")
+    assert inv.claims.for_vm("vm-a") is None
 
 
 @pytest.mark.parametrize(
@@ -107,7 +107,7 @@ def test_removing_a_host_drops_its_claim(inv):
 )
 def test_bad_claims(inv, kwargs, field):
     with pytest.raises(InventoryError) as err:
-        inv.claim_host(**kwargs)
+        inv.claims.claim(**kwargs)
     assert err.value.field == field
 
 
@@ -118,7 +118,7 @@ def test_concurrent_claims_from_threads_never_share_a_host(inv):
     def claim(i: int) -> None:
         barrier.wait()
         try:
-            got[i] = inv.claim_host(f"vm-{i}").name
+            got[i] = inv.claims.claim(f"vm-{i}").name
         except NoFreeHost as exc:
             errors.append(exc)
 
@@ -136,7 +136,7 @@ def _claim_in_process(url: str, vm: str, barrier, out) -> None:
     inv = Inventory(url)
     barrier.wait()
     try:
-        out.put((vm, inv.claim_host(vm).name))
+        out.put((vm, inv.claims.claim(vm).name))
     except NoFreeHost:
         out.put((vm, None))
     finally:
@@ -147,7 +147,7 @@ def test_concurrent_claims_from_processes_never_share_a_host(inv, url):
     ctx = multiprocessing.get_context("spawn")
     barrier, out = ctx.Barrier(3), ctx.Queue()
     for i, name in enumerate(("host-001", "host-002", "host-003")):
-        inv.claim_host(f"vm-pre{i}", host=name)
+        inv.claims.claim(f"vm-pre{i}", host=name)
     procs = [ctx.Process(target=_claim_in_process, args=(url, f"vm-{i}", barrier, out)) for i in range(3)]
     for p in procs:
         p.start()

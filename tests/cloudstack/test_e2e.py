@@ -40,7 +40,7 @@ def test_pool_model_lifecycle_422(clean):
     hw = cs.host(host)
     assert prep.answer["nics"][0]["mac"] == hw["ports"][0]["mac"]
     assert prep.answer["details"]["External:mac_address"] == hw["ports"][0]["mac"]
-    assert cs.inventory().claim_for(vm).host == host
+    assert cs.inventory().claims.for_vm(vm).host == host
 
     # create, with CloudStack's wait too short for the install: reported honestly, still going
     create_doc = after_prepare(payload("create", vm, nics=[guest_nic()], vm_ext=vm_ext), prep.answer)
@@ -106,7 +106,7 @@ def test_pool_model_lifecycle_422(clean):
     assert hw["power"] == "off" and all(p["untagged"] == cs.pxe_vlan() and p["tagged"] == [] for p in hw["ports"])
     machine = cs.e2e.maas().machine(machine.system_id)
     assert machine.status.name == "READY" and machine.hostname.startswith("HOST-")
-    assert cs.inventory().claim_for(vm) is None and cs.inventory().get_host(host).last_vm_uuid is None
+    assert cs.inventory().claims.for_vm(vm) is None and cs.inventory().hosts.get(host).last_vm_uuid is None
 
     # stop and delete of a machine already gone: success, nothing run
     runs_before = len(cs.runs_for(vm))
@@ -139,7 +139,7 @@ def test_seed_model_421_create_fails_midway_then_succeeds_on_retry(clean):
     assert "deploy" in failed.message.lower()
     hw = cs.host(host)  # the flow undid everything: nothing left behind for the retry
     assert hw["power"] == "off" and all(p["untagged"] == cs.pxe_vlan() and p["tagged"] == [] for p in hw["ports"])
-    assert cs.inventory().claim_for(vm) is None
+    assert cs.inventory().claims.for_vm(vm) is None
     # CloudStack cleans up with stop, which must succeed
     cleanup = cs.call("stop", payload("stop", vm, version="4.21", host_ext={"metalflow_host": "1004"}))
     assert cleanup.code == 0 and "nothing to stop" in cleanup.message, cleanup.stdout
@@ -171,7 +171,7 @@ def test_two_concurrent_prepares_pick_different_machines(clean):
     # never created: delete only frees the machines (no flow run needed)
     for vm in vms:
         assert cs.call("delete", payload("delete", vm)).code == 0
-        assert cs.inventory().claim_for(vm) is None and cs.runs_for(vm) == []
+        assert cs.inventory().claims.for_vm(vm) is None and cs.runs_for(vm) == []
 
 
 def test_clear_errors_change_nothing(clean):
@@ -190,7 +190,7 @@ def test_clear_errors_change_nothing(clean):
     # an unknown image: metalflow's constraint check refuses it before the first change
     unknown = cs.call("create", payload("create", vm, nics=[guest_nic()], vm_ext=dict(vm_ext, image="ubuntu/nosuch")))
     assert unknown.code == 1 and "ubuntu/nosuch" in unknown.message and "image" in unknown.message, unknown.stdout
-    assert cs.inventory().claim_for(vm) is None  # the machine is free again
+    assert cs.inventory().claims.for_vm(vm) is None  # the machine is free again
 
     # a malformed payload, an unknown action, getconsole
     bad = cs.workdir / "malformed.json"

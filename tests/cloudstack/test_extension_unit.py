@@ -85,10 +85,10 @@ def status_of(cfg, doc, *, now=None, lock=lambda c, h: False):
 @pytest.fixture
 def running(inv):
     """host-003 carries VM vm-a and was read 'on' 10 s ago."""
-    inv.claim_host("vm-a", host="host-003")
-    inv.set_last_vm("host-003", "vm-a", "web-01")
+    inv.claims.claim("vm-a", host="host-003")
+    inv.hosts.set_last_vm("host-003", "vm-a", "web-01")
     at = datetime.now(UTC) - timedelta(seconds=10)
-    inv.record_power("host-003", "on", at=at)
+    inv.power.record("host-003", "on", at=at)
     return at
 
 
@@ -108,7 +108,7 @@ def test_status_answers_from_the_inventory(cfg, running):
 def test_status_finds_the_machine_every_way(cfg, inv, running, vm_ext, host_ext, version):
     body = status_of(cfg, payload("status", "vm-a", version=version, vm_ext=vm_ext, host_ext=host_ext))
     assert body["power_state"] == "PowerOn"
-    inv.release_claim("vm-a")  # the host that carries the VM is found without a claim too
+    inv.claims.release("vm-a")  # the host that carries the VM is found without a claim too
     assert status_of(cfg, payload("status", "vm-a", version=version))["power_state"] == "PowerOn"
 
 
@@ -119,7 +119,7 @@ def test_status_of_the_sqlalchemy_path_agrees(cfg, running, url):
 
 
 def test_status_says_off_when_read_off(cfg, inv, running):
-    inv.record_power("host-003", "off")
+    inv.power.record("host-003", "off")
     assert status_of(cfg, payload("status", "vm-a"))["power_state"] == "PowerOff"
 
 
@@ -129,16 +129,18 @@ def test_status_is_unknown_when_it_cannot_be_sure(cfg, inv, running):
     assert status_of(cfg, doc, now=lambda: stale)["power_state"] == "PowerUnknown"
     assert status_of(cfg, doc, lock=lambda c, h: True)["message"] == "host-003: an operation is running"
     assert "cannot tell" in status_of(cfg, doc, lock=lambda c, h: None)["message"]
-    inv.journal("host-003", "power-poll", None, "maintenance", "inventory", "ok")  # a poll's note changes nothing
+    inv.history.append(
+        "host-003", "power-poll", None, "maintenance", "inventory", "ok"
+    )  # a poll's note changes nothing
     assert status_of(cfg, doc)["power_state"] == "PowerOn"
-    inv.journal("host-003", "stop", "run-1", "shut-down", "ipmi", "started")
+    inv.history.append("host-003", "stop", "run-1", "shut-down", "ipmi", "started")
     assert "changed since" in status_of(cfg, doc)["message"]
-    inv.record_power("host-003", "unknown", error="BMC silent")
+    inv.power.record("host-003", "unknown", error="BMC silent")
     assert status_of(cfg, doc)["power_state"] == "PowerUnknown"
 
 
 def test_status_during_create_and_of_strangers_is_unknown(cfg, inv):
-    inv.claim_host("vm-b", host="host-004")  # prepared, create still running: not installed yet
+    inv.claims.claim("vm-b", host="host-004")  # prepared, create still running: not installed yet
     body = status_of(cfg, payload("status", "vm-b"), lock=lambda c, h: pytest.fail("no lock check needed"))
     assert body["power_state"] == "PowerUnknown" and "not (yet) installed" in body["message"]
     assert status_of(cfg, payload("status", "vm-nobody"))["power_state"] == "PowerUnknown"
@@ -213,7 +215,7 @@ def test_prepare_claims_the_smallest_fit_and_returns_its_mac(cfg, inv):
         host_ext={"endpoint": "10.0.0.5", "apikey": HOST_API_KEY},
     )
     answer = act(cfg, doc, "prepare")
-    host = inv.get_host("host-003")  # 16 CPUs and 64 GB: the smallest that fits 16 / 40 GB
+    host = inv.hosts.get("host-003")  # 16 CPUs and 64 GB: the smallest that fits 16 / 40 GB
     assert answer.ok and answer.body["details"] == {
         "External:metalflow_host": "host-003",
         "External:maas_system_id": "sys002",
@@ -225,7 +227,7 @@ def test_prepare_claims_the_smallest_fit_and_returns_its_mac(cfg, inv):
     assert set(answer.body) == {"nics", "details"}  # a merge patch and nothing else
     assert HOST_API_KEY not in answer.text() and VNC_PASSWORD not in answer.text()
     assert act(cfg, doc, "prepare").body == answer.body  # a repeated prepare keeps the machine
-    assert inv.claim_for("vm-a").host == "host-003"
+    assert inv.claims.for_vm("vm-a").host == "host-003"
 
 
 def test_prepare_seed_model_claims_the_cloudstack_hosts_server(cfg, inv):
@@ -238,7 +240,7 @@ def test_prepare_seed_model_claims_the_cloudstack_hosts_server(cfg, inv):
 def test_prepare_with_nothing_free_is_a_clear_error(cfg, inv):
     answer = act(cfg, payload("prepare", "vm-a", cpus=64), "prepare")
     assert not answer.ok and "no free host fits 64 CPUs" in answer.body["message"]
-    assert inv.list_claims() == []
+    assert inv.claims.all() == []
 
 
 def test_stop_and_delete_of_a_vm_without_a_machine_succeed(cfg, inv):
@@ -263,7 +265,7 @@ def test_delete_of_a_prepared_but_never_created_vm_frees_the_machine(cfg, inv):
     answer = dispatch(ext, "delete")
     ext.close()
     assert answer.ok and "never installed" in answer.body["message"] and "claim released" in answer.body["message"]
-    assert inv.claim_for("vm-a") is None
+    assert inv.claims.for_vm("vm-a") is None
 
 
 def test_create_checks_the_payload_before_anything_changes(cfg, inv):
@@ -275,9 +277,9 @@ def test_create_checks_the_payload_before_anything_changes(cfg, inv):
     )
     answer = act(cfg, doc, "create")
     assert not answer.ok and "broadcastUri" in answer.body["message"] and "VLAN" in answer.body["message"]
-    assert inv.list_claims() == []
+    assert inv.claims.all() == []
     answer = act(cfg, payload("create", "vm-a", vm_ext={"metalflow_host": "host-002"}), "create")
-    assert not answer.ok and "image" in answer.body["message"] and inv.list_claims() == []
+    assert not answer.ok and "image" in answer.body["message"] and inv.claims.all() == []
 
 
 def test_create_without_placement_explains_the_two_models(cfg, inv):
@@ -293,10 +295,10 @@ def test_reinstall_keeps_the_vm_and_its_current_networks(cfg, inv):
     tag query (the e2e tests use the real one)."""
     from metalflow.integrations.prefectapi import FlowRun
 
-    inv.claim_host("vm-a", host="host-003")
-    inv.set_last_vm("host-003", "vm-a", "web-01")
-    inv.set_desired_vlan("host-003", 100, purpose="guest")
-    inv.set_desired_vlan("host-003", 200, purpose="extra")
+    inv.claims.claim("vm-a", host="host-003")
+    inv.hosts.set_last_vm("host-003", "vm-a", "web-01")
+    inv.ports.set_desired_vlan("host-003", 100, purpose="guest")
+    inv.ports.set_desired_vlan("host-003", 200, purpose="extra")
     before = {
         "name": "web-01",
         "uuid": "vm-a",
@@ -325,7 +327,7 @@ def test_reinstall_keeps_the_vm_and_its_current_networks(cfg, inv):
         LOG,
     )
     ext.__dict__["runs"] = Runs()
-    vm = ext._reinstall_vm(inv.get_host("host-003"))
+    vm = ext._reinstall_vm(inv.hosts.get("host-003"))
     ext.close()
     assert vm == {
         "name": "web-01",
@@ -411,9 +413,9 @@ def test_bad_calls_still_answer_one_json_document(tmp_path, cfg_file):
 
 
 def test_a_status_call_as_cloudstack_makes_it(tmp_path, cfg_file, inv):
-    inv.claim_host("vm-a", host="host-003")
-    inv.set_last_vm("host-003", "vm-a", "web-01")
-    inv.record_power("host-003", "off")
+    inv.claims.claim("vm-a", host="host-003")
+    inv.hosts.set_last_vm("host-003", "vm-a", "web-01")
+    inv.power.record("host-003", "off")
     path = write(tmp_path, payload("status", "vm-a"))
     # Prefect is not there (port 9): the lock cannot be checked, so the honest answer is unknown.
     proc = run_exe(["status", str(path), "0"], {"METALFLOW_CLOUDSTACK_CONFIG": str(cfg_file)}, cwd=tmp_path)

@@ -53,7 +53,7 @@ def milestone(e2e, host: str, child_id: str) -> datetime:
     """When the child run journaled MAAS accepting its deploy."""
     hits = [
         ev.at
-        for ev in e2e.inventory().events(host, limit=500, run_id=child_id)
+        for ev in e2e.inventory().history.events(host, limit=500, run_id=child_id)
         if ev.step == "deploy-machine" and ev.outcome == "ok"
     ]
     assert hits, f"{host}'s run {child_id} never journaled deploy-machine ok"
@@ -67,7 +67,7 @@ def when(stamp: str) -> datetime:
 def assert_idle(e2e, host: str) -> None:
     hw = e2e.lab.host(host)
     assert [(p["untagged"], p["tagged"]) for p in hw["ports"]] == [(PXE, [])] * len(hw["ports"]), hw["ports"]
-    m = e2e.maas().machine(e2e.inventory().get_host(host).maas_system_id)
+    m = e2e.maas().machine(e2e.inventory().hosts.get(host).maas_system_id)
     assert (m.status.name, m.hostname) == ("READY", f"HOST-{spec(e2e, host)['cloudstack_id']}")
 
 
@@ -90,7 +90,7 @@ def test_a_bad_bulk_is_refused_before_any_host_starts(e2e, hosts):
     assert children(e2e, run.id) == {}
     assert "refused, nothing started" in report(e2e, run.id)
     for h in ("host-011", "host-014"):
-        assert not [ev for ev in e2e.inventory().events(h) if ev.operation == "provision"], h
+        assert not [ev for ev in e2e.inventory().history.events(h) if ev.operation == "provision"], h
         assert_idle(e2e, h)
 
 
@@ -119,7 +119,7 @@ def test_a_canary_failing_before_its_milestone_stops_the_bulk(e2e, hosts):
     assert child["state"]["type"] == "FAILED" and "rolled back" in child["state"]["message"], child["state"]
     assert_idle(e2e, canary)
     for h in HOSTS[1:3]:
-        assert not [ev for ev in e2e.inventory().events(h) if ev.operation == "provision"], h
+        assert not [ev for ev in e2e.inventory().history.events(h) if ev.operation == "provision"], h
 
     md = report(e2e, run.id)
     for h in HOSTS[1:3]:
@@ -138,7 +138,7 @@ def test_a_bulk_of_three_in_waves_behind_a_canary(e2e, hosts):
     assert "3 of 3 hosts provisioned" in run.message
 
     for a in asks:
-        m = e2e.maas().machine(e2e.inventory().get_host(a["host"]).maas_system_id)
+        m = e2e.maas().machine(e2e.inventory().hosts.get(a["host"]).maas_system_id)
         assert (m.status.name, m.hostname) == ("DEPLOYED", a["vm"]["name"])
         assert [p["untagged"] for p in e2e.lab.host(a["host"])["ports"]] == [a["vm"]["nics"][0]["vlan"]] * len(
             e2e.lab.host(a["host"])["ports"]
@@ -158,7 +158,9 @@ def test_a_bulk_of_three_in_waves_behind_a_canary(e2e, hosts):
         ).json()
         assert steps == [], [t["name"] for t in steps]
         journaled = {
-            ev.step for ev in e2e.inventory().events(a["host"], limit=500, run_id=child["id"]) if ev.outcome == "ok"
+            ev.step
+            for ev in e2e.inventory().history.events(a["host"], limit=500, run_id=child["id"])
+            if ev.outcome == "ok"
         }
         assert {"converge-ports", "rename-machine", "deploy-machine", "wait-for-status", "record-vm"} <= journaled, (
             journaled

@@ -21,7 +21,7 @@ def test_register_hosts_events_trigger(e2e):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "2/2" in out.stdout
     inv = e2e.inventory()
-    ids = {h.name: h.maas_system_id for h in inv.list_hosts()}
+    ids = {h.name: h.maas_system_id for h in inv.hosts.all()}
     assert ids["host-009"] and ids["host-010"]
     for name in ("host-009", "host-010"):
         assert e2e.maas().machine(ids[name]).status.name == "READY"
@@ -37,7 +37,7 @@ def test_register_hosts_events_trigger(e2e):
     # registering again adopts the same machines: nothing re-created
     again = cli(e2e, "register", "host-009", "--all")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert e2e.inventory().get_host("host-009").maas_system_id == ids["host-009"]
+    assert e2e.inventory().hosts.get("host-009").maas_system_id == ids["host-009"]
     assert len(e2e.maas().machines(hostname=e2e.maas().machine(ids["host-009"]).hostname)) == 1
 
     status = cli(e2e, "trigger", "status", "-p", "host=host-009")

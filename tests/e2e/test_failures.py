@@ -49,7 +49,7 @@ def cloudstack_id(e2e, host: str) -> int:
 
 
 def machine(e2e, host: str):
-    return e2e.maas().machine(e2e.inventory().get_host(host).maas_system_id)
+    return e2e.maas().machine(e2e.inventory().hosts.get(host).maas_system_id)
 
 
 def post(e2e, path: str, body: dict, timeout: float = 60.0) -> requests.Response:
@@ -105,7 +105,7 @@ def snapshot(e2e, host: str) -> dict:
     hw = state["hosts"][host]
     m = machine(e2e, host)
     inv = e2e.inventory()
-    rec = inv.get_host(host)
+    rec = inv.hosts.get(host)
     return {
         "bmc": {k: hw[k] for k in ("power", "bootdev", "persistent", "boots", "running")},
         "switches": {
@@ -127,7 +127,7 @@ def snapshot(e2e, host: str) -> dict:
         "inventory": {
             "last_vm": (rec.last_vm_uuid, rec.last_vm_name),
             "maintenance": rec.maintenance,
-            "desired": sorted((v.switch, v.port, v.vlan, v.tagged, v.purpose) for v in inv.desired_vlans(host)),
+            "desired": sorted((v.switch, v.port, v.vlan, v.tagged, v.purpose) for v in inv.ports.desired_vlans(host)),
         },
     }
 
@@ -148,7 +148,7 @@ def assert_idle(e2e, host: str) -> None:
     assert not [t for t in m.tag_names if t.startswith(OWNER_PREFIXES)], m.tag_names
     assert m.owner in (None, "")
     inv = e2e.inventory()
-    assert {(v.vlan, v.tagged) for v in inv.desired_vlans(host)} == {(pxe, False)}
+    assert {(v.vlan, v.tagged) for v in inv.ports.desired_vlans(host)} == {(pxe, False)}
 
 
 def assert_runs(e2e, host: str, spec: dict, owner_tags: tuple[str, ...] = ()) -> None:
@@ -163,7 +163,7 @@ def assert_runs(e2e, host: str, spec: dict, owner_tags: tuple[str, ...] = ()) ->
     assert (m.status.name, m.hostname) == ("DEPLOYED", spec["name"])
     assert f"{m.osystem}/{m.distro_series}" == spec["image"]
     assert sorted(t for t in m.tag_names if t.startswith(OWNER_PREFIXES)) == sorted(owner_tags)
-    assert e2e.inventory().get_host(host).last_vm_name == spec["name"]
+    assert e2e.inventory().hosts.get(host).last_vm_name == spec["name"]
 
 
 def free(e2e, host: str) -> None:

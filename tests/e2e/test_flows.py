@@ -80,7 +80,7 @@ def report(e2e, run) -> str:
 
 def journal(e2e, host: str, run) -> set[tuple[str, str]]:
     """(step, outcome) pairs the run wrote into the host's journal."""
-    return {(ev.step, ev.outcome) for ev in e2e.inventory().events(host) if ev.run_id == run.id}
+    return {(ev.step, ev.outcome) for ev in e2e.inventory().history.events(host) if ev.run_id == run.id}
 
 
 def wait_until(predicate, timeout: float = 20, what: str = "condition"):
@@ -125,12 +125,12 @@ def lab_faults_cleared(e2e):
 def test_register_creates_commissions_then_adopts(e2e):
     host, inv, maas = "host-001", e2e.inventory(), e2e.maas()
     mac = spec(e2e, host)["macs"][0]
-    assert maas.find_by_mac(mac) is None and inv.get_host(host).maas_system_id is None
+    assert maas.find_by_mac(mac) is None and inv.hosts.get(host).maas_system_id is None
 
     run = e2e.run("register-host", host=host)
     assert run.ok, run.message
     assert run.name == f"register-host {host}"
-    sid = inv.get_host(host).maas_system_id
+    sid = inv.hosts.get(host).maas_system_id
     assert sid
     m = maas.machine(sid)
     assert m.status.name == "READY" and m.hostname == f"HOST-{spec(e2e, host)['cloudstack_id']}"
@@ -147,16 +147,16 @@ def test_register_creates_commissions_then_adopts(e2e):
     before_sw, before_m = config_counters(e2e, sw), maas_record(e2e, sid)
     again = e2e.run("register-host", host=host)
     assert again.ok, again.message
-    assert inv.get_host(host).maas_system_id == sid
+    assert inv.hosts.get(host).maas_system_id == sid
     assert [x.system_id for x in maas.machines(mac_address=mac)] == [sid]
     assert config_counters(e2e, sw) == before_sw and maas_record(e2e, sid) == before_m
 
     # The inventory forgot the machine (e.g. the host was removed and added again): MAAS's
     # machine is adopted by its MAC, not enlisted a second time.
-    inv.set_maas_system_id(host, None)
+    inv.hosts.set_maas_system_id(host, None)
     adopt = e2e.run("register-host", host=host)
     assert adopt.ok, adopt.message
-    assert inv.get_host(host).maas_system_id == sid
+    assert inv.hosts.get(host).maas_system_id == sid
     assert [x.system_id for x in maas.machines(mac_address=mac)] == [sid]
     assert maas_record(e2e, sid) == before_m
 
@@ -166,7 +166,7 @@ def test_register_creates_commissions_then_adopts(e2e):
 
 def test_provision_one_nic_host(e2e, state):
     host, inv = "host-001", e2e.inventory()
-    sid = inv.get_host(host).maas_system_id
+    sid = inv.hosts.get(host).maas_system_id
     state["boots_before_provision"] = e2e.lab.host(host)["boots"]
 
     run = e2e.run("provision", host=host, vm=VM1)
@@ -182,7 +182,7 @@ def test_provision_one_nic_host(e2e, state):
     hw = e2e.lab.host(host)
     assert hw["bootdev"] == "disk" and hw["persistent"] and hw["power"] == "on"
     wait_until(lambda: e2e.lab.host(host)["running"] == "os:ubuntu/jammy", what="host-001 runs its OS")
-    h = inv.get_host(host)
+    h = inv.hosts.get(host)
     assert (h.last_vm_uuid, h.last_vm_name) == ("vm-flows-0001", "flows-one")
 
     md = report(e2e, run)
@@ -223,7 +223,7 @@ def test_provision_one_nic_host(e2e, state):
 
 def test_rerun_of_completed_provision_and_register_change_nothing(e2e, state):
     host = "host-001"
-    sid = e2e.inventory().get_host(host).maas_system_id
+    sid = e2e.inventory().hosts.get(host).maas_system_id
     # Let the provision's own boots land first: deploy (PXE), curtin's reboot, the final reset.
     wait_until(lambda: e2e.lab.host(host)["boots"] >= state["boots_before_provision"] + 3, what="the provision's boots")
     boots, sw, m = e2e.lab.host(host)["boots"], config_counters(e2e, "tor-1"), maas_record(e2e, sid)
@@ -250,13 +250,13 @@ def test_rerun_of_completed_provision_and_register_change_nothing(e2e, state):
 
 def test_stop_then_provision_same_vm_only_powers_on(e2e):
     host, inv = "host-001", e2e.inventory()
-    sid = inv.get_host(host).maas_system_id
+    sid = inv.hosts.get(host).maas_system_id
     stop = e2e.run("stop", host=host)
     assert stop.ok, stop.message
     assert stop.name == f"stop {host}"
     assert e2e.lab.host(host)["power"] == "off"
     assert "soft off" in report(e2e, stop) and "hard off" not in report(e2e, stop)
-    assert inv.get_host(host).power_state == "off"  # the verified state, recorded at once
+    assert inv.hosts.get(host).power_state == "off"  # the verified state, recorded at once
     assert ("shut-down", "ok") in journal(e2e, host, stop)
 
     sw, m = config_counters(e2e, "tor-1"), maas_record(e2e, sid)
@@ -306,7 +306,7 @@ def test_plug_and_unplug_nic(e2e):
 
 def test_destroy_then_destroy_again(e2e):
     host, inv = "host-001", e2e.inventory()
-    sid = inv.get_host(host).maas_system_id
+    sid = inv.hosts.get(host).maas_system_id
     run = e2e.run("destroy", host=host)
     assert run.ok, run.message
     assert run.name == f"destroy {host}"
@@ -317,7 +317,7 @@ def test_destroy_then_destroy_again(e2e):
     m = e2e.maas().machine(sid)
     assert m.status.name == "READY" and m.hostname == f"HOST-{spec(e2e, host)['cloudstack_id']}"
     assert not [t for t in m.tag_names if t.startswith(OWNER_PREFIXES)]
-    h = inv.get_host(host)
+    h = inv.hosts.get(host)
     assert h.last_vm_uuid is None and h.last_vm_name is None
     steps = journal(e2e, host, run)
     for step in (
@@ -345,7 +345,7 @@ def test_destroy_then_destroy_again(e2e):
 def test_provision_two_nic_host_gets_a_bond(e2e, registered):
     host = "host-004"
     assert len(spec(e2e, host)["nics"]) == 2
-    sid = registered.get_host(host).maas_system_id
+    sid = registered.hosts.get(host).maas_system_id
     run = e2e.run("provision", host=host, vm=VM4)
     assert run.ok, run.message
     assert run.name == f"provision {host} → flows-four"
@@ -381,7 +381,7 @@ def test_status_stop_escalation_start_reboot(e2e, registered, lab_faults_cleared
 
     status = e2e.run("status", host=host)
     assert "**Outcome:** power off" in report(e2e, status)
-    assert registered.get_host(host).power_state == "off"
+    assert registered.hosts.get(host).power_state == "off"
 
     start = e2e.run("start", host=host)
     assert start.ok, start.message
@@ -398,13 +398,13 @@ def test_status_stop_escalation_start_reboot(e2e, registered, lab_faults_cleared
 
 def test_power_poll_sees_power_changed_behind_its_back(e2e, registered):
     host = "host-004"
-    h = registered.get_host(host)
+    h = registered.hosts.get(host)
     assert h.power_state == "on"  # recorded by the reboot that just verified it
     since = datetime.now(UTC) - timedelta(seconds=1)
     e2e.lab.control("POST", f"/power/{host}", {"on": False})  # someone pulled the plug
     run = e2e.run("power-poll")
     assert run.ok, run.message
-    h = registered.get_host(host)
+    h = registered.hosts.get(host)
     assert h.power_state == "off" and _fresh(h, since)
     changes = [ev for ev in registered.events(host) if ev.step == "power-changed" and ev.at >= since]
     assert changes and "on → off" in changes[0].detail
@@ -441,7 +441,7 @@ def test_destroy_two_nic_host(e2e, registered):
     run = e2e.run("destroy", host=host)
     assert run.ok, run.message
     assert ports(e2e, host) == [(PXE, []), (PXE, [])]
-    m = e2e.maas().machine(registered.get_host(host).maas_system_id)
+    m = e2e.maas().machine(registered.hosts.get(host).maas_system_id)
     assert m.status.name == "READY" and m.hostname == f"HOST-{spec(e2e, host)['cloudstack_id']}"
 
 
@@ -464,7 +464,7 @@ def test_silent_bmc_goes_into_maintenance_and_comes_back(e2e, registered, lab_fa
     for n in range(1, 4):
         run = e2e.run("power-poll")
         assert run.ok, run.message  # a silent BMC is a finding, not a failed poll
-        h = registered.get_host(host)
+        h = registered.hosts.get(host)
         assert h.power_state == "unknown" and h.poll_failures >= n
         assert "BmcTimeout" in (h.last_poll_error or "")
         # a scheduled poll may have run in between: the rule, not the count, is what holds
@@ -486,6 +486,6 @@ def test_silent_bmc_goes_into_maintenance_and_comes_back(e2e, registered, lab_fa
     since = datetime.now(UTC) - timedelta(seconds=1)
     run = e2e.run("power-poll")
     assert run.ok, run.message
-    h = registered.get_host(host)
+    h = registered.hosts.get(host)
     assert not h.maintenance and h.poll_failures == 0 and h.power_state == "off" and _fresh(h, since)
     assert [ev for ev in registered.events(host) if ev.step == "maintenance" and ev.detail.startswith("left")]

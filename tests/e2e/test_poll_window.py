@@ -21,7 +21,7 @@ def _markdown(e2e, run) -> str:
 
 def test_window_poll_reads_every_host_once_at_a_time(e2e):
     inv = e2e.inventory()
-    names = [h.name for h in inv.list_hosts()]
+    names = [h.name for h in inv.hosts.all()]
     assert names
     since = datetime.now(UTC)
     # Two at once: the ``power-poll`` limit lets one poll; the other waits out its window and
@@ -36,7 +36,7 @@ def test_window_poll_reads_every_host_once_at_a_time(e2e):
         # A scheduled long-running poll held the limit for both windows: both rightly ended
         # without polling, and that poll keeps every host fresh instead.
         Deadline(30).wait_for(
-            lambda: all(h.power_state_at and h.power_state_at > since for h in inv.list_hosts()),
+            lambda: all(h.power_state_at and h.power_state_at > since for h in inv.hosts.all()),
             bool,
             what="every host read by the running poll",
             interval=0.5,
@@ -47,8 +47,8 @@ def test_window_poll_reads_every_host_once_at_a_time(e2e):
         assert m, md
         assert int(m.group(1)) >= len(names) and float(m.group(3)) > 0
         # each host stamped when its own read started (staggered), not all with one sweep time
-        assert len({h.power_state_at for h in inv.list_hosts()}) == len(names)
-    for h in inv.list_hosts():
+        assert len({h.power_state_at for h in inv.hosts.all()}) == len(names)
+    for h in inv.hosts.all():
         assert h.power_state_at is not None and h.power_state_at > since, (h.name, h.power_state_at, since)
         lab_power = e2e.lab.host(h.name)["power"]
         assert h.power_state == lab_power, (h.name, h.power_state, lab_power, h.last_poll_error)

@@ -69,28 +69,28 @@ def spec():
 
 @pytest.fixture
 def loaded(inv, spec):
-    inv.import_rack_config(load_rack_config(spec.rack_config()), records_for(spec))
+    inv.hosts.import_rack_config(load_rack_config(spec.rack_config()), records_for(spec))
     return inv
 
 
 # ---------------------------------------------------------------- repositories
 
 
-def test_the_repositories_share_one_database_and_answer_as_the_facade(loaded):
+def test_the_repositories_share_one_database(loaded):
     """Inventory is the composition of its repositories over one Database: a write through
-    one repository is what every other one (and the facade's delegations) reads next."""
+    one repository is what every other one reads next."""
     assert {repo.db for repo in (loaded.hosts, loaded.ports, loaded.power, loaded.history, loaded.claims)} == {
         loaded.db
     }
-    assert loaded.hosts.get("host-001") == loaded.get_host("host-001")
-    assert loaded.hosts.all() == loaded.list_hosts()
-    assert loaded.ports.cabled_ports("host-003") == loaded.cabled_ports("host-003")
     loaded.ports.set_desired_vlan("host-001", 200)
-    assert [v.vlan for v in loaded.desired_vlans("host-001")] == [200]
+    assert [v.vlan for v in loaded.ports.desired_vlans("host-001")] == [200]
     line = loaded.history.append("host-001", "provision", "run-1", "deploy", "maas", "ok", "x")
-    assert loaded.events("host-001") == [line]
+    assert loaded.history.events("host-001") == [line]
     assert loaded.power.record("host-001", "on").state == "on"
-    assert loaded.get_host("host-001").power_state == "on"
+    assert loaded.hosts.get("host-001").power_state == "on"
+    assert loaded.claims.claim("vm-1", vm_name="web-01", host="host-002").name == "host-002"
+    assert loaded.claims.host_for_vm("vm-1") == loaded.hosts.get("host-002")
+    assert not hasattr(loaded, "get_host"), "callers name the repository: inv.hosts.get(...)"
 
 
 # ---------------------------------------------------------------- migrations and engine
@@ -165,7 +165,7 @@ def test_default_url_follows_metalflow_home_and_the_override(tmp_path, monkeypat
 def test_import_is_idempotent(inv, spec):
     rack = load_rack_config(spec.rack_config())
     records = records_for(spec)
-    first = inv.import_rack_config(rack, records)
+    first = inv.hosts.import_rack_config(rack, records)
     nics = sum(len(h.nics) for h in spec.hosts)
     assert (first.switches_added, first.hosts_added, first.nics_added) == (2, 6, nics)
     assert first.changes == 2 + 6 + nics
@@ -173,31 +173,31 @@ def test_import_is_idempotent(inv, spec):
         ("tor-1", "env:METALFLOW_SWITCH_TOR_1_PASSWORD"),
         ("tor-2", "env:METALFLOW_SWITCH_TOR_2_PASSWORD"),
     )
-    versions = {h.name: h.version for h in inv.list_hosts()}
+    versions = {h.name: h.version for h in inv.hosts.all()}
 
-    second = inv.import_rack_config(rack, records)
+    second = inv.hosts.import_rack_config(rack, records)
     assert second.changes == 0 and second.details == ()
-    assert {h.name: h.version for h in inv.list_hosts()} == versions  # no row was rewritten
+    assert {h.name: h.version for h in inv.hosts.all()} == versions  # no row was rewritten
 
-    host = inv.get_host("host-003")
+    host = inv.hosts.get("host-003")
     assert host.cloudstack_id == "1003" and host.boot_mac == spec.host("host-003").boot_mac
     assert [(n.mac, n.switch, n.port, n.is_boot) for n in host.nics] == [
         (n.mac, n.switch, n.port, i == 0) for i, n in enumerate(spec.host("host-003").nics)
     ]
-    assert [s.type for s in inv.list_switches()] == ["Force10", "CiscoIOS"]
+    assert [s.type for s in inv.ports.list_switches()] == ["Force10", "CiscoIOS"]
 
 
 def test_import_updates_a_changed_field(loaded, spec):
     rack = load_rack_config(spec.rack_config())
     records = records_for(spec)
     records[1] = replace(records[1], memory_mb=131072, ipmi_port=6230)
-    summary = loaded.import_rack_config(rack, records, pxe_vlan=10)
+    summary = loaded.hosts.import_rack_config(rack, records, pxe_vlan=10)
     assert (summary.hosts_updated, summary.switches_updated, summary.changes) == (1, 2, 3)
     assert "host host-002: memory_mb 65536 -> 131072" in summary.details
-    host = loaded.get_host("host-002")
+    host = loaded.hosts.get("host-002")
     assert (host.memory_mb, host.ipmi_port, host.version) == (131072, 6230, 2)
-    assert {s.pxe_vlan for s in loaded.list_switches()} == {10}
-    assert loaded.import_rack_config(rack, records).changes == 0  # pxe_vlan=None keeps it
+    assert {s.pxe_vlan for s in loaded.ports.list_switches()} == {10}
+    assert loaded.hosts.import_rack_config(rack, records).changes == 0  # pxe_vlan=None keeps it
 
 
 def test_import_recables_nics_from_the_rack_config(loaded, spec):
@@ -212,12 +212,12 @@ def test_import_recables_nics_from_the_rack_config(loaded, spec):
     dropped = next(c for c in h if c.mac == spec.host("host-003").nics[1].mac)
     h.remove(dropped)
     new_rack = RackConfig((replace(sw0, hosts=tuple(h)),) + rack.racks[1:])
-    summary = loaded.import_rack_config(new_rack, records_for(spec))
+    summary = loaded.hosts.import_rack_config(new_rack, records_for(spec))
     assert summary.nics_updated == 3 and summary.changes == 3
     assert f"NIC {dropped.mac}: uncabled (not in the rack config)" in summary.details
-    assert loaded.get_host("host-001").nics[0].port == b.port
-    assert [(p.switch.name, p.port) for p in loaded.cabled_ports("host-003")] == [("tor-1", a.port)]
-    assert loaded.import_rack_config(new_rack, records_for(spec)).changes == 0
+    assert loaded.hosts.get("host-001").nics[0].port == b.port
+    assert [(p.switch.name, p.port) for p in loaded.ports.cabled_ports("host-003")] == [("tor-1", a.port)]
+    assert loaded.hosts.import_rack_config(new_rack, records_for(spec)).changes == 0
 
 
 def test_import_moves_and_removes_nics(loaded, spec):
@@ -226,24 +226,24 @@ def test_import_moves_and_removes_nics(loaded, spec):
     moving = records[2].macs[1]  # host-003's second NIC now belongs to host-001
     records[0] = replace(records[0], macs=records[0].macs + (moving,))
     records[2] = replace(records[2], macs=records[2].macs[:1])
-    summary = loaded.import_rack_config(rack, records)
+    summary = loaded.hosts.import_rack_config(rack, records)
     assert (summary.nics_updated, summary.nics_removed, summary.nics_added) == (1, 0, 0)
-    assert moving in [n.mac for n in loaded.get_host("host-001").nics]
+    assert moving in [n.mac for n in loaded.hosts.get("host-001").nics]
     records[0] = replace(records[0], macs=records[0].macs[:1])
-    summary = loaded.import_rack_config(rack, records)
+    summary = loaded.hosts.import_rack_config(rack, records)
     assert summary.nics_removed == 1 and summary.unclaimed_macs == (moving,)
 
 
 def test_import_names_switches_and_refs_as_asked(inv, spec):
     rack = load_rack_config(spec.rack_config())
-    summary = inv.import_rack_config(
+    summary = inv.hosts.import_rack_config(
         rack,
         records_for(spec),
         switch_names={spec.switches[0].address: "rack-a"},
         switch_credential_ref="block:switch-{name}",
     )
     assert summary.switch_credential_refs == (("rack-a", "block:switch-rack-a"), ("tor-2", "block:switch-tor-2"))
-    assert split_credential_ref(inv.get_switch("rack-a").credential_ref) == ("block", "switch-rack-a")
+    assert split_credential_ref(inv.ports.get_switch("rack-a").credential_ref) == ("block", "switch-rack-a")
 
 
 def test_passwords_never_reach_the_database(loaded, spec, url):
@@ -278,36 +278,36 @@ def test_bad_records_are_refused_before_anything_changes(inv, spec, change, fiel
     records = records_for(spec)
     records[1] = replace(records[1], **change)
     with pytest.raises(InventoryError) as info:
-        inv.import_rack_config(load_rack_config(spec.rack_config()), records)
+        inv.hosts.import_rack_config(load_rack_config(spec.rack_config()), records)
     assert info.value.field == field
     assert "hunter2" not in str(info.value)
-    assert inv.list_hosts() == [] and inv.list_switches() == []
+    assert inv.hosts.all() == [] and inv.ports.list_switches() == []
 
 
 def test_a_cloudstack_id_owned_by_another_host_is_refused(loaded, spec):
     extra = replace(records_for(spec)[0], name="host-new", macs=("02:ff:00:00:00:01",))
     with pytest.raises(InventoryError) as info:
-        loaded.import_rack_config(load_rack_config(spec.rack_config()), [extra])
+        loaded.hosts.import_rack_config(load_rack_config(spec.rack_config()), [extra])
     assert info.value.field == "hosts[0].cloudstack_id" and "host-001" in str(info.value)
 
 
 def test_lookup_by_name_or_cloudstack_id(loaded):
-    assert loaded.get_host("host-002").name == "host-002"
-    assert loaded.get_host(1002).name == "host-002"
-    assert loaded.get_host("1002").name == "host-002"
+    assert loaded.hosts.get("host-002").name == "host-002"
+    assert loaded.hosts.get(1002).name == "host-002"
+    assert loaded.hosts.get("1002").name == "host-002"
     with pytest.raises(HostNotFound) as info:
-        loaded.get_host("host-999")
+        loaded.hosts.get("host-999")
     assert info.value.field == "host"
-    assert loaded.find_host("host-999") is None
-    assert loaded.remove_host("host-006") and not loaded.remove_host("host-006")
-    assert len(loaded.list_hosts()) == 5
+    assert loaded.hosts.find("host-999") is None
+    assert loaded.hosts.remove("host-006") and not loaded.hosts.remove("host-006")
+    assert len(loaded.hosts.all()) == 5
 
 
 # ---------------------------------------------------------------- cabling and desired VLANs
 
 
 def test_cabled_ports_boot_first(loaded, spec):
-    ports = loaded.cabled_ports("host-003")
+    ports = loaded.ports.cabled_ports("host-003")
     want = [(n.switch, n.port) for n in spec.host("host-003").nics]
     assert [(p.switch.name, p.port) for p in ports] == want
     switch, port = ports[0]  # unpacks as a pair
@@ -316,56 +316,56 @@ def test_cabled_ports_boot_first(loaded, spec):
 
 def test_desired_vlans_set_and_clear_are_idempotent(loaded, spec):
     ports = [(n.switch, n.port) for n in spec.host("host-003").nics]
-    assert loaded.set_desired_vlan("host-003", 10, purpose="pxe") == 2
-    assert loaded.set_desired_vlan("host-003", 10, purpose="pxe") == 0
-    assert [(v.switch, v.port, v.vlan, v.tagged, v.purpose, v.host) for v in loaded.desired_vlans("host-003")] == [
-        (sw, p, 10, False, "pxe", "host-003") for sw, p in sorted(ports)
-    ]
+    assert loaded.ports.set_desired_vlan("host-003", 10, purpose="pxe") == 2
+    assert loaded.ports.set_desired_vlan("host-003", 10, purpose="pxe") == 0
+    assert [
+        (v.switch, v.port, v.vlan, v.tagged, v.purpose, v.host) for v in loaded.ports.desired_vlans("host-003")
+    ] == [(sw, p, 10, False, "pxe", "host-003") for sw, p in sorted(ports)]
     # One untagged VLAN per port: the guest VLAN needs the PXE VLAN gone first.
     with pytest.raises(InventoryError) as info:
-        loaded.set_desired_vlan("host-003", 200, purpose="guest")
+        loaded.ports.set_desired_vlan("host-003", 200, purpose="guest")
     assert info.value.field == "vlan" and "untagged VLAN 10" in str(info.value)
-    assert loaded.clear_desired_vlan("host-003", 10) == 2
-    assert loaded.clear_desired_vlan("host-003", 10) == 0
-    assert loaded.set_desired_vlan("host-003", 200, purpose="guest") == 2
-    assert loaded.set_desired_vlan("host-003", 300, purpose="extra", ports=[ports[1]]) == 1
-    vlans = {(v.port, v.vlan): v.tagged for v in loaded.desired_vlans("host-003")}
+    assert loaded.ports.clear_desired_vlan("host-003", 10) == 2
+    assert loaded.ports.clear_desired_vlan("host-003", 10) == 0
+    assert loaded.ports.set_desired_vlan("host-003", 200, purpose="guest") == 2
+    assert loaded.ports.set_desired_vlan("host-003", 300, purpose="extra", ports=[ports[1]]) == 1
+    vlans = {(v.port, v.vlan): v.tagged for v in loaded.ports.desired_vlans("host-003")}
     assert vlans == {(ports[0][1], 200): False, (ports[1][1], 200): False, (ports[1][1], 300): True}
-    assert {(v.port, v.vlan) for v in loaded.switch_vlans("tor-1")} == set(vlans)
-    assert loaded.clear_desired_vlan("host-003", purpose="extra") == 1
-    assert loaded.clear_desired_vlan("host-003") == 2
-    assert loaded.desired_vlans("host-003") == []
+    assert {(v.port, v.vlan) for v in loaded.ports.switch_vlans("tor-1")} == set(vlans)
+    assert loaded.ports.clear_desired_vlan("host-003", purpose="extra") == 1
+    assert loaded.ports.clear_desired_vlan("host-003") == 2
+    assert loaded.ports.desired_vlans("host-003") == []
 
 
 def test_replacing_desired_vlans_is_one_transaction(loaded, spec):
     """What want-ports does: forget the host's VLANs and record the new set at once. The plan
     sees the cabled ports; a set the inventory refuses leaves the old one in place."""
     ports = [(n.switch, n.port) for n in spec.host("host-003").nics]
-    loaded.set_desired_vlan("host-003", 10, purpose="pxe")
+    loaded.ports.set_desired_vlan("host-003", 10, purpose="pxe")
     seen = []
 
     def to_guest(cabled):
         seen.append([(p.switch.name, p.port) for p in cabled])
         return [DesiredVlan(200, "guest"), DesiredVlan(300, "extra", ports=[ports[1]])]
 
-    got_ports, desired = loaded.replace_desired_vlans("host-003", to_guest)
+    got_ports, desired = loaded.ports.replace_desired_vlans("host-003", to_guest)
     assert seen[-1] == ports and [(p.switch.name, p.port) for p in got_ports] == ports
     want = {(ports[0][1], 200, False, "guest"), (ports[1][1], 200, False, "guest"), (ports[1][1], 300, True, "extra")}
     assert {(v.port, v.vlan, v.tagged, v.purpose) for v in desired} == want
-    assert {(v.port, v.vlan, v.tagged, v.purpose) for v in loaded.desired_vlans("host-003")} == want
+    assert {(v.port, v.vlan, v.tagged, v.purpose) for v in loaded.ports.desired_vlans("host-003")} == want
 
     # Two untagged VLANs on one port: refused, and the guest set above is still recorded.
     with pytest.raises(InventoryError) as info:
-        loaded.replace_desired_vlans("host-003", lambda cabled: [DesiredVlan(11, "pxe"), DesiredVlan(12, "pxe")])
+        loaded.ports.replace_desired_vlans("host-003", lambda cabled: [DesiredVlan(11, "pxe"), DesiredVlan(12, "pxe")])
     assert info.value.field == "vlan" and "untagged VLAN 11" in str(info.value)
-    assert {(v.port, v.vlan, v.tagged, v.purpose) for v in loaded.desired_vlans("host-003")} == want
+    assert {(v.port, v.vlan, v.tagged, v.purpose) for v in loaded.ports.desired_vlans("host-003")} == want
     # A plan that fails before anything is written changes nothing either.
     with pytest.raises(InventoryError) as info:
-        loaded.replace_desired_vlans("host-003", lambda cabled: [DesiredVlan(5000, "guest")])
+        loaded.ports.replace_desired_vlans("host-003", lambda cabled: [DesiredVlan(5000, "guest")])
     assert info.value.field == "vlan"
-    assert {(v.port, v.vlan, v.tagged, v.purpose) for v in loaded.desired_vlans("host-003")} == want
-    _, desired = loaded.replace_desired_vlans("host-003", lambda cabled: [])
-    assert desired == [] == loaded.desired_vlans("host-003")
+    assert {(v.port, v.vlan, v.tagged, v.purpose) for v in loaded.ports.desired_vlans("host-003")} == want
+    _, desired = loaded.ports.replace_desired_vlans("host-003", lambda cabled: [])
+    assert desired == [] == loaded.ports.desired_vlans("host-003")
 
 
 @pytest.mark.parametrize(
@@ -379,7 +379,7 @@ def test_replacing_desired_vlans_is_one_transaction(loaded, spec):
 )
 def test_desired_vlan_bad_input(loaded, kwargs, field):
     with pytest.raises(InventoryError) as info:
-        loaded.set_desired_vlan("host-001", **kwargs)
+        loaded.ports.set_desired_vlan("host-001", **kwargs)
     assert info.value.field == field
 
 
@@ -388,17 +388,17 @@ def test_desired_vlan_bad_input(loaded, kwargs, field):
 
 def test_three_failures_put_a_host_in_maintenance_and_a_success_takes_it_out(loaded):
     for i in range(2):
-        t = loaded.record_power("host-001", "unknown", T0 + timedelta(minutes=i), error="BMC timeout")
+        t = loaded.power.record("host-001", "unknown", T0 + timedelta(minutes=i), error="BMC timeout")
         assert not t.maintenance and t.poll_failures == i + 1
-    t = loaded.record_power("host-001", "unknown", T0 + timedelta(minutes=2), error="BMC timeout")
+    t = loaded.power.record("host-001", "unknown", T0 + timedelta(minutes=2), error="BMC timeout")
     assert t.entered_maintenance and t.maintenance and t.poll_failures == 3
-    host = loaded.get_host("host-001")
+    host = loaded.hosts.get("host-001")
     assert host.maintenance_source == "poll" and "3 times" in host.maintenance_reason
     assert host.last_poll_error == "BMC timeout" and host.power_state == "unknown"
 
-    t = loaded.record_power("host-001", "on", T0 + timedelta(minutes=3))
+    t = loaded.power.record("host-001", "on", T0 + timedelta(minutes=3))
     assert t.left_maintenance and not t.maintenance and t.changed and t.previous == "unknown"
-    host = loaded.get_host("host-001")
+    host = loaded.hosts.get("host-001")
     assert (host.power_state, host.poll_failures, host.last_poll_error, host.maintenance_reason) == (
         "on",
         0,
@@ -406,36 +406,36 @@ def test_three_failures_put_a_host_in_maintenance_and_a_success_takes_it_out(loa
         None,
     )
     assert host.power_state_at == T0 + timedelta(minutes=3)
-    steps = [(e.step, e.detail.split(":")[0]) for e in loaded.events("host-001")]
+    steps = [(e.step, e.detail.split(":")[0]) for e in loaded.history.events("host-001")]
     assert steps == [("maintenance", "left maintenance"), ("maintenance", "entered maintenance")]
 
 
 def test_a_success_between_failures_resets_the_count(loaded):
     for i, error in enumerate(["x", "x", None, "x", "x"]):
         state = "unknown" if error else "off"
-        t = loaded.record_power("host-001", state, T0 + timedelta(minutes=i), error=error)
+        t = loaded.power.record("host-001", state, T0 + timedelta(minutes=i), error=error)
     assert t.poll_failures == 2 and not t.maintenance
 
 
 def test_operator_maintenance_survives_a_successful_poll(loaded):
-    loaded.set_maintenance("host-002", True, "replacing a DIMM")
+    loaded.power.set_maintenance("host-002", True, "replacing a DIMM")
     for i in range(4):
-        loaded.record_power("host-002", "unknown", T0 + timedelta(minutes=i), error="no answer")
-    t = loaded.record_power("host-002", "off", T0 + timedelta(minutes=5))
+        loaded.power.record("host-002", "unknown", T0 + timedelta(minutes=i), error="no answer")
+    t = loaded.power.record("host-002", "off", T0 + timedelta(minutes=5))
     assert t.maintenance and not t.left_maintenance
-    host = loaded.get_host("host-002")
+    host = loaded.hosts.get("host-002")
     assert (host.maintenance_source, host.maintenance_reason) == ("operator", "replacing a DIMM")
-    assert not loaded.set_maintenance("host-002", False).maintenance
+    assert not loaded.power.set_maintenance("host-002", False).maintenance
     with pytest.raises(InventoryError) as info:
-        loaded.set_maintenance("host-002", True)
+        loaded.power.set_maintenance("host-002", True)
     assert info.value.field == "reason"
 
 
 def test_a_stale_reading_is_ignored(loaded):
-    loaded.record_power("host-001", "on", T0)
-    t = loaded.record_power("host-001", "off", T0 - timedelta(seconds=1))
+    loaded.power.record("host-001", "on", T0)
+    t = loaded.power.record("host-001", "off", T0 - timedelta(seconds=1))
     assert t.stale and t.state == "on"
-    assert loaded.get_host("host-001").power_state == "on"
+    assert loaded.hosts.get("host-001").power_state == "on"
 
 
 @pytest.mark.parametrize(
@@ -444,7 +444,7 @@ def test_a_stale_reading_is_ignored(loaded):
 )
 def test_bad_power_readings(loaded, state, at, error, field):
     with pytest.raises(InventoryError) as info:
-        loaded.record_power("host-001", state, at, error)
+        loaded.power.record("host-001", state, at, error)
     assert info.value.field == field
 
 
@@ -467,13 +467,13 @@ def test_details_and_poll_errors_are_masked(detail, want):
 
 
 def test_a_poll_error_is_stored_masked(loaded):
-    loaded.record_power("host-001", "unknown", error="auth failed with password=hunter2")
-    assert loaded.get_host("host-001").last_poll_error == "auth failed with password=***"
+    loaded.power.record("host-001", "unknown", error="auth failed with password=hunter2")
+    assert loaded.hosts.get("host-001").last_poll_error == "auth failed with password=***"
 
 
 def test_bulk_power_record_of_2000_hosts(inv):
     spec = generate(hosts=2000, switches=40, nics_per_host=1, seed_secrets="bulk", privileged=True)
-    inv.import_rack_config(load_rack_config(spec.rack_config()), records_for(spec))
+    inv.hosts.import_rack_config(load_rack_config(spec.rack_config()), records_for(spec))
     names = [h.name for h in spec.hosts]
     failing = set(names[:25])
     for minute in range(3):
@@ -483,39 +483,39 @@ def test_bulk_power_record_of_2000_hosts(inv):
             else PowerReading(n, "on" if i % 2 else "off", T0 + timedelta(minutes=minute))
             for i, n in enumerate(names)
         ]
-        result = inv.record_power_bulk(readings + [PowerReading("host-gone", "on")], run_id=f"run-{minute}")
+        result = inv.power.record_bulk(readings + [PowerReading("host-gone", "on")], run_id=f"run-{minute}")
         assert len(result.transitions) == 2000 and result.unknown_hosts == ("host-gone",)
     assert set(result.entered_maintenance) == failing
-    hosts = {h.name: h for h in inv.list_hosts()}
+    hosts = {h.name: h for h in inv.hosts.all()}
     assert {n for n, h in hosts.items() if h.maintenance} == failing
     assert hosts[names[100]].power_state == "off" and hosts[names[101]].power_state == "on"
-    result = inv.record_power_bulk([PowerReading(n, "on", T0 + timedelta(minutes=9)) for n in names])
-    assert set(result.left_maintenance) == failing and inv.list_hosts(maintenance=True) == []
-    assert inv.events(names[0], run_id="run-2")[0].step == "maintenance"
+    result = inv.power.record_bulk([PowerReading(n, "on", T0 + timedelta(minutes=9)) for n in names])
+    assert set(result.left_maintenance) == failing and inv.hosts.all(maintenance=True) == []
+    assert inv.history.events(names[0], run_id="run-2")[0].step == "maintenance"
 
 
 # ---------------------------------------------------------------- bookkeeping and journal
 
 
 def test_maas_system_id_and_last_vm(loaded):
-    host = loaded.set_maas_system_id("host-001", "4y3h7n")
+    host = loaded.hosts.set_maas_system_id("host-001", "4y3h7n")
     assert host.maas_system_id == "4y3h7n"
-    assert loaded.set_maas_system_id("host-001", "4y3h7n").version == host.version  # no-op
+    assert loaded.hosts.set_maas_system_id("host-001", "4y3h7n").version == host.version  # no-op
     with pytest.raises(InventoryError) as info:
-        loaded.set_maas_system_id("host-002", "4y3h7n")  # unique: one machine, one host
+        loaded.hosts.set_maas_system_id("host-002", "4y3h7n")  # unique: one machine, one host
     assert info.value.field == "system_id" and "host-001" in str(info.value)
     with pytest.raises(InventoryError) as info:
-        loaded.set_maas_system_id("host-002", "Not An Id")
+        loaded.hosts.set_maas_system_id("host-002", "Not An Id")
     assert info.value.field == "system_id"
-    host = loaded.set_last_vm("host-001", "3f6e0c8e-1b6c-4c34-9d1c-0a3b2e4f5a6b", "vm-web-1")
+    host = loaded.hosts.set_last_vm("host-001", "3f6e0c8e-1b6c-4c34-9d1c-0a3b2e4f5a6b", "vm-web-1")
     assert (host.last_vm_uuid, host.last_vm_name) == ("3f6e0c8e-1b6c-4c34-9d1c-0a3b2e4f5a6b", "vm-web-1")
-    assert loaded.set_last_vm("host-001", None, None).last_vm_uuid is None
+    assert loaded.hosts.set_last_vm("host-001", None, None).last_vm_uuid is None
 
 
 def test_journal(loaded):
     for i, (step, outcome) in enumerate([("set-pxe-vlan", "started"), ("set-pxe-vlan", "ok"), ("deploy", "failed")]):
-        loaded.journal("host-001", "provision", "run-1", step, "switch", outcome, at=T0 + timedelta(seconds=i))
-    loaded.journal(
+        loaded.history.append("host-001", "provision", "run-1", step, "switch", outcome, at=T0 + timedelta(seconds=i))
+    loaded.history.append(
         "host-001",
         "destroy",
         "run-2",
@@ -525,8 +525,8 @@ def test_journal(loaded):
         {"erase": "quick", "api_key": "c:t:s3cr3t"},
         at=T0 + timedelta(seconds=9),
     )
-    loaded.journal("host-002", "stop", None, "power-off", "ipmi", "skipped", "already off")
-    events = loaded.events("host-001")
+    loaded.history.append("host-002", "stop", None, "power-off", "ipmi", "skipped", "already off")
+    events = loaded.history.events("host-001")
     assert [(e.operation, e.step, e.outcome) for e in events] == [
         ("destroy", "release", "ok"),
         ("provision", "deploy", "failed"),
@@ -534,14 +534,16 @@ def test_journal(loaded):
         ("provision", "set-pxe-vlan", "started"),
     ]
     assert events[0].detail == "erase=quick, api_key=***" and events[0].at == T0 + timedelta(seconds=9)
-    assert len(loaded.events("host-001", limit=2)) == 2
-    assert [e.step for e in loaded.events("host-001", run_id="run-1", operation="provision")][-1] == "set-pxe-vlan"
-    assert len(loaded.journal("host-001", "x", None, "y", "maas", "ok", "z" * 5000).detail) == 1000
+    assert len(loaded.history.events("host-001", limit=2)) == 2
+    assert [e.step for e in loaded.history.events("host-001", run_id="run-1", operation="provision")][
+        -1
+    ] == "set-pxe-vlan"
+    assert len(loaded.history.append("host-001", "x", None, "y", "maas", "ok", "z" * 5000).detail) == 1000
     with pytest.raises(InventoryError) as info:
-        loaded.journal("host-001", "provision", "run-1", "deploy", "maas", "exploded")
+        loaded.history.append("host-001", "provision", "run-1", "deploy", "maas", "exploded")
     assert info.value.field == "outcome"
     with pytest.raises(HostNotFound):
-        loaded.journal("host-999", "provision", "run-1", "deploy", "maas", "ok")
+        loaded.history.append("host-999", "provision", "run-1", "deploy", "maas", "ok")
 
 
 def test_step_events_of_several_hosts_in_one_query(loaded):
@@ -552,16 +554,18 @@ def test_step_events_of_several_hosts_in_one_query(loaded):
         ("host-001", "r0", "deploy-machine", "ok", -5),  # before since
         ("host-003", "r3", "rename-machine", "ok", 8),
     ]:
-        loaded.journal(host, "provision", run, step, "maas", outcome, at=T0 + timedelta(seconds=sec))
-    got = loaded.step_events(["host-002", "host-001", "host-003", "host-002"], "deploy-machine", outcome="ok", since=T0)
+        loaded.history.append(host, "provision", run, step, "maas", outcome, at=T0 + timedelta(seconds=sec))
+    got = loaded.history.step_events(
+        ["host-002", "host-001", "host-003", "host-002"], "deploy-machine", outcome="ok", since=T0
+    )
     assert [(e.host, e.run_id, e.at) for e in got] == [
         ("host-001", "r1", T0 + timedelta(seconds=5)),
         ("host-002", "r2", T0 + timedelta(seconds=7)),
     ]
-    assert [e.outcome for e in loaded.step_events(["host-002"], "deploy-machine")] == ["started", "ok"]
-    assert loaded.step_events([], "deploy-machine") == []
+    assert [e.outcome for e in loaded.history.step_events(["host-002"], "deploy-machine")] == ["started", "ok"]
+    assert loaded.history.step_events([], "deploy-machine") == []
     with pytest.raises(InventoryError) as info:
-        loaded.step_events(["host-001"], "deploy-machine", since=T0.replace(tzinfo=None))
+        loaded.history.step_events(["host-001"], "deploy-machine", since=T0.replace(tzinfo=None))
     assert info.value.field == "since"
 
 
@@ -585,7 +589,7 @@ def test_a_stale_version_is_retried_on_fresh_data(loaded):
 
     assert loaded.db.write(bump) == 1
     assert attempts == [1, 1]  # the first attempt's bump was rolled back with it
-    assert loaded.get_host("host-001").version == 2
+    assert loaded.hosts.get("host-001").version == 2
 
 
 def _record_failures(url: str, host: str, n: int, start) -> None:
@@ -593,8 +597,8 @@ def _record_failures(url: str, host: str, n: int, start) -> None:
     try:
         start.wait(60)  # a barrier: both writers start together, after their imports
         for i in range(n):
-            inv.record_power(host, "unknown", error=f"timeout {i}")
-            inv.journal(host, "power-poll", None, "read", "ipmi", "failed")
+            inv.power.record(host, "unknown", error=f"timeout {i}")
+            inv.history.append(host, "power-poll", None, "read", "ipmi", "failed")
     finally:
         inv.dispose()
 
@@ -606,8 +610,8 @@ def test_two_threads_do_not_lose_updates(loaded):
         t.start()
     for t in threads:
         t.join(60)
-    assert loaded.get_host("host-001").poll_failures == 80
-    assert len(loaded.events("host-001", limit=1000)) == 80
+    assert loaded.hosts.get("host-001").poll_failures == 80
+    assert len(loaded.history.events("host-001", limit=1000)) == 80
 
 
 def test_two_processes_do_not_lose_updates(loaded):
@@ -619,6 +623,6 @@ def test_two_processes_do_not_lose_updates(loaded):
     for p in procs:
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0]
-    host = loaded.get_host("host-002")
+    host = loaded.hosts.get("host-002")
     assert host.poll_failures == 80 and host.version == 81
-    assert len(loaded.events("host-002", limit=1000)) == 80
+    assert len(loaded.history.events("host-002", limit=1000)) == 80

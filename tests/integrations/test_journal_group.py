@@ -14,6 +14,7 @@ import pytest
 from metalflow.integrations.config import load_rack_config
 from metalflow.integrations.inventory import HostNotFound, Inventory, InventoryError
 from metalflow.integrations.inventory.group import GroupJournal
+from metalflow.integrations.inventory.journal import JournalRepository
 from metalflow.lab.spec import generate
 from tests.integrations.test_inventory import records_for
 
@@ -25,33 +26,33 @@ def inv(tmp_path):
     spec = generate(hosts=4, switches=1, seed_secrets="journal-group", privileged=True)
     inventory = Inventory(f"sqlite:///{tmp_path / 'inventory.db'}")
     inventory.upgrade()
-    inventory.import_rack_config(load_rack_config(spec.rack_config()), records_for(spec))
+    inventory.hosts.import_rack_config(load_rack_config(spec.rack_config()), records_for(spec))
     yield inventory
     inventory.dispose()
 
 
-class Held(Inventory):
-    """The real inventory, whose first transaction waits for ``go``; ``fail`` makes transaction
-    number ``fail_at`` (1 = the first) raise instead of writing."""
+class Held(JournalRepository):
+    """The real inventory's journal, whose first transaction waits for ``go``; ``fail`` makes
+    transaction number ``fail_at`` (1 = the first) raise instead of writing."""
 
     def __init__(self, inner: Inventory, fail: Exception | None = None, fail_at: int = 1):
-        self.__dict__.update(inner.__dict__)
+        super().__init__(inner.db)
         self.entered, self.go = threading.Event(), threading.Event()
         self.fail, self.fail_at = fail, fail_at
         self.calls = 0
 
-    def journal_lines(self, lines):
+    def append_lines(self, lines):
         self.calls += 1
         if self.calls == 1:
             self.entered.set()
             assert self.go.wait(WAIT)
         if self.fail is not None and self.calls == self.fail_at:
             raise self.fail
-        return super().journal_lines(lines)
+        return super().append_lines(lines)
 
 
 def test_lines_from_many_threads_share_transactions_and_keep_each_threads_order(inv):
-    group = GroupJournal(inv)
+    group = GroupJournal(inv.history)
     hosts = ["host-001", "host-002", "host-003", "host-004"]
 
     def run(i: int) -> None:
@@ -63,7 +64,9 @@ def test_lines_from_many_threads_share_transactions_and_keep_each_threads_order(
         list(pool.map(run, range(16)))
     assert group.transactions < 160  # 160 lines: grouped, not one commit each
     for i in range(16):
-        mine = sorted((e for e in inv.events(hosts[i % 4], limit=1000) if e.run_id == f"run-{i}"), key=lambda e: e.at)
+        mine = sorted(
+            (e for e in inv.history.events(hosts[i % 4], limit=1000) if e.run_id == f"run-{i}"), key=lambda e: e.at
+        )
         assert [e.step for e in mine] == [f"step-{n}" for n in range(10)]
 
 
@@ -81,7 +84,7 @@ def test_a_line_is_stamped_when_queued_not_when_committed(inv):
         assert first.result(WAIT).step == "a"
         e = second.result(WAIT)
     assert queued_at <= e.at <= released_at
-    assert inv.events("host-002")[0].at == e.at  # stored as stamped
+    assert inv.history.events("host-002")[0].at == e.at  # stored as stamped
 
 
 def test_an_unknown_host_fails_only_its_own_line(inv):
@@ -93,7 +96,7 @@ def test_an_unknown_host_fails_only_its_own_line(inv):
         ok = pool.submit(group.journal, "host-002", "provision", "r", "ok", "maas", "ok")
         bad = pool.submit(group.journal, "host-999", "provision", "r", "bad", "maas", "ok")
         by_id = pool.submit(
-            group.journal, inv.get_host("host-003").cloudstack_id, "provision", "r", "by-id", "maas", "ok"
+            group.journal, inv.hosts.get("host-003").cloudstack_id, "provision", "r", "by-id", "maas", "ok"
         )
         threading.Event().wait(0.2)  # the three queue behind the held transaction: one batch
         held.go.set()
@@ -120,8 +123,8 @@ def test_a_failed_transaction_fails_its_lines_and_the_next_lines_are_written(inv
         with pytest.raises(RuntimeError, match="database went away"):
             lead.result(WAIT)
         assert sorted(f.result(WAIT).step for f in later) == ["kept-0", "kept-1", "kept-2"]
-    assert not [e for e in inv.events("host-001") if e.step == "lost"]
-    assert {e.step for e in inv.events("host-002")} == {"kept-0", "kept-1", "kept-2"}
+    assert not [e for e in inv.history.events("host-001") if e.step == "lost"]
+    assert {e.step for e in inv.history.events("host-002")} == {"kept-0", "kept-1", "kept-2"}
 
 
 def test_a_line_stuck_behind_a_transaction_times_out_unwritten(inv):
@@ -135,7 +138,7 @@ def test_a_line_stuck_behind_a_transaction_times_out_unwritten(inv):
             stuck.result(WAIT)
         held.go.set()
         assert lead.result(WAIT).step == "slow"
-    assert not inv.events("host-002")
+    assert not inv.history.events("host-002")
     assert group.journal("host-002", "provision", "r", "after", "maas", "ok").step == "after"  # not wedged
 
 
@@ -155,7 +158,7 @@ def test_the_others_in_a_failed_transaction_get_a_failure_of_their_own(inv):
     # The one that led it gets the error as it came; the others say their transaction failed.
     assert sorted(type(e).__name__ for e in errors) == ["JournalWriteFailed", "JournalWriteFailed", "RuntimeError"]
     assert all("database went away" in str(e) for e in errors)
-    assert not [e for e in inv.events("host-002")]
+    assert not [e for e in inv.history.events("host-002")]
     assert group.journal("host-002", "provision", "r", "after", "maas", "ok").step == "after"
 
 
@@ -187,5 +190,5 @@ def test_a_caller_cancelled_after_being_handed_the_lead_does_not_wedge_the_queue
         assert isinstance(box.get("exc"), RunCancelled)
         assert lead.result(WAIT).step == "lead"
         assert behind.result(WAIT).step == "behind"  # the lead passed on
-    assert not inv.events("host-002")
+    assert not inv.history.events("host-002")
     assert group.journal("host-004", "provision", "r", "later", "maas", "ok").step == "later"

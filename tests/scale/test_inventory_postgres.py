@@ -25,8 +25,8 @@ def _record_failures(url: str, host: str, n: int, start) -> None:
     try:
         start.wait(60)  # both writers start together, after their imports
         for i in range(n):
-            inv.record_power(host, "unknown", error=f"timeout {i}")
-            inv.journal(host, "power-poll", None, "read", "ipmi", "failed")
+            inv.power.record(host, "unknown", error=f"timeout {i}")
+            inv.history.append(host, "power-poll", None, "read", "ipmi", "failed")
     finally:
         inv.dispose()
 
@@ -48,7 +48,7 @@ def inventory(postgres) -> Inventory:
     assert _spawn(_upgrade, url) == [0, 0]  # the advisory lock serialises them; the second finds nothing to do
     inv = Inventory(url)
     spec = generate(hosts=2, switches=1, seed_secrets="scale-inventory", privileged=True)
-    inv.import_rack_config(
+    inv.hosts.import_rack_config(
         load_rack_config(spec.rack_config()),
         [
             HostRecord(
@@ -77,9 +77,9 @@ def test_migrations_reach_head_and_match_the_models(inventory, postgres):
 
 
 def test_two_processes_recording_power_for_one_host_lose_no_update(inventory, postgres):
-    host = inventory.list_hosts()[0].name
-    version = inventory.get_host(host).version
+    host = inventory.hosts.all()[0].name
+    version = inventory.hosts.get(host).version
     assert _spawn(_record_failures, postgres.url("scratch"), host, 40) == [0, 0]
-    after = inventory.get_host(host)
+    after = inventory.hosts.get(host)
     assert after.poll_failures == 80 and after.version == version + 80
-    assert len(inventory.events(host, limit=1000)) == 80
+    assert len(inventory.history.events(host, limit=1000)) == 80

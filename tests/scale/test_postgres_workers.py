@@ -52,7 +52,7 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
 
 def ensure_registered(scale, hosts: list[str]) -> None:
     """register-host for those not yet in MAAS, all at once (idempotent anyway)."""
-    todo = [h for h in hosts if not scale.inventory().get_host(h).maas_system_id]
+    todo = [h for h in hosts if not scale.inventory().hosts.get(h).maas_system_id]
     runs = [scale.trigger("register-host", host=h) for h in todo]
     for run in runs:
         done = scale.wait(run.id, 240)
@@ -65,7 +65,7 @@ def deploy_count(scale, host: str) -> int:
 
 
 def journal_span(scale, host: str, run_id: str) -> tuple[float, float]:
-    events = [e for e in scale.inventory().events(host, limit=1000) if e.run_id == run_id]
+    events = [e for e in scale.inventory().history.events(host, limit=1000) if e.run_id == run_id]
     assert events, f"no journal entries of run {run_id} on {host}"
     times = [e.at.timestamp() for e in events]
     return min(times), max(times)
