@@ -406,7 +406,7 @@ def test_power_poll_sees_power_changed_behind_its_back(e2e, registered):
     assert run.ok, run.message
     h = registered.hosts.get(host)
     assert h.power_state == "off" and _fresh(h, since)
-    changes = [ev for ev in registered.events(host) if ev.step == "power-changed" and ev.at >= since]
+    changes = [ev for ev in registered.history.events(host) if ev.step == "power-changed" and ev.at >= since]
     assert changes and "on → off" in changes[0].detail
 
 
@@ -470,7 +470,7 @@ def test_silent_bmc_goes_into_maintenance_and_comes_back(e2e, registered, lab_fa
         # a scheduled poll may have run in between: the rule, not the count, is what holds
         assert h.maintenance == (h.poll_failures >= 3)
     assert h.maintenance and "failed" in h.maintenance_reason and "BmcTimeout" in h.maintenance_reason
-    assert [ev for ev in registered.events(host) if ev.step == "maintenance" and ev.detail.startswith("entered")]
+    assert [ev for ev in registered.history.events(host) if ev.step == "maintenance" and ev.detail.startswith("entered")]
 
     vm = {
         "name": "flows-two",
@@ -488,4 +488,4 @@ def test_silent_bmc_goes_into_maintenance_and_comes_back(e2e, registered, lab_fa
     assert run.ok, run.message
     h = registered.hosts.get(host)
     assert not h.maintenance and h.poll_failures == 0 and h.power_state == "off" and _fresh(h, since)
-    assert [ev for ev in registered.events(host) if ev.step == "maintenance" and ev.detail.startswith("left")]
+    assert [ev for ev in registered.history.events(host) if ev.step == "maintenance" and ev.detail.startswith("left")]
