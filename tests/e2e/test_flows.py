@@ -470,7 +470,9 @@ def test_silent_bmc_goes_into_maintenance_and_comes_back(e2e, registered, lab_fa
         # a scheduled poll may have run in between: the rule, not the count, is what holds
         assert h.maintenance == (h.poll_failures >= 3)
     assert h.maintenance and "failed" in h.maintenance_reason and "BmcTimeout" in h.maintenance_reason
-    assert [ev for ev in registered.history.events(host) if ev.step == "maintenance" and ev.detail.startswith("entered")]
+    assert [
+        ev for ev in registered.history.events(host) if ev.step == "maintenance" and ev.detail.startswith("entered")
+    ]
 
     vm = {
         "name": "flows-two",
