@@ -1,6 +1,6 @@
 """Every benchmark: one after the other on one Prefect server (full), or all at once (smoke).
 
-    python -m bench.all [--size smoke|full] [--only NAME ...] [--out DIR] [--database postgresql|sqlite]
+    python -m metalflow.bench.all [--size smoke|full] [--only NAME ...] [--out DIR] [--database postgresql|sqlite]
 
 Writes each benchmark's ``<name>.json``/``.md``/``.png`` and ``summary.md`` (every table, and
 the machine) under ``--out`` (default ``bench/results``). The full size takes about 1.5 hours
@@ -71,7 +71,7 @@ def _one_by_one(
 
 
 def _at_once(names: list[str], size: str, out: Path, keep: bool, database: str | None) -> dict[str, str]:
-    """Each benchmark as ``python -m bench.<name>`` in its own process, all started together."""
+    """Each benchmark as ``python -m metalflow.bench.<name>`` in its own process, all started together."""
     status: dict[str, str] = {}
     out.mkdir(parents=True, exist_ok=True)
     with workdir("all", keep) as home:
@@ -125,7 +125,7 @@ def _summary(out: Path, size: str, status: dict[str, str], seconds: float | None
     lines = [
         f"# Benchmark results ({size})",
         "",
-        f"`python -m bench.all --size {size}`: {m['date']}, {m['cores']} cores, {m['memory_gb']} GB, "
+        f"`python -m metalflow.bench.all --size {size}`: {m['date']}, {m['cores']} cores, {m['memory_gb']} GB, "
         f"{m['cpu_model']}; Python {m['python']}, pyghmi {m['pyghmi']}, Prefect {m['prefect']}; "
         f"{how}. See docs/benchmarks.md for what each measures.",
         "",

@@ -512,7 +512,7 @@ class Report:
         lines = [
             f"# {self.title}",
             "",
-            f"`python -m bench.{self.name} --size {self.size}` — {m['date']}, {m['cores']} cores, "
+            f"`python -m metalflow.bench.{self.name} --size {self.size}` — {m['date']}, {m['cores']} cores, "
             f"{m['memory_gb']} GB, {m['cpu_model']}; Python {m['python']}, pyghmi {m['pyghmi']}, "
             f"Prefect {m['prefect']}; load average at start {m['loadavg_at_start'][0]}; "
             f"took {d['duration_s']:.0f} s.",

@@ -1,6 +1,6 @@
 """pyghmi's lost wake-up race, stock vs patched: N sequential power reads against one BMC.
 
-    .venv/bin/python -m bench.ipmi_race [--reads 2000] [--sweep 0] [--address 127.161.250.1]
+    .venv/bin/python -m metalflow.bench.ipmi_race [--reads 2000] [--sweep 0] [--address 127.161.250.1]
 
 Starts one simulated BMC (``lab.bmc.BmcFleet``) in this process's children, then runs the
 reads twice, each in a fresh Python process (pyghmi's state is process-wide, so the two

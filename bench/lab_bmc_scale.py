@@ -1,6 +1,6 @@
 """Scale of the lab's BMC simulator: start-up time, memory per process, a power-read sweep.
 
-    .venv/bin/python -m bench.lab_bmc_scale [--bmcs 1000] [--processes 0] [--readers 4]
+    .venv/bin/python -m metalflow.bench.lab_bmc_scale [--bmcs 1000] [--processes 0] [--readers 4]
 
 Starts a fleet on 127.150.100.0+ (the BMC tests' loopback block), prints how long ``start()``
 took and each BMC process's resident memory, then reads every BMC's power once with pyghmi

@@ -14,7 +14,7 @@ flow) is measured through ``metalflow serve``, not here.
 ``bulk`` the seconds its reader took to start its workers (before the first sweep). They sweep
 every ``--interval`` seconds (or back to back when a sweep takes longer) for ``--seconds``.
 
-    python -m bench.pollers stock|bulk --manifest M --interval 10 --seconds 60
+    python -m metalflow.bench.pollers stock|bulk --manifest M --interval 10 --seconds 60
 """
 
 from __future__ import annotations

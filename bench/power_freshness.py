@@ -1,6 +1,6 @@
 """Power-state freshness: how old is each host's recorded power state, at what cost.
 
-    python -m bench.power_freshness [--size smoke|full]
+    python -m metalflow.bench.power_freshness [--size smoke|full]
 
 For each fleet size (smoke: 50 BMCs; full: 1,000 then 3,000), on one lab:
 

@@ -1,6 +1,6 @@
 """Concurrent provisioning: K provisions triggered at once through the REST API.
 
-    python -m bench.provision_concurrency [--size smoke|full]
+    python -m metalflow.bench.provision_concurrency [--size smoke|full]
 
 One lab with every host preloaded Ready in MAAS (``--enlist ready``; the inventory is given
 each machine's system_id directly, so no register-host runs are needed), the lab's deploy

@@ -3,7 +3,7 @@ subprocess per run), with the runner settings of its environment: the baseline o
 ``bench.trigger_latency`` (which strips ``PREFECT_RUNNER_*``, so Prefect's defaults: poll every
 10 s) and of ``bench.provision_concurrency`` (the Stack's poll every 1 s).
 
-    python -m bench.serve_defaults --flow status --name bench-defaults
+    python -m metalflow.bench.serve_defaults --flow status --name bench-defaults
 """
 
 from __future__ import annotations

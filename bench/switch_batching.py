@@ -1,7 +1,7 @@
 """Switch batching: N port VLAN changes on one simulated switch, one SSH session per change vs
 one batched ``driver.session()`` (one login, one save), on each simulated dialect.
 
-    python -m bench.switch_batching [--size smoke|full]
+    python -m metalflow.bench.switch_batching [--size smoke|full]
 
 Both variants do the same work on the same ports, reset between runs: put an untagged guest
 VLAN on every port. The driver reads each port before and after its change (act, then

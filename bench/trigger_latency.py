@@ -2,7 +2,7 @@
 running, one trigger at a time and in a burst; metalflow's ``serve`` settings vs Prefect's
 defaults, both measured in the same run against the same server and lab.
 
-    python -m bench.trigger_latency [--size smoke|full]
+    python -m metalflow.bench.trigger_latency [--size smoke|full]
 
 The flow is ``status`` (read one BMC's power: one cheap task). metalflow's side is the
 deployment ``status/metalflow`` of ``metalflow serve`` (every run in a thread of the serving
