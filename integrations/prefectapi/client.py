@@ -69,6 +69,30 @@ def idempotency_key(*parts: object) -> str:
     return f"{text[:60]}#{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
+def raise_for_answer(resp: requests.Response, what: str, *, busy: bool, credentials: str) -> None:
+    """The error an answer means, for every caller of the Prefect API (the caller says whether
+    it counts the answer as a busy server, and which settings carry credentials); an answer
+    that is no error passes."""
+    if busy:
+        raise PrefectUnavailable(
+            "Prefect API busy", operation=what, evidence=f"HTTP {resp.status_code} {resp.text[:120]}"
+        )
+    if resp.status_code == 404:
+        raise PrefectNotFound("not found", operation=what, evidence=resp.text[:200])
+    if resp.status_code in (400, 409, 422):
+        raise PrefectBadRequest("Prefect refused the request", operation=what, evidence=_detail(resp))
+    if resp.status_code in (401, 403):
+        raise PrefectApiError(
+            f"Prefect API refused the credentials (set {credentials})",
+            operation=what,
+            evidence=f"HTTP {resp.status_code}",
+        )
+    if resp.status_code >= 400:
+        raise PrefectApiError(
+            "Prefect API error", operation=what, evidence=f"HTTP {resp.status_code} {resp.text[:200]}"
+        )
+
+
 class PrefectApi:
     """``PrefectApi(api_url)``; ``api_url`` ends in ``/api`` (``PREFECT_API_URL``).
 
@@ -115,24 +139,8 @@ class PrefectApi:
                 raise PrefectUnavailable(
                     f"Prefect API at {self.api_url} unreachable", operation=what, evidence=type(exc).__name__
                 ) from None
-            if resp.status_code in (502, 503, 504) or (resp.status_code == 500 and "locked" in resp.text):
-                raise PrefectUnavailable(
-                    "Prefect API busy", operation=what, evidence=f"HTTP {resp.status_code} {resp.text[:120]}"
-                )
-            if resp.status_code == 404:
-                raise PrefectNotFound("not found", operation=what, evidence=resp.text[:200])
-            if resp.status_code in (400, 409, 422):
-                raise PrefectBadRequest("Prefect refused the request", operation=what, evidence=_detail(resp))
-            if resp.status_code in (401, 403):
-                raise PrefectApiError(
-                    "Prefect API refused the credentials (set PREFECT_API_AUTH_STRING)",
-                    operation=what,
-                    evidence=f"HTTP {resp.status_code}",
-                )
-            if resp.status_code >= 400:
-                raise PrefectApiError(
-                    "Prefect API error", operation=what, evidence=f"HTTP {resp.status_code} {resp.text[:200]}"
-                )
+            busy = resp.status_code in (502, 503, 504) or (resp.status_code == 500 and "locked" in resp.text)
+            raise_for_answer(resp, what, busy=busy, credentials="PREFECT_API_AUTH_STRING")
             return resp.json() if resp.content else None
 
         return retry(

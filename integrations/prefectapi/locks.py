@@ -29,7 +29,7 @@ from typing import Any
 import requests
 
 from metalflow.integrations.common import Secret
-from metalflow.integrations.prefectapi.client import PrefectApiError, PrefectUnavailable
+from metalflow.integrations.prefectapi.client import PrefectApiError, PrefectUnavailable, raise_for_answer
 
 log = logging.getLogger("metalflow.locks")
 
@@ -227,20 +227,12 @@ class LeaseLocks:
         raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
 
     def _check(self, response: requests.Response, what: str) -> None:
-        if response.status_code in BUSY:
-            raise PrefectUnavailable(
-                "Prefect API busy", operation=what, evidence=f"HTTP {response.status_code} {response.text[:120]}"
-            )
-        if response.status_code in (401, 403):
-            raise PrefectApiError(
-                "Prefect API refused the credentials (set PREFECT_API_AUTH_STRING or PREFECT_API_KEY)",
-                operation=what,
-                evidence=f"HTTP {response.status_code}",
-            )
-        if response.status_code >= 400:
-            raise PrefectApiError(
-                "Prefect API error", operation=what, evidence=f"HTTP {response.status_code} {response.text[:200]}"
-            )
+        raise_for_answer(
+            response,
+            what,
+            busy=response.status_code in BUSY,
+            credentials="PREFECT_API_AUTH_STRING or PREFECT_API_KEY",
+        )
 
 
 def _reveal(value: str | Secret) -> str:
