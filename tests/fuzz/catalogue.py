@@ -197,19 +197,44 @@ CATALOGUE: tuple[BadInput, ...] = (
     ),
     _x("plug-vlan-float", {"action": "PlugNetwork", "parameters": {"vlan": 200.5}}, "vlan", "a fractional VLAN id"),
     # ---------------------------------------------------------------- the rack config
-    _r("port-arabic-indic-digit", {"host": {"port": "1/1/١"}}, "hosts[0].port", "switch port with an Arabic-Indic digit"),
+    _r(
+        "port-arabic-indic-digit",
+        {"host": {"port": "1/1/١"}},
+        "hosts[0].port",
+        "switch port with an Arabic-Indic digit",
+    ),
     _r("port-fullwidth-digit", {"host": {"port": "1/1/１"}}, "hosts[0].port", "switch port with a fullwidth digit"),
     _r("port-trailing-newline", {"host": {"port": "1/1/1\n"}}, "hosts[0].port", "switch port ending in a newline"),
-    _r("port-cli-injection", {"host": {"port": "1/1/1\nno shutdown"}}, "hosts[0].port", "a second CLI line in a port name"),
+    _r(
+        "port-cli-injection",
+        {"host": {"port": "1/1/1\nno shutdown"}},
+        "hosts[0].port",
+        "a second CLI line in a port name",
+    ),
     _r("mac-multicast", {"host": {"mac": "01:00:5e:00:00:01"}}, "hosts[0].mac", "a multicast MAC"),
     _r("mac-fullwidth", {"host": {"mac": "００:18:8b:52:79:80"}}, "hosts[0].mac", "a MAC with fullwidth digits"),
     _r("mac-all-zero", {"host": {"mac": "00:00:00:00:00:00"}}, "hosts[0].mac", "the all-zero MAC"),
     _r("mac-trailing-newline", {"host": {"mac": "00:18:8b:52:79:80\n"}}, "hosts[0].mac", "a MAC ending in a newline"),
-    _r("switch-ip-trailing-newline", {"switch": {"ip": "10.0.0.1\n"}}, "l2Switch.ip", "switch address ending in a newline"),
+    _r(
+        "switch-ip-trailing-newline",
+        {"switch": {"ip": "10.0.0.1\n"}},
+        "l2Switch.ip",
+        "switch address ending in a newline",
+    ),
     _r("ssh-port-true", {"switch": {"port": True}}, "l2Switch.port", "SSH port given as a JSON boolean"),
     _r("ssh-port-arabic-indic", {"switch": {"port": "٢٢"}}, "l2Switch.port", "SSH port in Arabic-Indic digits"),
-    _r("switch-type-unknown", {"switch": {"type": "NoSuchSwitchOS"}}, "l2Switch.type", "a switch type without a dialect"),
-    _r("switch-password-not-string", {"switch": {"password": 12345}}, "l2Switch.password", "a password that is a number"),
+    _r(
+        "switch-type-unknown",
+        {"switch": {"type": "NoSuchSwitchOS"}},
+        "l2Switch.type",
+        "a switch type without a dialect",
+    ),
+    _r(
+        "switch-password-not-string",
+        {"switch": {"password": 12345}},
+        "l2Switch.password",
+        "a password that is a number",
+    ),
     _r("duplicate-port", {"extra_host": {"mac": "00:18:8b:52:79:81"}}, "hosts[1].port", "two NICs cabled to one port"),
     # ---------------------------------------------------------------- the inventory import
     _i("host-name-underscore", {"host": {"name": "host_3"}}, "name", "host name with '_' (MAAS refuses it)"),
@@ -389,7 +414,7 @@ CATALOGUE: tuple[BadInput, ...] = (
     ),
     _f(
         "flow-ssh-key-with-options",
-        {"vm": {"ssh_keys": [f"from=\"0.0.0.0/0\" {ED25519_KEY}"]}},
+        {"vm": {"ssh_keys": [f'from="0.0.0.0/0" {ED25519_KEY}']}},
         "ssh_keys",
         "an ssh key with options",
     ),
@@ -413,3 +438,31 @@ CATALOGUE: tuple[BadInput, ...] = (
 
 BY_NAME = {c.name: c for c in CATALOGUE}
 ENTRIES = ("extension", "rack", "import", "maas", "cli", "flow")
+
+DOC_START = "<!-- fuzz-catalogue:start (generated: python -m tests.fuzz.catalogue) -->"
+DOC_END = "<!-- fuzz-catalogue:end -->"
+ENTRY_TITLES = {
+    "extension": "CloudStack extension payload (exit 1, one JSON answer)",
+    "rack": "Rack config (ConfigError)",
+    "import": "Inventory import (InventoryError)",
+    "maas": "MAAS settings string (ConfigError)",
+    "cli": "metalflow CLI (exit 2, plain text)",
+    "flow": "Flow parameters, as Prefect's API and UI validate them (ParameterTypeError)",
+}
+
+
+def doc_section() -> str:
+    """The list of classes for docs/operator.md, between the markers."""
+    lines = [DOC_START, ""]
+    for entry in ENTRIES:
+        lines.append(f"**{ENTRY_TITLES[entry]}**")
+        lines.append("")
+        for case in (c for c in CATALOGUE if c.entry == entry):
+            lines.append(f"- `{case.name}`: {case.described}; the error names `{case.field}`")
+        lines.append("")
+    lines.append(DOC_END)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(doc_section())

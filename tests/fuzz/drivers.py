@@ -136,7 +136,13 @@ def extension_doc(inp: Mapping[str, Any]) -> tuple[str, str]:
     nics = None
     if "nics" in inp:
         nics = [
-            nic(i, uri, default=d, network=NETWORK_GUEST if d else NETWORK_EXTRA, mac=f"02:00:5a:00:{i // 256:02x}:{i % 256:02x}")
+            nic(
+                i,
+                uri,
+                default=d,
+                network=NETWORK_GUEST if d else NETWORK_EXTRA,
+                mac=f"02:00:5a:00:{i // 256:02x}:{i % 256:02x}",
+            )
             for i, (uri, d) in enumerate(inp["nics"])
         ]
     doc = payload(action, VM_UUID, nics=nics, vm_ext=vm_ext, parameters=inp.get("parameters"), custom=custom)
@@ -162,7 +168,9 @@ def run_extension(world: World, inp: Mapping[str, Any]) -> Outcome:
     path.write_text(text, encoding="utf-8")
     log = world.tmp / "ext.log"
     log.write_text("")
-    cfg = ExtensionConfig(prefect_api_url=world.prefect.url, inventory_url=world.url, log_file=str(log), request_timeout=2.0)
+    cfg = ExtensionConfig(
+        prefect_api_url=world.prefect.url, inventory_url=world.url, log_file=str(log), request_timeout=2.0
+    )
     try:
         answer = handle(action, str(path), 60, cfg, None, time.monotonic())
     except BaseException as exc:  # noqa: BLE001 - the entry point must answer, never raise
