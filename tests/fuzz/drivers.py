@@ -41,8 +41,12 @@ class Outcome:
 
 
 def raised(exc: BaseException) -> Outcome:
+    """The error as shown, with the error it was raised from (Prefect logs a pydantic
+    ValidationError's text, ``input_value`` included, when parameters do not validate)."""
     names = tuple(c.__name__ for c in type(exc).__mro__)
-    return Outcome(names, str(exc), field=str(getattr(exc, "field", "") or ""))
+    cause = exc.__cause__ or exc.__context__
+    text = str(exc) + (f"\n{cause}" if cause is not None else "")
+    return Outcome(names, text, field=str(getattr(exc, "field", "") or ""))
 
 
 # ---------------------------------------------------------------------------- ground truth
