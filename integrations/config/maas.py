@@ -20,9 +20,9 @@ from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from metalflow.integrations.common import Secret
-from metalflow.integrations.common.values import BadValue, parse_tcp_port
+from metalflow.integrations.common.values import BadValue, parse_tcp_port, show
 from metalflow.integrations.config.addresses import valid_address
-from metalflow.integrations.config.problems import ConfigError, Problem, scrub, show
+from metalflow.integrations.config.problems import ConfigError, Problem, scrub
 
 DEFAULT_HTTP_PORT = 5240  # MAAS's region API listens here
 DEFAULT_HTTPS_PORT = 5443  # MAAS's TLS listener (MAAS 3.2+) when https:// is given without a port

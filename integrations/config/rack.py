@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from metalflow.integrations.common import MetalflowError, Secret
-from metalflow.integrations.common.values import BadValue, parse_mac, parse_tcp_port
+from metalflow.integrations.common.values import BadValue, parse_mac, parse_tcp_port, show
 from metalflow.integrations.config.addresses import address_key, valid_address
-from metalflow.integrations.config.problems import ConfigError, Problem, scrub, show
+from metalflow.integrations.config.problems import ConfigError, Problem, scrub
 
 DEFAULT_SSH_PORT = 22
 
