@@ -11,7 +11,7 @@ import it; it imports only ``integrations.common`` (and, when a rack config is p
 switches' dialect registry for the port grammars).
 """
 
-from metalflow.integrations.config.addresses import address_key, normalize_mac, valid_address
+from metalflow.integrations.config.addresses import address_key, valid_address
 from metalflow.integrations.config.maas import (
     DEFAULT_HTTP_PORT,
     DEFAULT_HTTPS_PORT,
@@ -47,7 +47,6 @@ __all__ = [
     "SwitchConfig",
     "address_key",
     "load_rack_config",
-    "normalize_mac",
     "parse_api_key",
     "parse_settings",
     "settings_from_api_key",

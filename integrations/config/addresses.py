@@ -1,50 +1,38 @@
-"""Host addresses and MAC addresses as the configuration inputs give them, checked and
-normalised one way for every reader (the settings string, the rack config, the inventory's
-host records)."""
+"""Host addresses as the configuration inputs give them (the settings string's ``MaasIP``, a
+switch's ``ip``, a BMC's address), checked one way for every reader.
+
+MAC addresses are :func:`metalflow.integrations.common.values.parse_mac`'s: one normaliser.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import re
 
-from metalflow.integrations.config.problems import show
-
+#: A DNS host name: labels of letters, digits and dashes (no dash at either end), 253
+#: characters in all, an optional root dot. ASCII only and matched whole (``fullmatch``), so
+#: ``"tor-1\n"`` or ``"tor-１"`` is not a host name.
 _HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?",
+    re.ASCII,
 )
+_DOTTED_DIGITS = re.compile(r"[0-9.]+", re.ASCII)
 
 
-def valid_address(host: str) -> bool:
-    """Whether ``host`` is an IPv4/IPv6 address or a DNS host name."""
-    return isinstance(host, str) and _valid_host(host)
+def valid_address(host: object) -> bool:
+    """Whether ``host`` is, exactly as written, an IPv4/IPv6 address or a DNS host name.
 
-
-def _valid_host(host: str) -> bool:
+    Nothing is stripped, and an IPv6 zone (``fe80::1%eth0``) is refused: ``ipaddress`` takes any
+    text after ``%``, a newline included, and a zone means nothing to a remote switch or MAAS."""
+    if not isinstance(host, str) or not host.isascii() or "%" in host:
+        return False
     try:
         ipaddress.ip_address(host)
         return True
     except ValueError:
-        return bool(_HOSTNAME.match(host)) and not re.fullmatch(r"[\d.]+", host)
-
-
-_HEX12 = re.compile(r"^[0-9a-f]{12}$")
-
-
-def normalize_mac(value: str) -> str:
-    """``00:18:8b:52:79:80`` from ``00-18-8B-52-79-80``, ``00188b527980`` or ``0018.8b52.7980``.
-    Raises ValueError for anything else (callers add the field name)."""
-    if not isinstance(value, str):
-        raise ValueError(f"{show(value)} is not a MAC address (expected like 00:18:8b:52:79:80)")
-    v = value.strip().lower()
-    if re.fullmatch(r"[0-9a-f]{1,2}([:-][0-9a-f]{1,2}){5}", v):
-        digits = "".join(p.zfill(2) for p in re.split(r"[:-]", v))
-    elif re.fullmatch(r"[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}", v):
-        digits = v.replace(".", "")
-    else:
-        digits = v
-    if not _HEX12.match(digits):
-        raise ValueError(f"{show(value)} is not a MAC address (expected like 00:18:8b:52:79:80)")
-    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+        # "10.0.0.300" is a bad IPv4 address, not a host name made of digits.
+        return bool(_HOSTNAME.fullmatch(host)) and not _DOTTED_DIGITS.fullmatch(host)
 
 
 def address_key(address: str) -> str:

@@ -3,6 +3,13 @@
 The global setting ``external.baremetal.system.url`` (CLOUDSTACK-9913, the seed page), e.g.
 ``MaasIP=172.31.0.75;MaasKey=<token key>;MaasSecret=<token secret>;MaasConsumerKey=<consumer>``,
 is derived from the MAAS API key ``<consumer>:<token key>:<token secret>``.
+
+Every part goes through the one vocabulary (``integrations.common.values``: ports by
+``parse_tcp_port``, ASCII only, matched whole) or the one address check
+(``config.addresses.valid_address``). Whitespace around ``;`` and ``=`` is the list's syntax
+(the seed writes ``external.baremetal.system.url = MaasIP=...``); a value itself is never
+trimmed. No error quotes the address, the port text or a key part: an operator who writes
+``MaasIP=admin:pw@host`` must not find ``pw`` in a log, and the key parts are key material.
 """
 
 from __future__ import annotations
@@ -13,8 +20,9 @@ from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from metalflow.integrations.common import Secret
+from metalflow.integrations.common.values import BadValue, parse_tcp_port, show
 from metalflow.integrations.config.addresses import valid_address
-from metalflow.integrations.config.problems import ConfigError, Problem, scrub, show
+from metalflow.integrations.config.problems import ConfigError, Problem, scrub
 
 DEFAULT_HTTP_PORT = 5240  # MAAS's region API listens here
 DEFAULT_HTTPS_PORT = 5443  # MAAS's TLS listener (MAAS 3.2+) when https:// is given without a port
@@ -23,17 +31,21 @@ SETTINGS_NAME = "external.baremetal.system.url"
 
 # MAAS generates its keys from letters and digits; we accept a little more (".", "_", "~", "-")
 # but never whitespace or the separators of the settings string and the API key.
-_KEY_PART = re.compile(r"^[A-Za-z0-9._~-]+$")
+_KEY_PART = re.compile(r"[A-Za-z0-9._~-]{1,256}", re.ASCII)
 _API_KEY_PARTS = ("consumer_key", "token_key", "token_secret")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ApiKey:
-    """A MAAS API key, ``<consumer_key>:<token_key>:<token_secret>`` (OAuth1 PLAINTEXT)."""
+    """A MAAS API key, ``<consumer_key>:<token_key>:<token_secret>`` (OAuth1 PLAINTEXT).
+    All three parts are key material: the repr shows none of them."""
 
     consumer_key: str
     token_key: str
     token_secret: Secret
+
+    def __repr__(self) -> str:
+        return "ApiKey(consumer=***, token=***, secret=***)"
 
     def as_secret(self) -> Secret:
         return Secret(f"{self.consumer_key}:{self.token_key}:{self.token_secret.reveal()}")
@@ -47,7 +59,18 @@ def parse_api_key(s: str | Secret, *, field: str = "api_key") -> ApiKey:
         raise ConfigError.from_problems(
             "MAAS API key", [Problem(field, "expected a string consumer_key:token_key:token_secret")]
         )
-    parts = s.strip().split(":")
+    if s != s.strip():
+        raise ConfigError.from_problems(
+            "MAAS API key",
+            [
+                Problem(
+                    field,
+                    "has whitespace or a newline around it (copied with the end of a line?); "
+                    "remove it and give the key alone",
+                )
+            ],
+        )
+    parts = s.split(":")
     if len(parts) != 3:
         raise ConfigError.from_problems(
             "MAAS API key",
@@ -62,16 +85,16 @@ def parse_api_key(s: str | Secret, *, field: str = "api_key") -> ApiKey:
         )
     problems = []
     for name, part in zip(_API_KEY_PARTS, parts):
-        problems.extend(_check_key_part(f"{field}.{name}", part.strip()))
+        problems.extend(_check_key_part(f"{field}.{name}", part))
     if problems:
-        raise ConfigError.from_problems("MAAS API key", scrub(problems, [parts[2].strip()]))
-    return ApiKey(parts[0].strip(), parts[1].strip(), Secret(parts[2].strip()))
+        raise ConfigError.from_problems("MAAS API key", scrub(problems, parts))
+    return ApiKey(parts[0], parts[1], Secret(parts[2]))
 
 
 def _check_key_part(field: str, value: str) -> list[Problem]:
     if not value:
         return [Problem(field, "is empty; copy the whole MAAS API key again")]
-    if not _KEY_PART.match(value):
+    if not _KEY_PART.fullmatch(value):
         return [
             Problem(
                 field,
@@ -82,15 +105,19 @@ def _check_key_part(field: str, value: str) -> list[Problem]:
     return []
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class MaasSettings:
     """Where MAAS is and how to authenticate. ``url`` is the MAAS root, e.g.
-    ``http://10.0.0.5:5240/MAAS/``; the API lives under ``api_url``."""
+    ``http://10.0.0.5:5240/MAAS/``; the API lives under ``api_url``. The repr shows the URL
+    only: the consumer key, token key and secret are the API key's parts."""
 
     url: str
     consumer_key: str
     token_key: str
     token_secret: Secret
+
+    def __repr__(self) -> str:
+        return f"MaasSettings(url={self.url!r}, api_key=ApiKey(consumer=***, token=***, secret=***))"
 
     @property
     def api_key(self) -> Secret:
@@ -114,7 +141,7 @@ _SETTINGS_KEYS = MappingProxyType(
     {k.lower(): k for k in ("MaasIP", "MaasPort", "MaasKey", "MaasSecret", "MaasConsumerKey")}
 )
 _SETTINGS_PREFIX = re.compile(r"^\s*external\.baremetal\.system\.url\s*[=:]\s*", re.IGNORECASE)
-_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
+_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,31}", re.ASCII)
 _MISSING_HINT = MappingProxyType(
     {
         "MaasIP": "add MaasIP=<MAAS address>, e.g. MaasIP=10.0.0.5 or MaasIP=https://maas.example:5443",
@@ -169,10 +196,10 @@ def parse_settings(s: str | Secret) -> MaasSettings:
         canon = _SETTINGS_KEYS.get(key.lower())
         if canon is None:
             secrets.append(value)
-            name = key if _IDENT.match(key) else f"part {n}"
+            name = key if _IDENT.fullmatch(key) else f"part {n}"
             problems.append(Problem(name, f"unknown key (expected {', '.join(_SETTINGS_KEYS.values())})"))
             continue
-        if canon == "MaasSecret":
+        if canon in ("MaasSecret", "MaasKey", "MaasConsumerKey"):
             secrets.append(value)
         if canon in values:
             problems.append(Problem(canon, "given twice; keep one"))
@@ -214,20 +241,38 @@ def settings_from_api_key(address: str, api_key: str | Secret, *, port: int | No
     return MaasSettings(url, key.consumer_key, key.token_key, key.token_secret)
 
 
-def _port(value: str, field: str, problems: list[Problem]) -> int | None:
-    v = value.strip()
-    if v.isdigit() and 1 <= int(v) <= 65535:
-        return int(v)
-    problems.append(Problem(field, f"{show(v)} is not a TCP port (expected 1-65535, MAAS uses 5240)"))
-    return None
+def _port(value: str, field: str, problems: list[Problem], *, within: str = "") -> int | None:
+    """``parse_tcp_port``; the problem never quotes ``value``: in ``MaasIP=admin:pw`` the text
+    after the colon is a password, not a port."""
+    try:
+        return parse_tcp_port(value, field)
+    except BadValue:
+        problems.append(
+            Problem(
+                field,
+                f"{within}is not a TCP port: use a whole number from 1 to 65535 in ASCII digits (MAAS uses 5240)",
+            )
+        )
+        return None
 
 
 def _maas_url(value: str, port_value: str | None, problems: list[Problem], *, field: str = "MaasIP") -> str | None:
     """``http(s)://host:port/path/`` from MaasIP (and MaasPort), or None with problems added."""
     before = len(problems)
-    v = value.strip()
+    v = value
     if not v:
         problems.append(Problem(field, "is empty; give the MAAS address, e.g. 10.0.0.5"))
+        return None
+    if "@" in v:
+        # user:password@host: the part before '@' is a credential; never quoted, not parsed.
+        problems.append(
+            Problem(
+                field,
+                "is not [scheme://]host[:port][/path]: it has an '@', and credentials do not go in the "
+                "address (MAAS authenticates with MaasConsumerKey, MaasKey and MaasSecret); remove the "
+                "user and password",
+            )
+        )
         return None
     scheme = None
     if "://" in v:
@@ -235,8 +280,8 @@ def _maas_url(value: str, port_value: str | None, problems: list[Problem], *, fi
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
             problems.append(Problem(field, f"scheme {show(parts.scheme)} is not supported; use http:// or https://"))
-        if parts.query or parts.fragment or "@" in parts.netloc:
-            problems.append(Problem(field, "give only scheme, host, port and path (no user, query or fragment)"))
+        if parts.query or parts.fragment:
+            problems.append(Problem(field, "give only scheme, host, port and path (no query or fragment)"))
         netloc, path = parts.netloc, parts.path
     else:
         netloc, slash, rest = v.partition("/")
@@ -244,11 +289,17 @@ def _maas_url(value: str, port_value: str | None, problems: list[Problem], *, fi
     host, port_text = _split_host_port(netloc)
     if not valid_address(host):
         problems.append(
-            Problem(field, f"{show(host)} is not an IP address or host name (e.g. 10.0.0.5 or maas.example)")
+            Problem(
+                field,
+                "is not [scheme://]host[:port][/path]: the host is not an IP address or host name "
+                "(e.g. 10.0.0.5, maas.example or [fd00::5]; ASCII, no spaces)",
+            )
         )
     port = None
     if port_text is not None:
-        port = _port(port_text, field, problems)
+        port = _port(port_text, field, problems, within="the part after the host's ':' ")
+    if not re.fullmatch(r"[A-Za-z0-9._~/-]*", path, re.ASCII):
+        problems.append(Problem(field, "the path may hold only letters, digits and ._~/- (e.g. /MAAS/)"))
     if port_value is not None:
         extra = _port(port_value, "MaasPort", problems)
         if port is not None and extra is not None and extra != port:

@@ -85,9 +85,3 @@ def scrub(problems: list[Problem], secrets: Iterable[str]) -> list[Problem]:
             message = message.replace(s, "***")
         out.append(Problem(field, message))
     return out
-
-
-def show(value: Any, limit: int = 60) -> str:
-    """A short repr of a non-secret value for an error message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 4] + "...'"

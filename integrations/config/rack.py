@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from metalflow.integrations.common import MetalflowError, Secret
-from metalflow.integrations.config.addresses import address_key, normalize_mac, valid_address
-from metalflow.integrations.config.problems import ConfigError, Problem, scrub, show
+from metalflow.integrations.common.values import BadValue, parse_mac, parse_tcp_port, show
+from metalflow.integrations.config.addresses import address_key, valid_address
+from metalflow.integrations.config.problems import ConfigError, Problem, scrub
 
 DEFAULT_SSH_PORT = 22
 
@@ -47,8 +49,9 @@ class RackConfig:
     racks: tuple[Rack, ...]
 
     def find(self, mac: str) -> tuple[SwitchConfig, str] | None:
-        """The switch and port a MAC is cabled to, or None when the rack config lacks it."""
-        mac = normalize_mac(mac)
+        """The switch and port a MAC is cabled to, or None when the rack config lacks it.
+        ``mac`` in any form :func:`parse_mac` takes (BadValue when it is none)."""
+        mac = parse_mac(mac)
         for rack in self.racks:
             for cabled in rack.hosts:
                 if cabled.mac == mac:
@@ -60,6 +63,8 @@ class RackConfig:
 
 
 _SWITCH_KEYS = ("ip", "port", "username", "password", "type")
+#: An SSH user name as written: printable ASCII without spaces (it goes on the SSH wire as is).
+_USERNAME = re.compile(r"[!-~]{1,64}", re.ASCII)
 _HOST_KEYS = ("mac", "port")
 
 PortCheck = Callable[[str], str]  # the canonical port name (for duplicate checks), or raises
@@ -94,10 +99,12 @@ def _error_text(exc: BaseException) -> str:
 def load_rack_config(data: str | bytes | Mapping[str, Any] | os.PathLike[str]) -> RackConfig:
     """Parse the rack config (seed format) from JSON text, bytes, a parsed dict or a file path.
 
-    Checks: structure and types, MACs (normalised to ``00:18:8b:52:79:80``), known switch
-    types, port names against the dialect's grammar, no MAC twice anywhere, no port twice on
-    one switch, no switch address twice. Every problem is collected with its JSON path and
-    one ``ConfigError`` lists them all; passwords never appear in it.
+    Checks: structure and types, MACs (``values.parse_mac``, normalised to
+    ``00:18:8b:52:79:80``), the SSH port (``values.parse_tcp_port``), known switch types, port
+    names against the dialect's grammar (ASCII, whole string), no MAC twice anywhere, no port
+    twice on one switch, no switch address twice. Values are taken as written: a port, address,
+    user or type with surrounding whitespace is refused, not trimmed. Every problem is collected
+    with its JSON path and one ``ConfigError`` lists them all; passwords never appear in it.
     """
     what = "rack config"
     checker = _checker_factory()
@@ -133,13 +140,13 @@ def load_rack_config(data: str | bytes | Mapping[str, Any] | os.PathLike[str]) -
         switch_raw = rack_raw.get("l2Switch")
         switch, check = _parse_switch(switch_raw, f"{path}.l2Switch", checker, problems, passwords)
         ip = switch_raw.get("ip") if isinstance(switch_raw, Mapping) else None
-        if isinstance(ip, str) and valid_address(ip.strip()):
-            ip_key = address_key(ip.strip())
+        if isinstance(ip, str) and valid_address(ip):
+            ip_key = address_key(ip)
             if ip_key in seen_ips:
                 problems.append(
                     Problem(
                         f"{path}.l2Switch.ip",
-                        f"{ip.strip()} is already the switch of {seen_ips[ip_key]}; "
+                        f"{ip} is already the switch of {seen_ips[ip_key]}; "
                         "list each switch once and put all its hosts under it",
                     )
                 )
@@ -207,30 +214,36 @@ def _parse_switch(
     ip = raw.get("ip")
     if ip is None:
         problems.append(Problem(f"{path}.ip", "missing; add the switch's management address"))
-    elif not isinstance(ip, str) or not valid_address(ip.strip()):
-        problems.append(Problem(f"{path}.ip", f"{show(ip)} is not an IP address or host name"))
+    elif not valid_address(ip):
+        problems.append(
+            Problem(
+                f"{path}.ip",
+                f"{show(ip)} is not an IP address or host name: write the bare address "
+                "(no spaces, port, scheme or IPv6 zone), e.g. 10.0.0.2 or tor-1.example",
+            )
+        )
 
     username = raw.get("username")
     if username is None:
         problems.append(Problem(f"{path}.username", "missing; add the switch's SSH user"))
-    elif not isinstance(username, str) or not username.strip() or any(c.isspace() for c in username.strip()):
-        problems.append(Problem(f"{path}.username", f"{show(username)} is not a user name"))
+    elif not isinstance(username, str) or not _USERNAME.fullmatch(username):
+        problems.append(Problem(f"{path}.username", f"{show(username)} is not a user name: printable ASCII, no spaces"))
 
-    port = raw.get("port", DEFAULT_SSH_PORT)
-    if isinstance(port, str) and port.strip().isdigit():
-        port = int(port.strip())
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        problems.append(Problem(f"{path}.port", f"{show(port)} is not a TCP port (expected 1-65535, SSH is 22)"))
+    port: int | None = None
+    try:
+        port = parse_tcp_port(raw.get("port", DEFAULT_SSH_PORT), f"{path}.port")
+    except BadValue as exc:
+        problems.append(Problem(exc.field, f"{exc.reason} (SSH is 22)"))
 
     check: PortCheck | None = None
     stype = raw.get("type")
     if stype is None:
         problems.append(Problem(f"{path}.type", 'missing; add the switch type, e.g. "Force10"'))
-    elif not isinstance(stype, str) or not stype.strip():
+    elif not isinstance(stype, str) or not stype:
         problems.append(Problem(f"{path}.type", f"{show(stype)} is not a switch type name"))
     else:
         try:
-            check = checker(stype.strip())
+            check = checker(stype)
         except Exception as exc:  # noqa: BLE001 - the dialect registry's "unknown type" error
             problems.append(Problem(f"{path}.type", _error_text(exc)))
 
@@ -238,12 +251,8 @@ def _parse_switch(
         return None, check
     # Every field passed its check above (each failure added a problem).
     assert isinstance(ip, str) and isinstance(username, str) and isinstance(password, str) and isinstance(stype, str)
-    return (
-        SwitchConfig(
-            ip=ip.strip(), username=username.strip(), password=Secret(password), type=stype.strip(), port=port
-        ),
-        check,
-    )
+    assert port is not None
+    return SwitchConfig(ip=ip, username=username, password=Secret(password), type=stype, port=port), check
 
 
 def _parse_hosts(
@@ -276,9 +285,9 @@ def _parse_hosts(
             problems.append(Problem(f"{hp}.mac", "missing; add the NIC's MAC address"))
         else:
             try:
-                mac = normalize_mac(h["mac"])
-            except ValueError as exc:
-                problems.append(Problem(f"{hp}.mac", str(exc)))
+                mac = parse_mac(h["mac"], f"{hp}.mac")
+            except BadValue as exc:
+                problems.append(Problem(exc.field, exc.reason))
         if mac is not None:
             if mac in seen_macs:
                 problems.append(Problem(f"{hp}.mac", f"{mac} is already listed at {seen_macs[mac]}"))
@@ -288,11 +297,11 @@ def _parse_hosts(
         canonical = None
         if port is None:
             problems.append(Problem(f"{hp}.port", "missing; add the switch port the NIC is cabled to"))
-        elif not isinstance(port, str) or not port.strip():
+        elif not isinstance(port, str) or not port:
             problems.append(Problem(f"{hp}.port", f"{show(port)} is not a port name"))
         elif check is not None:
             try:
-                canonical = check(port.strip())
+                canonical = check(port)
             except Exception as exc:  # noqa: BLE001 - the dialect's port-grammar error
                 problems.append(Problem(f"{hp}.port", _error_text(exc)))
         if canonical is not None:
@@ -302,11 +311,11 @@ def _parse_hosts(
             key = canonical.lower()
             if key in seen_ports:
                 problems.append(
-                    Problem(f"{hp}.port", f"{show(port.strip())} is already used by {seen_ports[key]} on this switch")
+                    Problem(f"{hp}.port", f"{show(port)} is already used by {seen_ports[key]} on this switch")
                 )
             else:
                 seen_ports[key] = hp
         if mac is not None and canonical is not None:
             assert isinstance(port, str)
-            hosts.append(CabledMac(mac, port.strip()))
+            hosts.append(CabledMac(mac, port))
     return tuple(hosts) if len(problems) == before else None

@@ -31,8 +31,7 @@ from metalflow.integrations.inventory.records import (
     PowerTransition,
     SwitchInfo,
     VlanInfo,
-    check_credential_ref,
-    split_credential_ref,
+    credential_ref,
 )
 from metalflow.integrations.inventory.session import Database
 from metalflow.integrations.inventory.store import Inventory
@@ -72,11 +71,10 @@ __all__ = [
     "Switch",
     "SwitchInfo",
     "VlanInfo",
-    "check_credential_ref",
+    "credential_ref",
     "clean_detail",
     "default_url",
     "journal_line",
     "make_engine",
-    "split_credential_ref",
     "upgrade",
 ]

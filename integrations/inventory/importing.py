@@ -2,7 +2,13 @@
 
 The rack config is the truth about cabling (which MAC is on which switch port); the host
 records are the truth about the hosts they name. A repeated import changes nothing and says
-so; a changed field is updated and reported. Hosts not in the records are left alone (their
+so; a changed field is updated and reported.
+
+Import takes only what MAAS and the switches will accept later: host names are MAAS hostnames
+(``values.parse_hostname``), the PXE VLAN is one every dialect in the rack may configure,
+CloudStack ids, MACs, ports and credential references are parsed by the one vocabulary
+(``integrations.common.values``). Every record is checked before anything is written, and a
+failed import (the caller's one transaction) writes nothing. Hosts not in the records are left alone (their
 NICs are re-cabled from the rack config like every other NIC). Passwords never enter: each
 switch gets a credential reference instead, and the summary says which, so the operator can
 put the password there.
@@ -19,21 +25,33 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from metalflow.integrations.config import RackConfig, address_key, normalize_mac, valid_address
+from metalflow.integrations.common.values import (
+    BadValue,
+    parse_hostname,
+    parse_ident,
+    parse_mac,
+    parse_tcp_port,
+    parse_vlan,
+    show,
+)
+from metalflow.integrations.config import RackConfig, address_key, valid_address
 from metalflow.integrations.inventory.models import Host, HostNic, Switch
 from metalflow.integrations.inventory.records import (
     HostRecord,
     ImportSummary,
     InventoryError,
-    check_credential_ref,
+    credential_ref,
     problems_error,
 )
 
 DEFAULT_SWITCH_CREDENTIAL_REF = "env:METALFLOW_SWITCH_{NAME}_PASSWORD"
 CredentialRefSource = str | Callable[[str], str]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_CLOUDSTACK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
+#: A MAAS architecture, ``arch/subarch`` (amd64/generic, arm64/xgene-uboot).
+_ARCH = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}(?:/[a-z0-9][a-z0-9._-]{0,31})?", re.ASCII)
+#: BMC user names as IPMI takes them: printable ASCII, at most 16 bytes (IPMI 2.0's limit is
+#: checked again by the IPMI client; 128 here keeps room for other power drivers).
+_BMC_USER = re.compile(r"[!-~](?:[ -~]{0,126}[!-~])?", re.ASCII)
 _CHUNK = 500  # bound the IN (...) lists (SQLite's host-parameter limit)
 T = TypeVar("T")
 
@@ -64,56 +82,66 @@ def _positive_int(value: Any) -> bool:
 
 def validate_records(records: Sequence[HostRecord]) -> list[HostRecord]:
     """Check every record (collecting every problem) and return them normalised: MACs as
-    ``00:18:8b:52:79:80``, the CloudStack id as text, the IPMI address stripped."""
+    ``00:18:8b:52:79:80``, the CloudStack id as text. Host names must be MAAS hostnames (the
+    name the machine gets in MAAS; ``host_3`` or a 64-character name would pass here and be
+    refused by MAAS after ``register-host`` had already changed the switch)."""
     problems: list[tuple[str, str]] = []
     out: list[HostRecord] = []
     seen_names: dict[str, str] = {}
     seen_ids: dict[str, str] = {}
     seen_macs: dict[str, str] = {}
+
+    def parsed(parse: Callable[..., T], value: object, field: str, *more: str) -> T | None:
+        """``parse(value, field, *more)``, or None with the problem collected."""
+        try:
+            return parse(value, field, *more)
+        except BadValue as exc:
+            problems.append((exc.field, exc.reason))
+        except InventoryError as exc:
+            problems.append((exc.field, exc.message.split(": ", 1)[-1]))
+        return None
+
     for i, r in enumerate(records):
         p = f"hosts[{i}]"
         if not isinstance(r, HostRecord):
             problems.append((p, f"expected a HostRecord, got {type(r).__name__}"))
             continue
         before = len(problems)
-        if not isinstance(r.name, str) or not _NAME.match(r.name):
-            problems.append(
-                (f"{p}.name", f"{r.name!r} is not a host name (letters, digits, '.', '_', '-'; e.g. host-001)")
-            )
-        elif r.name in seen_names:
-            problems.append((f"{p}.name", f"{r.name!r} is already used by {seen_names[r.name]}"))
-        else:
-            seen_names[r.name] = p
+        name = parsed(parse_hostname, r.name, f"{p}.name")
+        if name is not None and name in seen_names:
+            problems.append((f"{p}.name", f"{name!r} is already used by {seen_names[name]}"))
+        elif name is not None:
+            seen_names[name] = p
         cs_id = r.cloudstack_id
         if isinstance(cs_id, int) and not isinstance(cs_id, bool) and cs_id >= 0:
-            cs_id = str(cs_id)
-        if cs_id is not None and (not isinstance(cs_id, str) or not _CLOUDSTACK_ID.match(cs_id)):
-            problems.append(
-                (f"{p}.cloudstack_id", f"{r.cloudstack_id!r} is not a CloudStack host id (a number or UUID)")
-            )
-        elif cs_id is not None and cs_id in seen_ids:
-            problems.append((f"{p}.cloudstack_id", f"{cs_id} is already used by {seen_ids[cs_id]}"))
-        elif cs_id is not None:
-            seen_ids[cs_id] = p
+            cs_id = str(cs_id)  # CloudStack's numeric host ids; the inventory stores text
+        if cs_id is not None:
+            cs_id = parsed(parse_ident, cs_id, f"{p}.cloudstack_id", "a CloudStack host id (a number or UUID)")
+            if cs_id is not None and cs_id in seen_ids:
+                problems.append((f"{p}.cloudstack_id", f"{cs_id} is already used by {seen_ids[cs_id]}"))
+            elif cs_id is not None:
+                seen_ids[cs_id] = p
         if not valid_address(r.ipmi_address):
-            problems.append((f"{p}.ipmi_address", f"{r.ipmi_address!r} is not an IP address or host name"))
-        if not isinstance(r.ipmi_port, int) or isinstance(r.ipmi_port, bool) or not 1 <= r.ipmi_port <= 65535:
-            problems.append((f"{p}.ipmi_port", f"{r.ipmi_port!r} is not a UDP port (IPMI uses 623)"))
-        if not isinstance(r.ipmi_username, str) or not r.ipmi_username or len(r.ipmi_username) > 128:
-            problems.append((f"{p}.ipmi_username", "expected the BMC user name (1-128 characters)"))
-        try:
-            check_credential_ref(r.ipmi_credential_ref, f"{p}.ipmi_credential_ref")
-        except InventoryError as exc:
-            problems.append((exc.field, exc.message.split(": ", 1)[1]))
+            problems.append(
+                (
+                    f"{p}.ipmi_address",
+                    f"{show(r.ipmi_address)} is not an IP address or host name: write the bare BMC address "
+                    "(no spaces, port or scheme; the port goes in ipmi_port)",
+                )
+            )
+        parsed(parse_tcp_port, r.ipmi_port, f"{p}.ipmi_port")
+        if not isinstance(r.ipmi_username, str) or not _BMC_USER.fullmatch(r.ipmi_username):
+            problems.append(
+                (f"{p}.ipmi_username", "expected the BMC user name: 1-128 printable ASCII characters, no outer spaces")
+            )
+        parsed(credential_ref, r.ipmi_credential_ref, f"{p}.ipmi_credential_ref")
         macs: list[str] = []
         if not isinstance(r.macs, (tuple, list)) or not r.macs:
             problems.append((f"{p}.macs", "expected at least one MAC address; the first is the boot NIC"))
         else:
             for k, m in enumerate(r.macs):
-                try:
-                    mac = normalize_mac(m)
-                except ValueError as exc:
-                    problems.append((f"{p}.macs[{k}]", str(exc)))
+                mac = parsed(parse_mac, m, f"{p}.macs[{k}]")
+                if mac is None:
                     continue
                 if mac in seen_macs:
                     problems.append((f"{p}.macs[{k}]", f"{mac} is already listed at {seen_macs[mac]}"))
@@ -121,16 +149,43 @@ def validate_records(records: Sequence[HostRecord]) -> list[HostRecord]:
                 seen_macs[mac] = f"{p}.macs[{k}]"
                 macs.append(mac)
         if not _positive_int(r.cpu_count):
-            problems.append((f"{p}.cpu_count", f"{r.cpu_count!r} is not a positive number of CPUs"))
+            problems.append((f"{p}.cpu_count", f"{show(r.cpu_count)} is not a positive number of CPUs"))
         if not _positive_int(r.memory_mb):
-            problems.append((f"{p}.memory_mb", f"{r.memory_mb!r} is not a positive amount of memory in MiB"))
-        if not isinstance(r.arch, str) or not r.arch or len(r.arch) > 64:
-            problems.append((f"{p}.arch", f"{r.arch!r} is not a MAAS architecture (e.g. amd64/generic)"))
+            problems.append((f"{p}.memory_mb", f"{show(r.memory_mb)} is not a positive amount of memory in MiB"))
+        if not isinstance(r.arch, str) or not _ARCH.fullmatch(r.arch):
+            problems.append((f"{p}.arch", f"{show(r.arch)} is not a MAAS architecture (e.g. amd64/generic)"))
         if len(problems) == before:
-            out.append(replace(r, cloudstack_id=cs_id, ipmi_address=r.ipmi_address.strip(), macs=tuple(macs)))
+            out.append(replace(r, cloudstack_id=cs_id, macs=tuple(macs)))
     if problems:
         raise problems_error("host records", problems)
     return out
+
+
+def check_pxe_vlan(pxe_vlan: object, rack: RackConfig) -> int:
+    """``pxe_vlan`` if it is a VLAN id (an int: ``True`` is not VLAN 1) that every switch of
+    the rack may carry: each rack's dialect checks it, so a VLAN one switch OS refuses is
+    refused here, before it is stored and every later provision fails on it."""
+    if isinstance(pxe_vlan, bool) or not isinstance(pxe_vlan, int):
+        raise InventoryError(
+            f"expected a VLAN id as a number (2-4094), got {type(pxe_vlan).__name__}", field="pxe_vlan"
+        )
+    try:
+        parse_vlan(pxe_vlan, "pxe_vlan")
+    except BadValue as exc:
+        raise InventoryError(exc.reason, field=exc.field) from exc
+    from metalflow.integrations.switches import InvalidVlan, dialect_for  # lazy: pulls in netmiko
+
+    for i, r in enumerate(rack.racks):
+        try:
+            dialect_for(r.switch.type).validate_vlan(pxe_vlan)
+        except InvalidVlan as exc:
+            raise InventoryError(
+                f"the {r.switch.type} switch {r.switch.ip} refuses it: {exc.message}; choose a PXE VLAN every "
+                "switch in the rack accepts",
+                field="pxe_vlan",
+                target=f"racks[{i}]",
+            ) from exc
+    return pxe_vlan
 
 
 def switch_credential_ref(source: CredentialRefSource, name: str) -> str:
@@ -140,7 +195,7 @@ def switch_credential_ref(source: CredentialRefSource, name: str) -> str:
         ref = source(name)
     else:
         ref = source.format(name=name, NAME=re.sub(r"[^A-Za-z0-9]", "_", name).upper())
-    return check_credential_ref(ref, "switch_credential_ref")
+    return credential_ref(ref, "switch_credential_ref")
 
 
 def _update(row: Any, values: Mapping[str, Any], label: str, details: list[str]) -> bool:
@@ -166,13 +221,15 @@ def import_rack(
     """Do the import inside the caller's (write) transaction; see the module docstring."""
     if not isinstance(rack, RackConfig):
         raise InventoryError("expected a RackConfig from integrations.config.load_rack_config", field="rack")
-    if pxe_vlan is not None and (not isinstance(pxe_vlan, int) or not 1 <= pxe_vlan <= 4094):
-        raise InventoryError(f"{pxe_vlan!r} is not a VLAN id (1-4094)", field="pxe_vlan")
+    if pxe_vlan is not None:
+        check_pxe_vlan(pxe_vlan, rack)
     hosts = validate_records(records)
     switch_names = dict(switch_names or {})
     for ip, name in switch_names.items():
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise InventoryError(f"{name!r} is not a switch name (e.g. tor-1)", field=f"switch_names[{ip!r}]")
+        try:
+            parse_ident(name, f"switch_names[{show(ip)}]", "a switch name (e.g. tor-1)")
+        except BadValue as exc:
+            raise InventoryError(exc.reason, field=exc.field) from exc
     details: list[str] = []
     warnings: list[str] = []
     try:

@@ -3,13 +3,13 @@ Prefect, which serialises task results) never hold a live ORM object or a sessio
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from metalflow.integrations.common import MetalflowError
+from metalflow.integrations.common.values import BadValue, parse_secret_ref, parse_vlan
 from metalflow.integrations.inventory.models import VLAN_PURPOSES, Host, HostClaim, HostEvent, HostNic, PortVlan, Switch
 
 
@@ -44,29 +44,15 @@ def _rebuild(cls: type[InventoryError], message: str, field_: str, target: str, 
     return obj
 
 
-# Where a password lives: an environment variable, a Prefect Secret block, or one entry of a
-# Secret block holding a JSON object (``block:rack-7#host-001``: one block for a rack's BMCs).
-_CREDENTIAL_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|block:[a-z0-9][a-z0-9-]*(#[A-Za-z0-9._-]+)?)$")
-
-
-def check_credential_ref(ref: Any, field: str) -> str:
-    """``ref`` if it is ``env:NAME``, ``block:name`` or ``block:name#key``; InventoryError otherwise.
-
-    The value is never echoed: a password pasted here by mistake must not reach a log."""
-    if not isinstance(ref, str) or not _CREDENTIAL_REF.match(ref):
-        raise InventoryError(
-            "expected a credential reference like env:METALFLOW_IPMI_PASSWORD or "
-            "block:ipmi-host-001 or block:rack-1#host-001 (the password itself never goes into the inventory)",
-            field=field,
-        )
-    return ref
-
-
-def split_credential_ref(ref: str) -> tuple[str, str]:
-    """``("env", "NAME")`` or ``("block", "name")``: what a task needs to load the secret."""
-    check_credential_ref(ref, "credential_ref")
-    kind, _, name = ref.partition(":")
-    return kind, name
+def credential_ref(value: object, field: str) -> str:
+    """``value`` as the text of a :class:`SecretRef` (``env:NAME``, ``block:name`` or
+    ``block:name#key``, by ``values.parse_secret_ref``); InventoryError naming ``field``
+    otherwise. The value is never in the message: a password pasted here by mistake must not
+    reach a log or the journal."""
+    try:
+        return str(parse_secret_ref(value, field))
+    except BadValue as exc:
+        raise InventoryError(exc.reason, field=exc.field) from exc
 
 
 @dataclass(frozen=True)
@@ -203,8 +189,12 @@ class DesiredVlan:
     ports: Sequence[tuple[str, str]] | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.vlan, bool) or not isinstance(self.vlan, int) or not 1 <= self.vlan <= 4094:
-            raise InventoryError(f"{self.vlan!r} is not a VLAN id (1-4094)", field="vlan")
+        if not isinstance(self.vlan, int):  # an int only (parse_vlan would also read "10")
+            raise InventoryError(f"expected a VLAN id as a number, got {type(self.vlan).__name__}", field="vlan")
+        try:
+            parse_vlan(self.vlan, "vlan")
+        except BadValue as exc:
+            raise InventoryError(exc.reason, field=exc.field) from exc
         if self.purpose not in VLAN_PURPOSES:
             raise InventoryError(f"{self.purpose!r} is not a VLAN purpose (pxe, guest or extra)", field="purpose")
 

@@ -10,11 +10,13 @@ import ipaddress
 import re
 
 from metalflow.integrations.common import Secret
+from metalflow.integrations.common.values import BadValue, parse_tcp_port
 from metalflow.integrations.ipmi.errors import BmcInvalidInput
 
 MAX_USERNAME = 16
 MAX_PASSWORD = 20
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$")
+# Matched whole and ASCII (``$`` alone would let a trailing newline through).
+_HOSTNAME = re.compile(r"(?=.{1,253}\Z)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?", re.ASCII)
 
 
 def _bad(field: str, problem: str, target: str) -> BmcInvalidInput:
@@ -22,12 +24,14 @@ def _bad(field: str, problem: str, target: str) -> BmcInvalidInput:
 
 
 def check_address(address: object, target: str = "") -> str:
-    if not isinstance(address, str) or not address.strip():
+    if not isinstance(address, str) or not address or address.isspace():
         raise _bad("address", "missing; give the BMC's IP address or host name", target)
     if address != address.strip() or any(c.isspace() for c in address):
         raise _bad("address", "contains white space; give a bare IP address or host name", target)
-    if address.startswith("[") or "://" in address:
-        raise _bad("address", "give a bare IP address or host name, without brackets or a scheme", target)
+    if not address.isascii():
+        raise _bad("address", "has characters outside ASCII; give the IP address or host name in ASCII", target)
+    if address.startswith("[") or "://" in address or "%" in address:
+        raise _bad("address", "give a bare IP address or host name, without brackets, a scheme or an IPv6 zone", target)
     try:
         ipaddress.ip_address(address)
         return address
@@ -35,17 +39,22 @@ def check_address(address: object, target: str = "") -> str:
         pass
     if address.count(":") == 1:
         raise _bad("address", "looks like host:port; put the port in the port field", target)
-    if re.fullmatch(r"[0-9.]+", address):
+    if re.fullmatch(r"[0-9.]+", address, re.ASCII):
         raise _bad("address", "not a valid IPv4 address", target)
-    if not _HOSTNAME.match(address):
+    if not _HOSTNAME.fullmatch(address):
         raise _bad("address", "not a valid IP address or host name", target)
     return address
 
 
 def check_port(port: object, target: str = "") -> int:
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise _bad("port", f"{port!r} is not a UDP port; use 623 unless the BMC says otherwise", target)
-    return port
+    """An int port by ``values.parse_tcp_port`` (never a bool), as BmcInvalidInput. Text is
+    refused: the client is called with a parsed port, and a string here is a caller's slip."""
+    if not isinstance(port, int):
+        raise _bad("port", f"expected the port as a number, got {type(port).__name__}; use 623", target)
+    try:
+        return parse_tcp_port(port, "port")
+    except BadValue as exc:
+        raise _bad("port", f"{exc.reason}; use 623 unless the BMC says otherwise", target) from None
 
 
 def check_username(username: object, target: str = "") -> bytes:

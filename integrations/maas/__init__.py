@@ -7,7 +7,6 @@ from metalflow.integrations.maas.client import (
     LINK_MODES,
     MaasClient,
     format_power_address,
-    normalize_mac,
 )
 from metalflow.integrations.maas.errors import (
     MaasAuthFailed,
@@ -79,7 +78,6 @@ __all__ = [
     "Vlan",
     "WAIT_FAILURE_STATES",
     "format_power_address",
-    "normalize_mac",
     "preseed_filename",
     "render_preseed",
 ]

@@ -26,6 +26,7 @@ import requests
 import yaml
 
 from metalflow.integrations.common import Backoff, Clock, Deadline, DeadlineExceeded, Secret
+from metalflow.integrations.common.values import BadValue, parse_hostname, parse_mac, parse_tcp_port, show
 from metalflow.integrations.maas.errors import (
     MaasConflict,
     MaasError,
@@ -56,30 +57,21 @@ IPMI_DEFAULT_PORT = 623
 
 # Power parameter names whose values are credentials (power_pass, IPMI's k_g BMC key...).
 _SECRET_WORDS = ("pass", "secret", "key", "k_g", "token")
-_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.I)
-_TAG = re.compile(r"^[\w-]+$")
-_IFNAME = re.compile(r"^[\w.:-]{1,15}$")
-_MAC_HEX = re.compile(r"^[0-9a-f]{12}$")
-
-
-def normalize_mac(mac: str) -> str:
-    """``AA-BB-CC-DD-EE-FF``, ``aabb.ccdd.eeff`` or ``aa:bb:...`` -> ``aa:bb:cc:dd:ee:ff``."""
-    hexdigits = re.sub(r"[:\-.]", "", str(mac).strip().lower())
-    if not _MAC_HEX.match(hexdigits):
-        raise ValueError(f"mac: {mac!r} is not a MAC address (expected aa:bb:cc:dd:ee:ff)")
-    return ":".join(hexdigits[i : i + 2] for i in range(0, 12, 2))
+# ASCII and matched whole: ``\w`` alone takes any Unicode letter, and ``$`` a trailing newline.
+_TAG = re.compile(r"[A-Za-z0-9_-]{1,256}", re.ASCII)
+_IFNAME = re.compile(r"[A-Za-z0-9_.:-]{1,15}", re.ASCII)
 
 
 def format_power_address(address: str, port: int | None = None) -> str:
     """The ipmi ``power_address``: the BMC address, with ``:port`` appended for a BMC off the
     standard port 623 (bracketing an IPv6 address)."""
-    address = address.strip()
-    if not address:
-        raise ValueError("power_address: empty")
-    if port is None or int(port) == IPMI_DEFAULT_PORT:
+    if not isinstance(address, str) or not address:
+        raise BadValue("power_address", "empty; give the BMC's address")
+    if port is None:
         return address
-    if not 0 < int(port) < 65536:
-        raise ValueError(f"power_port: {port} is not a TCP/UDP port")
+    port = parse_tcp_port(port, "power_port")  # ASCII digits only: int("١٢") is 12
+    if port == IPMI_DEFAULT_PORT:
+        return address
     if address.startswith("[") or address.count(":") == 1:
         raise ValueError(f"power_address: {address!r} already has a port; do not also pass power_port")
     if ":" in address:  # IPv6
@@ -87,18 +79,9 @@ def format_power_address(address: str, port: int | None = None) -> str:
     return f"{address}:{int(port)}"
 
 
-def _check_hostname(hostname: str) -> str:
-    if not _HOSTNAME.match(hostname or ""):
-        raise ValueError(
-            f"hostname: {hostname!r} is not a valid MAAS hostname "
-            "(letters, digits and '-', 1-63 characters, no leading or trailing '-')"
-        )
-    return hostname
-
-
 def _check_tag(tag: str) -> str:
-    if not _TAG.match(tag or ""):
-        raise ValueError(f"tag: {tag!r} is not a valid MAAS tag name (letters, digits, '_' and '-' only)")
+    if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+        raise BadValue("tag", f"{show(tag)} is not a MAAS tag name: use ASCII letters, digits, '_' and '-'")
     return tag
 
 
@@ -210,7 +193,7 @@ class MaasClient:
     def find_by_mac(self, mac: str) -> Machine | None:
         """The machine owning ``mac``, or ``None``. MAC addresses are unique in MAAS; two
         answers mean the region's data is inconsistent, which is an error, not a choice."""
-        mac = normalize_mac(mac)
+        mac = parse_mac(mac)
         found = [m for m in self.machines(mac_address=mac) if not m.interfaces or m.interface_by_mac(mac) is not None]
         if len(found) > 1:
             raise MaasConflict(
@@ -238,11 +221,11 @@ class MaasClient:
         COMMISSIONING, else it stays NEW. ``power_address`` may carry ``:port`` for a BMC
         off port 623 (or pass ``power_port``). Not idempotent: after an unanswered call,
         ``find_by_mac`` before creating again."""
-        macs = [normalize_mac(m) for m in macs]
+        macs = [parse_mac(m, "macs") for m in macs]
         if not macs:
             raise ValueError("macs: at least one MAC address is needed")
         data: Form = {
-            "hostname": _check_hostname(hostname),
+            "hostname": parse_hostname(hostname),
             "architecture": architecture,
             "mac_addresses": macs,
             "power_type": "ipmi",
@@ -257,7 +240,7 @@ class MaasClient:
 
     def rename(self, system_id: str, hostname: str) -> Machine:
         path = resource_path("machines", system_id)
-        data = {"hostname": _check_hostname(hostname)}
+        data = {"hostname": parse_hostname(hostname)}
         return Machine.from_api(self.wire.request("PUT", path, data=data, system_id=system_id, idempotent=True))
 
     def set_power_parameters(
@@ -662,13 +645,13 @@ class MaasClient:
             raise ValueError("parent_ids: a bond needs at least one parent interface")
         if mode not in BOND_MODES:
             raise ValueError(f"mode: {mode!r} is not one of {', '.join(BOND_MODES)}")
-        if not _IFNAME.match(name or ""):
-            raise ValueError(f"name: {name!r} is not a valid interface name")
+        if not isinstance(name, str) or not _IFNAME.fullmatch(name):
+            raise BadValue("name", f"{show(name)} is not an interface name: 1-15 ASCII letters, digits and _.:-")
         data = {
             "name": name,
             "parents": parents,
             "bond_mode": mode,
-            "mac_address": normalize_mac(mac_address) if mac_address else None,
+            "mac_address": parse_mac(mac_address, "mac_address") if mac_address else None,
             "bond_miimon": miimon,
             "bond_lacp_rate": lacp_rate,
             "bond_xmit_hash_policy": xmit_hash_policy,

@@ -22,14 +22,11 @@ and ``masked()`` gives the copy for run artifacts, hashes and keys replaced by `
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import posixpath
 import re
 import secrets as _secrets
 import stat
-import struct
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +37,15 @@ import jinja2
 import yaml
 
 from metalflow.integrations.common import MetalflowError, Secret
+from metalflow.integrations.common.values import (
+    MAX_SSH_KEYS,
+    SSH_KEY_TYPES,
+    BadValue,
+    parse_crypt_hash,
+    parse_hostname,
+    parse_ssh_key,
+    show,
+)
 
 TEMPLATE_DIR = Path(__file__).with_name("templates")
 DEFAULT_TEMPLATE = "curtin_userdata.j2"
@@ -62,85 +68,47 @@ class PreseedStoreError(MetalflowError):
 
 # -- input checks -------------------------------------------------------------------------
 
-_B64 = r"[./A-Za-z0-9]"
-_CRYPT_HASHES = (
-    re.compile(rf"^\$6\$(rounds=\d+\$)?{_B64}{{1,16}}\${_B64}{{86}}$"),  # sha512crypt
-    re.compile(rf"^\$5\$(rounds=\d+\$)?{_B64}{{1,16}}\${_B64}{{43}}$"),  # sha256crypt
-    re.compile(rf"^\$y\${_B64}+\${_B64}+\${_B64}{{43}}$"),  # yescrypt
-    re.compile(rf"^\$gy\${_B64}+\${_B64}+\${_B64}{{43}}$"),  # gost-yescrypt
-    re.compile(rf"^\$2[aby]\$\d\d\${_B64}{{53}}$"),  # bcrypt
-)
 # Anything crypt-like, for masking: $id$...$... up to whitespace or a quote.
 _CRYPT_LIKE = re.compile(r"\$(?:[0-9a-z]{1,3})\$[^\s'\"]+")
-
-_KEY_TYPES = (
-    "ssh-ed25519",
-    "ssh-rsa",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "sk-ssh-ed25519@openssh.com",
-    "sk-ecdsa-sha2-nistp256@openssh.com",
-)
-_KEY_COMMENT = re.compile(r"^[\w@.:+=/,-]+( [\w@.:+=/,-]+)*$")
-_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.I)
-_COMPONENT = re.compile(r"^[A-Za-z0-9][\w.+-]*$")
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][\w.+-]*$")
+# Parts of a preseed file name: ASCII, matched whole (a name ending in a newline is no name).
+_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", re.ASCII)
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,254}", re.ASCII)
 _TEMPITA = re.compile(r"\{\{(.*?)\}\}", re.S)
 _JINJA_COMMENT = re.compile(r"\[#.*?#\]", re.S)
 _TEMPITA_DIRECTIVE = re.compile(r"^\s*(for|endfor|if|elif|else|endif|py:|#|default|inherit|def|enddef)\b")
 
 
+def _preseed_error(exc: BadValue) -> PreseedError:
+    # BadValue's text names the field and the fix and never holds a hash or a password.
+    return PreseedError(str(exc))
+
+
 def check_password_hash(value: str | Secret) -> str:
-    """The crypt hash, if ``value`` is one (sha512crypt ``$6$``, sha256crypt ``$5$``,
-    yescrypt ``$y$``, bcrypt ``$2b$``). Otherwise ``PreseedError`` - without the value, which
-    may be a plain-text password given by mistake. Make one with ``openssl passwd -6`` or
-    ``mkpasswd -m yescrypt``."""
-    text = value.reveal() if isinstance(value, Secret) else str(value)
-    text = text.strip()
-    if not any(p.match(text) for p in _CRYPT_HASHES):
-        raise PreseedError(
-            "root_password_hash: expected a crypt hash ($6$..., $y$..., $5$... or $2b$...), "
-            "got something else; a plain-text password is never accepted "
-            "(make a hash with `openssl passwd -6` or `mkpasswd -m yescrypt`)"
-        )
-    return text
+    """The crypt hash, if ``value`` is one (``values.parse_crypt_hash``: sha512crypt ``$6$``,
+    sha256crypt ``$5$``, yescrypt ``$y$``, bcrypt ``$2b$``; exactly as given, nothing trimmed).
+    Otherwise ``PreseedError`` - without the value, which may be a plain-text password given by
+    mistake."""
+    text = value.reveal() if isinstance(value, Secret) else value
+    try:
+        return parse_crypt_hash(text, "root_password_hash")
+    except BadValue as exc:
+        raise _preseed_error(exc) from None
 
 
 def check_ssh_key(line: str) -> str:
-    """One ``authorized_keys`` line, ``type base64 [comment]``, checked: a known key type,
-    base64 that decodes to a key blob of that same type, a plain comment. Options
-    (``from=...,command=...``) are refused: they would change what the key may do."""
-    text = (line or "").strip()
-    if "\n" in text or "\r" in text:
-        raise PreseedError("ssh_keys: one key per line")
-    parts = text.split(None, 2)
-    if len(parts) < 2:
-        raise PreseedError(f"ssh_keys: {text[:40]!r} is not 'type base64 [comment]'")
-    ktype, body = parts[0], parts[1]
-    if ktype not in _KEY_TYPES:
-        raise PreseedError(
-            f"ssh_keys: key type {ktype[:40]!r} not accepted (one of {', '.join(_KEY_TYPES)}; "
-            "no options before the type)"
-        )
+    """One ``authorized_keys`` line, by ``values.parse_ssh_key`` (a known type, a body of that
+    type, a plain comment, no options, nothing trimmed); ``PreseedError`` otherwise."""
     try:
-        blob = base64.b64decode(body, validate=True)
-        (n,) = struct.unpack(">I", blob[:4])
-        inner = blob[4 : 4 + n].decode("ascii")
-    except (binascii.Error, struct.error, UnicodeDecodeError, ValueError):
-        raise PreseedError(f"ssh_keys: the {ktype} key's base64 body does not decode to a key") from None
-    if inner != ktype:
-        raise PreseedError(f"ssh_keys: the key says {ktype} but its body holds a {inner[:40]!r} key")
-    if len(parts) == 3 and not _KEY_COMMENT.match(parts[2]):
-        raise PreseedError("ssh_keys: the key comment may hold only letters, digits, spaces and @.:+=/,_-")
-    return " ".join(parts)
+        return parse_ssh_key(line, "ssh_keys")
+    except BadValue as exc:
+        raise _preseed_error(exc) from None
 
 
 def _check_component(field_name: str, value: str) -> str:
-    if not _COMPONENT.match(value or ""):
+    if not isinstance(value, str) or not _COMPONENT.fullmatch(value):
         raise PreseedError(
-            f"{field_name}: {value!r} cannot be part of a preseed file name "
-            "(letters, digits, '.', '+', '-' and '_' only)"
+            f"{field_name}: {show(value)} cannot be part of a preseed file name "
+            "(ASCII letters, digits, '.', '+', '-' and '_' only)"
         )
     return value
 
@@ -150,8 +118,10 @@ def preseed_filename(osystem: str, arch: str, subarch: str, release: str, hostna
     ``curtin_userdata_{osystem}_{arch}_{subarch}_{release}_{hostname}``, e.g.
     ``curtin_userdata_centos_amd64_generic_centos70_vm-42``. For a custom image osystem is
     ``custom`` and release the image name."""
-    if not _HOSTNAME.match(hostname or ""):
-        raise PreseedError(f"hostname: {hostname!r} is not a valid MAAS hostname")
+    try:
+        parse_hostname(hostname)
+    except BadValue as exc:
+        raise _preseed_error(exc) from None
     parts = [
         _check_component("osystem", osystem),
         _check_component("arch", arch),
@@ -188,7 +158,7 @@ def mask_preseed(text: str, sensitive: Iterable[str] = ()) -> str:
         if value:
             text = text.replace(value, "***")
     text = _CRYPT_LIKE.sub("***", text)
-    types = "|".join(re.escape(t) for t in _KEY_TYPES)
+    types = "|".join(re.escape(t) for t in SSH_KEY_TYPES)
     return re.sub(rf"\b({types}) [A-Za-z0-9+/=]{{16,}}", r"\1 ***", text)
 
 
@@ -310,7 +280,9 @@ def render_preseed(
     pw_hash = check_password_hash(root_password_hash) if root_password_hash else None
     if isinstance(ssh_keys, str):
         ssh_keys = [ssh_keys]
-    keys = [check_ssh_key(k) for k in ssh_keys if k and k.strip()]
+    keys = [check_ssh_key(k) for k in ssh_keys if k != ""]  # "" is no key; "  " is a bad one
+    if len(keys) > MAX_SSH_KEYS:
+        raise PreseedError(f"ssh_keys: {len(keys)} keys; at most {MAX_SSH_KEYS} fit one preseed")
     sensitive = tuple([pw_hash] if pw_hash else []) + tuple(k.split()[1] for k in keys)
     source, tmpl = _load_template(template)
     try:
@@ -336,8 +308,10 @@ def render_preseed(
 
 
 def _check_name(name: str) -> str:
-    if not _FILE_NAME.match(name or "") or len(name) > 255:
-        raise PreseedError(f"preseed file name {name!r} is not a plain file name")
+    if not isinstance(name, str) or not _FILE_NAME.fullmatch(name):
+        raise PreseedError(
+            f"preseed file name {show(name)} is not a plain file name (ASCII letters, digits, '.', '+', '-', '_')"
+        )
     return name
 
 

@@ -22,12 +22,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+from metalflow.integrations.common.values import BadValue, parse_vlan, show
 from metalflow.integrations.switches.errors import InvalidPort, InvalidVlan
 from metalflow.integrations.switches.model import (
     ALL_VLANS,
     DEFAULT_VLAN,
-    MAX_VLAN,
-    MIN_VLAN,
     PortVlans,
     format_vlan_list,
     parse_vlan_list,
@@ -86,7 +85,11 @@ class Dialect:
         super().__init_subclass__(**kw)
         if "port_number" in cls.__dict__ or "kinds" in cls.__dict__:
             kinds = "|".join(sorted((re.escape(k) for k in cls.kinds), key=len, reverse=True))
-            cls._port_re = re.compile(rf"(?:(?P<kind>{kinds})[ -]?)?(?P<number>{cls.port_number})", re.IGNORECASE)
+            # ASCII: ``\d`` would take Arabic-Indic and fullwidth digits ("1/1/١"), which no
+            # switch CLI reads as a port number; IGNORECASE folds ASCII letters only.
+            cls._port_re = re.compile(
+                rf"(?:(?P<kind>{kinds})[ -]?)?(?P<number>{cls.port_number})", re.IGNORECASE | re.ASCII
+            )
 
     # ----- validation (pure, no connection) -----------------------------------------------
 
@@ -102,15 +105,16 @@ class Dialect:
     def validate_port(self, port: str) -> str:
         """The canonical CLI name of ``port``; InvalidPort naming the grammar otherwise.
 
-        ``fullmatch`` on a pattern without free whitespace: a newline, ``;``, ``|`` or any
-        other separator can never reach a CLI line."""
+        ``fullmatch`` of the whole string, ASCII only, nothing stripped, on a pattern without
+        free whitespace: a newline, ``;``, ``|``, a non-ASCII digit or any other separator can
+        never reach a CLI line."""
         if not isinstance(port, str):
             raise InvalidPort(f"port must be a string, not {type(port).__name__}", operation="validate port")
-        m = self._port_re.fullmatch(port.strip(" "))
+        m = self._port_re.fullmatch(port)
         if m is None or (m.group("kind") is None and self.default_kind is None):
             raise InvalidPort(
-                f"port {port!r} is not a {self.name} port name: expected {self.port_grammar}; "
-                "fix the port in the rack config",
+                f"port {show(port)} is not a {self.name} port name: expected {self.port_grammar} "
+                "in ASCII, with nothing around it; fix the port in the rack config",
                 operation="validate port",
             )
         kind = self.default_kind if m.group("kind") is None else self.kinds[m.group("kind").lower()]
@@ -118,16 +122,17 @@ class Dialect:
 
     @staticmethod
     def validate_vlan(vlan: object) -> int:
-        if isinstance(vlan, bool) or not isinstance(vlan, int):
-            raise InvalidVlan(f"VLAN must be an integer, not {vlan!r}", operation="validate vlan")
-        if not MIN_VLAN <= vlan <= MAX_VLAN:
-            raise InvalidVlan(f"VLAN {vlan} is out of range: use 2-4094", operation="validate vlan")
-        if vlan == DEFAULT_VLAN:
+        """``vlan`` if every switch may be given it (``values.parse_vlan``: an int, 2-4094;
+        VLAN 1, the default VLAN, and ``True`` refused); InvalidVlan wrapping the BadValue
+        otherwise. A string of digits is not taken here: callers parse their input first."""
+        if isinstance(vlan, str):
             raise InvalidVlan(
-                "VLAN 1 is the default VLAN: metalflow never changes its membership; use another VLAN id (2-4094)",
-                operation="validate vlan",
+                f"vlan: expected a VLAN id as a number, not the text {show(vlan)}", operation="validate vlan"
             )
-        return vlan
+        try:
+            return parse_vlan(vlan)
+        except BadValue as exc:
+            raise InvalidVlan(str(exc), operation="validate vlan") from exc
 
     # ----- commands -------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ class PortVlans:
         return f"untagged {self.untagged or 'none'}, tagged {tagged}"
 
 
-_RANGE = re.compile(r"(\d+)(?:\s*-\s*(\d+))?")
+_RANGE = re.compile(r"(\d+)(?:\s*-\s*(\d+))?", re.ASCII)
 
 
 def parse_vlan_list(text: str) -> frozenset[int]:

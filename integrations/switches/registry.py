@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from metalflow.integrations.common.values import show
 from metalflow.integrations.switches.dialect import Dialect
 from metalflow.integrations.switches.dialects.arista import AristaEOS
 from metalflow.integrations.switches.dialects.cisco import CiscoIOS, CiscoNXOS
@@ -29,12 +30,12 @@ _BY_ALIAS = MappingProxyType(
 
 def dialect_for(switch_type: str) -> Dialect:
     """The dialect for a rack-config type (``Force10``, ``CiscoIOS``...) or a netmiko device
-    type (``dell_force10``), case-insensitive."""
-    if not isinstance(switch_type, str) or switch_type.strip().lower() not in _BY_ALIAS:
+    type (``dell_force10``), case-insensitive, as written (``"Force10\\n"`` is no type)."""
+    if not isinstance(switch_type, str) or switch_type.lower() not in _BY_ALIAS:
         known = ", ".join(sorted({a for d in DIALECTS.values() for a in d.aliases if a[:1].isupper()}))
         raise UnknownSwitchType(
-            f"unknown switch type {switch_type!r}: use one of {known} (or a netmiko device type "
+            f"unknown switch type {show(switch_type)}: use one of {known} (or a netmiko device type "
             f"such as {', '.join(sorted(d.netmiko_device_type for d in DIALECTS.values()))})",
             operation="choose dialect",
         )
-    return _BY_ALIAS[switch_type.strip().lower()]
+    return _BY_ALIAS[switch_type.lower()]

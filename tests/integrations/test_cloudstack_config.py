@@ -14,7 +14,6 @@ from metalflow.integrations.config import (
     MaasSettings,
     RackConfig,
     load_rack_config,
-    normalize_mac,
     parse_api_key,
     parse_settings,
     settings_from_api_key,
@@ -178,7 +177,15 @@ def test_seed_api_key_parses_and_matches_the_settings():
     assert (key.consumer_key, key.token_key, key.token_secret) == (s.consumer_key, s.token_key, s.token_secret)
     assert key.as_secret().reveal() == SEED_API_KEY
     assert SEED_SECRET not in repr(key)
-    assert parse_api_key(f"  {SEED_API_KEY}\n") == key
+
+
+@pytest.mark.parametrize("text", [f"  {SEED_API_KEY}", f"{SEED_API_KEY}\n", f"{SEED_API_KEY} "])
+def test_api_key_with_whitespace_around_is_refused_without_echo(text):
+    """Nothing is trimmed: the key with a newline from a copied file is refused, saying so."""
+    with pytest.raises(ConfigError) as info:
+        parse_api_key(text)
+    assert info.value.field == "api_key" and "whitespace" in str(info.value)
+    assert_no_secret(info.value, SEED_SECRET, "6sxtWH3XCfKgkspC8J", "fGWswZhpUQrrKUxprD")
 
 
 @pytest.mark.parametrize(
@@ -213,6 +220,10 @@ def test_settings_from_api_key():
 # ---------------------------------------------------------------- MAC addresses
 
 
+def _one_mac(mac: object) -> dict:
+    return {"racks": [_rack(hosts=[{"mac": mac, "port": "1/1/1"}])]}
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -221,12 +232,11 @@ def test_settings_from_api_key():
         "00-18-8B-52-79-80",
         "00188b527980",
         "0018.8b52.7980",
-        "  00188B527980 ",
-        "0:18:8b:52:79:80",
     ],
 )
 def test_mac_normalisation(text):
-    assert normalize_mac(text) == "00:18:8b:52:79:80"
+    """The rack config's MACs are values.parse_mac's: one normaliser for every reader."""
+    assert load_rack_config(_one_mac(text)).macs() == ("00:18:8b:52:79:80",)
 
 
 @pytest.mark.parametrize(
@@ -239,12 +249,18 @@ def test_mac_normalisation(text):
         "00188b52798",
         "0018.8b52.798g",
         "00:18-8b:52:79:80x",
+        "  00188B527980 ",  # nothing is stripped
+        "00:18:8b:52:79:80\n",
+        "0:18:8b:52:79:80",  # one form per notation, no short groups
+        "00:18:8b:52:79:8\u0660",  # an Arabic-Indic zero
+        "01:00:5e:00:00:01",  # multicast: no NIC's
         None,
+        7,
     ],
 )
 def test_mac_rejects(text):
-    with pytest.raises(ValueError):
-        normalize_mac(text)  # type: ignore[arg-type]
+    problems = _problems(_one_mac(text))
+    assert "MAC" in problems["racks[0].hosts[0].mac"]
 
 
 # ---------------------------------------------------------------- rack config
@@ -289,7 +305,7 @@ def test_rack_config_normalises_macs_and_reads_the_switch_port():
                     },
                     "hosts": [
                         {"mac": "00-18-8B-52-79-80", "port": "1/1/1"},
-                        {"mac": "00188b527981", "port": " 1/1/2 "},
+                        {"mac": "00188b527981", "port": "1/1/2"},
                         {"mac": "0018.8b52.7982", "port": "1/1/3"},
                     ],
                 }
@@ -344,7 +360,7 @@ def test_rack_config_collects_every_error_with_its_path():
     }
     problems = _problems(data)
     assert "'NoSuchOS'" in problems["racks[0].l2Switch.type"] and "Force10" in problems["racks[0].l2Switch.type"]
-    assert "TCP port" in problems["racks[1].l2Switch.port"]
+    assert "TCP" in problems["racks[1].l2Switch.port"] and "1-65535" in problems["racks[1].l2Switch.port"]
     assert "'zz' is not a MAC address" in problems["racks[1].hosts[0].mac"]
     assert "missing" in problems["racks[1].hosts[1].port"]
     assert "missing" in problems["racks[1].hosts[2].mac"]
@@ -376,7 +392,19 @@ def test_rack_config_duplicates():
     assert len(problems) == 4  # the same port on two different switches is fine
 
 
-@pytest.mark.parametrize("port", ["1/1/1;reload", "1/1/1\nreload", "1/1/1 | include", ""])
+@pytest.mark.parametrize(
+    "port",
+    [
+        "1/1/1;reload",
+        "1/1/1\nreload",
+        "1/1/1 | include",
+        "",
+        "1/1/1\n",  # a trailing newline is not trimmed away
+        " 1/1/2 ",  # nor spaces
+        "1/1/\u0661",  # Arabic-Indic one
+        "1/1/\uff11",  # fullwidth one
+    ],
+)
 def test_rack_config_rejects_ports_that_could_smuggle_commands(port):
     problems = _problems({"racks": [_rack(hosts=[{"mac": "00:18:8b:52:79:80", "port": port}])]})
     assert list(problems) == ["racks[0].hosts[0].port"]
@@ -455,3 +483,100 @@ def test_the_seed_password_does_not_garble_messages():
     with pytest.raises(ConfigError) as info:
         load_rack_config({"racks": [seed, _rack({"ip": "10.1.0.9", "password": ""})]})
     assert str(info.value) == "rack config: racks[1].l2Switch.password: expected a non-empty string"
+
+
+@pytest.mark.parametrize(
+    "switch, field",
+    [
+        ({"port": "\u0662\u0662"}, "port"),  # Arabic-Indic 22
+        ({"port": "\uff12\uff12"}, "port"),  # fullwidth 22
+        ({"port": " 22"}, "port"),
+        ({"port": True}, "port"),
+        ({"port": 0}, "port"),
+        ({"ip": "10.1.0.1\n"}, "ip"),
+        ({"ip": " 10.1.0.1"}, "ip"),
+        ({"ip": "fe80::1%eth0"}, "ip"),
+        ({"ip": "tor-\uff11.example"}, "ip"),
+        ({"username": "admin\n"}, "username"),
+        ({"username": " admin"}, "username"),
+        ({"type": "Force10\n"}, "type"),
+    ],
+)
+def test_rack_config_switch_values_are_taken_as_written(switch, field):
+    """Nothing is trimmed and only ASCII digits make a port: each is refused at its path."""
+    problems = _problems({"racks": [_rack(switch)]})
+    assert list(problems) == [f"racks[0].l2Switch.{field}"]
+
+
+def test_rack_config_ssh_port_as_ascii_digits_is_read():
+    rc = load_rack_config({"racks": [_rack({"port": "2222"})]})
+    assert rc.racks[0].switch.port == 2222
+
+
+# ---------------------------------------------------------------- settings: credentials and reprs
+
+
+@pytest.mark.parametrize(
+    "maas_ip",
+    [
+        "admin:Pw0rdLeak99@10.0.0.5",
+        "admin:Pw0rdLeak99@maas.example:5240",
+        "http://admin:Pw0rdLeak99@10.0.0.5:5240/MAAS/",
+        "admin:Pw0rdLeak99",  # user:password without a host: the "port" is the password
+        "10.0.0.5:Pw0rdLeak99",
+    ],
+)
+def test_credentials_in_maas_ip_are_refused_without_echo(maas_ip):
+    with pytest.raises(ConfigError) as info:
+        parse_settings(f"MaasIP={maas_ip};{KEYS}")
+    err = info.value
+    assert [p.field for p in err.problems] == ["MaasIP"]
+    assert_no_secret(err, "Pw0rdLeak99", SECRET)
+    message = err.problems[0].message
+    assert "host" in message and ("credentials do not go in the address" in message or "port" in message)
+
+
+def test_user_password_at_host_says_where_credentials_go():
+    with pytest.raises(ConfigError) as info:
+        parse_settings(f"MaasIP=admin:pw@host;{KEYS}")
+    message = str(info.value)
+    assert "pw@host" not in message and "'pw" not in message
+    assert "host[:port]" in message and "credentials do not go in the address" in message
+
+
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        (f"MaasIP=10.0.0.5:\u0665\u0662\u0664\u0660;{KEYS}", "MaasIP"),  # Arabic-Indic 5240
+        (f"MaasIP=10.0.0.5;MaasPort=\uff15\uff12\uff14\uff10;{KEYS}", "MaasPort"),  # fullwidth 5240
+        (f"MaasIP=10.0.0.5:+5240;{KEYS}", "MaasIP"),
+        (f"MaasIP=10.0.0.5;MaasPort=5240.0;{KEYS}", "MaasPort"),
+        (f"MaasIP=maas.\uff45xample;{KEYS}", "MaasIP"),
+        (f"MaasIP=fe80::1%eth0;{KEYS}", "MaasIP"),
+        (f"MaasIP=http://10.0.0.5/MAAS\u00e9/;{KEYS}", "MaasIP"),
+        ("MaasIP=10.0.0.5;MaasKey=t\u00f6ken;MaasSecret=x;MaasConsumerKey=c", "MaasKey"),
+    ],
+)
+def test_settings_parts_are_ascii_and_whole(text, field):
+    with pytest.raises(ConfigError) as info:
+        parse_settings(text)
+    assert field in {p.field for p in info.value.problems}
+    assert_no_secret(info.value, SECRET)
+
+
+def test_settings_and_api_key_reprs_show_no_key_material():
+    s = parse_settings(SEED_SETTINGS)
+    key = parse_api_key(SEED_API_KEY)
+    for part in SEED_API_KEY.split(":"):
+        assert part not in repr(s) and part not in str(s)
+        assert part not in repr(key) and part not in str(key)
+    assert repr(key) == "ApiKey(consumer=***, token=***, secret=***)"
+    assert "172.31.0.75" in repr(s)  # where MAAS is, which is not a secret, still shows
+
+
+def test_key_parts_in_settings_errors_are_scrubbed():
+    """A consumer key or token key that fails a check next to another bad part is key material:
+    no message quotes it."""
+    with pytest.raises(ConfigError) as info:
+        parse_settings("MaasIP=bad host;MaasKey=TokenKeyMaterial9;MaasSecret=;MaasConsumerKey=ConsumerMaterial7")
+    assert_no_secret(info.value, "TokenKeyMaterial9", "ConsumerMaterial7")

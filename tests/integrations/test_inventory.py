@@ -4,6 +4,7 @@ journal and concurrent writers (threads and processes) that must not lose update
 from __future__ import annotations
 
 import multiprocessing
+import re
 import sqlite3
 import threading
 from dataclasses import replace
@@ -12,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import inspect, text
 
+from metalflow.integrations.common.values import SecretRef, parse_secret_ref
 from metalflow.integrations.config import RackConfig, load_rack_config
 from metalflow.integrations.inventory import (
     DesiredVlan,
@@ -22,7 +24,6 @@ from metalflow.integrations.inventory import (
     PowerReading,
     clean_detail,
     migrate,
-    split_credential_ref,
 )
 from metalflow.integrations.inventory.hosts import host_row
 from metalflow.lab.spec import generate
@@ -243,7 +244,7 @@ def test_import_names_switches_and_refs_as_asked(inv, spec):
         switch_credential_ref="block:switch-{name}",
     )
     assert summary.switch_credential_refs == (("rack-a", "block:switch-rack-a"), ("tor-2", "block:switch-tor-2"))
-    assert split_credential_ref(inv.ports.get_switch("rack-a").credential_ref) == ("block", "switch-rack-a")
+    assert parse_secret_ref(inv.ports.get_switch("rack-a").credential_ref) == SecretRef("block", "switch-rack-a")
 
 
 def test_passwords_never_reach_the_database(loaded, spec, url):
@@ -626,3 +627,156 @@ def test_two_processes_do_not_lose_updates(loaded):
     host = loaded.hosts.get("host-002")
     assert host.poll_failures == 80 and host.version == 81
     assert len(loaded.history.events("host-002", limit=1000)) == 80
+
+
+# ---------------------------------------------------------------- import = what MAAS and the switches accept
+
+TABLES = ("switches", "hosts", "host_nics", "port_vlans", "host_events", "host_claims")
+
+
+def row_counts(url: str) -> dict[str, int]:
+    con = sqlite3.connect(url.removeprefix("sqlite:///"))
+    try:
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+    finally:
+        con.close()
+
+
+def dump(url: str) -> str:
+    con = sqlite3.connect(url.removeprefix("sqlite:///"))
+    try:
+        return "\n".join(con.iterdump())
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize(
+    "name, hint",
+    [
+        ("host_3", "'_'"),
+        ("h" * 64, "1 to 63 characters"),
+        ("host-003\n", "whitespace"),
+        (" host-003", "whitespace"),
+        ("Host-003", "upper-case"),
+        ("host-003.example", "FQDN"),
+        ("-host", "dash"),
+        ("h\u00f6st-1", "ASCII"),
+        ("host-\u0661", "ASCII"),
+        ("", "1 to 63 characters"),
+    ],
+)
+def test_a_host_name_maas_would_refuse_is_refused_at_import_and_nothing_is_written(loaded, spec, url, name, hint):
+    """MAAS refuses these as hostnames, after register-host has changed the switch; the
+    import refuses them first, naming the field and the fix, and writes nothing (the other
+    records' changes in the same import included)."""
+    before, text = row_counts(url), dump(url)
+    records = records_for(spec)
+    records[0] = replace(records[0], memory_mb=999)  # a valid change that must not land either
+    records.append(replace(records[1], name=name, cloudstack_id=None, macs=("02:ff:00:00:00:07",)))
+    with pytest.raises(InventoryError) as info:
+        loaded.hosts.import_rack_config(load_rack_config(spec.rack_config()), records)
+    assert info.value.field == f"hosts[{len(records) - 1}].name"
+    assert hint in str(info.value) and "hostname" in str(info.value)
+    if hint != "ASCII":
+        assert "lower-case letters, digits and dashes" in str(info.value)  # the fix
+    assert row_counts(url) == before and dump(url) == text
+    assert loaded.hosts.get("host-001").memory_mb != 999
+
+
+def test_every_bad_record_is_listed_and_the_63_character_name_is_taken(inv, spec):
+    records = records_for(spec)
+    records[0] = replace(records[0], name="x" * 63)
+    records[1] = replace(records[1], name="host_2")
+    records[2] = replace(records[2], name="HOST-3")
+    with pytest.raises(InventoryError) as info:
+        inv.hosts.import_rack_config(load_rack_config(spec.rack_config()), records)
+    assert "hosts[1].name" in str(info.value) and "hosts[2].name" in str(info.value)
+    assert "hosts[0].name" not in str(info.value)
+    assert inv.hosts.all() == []
+    del records[1:3]
+    inv.hosts.import_rack_config(load_rack_config(spec.rack_config()), records)
+    assert inv.hosts.get("x" * 63).name == "x" * 63
+
+
+@pytest.mark.parametrize("pxe_vlan", [1, True, False, 0, 4095, -1, "10", 10.0])
+def test_a_pxe_vlan_no_switch_would_accept_is_refused_and_nothing_is_written(loaded, spec, url, pxe_vlan):
+    """VLAN 1 is every switch's default VLAN and True is not VLAN 1: both used to be stored
+    and then refused by every switch at each provision."""
+    loaded.hosts.import_rack_config(load_rack_config(spec.rack_config()), records_for(spec), pxe_vlan=10)
+    before, text = row_counts(url), dump(url)
+    with pytest.raises(InventoryError) as info:
+        loaded.hosts.import_rack_config(load_rack_config(spec.rack_config()), records_for(spec), pxe_vlan=pxe_vlan)
+    assert info.value.field == "pxe_vlan" and re.search(r"2(-| to )4094", str(info.value))
+    assert row_counts(url) == before and dump(url) == text
+    assert {s.pxe_vlan for s in loaded.ports.list_switches()} == {10}
+
+
+def test_the_pxe_vlan_is_checked_by_every_dialect_in_the_rack(inv, spec):
+    """Every switch of the lab rack (Force10 and Cisco IOS) is asked: the check is the
+    dialects', so a dialect with a narrower range would refuse it here too."""
+    from metalflow.integrations.switches import dialect_for
+
+    rack = load_rack_config(spec.rack_config())
+    assert {r.switch.type for r in rack.racks} == {"Force10", "CiscoIOS"}
+    for r in rack.racks:
+        assert dialect_for(r.switch.type).validate_vlan(4094) == 4094
+    inv.hosts.import_rack_config(rack, records_for(spec), pxe_vlan=4094)
+    assert {s.pxe_vlan for s in inv.ports.list_switches()} == {4094}
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"cloudstack_id": "1001\n"}, "hosts[1].cloudstack_id"),
+        ({"cloudstack_id": "\u0661\u0660\u0660\u0662"}, "hosts[1].cloudstack_id"),
+        ({"cloudstack_id": True}, "hosts[1].cloudstack_id"),
+        ({"ipmi_address": "127.0.0.1\n"}, "hosts[1].ipmi_address"),
+        ({"ipmi_address": " 127.0.0.1"}, "hosts[1].ipmi_address"),
+        ({"ipmi_port": "\u0666\u0662\u0663"}, "hosts[1].ipmi_port"),
+        ({"ipmi_port": True}, "hosts[1].ipmi_port"),
+        ({"ipmi_username": "admin\n"}, "hosts[1].ipmi_username"),
+        ({"ipmi_credential_ref": "block:ipmi-host-002\n"}, "hosts[1].ipmi_credential_ref"),
+        ({"ipmi_credential_ref": "env:IPMI PASS"}, "hosts[1].ipmi_credential_ref"),
+        ({"macs": ("02:00:00:00:00:10\n",)}, "hosts[1].macs[0]"),
+        ({"macs": ("01:00:5e:00:00:01",)}, "hosts[1].macs[0]"),
+        ({"arch": "amd64/generic\n"}, "hosts[1].arch"),
+    ],
+)
+def test_record_values_are_parsed_by_the_vocabulary(inv, spec, change, field):
+    records = records_for(spec)
+    records[1] = replace(records[1], **change)
+    with pytest.raises(InventoryError) as info:
+        inv.hosts.import_rack_config(load_rack_config(spec.rack_config()), records)
+    assert info.value.field == field
+    assert inv.hosts.all() == [] and inv.ports.list_switches() == []
+
+
+@pytest.mark.parametrize(
+    "pasted", ["hunter2-Pasted-Here", "env:OK\nhunter2-Pasted-Here", "block:x#hunter2-Pasted-Here "]
+)
+def test_a_secret_pasted_as_a_credential_reference_is_never_echoed(inv, spec, url, pasted):
+    records = records_for(spec)
+    records[1] = replace(records[1], ipmi_credential_ref=pasted)
+    with pytest.raises(InventoryError) as info:
+        inv.hosts.import_rack_config(load_rack_config(spec.rack_config()), records)
+    assert info.value.field == "hosts[1].ipmi_credential_ref"
+    assert "hunter2" not in str(info.value) and "hunter2" not in repr(info.value)
+    assert "env:METALFLOW_IPMI_PASSWORD" in str(info.value)  # the fix: what a reference looks like
+    assert "hunter2" not in dump(url)
+
+
+@pytest.mark.parametrize("name", ["tor-1\n", "tor 1", "", "tor-\u0661"])
+def test_a_bad_switch_name_is_refused_before_anything_is_written(inv, spec, name):
+    with pytest.raises(InventoryError) as info:
+        inv.hosts.import_rack_config(
+            load_rack_config(spec.rack_config()), records_for(spec), switch_names={spec.switches[0].address: name}
+        )
+    assert info.value.field.startswith("switch_names[")
+    assert inv.hosts.all() == [] and inv.ports.list_switches() == []
+
+
+@pytest.mark.parametrize("vlan", [1, True, 0, 4095, "10"])
+def test_desired_vlans_use_the_one_bound(vlan):
+    with pytest.raises(InventoryError) as info:
+        DesiredVlan(vlan)
+    assert info.value.field == "vlan"

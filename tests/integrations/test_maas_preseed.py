@@ -158,8 +158,36 @@ def test_bad_ssh_keys_are_refused(line, why):
         check_ssh_key(line)
 
 
-def test_ssh_key_is_normalised():
-    assert check_ssh_key("  " + ED25519.replace(" ", "   ") + " ") == ED25519
+@pytest.mark.parametrize(
+    "line",
+    [
+        "  " + ED25519,
+        ED25519 + " ",
+        ED25519 + "\n",
+        ED25519.replace(" ", "   "),
+        "   ",
+    ],
+)
+def test_ssh_key_is_taken_as_written(line):
+    """values.parse_ssh_key: nothing trimmed or re-spaced; a padded key is refused, saying so."""
+    with pytest.raises(PreseedError, match="ssh_keys"):
+        check_ssh_key(line)
+    assert check_ssh_key(ED25519) == ED25519
+
+
+def test_too_many_ssh_keys_are_refused():
+    from metalflow.integrations.common.values import MAX_SSH_KEYS
+
+    with pytest.raises(PreseedError, match=f"at most {MAX_SSH_KEYS}"):
+        render_preseed(**{**INPUTS, "ssh_keys": [ED25519] * (MAX_SSH_KEYS + 1)})
+
+
+def test_a_hash_with_a_trailing_newline_is_refused_without_echo():
+    good = "$6$saltsalt$" + "a" * 86
+    for bad in (good + "\n", " " + good, Secret(good + "\n")):
+        with pytest.raises(PreseedError) as ei:
+            check_password_hash(bad)
+        assert "saltsalt" not in str(ei.value) and "root_password_hash" in str(ei.value)
 
 
 def test_custom_template_that_breaks_yaml_is_refused(tmp_path):
@@ -243,6 +271,12 @@ def test_preseed_filename(args, expected):
         ("../etc", "amd64", "generic", "x", "vm"),
         ("centos", "amd64", "generic", "centos70", "bad_host"),
         ("centos", "amd64", "generic", "", "vm"),
+        ("centos", "amd64", "generic", "centos70", "vm-42\n"),  # a file name ending in a newline
+        ("centos", "amd64", "generic", "centos70\n", "vm-42"),
+        ("centos", "amd64", "generic", "centos70", "VM-42"),  # MAAS answers lower case
+        ("centos", "amd64", "generic", "centos70", "v" * 64),
+        ("centos", "amd64", "generic", "centos\u0667\u0660", "vm-42"),
+        ("cent\u00f6s", "amd64", "generic", "centos70", "vm-42"),
     ],
 )
 def test_preseed_filename_refuses_path_like_parts(args):
@@ -271,7 +305,7 @@ def test_local_store_atomic_write_mode_read_remove(tmp_path):
 
 def test_local_store_refuses_path_names_and_missing_directory(tmp_path):
     store = LocalPreseedStore(tmp_path)
-    for name in ("../x", "a/b", ".hidden", ""):
+    for name in ("../x", "a/b", ".hidden", "", "curtin_userdata_x\n", "curtin_userdata_\u0661", "x" * 256):
         with pytest.raises(PreseedError):
             store.write(name, "x")
     with pytest.raises(PreseedStoreError, match="does not exist"):

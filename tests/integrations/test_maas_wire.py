@@ -7,6 +7,7 @@ import pickle
 import pytest
 
 from metalflow.integrations.common import Backoff, Secret
+from metalflow.integrations.common.values import parse_mac
 from metalflow.integrations.maas import (
     ApiKey,
     MaasClient,
@@ -14,7 +15,6 @@ from metalflow.integrations.maas import (
     MaasUnreachable,
     MaasValidationError,
     format_power_address,
-    normalize_mac,
 )
 from metalflow.integrations.maas.wire import api_root, encode_form, parse_retry_after, resource_path
 
@@ -110,13 +110,21 @@ def test_scrub_masks_key_parts_and_oauth_values():
         ("02:3e:00:11:22:33", "02:3e:00:11:22:33"),
     ],
 )
-def test_normalize_mac(raw, expected):
-    assert normalize_mac(raw) == expected
+def test_the_client_s_mac_forms(raw, expected):
+    """The MAAS client takes MACs by values.parse_mac, the one normaliser."""
+    assert parse_mac(raw) == expected
 
 
-def test_normalize_mac_refuses_garbage():
+@pytest.mark.parametrize("raw", ["zz:bb:cc:dd:ee:ff", " aa:bb:cc:dd:ee:f0", "aa:bb:cc:dd:ee:f0\n"])
+def test_the_client_refuses_what_is_not_a_mac(raw):
     with pytest.raises(ValueError, match="mac"):
-        normalize_mac("zz:bb:cc:dd:ee:ff")
+        parse_mac(raw)
+
+
+@pytest.mark.parametrize("port", ["\u0661\u0666\u0662\u0663\u0660", "\uff11\uff16\uff12\uff13\uff10", True, 0, 65536])
+def test_power_port_is_ascii_digits_in_range(port):
+    with pytest.raises(ValueError, match="power_port"):
+        format_power_address("10.0.0.5", port)
 
 
 def test_power_address_with_port():

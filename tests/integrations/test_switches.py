@@ -155,6 +155,41 @@ def test_no_separator_reaches_a_cli_line(name, bad):
     assert "expected" in msg and DIALECTS[name].port_example in msg  # names the grammar and the fix
 
 
+#: Digits that str.isdigit() and an un-flagged \\d accept, and no switch CLI reads as a number.
+FOREIGN_DIGITS = {
+    "arabic-indic": "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669",
+    "fullwidth": "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19",
+    "devanagari": "\u0966\u0967\u0968\u0969\u096a\u096b\u096c\u096d\u096e\u096f",
+}
+
+
+def _foreign(port: str, digits: str) -> str:
+    """``port`` with its last ASCII digit written in another script."""
+    i = max(k for k, c in enumerate(port) if c in "0123456789")
+    return port[:i] + digits[int(port[i])] + port[i + 1 :]
+
+
+@pytest.mark.parametrize("name", sorted(DIALECTS))
+@pytest.mark.parametrize("script", sorted(FOREIGN_DIGITS))
+def test_only_ascii_digits_make_a_port(name, script):
+    """``1/1/\u0661`` is refused by every dialect: the grammar is compiled with re.ASCII."""
+    d = DIALECTS[name]
+    good = d.port_example
+    assert d.validate_port(good)  # the example itself is a port
+    with pytest.raises(InvalidPort) as ei:
+        d.validate_port(_foreign(good, FOREIGN_DIGITS[script]))
+    assert d.port_example in str(ei.value)
+
+
+@pytest.mark.parametrize("name", sorted(DIALECTS))
+def test_every_dialect_grammar_is_ascii_and_nothing_is_stripped(name):
+    d = DIALECTS[name]
+    assert d._port_re.flags & re.ASCII
+    for padded in (f" {d.port_example}", f"{d.port_example} ", f"{d.port_example}\n"):
+        with pytest.raises(InvalidPort):
+            d.validate_port(padded)
+
+
 def test_port_error_names_the_grammar_and_the_field():
     with pytest.raises(InvalidPort) as ei:
         dialect_for("CiscoIOS").validate_port("1/0/1")  # IOS needs the interface type
@@ -162,11 +197,23 @@ def test_port_error_names_the_grammar_and_the_field():
     assert "'1/0/1'" in msg and "GigabitEthernet1/0/1" in msg and "rack config" in msg
 
 
-@pytest.mark.parametrize("vlan", [0, 1, 4095, -5, "100", 100.0, True, None])
-def test_bad_vlans_are_refused(vlan):
+@pytest.mark.parametrize("name", sorted(DIALECTS))
+@pytest.mark.parametrize("vlan", [0, 1, 4095, -5, "100", 100.0, True, False, None])
+def test_bad_vlans_are_refused(name, vlan):
     with pytest.raises(InvalidVlan) as ei:
-        DIALECTS["force10"].validate_vlan(vlan)
+        DIALECTS[name].validate_vlan(vlan)
     assert "VLAN" in str(ei.value)
+
+
+def test_the_dialect_vlan_check_is_the_vocabulary_s():
+    """One bound for every VLAN check (values.parse_vlan, 2-4094): the dialect wraps its BadValue."""
+    from metalflow.integrations.common.values import BadValue
+
+    for vlan in (1, 4095, True):
+        with pytest.raises(InvalidVlan) as ei:
+            DIALECTS["juniper_junos"].validate_vlan(vlan)
+        assert isinstance(ei.value.__cause__, BadValue)
+    assert [DIALECTS["cisco_ios"].validate_vlan(v) for v in (2, 4094)] == [2, 4094]
 
 
 def test_vlan_1_is_refused_with_the_reason():
