@@ -108,3 +108,18 @@ def test_bulk_items_are_checked_the_same_way():
     for item in ({"host": "host-001\n", "vm": VM}, {"host": "host-001", "vm": {**VM, "name": "Web_01"}}):
         with pytest.raises(ParameterTypeError, match="requests"):
             bulk_provision.validate_parameters({"requests": [item]})
+
+
+def test_the_hash_the_reference_names_is_checked_without_echo(monkeypatch):
+    from metalflow.integrations.common.values import BadValue
+    from metalflow.tasks.maas import _root_password_hash
+
+    good = "$6$saltsalt$" + "A" * 86
+    monkeypatch.setenv("METALFLOW_TEST_ROOT_HASH", good)
+    assert _root_password_hash("env:METALFLOW_TEST_ROOT_HASH").reveal() == good
+    for stored in (SECRET, good + "\n", " " + good):
+        monkeypatch.setenv("METALFLOW_TEST_ROOT_HASH", stored)
+        with pytest.raises(BadValue) as refused:
+            _root_password_hash("env:METALFLOW_TEST_ROOT_HASH")
+        assert refused.value.field == "vm.root_password_ref" and "env:METALFLOW_TEST_ROOT_HASH" in str(refused.value)
+        assert SECRET not in str(refused.value) and "saltsalt" not in str(refused.value)
