@@ -123,3 +123,24 @@ def test_the_hash_the_reference_names_is_checked_without_echo(monkeypatch):
             _root_password_hash("env:METALFLOW_TEST_ROOT_HASH")
         assert refused.value.field == "vm.root_password_ref" and "env:METALFLOW_TEST_ROOT_HASH" in str(refused.value)
         assert SECRET not in str(refused.value) and "saltsalt" not in str(refused.value)
+
+
+@pytest.mark.parametrize("raw", ["1", "0", "4095", "true", "10\n", "١٠"])
+def test_the_pxe_vlan_setting_is_a_vlan_metalflow_may_configure(tmp_path, raw):
+    from metalflow.tasks.settings import load_settings
+
+    env = {"METALFLOW_CONFIG": str(tmp_path / "none.json")}
+    assert load_settings({**env, "METALFLOW_PXE_VLAN": "12"}).pxe_vlan == 12
+    with pytest.raises(ValueError, match="METALFLOW_PXE_VLAN"):
+        load_settings({**env, "METALFLOW_PXE_VLAN": raw})
+
+
+@pytest.mark.parametrize("value", [1, True, "x"])
+def test_the_pxe_vlan_in_the_config_file_is_checked_too(tmp_path, value):
+    import json
+
+    from metalflow.tasks.settings import load_settings
+
+    (tmp_path / "config.json").write_text(json.dumps({"pxe_vlan": value}))
+    with pytest.raises(ValueError, match="PXE_VLAN"):
+        load_settings({"METALFLOW_CONFIG": str(tmp_path / "config.json")})
