@@ -224,7 +224,7 @@ def test_bad_input_is_refused_before_anything_changes(e2e, hosts):
         (vm("bad-vlan5000", 5000), "vm.nics[0].vlan"),
         # The schema's patterns (common.fields): refused by the API since they are the run's types.
         (vm("Web_01", 100), "vm.name"),
-        (vm("web-01\n", 100), "vm.name"),
+        ({**vm("bad-newline", 100), "name": "web-01\n"}, "vm.name"),
         ({**vm("bad-hash", 100), "root_password_hash": "$6$x$" + "A" * 86}, "vm"),  # by reference only
     ]:
         with pytest.raises(PrefectBadRequest) as refused:
