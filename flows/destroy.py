@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from metalflow.flows.models import EraseMode
+from metalflow.flows.models import EraseMode, HostRef
 from metalflow.flows.provision import OWNER_TAG_PREFIXES, idle_name, status_of
 from metalflow.flows.runbook import Runbook, Shown, host_lock, run_name
 from metalflow.integrations.maas import NodeStatus
@@ -21,7 +21,7 @@ from metalflow.tasks.settings import settings
 
 
 @flow(name="destroy", flow_run_name=run_name("destroy"), log_prints=True)
-def destroy(host: str, erase: EraseMode | None = None, wait_for_erase: bool = True) -> str:
+def destroy(host: HostRef, erase: EraseMode | None = None, wait_for_erase: bool = True) -> str:
     cfg = settings()
     erase = erase or cfg.erase_default
     # No rollback: every step moves towards the idle state, so a rerun continues from a failure.

@@ -1,25 +1,37 @@
-"""Flow inputs, parsed once at the edge: a bad field fails here, named, before anything changes."""
+"""Flow inputs, parsed once at the edge: a bad field fails here, named, before anything changes.
+
+The fields are the vocabulary's pydantic types (:mod:`metalflow.integrations.common.fields`):
+Prefect builds the UI's form and the API's parameter validation from these models, so a value
+the UI or API accepts is one the run accepts, and the CloudStack extension and the CLI refuse
+the same values with the same words."""
 
 from __future__ import annotations
 
 import re
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-CRYPT_HASH = re.compile(r"^\$(1|5|6|y|gy|2[aby])\$[^\s:]+$")
+from metalflow.integrations.common.fields import (
+    EraseModeField,
+    Hostname,
+    Ident,
+    ImageName,
+    SecretRefText,
+    SshKey,
+    VlanId,
+)
+from metalflow.integrations.common.values import MAX_NICS, MAX_SSH_KEYS
 
-EraseMode = Literal["none", "quick", "secure"]
+#: What MAAS does to the disks on release (flow parameters ``erase``, ``erase_on_failure``).
+EraseMode = EraseModeField
+#: A host as a flow names it: its inventory name or its CloudStack host id.
+HostRef = Ident
 
 
 class Nic(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    # 2..4094: VLAN 1 is every switch's default VLAN, which metalflow never changes (the
-    # switch drivers refuse it too, but only after the first change was made).
-    vlan: int = Field(
-        ge=2, le=4094, description="802.1Q VLAN id of the network, 2 to 4094 (CloudStack broadcastUri vlan://N)"
-    )
+    # 2..4094: VLAN 1 is every switch's default VLAN, which metalflow never changes.
+    vlan: VlanId = Field(description="802.1Q VLAN id of the network, 2 to 4094 (CloudStack broadcastUri vlan://N)")
     default: bool = Field(False, description="The default NIC's VLAN is the guest VLAN, untagged")
 
 
@@ -38,51 +50,23 @@ class Owner(BaseModel):
 
 
 class Vm(BaseModel):
-    """The CloudStack VM a host becomes. Credentials come by reference or as a crypt hash,
-    never as a plain password."""
+    """The CloudStack VM a host becomes. The root password travels as a reference to where
+    its crypt hash lives, never as a value: a flow run's parameters are stored and shown by
+    Prefect, and a plain password pasted into a hash field would be logged with its error.
+    The deliver-preseed task resolves the reference and checks the hash it finds."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    name: str = Field(description="Hostname for the machine in MAAS (lower-case letters, digits, dashes)")
-    uuid: str = Field(min_length=1, max_length=64, description="CloudStack VM uuid")
-    image: str = Field(min_length=1, description="MAAS image name = the CloudStack template URL, e.g. ubuntu/jammy")
-    nics: list[Nic] = Field(min_length=1)
+    # hide_input_in_errors: a password pasted into root_password_ref must not come back in
+    # the validation error Prefect logs at ERROR.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+    name: Hostname = Field(description="Hostname for the machine in MAAS (lower-case letters, digits, dashes)")
+    uuid: Ident = Field(description="CloudStack VM uuid")
+    image: ImageName = Field(description="MAAS image name = the CloudStack template URL, e.g. ubuntu/jammy")
+    nics: list[Nic] = Field(min_length=1, max_length=MAX_NICS)
     owner: Owner = Owner()
-    root_password_hash: str | None = Field(None, description="crypt(3) hash ($6$..., $y$...) for root")
-    root_password_ref: str | None = Field(None, description="where a root password hash lives: block:NAME or env:NAME")
-    ssh_keys: list[str] = Field(default_factory=list)
-
-    @field_validator("name")
-    @classmethod
-    def _hostname(cls, v: str) -> str:
-        if not HOSTNAME.match(v):
-            raise ValueError(
-                f"{v!r} is not a valid hostname: use lower-case letters, digits and dashes "
-                "(at most 63), not starting or ending with a dash"
-            )
-        return v
-
-    @field_validator("ssh_keys")
-    @classmethod
-    def _keys(cls, v: list[str]) -> list[str]:
-        from metalflow.integrations.maas.preseed import check_ssh_key
-
-        return [check_ssh_key(line) for line in v]
-
-    @field_validator("root_password_hash")
-    @classmethod
-    def _hash(cls, v: str | None) -> str | None:
-        if v is not None and not CRYPT_HASH.match(v):
-            raise ValueError(
-                "must be a crypt(3) hash such as $6$salt$..., never a plain password (make one with: openssl passwd -6)"
-            )
-        return v
-
-    @field_validator("root_password_ref")
-    @classmethod
-    def _ref(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^(env|block):[A-Za-z0-9_.#/-]+$", v):
-            raise ValueError("must look like block:NAME or env:NAME")
-        return v
+    root_password_ref: SecretRefText | None = Field(
+        None, description="Where the root password's crypt hash lives: block:NAME, block:NAME#KEY or env:NAME"
+    )
+    ssh_keys: list[SshKey] = Field(default_factory=list, max_length=MAX_SSH_KEYS)
 
     @model_validator(mode="after")
     def _nics(self) -> Vm:
@@ -106,6 +90,6 @@ class Vm(BaseModel):
 class BulkItem(BaseModel):
     """One host of a bulk provision: exactly the ``provision`` flow's parameters."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    host: str = Field(min_length=1, description="Inventory name or CloudStack host id")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+    host: HostRef = Field(description="Inventory name or CloudStack host id")
     vm: Vm

@@ -1,7 +1,10 @@
 """plug-nic / unplug-nic: an extra network as a tagged VLAN on every cabled port.
 
-Refusals (not a VLAN id, the PXE VLAN, the default NIC's VLAN, no VM on the host) happen
-before any change and are published as the run's report, so the UI says why."""
+A value that is not a VLAN id metalflow may configure (VLAN 1, ``True``, ``"5\n"``) or not a
+host name is refused by the parameters' types (:mod:`metalflow.flows.models`) before the run
+starts, by the UI's form, the API and the CLI alike. The refusals that need the inventory (the
+PXE VLAN, the default NIC's VLAN, no VM on the host) happen before any change and are
+published as the run's report, so the UI says why."""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ from collections.abc import Callable
 from prefect import flow
 from prefect.runtime import flow_run
 
+from metalflow.flows.models import HostRef
 from metalflow.flows.runbook import Refused, Runbook, host_lock
+from metalflow.integrations.common.fields import VlanId
 from metalflow.integrations.inventory import HostInfo, VlanInfo
 from metalflow.tasks import clients, switches
 from metalflow.tasks import inventory as inv_t
@@ -29,17 +34,9 @@ def _run_name(operation: str) -> Callable[[], str]:
     return name
 
 
-def _check_vlan_id(vlan: int) -> None:
-    if isinstance(vlan, bool) or not isinstance(vlan, int) or not 1 <= vlan <= 4094:
-        raise NicRefused(f"vlan: {vlan!r} is not a VLAN id (1-4094)")
-    if vlan == 1:
-        raise NicRefused("vlan: 1 is every switch's default VLAN, which metalflow never changes; use 2-4094")
-
-
 @flow(name="plug-nic", flow_run_name=_run_name("plug-nic"), log_prints=True)
-def plug_nic(host: str, vlan: int) -> str:
+def plug_nic(host: HostRef, vlan: VlanId) -> str:
     with Runbook("plug-nic", host, f"VLAN {vlan}") as rb:
-        _check_vlan_id(vlan)
         with host_lock(host, "plug-nic"):
             h = rb.load_host(host)
             if vlan in rb.run(inv_t.pxe_vlans, h):
@@ -60,9 +57,8 @@ def plug_nic(host: str, vlan: int) -> str:
 
 
 @flow(name="unplug-nic", flow_run_name=_run_name("unplug-nic"), log_prints=True)
-def unplug_nic(host: str, vlan: int) -> str:
+def unplug_nic(host: HostRef, vlan: VlanId) -> str:
     with Runbook("unplug-nic", host, f"VLAN {vlan}") as rb:
-        _check_vlan_id(vlan)
         with host_lock(host, "unplug-nic"):
             h = rb.load_host(host)
             desired = _desired(h)

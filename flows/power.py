@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import Task, flow
 
+from metalflow.flows.models import HostRef
 from metalflow.flows.runbook import Runbook, host_lock, run_name
 from metalflow.integrations.inventory import HostInfo
 from metalflow.tasks import ipmi
@@ -21,7 +22,7 @@ def _power_flow(operation: str, host: str, action: Task[..., str], *args: object
 
 
 @flow(name="stop", flow_run_name=run_name("stop"), log_prints=True)
-def stop(host: str, soft_timeout: float | None = None) -> str:
+def stop(host: HostRef, soft_timeout: float | None = None) -> str:
     """ACPI soft off, read back, escalate to hard off if the OS ignores it (bounded)."""
     if soft_timeout is not None and not soft_timeout > 0:
         raise ValueError(
@@ -32,17 +33,17 @@ def stop(host: str, soft_timeout: float | None = None) -> str:
 
 
 @flow(name="start", flow_run_name=run_name("start"), log_prints=True)
-def start(host: str) -> str:
+def start(host: HostRef) -> str:
     return _power_flow("start", host, ipmi.power_on)
 
 
 @flow(name="reboot", flow_run_name=run_name("reboot"), log_prints=True)
-def reboot(host: str) -> str:
+def reboot(host: HostRef) -> str:
     return _power_flow("reboot", host, ipmi.reboot)
 
 
 @flow(name="status", flow_run_name=run_name("status"), log_prints=True)
-def status(host: str) -> str:
+def status(host: HostRef) -> str:
     """Read the power state from the BMC now (no lock: a read never changes anything)."""
     with Runbook("status", host) as rb:
         h: HostInfo = rb.load_host(host)

@@ -13,7 +13,7 @@ from enum import StrEnum
 
 from prefect import flow
 
-from metalflow.flows.models import EraseMode, Vm
+from metalflow.flows.models import EraseMode, HostRef, Vm
 from metalflow.flows.runbook import Refused, Runbook, Shown, host_lock, run_name
 from metalflow.integrations.inventory import HostInfo
 from metalflow.integrations.maas import MaasNotFound, Machine, NodeStatus
@@ -117,7 +117,7 @@ def check_constraints(rb: Runbook, h: HostInfo, vm: Vm) -> Checked:
 
 
 @flow(name="provision", flow_run_name=run_name("provision", "vm", "name"), log_prints=True)
-def provision(host: str, vm: Vm, erase_on_failure: EraseMode | None = None) -> str:
+def provision(host: HostRef, vm: Vm, erase_on_failure: EraseMode | None = None) -> str:
     """Make ``host`` (inventory name or CloudStack host id) become ``vm``."""
     cfg = settings()
     with host_lock(host, "provision"), Runbook("provision", host, vm.name) as rb:
@@ -162,7 +162,6 @@ def provision(host: str, vm: Vm, erase_on_failure: EraseMode | None = None) -> s
             vm.name,
             vm.image,
             vm.root_password_ref,
-            vm.root_password_hash,
             list(vm.ssh_keys),
         )
         rb.section(f"curtin preseed ({preseed.filename}, secrets masked)", preseed.masked_text, "yaml")

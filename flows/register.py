@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from metalflow.flows.models import HostRef
 from metalflow.flows.provision import idle_name, status_of
 from metalflow.flows.runbook import Runbook, Shown, host_lock, run_name
 from metalflow.integrations.maas import Machine, NodeStatus
@@ -20,7 +21,7 @@ SETTLED = (S.READY, S.ALLOCATED, S.DEPLOYING, S.DEPLOYED)
 
 
 @flow(name="register-host", flow_run_name=run_name("register-host"), log_prints=True)
-def register_host(host: str) -> str:
+def register_host(host: HostRef) -> str:
     with host_lock(host, "register-host"), Runbook("register-host", host, failed="failed (a rerun continues)") as rb:
         h = rb.load_host(host)
         if h.last_vm_uuid:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from metalflow.integrations.common import Deadline, Secret
+from metalflow.integrations.common.values import CRYPT_HASH_FIX, BadValue, parse_crypt_hash, parse_secret_ref
 from metalflow.integrations.inventory import HostInfo
 from metalflow.integrations.maas import MaasError, MaasTimeout, MaasWrongState, Machine, NodeStatus
 from metalflow.integrations.maas.preseed import render_preseed
@@ -190,20 +191,22 @@ def deliver_preseed(
     host: HostInfo,
     hostname: str,
     image: str,
-    root_password_hash_ref: str | None,
-    root_password_hash: str | None,
+    root_password_ref: str | None,
     ssh_keys: list[str],
 ) -> DeliveredPreseed:
     """Render the curtin preseed for this node and write it as MAAS's most specific
-    per-node file, so MAAS picks it for this deployment and no other."""
+    per-node file, so MAAS picks it for this deployment and no other.
+
+    The root password's crypt hash comes by reference (``root_password_ref``) and is resolved
+    here, on the worker: it is never a flow-run parameter, which Prefect stores and shows."""
     m = clients.maas()
     resource = m.find_image(image)
     if resource is None:
         raise MaasError(f"image {image!r} is not in MAAS", target=host.name)
     osystem, _, release = resource.name.rpartition("/")
-    pw_hash: Secret | str | None = root_password_hash
-    if root_password_hash_ref:
-        pw_hash = resolve(root_password_hash_ref)
+    pw_hash: Secret | None = None
+    if root_password_ref:
+        pw_hash = _root_password_hash(root_password_ref)
     rendered = render_preseed(
         hostname=hostname,
         osystem=osystem or "custom",
@@ -214,6 +217,17 @@ def deliver_preseed(
     )
     clients.preseed_store().write(rendered.filename, rendered.text)
     return DeliveredPreseed(rendered.filename, rendered.masked().text)
+
+
+def _root_password_hash(ref: str) -> Secret:
+    """The crypt hash ``ref`` names. What it resolves to is checked as a crypt hash; the error
+    names the reference, never what was found there (a plain password stored by mistake)."""
+    field = "vm.root_password_ref"
+    secret = resolve(str(parse_secret_ref(ref, field)))
+    try:
+        return Secret(parse_crypt_hash(secret.reveal(), field))
+    except BadValue:
+        raise BadValue(field, f"what {ref} holds is not usable: {CRYPT_HASH_FIX}") from None
 
 
 @runbook_task(system="maas", name="deploy-machine", run_name="deploy-machine {host.name} {image}")

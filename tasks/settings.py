@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from metalflow.integrations.common.fields import EraseModeField, VlanId
+from metalflow.integrations.common.values import EraseMode
 from metalflow.tasks.runtime import runtime
 
 
@@ -26,8 +28,10 @@ class Settings(BaseModel, frozen=True):
     #: Where curtin preseeds go: a local directory on the region controller, or sftp://user@host/dir
     preseed_target: str = "/etc/maas/preseeds"
     preseed_credential_ref: str = ""
-    pxe_vlan: int = Field(10, ge=1, le=4094)
-    erase_default: Literal["none", "quick", "secure"] = "quick"
+    #: The provisioning VLAN of switches that name none: 2-4094 (VLAN 1 is every switch's
+    #: default VLAN, which every dialect refuses to change; ``true`` is not a VLAN).
+    pxe_vlan: VlanId = 10
+    erase_default: EraseModeField = EraseMode.QUICK
     commission_timeout: float = Field(1800.0, gt=0)
     deploy_timeout: float = Field(1800.0, gt=0)
     erase_timeout: float = Field(1800.0, gt=0)

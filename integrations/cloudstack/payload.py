@@ -17,24 +17,27 @@ docs/cloudstack.md and the reference notes it cites):
 
 Everything becomes frozen dataclasses here; bad input fails with the field named. Gson's
 ``\\u003d``-style escapes are plain JSON escapes: we read the file with a JSON parser only.
+
+Values are parsed with the one vocabulary (:mod:`metalflow.integrations.common.values`) and
+nothing is stripped: a detail ``"web-01\\n"`` or ``" ubuntu/jammy"`` is refused here, naming its
+payload path, rather than becoming another name downstream. A tenant sets VM details, so
+every limit (NICs, SSH keys, distinct VLANs) is enforced here, before anything changes.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from metalflow.integrations.common import MetalflowError
+from metalflow.integrations.common import values as v
 
-HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-ERASE_MODES = ("none", "quick", "secure")
-# A MAAS image name: "ubuntu/jammy", "centos7", "custom/my-image"; never a URL.
-IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-_TRUE = ("true", "yes", "1", "on")
+T = TypeVar("T")
+_VM = "externaldetails.virtualmachine"
+_NICS = "cloudstack.vm.details.nics"
 
 
 class PayloadError(MetalflowError):
@@ -55,6 +58,14 @@ def _rebuild(message: str, field_: str) -> PayloadError:
     return err
 
 
+def _parse(parse: Callable[[Any, str], T], value: Any, field: str) -> T:
+    """``parse(value)`` with its ``BadValue`` as a ``PayloadError`` naming the payload path."""
+    try:
+        return parse(value, field)
+    except v.BadValue as exc:
+        raise PayloadError(exc.reason, field=field) from None
+
+
 @dataclass(frozen=True)
 class Nic:
     """One NicTO. ``raw`` is kept as CloudStack sent it: ``prepare`` must echo it unchanged
@@ -71,8 +82,11 @@ class Nic:
     def vlan(self, fallback: str | None = None) -> int | None:
         """The 802.1Q VLAN of the NIC's network: ``vlan://100`` gives 100; ``vlan://untagged``
         or no URI gives ``fallback`` parsed the same way (``cloudstack.vlan``), else None."""
-        for source in (self.broadcast_uri, fallback):
-            vlan = parse_vlan(source, f"nics[{self.index}].broadcastUri")
+        for source, where in (
+            (self.broadcast_uri, f"{_NICS}[{self.index}].broadcastUri"),
+            (fallback, f"{_VM}.cloudstack.vlan"),
+        ):
+            vlan = parse_vlan(source, where)
             if vlan is not None:
                 return vlan
         return None
@@ -100,17 +114,23 @@ class Payload:
     # --- lookups ----------------------------------------------------------------------------
     def detail(self, *names: str) -> str | None:
         """The first of ``names`` found in the VM's External: details, then in its plain
-        details (``External:name`` or ``name``). Empty strings count as absent."""
+        details (``External:name`` or ``name``). Empty strings count as absent. The value is
+        as CloudStack sent it (nothing stripped): the caller parses it."""
+        return self.detail_at(*names)[0]
+
+    def detail_at(self, *names: str) -> tuple[str | None, str]:
+        """``detail`` and the payload path it was found at (for the error), or ``(None, path
+        of the first name)``."""
         for name in names:
-            for source, key in (
-                (self.virtualmachine, name),
-                (self.vm_details, f"External:{name}"),
-                (self.vm_details, name),
+            for source, key, path in (
+                (self.virtualmachine, name, f"{_VM}.{name}"),
+                (self.vm_details, f"External:{name}", f"cloudstack.vm.details.details.External:{name}"),
+                (self.vm_details, name, f"cloudstack.vm.details.details.{name}"),
             ):
                 value = source.get(key)
                 if value not in (None, ""):
-                    return str(value).strip()
-        return None
+                    return str(value), path
+        return None, f"{_VM}.{names[0]}"
 
     def require_vm(self) -> str:
         if not self.vm_uuid:
@@ -130,36 +150,33 @@ class Payload:
         """The user-facing name (details ``vm_name`` or ``hostname``, since CloudStack does not
         send it to External hypervisors), else the internal name; lower-cased, a valid
         hostname, because it names the machine in MAAS."""
-        given = self.detail("vm_name", "hostname")
-        where = "externaldetails.virtualmachine.vm_name" if given else "virtualmachinename"
-        name = (given or self.vm_internal_name or "").strip().lower()
+        given, where = self.detail_at("vm_name", "hostname")
+        name = given or self.vm_internal_name
+        if not given:
+            where = "virtualmachinename"
         if not name:
             raise PayloadError("missing: no VM name in the payload", field="virtualmachinename")
-        if not HOSTNAME.match(name):
-            raise PayloadError(
-                f"{name!r} is not a valid hostname for the machine: use letters, digits and "
-                "dashes (at most 63), not starting or ending with a dash",
-                field=where,
-            )
-        return name
+        return _parse(v.parse_vm_name, name, where)
 
     def image(self) -> str:
         """The MAAS image: template detail ``image`` (``ubuntu/jammy``), or ``os`` plus
         ``distro_series`` as the 4.22 MaaS extension's templates carry them, or a
         ``distro_series`` that is already ``os/series``, or the seed's template URL = MAAS
         image name (only when it is a bare name, not an http URL)."""
-        image = self.detail("image")
-        field_ = "externaldetails.virtualmachine.image"
+        image, field_ = self.detail_at("image")
         if image is None:
-            series, osname = self.detail("distro_series"), self.detail("os")
+            (series, series_at), (osname, os_at) = self.detail_at("distro_series"), self.detail_at("os")
             if series and "/" in series:
-                image, field_ = series, "externaldetails.virtualmachine.distro_series"
+                image, field_ = series, series_at
             elif series and osname:
-                image, field_ = f"{osname}/{series}", "externaldetails.virtualmachine.os"
+                # Each part on its own, so the error names the detail that is wrong.
+                _parse(v.parse_ident, osname, os_at)
+                _parse(v.parse_ident, series, series_at)
+                image, field_ = f"{osname}/{series}", os_at
             elif series:
                 raise PayloadError(
-                    f"distro_series {series!r} needs the template detail os (e.g. ubuntu)",
-                    field="externaldetails.virtualmachine.os",
+                    f"distro_series {v.show(series)} needs the template detail os (e.g. ubuntu)",
+                    field=f"{_VM}.os",
                 )
         if image is None:
             image = self.template_url()
@@ -169,27 +186,32 @@ class Payload:
                 "missing: register the template with externaldetails[0].image=ubuntu/jammy (or os and distro_series)",
                 field="externaldetails.virtualmachine.image",
             )
-        if not IMAGE.match(image):
-            raise PayloadError(f"{image!r} is not a MAAS image name (e.g. ubuntu/jammy)", field=field_)
-        return image
+        return _parse(v.parse_image, image, field_)
 
     def template_url(self) -> str | None:
         """The seed's convention (template URL = MAAS image name), if CloudStack sent a
         template with the VM's disks: a bare name only; an http URL is a dummy."""
         for url in self.template_urls:
-            if "://" not in url and IMAGE.match(url):
-                return url
+            try:
+                return v.parse_image(url, "template url")
+            except v.BadValue:
+                continue  # an http URL (a dummy) or anything else that names no MAAS image
         return None
 
     def erase_mode(self, default: str) -> str:
         """The disk erase on release: the custom action's parameter ``erase``, else the VM's
         detail ``erase`` (from the template, offering or deploy call), else ``default``."""
-        given = self.parameters.get("erase")
-        field_ = "parameters.erase" if given not in (None, "") else "externaldetails.virtualmachine.erase"
-        value = str(given if given not in (None, "") else (self.detail("erase", "erase_mode") or default)).lower()
-        if value not in ERASE_MODES:
-            raise PayloadError(f"{value!r} is not an erase mode ({', '.join(ERASE_MODES)})", field=field_)
-        return value
+        given: Any = self.parameters.get("erase")
+        field_ = "parameters.erase"
+        if given in (None, ""):
+            given, field_ = self.detail_at("erase", "erase_mode")
+        if given is None:
+            given, field_ = default, "erase_default (setting)"
+        if isinstance(given, str) and given.isascii():
+            # Operators wrote "Secure" in templates before; an ASCII-only case fold changes
+            # nothing else (str.lower maps some non-ASCII letters, the Kelvin sign, to ASCII).
+            given = given.lower()
+        return _parse(v.parse_erase_mode, given, field_).value
 
     def owner(self) -> dict[str, str]:
         """Ownership tags: details ``account_id``/``domain_id``/``project_id`` where given, else
@@ -209,12 +231,13 @@ class Payload:
         if not self.nics:
             raise PayloadError(
                 "missing: the VM has no NIC (CloudStack sends NICs only with prepare, create and start)",
-                field="cloudstack.vm.details.nics",
+                field=_NICS,
             )
         if sum(1 for n in self.nics if n.default) != 1:
-            raise PayloadError("exactly one NIC must be the default (defaultNic)", field="cloudstack.vm.details.nics")
+            raise PayloadError("exactly one NIC must be the default (defaultNic)", field=_NICS)
         fallback = self.virtualmachine.get("cloudstack.vlan")
-        out = []
+        out: list[dict[str, Any]] = []
+        seen: dict[int, int] = {}
         for nic in self.nics:
             vlan = nic.vlan(str(fallback) if nic.default and fallback not in (None, "") else None)
             if vlan is None:
@@ -223,44 +246,57 @@ class Payload:
                     f"({nic.broadcast_uri or 'no broadcastUri'}); "
                     "metalflow puts each network on the ToR ports as an 802.1Q VLAN: use a network with "
                     "broadcastUri vlan://<id>",
-                    field=f"cloudstack.vm.details.nics[{nic.index}].broadcastUri",
+                    field=f"{_NICS}[{nic.index}].broadcastUri",
                 )
+            if vlan in seen:
+                raise PayloadError(
+                    f"VLAN {vlan} is also nics[{seen[vlan]}]'s: each NIC of a VM needs a network "
+                    "of its own VLAN (the ToR ports carry each VLAN once)",
+                    field=f"{_NICS}[{nic.index}].broadcastUri",
+                )
+            seen[vlan] = nic.index
             out.append({"vlan": vlan, "default": nic.default})
         return out
 
     def ssh_keys(self) -> list[str]:
-        keys = self.detail("ssh_keys", "ssh_key")
-        return [k.strip() for k in keys.splitlines() if k.strip()] if keys else []
+        """The detail ``ssh_keys`` (or ``ssh_key``): one ``authorized_keys`` line per line,
+        each parsed as a key (no options, no blank lines, no trailing newline), at most
+        ``MAX_SSH_KEYS``."""
+        keys, where = self.detail_at("ssh_keys", "ssh_key")
+        if keys is None:
+            return []
+        lines = keys.split("\n")
+        if len(lines) > v.MAX_SSH_KEYS:
+            raise PayloadError(f"{len(lines)} lines: at most {v.MAX_SSH_KEYS} SSH keys, one per line", field=where)
+        return [_parse(v.parse_ssh_key, line, f"{where}[{i}]") for i, line in enumerate(lines)]
+
+    def root_password_ref(self) -> str | None:
+        """The detail ``root_password_ref`` parsed as a reference (``block:NAME``, ``env:NAME``);
+        the error never contains the value, which may be a password pasted by mistake."""
+        ref, where = self.detail_at("root_password_ref")
+        return None if ref is None else str(_parse(v.parse_secret_ref, ref, where))
 
     def flag(self, name: str, default: bool) -> bool:
-        value = self.detail(name)
-        return default if value is None else value.lower() in _TRUE
+        value, where = self.detail_at(name)
+        return default if value is None else _parse(v.parse_flag, value, where)
 
 
 def parse_vlan(value: Any, field: str) -> int | None:
     """``vlan://100``, ``100`` or 100 → 100; ``vlan://untagged``, empty or None → None; any other
-    scheme (vxlan://, lswitch://) is an error: the ToR switches only speak 802.1Q."""
-    if value is None or isinstance(value, bool):
+    scheme (vxlan://, lswitch://) is an error: the ToR switches only speak 802.1Q. The id itself
+    is :func:`values.parse_vlan`'s (2-4094, ASCII digits, the whole string): ``vlan://1``,
+    ``vlan://١٠٠`` and ``"100\\n"`` are refused."""
+    if value is None or value == "":
         return None
-    if isinstance(value, int):
-        number = value
-    else:
-        text = str(value).strip()
-        if not text:
-            return None
-        scheme, sep, rest = text.partition("://")
+    if isinstance(value, str):
+        scheme, sep, rest = value.partition("://")
         if sep:
-            if scheme.lower() != "vlan":
-                raise PayloadError(f"{text!r} is not a VLAN network (only vlan:// is supported)", field=field)
-            text = rest.strip()
-        if text.lower() == "untagged":
+            if scheme.lower() != "vlan":  # URI schemes are case-insensitive (RFC 3986)
+                raise PayloadError(f"{v.show(value)} is not a VLAN network: only vlan://<id> is supported", field=field)
+            value = rest
+        if value == "untagged":
             return None
-        if not text.isdigit():
-            raise PayloadError(f"{value!r} is not a VLAN id", field=field)
-        number = int(text)
-    if not 1 <= number <= 4094:
-        raise PayloadError(f"{number} is not a VLAN id (1-4094)", field=field)
-    return number
+    return _parse(v.parse_vlan, value, field)
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -300,6 +336,12 @@ def parse_payload(doc: Any, action: str) -> Payload:
         nics_raw = []
     elif not isinstance(nics_raw, list):
         raise PayloadError("expected a list", field="cloudstack.vm.details.nics")
+    if len(nics_raw) > v.MAX_NICS:
+        raise PayloadError(
+            f"{len(nics_raw)} NICs: a VM may have at most {v.MAX_NICS} (one network per VLAN on the "
+            "host's cabled ports); remove networks from the VM",
+            field="cloudstack.vm.details.nics",
+        )
     nics = []
     for i, n in enumerate(nics_raw):
         path = f"cloudstack.vm.details.nics[{i}]"
@@ -320,8 +362,8 @@ def parse_payload(doc: Any, action: str) -> Payload:
     vm_uuid = _str(doc.get("virtualmachineid"), "virtualmachineid") or _str(
         vm.get("uuid"), "cloudstack.vm.details.uuid"
     )
-    if vm_uuid is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", vm_uuid):
-        raise PayloadError(f"{vm_uuid[:80]!r} is not a VM uuid", field="virtualmachineid")
+    if vm_uuid is not None:
+        _parse(lambda value, where: v.parse_ident(value, where, "a VM uuid"), vm_uuid, "virtualmachineid")
     return Payload(
         action=action,
         vm_uuid=vm_uuid,
@@ -349,8 +391,8 @@ def _template_urls(disks: Any) -> tuple[str, ...]:
         data = disk.get("data") if isinstance(disk, Mapping) else None
         if isinstance(data, Mapping):
             for key in ("origUrl", "url"):
-                if isinstance(data.get(key), str) and data[key].strip():
-                    out.append(data[key].strip())
+                if isinstance(data.get(key), str) and data[key]:
+                    out.append(data[key])
     return tuple(out)
 
 

@@ -18,6 +18,11 @@ from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 
 from metalflow.integrations.common import values as v
 
+#: The end of a JSON-schema ``pattern``. Not ``$``: the API validates patterns with Python's
+#: ``re.search``, where ``$`` also matches before a final newline ("host-001\n" would pass the
+#: API and fail the run). "No character follows" means the same in ECMA-262 (the UI) and Python.
+_END = r"(?![\s\S])"
+
 
 def _field(parse: Callable[[Any, str], Any]) -> PlainValidator:
     # field="": pydantic puts the field's location in front of the message itself.
@@ -42,7 +47,7 @@ Hostname = Annotated[
     WithJsonSchema(
         {
             "type": "string",
-            "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+            "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?" + _END,
             "description": "Hostname in MAAS: lower-case letters, digits and dashes, 1-63",
         }
     ),
@@ -55,7 +60,7 @@ ImageName = Annotated[
 Ident = Annotated[
     str,
     _field(lambda value, field: v.parse_ident(value, field, "an id")),
-    WithJsonSchema({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}),
+    WithJsonSchema({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}" + _END}),
 ]
 SecretRefText = Annotated[
     str,

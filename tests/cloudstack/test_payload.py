@@ -71,7 +71,9 @@ def test_gson_escapes_are_read_as_the_characters():
     text = gson(doc)
     assert "\\u003d\\u003d" in text and "\\u003c" in text and "\\u0027" in text and "==" not in text
     p = parse(doc)
-    assert p.ssh_keys() == [key]
+    assert p.detail("ssh_key") == key
+    with pytest.raises(PayloadError, match=r"ssh_key\[0\]"):
+        p.ssh_keys()  # read as the characters, then parsed: a 3-byte body is no ed25519 key
     with pytest.raises(PayloadError, match="vm_name"):
         p.vm_name()  # an apostrophe is no hostname
 
@@ -132,15 +134,26 @@ def test_parse_vlan(value, want):
     "value, match",
     [
         ("vxlan://5000", "only vlan://"),
-        ("vlan://0", "1-4094"),
-        ("vlan://4095", "1-4094"),
+        ("vlan://0", "2-4094"),
+        ("vlan://4095", "2-4094"),
         ("vlan://abc", "not a VLAN"),
-        (5000, "1-4094"),
+        (5000, "2-4094"),
+        # VLAN 1 is every switch's default VLAN: refused here, no longer by the switch later.
+        ("vlan://1", "default VLAN"),
+        (1, "default VLAN"),
+        ("vlan://١٠٠", "outside ASCII|not a VLAN"),  # Arabic-Indic digits
+        ("vlan://１００", "outside ASCII|not a VLAN"),  # fullwidth digits
+        ("100\n", "not a VLAN"),
+        ("vlan:// 100", "not a VLAN"),
+        ("vlan://100 ", "not a VLAN"),
+        (True, "boolean"),
+        ("vlan://untagged\n", "not a VLAN"),
     ],
 )
 def test_parse_vlan_refuses(value, match):
-    with pytest.raises(PayloadError, match=match):
+    with pytest.raises(PayloadError, match=match) as refused:
         parse_vlan(value, "f")
+    assert refused.value.field == "f"
 
 
 @pytest.mark.parametrize(
@@ -242,3 +255,106 @@ def test_a_file_that_is_not_json_names_the_position_only(tmp_path):
     assert "not valid JSON" in str(err.value) and "line 1" in str(err.value) and "SECRET" not in str(err.value)
     with pytest.raises(PayloadError, match="cannot read"):
         load_payload(tmp_path / "missing.json", "create")
+
+
+# --- hostile details: parsed with the one vocabulary, nothing stripped, the path named -----------
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f ops@example"
+
+
+@pytest.mark.parametrize(
+    "vm_ext, call, field",
+    [
+        ({"vm_name": "web-01\n"}, "vm_name", "externaldetails.virtualmachine.vm_name"),
+        ({"vm_name": " web-01"}, "vm_name", "externaldetails.virtualmachine.vm_name"),
+        ({"hostname": "web_01"}, "vm_name", "externaldetails.virtualmachine.hostname"),
+        ({"vm_name": "w" * 64}, "vm_name", "externaldetails.virtualmachine.vm_name"),
+        ({"vm_name": "web-01.example.com"}, "vm_name", "externaldetails.virtualmachine.vm_name"),
+        ({"vm_name": "wéb-01"}, "vm_name", "externaldetails.virtualmachine.vm_name"),
+        ({"image": "ubuntu/jammy\n"}, "image", "externaldetails.virtualmachine.image"),
+        ({"image": "http://x/y.img"}, "image", "externaldetails.virtualmachine.image"),
+        ({"os": "ubuntu\n", "distro_series": "jammy"}, "image", "externaldetails.virtualmachine.os"),
+        ({"os": "ubuntu", "distro_series": "jammy "}, "image", "externaldetails.virtualmachine.distro_series"),
+        ({"erase": "quick\n"}, "erase", "externaldetails.virtualmachine.erase"),
+        ({"ssh_keys": KEY + "\n"}, "ssh_keys", "externaldetails.virtualmachine.ssh_keys[1]"),
+        ({"ssh_keys": 'command="sh" ' + KEY}, "ssh_keys", "externaldetails.virtualmachine.ssh_keys[0]"),
+        ({"ssh_keys": KEY + "\r\n" + KEY}, "ssh_keys", "externaldetails.virtualmachine.ssh_keys[0]"),
+        ({"ssh_keys": "ssh-ed25519 not-base64!"}, "ssh_keys", "externaldetails.virtualmachine.ssh_keys[0]"),
+        ({"ssh_keys": "\n".join([KEY] * 33)}, "ssh_keys", "externaldetails.virtualmachine.ssh_keys"),
+        ({"cloudstack.vlan": "1"}, "nics", "externaldetails.virtualmachine.cloudstack.vlan"),
+        ({"cloudstack.vlan": "300\n"}, "nics", "externaldetails.virtualmachine.cloudstack.vlan"),
+    ],
+)
+def test_a_bad_detail_is_refused_naming_its_path(vm_ext, call, field):
+    nics = two_nics(default_vlan="vlan://untagged") if call == "nics" else two_nics()
+    base = {} if "os" in vm_ext else {"image": "ubuntu/jammy"}
+    p = parse(payload("create", UUID, nics=nics, vm_ext={**base, **vm_ext}))
+    calls = {
+        "vm_name": p.vm_name,
+        "image": p.image,
+        "erase": lambda: p.erase_mode("quick"),
+        "ssh_keys": p.ssh_keys,
+        "nics": p.flow_nics,
+    }
+    with pytest.raises(PayloadError) as refused:
+        calls[call]()
+    assert refused.value.field == field, str(refused.value)
+    assert str(refused.value).startswith(field + ": ")
+
+
+def test_details_are_not_stripped_and_good_ones_parse():
+    p = parse(payload("create", UUID, nics=two_nics(), vm_ext={"vm_name": "Web-01", "ssh_keys": f"{KEY}\n{KEY}"}))
+    assert p.vm_name() == "web-01"  # a display name is lower-cased, never trimmed
+    assert p.ssh_keys() == [KEY, KEY]
+    p = parse(payload("create", UUID, vm_ext={"vm_name": "web-01 "}))
+    assert p.detail("vm_name") == "web-01 "
+
+
+@pytest.mark.parametrize("value, want", [("true", True), ("No", False), ("1", True), ("off", False)])
+def test_flags(value, want):
+    assert parse(payload("create", UUID, vm_ext={"power_on": value})).flag("power_on", not want) is want
+
+
+@pytest.mark.parametrize("value", ["true\n", " yes", "maybe", "２"])
+def test_a_bad_flag_is_refused(value):
+    p = parse(payload("create", UUID, vm_ext={"power_on": value}))
+    with pytest.raises(PayloadError) as refused:
+        p.flag("power_on", False)
+    assert refused.value.field == "externaldetails.virtualmachine.power_on"
+
+
+def test_more_nics_than_the_limit_are_refused_while_parsing():
+    from metalflow.integrations.common.values import MAX_NICS
+
+    many = [
+        nic(i, f"vlan://{100 + i}", default=i == 0, network=NETWORK_GUEST, mac=f"02:00:5a:00:01:{i:02x}")
+        for i in range(MAX_NICS + 1)
+    ]
+    with pytest.raises(PayloadError, match=f"at most {MAX_NICS}") as refused:
+        parse(payload("create", UUID, nics=many))
+    assert refused.value.field == "cloudstack.vm.details.nics"
+    assert len(parse(payload("create", UUID, nics=many[:MAX_NICS])).flow_nics()) == MAX_NICS
+
+
+def test_two_nics_on_one_vlan_are_refused_in_the_payload():
+    p = parse(payload("create", UUID, nics=two_nics(extra_vlan="vlan://100")))
+    with pytest.raises(PayloadError, match="VLAN 100 is also nics") as refused:
+        p.flow_nics()
+    assert refused.value.field == "cloudstack.vm.details.nics[1].broadcastUri"
+
+
+def test_a_secret_pasted_as_root_password_ref_is_refused_without_it():
+    secret = "Hunter2-Canary-7f3a"
+    p = parse(payload("create", UUID, vm_ext={"root_password_ref": secret}))
+    with pytest.raises(PayloadError) as refused:
+        p.root_password_ref()
+    assert secret not in str(refused.value) and refused.value.field.endswith("root_password_ref")
+    ok = parse(payload("create", UUID, vm_ext={"root_password_ref": "block:root-hash"}))
+    assert ok.root_password_ref() == "block:root-hash"
+    assert parse(payload("create", UUID)).root_password_ref() is None
+
+
+def test_a_bad_vm_uuid_is_refused():
+    with pytest.raises(PayloadError) as refused:
+        parse(payload("create", UUID + "\n"))
+    assert refused.value.field == "virtualmachineid"

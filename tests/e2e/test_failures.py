@@ -222,6 +222,10 @@ def test_bad_input_is_refused_before_anything_changes(e2e, hosts):
         (vm("bad-vlan0", 0), "vm.nics[0].vlan"),
         (vm("bad-vlan1", 1), "vm.nics[0].vlan"),  # VLAN 1: every switch's default VLAN
         (vm("bad-vlan5000", 5000), "vm.nics[0].vlan"),
+        # The schema's patterns (common.fields): refused by the API since they are the run's types.
+        (vm("Web_01", 100), "vm.name"),
+        ({**vm("bad-newline", 100), "name": "web-01\n"}, "vm.name"),
+        ({**vm("bad-hash", 100), "root_password_hash": "$6$x$" + "A" * 86}, "vm"),  # by reference only
     ]:
         with pytest.raises(PrefectBadRequest) as refused:
             e2e.trigger("provision", host=host, vm=bad)
@@ -235,8 +239,12 @@ def test_bad_input_is_refused_before_anything_changes(e2e, hosts):
             {**vm("bad-2def", 100), "nics": [{"vlan": 100, "default": True}, {"vlan": 101, "default": True}]},
             "exactly one NIC must be the default",
         ),
-        "capitals and underscore": (host, vm("Web_01", 100), "vm.name"),
-        "plain password": (host, vm("bad-pw", 100, root_password_hash=plain_password), "vm.root_password_hash"),
+        # A secret pasted where its reference belongs: refused without being quoted.
+        "plain password as the reference": (
+            host,
+            vm("bad-pw", 100, root_password_ref=plain_password),
+            "vm.root_password_ref",
+        ),
         "PXE VLAN as guest": (host, vm("bad-pxe", pxe_vlan(e2e)), "VLANs are not the PXE VLAN"),
         "PXE VLAN as extra": (host, vm("bad-pxe-extra", 100, pxe_vlan(e2e)), "VLANs are not the PXE VLAN"),
         "unknown image": (host, {**vm("bad-image", 100), "image": "ubuntu/no-such-release"}, "image exists in MAAS"),

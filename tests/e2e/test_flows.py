@@ -17,6 +17,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import requests
 
 from metalflow.integrations.common import Deadline
 
@@ -24,6 +25,8 @@ PXE = 10
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f ops@example"
 KEY_BODY = SSH_KEY.split()[1]
 PW_HASH = "$6$flowsalt$" + "Q" * 86
+#: The root password's crypt hash travels as a reference (a Secret block), never as a parameter.
+PW_HASH_BLOCK = "e2e-flows-root-hash"
 
 VM1 = {
     "name": "flows-one",
@@ -31,7 +34,7 @@ VM1 = {
     "image": "ubuntu/jammy",
     "nics": [{"vlan": 101, "default": True}, {"vlan": 201}],
     "owner": {"account": "acc-1", "domain": "dom-1", "project": "prj-1"},
-    "root_password_hash": PW_HASH,
+    "root_password_ref": f"block:{PW_HASH_BLOCK}",
     "ssh_keys": [SSH_KEY],
 }
 VM4 = {
@@ -164,14 +167,27 @@ def test_register_creates_commissions_then_adopts(e2e):
 # --- provision, case B, one NIC -----------------------------------------------------------------
 
 
+def save_secret(e2e, name: str, value: str) -> None:
+    """A Prefect Secret block on the test's server (as an operator puts the root hash there)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from metalflow.deployments.labsetup import save_secret
+
+    with temporary_settings({PREFECT_API_URL: e2e.stack.api_url}):
+        save_secret(name, value)
+
+
 def test_provision_one_nic_host(e2e, state):
     host, inv = "host-001", e2e.inventory()
     sid = inv.hosts.get(host).maas_system_id
     state["boots_before_provision"] = e2e.lab.host(host)["boots"]
+    save_secret(e2e, PW_HASH_BLOCK, PW_HASH)
 
     run = e2e.run("provision", host=host, vm=VM1)
     assert run.ok, run.message
     assert run.name == f"provision {host} → flows-one"
+    stored = requests.get(f"{e2e.stack.api_url}/flow_runs/{run.id}", timeout=10).json()["parameters"]
+    assert stored["vm"]["root_password_ref"] == f"block:{PW_HASH_BLOCK}" and "flowsalt" not in json.dumps(stored)
     state["provision_run"] = run.id
 
     m = e2e.maas().machine(sid)
