@@ -8,8 +8,10 @@ the same values with the same words."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from metalflow.integrations.common.fields import (
     EraseModeField,
@@ -68,6 +70,18 @@ class Vm(BaseModel):
     )
     ssh_keys: list[SshKey] = Field(default_factory=list, max_length=MAX_SSH_KEYS)
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _errors_without_inputs(cls, data: Any, handler: ModelWrapValidatorHandler[Vm]) -> Vm:
+        """Errors name the field and the fix, never the value. ``hide_input_in_errors`` is
+        not enough: Prefect wraps a flow's parameters in a model of its own, renders and logs
+        that model's errors with every input, and a VM's fields may hold a pasted password
+        (``root_password_ref``, or the ``root_password_hash`` an older caller still sends)."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            raise ValidationError.from_exception_data(exc.title, hidden_inputs(exc), hide_input=True) from None
+
     @model_validator(mode="after")
     def _nics(self) -> Vm:
         defaults = [n for n in self.nics if n.default]
@@ -85,6 +99,22 @@ class Vm(BaseModel):
     @property
     def extra_vlans(self) -> list[int]:
         return sorted(n.vlan for n in self.nics if not n.default)
+
+
+def hidden_inputs(exc: ValidationError) -> list[InitErrorDetails]:
+    """``exc``'s errors with the same place and words, and no input."""
+    return [
+        {
+            # Without a context the message is taken as written (braces in it stay text).
+            "type": PydanticCustomError(e["type"], e["msg"]),
+            "loc": e["loc"],
+            "input": HIDDEN_INPUT,
+        }
+        for e in exc.errors(include_url=False)
+    ]
+
+
+HIDDEN_INPUT = "(not shown)"
 
 
 class BulkItem(BaseModel):
