@@ -192,7 +192,7 @@ def trigger(
     ),
     key: str | None = typer.Option(None, help="Idempotency key (default: derived from flow and parameters)"),
     wait: bool = typer.Option(True, help="Wait for the run's final state"),
-    timeout: float = typer.Option(3600, help="How long to wait"),
+    timeout: float = typer.Option(3600, min=0, help="How long to wait"),
 ) -> None:
     """Start a run through the Prefect REST API (idempotent, retries 503s). Bad parameters
     are refused (exit 2) before any API call: no run is created."""
@@ -226,7 +226,7 @@ def trigger(
 def register(
     names: list[str] = typer.Argument(None, help="Inventory host names (default: every host not yet in MAAS)"),
     all_hosts: bool = typer.Option(False, "--all", help="Every host in the inventory, registered or not"),
-    timeout: float = typer.Option(3600, help="How long to wait for all of them"),
+    timeout: float = typer.Option(3600, min=0, help="How long to wait for all of them"),
 ) -> None:
     """Register hosts with MAAS (adopt or enlist and commission), one register-host run each,
     with a progress bar; the runs go in parallel, each host under its own lock."""
@@ -313,7 +313,7 @@ def hosts() -> None:
 
 
 @app.command()
-def events(host: str, limit: int = typer.Option(50)) -> None:
+def events(host: str, limit: int = typer.Option(50, min=1, max=10000)) -> None:
     """A host's event journal, newest first."""
     from metalflow.tasks.clients import inventory
 
