@@ -1,4 +1,16 @@
-"""The ``metalflow`` command."""
+"""The ``metalflow`` command.
+
+It fails like a command line tool: an error is one line of plain text on stderr (never read
+as rich markup, so ``--param '[/red]'`` is just text), no traceback unless ``--debug``, and
+the exit code says whose fault it was:
+
+- 0: done;
+- 1: a system failed or the run did not succeed (Prefect API, inventory, MAAS, a failed run);
+- 2: bad input (an option, a ``--param``, a host name): refused before any API call.
+
+Every value echoed back (run names and messages, inventory fields) is printed as text, not
+as markup.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +19,81 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
+from metalflow.integrations.common.values import BadValue, parse_hostname, parse_ident
 from metalflow.lab.cli import app as lab_app
 
-app = typer.Typer(help="metalflow: bare-metal provisioning for Apache CloudStack, on Prefect.", no_args_is_help=True)
-app.add_typer(lab_app, name="lab")
+#: Exit codes (see the module docstring).
+EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+
 console = Console()
+errors = Console(stderr=True)
 
 
-def _fail(message: str, code: int = 1) -> None:
-    console.print(f"[red]{message}[/red]")
+def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    """One line of plain text on stderr, then exit with ``code``."""
+    errors.print(message, markup=False, highlight=False, emoji=False, soft_wrap=True, style="red")
     raise typer.Exit(code)
+
+
+@dataclass(frozen=True)
+class Options:
+    """The global options (``metalflow --debug trigger ...``), on the click context."""
+
+    debug: bool = False
+
+
+class _Group(TyperGroup):
+    """Turns an unexpected exception into one line and an exit code, unless ``--debug``."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's vendored click Context
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException):  # typer's own: usage errors, exit codes
+            raise
+        except Exception as exc:
+            if isinstance(ctx.obj, Options) and ctx.obj.debug:
+                raise
+            from metalflow.integrations.inventory import HostNotFound
+
+            bad_input = isinstance(exc, (BadValue, HostNotFound))
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            hint = "" if bad_input else " (run with --debug for the traceback)"
+            _fail(f"{text}{hint}", EXIT_BAD_INPUT if bad_input else EXIT_FAILED)
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="metalflow: bare-metal provisioning for Apache CloudStack, on Prefect. "
+    "Exit codes: 0 done, 1 a system failed or the run did not succeed, 2 bad input (nothing was started).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(lab_app, name="lab")
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an unexpected error."),
+) -> None:
+    ctx.obj = Options(debug=debug)
+
+
+def _bad(exc: BadValue) -> NoReturn:
+    _fail(str(exc), EXIT_BAD_INPUT)
 
 
 @app.command()
@@ -58,8 +128,8 @@ def deploy(
     try:
         ids = deploy_all(pool=pool, schedules=schedules, crash_after=crash_after or None)
     except ValueError as exc:
-        _fail(str(exc), 2)
-    console.print(f"{len(ids)} deployments on work pool [bold]{pool}[/bold]: {', '.join(sorted(ids))}")
+        _fail(str(exc), EXIT_BAD_INPUT)
+    console.print(f"{len(ids)} deployments on work pool [bold]{escape(pool)}[/bold]: {escape(', '.join(sorted(ids)))}")
     if crash_after:
         console.print(f"runs without a heartbeat for {crash_after:.0f} s are marked Crashed")
 
@@ -79,7 +149,7 @@ def worker(
     from metalflow.deployments.workers import worker_command, worker_env
 
     cmd = worker_command(pool, name=name, limit=limit)
-    console.print(" ".join(cmd))
+    console.print(" ".join(cmd), markup=False)
     os.execvpe(cmd[0], cmd, worker_env())
 
 
@@ -96,54 +166,67 @@ def setup_lab_cmd(manifest: Path | None = typer.Option(None, "--manifest", "-m")
     )
 
 
-def _parse_params(pairs: list[str]) -> dict:
-    params: dict = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            _fail(f'--param {pair!r}: write it as key=value (value may be JSON, e.g. vm=\'{{"name": "web-01"}}\')', 2)
-        try:
-            params[key] = json.loads(value)
-        except ValueError:
-            params[key] = value
-    return params
+def _flow_named(deployment: str) -> Any:
+    """The flow object behind ``<flow>/<deployment>``: its signature is what the run will
+    validate the parameters against."""
+    from metalflow.deployments.registry import ON_DEMAND
+    from metalflow.flows.audit import audit
+    from metalflow.flows.poll import power_poll
+
+    flows = {f.name: f for f in (*ON_DEMAND, power_poll, audit)}
+    name = deployment.partition("/")[0]
+    if name not in flows:
+        raise BadValue("flow", f"no metalflow flow named {name!r}: use one of {', '.join(sorted(flows))}")
+    return flows[name]
 
 
 @app.command()
 def trigger(
     flow: str = typer.Argument(..., help="Flow name, e.g. provision (deployment <flow>/metalflow)"),
-    param: list[str] = typer.Option([], "--param", "-p", help="key=value; JSON values allowed"),
+    param: list[str] = typer.Option(
+        [],
+        "--param",
+        "-p",
+        help='key=value; a value that looks like JSON ({, [, ", a digit, -, true/false/null) must be JSON. '
+        "Checked against the flow's parameters before anything is sent.",
+    ),
     key: str | None = typer.Option(None, help="Idempotency key (default: derived from flow and parameters)"),
     wait: bool = typer.Option(True, help="Wait for the run's final state"),
-    timeout: float = typer.Option(3600, help="How long to wait"),
+    timeout: float = typer.Option(3600, min=0, help="How long to wait"),
 ) -> None:
-    """Start a run through the Prefect REST API (idempotent, retries 503s)."""
+    """Start a run through the Prefect REST API (idempotent, retries 503s). Bad parameters
+    are refused (exit 2) before any API call: no run is created."""
+    from metalflow.deployments.params import parse_params, validate_params
     from metalflow.integrations.common import Deadline
     from metalflow.integrations.prefectapi import PrefectApi, PrefectApiError, idempotency_key
 
-    params = _parse_params(param)
-    api = PrefectApi()
     deployment = flow if "/" in flow else f"{flow}/metalflow"
+    try:
+        target = _flow_named(deployment)
+        params = validate_params(target, parse_params(param, target))
+    except BadValue as exc:
+        _bad(exc)
+    api = PrefectApi()
     try:
         run = api.create_flow_run(
             deployment, params, idempotency_key=key or idempotency_key(deployment, json.dumps(params, sort_keys=True))
         )
-        console.print(f"run [bold]{run.name}[/bold] ({run.id}): {run.state_name}")
+        console.print(Text.assemble("run ", (run.name, "bold"), f" ({run.id}): {run.state_name}"))
         if wait:
-            with console.status(f"waiting for {run.name}..."):
+            with console.status(f"waiting for {escape(run.name)}..."):
                 run = api.wait(run.id, Deadline(timeout))
-            console.print(f"{run.name}: [bold]{run.state_name}[/bold] {run.message}")
+            console.print(Text.assemble(f"{run.name}: ", (run.state_name, "bold"), f" {run.message}"))
     except PrefectApiError as exc:
         _fail(str(exc))
     if wait and not run.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
 def register(
     names: list[str] = typer.Argument(None, help="Inventory host names (default: every host not yet in MAAS)"),
     all_hosts: bool = typer.Option(False, "--all", help="Every host in the inventory, registered or not"),
-    timeout: float = typer.Option(3600, help="How long to wait for all of them"),
+    timeout: float = typer.Option(3600, min=0, help="How long to wait for all of them"),
 ) -> None:
     """Register hosts with MAAS (adopt or enlist and commission), one register-host run each,
     with a progress bar; the runs go in parallel, each host under its own lock."""
@@ -153,6 +236,10 @@ def register(
     from metalflow.integrations.prefectapi import PrefectApi, PrefectApiError, idempotency_key
     from metalflow.tasks.clients import inventory
 
+    try:
+        names = [parse_hostname(n, "NAMES") for n in names or []]
+    except BadValue as exc:
+        _bad(exc)
     if not names:
         names = [h.name for h in inventory().hosts.all() if all_hosts or not h.maas_system_id]
     if not names:
@@ -189,14 +276,14 @@ def register(
                     progress.advance(bar)
                     if not run.ok:
                         failed.append(f"{n}: {run.state_name} {run.message}")
-                    progress.update(bar, description=f"{n} {run.state_name.lower()}")
+                    progress.update(bar, description=escape(f"{n} {run.state_name.lower()}"))
             deadline.sleep(1.0)
     for line in failed:
-        console.print(f"[red]{line}[/red]", markup=False)
+        errors.print(line, markup=False, highlight=False, soft_wrap=True, style="red")
     if failed or pending:
         if pending:
-            console.print(f"still running after {timeout:.0f} s: {', '.join(pending)}")
-        raise typer.Exit(1)
+            errors.print(f"still running after {timeout:.0f} s: {', '.join(pending)}", markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
@@ -209,25 +296,35 @@ def hosts() -> None:
     for h in inventory().hosts.all():
         age = f"{(now - h.power_state_at).total_seconds():.0f} s" if h.power_state_at else "never"
         t.add_row(
-            h.name,
-            h.cloudstack_id or "",
-            h.maas_system_id or "-",
-            h.last_vm_name or "-",
-            h.power_state,
-            age,
-            f"yes: {h.maintenance_reason}" if h.maintenance else "",
+            *(
+                Text(cell)
+                for cell in (
+                    h.name,
+                    h.cloudstack_id or "",
+                    h.maas_system_id or "-",
+                    h.last_vm_name or "-",
+                    h.power_state,
+                    age,
+                    f"yes: {h.maintenance_reason}" if h.maintenance else "",
+                )
+            )
         )
     console.print(t)
 
 
 @app.command()
-def events(host: str, limit: int = typer.Option(50)) -> None:
+def events(host: str, limit: int = typer.Option(50, min=1, max=10000)) -> None:
     """A host's event journal, newest first."""
     from metalflow.tasks.clients import inventory
 
+    try:
+        key = parse_ident(host, "HOST", "a host name or CloudStack id")
+    except BadValue as exc:
+        _bad(exc)
     t = Table("time", "operation", "step", "system", "outcome", "detail")
-    for e in inventory().history.events(host, limit=limit):
-        t.add_row(e.at.strftime("%H:%M:%S"), e.operation, e.step, e.system, e.outcome, (e.detail or "")[:80])
+    for e in inventory().history.events(key, limit=limit):
+        cells = (e.at.strftime("%H:%M:%S"), e.operation, e.step, e.system, e.outcome, (e.detail or "")[:80])
+        t.add_row(*(Text(str(c or "")) for c in cells))
     console.print(t)
 
 

@@ -11,6 +11,15 @@ Placement. The seed's model: each CloudStack host is one server, named by the ho
 a free machine that fits and CloudStack saves it as the VM detail ``External:metalflow_host``.
 Either way the claim in the inventory ties the VM to its machine until ``delete``; later
 actions (whose payloads carry no NICs) find the machine by that claim.
+
+The tenant boundary. A tenant may set VM details (the deploy call's ``details``), so nothing
+read from them reaches what belongs to someone else:
+
+- a machine named by a ``metalflow_host`` detail is used only when it is this VM's (its claim,
+  the VM installed on it) or free; a machine another VM holds or carries answers "not
+  available", naming neither that VM nor its uuid, and nothing changes (``NotAvailable``);
+- a ``root_password_ref`` from VM details must lie inside the operator's
+  ``tenant_secret_scope`` (empty by default: refused), checked before anything changes.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from metalflow.integrations.cloudstack.extension_config import ExtensionConfig
 from metalflow.integrations.cloudstack.payload import Payload, PayloadError, parse_vlan
 from metalflow.integrations.cloudstack.runs import ExtensionApi, Runs
 from metalflow.integrations.common import Deadline, MetalflowError
+from metalflow.integrations.common.values import BadValue, parse_secret_ref
 from metalflow.integrations.inventory import (
     ClaimConflict,
     HostInfo,
@@ -37,6 +47,20 @@ from metalflow.integrations.prefectapi import FlowRun
 
 class ActionError(MetalflowError):
     """The action cannot be done as asked; nothing was changed."""
+
+
+class NotAvailable(ActionError):
+    """A machine named for this VM is not this VM's: another VM holds or carries it, or there is
+    no such machine. The message names neither the other VM nor whether the machine exists."""
+
+    def __init__(self, where: str, vm_uuid: str):
+        super().__init__(f"the machine named by {where} is not available to VM {vm_uuid}")
+
+
+#: Where a tenant-writable ``metalflow_host`` and the operator's one come from.
+VM_HOST_DETAIL = "externaldetails.virtualmachine.metalflow_host"
+HOST_DETAIL = "externaldetails.host.metalflow_host"
+ROOT_REF_DETAIL = "externaldetails.virtualmachine.root_password_ref"
 
 
 class Extension:
@@ -70,43 +94,77 @@ class Extension:
 
     # --- placement --------------------------------------------------------------------------
     def locate(self) -> HostInfo | None:
-        """The VM's machine: its claim, the machine prepare saved in the VM's details, the
-        CloudStack host's server (seed model), or the host that carries the VM."""
+        """The VM's machine: its claim, the host that carries it, else the machine a detail
+        names (what prepare saved in the VM's details, or the CloudStack host's server in the
+        seed model) when that machine is free. ``NotAvailable`` when the detail names a machine
+        that is not this VM's, or none at all (the same answer: a tenant learns nothing)."""
         uuid = self.p.require_vm()
-        claim = self.inventory.claims.for_vm(uuid)
-        if claim is not None:
-            return self.inventory.hosts.get(claim.host)
+        mine = self.inventory.claims.host_for_vm(uuid)
+        if mine is not None:
+            return mine
         for hint, where in (
-            (self.p.virtualmachine.get("metalflow_host"), "externaldetails.virtualmachine.metalflow_host"),
-            (self.p.host.get("metalflow_host"), "externaldetails.host.metalflow_host"),
+            (self.p.virtualmachine.get("metalflow_host"), VM_HOST_DETAIL),
+            (self.p.host.get("metalflow_host"), HOST_DETAIL),
         ):
             if hint:
                 host = self.inventory.hosts.find(str(hint))
-                if host is None:
-                    self.log.warning("%s names %s, which is not in the inventory", where, hint)
+                if host is None or not self._free_for_me(host):
+                    self.log.warning("%s names %s: not in the inventory or another VM's", where, hint)
+                    raise NotAvailable(where, uuid)
                 return host
-        return self.inventory.claims.host_for_vm(uuid)
+        return None
+
+    def _free_for_me(self, host: HostInfo) -> bool:
+        """Whether ``host`` carries this VM, or carries none and no other VM holds its claim."""
+        uuid = self.p.require_vm()
+        if host.last_vm_uuid is not None:
+            return host.last_vm_uuid == uuid
+        return not any(c.host == host.name and c.vm_uuid != uuid for c in self.inventory.claims.all())
+
+    def _holds(self, host: HostInfo) -> bool:
+        """Whether this VM is installed on ``host`` or holds its claim."""
+        uuid = self.p.require_vm()
+        if host.last_vm_uuid == uuid:
+            return True
+        claim = self.inventory.claims.for_vm(uuid)
+        return claim is not None and claim.host == host.name
 
     def place_for_create(self, vm_name: str) -> HostInfo:
         uuid = self.p.require_vm()
         pinned = self.p.host.get("metalflow_host")
         claim = self.inventory.claims.for_vm(uuid)
         if pinned:
-            host = self._host_named(str(pinned), "externaldetails.host.metalflow_host")
+            host = self._host_named(str(pinned), HOST_DETAIL)
             if claim is not None and claim.host != host.name:
                 self._let_go_of(claim.host)
-            return self.inventory.claims.claim(uuid, vm_name=vm_name, host=host.name)
+            return self._claim(host, vm_name, HOST_DETAIL)
         if claim is not None:
             return self.inventory.hosts.get(claim.host)
         chosen = self.p.virtualmachine.get("metalflow_host")
         if chosen:  # claim released after a failed create; CloudStack retried without prepare
-            host = self._host_named(str(chosen), "externaldetails.virtualmachine.metalflow_host")
-            return self.inventory.claims.claim(uuid, vm_name=vm_name, host=host.name)
+            named = self.inventory.hosts.find(str(chosen))
+            if named is None:  # the same answer as another VM's machine: nothing to learn
+                raise NotAvailable(VM_HOST_DETAIL, uuid)
+            return self._claim(named, vm_name, VM_HOST_DETAIL)
         raise ActionError(
             f"no machine for VM {uuid}: either create the extension with orchestratorrequirespreparevm=true "
             "(prepare picks a free machine) or give the CloudStack host the detail metalflow_host "
             "(one server per CloudStack host)"
         )
+
+    def _claim(self, host: HostInfo, vm_name: str, where: str) -> HostInfo:
+        """Claim ``host`` (named by a detail) for this VM, or ``NotAvailable`` when another VM
+        holds or carries it; the inventory's own message, which names that VM, goes to the
+        extension's log only."""
+        uuid = self.p.require_vm()
+        if not self._free_for_me(host):
+            self.log.warning("%s names %s, which another VM holds or carries", where, host.name)
+            raise NotAvailable(where, uuid)
+        try:
+            return self.inventory.claims.claim(uuid, vm_name=vm_name, host=host.name)
+        except ClaimConflict as exc:  # claimed by another VM a moment ago
+            self.log.warning("%s: %s", where, exc)
+            raise NotAvailable(where, uuid) from None
 
     def _host_named(self, key: str, where: str) -> HostInfo:
         try:
@@ -185,7 +243,7 @@ class Extension:
         if host.last_vm_uuid != uuid:
             raise ActionError(
                 f"cannot {verb} VM {uuid}: it is not installed on {host.name} "
-                f"({'carries ' + (host.last_vm_name or host.last_vm_uuid) if host.last_vm_uuid else 'no VM installed'})"
+                f"({'another VM is' if host.last_vm_uuid else 'no VM installed'})"
             )
         return host
 
@@ -199,11 +257,11 @@ class Extension:
         vm_name = self.p.vm_name()
         pinned = self.p.host.get("metalflow_host")
         if pinned:
-            host = self._host_named(str(pinned), "externaldetails.host.metalflow_host")
+            host = self._host_named(str(pinned), HOST_DETAIL)
             claim = self.inventory.claims.for_vm(uuid)
             if claim is not None and claim.host != host.name:
                 self._let_go_of(claim.host)
-            host = self.inventory.claims.claim(uuid, vm_name=vm_name, host=host.name)
+            host = self._claim(host, vm_name, HOST_DETAIL)
         else:
             host = self.inventory.claims.claim(
                 uuid, vm_name=vm_name, min_cpus=self.p.cpus or 0, min_memory_mb=self.p.min_memory_mb
@@ -230,18 +288,39 @@ class Extension:
         }
         ref = self.p.detail("root_password_ref")
         if ref:
-            vm["root_password_ref"] = ref
+            vm["root_password_ref"] = self.tenant_ref(ref)
         keys = self.p.ssh_keys()
         if keys:
             vm["ssh_keys"] = keys
         return vm
+
+    def tenant_ref(self, text: object) -> str:
+        """A ``root_password_ref`` from VM details, checked against the operator's
+        ``tenant_secret_scope``: a tenant may name only the secrets the operator set aside for
+        tenants. The answer never quotes the reference (it may be a pasted secret) nor the
+        scope."""
+        try:
+            ref = parse_secret_ref(text, ROOT_REF_DETAIL)
+        except BadValue as exc:
+            raise PayloadError(exc.reason, field=exc.field) from None
+        if not self.cfg.tenant_secret_scope:
+            raise ActionError(
+                f"{ROOT_REF_DETAIL}: a secret reference in VM details is not accepted here (the operator "
+                "allows none: tenant_secret_scope in the extension's configuration); nothing was done"
+            )
+        if not ref.within(self.cfg.tenant_secret_scope):
+            raise ActionError(
+                f"{ROOT_REF_DETAIL}: the reference is outside the scope the operator allows for VM details "
+                "(tenant_secret_scope); nothing was done"
+            )
+        return str(ref)
 
     def create(self) -> Answer:
         vm = self.vm_params()  # every payload check before anything changes
         erase = self.p.erase_mode(self.cfg.erase_default)
         host = self.place_for_create(vm["name"])
         if host.last_vm_uuid not in (None, vm["uuid"]):
-            raise ActionError(f"{host.name} carries VM {host.last_vm_name or host.last_vm_uuid}")
+            raise ActionError(f"{host.name} is not available to VM {vm['uuid']}: another VM is installed on it")
         run = self.run(
             "provision", {"host": host.name, "vm": vm, "erase_on_failure": erase}, label="create", host=host.name
         )
@@ -272,7 +351,10 @@ class Extension:
         """Succeeds when there is nothing to stop: CloudStack calls stop to clean up after a
         failed prepare or create and expects success."""
         uuid = self.p.require_vm()
-        host = self.locate()
+        try:
+            host = self.locate()
+        except NotAvailable as exc:
+            return Answer.success(f"{exc}: nothing to stop")
         if host is None:
             return Answer.success(f"no machine holds VM {uuid}: nothing to stop")
         params: dict[str, Any] = {"host": host.name}
@@ -300,14 +382,16 @@ class Extension:
         """Destroy (power off, VLANs back to PXE, release with erase) and free the machine.
         Succeeds when the VM never got a machine or it is already gone."""
         uuid = self.p.require_vm()
-        host = self.locate()
+        try:
+            host = self.locate()
+        except NotAvailable as exc:
+            return Answer.success(f"{exc}: nothing to delete")
         if host is None:
             return Answer.success(f"no machine holds VM {uuid}: nothing to delete")
         if host.last_vm_uuid not in (None, uuid):
             released = self.inventory.claims.release(uuid)
             return Answer.success(
-                f"VM {uuid} is not on {host.name} (it carries {host.last_vm_name or host.last_vm_uuid})"
-                + ("; claim released" if released else ""),
+                f"VM {uuid} is not on {host.name} (another VM is)" + ("; claim released" if released else ""),
                 host=host.name,
             )
         last_create = (
@@ -362,7 +446,7 @@ class Extension:
         networks as the ports carry them now (plugged NICs included)."""
         uuid = self.p.require_vm()
         host = self.locate()
-        if host is None:
+        if host is None or not self._holds(host):
             raise ActionError(f"cannot reinstall VM {uuid}: no machine holds it")
         going = self.runs.live(uuid, "Reinstall-provision", host.name, deadline=self._call_deadline())
         if going is not None:
@@ -415,6 +499,8 @@ class Extension:
                 f"and no guest VLAN recorded for {host.name})"
             )
         vm.setdefault("owner", self.p.owner())
+        if vm.get("root_password_ref"):  # checked again: the operator may have narrowed the scope since
+            vm["root_password_ref"] = self.tenant_ref(vm["root_password_ref"])
         return vm
 
     def getconsole(self) -> Answer:
@@ -436,7 +522,10 @@ def dispatch(ext: Extension, action: str) -> Answer:
     }
     try:
         return table[action.lower()]()
-    except (PayloadError, ActionError, NoFreeHost, ClaimConflict) as exc:
+    except (PayloadError, ActionError, NoFreeHost) as exc:
         return Answer.error(str(exc))
+    except ClaimConflict as exc:  # raced for a machine named by a detail: its message names the other VM
+        ext.log.warning("claim conflict: %s", exc)
+        return Answer.error(f"the machine is not available to VM {ext.p.vm_uuid}")
     except InventoryError as exc:
         return Answer.error(f"inventory: {exc}")

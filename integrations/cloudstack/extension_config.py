@@ -6,6 +6,11 @@ arguments of ours, so everything the extension needs is in one JSON file:
 Prefect API and the inventory are, the Prefect API's basic-auth string (the only secret, so
 the file is written owner-only) and timeouts. The MAAS key, IPMI and switch passwords are
 not here: they stay with metalflow's flows.
+
+It also holds how far a tenant may reach: ``tenant_secret_scope``, the reference prefixes a
+``root_password_ref`` written in VM details may start with (a tenant who can set VM details
+must not name another tenant's secret). Empty, the default, refuses such references entirely:
+the operator opts in.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -48,6 +54,9 @@ class ExtensionConfig:
     erase_default: str = "quick"
     wait_for_erase: bool = True
     stop_soft_timeout: float | None = None  # None: metalflow's setting
+    #: Reference prefixes (``block:tenant-root-``, ``env:METALFLOW_ROOT_``) a root_password_ref
+    #: from VM details may start with; empty: none is accepted (see docs/cloudstack.md).
+    tenant_secret_scope: tuple[str, ...] = ()
     path: str = ""  # where it was read from (not written)
 
     @property
@@ -75,7 +84,7 @@ class ExtensionConfig:
                 value = value.reveal()
             if value is None:
                 continue
-            out[f.name] = value
+            out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
     def masked(self) -> dict[str, Any]:
@@ -94,6 +103,26 @@ _FLOATS = (
     "poll_interval",
 )
 _ERASE = ("none", "quick", "secure")
+#: A scope prefix: the start of a reference as ``values.parse_secret_ref`` reads it, with at
+#: least one character of the name (``block:`` alone would be every block).
+_SCOPE_PREFIX = re.compile(
+    r"env:[A-Za-z_][A-Za-z0-9_]{0,127}|block:[a-z0-9][a-z0-9-]{0,127}(?:#[A-Za-z0-9._-]{0,128})?", re.ASCII
+)
+
+
+def _scope(value: Any, problems: list[str]) -> tuple[str, ...]:
+    fix = (
+        "tenant_secret_scope: expected a list of reference prefixes, each env: or block: and the start of a "
+        'name, e.g. ["block:tenant-root-"]'
+    )
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.append(fix)
+        return ()
+    bad = [i for i, v in enumerate(value) if not _SCOPE_PREFIX.fullmatch(v)]
+    if bad:
+        problems.append(f"{fix} (entries {', '.join(map(str, bad))} are not)")
+        return ()
+    return tuple(value)
 
 
 def config_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -152,6 +181,8 @@ def parse_config(doc: Any, where: str) -> ExtensionConfig:
             problems.append("wait_for_erase: expected true or false")
         else:
             values["wait_for_erase"] = doc["wait_for_erase"]
+    if "tenant_secret_scope" in doc:
+        values["tenant_secret_scope"] = _scope(doc["tenant_secret_scope"], problems)
     if problems:
         raise ExtensionConfigError(f"{where}: " + "; ".join(problems))
     return ExtensionConfig(**values, path=where)

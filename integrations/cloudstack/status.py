@@ -91,9 +91,15 @@ def read_host(url: str, p: Payload) -> tuple[dict[str, Any] | None, datetime | N
     SQLite (the embedded default) is read with the standard library's sqlite3: importing
     SQLAlchemy alone takes longer than the whole answer. Other databases go through
     SQLAlchemy Core with the same SQL."""
+    # A machine a detail names counts only when it carries this VM: a tenant's metalflow_host
+    # detail naming another VM's machine learns nothing of it (not even that it exists).
     keys = [(Q_CLAIM, p.vm_uuid or "")]
     keys += [(Q_HOST, str(h)) for h in (p.virtualmachine.get("metalflow_host"), p.host.get("metalflow_host")) if h]
     keys.append((Q_CARRIES, p.vm_uuid or ""))
+
+    def usable(sql: str, row: Any) -> bool:
+        return sql is not Q_HOST or row["last_vm_uuid"] == p.vm_uuid
+
     path = _sqlite_path(url)
     if path is not None:
         import sqlite3
@@ -105,7 +111,7 @@ def read_host(url: str, p: Payload) -> tuple[dict[str, Any] | None, datetime | N
         try:
             for sql, key in keys:
                 row = conn.execute(sql, {"key": key}).fetchone()
-                if row is not None:
+                if row is not None and usable(sql, row):
                     last = conn.execute(Q_LAST_EVENT, {"id": row["id"]}).fetchone()[0]
                     return dict(row), _aware(last)
             return None, None
@@ -119,7 +125,7 @@ def read_host(url: str, p: Payload) -> tuple[dict[str, Any] | None, datetime | N
         with engine.connect() as db:
             for sql, key in keys:
                 found = db.execute(text(sql).columns(power_state_at=DateTime()), {"key": key}).mappings().first()
-                if found is not None:
+                if found is not None and usable(sql, found):
                     last = db.execute(text(Q_LAST_EVENT).columns(at=DateTime()), {"id": found["id"]}).scalar()
                     return dict(found), _aware(last)
             return None, None

@@ -56,11 +56,14 @@ class CloudStackE2E:
 
     @property
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.workdir),
             "METALFLOW_CLOUDSTACK_CONFIG": str(self.config),
         }
+        if os.environ.get("PYTHONPATH"):  # the code under test, when it is not the installed one
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        return env
 
     def argv(self, action: str, doc: dict, wait: int) -> list[str]:
         path = write(self.workdir, doc, name=str(uuid.uuid4()))  # <dataDir>/<extension>/<uuid>.json

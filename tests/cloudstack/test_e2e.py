@@ -208,3 +208,66 @@ def test_clear_errors_change_nothing(clean):
     assert hw == before
     assert hw["power"] == "off" and all(p["untagged"] == cs.pxe_vlan() and p["tagged"] == [] for p in hw["ports"])
     assert [r["state"]["type"] for r in cs.runs_for(vm)] == ["FAILED"]  # only the refused image's run
+
+
+def test_a_tenant_cannot_reach_another_vms_machine_or_secrets(clean):
+    """The tenant boundary through the real executable: VM details a tenant wrote name another
+    tenant's machine, or a secret outside the operator's scope. Every answer is "not
+    available" or a refusal naming no other VM; no run is created for the intruder and the
+    machine, the claims and the inventory stay as they were."""
+    cs = clean
+    owner, intruder = new_vm(), new_vm()
+    vm_ext = {"image": "ubuntu/jammy", "vm_name": "payroll-db"}
+    prep = cs.call("prepare", payload("prepare", owner, nics=[guest_nic()], vm_ext=vm_ext))
+    assert prep.code == 0, prep.stdout
+    taken = prep.answer["details"]["External:metalflow_host"]
+    create_doc = after_prepare(payload("create", owner, nics=[guest_nic()], vm_ext=vm_ext), prep.answer)
+    assert cs.call("create", create_doc).code == 0
+    later = {k[len("External:") :]: v for k, v in prep.answer["details"].items()}
+    hw = cs.host(taken)
+    assert hw["running"] == "os:ubuntu/jammy"
+
+    def world():
+        inv = cs.inventory()
+        try:
+            claims = sorted((c.host, c.vm_uuid) for c in inv.claims.all())
+            hosts = [(h.name, h.last_vm_uuid, h.version) for h in inv.hosts.all()]
+            return claims, hosts, len(inv.history.events(taken))
+        finally:
+            inv.dispose()
+
+    before = world()
+    hint = {"metalflow_host": taken, "image": "ubuntu/jammy"}
+    calls = [
+        ("create", payload("create", intruder, nics=[guest_nic()], vm_ext=hint)),
+        ("start", payload("start", intruder, nics=[guest_nic()], vm_ext=hint)),
+        ("reboot", payload("reboot", intruder, vm_ext=hint)),
+        ("PlugNetwork", payload("PlugNetwork", intruder, custom=True, parameters={"vlan": 300}, vm_ext=hint)),
+        ("Reinstall", payload("Reinstall", intruder, custom=True, vm_ext=hint)),
+        ("stop", payload("stop", intruder, vm_ext=hint)),
+        ("delete", payload("delete", intruder, vm_ext=hint)),
+    ]
+    for action, doc in calls:
+        answer = cs.call(action, doc)
+        assert "not available to VM " + intruder in answer.message, (action, answer.stdout)
+        assert owner not in answer.stdout and "payroll-db" not in answer.stdout, (action, answer.stdout)
+        assert answer.code == (0 if action in ("stop", "delete") else 1), (action, answer.stdout)
+    status = cs.call("status", payload("status", intruder, vm_ext=hint))
+    assert status.answer["power_state"] == "PowerUnknown" and taken not in status.stdout
+
+    # a root_password_ref outside the operator's scope (the default scope: none), even for the
+    # intruder's own free machine: refused before the machine is claimed, and never quoted
+    free = next(h.name for h in cs.inventory().hosts.all() if h.name != taken and h.last_vm_uuid is None)
+    for ref in ("block:metalflow-maas", "env:METALFLOW_MAAS_SETTINGS", "hunter2-CANARY"):
+        doc = payload(
+            "create", intruder, nics=[guest_nic()], vm_ext={**hint, "metalflow_host": free, "root_password_ref": ref}
+        )
+        refused = cs.call("create", doc)
+        assert refused.code == 1 and "root_password_ref" in refused.message, refused.stdout
+        assert ref not in refused.stdout and "CANARY" not in refused.stdout
+
+    assert cs.runs_for(intruder) == []
+    assert world() == before
+    assert cs.host(taken) == hw
+    assert cs.call("status", payload("status", owner, vm_ext=later)).answer["power_state"] == "PowerOn"
+    assert cs.call("delete", payload("delete", owner, vm_ext=later)).code == 0

@@ -234,7 +234,8 @@ def test_prepare_seed_model_claims_the_cloudstack_hosts_server(cfg, inv):
     answer = act(cfg, payload("prepare", "vm-a", version="4.21", host_ext={"metalflow_host": "host-004"}), "prepare")
     assert answer.body["details"]["External:metalflow_host"] == "host-004"
     other = act(cfg, payload("prepare", "vm-b", version="4.21", host_ext={"metalflow_host": "host-004"}), "prepare")
-    assert not other.ok and "claimed by VM vm-a" in other.body["message"]
+    assert not other.ok and "not available to VM vm-b" in other.body["message"]
+    assert "vm-a" not in other.text()  # the other tenant's VM is not named
 
 
 def test_prepare_with_nothing_free_is_a_clear_error(cfg, inv):
@@ -336,6 +337,151 @@ def test_reinstall_keeps_the_vm_and_its_current_networks(cfg, inv):
         "owner": {"account": "acc-1"},
         "nics": [{"vlan": 100, "default": True}, {"vlan": 200, "default": False}],
     }
+
+
+# ---------------------------------------------------------------------------- the tenant boundary
+
+
+@pytest.fixture
+def neighbours(inv):
+    """Another tenant's VMs: vm-a installed on host-003 (named "payroll-db"), vm-c prepared on
+    host-004 (claimed, create not yet run)."""
+    inv.claims.claim("vm-a", vm_name="payroll-db", host="host-003")
+    inv.hosts.set_last_vm("host-003", "vm-a", "payroll-db")
+    inv.claims.claim("vm-c", vm_name="ledger", host="host-004")
+    return inv
+
+
+def world(inv) -> tuple:
+    """What an action must not change: claims, which VM each host carries, the journal."""
+    return (
+        sorted((c.host, c.vm_uuid) for c in inv.claims.all()),
+        [(h.name, h.last_vm_uuid, h.version) for h in inv.hosts.all()],
+        [len(inv.history.events(h.name)) for h in inv.hosts.all()],
+    )
+
+
+TENANT_ACTIONS = [
+    ("start", {}),
+    ("reboot", {}),
+    ("stop", {}),
+    ("delete", {}),
+    ("PlugNetwork", {"vlan": 200}),
+    ("UnplugNetwork", {"vlan": 200}),
+    ("Reinstall", {}),
+]
+
+
+@pytest.mark.parametrize("target", ["host-003", "1003", "host-004", "host-999"])
+@pytest.mark.parametrize("action, params", TENANT_ACTIONS)
+def test_a_metalflow_host_detail_naming_another_vms_machine_is_not_available(cfg, neighbours, target, action, params):
+    """vm-b's tenant wrote External:metalflow_host naming a machine another VM carries
+    (host-003, by name or CloudStack id) or holds (host-004), or no machine at all: the same
+    answer every time, naming no other VM, and nothing changes. Prefect is not reachable
+    (port 9): any run started would fail loudly."""
+    before = world(neighbours)
+    custom = action in ("PlugNetwork", "UnplugNetwork", "Reinstall")
+    doc = payload(action, "vm-b", custom=custom, parameters=params or None, vm_ext={"metalflow_host": target})
+    answer = act(cfg, doc, action)
+    text = answer.text()
+    assert "not available to VM vm-b" in text, text
+    for secret in ("vm-a", "payroll-db", "vm-c", "ledger", "host-003", "host-004", "host-999"):
+        assert secret not in text
+    # CloudStack cleans up with stop and delete and expects success: nothing of vm-b's is there
+    assert answer.ok is (action in ("stop", "delete"))
+    assert world(neighbours) == before
+
+
+def test_create_on_another_vms_machine_is_not_available(cfg, neighbours):
+    before = world(neighbours)
+    for target in ("host-003", "host-004", "host-999"):
+        doc = payload("create", "vm-b", vm_ext={"image": "ubuntu/jammy", "metalflow_host": target})
+        answer = act(cfg, doc, "create")
+        assert not answer.ok and "not available to VM vm-b" in answer.text()
+        assert "vm-a" not in answer.text() and "payroll-db" not in answer.text() and "vm-c" not in answer.text()
+    # the operator's host detail (seed model) pinning a machine another VM carries: the same
+    doc = payload(
+        "create", "vm-b", version="4.21", host_ext={"metalflow_host": "1003"}, vm_ext={"image": "ubuntu/jammy"}
+    )
+    answer = act(cfg, doc, "create")
+    assert not answer.ok and "not available" in answer.text() and "payroll-db" not in answer.text()
+    assert world(neighbours) == before
+
+
+def test_status_of_another_vms_machine_says_nothing_about_it(cfg, neighbours):
+    inv = neighbours
+    inv.power.record("host-003", "on")
+    body = status_of(cfg, payload("status", "vm-b", vm_ext={"metalflow_host": "host-003"}))
+    assert body["power_state"] == "PowerUnknown" and "host-003" not in body["message"]
+    assert body == status_of(cfg, payload("status", "vm-b", vm_ext={"metalflow_host": "host-999"}))
+
+
+def test_the_vms_own_machine_is_still_found_by_its_detail(cfg, neighbours):
+    """A free machine a detail names is still found (a retried create after a failed one
+    released its claim); the VM's own claim wins over any detail."""
+
+    def located(vm_ext):
+        ext = Extension(cfg, parsed(payload("stop", "vm-b", vm_ext=vm_ext), "stop"), Deadline(30), LOG)
+        try:
+            return ext.locate()
+        finally:
+            ext.close()
+
+    assert located({"metalflow_host": "host-002"}).name == "host-002"
+    neighbours.claims.claim("vm-b", host="host-005")
+    assert located({"metalflow_host": "host-003"}).name == "host-005"
+
+
+def vm_params_of(cfg, vm_ext, scope=()):
+    cfg = ExtensionConfig(**{**cfg.__dict__, "tenant_secret_scope": scope})
+    doc = payload("create", "vm-b", vm_ext={"image": "ubuntu/jammy", "metalflow_host": "host-002", **vm_ext})
+    ext = Extension(cfg, parsed(doc, "create"), Deadline(30), LOG)
+    try:
+        return ext.vm_params()
+    finally:
+        ext.close()
+
+
+def test_root_password_ref_from_vm_details_stays_in_the_operators_scope(cfg, inv):
+    from metalflow.integrations.cloudstack.actions import ActionError
+    from metalflow.integrations.cloudstack.payload import PayloadError
+
+    scope = ("block:tenant-root-", "env:METALFLOW_TENANT_ROOT_")
+    ok = vm_params_of(cfg, {"root_password_ref": "block:tenant-root-acme"}, scope)
+    assert ok["root_password_ref"] == "block:tenant-root-acme"
+    assert vm_params_of(cfg, {"root_password_ref": "env:METALFLOW_TENANT_ROOT_ACME"}, scope)["root_password_ref"]
+    for ref in ("block:ipmi-host-001", "block:metalflow-maas", "env:METALFLOW_MAAS_SETTINGS", "block:tenant-rootx"):
+        with pytest.raises(ActionError) as err:
+            vm_params_of(cfg, {"root_password_ref": ref}, scope)
+        assert "outside the scope" in str(err.value) and ref.split(":")[1] not in str(err.value)
+    # the default: the operator has not opted in, so no reference from VM details is taken
+    with pytest.raises(ActionError, match="not accepted"):
+        vm_params_of(cfg, {"root_password_ref": "block:tenant-root-acme"})
+    # a secret pasted where the reference belongs is refused and never echoed
+    with pytest.raises(PayloadError) as err:
+        vm_params_of(cfg, {"root_password_ref": "hunter2-CANARY"}, scope)
+    assert "CANARY" not in str(err.value) and "root_password_ref" in str(err.value)
+
+
+def test_an_out_of_scope_ref_refuses_create_before_anything_changes(cfg, inv):
+    before = world(inv)
+    doc = payload(
+        "create", "vm-b", vm_ext={"image": "ubuntu/jammy", "metalflow_host": "host-002", "root_password_ref": "block:x"}
+    )
+    answer = act(cfg, doc, "create")
+    assert not answer.ok and "root_password_ref" in answer.text() and "block:x" not in answer.text()
+    assert world(inv) == before
+
+
+def test_tenant_secret_scope_in_the_configuration():
+    base = {"prefect_api_url": "http://x/api", "inventory_url": "sqlite://"}
+    cfg = parse_config({**base, "tenant_secret_scope": ["block:tenant-root-", "env:TENANT_"]}, "c.json")
+    assert cfg.tenant_secret_scope == ("block:tenant-root-", "env:TENANT_")
+    assert cfg.document()["tenant_secret_scope"] == ["block:tenant-root-", "env:TENANT_"]
+    assert parse_config(base, "c.json").tenant_secret_scope == ()
+    for bad in ("block:tenant-", ["block:"], ["env:"], ["tenant-"], [5], ["block:Tenant"], ["block:t\n"]):
+        with pytest.raises(ExtensionConfigError, match="tenant_secret_scope"):
+            parse_config({**base, "tenant_secret_scope": bad}, "c.json")
 
 
 def test_getconsole_says_there_is_none(cfg):
