@@ -128,8 +128,13 @@ class Payload:
                 (self.vm_details, name, f"cloudstack.vm.details.details.{name}"),
             ):
                 value = source.get(key)
-                if value not in (None, ""):
-                    return str(value), path
+                if value in (None, ""):
+                    continue
+                if not isinstance(value, str):
+                    # CloudStack's details are a Map<String, String>: anything else was not
+                    # written by CloudStack, and str(True) must not become an image "True".
+                    raise PayloadError(f"expected text, got {type(value).__name__}", field=path)
+                return value, path
         return None, f"{_VM}.{names[0]}"
 
     def require_vm(self) -> str:

@@ -68,6 +68,10 @@ SecretRefText = Annotated[
     WithJsonSchema(
         {
             "type": "string",
+            # The same rule in the form and the API: a password pasted here is refused there
+            # (the answer goes back to whoever sent it) instead of being stored as a run's
+            # parameter and refused only when the run starts.
+            "pattern": "^" + v.SECRET_REF_PATTERN + _END,
             "description": "Where a secret lives: env:NAME, block:NAME or block:NAME#KEY (never the secret)",
         }
     ),

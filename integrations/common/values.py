@@ -250,6 +250,8 @@ class SecretRef:
         return any(text.startswith(prefix) for prefix in scope if prefix)
 
 
+#: The reference grammar, also a JSON-schema pattern (no named groups there).
+SECRET_REF_PATTERN = r"(env:[A-Za-z_][A-Za-z0-9_]{0,127}|block:[a-z0-9][a-z0-9-]{0,127}(#[A-Za-z0-9._-]{1,128})?)"
 _SECRET_REF = re.compile(
     r"(?:env:(?P<env>[A-Za-z_][A-Za-z0-9_]{0,127})"
     r"|block:(?P<block>[a-z0-9][a-z0-9-]{0,127})(?:#(?P<key>[A-Za-z0-9._-]{1,128}))?)",

@@ -141,6 +141,7 @@ _SETTINGS_KEYS = MappingProxyType(
     {k.lower(): k for k in ("MaasIP", "MaasPort", "MaasKey", "MaasSecret", "MaasConsumerKey")}
 )
 _SETTINGS_PREFIX = re.compile(r"^\s*external\.baremetal\.system\.url\s*[=:]\s*", re.IGNORECASE)
+_BLANKS = " \t"
 _IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,31}", re.ASCII)
 _MISSING_HINT = MappingProxyType(
     {
@@ -157,8 +158,8 @@ _MISSING_HINT = MappingProxyType(
 def parse_settings(s: str | Secret) -> MaasSettings:
     """Parse CloudStack's ``external.baremetal.system.url``.
 
-    Accepts ``Key=value`` pairs separated by ``;``, keys in any case, whitespace around either,
-    an optional ``MaasPort``, and a scheme, port or path inside ``MaasIP``
+    Accepts ``Key=value`` pairs separated by ``;``, keys in any case, blanks (spaces and tabs,
+    not newlines) around either, an optional ``MaasPort``, and a scheme, port or path inside ``MaasIP``
     (``https://maas.example:5443``, ``10.0.0.5:5240``, ``[fd00::5]``). The whole line pasted
     from the seed (``external.baremetal.system.url = MaasIP=...``) is accepted too. Defaults:
     http, port 5240 (5443 for https), path ``/MAAS/``.
@@ -176,11 +177,13 @@ def parse_settings(s: str | Secret) -> MaasSettings:
     problems: list[Problem] = []
     secrets: list[str] = []
     for n, raw in enumerate(text.split(";"), 1):
-        part = raw.strip()
+        # Blanks (spaces, tabs) around parts, keys and values are layout, as the seed writes
+        # them; a newline or other control character is not, and is refused with its field.
+        part = raw.strip(_BLANKS)
         if not part:
             continue
         key, sep, value = part.partition("=")
-        key, value = key.strip(), value.strip()
+        key, value = key.strip(_BLANKS), value.strip(_BLANKS)
         if not sep:
             # Never echo the part: it may be a pasted secret or API key.
             secrets.extend(p for p in re.split(r"[:\s]+", part) if p)

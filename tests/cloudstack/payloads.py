@@ -92,7 +92,7 @@ def payload(
     if action in ("create", "start"):
         default = next((n for n in nics if n.get("defaultNic")), None)
         uri = (default or {}).get("broadcastUri", "")
-        if uri.startswith("vlan://") and uri != "vlan://untagged":
+        if isinstance(uri, str) and uri.startswith("vlan://") and uri != "vlan://untagged":
             vm_ext.setdefault("cloudstack.vlan", uri[len("vlan://") :])
     ext: dict[str, Any] = {}
     if extension_ext:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.cloudstack.payloads import HOST_API_KEY, NETWORK_EXTRA, NETWORK_GUEST, VNC_PASSWORD, gson, nic, payload
-from tests.fuzz.catalogue import GOOD_HASH, OTHER_TENANT_UUID, OTHER_TENANT_VM
+from tests.fuzz.catalogue import OTHER_TENANT_UUID, OTHER_TENANT_VM
 
 VM_UUID = "0f6c1a8e-7b1d-4c1e-9a55-3d2f6b9e1c01"
 SWITCH_PASSWORD = "Canary-Switch-Pw-61c0e2"
@@ -290,7 +290,7 @@ def base_vm(**over: Any) -> dict[str, Any]:
         "uuid": VM_UUID,
         "image": "ubuntu/jammy",
         "nics": [{"vlan": 100, "default": True}, {"vlan": 200}],
-        "root_password_hash": GOOD_HASH,
+        "root_password_ref": "block:tenant-a-root",
         "ssh_keys": [],
     }
     vm.update(over)

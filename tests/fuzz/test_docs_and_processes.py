@@ -68,9 +68,11 @@ def test_extension_process_answers_bad_payloads_in_json(world: World, tmp_path: 
 
 
 def test_cli_process_fails_like_a_cli(world: World) -> None:
-    """``metalflow trigger provision --param '[/red]'`` and bad JSON: exit 2, the text as
-    written (no markup interpretation), no traceback, no request to the Prefect API."""
-    for argv, shown in ((["--param", "[/red]"], "[/red]"), (["--param", "vm={bad json"], "vm")):
+    """``metalflow trigger provision --param '[/red]'`` and bad JSON: exit 2, one plain line
+    (no markup interpretation: a markup error would be a traceback), no traceback, no request
+    to the Prefect API. A ``--param`` without ``=`` is named by its position, not quoted: it
+    may be a secret typed in the wrong place."""
+    for argv, shown in ((["--param", "[/red]"], "--param #1"), (["--param", "vm={bad json"], "vm")):
         before = world.snapshot()
         proc = subprocess.run(
             [sys.executable, "-m", "metalflow.deployments.cli", "trigger", "provision", *argv],
