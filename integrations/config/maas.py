@@ -158,9 +158,9 @@ _MISSING_HINT = MappingProxyType(
 def parse_settings(s: str | Secret) -> MaasSettings:
     """Parse CloudStack's ``external.baremetal.system.url``.
 
-    Accepts ``Key=value`` pairs separated by ``;``, keys in any case, blanks (spaces and tabs,
-    not newlines) around either, an optional ``MaasPort``, and a scheme, port or path inside ``MaasIP``
-    (``https://maas.example:5443``, ``10.0.0.5:5240``, ``[fd00::5]``). The whole line pasted
+    Accepts ``Key=value`` pairs separated by ``;``, keys in any case, parts on lines of
+    their own, blanks (spaces and tabs) around keys and values, an optional ``MaasPort``, and
+    a scheme, port or path inside ``MaasIP`` (``https://maas.example:5443``, ``10.0.0.5:5240``, ``[fd00::5]``). The whole line pasted
     from the seed (``external.baremetal.system.url = MaasIP=...``) is accepted too. Defaults:
     http, port 5240 (5443 for https), path ``/MAAS/``.
     """
@@ -177,9 +177,10 @@ def parse_settings(s: str | Secret) -> MaasSettings:
     problems: list[Problem] = []
     secrets: list[str] = []
     for n, raw in enumerate(text.split(";"), 1):
-        # Blanks (spaces, tabs) around parts, keys and values are layout, as the seed writes
-        # them; a newline or other control character is not, and is refused with its field.
-        part = raw.strip(_BLANKS)
+        # Layout: a part may start on a new line, and blanks (spaces, tabs) may surround keys
+        # and values, as the seed writes them. A newline or other control character inside or
+        # at the end of a value is not layout: it is refused with its field.
+        part = raw.lstrip().rstrip(_BLANKS)
         if not part:
             continue
         key, sep, value = part.partition("=")
