@@ -24,6 +24,7 @@ from metalflow.integrations.cloudstack.extension_config import ExtensionConfig
 from metalflow.integrations.cloudstack.payload import Payload, PayloadError, parse_vlan
 from metalflow.integrations.cloudstack.runs import ExtensionApi, Runs
 from metalflow.integrations.common import Deadline, MetalflowError
+from metalflow.integrations.common.values import parse_secret_ref
 from metalflow.integrations.inventory import (
     ClaimConflict,
     HostInfo,
@@ -230,7 +231,9 @@ class Extension:
         }
         ref = self.p.detail("root_password_ref")
         if ref:
-            vm["root_password_ref"] = ref
+            # Checked here, before any run exists: a secret pasted where its reference belongs
+            # would otherwise be stored as a flow-run parameter (the error never quotes it).
+            vm["root_password_ref"] = str(parse_secret_ref(ref, "root_password_ref"))
         keys = self.p.ssh_keys()
         if keys:
             vm["ssh_keys"] = keys
