@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from metalflow.integrations.common import scrub
 from metalflow.lab.cli import app as lab_app
 
 app = typer.Typer(help="metalflow: bare-metal provisioning for Apache CloudStack, on Prefect.", no_args_is_help=True)
@@ -22,6 +23,7 @@ console = Console()
 
 
 def _fail(message: str, code: int = 1) -> None:
+    message = scrub(message)  # an error may quote a URL with its password, or a loaded secret
     console.print(f"[red]{message}[/red]")
     raise typer.Exit(code)
 
