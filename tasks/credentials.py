@@ -79,13 +79,16 @@ class _BlockCache:
 def _learn_leaves(value: object) -> None:
     """Teach the process's scrubber every string a Secret block holds (a rack's block holds
     every BMC's password: each is a secret of this process from the moment it is loaded, used
-    by this run or not)."""
+    by this run or not). A block holding a JSON object is learned entry by entry."""
     if isinstance(value, str):
-        learn(value)
         try:
-            value = json.loads(value)
+            parsed = json.loads(value)
         except ValueError:
+            parsed = None
+        if not isinstance(parsed, (dict, list)):
+            learn(value)
             return
+        value = parsed
     if isinstance(value, dict):
         for v in value.values():
             _learn_leaves(v)
