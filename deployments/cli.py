@@ -32,6 +32,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from metalflow.integrations.common import scrub
 from metalflow.integrations.common.values import BadValue, parse_hostname, parse_ident
 from metalflow.lab.cli import app as lab_app
 
@@ -43,7 +44,9 @@ errors = Console(stderr=True)
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    """One line of plain text on stderr, then exit with ``code``."""
+    """One line of plain text on stderr, then exit with ``code``. Scrubbed: an error may
+    quote a URL with its password, or a loaded secret."""
+    message = scrub(message)
     errors.print(message, markup=False, highlight=False, emoji=False, soft_wrap=True, style="red")
     raise typer.Exit(code)
 

@@ -17,6 +17,7 @@ from prefect import Task, tags
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
+from metalflow.integrations.common import scrub
 from metalflow.integrations.common.names import host_lock_name
 from metalflow.integrations.inventory import HostInfo
 from metalflow.tasks import inventory
@@ -90,10 +91,13 @@ def md_cell(value: object, width: int = CELL_WIDTH) -> str:
 
 def publish_markdown(key: str, markdown: str, description: str) -> None:
     """Publish a run's markdown artifact under ``key`` (made a valid artifact key: lower-case
-    letters, digits, dashes). Best effort: a report must not fail the operation it reports."""
+    letters, digits, dashes). Best effort: a report must not fail the operation it reports.
+    The markdown and the description pass the process's scrubber first: an artifact is kept in
+    the Prefect database and shown in the UI, so no loaded secret may reach it (a step's result
+    or an error text quoting one)."""
     key = re.sub(r"[^a-z0-9-]+", "-", key.lower()).strip("-")
     try:
-        create_markdown_artifact(markdown=markdown, key=key, description=description[:500])
+        create_markdown_artifact(markdown=scrub(markdown), key=key, description=scrub(description)[:500])
     except Exception as exc:  # noqa: BLE001 - a report must not fail the operation
         logger().warning("could not publish the run report %s: %s", key, exc)
 
@@ -162,7 +166,8 @@ class RolledBack(Exception):
             tail = f"ROLLBACK INCOMPLETE: {', '.join(failed)} failed (see the run's report and logs)"
         else:
             tail = f"rolled back ({undone} step{'s' if undone != 1 else ''} undone)"
-        return cls(f"{type(reason).__name__}: {reason} | {tail}")
+        # The run's state message (kept by Prefect, shown by CloudStack): scrubbed like a log line.
+        return cls(scrub(f"{type(reason).__name__}: {reason} | {tail}"))
 
 
 @dataclass(frozen=True)

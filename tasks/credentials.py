@@ -19,6 +19,8 @@ import time
 from typing import Any
 
 from metalflow.integrations.common import MetalflowError, Secret
+from metalflow.integrations.common.secrets import learn
+from metalflow.integrations.common.values import BadValue, SecretRef, parse_secret_ref
 from metalflow.tasks.runtime import runtime
 
 
@@ -68,9 +70,31 @@ class _BlockCache:
                 f"no Prefect Secret block named {name!r}; create it in the UI "
                 "(Blocks → Secret) or with `metalflow secrets set`"
             ) from None
+        _learn_leaves(value)
         with self._lock:
             self._data[name] = (time.monotonic(), value)
         return value
+
+
+def _learn_leaves(value: object) -> None:
+    """Teach the process's scrubber every string a Secret block holds (a rack's block holds
+    every BMC's password: each is a secret of this process from the moment it is loaded, used
+    by this run or not). A block holding a JSON object is learned entry by entry."""
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, (dict, list)):
+            learn(value)
+            return
+        value = parsed
+    if isinstance(value, dict):
+        for v in value.values():
+            _learn_leaves(v)
+    elif isinstance(value, list):
+        for v in value:
+            _learn_leaves(v)
 
 
 def _blocks() -> _BlockCache:
@@ -78,29 +102,37 @@ def _blocks() -> _BlockCache:
     return runtime().part("secret-blocks", _BlockCache)
 
 
-def resolve(ref: str) -> Secret:
-    scheme, sep, rest = (ref or "").partition(":")
-    if not sep or not rest:
-        raise CredentialError(f"credential reference {ref!r} must look like env:NAME, block:NAME or block:NAME#KEY")
-    if scheme == "env":
-        if rest not in os.environ:
-            raise CredentialError(f"environment variable {rest} is not set on this worker")
-        return Secret(os.environ[rest])
-    if scheme == "block":
-        name, _, key = rest.partition("#")
-        value = _blocks().get(name)
-        if key:
-            if isinstance(value, str):
-                try:
-                    value = json.loads(value)
-                except ValueError:
-                    raise CredentialError(
-                        f"Secret block {name!r} is not a JSON object; cannot read key {key!r}"
-                    ) from None
-            if not isinstance(value, dict) or key not in value:
-                raise CredentialError(f"Secret block {name!r} has no entry {key!r}")
-            value = value[key]
-        if not isinstance(value, str):
-            raise CredentialError(f"Secret block {name!r}{'#' + key if key else ''} does not hold a string")
-        return Secret(value)
-    raise CredentialError(f"unknown credential scheme {scheme!r} in {ref!r} (use env: or block:)")
+def parse_ref(ref: object, field: str = "credential_ref") -> SecretRef:
+    """``ref`` as a ``SecretRef`` (``values.parse_secret_ref``). A value that is not one is
+    refused with a message that does not contain it, and the process's scrubber learns it: a
+    password pasted into a reference field is a secret from then on, wherever it turns up (a
+    log line of the caller, a journal detail, a CloudStack answer)."""
+    try:
+        return parse_secret_ref(ref, field)  # learns a refused value itself
+    except BadValue as exc:
+        raise CredentialError(str(exc)) from None
+
+
+def resolve(ref: str | SecretRef, field: str = "credential_ref") -> Secret:
+    """The secret ``ref`` points at, wrapped (and so known to the process's scrubber). The
+    errors name the reference (a checked one: where the secret lives, never what it is)."""
+    r = parse_ref(ref, field)
+    if r.kind == "env":
+        if r.name not in os.environ:
+            raise CredentialError(f"{field}: environment variable {r.name} is not set on this worker")
+        return Secret(os.environ[r.name])
+    value = _blocks().get(r.name)
+    if r.key:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise CredentialError(
+                    f"{field}: Secret block {r.name!r} is not a JSON object; cannot read key {r.key!r}"
+                ) from None
+        if not isinstance(value, dict) or r.key not in value:
+            raise CredentialError(f"{field}: Secret block {r.name!r} has no entry {r.key!r}")
+        value = value[r.key]
+    if not isinstance(value, str):
+        raise CredentialError(f"{field}: Secret block {r} does not hold a string")
+    return Secret(value)

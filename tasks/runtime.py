@@ -6,16 +6,58 @@ worker, or a test, gets one on first use (closed at interpreter exit). Either wa
 call here also applies what must be in place once per process before any run uses a client:
 the pyghmi shim (``integrations.ipmi.shim``), which closes pyghmi 1.6.19's lost wake-up race
 for every BMC call of the process (it used to be applied by the first ``BmcClient`` call).
+
+Every call also makes sure the handlers of metalflow's and Prefect's loggers carry the
+secret scrubber's filter (``integrations.common.secrets.ScrubFilter``): Prefect may configure
+its logging again after the process started (a flow-run process does), and a handler added
+then must not send a secret to the Prefect UI. Checking is a handful of attribute reads.
 """
 
 from __future__ import annotations
 
+import os
+
+from metalflow.integrations.common.secrets import install_log_scrubbing, scrubber
 from metalflow.integrations.ipmi.shim import patch_pyghmi
 from metalflow.integrations.runtime import Runtime
 
+#: The loggers whose handlers scrub: the root (console), metalflow's, and Prefect's (among them
+#: the API log handlers of flow and task runs, and the worker's).
+SCRUBBED_LOGGERS = (
+    "metalflow",
+    "prefect",
+    "prefect.flow_runs",
+    "prefect.task_runs",
+    "prefect.extra",
+    "prefect.workers",
+    "prefect._internal",
+)
+
 
 def runtime() -> Runtime:
-    """This process's runtime, with the process-wide patches applied (once per runtime)."""
+    """This process's runtime, with the process-wide patches applied (once per runtime) and
+    the log handlers scrubbing."""
     rt = Runtime.current()
     rt.part("pyghmi-shim", patch_pyghmi)
+    rt.part("environment-secrets", learn_environment_secrets)
+    install_log_scrubbing(*SCRUBBED_LOGGERS)
     return rt
+
+
+def learn_environment_secrets() -> bool:
+    """Teach the process's scrubber the secrets its environment carries: Prefect's API auth
+    string and key, and a password in the Prefect API URL or the inventory URL (userinfo).
+    They are loaded by libraries (Prefect's client, the database driver), never wrapped in a
+    ``Secret`` by us, and they appear in error texts (a refused connection names its URL)."""
+    s = scrubber()
+    s.learn_auth_string(os.environ.get("PREFECT_API_AUTH_STRING"))
+    s.learn(os.environ.get("PREFECT_API_KEY"))
+    for name in ("PREFECT_API_URL", "METALFLOW_INVENTORY_URL", "PREFECT_API_DATABASE_CONNECTION_URL"):
+        s.learn_url(os.environ.get(name))
+    return True
+
+
+# At import too: a flow-run process imports the flows (and so this module) after Prefect set up
+# its logging and before any task asks for the runtime, and Prefect logs there already (a
+# parameter that fails validation, the run's start).
+install_log_scrubbing(*SCRUBBED_LOGGERS)

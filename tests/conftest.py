@@ -113,3 +113,15 @@ def lab(tmp_path_factory) -> LabHandle:
     )
     yield handle
     stop_lab(handle.proc)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_scrubber():
+    """Each test starts with a scrubber that knows no secret: the process's scrubber (a part
+    of its Runtime) would otherwise remember every password an earlier test used, and mask
+    that text in this test's messages."""
+    from metalflow.integrations.common.secrets import SCRUBBER_PART
+    from metalflow.integrations.runtime import Runtime
+
+    Runtime.current().forget(SCRUBBER_PART)
+    yield

@@ -35,6 +35,7 @@ from metalflow.integrations.cloudstack.answer import Answer, no_console
 from metalflow.integrations.cloudstack.extension_config import ExtensionConfig, ExtensionConfigError, load_config
 from metalflow.integrations.cloudstack.payload import Payload, PayloadError, load_payload
 from metalflow.integrations.common import Deadline, MetalflowError
+from metalflow.integrations.common.secrets import ScrubFilter, scrub, scrubber
 
 BUILTIN_ACTIONS = ("prepare", "create", "start", "stop", "reboot", "delete", "status", "getconsole")
 CUSTOM_ACTIONS = ("PlugNetwork", "UnplugNetwork", "Reinstall")
@@ -101,6 +102,7 @@ def _logger(cfg: ExtensionConfig | None, action: str) -> logging.LoggerAdapter[l
             handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s [%(action)s] %(message)s"))
         except OSError:
             handler = logging.NullHandler()
+    handler.addFilter(ScrubFilter())  # the log file never holds a secret the process knows
     log.addHandler(handler)
     return logging.LoggerAdapter(log, {"action": action})
 
@@ -203,6 +205,16 @@ def _act(
         ext.close()
 
 
+def learn_config_secrets(cfg: ExtensionConfig) -> None:
+    """Teach the process's scrubber the configuration's secrets: the auth string, and the
+    passwords in the inventory URL and the Prefect API URL (userinfo), so no answer, log line
+    or ``check`` line can show them."""
+    s = scrubber()
+    s.learn_auth_string(cfg.prefect_auth_string)
+    s.learn_url(cfg.inventory_url)
+    s.learn_url(cfg.prefect_api_url)
+
+
 def run_cloudstack(args: Sequence[str]) -> int:
     started = time.monotonic()
     action, payload_path, wait_text = args
@@ -210,6 +222,7 @@ def run_cloudstack(args: Sequence[str]) -> int:
     cfg_error: Exception | None = None
     try:
         cfg = load_config()
+        learn_config_secrets(cfg)
     except ExtensionConfigError as exc:
         cfg_error = exc
     answer = Answer.error("internal error")
@@ -221,6 +234,9 @@ def run_cloudstack(args: Sequence[str]) -> int:
         finally:
             for handler in logging.getLogger(LOGGER).handlers:
                 handler.flush()
+        # Whatever the answer quotes (an error from MAAS, the database, a run's state message)
+        # passes the scrubber: CloudStack keeps the answer in its own logs and shows it.
+        answer = Answer(answer.ok, scrubber().scrub_values(dict(answer.body)))
         os.write(real_stdout, (answer.text() + "\n").encode())
     return answer.exit_code
 
@@ -282,7 +298,7 @@ def _admin(args: Sequence[str]) -> int:
             shim=a.shim,
         )
     except ExtensionConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(scrub(f"error: {exc}"), file=sys.stderr)
         return 2
     if not a.no_upgrade:
         inv = Inventory(inventory_url)
@@ -297,6 +313,12 @@ def _admin(args: Sequence[str]) -> int:
     return 0
 
 
+def _say(line: str) -> None:
+    """One line of ``check``'s report, scrubbed: the configuration's URLs carry passwords, and
+    an error from the database or the API may quote them."""
+    print(scrub(line))
+
+
 def _check(path: str | None) -> int:
     from metalflow.integrations.cloudstack.runs import ExtensionApi
     from metalflow.integrations.inventory import Inventory
@@ -305,33 +327,34 @@ def _check(path: str | None) -> int:
     try:
         cfg = load_config(path)
     except ExtensionConfigError as exc:
-        print(f"FAIL configuration: {exc}")
+        _say(f"FAIL configuration: {exc}")
         return 1
+    learn_config_secrets(cfg)
     ok = True
-    print(f"ok   configuration {cfg.path}: {cfg.masked()}")
+    _say(f"ok   configuration {cfg.path}: {cfg.masked()}")
     api = ExtensionApi(cfg.prefect_api_url, auth_string=cfg.prefect_auth_string, timeout=cfg.request_timeout)
     for flow in ("provision", "start", "stop", "reboot", "destroy", "plug-nic", "unplug-nic"):
         try:
             api.deployment_id(f"{flow}/{cfg.deployment}", deadline=Deadline(10))
-            print(f"ok   deployment {flow}/{cfg.deployment}")
+            _say(f"ok   deployment {flow}/{cfg.deployment}")
         except PrefectApiError as exc:
             ok = False
-            print(f"FAIL deployment {flow}/{cfg.deployment}: {exc}")
+            _say(f"FAIL deployment {flow}/{cfg.deployment}: {exc}")
     try:
         inv = Inventory(cfg.inventory_url)
         hosts = inv.hosts.all()
         claims = inv.claims.all()
         inv.dispose()
-        print(f"ok   inventory: {len(hosts)} hosts, {len(claims)} claimed")
+        _say(f"ok   inventory: {len(hosts)} hosts, {len(claims)} claimed")
     except Exception as exc:  # noqa: BLE001
         ok = False
-        print(f"FAIL inventory {cfg.inventory_url}: {exc}")
+        _say(f"FAIL inventory {cfg.inventory_url}: {exc}")
     try:
         with open(cfg.log_path, "a"):
-            print(f"ok   log file {cfg.log_path}")
+            _say(f"ok   log file {cfg.log_path}")
     except OSError as exc:
         ok = False
-        print(f"FAIL log file {cfg.log_path}: {exc.strerror}")
+        _say(f"FAIL log file {cfg.log_path}: {exc.strerror}")
     return 0 if ok else 1
 
 

@@ -3,7 +3,7 @@
 from metalflow.integrations.common.deadline import Clock, Deadline, DeadlineExceeded, MonotonicClock
 from metalflow.integrations.common.errors import MetalflowError
 from metalflow.integrations.common.retry import Backoff, retry
-from metalflow.integrations.common.secrets import Secret, mask
+from metalflow.integrations.common.secrets import Scrubber, Secret, mask, scrub, scrubber
 
 __all__ = [
     "Backoff",
@@ -12,7 +12,10 @@ __all__ = [
     "DeadlineExceeded",
     "MetalflowError",
     "MonotonicClock",
+    "Scrubber",
     "Secret",
     "mask",
     "retry",
+    "scrub",
+    "scrubber",
 ]

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from metalflow.integrations.common.errors import MetalflowError
+from metalflow.integrations.common.secrets import learn
 
 #: 802.1Q VLAN ids metalflow may put on a port. VLAN 1 is every switch's default VLAN, whose
 #: membership metalflow never changes (every dialect refuses it), so it is refused at the edge.
@@ -270,6 +271,9 @@ def parse_secret_ref(value: object, field: str = "credential_ref") -> SecretRef:
         return value
     m = _SECRET_REF.fullmatch(value) if isinstance(value, str) else None
     if m is None:
+        # A password pasted here by mistake is a secret from now on: the process's scrubber
+        # masks it wherever else it turns up (the caller's log line, a journal detail).
+        _learn_refused(value)
         _fail(field, SECRET_REF_FIX)
     if m["env"]:
         return SecretRef("env", m["env"])
@@ -292,6 +296,13 @@ CRYPT_HASH_FIX = (
 )
 
 
+def _learn_refused(value: object) -> None:
+    """Teach the process's scrubber a value refused where only a secret's reference or hash
+    belongs (it may well be the secret itself)."""
+    if isinstance(value, (str, bytes)):
+        learn(value)
+
+
 def is_crypt_hash(text: str) -> bool:
     return any(p.fullmatch(text) for p in _CRYPT_HASHES)
 
@@ -299,6 +310,7 @@ def is_crypt_hash(text: str) -> bool:
 def parse_crypt_hash(value: object, field: str = "root_password_hash") -> str:
     """A crypt(3) hash. The error never contains the value: it may be a plain password."""
     if not isinstance(value, str) or not is_crypt_hash(value):
+        _learn_refused(value)  # likely a plain-text password: never shown from now on
         _fail(field, CRYPT_HASH_FIX)
     return value
 

@@ -160,9 +160,10 @@ def parse_settings(s: str | Secret) -> MaasSettings:
 
     Accepts ``Key=value`` pairs separated by ``;``, keys in any case, parts on lines of
     their own, blanks (spaces and tabs) around keys and values, an optional ``MaasPort``, and
-    a scheme, port or path inside ``MaasIP`` (``https://maas.example:5443``, ``10.0.0.5:5240``, ``[fd00::5]``). The whole line pasted
-    from the seed (``external.baremetal.system.url = MaasIP=...``) is accepted too. Defaults:
-    http, port 5240 (5443 for https), path ``/MAAS/``.
+    a scheme, port or path inside ``MaasIP`` (``https://maas.example:5443``,
+    ``10.0.0.5:5240``, ``[fd00::5]``). The whole line pasted from the seed
+    (``external.baremetal.system.url = MaasIP=...``) is accepted too. Defaults: http, port
+    5240 (5443 for https), path ``/MAAS/``.
     """
     what = f"MAAS settings ({SETTINGS_NAME})"
     if isinstance(s, Secret):

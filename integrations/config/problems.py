@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from metalflow.integrations.common import MetalflowError
+from metalflow.integrations.common.secrets import scrubber
 
 
 @dataclass(frozen=True)
@@ -48,40 +49,10 @@ def _rebuild_config_error(
     return cls(message, field=field, problems=problems)
 
 
-# Words of our own messages: never treated as secret text to scrub (the seed's switch
-# password is literally "password").
-_OWN_WORDS = frozenset(
-    {
-        w.lower()
-        for w in (
-            "MaasIP",
-            "MaasPort",
-            "MaasKey",
-            "MaasSecret",
-            "MaasConsumerKey",
-            "password",
-            "username",
-            "l2Switch",
-            "racks",
-            "hosts",
-            "missing",
-            "expected",
-        )
-    }
-)
-
-
 def scrub(problems: list[Problem], secrets: Iterable[str]) -> list[Problem]:
     """Replace any secret text that slipped into a message (a second line of defence: the
-    messages are written never to echo a secret value in the first place)."""
-    secrets = [s for s in secrets if isinstance(s, str) and len(s) >= 6 and s.lower() not in _OWN_WORDS]
-    if not secrets:
-        return problems
-    out = []
-    for p in problems:
-        field, message = p.field, p.message
-        for s in secrets:
-            field = field.replace(s, "***")
-            message = message.replace(s, "***")
-        out.append(Problem(field, message))
-    return out
+    messages are written never to echo a secret value in the first place). ``secrets`` are
+    taught to the process's scrubber, which also knows every other loaded secret."""
+    s = scrubber()
+    s.learn_all(v for v in secrets if isinstance(v, str))
+    return [Problem(s.scrub(p.field), s.scrub(p.message)) for p in problems]

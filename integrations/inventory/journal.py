@@ -3,7 +3,6 @@ maintenance the power poll decided, and what an operator reads back (``events``)
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -11,28 +10,23 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from metalflow.integrations.common import mask
+from metalflow.integrations.common import mask, scrub
 from metalflow.integrations.inventory.hosts import HostKey, bad_host_key, host_key_ok, host_not_found, host_row
 from metalflow.integrations.inventory.models import OUTCOMES, Host, HostEvent, utcnow
 from metalflow.integrations.inventory.records import InventoryError, JournalLine
 from metalflow.integrations.inventory.session import Database
 
 _DETAIL_LIMIT = 1000
-# "MaasSecret=x", "password: x", '"api_key": "x"' (a name ending in one of these words), and
-# ipmitool's "-P x".
-_SECRET_IN_TEXT = re.compile(
-    r"(?i)\b([\w.-]*?(?:password|passwd|secret|token|api_?key|key))([\"']?\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;]+)"
-)
-_IPMITOOL_PASSWORD = re.compile(r"(\s-P\s+)(\S+)")
 
 
 def clean_detail(detail: str | Mapping[str, Any]) -> str:
-    """A journal detail that is short and carries no secret: dicts go through ``mask``,
-    ``password=...``-like pairs in text are masked."""
+    """A journal detail that is short and carries no secret: dicts go through ``mask``, and
+    the text through the process's scrubber (every loaded secret, ``password=...``-like pairs,
+    ipmitool's ``-P x``, URL passwords, crypt hashes). Scrubbed before it is cut, so a cut
+    never leaves half a secret that the scrubber would no longer recognise."""
     if isinstance(detail, Mapping):
         detail = ", ".join(f"{k}={v}" for k, v in mask(dict(detail)).items())
-    text = _SECRET_IN_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}***", str(detail))
-    text = _IPMITOOL_PASSWORD.sub(lambda m: f"{m.group(1)}***", text)
+    text = scrub(str(detail))
     return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 3] + "..."
 
 

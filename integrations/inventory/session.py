@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
-from metalflow.integrations.common import Backoff, Deadline, retry
+from metalflow.integrations.common import Backoff, Deadline, retry, scrubber
 from metalflow.integrations.inventory import migrate
 from metalflow.integrations.inventory.engine import WRITE_OPTION, default_url, make_engine
 
@@ -52,6 +52,7 @@ class Database:
         echo: bool = False,
     ):
         self.url = url or default_url()
+        scrubber().learn_url(self.url)  # the database password: a secret of this process now
         self.engine = make_engine(self.url, busy_timeout_ms=busy_timeout_ms, echo=echo)
         self.write_deadline = write_deadline
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from metalflow.integrations.common import MetalflowError, Secret
+from metalflow.integrations.common.secrets import scrubber
 
 
 class IpmiError(MetalflowError):
@@ -88,14 +89,11 @@ PYGHMI_TIMEOUT_CODE = 0xFFFF  # pyghmi's own code for "no answer after its retri
 
 
 def scrub(text: str, password: Secret | None) -> str:
-    """``text`` with the password (as text, bytes repr or hex) replaced by ``***``."""
-    if password is None or not password:
-        return text
-    raw = password.reveal_bytes()
-    for needle in {raw.decode("utf-8", "replace"), repr(raw), raw.hex(), str(raw)}:
-        if needle:
-            text = text.replace(needle, "***")
-    return text
+    """``text`` with the password (as text, bytes repr or hex), and every other secret the
+    process knows, replaced by ``***`` (the process's scrubber)."""
+    s = scrubber()
+    s.learn(password)
+    return s.scrub(text)
 
 
 def error_for_code(code: int, *, target: str, operation: str, text: str = "") -> IpmiError:

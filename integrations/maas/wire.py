@@ -34,6 +34,7 @@ from oauthlib.oauth1 import SIGNATURE_PLAINTEXT
 from requests_oauthlib import OAuth1
 
 from metalflow.integrations.common import Backoff, Clock, Deadline, MonotonicClock, Secret, retry
+from metalflow.integrations.common.secrets import scrubber
 from metalflow.integrations.maas.errors import (
     ErrorContext,
     MaasAuthFailed,
@@ -163,7 +164,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 _TAGS = re.compile(r"<[^>]+>")
 _SPACE = re.compile(r"\s+")
-_OAUTH = re.compile(r"(oauth_[a-z_]+=)(\"[^\"]*\"|[^&\s,]+)", re.I)
 
 
 class MaasWire:
@@ -216,11 +216,12 @@ class MaasWire:
         )
 
     def scrub(self, text: str) -> str:
-        """``text`` with the key's parts and any OAuth parameter values masked."""
-        for secret in self._key.revealed():
-            if len(secret) >= 4:
-                text = text.replace(secret, "***")
-        return _OAUTH.sub(r"\1***", text)
+        """``text`` with the key's parts, every other secret the process has loaded (a BMC
+        password MAAS echoes back in a 400 about power parameters, the root hash in a
+        user-data error) and any OAuth parameter values masked."""
+        s = scrubber()
+        s.learn_all(self._key.revealed())
+        return s.scrub(text)
 
     def excerpt(self, body: str) -> str:
         text = _SPACE.sub(" ", _TAGS.sub(" ", body)).strip()

@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from metalflow.integrations.common import Backoff, Clock, Deadline, MonotonicClock, Secret, retry
+from metalflow.integrations.common.secrets import scrubber
 from metalflow.integrations.switches.cli import Cli, open_netmiko
 from metalflow.integrations.switches.dialect import Dialect
 from metalflow.integrations.switches.errors import (
@@ -212,10 +213,10 @@ class SwitchDriver:
             ) from None
 
     def _scrub(self, text: str) -> str:
-        for s in (self._password, self._enable_secret):
-            if s and len(s.reveal()) >= 3:
-                text = text.replace(s.reveal(), "***")
-        return text
+        """``text`` without the switch's passwords or any other secret the process knows."""
+        s = scrubber()
+        s.learn_all((self._password, self._enable_secret))
+        return s.scrub(text)
 
 
 class Session:
