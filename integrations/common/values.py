@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import ipaddress
 import re
 import struct
 from dataclasses import dataclass
@@ -168,6 +169,44 @@ def parse_ident(value: object, field: str, what: str = "an id") -> str:
             f"{show(text)} is not {what}: use letters, digits, '.', '_' and '-' "
             "(1 to 64 characters, starting with a letter or digit)",
         )
+    return text
+
+
+# ------------------------------------------------------------------------------ addresses
+
+#: A DNS host name: labels of letters, digits and dashes (no dash at either end), 253
+#: characters in all, an optional root dot.
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?",
+    re.ASCII,
+)
+_DOTTED_DIGITS = re.compile(r"[0-9.]+", re.ASCII)
+
+
+def parse_address(value: object, field: str = "address") -> str:
+    """An IPv4/IPv6 address or a DNS host name, exactly as written (a switch's ``ip``, a
+    BMC's address, the host in ``MaasIP``). An IPv6 zone (``fe80::1%eth0``) is refused:
+    ``ipaddress`` takes any text after ``%``, a newline included, and a zone means nothing to
+    a remote switch, BMC or MAAS."""
+    text = _text(value, field, "an IP address or host name")
+    if not text or text.isspace():
+        _fail(field, "missing: give an IP address or host name")
+    if any(c.isspace() for c in text):
+        _fail(field, "contains white space: give a bare IP address or host name")
+    if text.startswith("[") or "://" in text or "%" in text:
+        _fail(field, "give a bare IP address or host name, without brackets, a scheme or an IPv6 zone")
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    if text.count(":") == 1:
+        _fail(field, "looks like host:port: give the port in its own field")
+    if _DOTTED_DIGITS.fullmatch(text):
+        _fail(field, "not a valid IPv4 address")  # "10.0.0.300" is no host name made of digits
+    if not _DNS_NAME.fullmatch(text):
+        _fail(field, "not a valid IP address or host name")
     return text
 
 

@@ -6,17 +6,12 @@ Limits are IPMI 2.0's: a user name of at most 16 bytes, a password of at most 20
 
 from __future__ import annotations
 
-import ipaddress
-import re
-
 from metalflow.integrations.common import Secret
-from metalflow.integrations.common.values import BadValue, parse_tcp_port
+from metalflow.integrations.common.values import BadValue, parse_address, parse_tcp_port
 from metalflow.integrations.ipmi.errors import BmcInvalidInput
 
 MAX_USERNAME = 16
 MAX_PASSWORD = 20
-# Matched whole and ASCII (``$`` alone would let a trailing newline through).
-_HOSTNAME = re.compile(r"(?=.{1,253}\Z)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?", re.ASCII)
 
 
 def _bad(field: str, problem: str, target: str) -> BmcInvalidInput:
@@ -24,26 +19,10 @@ def _bad(field: str, problem: str, target: str) -> BmcInvalidInput:
 
 
 def check_address(address: object, target: str = "") -> str:
-    if not isinstance(address, str) or not address or address.isspace():
-        raise _bad("address", "missing; give the BMC's IP address or host name", target)
-    if address != address.strip() or any(c.isspace() for c in address):
-        raise _bad("address", "contains white space; give a bare IP address or host name", target)
-    if not address.isascii():
-        raise _bad("address", "has characters outside ASCII; give the IP address or host name in ASCII", target)
-    if address.startswith("[") or "://" in address or "%" in address:
-        raise _bad("address", "give a bare IP address or host name, without brackets, a scheme or an IPv6 zone", target)
     try:
-        ipaddress.ip_address(address)
-        return address
-    except ValueError:
-        pass
-    if address.count(":") == 1:
-        raise _bad("address", "looks like host:port; put the port in the port field", target)
-    if re.fullmatch(r"[0-9.]+", address, re.ASCII):
-        raise _bad("address", "not a valid IPv4 address", target)
-    if not _HOSTNAME.fullmatch(address):
-        raise _bad("address", "not a valid IP address or host name", target)
-    return address
+        return parse_address(address, "address")
+    except BadValue as exc:
+        raise _bad("address", exc.reason.replace("an IP address", "the BMC's IP address", 1), target) from None
 
 
 def check_port(port: object, target: str = "") -> int:

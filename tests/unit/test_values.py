@@ -538,3 +538,34 @@ def test_a_non_reference_is_refused_without_echo(text):
     with pytest.raises(BadValue) as exc:
         v.parse_secret_ref(text, "ref")
     assert exc.value.reason == v.SECRET_REF_FIX
+
+
+# ---------------------------------------------------------------------------- addresses
+
+
+@pytest.mark.parametrize("value", ["10.0.0.5", "fd00::5", "tor-1.example", "tor-1.example.", "maas", "TOR.Example"])
+def test_address_good(value):
+    assert v.parse_address(value, "ip") == value
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ("", "missing"),
+        ("tor-1\n", "white space"),
+        (" 10.0.0.5", "white space"),
+        ("tor-１", "ASCII"),
+        ("fe80::1%eth0", "IPv6 zone"),
+        ("[fd00::5]", "without brackets"),
+        ("http://10.0.0.5", "scheme"),
+        ("10.0.0.5:22", "host:port"),
+        ("10.0.0.300", "IPv4"),
+        ("-tor.example", "host name"),
+        ("tor_1", "host name"),
+        (True, "string"),
+    ],
+)
+def test_address_bad_names_the_field_and_why(value, words):
+    with pytest.raises(BadValue) as err:
+        v.parse_address(value, "l2Switch.ip")
+    assert err.value.field == "l2Switch.ip" and words in str(err.value)
