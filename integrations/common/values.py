@@ -133,6 +133,24 @@ def parse_hostname(value: object, field: str = "hostname") -> str:
     return text
 
 
+#: MAAS's own rule for a machine's hostname (one label; upper case allowed). metalflow's names
+#: are ``parse_hostname``'s; this is only for what the MAAS client may send, which includes the
+#: original plugin's idle name ``HOST-<cloudstack id>``.
+_MAAS_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", re.ASCII)
+
+
+def parse_maas_hostname(value: object, field: str = "hostname") -> str:
+    """A hostname MAAS accepts for a machine: letters of either case, digits and dashes, 1-63."""
+    text = _text(value, field, "a hostname")
+    if not _MAAS_HOSTNAME.fullmatch(text):
+        _fail(
+            field,
+            f"{show(text)} is not a valid MAAS hostname: use letters, digits and dashes, 1 to 63 "
+            "characters, not starting or ending with a dash",
+        )
+    return text
+
+
 def parse_vm_name(value: object, field: str = "vm_name") -> str:
     """A VM's name as CloudStack gives it (display names may be mixed case): lower-cased, then
     a hostname, because it names the machine in MAAS."""

@@ -26,7 +26,7 @@ import requests
 import yaml
 
 from metalflow.integrations.common import Backoff, Clock, Deadline, DeadlineExceeded, Secret
-from metalflow.integrations.common.values import BadValue, parse_hostname, parse_mac, parse_tcp_port, show
+from metalflow.integrations.common.values import BadValue, parse_maas_hostname, parse_mac, parse_tcp_port, show
 from metalflow.integrations.maas.errors import (
     MaasConflict,
     MaasError,
@@ -225,7 +225,7 @@ class MaasClient:
         if not macs:
             raise ValueError("macs: at least one MAC address is needed")
         data: Form = {
-            "hostname": parse_hostname(hostname),
+            "hostname": parse_maas_hostname(hostname),
             "architecture": architecture,
             "mac_addresses": macs,
             "power_type": "ipmi",
@@ -240,7 +240,7 @@ class MaasClient:
 
     def rename(self, system_id: str, hostname: str) -> Machine:
         path = resource_path("machines", system_id)
-        data = {"hostname": parse_hostname(hostname)}
+        data = {"hostname": parse_maas_hostname(hostname)}
         return Machine.from_api(self.wire.request("PUT", path, data=data, system_id=system_id, idempotent=True))
 
     def set_power_parameters(

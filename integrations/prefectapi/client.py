@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -225,6 +226,11 @@ class PrefectApi:
         ]
 
 
+#: Prefect's parameter-schema refusal quotes the value it refused ("Failure reason: 'x' does not
+#: match '^...'"); the value may be a secret pasted into a reference field, so it goes.
+_REFUSED_VALUE = re.compile(r"(Failure reason: )(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\S+)( (?:does not|is not))")
+
+
 def _detail(resp: requests.Response) -> str:
     try:
         d = resp.json()
@@ -232,8 +238,6 @@ def _detail(resp: requests.Response) -> str:
         return f"HTTP {resp.status_code} {resp.text[:300]}"
     if isinstance(d, dict) and "detail" in d:
         d = d["detail"]
-    return (
-        f"HTTP {resp.status_code} {json.dumps(d)[:300]}"
-        if not isinstance(d, str)
-        else f"HTTP {resp.status_code} {d[:300]}"
-    )
+    text = d if isinstance(d, str) else json.dumps(d)
+    shown = _REFUSED_VALUE.sub(r"\1the value (not shown)\2", text)
+    return f"HTTP {resp.status_code} {shown[:300]}"

@@ -212,6 +212,7 @@ def test_bad_input_is_refused_before_anything_changes(e2e, hosts):
     """Each bad request fails with the field or constraint named, and changes nothing: not a
     switch port or counter, not the MAAS machine, not the BMC, not the inventory."""
     host, mute = "host-005", "host-006"  # mute: its BMC refuses every login
+    plain_password = "Plain-Text-Passw0rd-" + uuid.uuid4().hex[:8]
     free(e2e, host)
     free(e2e, mute)
     before = {h: snapshot(e2e, h) for h in (host, mute)}
@@ -226,24 +227,21 @@ def test_bad_input_is_refused_before_anything_changes(e2e, hosts):
         (vm("Web_01", 100), "vm.name"),
         ({**vm("bad-newline", 100), "name": "web-01\n"}, "vm.name"),
         ({**vm("bad-hash", 100), "root_password_hash": "$6$x$" + "A" * 86}, "vm"),  # by reference only
+        # A secret pasted where its reference belongs: refused, never stored as a parameter,
+        # and the refusal does not quote it.
+        (vm("bad-pw", 100, root_password_ref=plain_password), "vm.root_password_ref"),
     ]:
         with pytest.raises(PrefectBadRequest) as refused:
             e2e.trigger("provision", host=host, vm=bad)
         assert f"'{field}'" in str(refused.value), str(refused.value)
+        assert plain_password not in str(refused.value)
 
     # Accepted by the API, failed by the run: all at once (they also queue on the host's lock).
-    plain_password = "Plain-Text-Passw0rd-" + uuid.uuid4().hex[:8]
     cases = {
         "two default NICs": (
             host,
             {**vm("bad-2def", 100), "nics": [{"vlan": 100, "default": True}, {"vlan": 101, "default": True}]},
             "exactly one NIC must be the default",
-        ),
-        # A secret pasted where its reference belongs: refused without being quoted.
-        "plain password as the reference": (
-            host,
-            vm("bad-pw", 100, root_password_ref=plain_password),
-            "vm.root_password_ref",
         ),
         "PXE VLAN as guest": (host, vm("bad-pxe", pxe_vlan(e2e)), "VLANs are not the PXE VLAN"),
         "PXE VLAN as extra": (host, vm("bad-pxe-extra", 100, pxe_vlan(e2e)), "VLANs are not the PXE VLAN"),
