@@ -231,6 +231,8 @@ def test_no_canary_reaches_any_store_or_output(canary_stack):
                 "log_file": str(workdir / "extension.log"),
                 "poll_interval": 0.3,
                 "stop_soft_timeout": 3,
+                # The operator lets tenants name the root hash this lab keeps for them.
+                "tenant_secret_scope": ["env:CANARY_ROOT_"],
             }
         )
     )
