@@ -16,6 +16,7 @@ from prefect.runtime import flow_run
 from metalflow.flows.models import HostRef
 from metalflow.flows.runbook import Refused, Runbook, host_lock
 from metalflow.integrations.common.fields import VlanId
+from metalflow.integrations.common.values import MAX_NICS
 from metalflow.integrations.inventory import HostInfo, VlanInfo
 from metalflow.tasks import clients, switches
 from metalflow.tasks import inventory as inv_t
@@ -44,8 +45,16 @@ def plug_nic(host: HostRef, vlan: VlanId) -> str:
             if not h.last_vm_uuid:
                 # An extra VLAN on an idle host would be handed to whichever VM comes next.
                 raise NicRefused(f"host: {h.name} carries no VM; plug a NIC into a provisioned VM")
-            if any(v.vlan == vlan and v.purpose == "guest" for v in _desired(h)):
+            desired = _desired(h)
+            if any(v.vlan == vlan and v.purpose == "guest" for v in desired):
                 raise NicRefused(f"vlan: {vlan} is already the default NIC's (guest) VLAN on {h.name}")
+            networks = {v.vlan for v in desired if v.purpose in ("guest", "extra")}
+            if vlan not in networks and len(networks) >= MAX_NICS:
+                # The same limit as a VM's NICs at create: plugging one at a time cannot pass it.
+                raise NicRefused(
+                    f"vlan: {h.name} already has {len(networks)} networks, the most a VM may have "
+                    f"({MAX_NICS}); unplug one first"
+                )
             rb.step(
                 f"VLAN {vlan} tagged on every cabled port",
                 switches.converge_ports,

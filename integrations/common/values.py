@@ -33,8 +33,9 @@ from metalflow.integrations.common.secrets import learn
 #: 802.1Q VLAN ids metalflow may put on a port. VLAN 1 is every switch's default VLAN, whose
 #: membership metalflow never changes (every dialect refuses it), so it is refused at the edge.
 VLAN_MIN, VLAN_MAX, DEFAULT_VLAN = 2, 4094, 1
-#: NICs one VM may ask for: one per VLAN, and a port carries at most the whole VLAN range;
-#: the rack's real limit (the host's cabled ports' capacity) is checked where the host is known.
+#: NICs (networks) one VM may have: each is a VLAN on every cabled port of its machine, so the
+#: limit is per VM, not per port; it is checked at create (payload, flow parameters) and by
+#: plug-nic, so plugging one at a time cannot pass it.
 MAX_NICS = 16
 MAX_SSH_KEYS = 32
 

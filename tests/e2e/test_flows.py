@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from metalflow.integrations.common import Deadline
+from metalflow.integrations.common.values import MAX_NICS
 from metalflow.integrations.prefectapi import PrefectBadRequest
 
 PXE = 10
@@ -319,6 +320,20 @@ def test_plug_and_unplug_nic(e2e):
         done = e2e.wait(r.id)
         refused(done, *why)
         assert "refused, nothing changed" in report(e2e, done)
+    assert ports(e2e, host) == [(101, [201])] and config_counters(e2e, "tor-1") == sw
+
+    # At most MAX_NICS networks per VM, plugged one at a time too: with the guest VLAN, 201 and
+    # fourteen more recorded as wanted, one more is refused before any change.
+    inv = e2e.inventory()
+    more = range(2001, 2001 + MAX_NICS - 2)
+    for extra in more:
+        inv.ports.set_desired_vlan(host, extra, purpose="extra", tagged=True)
+    try:
+        done = e2e.wait(e2e.trigger("plug-nic", host=host, vlan=3001).id)
+        refused(done, "vlan", f"already has {MAX_NICS} networks", "unplug one first")
+    finally:
+        for extra in more:
+            inv.ports.clear_desired_vlan(host, extra, purpose="extra")
     assert ports(e2e, host) == [(101, [201])] and config_counters(e2e, "tor-1") == sw
 
 
