@@ -293,6 +293,10 @@ def parse_vlan(value: Any, field: str) -> int | None:
     ``vlan://١٠٠`` and ``"100\\n"`` are refused."""
     if value is None or value == "":
         return None
+    if isinstance(value, float) and value.is_integer():
+        # A custom-action parameter registered as NUMBER with DECIMAL validation arrives as a
+        # float (200.0; reference notes, section 7); a fraction is still refused.
+        value = int(value)
     if isinstance(value, str):
         scheme, sep, rest = value.partition("://")
         if sep:

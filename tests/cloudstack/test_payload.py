@@ -121,6 +121,7 @@ def test_later_payloads_carry_no_nics():
         ("100", 100),
         (100, 100),
         ("VLAN://4094", 4094),
+        (200.0, 200),  # a NUMBER parameter with DECIMAL validation arrives as a float
         ("vlan://untagged", None),
         ("", None),
         (None, None),
@@ -147,6 +148,8 @@ def test_parse_vlan(value, want):
         ("vlan:// 100", "not a VLAN"),
         ("vlan://100 ", "not a VLAN"),
         (True, "boolean"),
+        (200.5, "not a VLAN"),
+        (1.0, "default VLAN"),
         ("vlan://untagged\n", "not a VLAN"),
     ],
 )
