@@ -6,9 +6,11 @@ parameter: ``vm={bad json`` is a typo, not the string ``"{bad json"``. A paramet
 takes as text (a host name, an image) takes the value as written, so ``host=1004`` (a
 CloudStack id) stays the string ``"1004"``; quote it (``host='"x"'``) to give JSON text.
 
-The whole set is then validated with the flow's own parameter model (Prefect's
-``Flow.validate_parameters``, the same pydantic types the UI's form and the API use), so a
-bad value is refused here, with its field named, and no flow run is created.
+The whole set is then validated against the flow's own signature, one pydantic check per
+parameter with the types the UI's form and the API use (not Prefect's
+``Flow.validate_parameters``, which resolves block references and logs every input; see
+:func:`validate_params`), so a bad value is refused here, with its field named, and no flow
+run is created.
 
 Errors are :class:`~metalflow.integrations.common.values.BadValue`: the CLI prints them as one
 line and exits 2. No message quotes a parameter's value beyond what ``values.show`` allows,
