@@ -47,7 +47,7 @@ Hostname = Annotated[
     WithJsonSchema(
         {
             "type": "string",
-            "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?" + _END,
+            "pattern": "^" + v.HOSTNAME_PATTERN + _END,
             "description": "Hostname in MAAS: lower-case letters, digits and dashes, 1-63",
         }
     ),
@@ -55,12 +55,14 @@ Hostname = Annotated[
 ImageName = Annotated[
     str,
     _field(v.parse_image),
-    WithJsonSchema({"type": "string", "description": "MAAS image name, e.g. ubuntu/jammy"}),
+    WithJsonSchema(
+        {"type": "string", "pattern": "^" + v.IMAGE_PATTERN + _END, "description": "MAAS image name, e.g. ubuntu/jammy"}
+    ),
 ]
 Ident = Annotated[
     str,
     _field(lambda value, field: v.parse_ident(value, field, "an id")),
-    WithJsonSchema({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}" + _END}),
+    WithJsonSchema({"type": "string", "pattern": "^" + v.IDENT_PATTERN + _END}),
 ]
 SecretRefText = Annotated[
     str,

@@ -113,7 +113,8 @@ def parse_tcp_port(value: object, field: str = "port") -> int:
 #: One DNS label as MAAS accepts it for a machine's hostname (maascommon.utils.dns): letters,
 #: digits and dashes, 1-63, no dash at either end. metalflow also asks for lower case: MAAS
 #: answers with lower-case FQDNs, and two names differing only in case would be one machine.
-_HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
+HOSTNAME_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"  # also the JSON schema's (fields.py)
+_HOSTNAME = re.compile(HOSTNAME_PATTERN, re.ASCII)
 _HOSTNAME_FIX = "use lower-case letters, digits and dashes, 1 to 63 characters, not starting or ending with a dash"
 
 
@@ -160,7 +161,8 @@ def parse_vm_name(value: object, field: str = "vm_name") -> str:
 
 
 #: A MAAS image name: ``ubuntu/jammy``, ``centos7``, ``custom/my-image``; never a URL.
-_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,63})?", re.ASCII)
+IMAGE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,63})?"
+_IMAGE = re.compile(IMAGE_PATTERN, re.ASCII)
 
 
 def parse_image(value: object, field: str = "image") -> str:
@@ -175,7 +177,8 @@ def parse_image(value: object, field: str = "image") -> str:
 
 
 #: CloudStack ids (uuids) and the inventory's other identifiers.
-_IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
+IDENT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+_IDENT = re.compile(IDENT_PATTERN, re.ASCII)
 
 
 def parse_ident(value: object, field: str, what: str = "an id") -> str:

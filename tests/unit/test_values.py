@@ -569,3 +569,50 @@ def test_address_bad_names_the_field_and_why(value, words):
     with pytest.raises(BadValue) as err:
         v.parse_address(value, "l2Switch.ip")
     assert err.value.field == "l2Switch.ip" and words in str(err.value)
+
+
+# ---------------------------------------------------------------------------- the schema agrees
+
+
+SAMPLES = [
+    "web-01",
+    "web-01\n",
+    " web-01",
+    "Web-01",
+    "web_01",
+    "a" * 63,
+    "a" * 64,
+    "ubuntu/jammy",
+    "ubuntu/jammy\n",
+    "custom/my-image.v2",
+    "http://x/y",
+    "a/b/c",
+    "0f6c1a8e-7b1d-4c1e",
+    "x\r",
+    "block:ipmi-host-001",
+    "block:rack-1#host-001",
+    "env:METALFLOW_X",
+    "env:X\n",
+    "pw",
+    "١٠٠",
+]
+
+
+@pytest.mark.parametrize("name", ["Hostname", "ImageName", "Ident", "SecretRefText"])
+def test_the_json_schema_pattern_agrees_with_the_parser(name):
+    """The UI's form and the API check a parameter with the schema's pattern (the API with
+    Python's ``re.search``); the run checks it with the parser. They must agree on every
+    value, so nothing the API accepts fails when the run starts, and the reverse."""
+    import re
+
+    class M(BaseModel):
+        x: getattr(f, name)  # type: ignore[valid-type]
+
+    pattern = M.model_json_schema()["properties"]["x"]["pattern"]
+    for sample in SAMPLES:
+        try:
+            M(x=sample)
+            parsed = True
+        except ValidationError:
+            parsed = False
+        assert (re.search(pattern, sample) is not None) == parsed, f"{name}: {sample!r}"
