@@ -3,7 +3,7 @@
 The suite spends most of its time waiting: on a Prefect server, on flow runs, on simulated
 MAAS deploys and BMC deadlines. Two halves side by side keep both cores busy and roughly halve
 the wall time. The halves are chosen so that they never share a loopback block (first half: e2e
-from 30 and its canary test from 40, lab tests 20 and 50-52, the benchmarks 70-90; second half:
+from 30, lab tests 20 and 50-52, the benchmarks 70-90; second half: the canary test from 40,
 cloudstack from 45, scale from 60, integration tests 60-62 and 150; the fuzz suite needs no
 block: it starts no simulator, only a loopback listener on a free port) and weigh about the same.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 HALVES = (
     ("tests/e2e", "tests/bench", "tests/unit", "tests/lab"),
-    ("tests/scale", "tests/cloudstack", "tests/integrations", "tests/fuzz"),
+    ("tests/scale", "tests/cloudstack", "tests/integrations", "tests/fuzz", "tests/canary"),
 )
 
 
