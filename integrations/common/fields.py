@@ -24,6 +24,11 @@ from metalflow.integrations.common import values as v
 _END = r"(?![\s\S])"
 
 
+def _whole(pattern: str) -> str:
+    """A JSON-schema ``pattern`` matching the whole string (see ``_END``)."""
+    return "^" + pattern + _END
+
+
 def _field(parse: Callable[[Any, str], Any]) -> PlainValidator:
     # field="": pydantic puts the field's location in front of the message itself.
     return PlainValidator(lambda value: parse(value, ""))
@@ -47,7 +52,7 @@ Hostname = Annotated[
     WithJsonSchema(
         {
             "type": "string",
-            "pattern": "^" + v.HOSTNAME_PATTERN + _END,
+            "pattern": _whole(v.HOSTNAME_PATTERN),
             "description": "Hostname in MAAS: lower-case letters, digits and dashes, 1-63",
         }
     ),
@@ -56,13 +61,13 @@ ImageName = Annotated[
     str,
     _field(v.parse_image),
     WithJsonSchema(
-        {"type": "string", "pattern": "^" + v.IMAGE_PATTERN + _END, "description": "MAAS image name, e.g. ubuntu/jammy"}
+        {"type": "string", "pattern": _whole(v.IMAGE_PATTERN), "description": "MAAS image name, e.g. ubuntu/jammy"}
     ),
 ]
 Ident = Annotated[
     str,
     _field(lambda value, field: v.parse_ident(value, field, "an id")),
-    WithJsonSchema({"type": "string", "pattern": "^" + v.IDENT_PATTERN + _END}),
+    WithJsonSchema({"type": "string", "pattern": _whole(v.IDENT_PATTERN)}),
 ]
 SecretRefText = Annotated[
     str,
@@ -73,7 +78,7 @@ SecretRefText = Annotated[
             # The same rule in the form and the API: a password pasted here is refused there
             # (the answer goes back to whoever sent it) instead of being stored as a run's
             # parameter and refused only when the run starts.
-            "pattern": "^" + v.SECRET_REF_PATTERN + _END,
+            "pattern": _whole(v.SECRET_REF_PATTERN),
             "description": "Where a secret lives: env:NAME, block:NAME or block:NAME#KEY (never the secret)",
         }
     ),

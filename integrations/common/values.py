@@ -108,6 +108,14 @@ def parse_tcp_port(value: object, field: str = "port") -> int:
     return parse_int(value, field, low=1, high=65535, what="a TCP/UDP port")
 
 
+def _matching(value: object, field: str, what: str, pattern: re.Pattern[str], fix: str) -> str:
+    """``value`` if it is text matching ``pattern`` whole; else BadValue: not ``what``, then ``fix``."""
+    text = _text(value, field, what)
+    if not pattern.fullmatch(text):
+        _fail(field, f"{show(text)} is not {what}: {fix}")
+    return text
+
+
 # ------------------------------------------------------------------------------ names
 
 #: One DNS label as MAAS accepts it for a machine's hostname (maascommon.utils.dns): letters,
@@ -143,14 +151,8 @@ _MAAS_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", re
 
 def parse_maas_hostname(value: object, field: str = "hostname") -> str:
     """A hostname MAAS accepts for a machine: letters of either case, digits and dashes, 1-63."""
-    text = _text(value, field, "a hostname")
-    if not _MAAS_HOSTNAME.fullmatch(text):
-        _fail(
-            field,
-            f"{show(text)} is not a valid MAAS hostname: use letters, digits and dashes, 1 to 63 "
-            "characters, not starting or ending with a dash",
-        )
-    return text
+    fix = "use letters, digits and dashes, 1 to 63 characters, not starting or ending with a dash"
+    return _matching(value, field, "a valid MAAS hostname", _MAAS_HOSTNAME, fix)
 
 
 def parse_vm_name(value: object, field: str = "vm_name") -> str:
@@ -166,14 +168,8 @@ _IMAGE = re.compile(IMAGE_PATTERN, re.ASCII)
 
 
 def parse_image(value: object, field: str = "image") -> str:
-    text = _text(value, field, "an image name")
-    if not _IMAGE.fullmatch(text):
-        _fail(
-            field,
-            f"{show(text)} is not a MAAS image name: use os/series like ubuntu/jammy, or a custom "
-            "image's name (letters, digits, '.', '_' and '-')",
-        )
-    return text
+    fix = "use os/series like ubuntu/jammy, or a custom image's name (letters, digits, '.', '_' and '-')"
+    return _matching(value, field, "a MAAS image name", _IMAGE, fix)
 
 
 #: CloudStack ids (uuids) and the inventory's other identifiers.
@@ -184,14 +180,8 @@ _IDENT = re.compile(IDENT_PATTERN, re.ASCII)
 def parse_ident(value: object, field: str, what: str = "an id") -> str:
     """An identifier (a CloudStack uuid, a switch name): letters, digits, '.', '_' and '-',
     1-64 characters, starting with a letter or digit."""
-    text = _text(value, field, what)
-    if not _IDENT.fullmatch(text):
-        _fail(
-            field,
-            f"{show(text)} is not {what}: use letters, digits, '.', '_' and '-' "
-            "(1 to 64 characters, starting with a letter or digit)",
-        )
-    return text
+    fix = "use letters, digits, '.', '_' and '-' (1 to 64 characters, starting with a letter or digit)"
+    return _matching(value, field, what, _IDENT, fix)
 
 
 # ------------------------------------------------------------------------------ addresses
@@ -314,11 +304,7 @@ class SecretRef:
 
 #: The reference grammar, also a JSON-schema pattern (no named groups there).
 SECRET_REF_PATTERN = r"(env:[A-Za-z_][A-Za-z0-9_]{0,127}|block:[a-z0-9][a-z0-9-]{0,127}(#[A-Za-z0-9._-]{1,128})?)"
-_SECRET_REF = re.compile(
-    r"(?:env:(?P<env>[A-Za-z_][A-Za-z0-9_]{0,127})"
-    r"|block:(?P<block>[a-z0-9][a-z0-9-]{0,127})(?:#(?P<key>[A-Za-z0-9._-]{1,128}))?)",
-    re.ASCII,
-)
+_SECRET_REF = re.compile(SECRET_REF_PATTERN, re.ASCII)
 SECRET_REF_FIX = (
     "expected a reference to where the secret lives, like env:METALFLOW_IPMI_PASSWORD, "
     "block:ipmi-host-001 or block:rack-1#host-001; the secret itself never goes here"
@@ -336,9 +322,9 @@ def parse_secret_ref(value: object, field: str = "credential_ref") -> SecretRef:
         # masks it wherever else it turns up (the caller's log line, a journal detail).
         _learn_refused(value)
         _fail(field, SECRET_REF_FIX)
-    if m["env"]:
-        return SecretRef("env", m["env"])
-    return SecretRef("block", m["block"], m["key"] or "")
+    kind, _, rest = m.string.partition(":")
+    name, _, key = rest.partition("#")
+    return SecretRef(kind, name, key)
 
 
 # ------------------------------------------------------------------------------ crypt hashes and keys
