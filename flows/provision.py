@@ -27,7 +27,7 @@ from metalflow.tasks.settings import settings
 S = NodeStatus
 OWNED = (S.ALLOCATED, S.DEPLOYING, S.DEPLOYED)
 #: The MAAS tags that say who owns the machine's VM (Owner.tags()); gone when it holds none.
-OWNER_TAG_PREFIXES = ("accountid_", "domainid_", "projectid_")
+OWNER_TAG_PREFIXES = ("accountid_", "domainid_", "projectid_", "vmid_")
 
 
 class ConstraintFailed(Refused):
@@ -108,10 +108,24 @@ def check_constraints(rb: Runbook, h: HostInfo, vm: Vm) -> Checked:
         + (f" as {machine.hostname}" if machine.status in OWNED else "")
         + "; it must be Ready (destroy the VM it carries, or fix it in MAAS)",
     )
+    if vm.architecture:
+        # MAAS deploys the machine's own architecture: a template made for another one is
+        # refused here, before anything changes (compared without the subarchitecture
+        # unless the template names one).
+        wanted, have = vm.architecture, machine.architecture
+        same = have == wanted if "/" in wanted else have.split("/", 1)[0] == wanted
+        need(
+            same,
+            "architecture matches",
+            f"{h.name} is {have or 'of unknown architecture'}, the VM's template asks for {wanted}; "
+            "use a template of the machine's architecture or another machine",
+        )
     need(
-        rb.run(maas.image_exists, h, vm.image),
+        rb.run(maas.image_exists, h, vm.image, vm.architecture),
         "image exists in MAAS",
-        f"MAAS has no image {vm.image!r} (the template URL must name a MAAS boot resource)",
+        f"MAAS has no image {vm.image!r}"
+        + (f" for {vm.architecture}" if vm.architecture else "")
+        + " (the template must name a MAAS boot resource)",
     )
     return Checked(Case.B, machine)
 

@@ -254,5 +254,5 @@ def release_machine(host: HostInfo, erase: str) -> str:
 
 
 @runbook_task(system="maas", name="check-image", retries=2)
-def image_exists(host: HostInfo, image: str) -> bool:
-    return clients.maas().image_exists(image)
+def image_exists(host: HostInfo, image: str, architecture: str | None = None) -> bool:
+    return clients.maas().image_exists(image, architecture)

@@ -64,6 +64,17 @@ ImageName = Annotated[
         {"type": "string", "pattern": _whole(v.IMAGE_PATTERN), "description": "MAAS image name, e.g. ubuntu/jammy"}
     ),
 ]
+Architecture = Annotated[
+    str,
+    _field(v.parse_architecture),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": _whole(v.ARCHITECTURE_PATTERN),
+            "description": "MAAS architecture, e.g. amd64 or amd64/generic",
+        }
+    ),
+]
 Ident = Annotated[
     str,
     _field(lambda value, field: v.parse_ident(value, field, "an id")),

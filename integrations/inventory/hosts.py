@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from metalflow.integrations.config import RackConfig
 from metalflow.integrations.inventory.importing import DEFAULT_SWITCH_CREDENTIAL_REF, CredentialRefSource, import_rack
-from metalflow.integrations.inventory.models import Host, HostNic
+from metalflow.integrations.inventory.models import Host, HostClaim, HostNic, utcnow
 from metalflow.integrations.inventory.records import HostInfo, HostNotFound, HostRecord, ImportSummary, InventoryError
 from metalflow.integrations.inventory.session import Database
 
@@ -81,6 +81,17 @@ class HostRepository:
         except HostNotFound:
             return None
 
+    def by_system_id(self, system_id: str) -> HostInfo | None:
+        """The host whose MAAS machine is ``system_id``, or None."""
+        if not isinstance(system_id, str) or not system_id:
+            raise InventoryError("expected a MAAS system id", field="maas_system_id")
+
+        def read(s: Session) -> HostInfo | None:
+            row = s.scalar(select(Host).where(Host.maas_system_id == system_id).limit(1))
+            return HostInfo.of(row) if row is not None else None
+
+        return self.db.read(read)
+
     def all(self, *, maintenance: bool | None = None) -> list[HostInfo]:
         def read(s: Session) -> list[HostInfo]:
             stmt = select(Host).options(selectinload(Host.nics).selectinload(HostNic.switch)).order_by(Host.name)
@@ -135,6 +146,14 @@ class HostRepository:
             if (row.last_vm_uuid, row.last_vm_name) != (vm_uuid, vm_name):
                 row.last_vm_uuid, row.last_vm_name = vm_uuid, vm_name
                 s.flush()
+            if vm_uuid is not None:
+                # The provision completed: the VM's claim on this host is its placement now
+                # (a lease never frees an installed machine).
+                claim = s.scalar(
+                    select(HostClaim).where(HostClaim.vm_uuid == vm_uuid, HostClaim.host_id == row.id).with_for_update()
+                )
+                if claim is not None and claim.state != "placed":
+                    claim.state, claim.expires_at, claim.updated_at = "placed", None, utcnow()
             return HostInfo.of(row)
 
         return self.db.write(write)

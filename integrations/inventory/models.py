@@ -41,6 +41,10 @@ POWER_STATES = ("on", "off", "unknown")
 MAINTENANCE_SOURCES = ("poll", "operator")
 VLAN_PURPOSES = ("pxe", "guest", "extra")
 OUTCOMES = ("started", "ok", "failed", "skipped", "compensated")
+#: A claim's life (issue 17): ``leased`` by prepare and freed when it expires; ``provisioning``
+#: once a create started its run (kept while the run lives); ``placed`` when the provision
+#: completed: the VM's placement until delete, never expiring.
+CLAIM_STATES = ("leased", "provisioning", "placed")
 
 
 def utcnow() -> datetime:
@@ -230,5 +234,9 @@ class HostClaim(Base):
     vm_uuid: Mapped[str] = mapped_column(String(64), unique=True)
     vm_name: Mapped[str | None] = mapped_column(String(255))
     claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Claims made before leases existed were placements: the server default says so.
+    state: Mapped[str] = mapped_column(String(16), default="leased", server_default=text("'placed'"))
+    expires_at: Mapped[datetime | None] = mapped_column()
+    updated_at: Mapped[datetime | None] = mapped_column()
 
     host: Mapped[Host] = relationship()

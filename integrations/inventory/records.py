@@ -37,6 +37,25 @@ class ClaimConflict(InventoryError):
     """The host asked for is claimed by, or carries, another VM."""
 
 
+class HostUnfit(InventoryError):
+    """The host asked for cannot take a VM now: ``why`` is the category (``in maintenance``,
+    ``too small``, ...) without the details that may name another VM or the operator's notes."""
+
+    def __init__(self, message: str, *, why: str = "", field: str = ""):
+        self.why = why
+        super().__init__(message, field=field)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_unfit, (self.message, self.why, self.field))
+
+
+def _rebuild_unfit(message: str, why: str, field_: str) -> HostUnfit:
+    obj = HostUnfit.__new__(HostUnfit)
+    obj.field, obj.why = field_, why
+    MetalflowError.__init__(obj, message)
+    return obj
+
+
 def _rebuild(cls: type[InventoryError], message: str, field_: str, target: str, operation: str) -> InventoryError:
     obj = cls.__new__(cls)
     obj.field = field_
@@ -314,7 +333,14 @@ class ClaimInfo:
     vm_uuid: str
     vm_name: str | None
     claimed_at: datetime
+    #: ``leased`` (prepare), ``provisioning`` (a create's run), ``placed`` (installed).
+    state: str = "placed"
+    #: When a lease or a provisioning claim runs out (None: a placement, never).
+    expires_at: datetime | None = None
 
     @classmethod
     def of(cls, c: HostClaim) -> ClaimInfo:
-        return cls(c.host.name, c.vm_uuid, c.vm_name, c.claimed_at)
+        return cls(c.host.name, c.vm_uuid, c.vm_name, c.claimed_at, c.state, c.expires_at)
+
+    def expired(self, now: datetime) -> bool:
+        return self.state != "placed" and self.expires_at is not None and self.expires_at <= now

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+from datetime import timedelta
 
 import pytest
 
-from metalflow.integrations.inventory import ClaimConflict, InventoryError, NoFreeHost, migrate
+from metalflow.integrations.inventory import ClaimConflict, HostUnfit, Inventory, InventoryError, NoFreeHost, migrate
 from tests.cloudstack.inventory_fixtures import SIZES, make_inventory
 
 
@@ -165,4 +166,94 @@ def test_the_claims_migration_goes_both_ways(url):
     command.downgrade(migrate.alembic_config(url), "0001")
     assert migrate.current_revision(url) == "0001"
     migrate.upgrade(url)
-    assert migrate.current_revision(url) == "0002" and migrate.drift(url) == []
+    assert migrate.current_revision(url) == migrate.head_revision() == "0003" and migrate.drift(url) == []
+
+
+def test_claims_made_before_leases_read_back_as_placements(url):
+    """0003 on a database holding a 0002 claim: the claim is a placement (never expires)."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    make_inventory(url).dispose()  # at head, with hosts
+    command.downgrade(migrate.alembic_config(url), "0002")
+    engine = create_engine(url)
+    with engine.begin() as c:
+        host_id = c.execute(text("SELECT id FROM hosts WHERE name = 'host-001'")).scalar_one()
+        c.execute(
+            text("INSERT INTO host_claims (host_id, vm_uuid, vm_name, claimed_at) VALUES (:h, 'vm-old', 'old', :t)"),
+            {"h": host_id, "t": "2026-11-30 10:00:00"},
+        )
+    engine.dispose()
+    migrate.upgrade(url)
+    inv = Inventory(url)
+    try:
+        (claim,) = inv.claims.all()
+        assert claim.vm_uuid == "vm-old" and claim.state == "placed" and claim.expires_at is None
+        assert inv.claims.reap(lambda c: False, now=claim.claimed_at + timedelta(days=365)) == []
+    finally:
+        inv.dispose()
+
+
+
+# --- leases (issue 17) ------------------------------------------------------------------------
+
+
+def test_a_lease_expires_and_is_reaped_unless_its_run_lives(inv):
+    inv.claims.claim("vm-a", vm_name="a", lease_seconds=60)
+    inv.claims.claim("vm-b", vm_name="b", lease_seconds=60)
+    a = inv.claims.for_vm("vm-a")
+    assert a.state == "leased" and a.expires_at is not None
+    assert inv.claims.reap(lambda c: False, now=a.claimed_at + timedelta(seconds=30)) == []  # not expired yet
+    later = a.expires_at + timedelta(seconds=1)
+    live = {"vm-b"}
+    released = inv.claims.reap(lambda c: c.vm_uuid in live, now=later)
+    assert [c.vm_uuid for c in released] == ["vm-a"]
+    assert inv.claims.for_vm("vm-a") is None and inv.claims.for_vm("vm-b") is not None
+    (line,) = inv.history.events(a.host, operation="claims")
+    assert line.step == "lease expired" and "vm-a" in line.detail
+    # the host is free again: the next claim may get it
+    assert inv.claims.claim("vm-c", host=a.host).name == a.host
+
+
+def test_prepare_again_renews_a_lease_and_begin_then_placement_stop_the_clock(inv):
+    inv.claims.claim("vm-a", lease_seconds=60)
+    first = inv.claims.for_vm("vm-a").expires_at
+    inv.claims.claim("vm-a", lease_seconds=600)
+    assert inv.claims.for_vm("vm-a").expires_at > first + timedelta(seconds=500)
+    began = inv.claims.begin("vm-a", lease_seconds=120)
+    assert began.state == "provisioning" and began.expires_at is not None
+    host = began.host
+    inv.hosts.set_last_vm(host, "vm-a", "a")  # the provision completed: a placement
+    placed = inv.claims.for_vm("vm-a")
+    assert placed.state == "placed" and placed.expires_at is None
+    assert inv.claims.begin("vm-a", lease_seconds=5).state == "placed"  # a placement stays one
+    assert inv.claims.reap(lambda c: False, now=placed.claimed_at + timedelta(days=30)) == []
+
+
+def test_an_installed_vm_is_never_reaped_even_when_its_claim_was_not_placed(inv):
+    inv.claims.claim("vm-a", host="host-001", lease_seconds=1)
+    claim = inv.claims.for_vm("vm-a")
+    # the host carries the VM (recorded by an older path that did not place the claim)
+    from metalflow.integrations.inventory.models import Host
+
+    inv.db.write(lambda s: s.query(Host).filter(Host.name == "host-001").update({"last_vm_uuid": "vm-a"}))
+    assert inv.claims.reap(lambda c: False, now=claim.expires_at + timedelta(seconds=5)) == []
+    assert inv.claims.for_vm("vm-a") is not None
+
+
+def test_a_named_host_is_checked_for_fitness_when_asked(inv):
+    inv.power.set_maintenance("host-005", True, "fan noise, see ticket 42")
+    with pytest.raises(HostUnfit) as err:
+        inv.claims.claim("vm-a", host="host-005", fit=True)
+    assert err.value.why == "in maintenance" and "ticket 42" in str(err.value)
+    with pytest.raises(HostUnfit) as err:
+        inv.claims.claim("vm-a", host="host-001", fit=True, min_cpus=512)
+    assert err.value.why == "too small"
+    assert inv.claims.for_vm("vm-a") is None  # nothing claimed
+    assert inv.claims.claim("vm-a", host="host-005").name == "host-005"  # without fit: the seed model
+
+
+def test_lease_seconds_must_be_positive(inv):
+    for bad in (0, -5, True, "60"):
+        with pytest.raises(InventoryError, match="lease_seconds"):
+            inv.claims.claim("vm-a", lease_seconds=bad)
