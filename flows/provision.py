@@ -138,6 +138,14 @@ def provision(host: HostRef, vm: Vm, erase_on_failure: EraseMode | None = None) 
         h = rb.load_host(host)
         checked = check_constraints(rb, h, vm)
         if checked.case is Case.A:
+            # The NIC list is the truth here too: CloudStack's retried create carries it.
+            rb.step(
+                f"ports follow the NICs: VLAN {vm.guest_vlan} untagged"
+                + (f", VLANs {vm.extra_vlans} tagged" if vm.extra_vlans else ""),
+                switches.converge_ports,
+                h,
+                rb.run(inv_t.want_ports, h, PortState.GUEST, vm.guest_vlan, vm.extra_vlans),
+            )
             rb.step("power on (case A: VM already deployed here)", ipmi.power_on, h)
             rb.outcome = "running (case A)"
             return "case A: powered on"

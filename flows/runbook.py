@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from metalflow.integrations.common import scrub
-from metalflow.integrations.common.names import host_lock_name
+from metalflow.integrations.common.names import ROLLBACK_INCOMPLETE, ROLLED_BACK, host_lock_name
 from metalflow.integrations.inventory import HostInfo
 from metalflow.tasks import inventory
 from metalflow.tasks.common import logger, run_inline, system_of
@@ -161,13 +161,14 @@ class RolledBack(Exception):
     Plain ``Exception(message)`` underneath, so it pickles like any other."""
 
     @classmethod
-    def of(cls, reason: BaseException, undone: int, failed: list[str]) -> RolledBack:
+    def of(cls, reason: BaseException, undone: int, failed: list[str], step: str = "") -> RolledBack:
         if failed:
-            tail = f"ROLLBACK INCOMPLETE: {', '.join(failed)} failed (see the run's report and logs)"
+            tail = f"{ROLLBACK_INCOMPLETE}: {', '.join(failed)} failed (see the run's report and logs)"
         else:
-            tail = f"rolled back ({undone} step{'s' if undone != 1 else ''} undone)"
+            tail = f"{ROLLED_BACK} ({undone} step{'s' if undone != 1 else ''} undone)"
+        where = f"at step {step!r}: " if step else ""
         # The run's state message (kept by Prefect, shown by CloudStack): scrubbed like a log line.
-        return cls(scrub(f"{type(reason).__name__}: {reason} | {tail}"))
+        return cls(scrub(f"{where}{type(reason).__name__}: {reason} | {tail}"))
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,7 @@ class Runbook:
         self.inline = _INLINE.get() if inline is None else inline
         self.undos: list[tuple[str, Callable[[], object]]] = []
         self.changing = False
+        self.failed_step = ""  # the first step that failed (named in RolledBack's message)
 
     # -- what a flow writes ----------------------------------------------------------------------
 
@@ -285,6 +287,7 @@ class Runbook:
             result = self.run(task, *args, **kwargs)
         except Exception as exc:
             self.report.add(system_of(task), text, f"FAILED: {exc}")
+            self.failed_step = self.failed_step or text
             raise
         self.report.add(system_of(task), text, show(result) if show else result)
         return result
@@ -336,7 +339,7 @@ class Runbook:
             return  # re-raised as it is
         steps = len(self.undos)
         failed = self.rollback()
-        outcome = RolledBack.of(exc, steps, failed)
+        outcome = RolledBack.of(exc, steps, failed, self.failed_step)
         self.outcome = f"failed: {outcome}"
         self.report.publish()
         raise outcome from exc

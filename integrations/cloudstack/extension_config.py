@@ -57,6 +57,16 @@ class ExtensionConfig:
     #: Reference prefixes (``block:tenant-root-``, ``env:METALFLOW_ROOT_``) a root_password_ref
     #: from VM details may start with; empty: none is accepted (see docs/cloudstack.md).
     tenant_secret_scope: tuple[str, ...] = ()
+    #: How long a machine ``prepare`` claimed stays set aside without a ``create`` (and after
+    #: a create's run ends without completing). CloudStack runs prepare before it implements
+    #: the VM's networks (a new isolated network starts a virtual router first): its own
+    #: ``wait`` (1800 s) bounds each of those steps. See docs/cloudstack.md, "Leases".
+    lease_seconds: float = 1800.0
+    #: After this many provisions of one VM failed in a row, a create (and a prepare) of that
+    #: VM fails at once with the first failure's reason, and the machine of the last failure
+    #: is held in maintenance until an operator clears it (CloudStack retries a failed start
+    #: up to ``start.retry`` = 10 times, on the same host as often as not).
+    create_failure_limit: int = 2
     path: str = ""  # where it was read from (not written)
 
     @property
@@ -101,6 +111,7 @@ _FLOATS = (
     "status_timeout",
     "request_timeout",
     "poll_interval",
+    "lease_seconds",
 )
 _ERASE = ("none", "quick", "secure")
 #: A scope prefix: the start of a reference as ``values.parse_secret_ref`` reads it, with at
@@ -171,6 +182,12 @@ def parse_config(doc: Any, where: str) -> ExtensionConfig:
                 problems.append(f"{key}: expected a positive number of seconds")
             else:
                 values[key] = float(v)
+    if "create_failure_limit" in doc:
+        v = doc["create_failure_limit"]
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 100:
+            problems.append("create_failure_limit: expected a whole number from 1 to 100 (failed provisions in a row)")
+        else:
+            values["create_failure_limit"] = v
     if "erase_default" in doc:
         if doc["erase_default"] not in _ERASE:
             problems.append(f"erase_default: expected one of {', '.join(_ERASE)}")

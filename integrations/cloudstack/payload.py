@@ -38,6 +38,8 @@ from metalflow.integrations.common import values as v
 T = TypeVar("T")
 _VM = "externaldetails.virtualmachine"
 _NICS = "cloudstack.vm.details.nics"
+#: The VM detail where CloudStack keeps the deploy keypair's public key.
+SSH_PUBLIC_KEY = "SSH.PublicKey"
 
 
 class PayloadError(MetalflowError):
@@ -219,20 +221,29 @@ class Payload:
         return _parse(v.parse_erase_mode, given, field_).value
 
     def owner(self) -> dict[str, str]:
-        """Ownership tags: details ``account_id``/``domain_id``/``project_id`` where given, else
-        the 4.22 ``caller``'s id as the account (4.21 sends no caller)."""
+        """Ownership tags: the details ``account_id``/``domain_id``/``project_id`` where given,
+        else the VM's uuid (``vm``). Never the 4.22 ``caller``: that is whoever made the API
+        call (an admin deploying for a user, the system account), not the VM's owner, and the
+        owner's account is not in the payload (reference notes, section 7)."""
         out = {
             "account": self.detail("account_id", "accountid") or "",
             "domain": self.detail("domain_id", "domainid") or "",
             "project": self.detail("project_id", "projectid") or "",
         }
-        if not out["account"] and self.caller and isinstance(self.caller.get("id"), str):
-            out["account"] = self.caller["id"]
-        return {k: v for k, v in out.items() if v}
+        given = {k: v for k, v in out.items() if v}
+        return given or {"vm": self.require_vm()}
 
-    def flow_nics(self) -> list[dict[str, Any]]:
+    def architecture(self) -> str | None:
+        """The MAAS architecture the template (or the VM's details) asks for, ``amd64/generic``
+        (the detail ``architecture``, as the 4.22 MaaS extension's templates carry it)."""
+        arch, where = self.detail_at("architecture")
+        return None if arch is None else _parse(v.parse_architecture, arch, where)
+
+    def flow_nics(self, *, pending_ok: bool = False) -> list[dict[str, Any]]:
         """``[{vlan, default}]`` for provision: the default NIC is the guest VLAN (untagged on
-        the ports), the others are tagged. Every NIC needs a VLAN (create/start only)."""
+        the ports), the others are tagged. Every NIC needs a VLAN (create/start); with
+        ``pending_ok`` (prepare, which CloudStack may call before it implements a new network)
+        a NIC without one has ``vlan`` None."""
         if not self.nics:
             raise PayloadError(
                 "missing: the VM has no NIC (CloudStack sends NICs only with prepare, create and start)",
@@ -245,6 +256,9 @@ class Payload:
         seen: dict[int, int] = {}
         for nic in self.nics:
             vlan = nic.vlan(str(fallback) if nic.default and fallback not in (None, "") else None)
+            if vlan is None and pending_ok and not nic.broadcast_uri:
+                out.append({"vlan": None, "default": nic.default})
+                continue
             if vlan is None:
                 raise PayloadError(
                     f"the NIC on network {nic.network_uuid or '?'} has no VLAN "
@@ -265,15 +279,22 @@ class Payload:
 
     def ssh_keys(self) -> list[str]:
         """The detail ``ssh_keys`` (or ``ssh_key``): one ``authorized_keys`` line per line,
-        each parsed as a key (no options, no blank lines, no trailing newline), at most
-        ``MAX_SSH_KEYS``."""
+        each parsed as a key (no options, no blank lines, no trailing newline), then the VM's
+        deploy keypair as CloudStack stores it (the plain detail ``SSH.PublicKey``), at most
+        ``MAX_SSH_KEYS`` different keys in all."""
         keys, where = self.detail_at("ssh_keys", "ssh_key")
-        if keys is None:
-            return []
-        lines = keys.split("\n")
+        lines = [] if keys is None else keys.split("\n")
         if len(lines) > v.MAX_SSH_KEYS:
             raise PayloadError(f"{len(lines)} lines: at most {v.MAX_SSH_KEYS} SSH keys, one per line", field=where)
-        return [_parse(v.parse_ssh_key, line, f"{where}[{i}]") for i, line in enumerate(lines)]
+        out = [_parse(v.parse_ssh_key, line, f"{where}[{i}]") for i, line in enumerate(lines)]
+        keypair = self.vm_details.get(SSH_PUBLIC_KEY)
+        if keypair:
+            key = _parse(v.parse_ssh_key, keypair, f"cloudstack.vm.details.details.{SSH_PUBLIC_KEY}")
+            if key not in out:
+                out.append(key)
+        if len(out) > v.MAX_SSH_KEYS:
+            raise PayloadError(f"{len(out)} keys with the VM's keypair: at most {v.MAX_SSH_KEYS}", field=where)
+        return out
 
     def root_password_ref(self) -> str | None:
         """The detail ``root_password_ref`` parsed as a reference (``block:NAME``, ``env:NAME``);

@@ -40,3 +40,10 @@ def host_lock_name(host: str) -> str:
 def switch_lock_name(switch: str) -> str:
     """The limit that makes one session the only one on ``switch``."""
     return limit_name("switch", switch)
+
+
+#: How a run's state message says its changes were undone (``flows.runbook.RolledBack``), as
+#: against a run refused before any change: the CloudStack extension holds a machine only
+#: after provisions that changed it and failed, never for a refused one (a bad image).
+ROLLED_BACK = "rolled back"
+ROLLBACK_INCOMPLETE = "ROLLBACK INCOMPLETE"

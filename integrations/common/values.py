@@ -25,6 +25,7 @@ import ipaddress
 import re
 import struct
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import NoReturn
 
 from metalflow.integrations.common.errors import MetalflowError
@@ -177,7 +178,7 @@ def parse_image(value: object, field: str = "image") -> str:
 ARCHITECTURE_PATTERN = r"[a-z0-9]{1,16}(?:/[a-z0-9][a-z0-9._-]{0,31})?"
 _ARCHITECTURE = re.compile(ARCHITECTURE_PATTERN, re.ASCII)
 #: What other systems call MAAS's architectures (CloudStack's template ``arch``, uname -m).
-_ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64", "ppc64le": "ppc64el"}
+_ARCH_ALIASES = MappingProxyType({"x86_64": "amd64", "aarch64": "arm64", "ppc64le": "ppc64el"})
 
 
 def parse_architecture(value: object, field: str = "architecture") -> str:
@@ -186,7 +187,10 @@ def parse_architecture(value: object, field: str = "architecture") -> str:
     text = _text(value, field, "a MAAS architecture")
     base = text.split("/", 1)[0]
     if base in _ARCH_ALIASES:
-        _fail(field, f"{show(text)}: MAAS calls this architecture {_ARCH_ALIASES[base]!r} (e.g. {_ARCH_ALIASES[base]}/generic)")
+        _fail(
+            field,
+            f"{show(text)}: MAAS calls this architecture {_ARCH_ALIASES[base]!r} (e.g. {_ARCH_ALIASES[base]}/generic)",
+        )
     return _matching(text, field, "a MAAS architecture", _ARCHITECTURE, "use MAAS's name, e.g. amd64 or amd64/generic")
 
 

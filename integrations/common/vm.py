@@ -14,6 +14,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from metalflow.integrations.common.fields import Architecture, Hostname, Ident, ImageName, SecretRefText, SshKey, VlanId
 from metalflow.integrations.common.values import MAX_NICS, MAX_SSH_KEYS
 
+
 class Nic(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     # 2..4094: VLAN 1 is every switch's default VLAN, which metalflow never changes.
@@ -83,12 +84,7 @@ class Vm(BaseModel):
 
     @model_validator(mode="after")
     def _nics(self) -> Vm:
-        defaults = [n for n in self.nics if n.default]
-        if len(defaults) != 1:
-            raise ValueError(f"nics: exactly one NIC must be the default (found {len(defaults)})")
-        vlans = [n.vlan for n in self.nics]
-        if len(set(vlans)) != len(vlans):
-            raise ValueError(f"nics: each NIC needs its own VLAN (got {vlans})")
+        networks(self.nics)
         return self
 
     @property
@@ -98,6 +94,19 @@ class Vm(BaseModel):
     @property
     def extra_vlans(self) -> list[int]:
         return sorted(n.vlan for n in self.nics if not n.default)
+
+
+def networks(nics: list[Nic]) -> tuple[int, list[int]]:
+    """The guest VLAN (the default NIC's, untagged on the ports) and the others (tagged) of a
+    VM's NIC list; ``ValueError`` unless exactly one NIC is the default and each has its own
+    VLAN. The rule of ``Vm`` and of a ``start`` given CloudStack's NIC list."""
+    defaults = [n for n in nics if n.default]
+    if len(defaults) != 1:
+        raise ValueError(f"nics: exactly one NIC must be the default (found {len(defaults)})")
+    vlans = [n.vlan for n in nics]
+    if len(set(vlans)) != len(vlans):
+        raise ValueError(f"nics: each NIC needs its own VLAN (got {vlans})")
+    return defaults[0].vlan, sorted(n.vlan for n in nics if not n.default)
 
 
 def hidden_inputs(exc: ValidationError) -> list[InitErrorDetails]:

@@ -36,6 +36,7 @@ from metalflow.integrations.inventory.records import (
     InventoryError,
     NoFreeHost,
 )
+from metalflow.integrations.inventory.session import Database
 
 
 def unfit(row: Host, min_cpus: int = 0, min_memory_mb: int = 0, arch: str | None = None) -> tuple[str, str] | None:
@@ -61,7 +62,6 @@ def _lease_end(lease_seconds: float | None) -> datetime | None:
     if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) or not lease_seconds > 0:
         raise InventoryError(f"{lease_seconds!r} is not a positive number of seconds", field="lease_seconds")
     return utcnow() + timedelta(seconds=lease_seconds)
-from metalflow.integrations.inventory.session import Database
 
 
 class ClaimRepository:

@@ -194,7 +194,6 @@ def test_claims_made_before_leases_read_back_as_placements(url):
         inv.dispose()
 
 
-
 # --- leases (issue 17) ------------------------------------------------------------------------
 
 

@@ -190,6 +190,9 @@ def test_lock_check_reads_active_slots_with_basic_auth():
 # ---------------------------------------------------------------------------- prepare, stop, delete
 
 
+JAMMY = {"image": "ubuntu/jammy"}
+
+
 def two_nics():
     return [
         nic(0, "vlan://100", default=True, network=NETWORK_GUEST, mac="02:00:5a:00:00:01"),
@@ -213,6 +216,7 @@ def test_prepare_claims_the_smallest_fit_and_returns_its_mac(cfg, inv):
         ram=40 * GIB,
         nics=two_nics(),
         host_ext={"endpoint": "10.0.0.5", "apikey": HOST_API_KEY},
+        vm_ext=JAMMY,
     )
     answer = act(cfg, doc, "prepare")
     host = inv.hosts.get("host-003")  # 16 CPUs and 64 GB: the smallest that fits 16 / 40 GB
@@ -220,6 +224,7 @@ def test_prepare_claims_the_smallest_fit_and_returns_its_mac(cfg, inv):
         "External:metalflow_host": "host-003",
         "External:maas_system_id": "sys002",
         "External:mac_address": host.boot_mac,
+        "External:metalflow_placement": "auto",
     }
     # Every NIC echoed unchanged but for the default NIC's MAC (arrays merge on "uuid").
     sent = doc["cloudstack.vm.details"]["nics"]
@@ -231,15 +236,24 @@ def test_prepare_claims_the_smallest_fit_and_returns_its_mac(cfg, inv):
 
 
 def test_prepare_seed_model_claims_the_cloudstack_hosts_server(cfg, inv):
-    answer = act(cfg, payload("prepare", "vm-a", version="4.21", host_ext={"metalflow_host": "host-004"}), "prepare")
+    answer = act(
+        cfg,
+        payload("prepare", "vm-a", version="4.21", host_ext={"metalflow_host": "host-004"}, vm_ext=JAMMY),
+        "prepare",
+    )
     assert answer.body["details"]["External:metalflow_host"] == "host-004"
-    other = act(cfg, payload("prepare", "vm-b", version="4.21", host_ext={"metalflow_host": "host-004"}), "prepare")
+    assert answer.body["details"]["External:metalflow_placement"] == "pinned"  # not prepare's own pick
+    other = act(
+        cfg,
+        payload("prepare", "vm-b", version="4.21", host_ext={"metalflow_host": "host-004"}, vm_ext=JAMMY),
+        "prepare",
+    )
     assert not other.ok and "not available to VM vm-b" in other.body["message"]
     assert "vm-a" not in other.text()  # the other tenant's VM is not named
 
 
 def test_prepare_with_nothing_free_is_a_clear_error(cfg, inv):
-    answer = act(cfg, payload("prepare", "vm-a", cpus=64), "prepare")
+    answer = act(cfg, payload("prepare", "vm-a", cpus=64, vm_ext=JAMMY), "prepare")
     assert not answer.ok and "no free host fits 64 CPUs" in answer.body["message"]
     assert inv.claims.all() == []
 
@@ -253,7 +267,7 @@ def test_stop_and_delete_of_a_vm_without_a_machine_succeed(cfg, inv):
 def test_delete_of_a_prepared_but_never_created_vm_frees_the_machine(cfg, inv):
     """CloudStack expunges a VM whose deploy failed after prepare: no flow run is needed
     (no create ever ran), the claim goes."""
-    act(cfg, payload("prepare", "vm-a", host_ext={"metalflow_host": "host-002"}), "prepare")
+    act(cfg, payload("prepare", "vm-a", host_ext={"metalflow_host": "host-002"}, vm_ext=JAMMY), "prepare")
 
     class NoRuns:
         def latest(self, *a, **k):
@@ -491,7 +505,9 @@ def test_getconsole_says_there_is_none(cfg):
 
 def test_plug_network_needs_a_vlan(cfg, inv):
     answer = act(cfg, payload("PlugNetwork", "vm-a", custom=True, parameters={}), "PlugNetwork")
-    assert not answer.ok and "parameters.vlan" in answer.body["message"]
+    # an object, as CloudStack's UI shows only objects and arrays (reference notes, section 7)
+    assert not answer.ok and answer.body["printmessage"] == "true"
+    assert answer.body["message"]["result"] == "failed" and "parameters.vlan" in answer.body["message"]["detail"]
 
 
 # ---------------------------------------------------------------------------- the entry point

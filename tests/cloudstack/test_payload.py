@@ -62,7 +62,7 @@ def test_a_421_create_payload_has_no_caller_and_leaves_empty_maps_out():
     assert p.caller is None and p.host == {} and p.extension == {}
     assert p.virtualmachine["cloudstack.vlan"] == "100"
     assert p.flow_nics() == [{"vlan": 100, "default": True}, {"vlan": 200, "default": False}]
-    assert p.owner() == {}  # no caller in 4.21 and no owner details
+    assert p.owner() == {"vm": UUID}  # no owner details: the VM uuid names it
 
 
 def test_gson_escapes_are_read_as_the_characters():
@@ -211,10 +211,11 @@ def test_erase_mode():
         parse(payload("delete", UUID, vm_ext={"erase": "shred"})).erase_mode("quick")
 
 
-def test_owner_from_details_else_the_422_caller():
+def test_owner_from_details_else_the_vm_never_the_422_caller():
     p = parse(payload("create", UUID, vm_ext={"account_id": "acc-1", "domain_id": "dom-1"}))
     assert p.owner() == {"account": "acc-1", "domain": "dom-1"}
-    assert parse(payload("create", UUID)).owner() == {"account": CALLER["id"]}
+    # never the 4.22 caller: whoever made the API call is not the VM's owner (reference section 7)
+    assert parse(payload("create", UUID)).owner() == {"vm": UUID}
 
 
 def test_421_custom_action_has_no_vm_details_and_typed_parameters():

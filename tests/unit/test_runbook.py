@@ -67,7 +67,7 @@ def test_undos_run_newest_first_and_one_failing_does_not_stop_the_others(publish
         rb.step("second", change, "boom")
     assert undone == ["two", "one"]
     assert str(ei.value) == (
-        "RuntimeError: MAAS said no | ROLLBACK INCOMPLETE: two failed (see the run's report and logs)"
+        "at step 'second': RuntimeError: MAAS said no | ROLLBACK INCOMPLETE: two failed (see the run's report and logs)"
     )
     assert isinstance(ei.value.__cause__, RuntimeError)
     rows = published[0].rows
@@ -80,7 +80,9 @@ def test_undos_run_newest_first_and_one_failing_does_not_stop_the_others(publish
 
 
 def test_after_begin_changes_a_failure_rolls_back_even_with_nothing_to_undo(published):
-    with pytest.raises(RolledBack, match=r"^RuntimeError: MAAS said no \| rolled back \(0 steps undone\)$"):
+    with pytest.raises(
+        RolledBack, match=r"^at step 'first': RuntimeError: MAAS said no \| rolled back \(0 steps undone\)$"
+    ):
         with runbook() as rb:
             rb.begin_changes()
             rb.step("first", change, "boom")
