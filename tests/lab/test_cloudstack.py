@@ -55,7 +55,12 @@ out = answer.get("stdout", "")
 if "patch_mac" in answer:  # a prepare answer: the default NIC echoed with a new MAC, plus details
     payload = json.loads(raw)
     nic0 = payload["cloudstack.vm.details"]["nics"][0]
-    out = {{"nics": [dict(nic0, mac=answer["patch_mac"])], "details": answer.get("details", {{}})}}
+    nic = {{"full": dict(nic0, mac=answer["patch_mac"]),
+           "nicUuid only": {{"nicUuid": nic0["nicUuid"], "mac": answer["patch_mac"]}},
+           "nic uuid as uuid": {{"uuid": nic0["nicUuid"], "mac": answer["patch_mac"]}}}}[answer.get("nic", "full")]
+    out = {{"nics": [nic], "details": answer.get("details", {{}})}}
+    if "vncPassword" in answer:
+        out["vncPassword"] = answer["vncPassword"]
 if not isinstance(out, str):
     out = json.dumps(out)
 if answer.get("big"):
@@ -299,6 +304,22 @@ def test_deploy_first_try_merges_prepare_and_sends_the_vlan_only_to_create(fake,
     assert "cloudstack.vlan" not in stop_rec["payload"]["externaldetails"]["virtualmachine"]
     assert start_rec["payload"]["externaldetails"]["virtualmachine"]["cloudstack.vlan"] == "100"
     assert "deployvm" not in vm_block(start_rec)["details"] and len(vm_block(start_rec)["nics"]) == 1
+
+
+def test_prepare_nics_are_merged_on_the_network_uuid_and_saved_by_nic_uuid(fake, tmp_path):
+    cs = make_lab(tmp_path, fake, start_retry=1)
+    cs.add_host("host2", {"endpoint": "10.0.0.6"})
+    # the NIC echoed without its network uuid: the array is replaced, the MAC still saved by nicUuid
+    fake.scenario(prepare=[{"patch_mac": "52:54:00:00:00:01", "nic": "nicUuid only", "vncPassword": "vnc-2"}])
+    assert cs.deploy("a", "ubuntu", ["guest"], host="host2").success
+    assert cs.vm("a").nics[0].mac == "52:54:00:00:00:01" and cs.vm("a").vnc_password == "vnc-2"
+    create = fake.records()[-1]
+    assert vm_block(create)["nics"][0]["mac"] == "52:54:00:00:00:01" and vm_block(create)["vncPassword"] == "vnc-2"
+    assert create["payload"]["externaldetails"]["host"] == {"endpoint": "10.0.0.6"}  # the pinned host's
+    # keyed on the NIC's uuid instead of the network's: a new element, no nicUuid, nothing saved
+    fake.scenario(prepare=[{"patch_mac": "52:54:00:00:00:02", "nic": "nic uuid as uuid"}])
+    assert cs.deploy("b", "ubuntu", ["guest"]).success
+    assert cs.vm("b").nics[0].mac.startswith("02:00:")
 
 
 def test_a_new_network_gets_its_vlan_after_prepare(fake, tmp_path):
