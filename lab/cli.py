@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from metalflow.lab.cloudstack.cli import app as cloudstack_app
 from metalflow.lab.spec import Timing, generate
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 fault_app = typer.Typer(help="Inject faults into a running lab.", no_args_is_help=True)
 app.add_typer(fault_app, name="fault")
+app.add_typer(cloudstack_app, name="cloudstack")
 console = Console()
 
 
