@@ -316,6 +316,78 @@ def hosts() -> None:
 
 
 @app.command()
+def claims(
+    release: str | None = typer.Option(
+        None, "--release", metavar="VM_UUID", help="Release this VM's claim (a lease or a provisioning claim)."
+    ),
+    force: bool = typer.Option(False, "--force", help="With --release: release a placement too (the VM is gone)."),
+) -> None:
+    """Placement claims: the machine each CloudStack VM holds, as a lease (prepare), a
+    provisioning claim (a create's run) or a placement (installed), with its age and expiry."""
+    from metalflow.tasks.clients import inventory
+
+    inv = inventory()
+    if release is not None:
+        try:
+            vm = parse_ident(release, "--release", "a VM uuid")
+        except BadValue as exc:
+            _bad(exc)
+        claim = inv.claims.for_vm(vm)
+        if claim is None:
+            _fail(f"VM {vm} holds no claim", EXIT_BAD_INPUT)
+        if claim.state == "placed" and not force:
+            _fail(
+                f"VM {vm} is installed on {claim.host} (a placement): destroy the VM instead, "
+                "or add --force if it no longer exists in CloudStack",
+                EXIT_BAD_INPUT,
+            )
+        inv.claims.release(vm)
+        inv.history.append(
+            claim.host, "claims", None, "released by hand", "inventory", "ok", f"VM {vm} ({claim.state})"
+        )
+        console.print(f"released {claim.host} ({claim.state} claim of VM {vm})")
+        return
+    now = datetime.now(UTC)
+    t = Table("host", "VM uuid", "VM name", "state", "age", "expires")
+    for c in inv.claims.all():
+        if c.expires_at is None:
+            expires = "never"
+        else:
+            left = (c.expires_at - now).total_seconds()
+            expires = f"in {left:.0f} s" if left > 0 else f"expired {-left:.0f} s ago"
+        age = f"{(now - c.claimed_at).total_seconds():.0f} s"
+        t.add_row(*(Text(cell) for cell in (c.host, c.vm_uuid, c.vm_name or "-", c.state, age, expires)))
+    console.print(t)
+
+
+@app.command()
+def maintenance(
+    host: str,
+    off: bool = typer.Option(False, "--off", help="Take the host out of maintenance (an operator cleared it)."),
+    reason: str | None = typer.Option(None, "--reason", help="Why the host goes into maintenance."),
+) -> None:
+    """Put a host into maintenance (no prepare hands it out; provision refuses it) or take it
+    out: also how a machine held after repeated failed provisions is cleared."""
+    from metalflow.tasks.clients import inventory
+
+    try:
+        key = parse_ident(host, "HOST", "a host name or CloudStack id")
+    except BadValue as exc:
+        _bad(exc)
+    if not off and not reason:
+        _fail("say why with --reason, or clear maintenance with --off", EXIT_BAD_INPUT)
+    inv = inventory()
+    before = inv.hosts.get(key)
+    after = inv.power.set_maintenance(key, not off, reason)
+    step = "maintenance cleared by hand" if off else "maintenance set by hand"
+    was = f" (was: {before.maintenance_reason})" if off and before.maintenance else ""
+    inv.history.append(after.name, "maintenance", None, step, "inventory", "ok", (reason or "") + was)
+    console.print(
+        f"{after.name}: " + ("out of maintenance" + was if off else f"in maintenance ({after.maintenance_reason})")
+    )
+
+
+@app.command()
 def events(host: str, limit: int = typer.Option(50, min=1, max=10000)) -> None:
     """A host's event journal, newest first."""
     from metalflow.tasks.clients import inventory

@@ -1,6 +1,10 @@
 """audit: read every cabled port back from the switches, compare with the VLANs the
 inventory says each should carry, report drift; with ``repair`` converge it. Scheduled.
 
+It also releases the placement leases that ran out (issue 17): a machine the CloudStack
+extension's ``prepare`` set aside for a VM that CloudStack then expunged without ever calling
+the extension again (a VM whose first start failed gets no ``delete``).
+
 Reading is one session per switch and takes no lock. A repair is a change like any other: it
 takes the host's lock (a host busy with another operation is skipped, not fought over: that
 operation is moving its ports on purpose) and converges through the same step provision and
@@ -18,7 +22,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from metalflow.flows.runbook import host_lock, md_cell, publish_markdown
-from metalflow.integrations.inventory import SwitchInfo, VlanInfo
+from metalflow.integrations.cloudstack.runs import TAG as CLOUDSTACK_TAG
+from metalflow.integrations.inventory import ClaimInfo, SwitchInfo, VlanInfo
 from metalflow.integrations.switches.batch import PortTarget, plan_port
 from metalflow.tasks import clients, switches
 from metalflow.tasks import inventory as inv_t
@@ -84,6 +89,36 @@ def repair_host(host: str) -> str:
         return "yes" if sent else "yes (already right on a second read)"
 
 
+#: A create's run that has not ended keeps its VM's claim (``ClaimRepository.reap``).
+_LIVE = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
+
+
+@task(name="reap-leases", cache_policy=NO_CACHE)
+def reap_leases() -> list[str]:
+    """Release every expired lease whose create's run is not alive; one line per release."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    live = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(t) for t in _LIVE]))
+    with get_client(sync_client=True) as client:
+
+        def is_live(claim: ClaimInfo) -> bool:
+            tags = FlowRunFilterTags(all_=[CLOUDSTACK_TAG, f"vm:{claim.vm_uuid}", "op:create"])
+            return bool(client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=tags, state=live), limit=1))
+
+        released = clients.inventory().claims.reap(is_live, run_id=str(flow_run.id) if flow_run.id else None)
+    lines = [f"{c.host}: the {c.state} claim of VM {c.vm_uuid} ({c.vm_name or 'no name'}) expired" for c in released]
+    for line in lines:
+        logger().info("lease released: %s", line)
+    return lines
+
+
 class AuditIncomplete(Exception):
     """Some switch could not be read or some repair failed; the artifact lists which."""
 
@@ -99,6 +134,11 @@ def audit(repair: bool = False) -> dict[str, Any]:
     drift: list[dict[str, Any]] = []
     problems: list[str] = []
     ports = 0
+    try:
+        leases = reap_leases()
+    except Exception as exc:  # noqa: BLE001 - the port audit goes on; the next audit tries again
+        leases = []
+        problems.append(f"leases not checked: {exc}")
     for sw in switches_:
         targets, owners = desired_targets(inv.ports.switch_vlans(sw.name))
         ports += len(targets)
@@ -147,9 +187,11 @@ def audit(repair: bool = False) -> dict[str, Any]:
             for d in drift
         ]
         logger().warning("VLAN drift on %d ports%s", len(drift), f" ({repaired} repaired)" if repair else "")
+    if leases:
+        lines += ["", f"## {len(leases)} expired leases released", ""] + [f"- {md_cell(x, 300)}" for x in leases]
     if problems:
         lines += ["", "## incomplete", ""] + [f"- {p}" for p in problems]
     publish_markdown("audit", "\n".join(lines), f"drift on {len(drift)} ports")
     if problems:
         raise AuditIncomplete("; ".join(problems))
-    return {"ports": ports, "drift": drift, "repaired": repaired}
+    return {"ports": ports, "drift": drift, "repaired": repaired, "leases_released": leases}

@@ -290,6 +290,16 @@ class Extension:
             self.log.info("lease expired: released %s (VM %s, %s)", claim.host, claim.vm_uuid, claim.state)
         return released
 
+    def drop_lease(self) -> None:
+        """Release this VM's lease (never a provisioning claim or a placement)."""
+        uuid = self.p.vm_uuid
+        if not uuid:
+            return
+        claim = self.inventory.claims.for_vm(uuid)
+        if claim is not None and claim.state == "leased":
+            self.inventory.claims.release(uuid)
+            self.log.info("released the lease on %s: the create cannot be done as asked", claim.host)
+
     def _create_live(self, claim: ClaimInfo) -> bool:
         return self.runs.live(claim.vm_uuid, "create", claim.host, deadline=self._call_deadline()) is not None
 
@@ -532,8 +542,12 @@ class Extension:
         return self.inventory.claims.claim(uuid, vm_name=vm_name, lease_seconds=self.cfg.lease_seconds, **self._fit())
 
     def create(self) -> Answer:
-        vm = self.vm_params()  # every payload check before anything changes
-        erase = self.p.erase_mode(self.cfg.erase_default)
+        try:
+            vm = self.vm_params()  # every payload check before anything changes
+            erase = self.p.erase_mode(self.cfg.erase_default)
+        except (PayloadError, ActionError):
+            self.drop_lease()  # this payload cannot be created: the machine prepare set aside goes back
+            raise
         host = self.place_for_create(vm["name"])
         if host.last_vm_uuid not in (None, vm["uuid"]):
             raise ActionError(f"{host.name} is not available to VM {vm['uuid']}: another VM is installed on it")

@@ -98,6 +98,9 @@ class Network:
     cidr: str
     gateway: str
     mtu: int = 1500
+    #: A fault: implementing the network fails with this text (after prepare, before create),
+    #: as when CloudStack runs out of VLANs or its virtual router does not start.
+    implement_error: str | None = None
 
 
 @dataclass

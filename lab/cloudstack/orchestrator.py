@@ -611,7 +611,18 @@ class CloudStack:
         self._s.planner_picks += 1
         return rng.choice(up)
 
-    def _implement_networks(self, vm: VM) -> None:
+    def break_network(self, name: str, error: str | None) -> None:
+        """A fault: implementing ``name`` fails with ``error`` (None: it works again)."""
+        with self._locked():
+            self._network(name).implement_error = error
+            self._save()
+
+    def _implement_networks(self, vm: VM) -> str | None:
+        """Give networks not implemented yet their VLAN; the error text of a broken one."""
+        for nic in vm.nics:
+            network = self._network(nic.network)
+            if network.implement_error:
+                return f"Unable to implement network {network.name}: {network.implement_error}"
         for nic in vm.nics:
             network = self._network(nic.network)
             if network.vlan is None:
@@ -620,6 +631,7 @@ class CloudStack:
                 network.vlan = self._s.next_vlan
                 self._s.next_vlan += 1
         self._save()
+        return None
 
     def _apply_prepare(self, vm: VM, sent: dict[str, Any], answer: str) -> bool:
         """Merge the prepare answer into the TO that was sent and persist what VMMI persists:
@@ -775,7 +787,10 @@ class CloudStack:
                 elif call.text and not self._apply_prepare(vm, payload["cloudstack.vm.details"], call.text):
                     ok, error = False, f"prepare failed: {PREPARE_PARSE_ERROR}"
             if ok:
-                self._implement_networks(vm)
+                broken = self._implement_networks(vm)
+                if broken:
+                    ok, error = False, broken
+            if ok:
                 payload = self._payload(vm, host=host, state=STARTING, nics=True, vlan=True, caller=cfg.caller)
                 call = self._run(action, payload, wait=wait or 0, vm=vm, host=host, try_number=attempt)
                 calls.append(call)

@@ -197,3 +197,56 @@ def clean(cs):
     for claim in inv.claims.all():
         inv.claims.release(claim.vm_uuid)
     inv.dispose()
+
+
+# --- the lab's CloudStack driving the real executable (issue 17) --------------------------------
+
+#: The lifecycle tests' extension configuration: a lease short enough to wait out.
+LEASE_SECONDS = 6
+
+
+@pytest.fixture
+def cloud(clean, tmp_path):
+    """A factory of lab CloudStacks (``metalflow.lab.cloudstack``) driving the real
+    ``metalflow-cloudstack`` as 4.22 does: Gson payload files, ``action file wait``, stderr
+    merged, killed at the wait, prepare + create with retries and cleanup stops, expunge without
+    delete for a VM that never started. One CloudStack host (the MAAS pool: the planner always
+    picks it, as in a one-host pool); networks guest (VLAN 100), extra (150), extra2 (160);
+    templates jammy and nosuch; the three custom actions with their own timeout. Every VM left
+    is destroyed afterwards and every host taken out of maintenance."""
+    from metalflow.lab.cloudstack import CloudStack, Config, Extension, Parameter
+
+    cs = clean
+    config = cs.workdir / "lifecycle.json"
+    doc = json.loads(cs.config.read_text())
+    doc.update({"lease_seconds": LEASE_SECONDS, "create_failure_limit": 2})
+    config.write_text(json.dumps(doc))
+    os.chmod(config, 0o600)
+    made: list = []
+
+    def make(*, start_retry: int = 4, wait: int = 240, name: str = "cs") -> CloudStack:
+        env = {"METALFLOW_CLOUDSTACK_CONFIG": str(config)}
+        ext = Extension(name="metalflow", path=str(EXE), env=env, requires_prepare=True)
+        cloud = CloudStack(tmp_path / name, Config(extension=ext, version="4.22", start_retry=start_retry, wait=wait))
+        cloud.add_host("maas-pool")
+        cloud.add_network("guest", 100)
+        cloud.add_network("extra", 150)
+        cloud.add_network("extra2", 160)
+        cloud.add_template("jammy", {"image": "ubuntu/jammy"})
+        cloud.add_template("nosuch", {"image": "ubuntu/nosuch"})
+        cloud.add_action("PlugNetwork", [Parameter("vlan", "NUMBER", True)], 240)
+        cloud.add_action("UnplugNetwork", [Parameter("vlan", "NUMBER", True)], 240)
+        cloud.add_action("Reinstall", [Parameter("image", "STRING", False)], 300)
+        made.append(cloud)
+        return cloud
+
+    yield make
+    cs.lab.reset_faults()
+    for cloud in made:
+        for vm in cloud.vms():
+            cloud.destroy(vm.uuid)
+    inv = cs.inventory()
+    for host in inv.hosts.all():
+        if host.maintenance:
+            inv.power.set_maintenance(host.name, False)
+    inv.dispose()
