@@ -617,11 +617,11 @@ class Extension:
             if creating is not None:
                 why = f"{creating.name} ({creating.id}) is still installing it; the next create re-attaches to that run"
             elif host.last_vm_uuid == uuid:
-                why = "it is installed; the next create finds it so"
+                why = "its first start is not over; the next create finds it installed"
             else:
-                why = "nothing of it runs"
+                why = "it is not installed there"
             return Answer.success(
-                f"VM {uuid} is not running on {host.name} yet: nothing powered off ({why})",
+                f"VM {uuid} on {host.name}: nothing to stop, nothing powered off ({why})",
                 host=host.name,
                 run_id=creating.id if creating is not None else None,
             )

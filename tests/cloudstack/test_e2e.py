@@ -19,6 +19,10 @@ from tests.cloudstack.payloads import GIB, NETWORK_EXTRA, NETWORK_GUEST, after_p
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
+#: Every prepare names the image: it checks the VM with provision's rules before it claims.
+JAMMY = {"image": "ubuntu/jammy"}
+
+
 def new_vm() -> str:
     return str(uuid.uuid4())
 
@@ -162,7 +166,7 @@ def test_seed_model_421_create_fails_midway_then_succeeds_on_retry(clean):
 def test_two_concurrent_prepares_pick_different_machines(clean):
     cs = clean
     vms = [new_vm(), new_vm()]
-    procs = [cs.spawn("prepare", payload("prepare", vm, nics=[guest_nic()])) for vm in vms]
+    procs = [cs.spawn("prepare", payload("prepare", vm, nics=[guest_nic()], vm_ext=JAMMY)) for vm in vms]
     calls = [cs.finish(p) for p in procs]
     assert all(c.code == 0 for c in calls), [c.stdout for c in calls]
     hosts = {c.answer["details"]["External:metalflow_host"] for c in calls}
@@ -177,7 +181,7 @@ def test_two_concurrent_prepares_pick_different_machines(clean):
 def test_clear_errors_change_nothing(clean):
     cs = clean
     vm = new_vm()
-    prep = cs.call("prepare", payload("prepare", vm, nics=[guest_nic()]))
+    prep = cs.call("prepare", payload("prepare", vm, nics=[guest_nic()], vm_ext=JAMMY))
     host = prep.answer["details"]["External:metalflow_host"]
     before = cs.host(host)
     vm_ext = {"metalflow_host": host, "image": "ubuntu/jammy"}

@@ -103,7 +103,7 @@ def test_a_create_that_outlives_its_wait_is_finished_on_the_same_host_and_never_
     assert answer(first_create)["still_running"] is True
     assert cleanup.action == "stop" and cleanup.note == "cleanup" and cleanup.success
     assert cleanup.payload["cloudstack.vm.details"]["state"] == "Starting"
-    assert "nothing powered off" in answer(cleanup)["message"]
+    assert "nothing powered off" in answer(cleanup)["message"] and "still installing" in answer(cleanup)["message"]
     assert done.calls[-1].action == "create" and done.calls[-1].success
     assert answer(done.calls[-1])["run_id"] == answer(first_create)["run_id"]  # re-attached, not re-run
 
@@ -138,7 +138,9 @@ def test_a_provision_that_fails_twice_is_not_run_again(cs, cloud):
     assert flows_of(cs, flaky.vm) == [("provision", "FAILED"), ("provision", "FAILED")]
     machine = answer(flaky.calls[0])["details"]["External:metalflow_host"]
     held = inv.hosts.get(machine)
-    assert held.maintenance and flaky.vm in held.maintenance_reason and "metalflow maintenance" in held.maintenance_reason
+    assert (
+        held.maintenance and flaky.vm in held.maintenance_reason and "metalflow maintenance" in held.maintenance_reason
+    )
     hw = cs.host(machine)
     assert hw["power"] == "off" and all(p["untagged"] == cs.pxe_vlan() for p in hw["ports"])  # rolled back
 
