@@ -176,37 +176,27 @@ class ClaimRepository:
                 return HostInfo.of(row)
             if host is not None:
                 raise ClaimConflict(f"host {host} was claimed by another VM a moment ago", field="host")
-            raise NoFreeHost(self._why_no_host(s, min_cpus, min_memory_mb), field="host")
+            raise NoFreeHost(self._why_no_host(s, min_cpus, min_memory_mb, arch), field="host")
 
         return self.db.write(write)
 
     @staticmethod
-    def _why_no_host(s: Session, min_cpus: int, min_memory_mb: int) -> str:
+    def _why_no_host(s: Session, min_cpus: int, min_memory_mb: int, arch: str | None) -> str:
         claimed = set(s.scalars(select(HostClaim.host_id)))
-        counts = {
-            "claimed": 0,
-            "carrying a VM": 0,
-            "in maintenance": 0,
-            "power state unknown": 0,
-            "not registered in MAAS": 0,
-            "too small": 0,
-        }
+        counts: dict[str, int] = {"claimed": 0, "carrying a VM": 0}
         hosts = list(s.scalars(select(Host)))
         for h in hosts:
             if h.id in claimed:
-                counts["claimed"] += 1
+                why = "claimed"
             elif h.last_vm_uuid is not None:
-                counts["carrying a VM"] += 1
-            elif h.maintenance:
-                counts["in maintenance"] += 1
-            elif h.power_state not in ("on", "off"):
-                counts["power state unknown"] += 1
-            elif h.maas_system_id is None:
-                counts["not registered in MAAS"] += 1
+                why = "carrying a VM"
             else:
-                counts["too small"] += 1
+                problem = unfit(h, min_cpus, min_memory_mb, arch)
+                why = problem[0] if problem is not None else "taken a moment ago"
+            counts[why] = counts.get(why, 0) + 1
         reasons = ", ".join(f"{n} {why}" for why, n in counts.items() if n) or "the inventory is empty"
-        return f"no free host fits {min_cpus} CPUs and {min_memory_mb} MB of memory ({len(hosts)} hosts: {reasons})"
+        wanted = f"{min_cpus} CPUs and {min_memory_mb} MB of memory" + (f" ({arch})" if arch else "")
+        return f"no free host fits {wanted} ({len(hosts)} hosts: {reasons})"
 
     def _move(self, vm_uuid: str, state: str, lease_seconds: float | None) -> ClaimInfo | None:
         self._check_vm(vm_uuid)

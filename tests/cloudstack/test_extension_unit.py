@@ -715,3 +715,151 @@ def test_install_command_line(tmp_path, url):
 
     assert migrate.current_revision(url) == migrate.head_revision()  # the claims table is there
     assert shim_text(config) in proc.stdout
+
+
+# ---------------------------------------------------------------------------- CloudStack's lifecycle (issue 17)
+
+
+class _NoRuns:
+    """Prefect as the stand-in for a VM with no runs at all; any attempt to start one fails the test."""
+
+    api = None
+
+    def live(self, *a, **k):
+        return None
+
+    def latest(self, *a, **k):
+        return None
+
+    def start_or_attach(self, *a, **k):
+        raise AssertionError("no run may start")
+
+
+def act_without_runs(cfg, doc, action):
+    ext = Extension(cfg, parsed(doc, action), Deadline(30), LOG)
+    ext.__dict__["runs"] = _NoRuns()
+    try:
+        return dispatch(ext, action)
+    finally:
+        ext.close()
+
+
+@pytest.mark.parametrize(
+    "vm_ext, field",
+    [
+        ({"image": "ubuntu/jammy", "vm_name": "web_01"}, "vm_name"),
+        ({"image": "ubuntu jammy"}, "image"),
+        ({"image": "ubuntu/jammy", "architecture": "x86_64"}, "architecture"),
+        ({"image": "ubuntu/jammy", "ssh_keys": "not a key"}, "ssh_keys"),
+    ],
+)
+def test_prepare_refuses_what_provision_would_refuse_before_claiming(cfg, inv, vm_ext, field):
+    answer = act(cfg, payload("prepare", "vm-a", vm_ext=vm_ext), "prepare")
+    assert not answer.ok and field in answer.body["message"], answer.body
+    assert inv.claims.all() == []
+
+
+def test_prepare_checks_a_nic_whose_network_is_not_implemented_yet_with_the_rest(cfg, inv):
+    """CloudStack may call prepare before a new network has its VLAN: that NIC has no
+    broadcastUri yet; the other rules still hold (and the claim is a lease)."""
+    nics = [nic(0, None, default=True, network=NETWORK_GUEST, mac="02:00:5a:00:00:01")]
+    answer = act(cfg, payload("prepare", "vm-a", nics=nics, vm_ext=JAMMY), "prepare")
+    assert answer.ok, answer.body
+    claim = inv.claims.for_vm("vm-a")
+    assert claim.state == "leased" and claim.expires_at is not None
+
+
+def test_a_create_refused_by_the_payload_drops_the_lease(cfg, inv):
+    act(cfg, payload("prepare", "vm-a", vm_ext=JAMMY), "prepare")
+    assert inv.claims.for_vm("vm-a").state == "leased"
+    one = [nic(0, "vlan://1", default=True, network=NETWORK_GUEST, mac="02:00:5a:00:00:01")]
+    answer = act_without_runs(cfg, payload("create", "vm-a", nics=one, vm_ext=JAMMY), "create")
+    assert not answer.ok and "VLAN 1" in answer.body["message"]
+    assert inv.claims.for_vm("vm-a") is None
+
+
+def test_a_pin_is_honoured_and_never_swapped_for_another_machine(cfg, inv):
+    pinned = act(cfg, payload("prepare", "vm-a", vm_ext=dict(JAMMY, maas_system_id="sys003")), "prepare")
+    assert pinned.ok and pinned.body["details"]["External:metalflow_host"] == "host-004"
+    assert pinned.body["details"]["External:metalflow_placement"] == "pinned"
+    # too small for the VM: refused, not replaced by a bigger machine
+    small = act(cfg, payload("prepare", "vm-b", cpus=12, vm_ext=dict(JAMMY, metalflow_host="host-002")), "prepare")
+    assert not small.ok and "cannot take it (too small)" in small.body["message"]
+    assert inv.claims.for_vm("vm-b") is None
+    # two pins naming two machines, or a system id nobody has: the tenant's answer, nothing claimed
+    for ext in ({"metalflow_host": "host-001", "maas_system_id": "sys003"}, {"maas_system_id": "sys999"}):
+        answer = act(cfg, payload("prepare", "vm-c", vm_ext=dict(JAMMY, **ext)), "prepare")
+        assert not answer.ok and "not available to VM vm-c" in answer.body["message"]
+    assert inv.claims.for_vm("vm-c") is None
+
+
+def test_prepare_again_prefers_its_own_earlier_pick_and_picks_anew_when_it_is_gone(cfg, inv):
+    first = act(cfg, payload("prepare", "vm-a", vm_ext=JAMMY), "prepare")
+    host = first.body["details"]["External:metalflow_host"]
+    inv.claims.release("vm-a")  # a failed create released it
+    earlier = {k[len("External:") :]: v for k, v in first.body["details"].items()}
+    again = act(cfg, payload("prepare", "vm-a", vm_ext=dict(JAMMY, **earlier)), "prepare")
+    assert again.body["details"]["External:metalflow_host"] == host
+    inv.claims.release("vm-a")
+    inv.power.set_maintenance(host, True, "held")
+    moved = act(cfg, payload("prepare", "vm-a", vm_ext=dict(JAMMY, **earlier)), "prepare")
+    assert moved.ok and moved.body["details"]["External:metalflow_host"] != host  # auto: not a pin
+
+
+def test_a_cleanup_stop_of_a_first_deploy_powers_nothing_off(cfg, inv):
+    """VM state Starting, deployvm true: whatever holds the machine, no stop run."""
+    inv.claims.claim("vm-a", host="host-003", lease_seconds=60)
+    doc = payload("stop", "vm-a", state="Starting", details={"deployvm": "true"}, vm_ext={"metalflow_host": "host-003"})
+    answer = act_without_runs(cfg, doc, "stop")
+    assert answer.ok and "nothing powered off" in answer.body["message"]
+    inv.hosts.set_last_vm("host-003", "vm-a", "web-01")  # installed, the create's answer lost
+    answer = act_without_runs(cfg, doc, "stop")
+    assert answer.ok and "nothing powered off" in answer.body["message"]
+
+
+def test_reinstall_refuses_a_bad_name_or_image_before_it_destroys_anything(cfg, inv):
+    from metalflow.integrations.prefectapi import FlowRun
+
+    inv.claims.claim("vm-a", host="host-003")
+    inv.hosts.set_last_vm("host-003", "vm-a", "web-01")
+    inv.ports.set_desired_vlan("host-003", 100, purpose="guest")
+    before = {"name": "web-01", "uuid": "vm-a", "image": "ubuntu/jammy", "nics": [{"vlan": 100, "default": True}]}
+
+    class Runs(_NoRuns):
+        def latest(self, *a, **k):
+            return FlowRun("r1", "provision", "COMPLETED", "Completed", "", None, {"host": "host-003", "vm": before})
+
+    for vm_ext, params, field in (
+        ({"vm_name": "web_01"}, {}, "vm_name"),
+        ({}, {"image": "ubuntu/jammy\n"}, "parameters.image"),
+        ({}, {"image": 7}, "parameters.image"),
+    ):
+        ext = Extension(
+            cfg,
+            parsed(payload("Reinstall", "vm-a", custom=True, parameters=params, vm_ext=vm_ext), "Reinstall"),
+            Deadline(30),
+            LOG,
+        )
+        ext.__dict__["runs"] = Runs()
+        answer = dispatch(ext, "Reinstall")
+        ext.close()
+        assert not answer.ok and field in answer.body["message"]["detail"], answer.body
+    # a name create accepts is accepted here too, read the same way
+    ext = Extension(
+        cfg,
+        parsed(payload("Reinstall", "vm-a", custom=True, vm_ext={"vm_name": "Web-01"}), "Reinstall"),
+        Deadline(30),
+        LOG,
+    )
+    ext.__dict__["runs"] = Runs()
+    assert ext._reinstall_vm(inv.hosts.get("host-003"))["name"] == "web-01"
+    ext.close()
+
+
+def test_owner_tags_name_the_vm_never_the_caller_and_the_keypair_is_a_key(cfg, inv):
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0c2VjcmV0a2V5 tenant@laptop"
+    doc = payload("create", "vm-a", vm_ext=JAMMY, details={"SSH.PublicKey": key})
+    ext = Extension(cfg, parsed(doc, "create"), Deadline(30), LOG)
+    vm = ext.vm_params()
+    ext.close()
+    assert vm["owner"] == {"vm": "vm-a"} and vm["ssh_keys"] == [key]
