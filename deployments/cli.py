@@ -408,12 +408,21 @@ def demo(
     hosts_: int = typer.Option(4, "--hosts", help="Lab hosts"),
     port: int = typer.Option(4200, help="Prefect server port (an existing server there is used)"),
     stay: bool = typer.Option(True, help="Keep everything up after the demo until Ctrl-C"),
+    via: str = typer.Option(
+        "api",
+        "--via",
+        help="api: trigger the flows over the REST API; cloudstack: the lab's CloudStack drives the "
+        "real metalflow-cloudstack through a VM's life",
+    ),
 ) -> None:
     """The main job on the embedded default: a local Prefect server, the lab, metalflow served,
-    then register, provision, stop, start, plug-nic and destroy triggered over the REST API."""
+    then register, provision, stop, start, plug-nic and destroy triggered over the REST API
+    (or, with --via cloudstack, a VM's life as CloudStack drives the extension)."""
     from metalflow.deployments.demo import run_demo
 
-    code = run_demo(hosts=hosts_, port=port, stay=stay, console=console)
+    if via not in ("api", "cloudstack"):
+        _fail(f"--via: {via!r} is not api or cloudstack", EXIT_BAD_INPUT)
+    code = run_demo(hosts=hosts_, port=port, stay=stay, console=console, via=via)
     raise typer.Exit(code)
 
 

@@ -220,3 +220,17 @@ def test_nics_follow_the_list_at_start_and_a_pin_is_honoured_or_refused(cs, clou
     assert hw["power"] == "off" and all(p["untagged"] == cs.pxe_vlan() and p["tagged"] == [] for p in hw["ports"])
     assert inv.claims.for_vm(vm.vm) is None
     inv.dispose()
+
+
+def test_the_demo_via_cloudstack_runs_a_vms_whole_life(cs, clean, tmp_path):
+    """``metalflow demo --via cloudstack``'s life cycle on this stack: every CloudStack operation
+    succeeds and the machine follows (NIC added while stopped is on the ports at start)."""
+    from metalflow.deployments.demo import cloudstack_life
+
+    steps = cloudstack_life(cs.e2e.stack, tmp_path / "demo", vm_name="demo-01")
+    assert [s.ok for s in steps] == [True] * 7, [(s.operation, s.error) for s in steps]
+    by_op = {s.operation.split()[0]: s for s in steps}
+    assert by_op["deploy"].calls == "prepare=0, create=0" and by_op["deploy"].machine.endswith("untagged 100, tagged -")
+    assert by_op["start"].machine.endswith(": on, untagged 100, tagged 200")
+    assert by_op["PlugNetwork"].machine.endswith("tagged 200,300")
+    assert by_op["destroy"].vm_state == "expunged" and by_op["destroy"].calls == "stop=0, delete=0"
