@@ -171,11 +171,24 @@ def test_nics_follow_the_list_at_start_and_a_pin_is_honoured_or_refused(cs, clou
     inv = cs.inventory()
     target = inv.hosts.get("host-003")
 
-    # a deploy-time pin (maas_system_id, as CloudStack's maas.py reads it) is honoured
-    vm = cloud.deploy("pinned-1", "jammy", ["guest", "extra"], details={"maas_system_id": target.maas_system_id})
+    # a deploy-time pin (maas_system_id, as CloudStack's maas.py reads it) is honoured; the
+    # template's architecture is checked, the deploy keypair is a key, the owner tag is the VM
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0c2VjcmV0a2V5 tenant@laptop"
+    vm = cloud.deploy(
+        "pinned-1",
+        "jammy",
+        ["guest", "extra"],
+        details={"maas_system_id": target.maas_system_id, "architecture": "amd64/generic"},
+        ssh_public_key=key,
+    )
     assert vm.success, (vm.error, [c.text for c in vm.calls])
     assert answer(vm.calls[0])["details"]["External:metalflow_host"] == "host-003"
     assert all(p["untagged"] == 100 and p["tagged"] == [150] for p in cs.host("host-003")["ports"])
+    machine = cs.e2e.maas().machine(target.maas_system_id)
+    assert f"vmid_{vm.vm}" in machine.tag_names and not any(t.startswith("accountid_") for t in machine.tag_names)
+    (provision,) = [r for r in cs.runs_for(vm.vm) if "flow:provision" in r["tags"]]
+    assert provision["parameters"]["vm"]["ssh_keys"] == [key]
+    assert provision["parameters"]["vm"]["architecture"] == "amd64/generic"
 
     # a pin on a taken machine, or on one in maintenance: refused clearly, nothing claimed or run
     taken = cloud.deploy("pinned-2", "jammy", ["guest"], details={"metalflow_host": "host-003"})
