@@ -154,6 +154,19 @@ def run(
         cwd=os.fspath(workdir) if workdir is not None else None,
     )
     assert proc.stdout is not None and proc.stdin is not None
+
+    def ended(**outcome: Any) -> Call:
+        return Call(
+            action=action,
+            argv=argv,
+            wait=wait,
+            payload=payload,
+            payload_path=str(payload_path),
+            seconds=round(time.monotonic() - t0, 3),
+            started_at=started_at,
+            **outcome,
+        )
+
     try:
         proc.wait(timeout=wait)
     except subprocess.TimeoutExpired:
@@ -161,20 +174,7 @@ def run(
         proc.wait()  # reap it (Java's process reaper does the same)
         proc.stdout.close()
         proc.stdin.close()
-        return Call(
-            action=action,
-            argv=argv,
-            wait=wait,
-            payload=payload,
-            payload_path=str(payload_path),
-            success=False,
-            exit_code=None,
-            timed_out=True,
-            text=TIMEOUT_TEXT,
-            output="",
-            seconds=round(time.monotonic() - t0, 3),
-            started_at=started_at,
-        )
+        return ended(success=False, exit_code=None, timed_out=True, text=TIMEOUT_TEXT, output="")
     raw = proc.stdout.read().decode("utf-8", errors="replace")
     proc.stdout.close()
     proc.stdin.close()
@@ -185,17 +185,10 @@ def run(
     success = code == 0
     if success and action in DELETED_ON_SUCCESS:
         payload_path.unlink(missing_ok=True)
-    return Call(
-        action=action,
-        argv=argv,
-        wait=wait,
-        payload=payload,
-        payload_path=str(payload_path),
+    return ended(
         success=success,
         exit_code=code,
         timed_out=False,
         text=out if success else f"Exit code: {code}, Output: {out}",
         output=raw,
-        seconds=round(time.monotonic() - t0, 3),
-        started_at=started_at,
     )
