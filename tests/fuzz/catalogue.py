@@ -205,6 +205,25 @@ CATALOGUE: tuple[BadInput, ...] = (
         "plugging a VLAN written in Arabic-Indic digits",
     ),
     _x("plug-vlan-float", {"action": "PlugNetwork", "parameters": {"vlan": 200.5}}, "vlan", "a fractional VLAN id"),
+    _x(
+        "architecture-uname-name",
+        {"vm_ext": {"architecture": "x86_64"}},
+        "architecture",
+        "x86_64 where MAAS says amd64 (the answer gives MAAS's name)",
+    ),
+    _x("architecture-with-space", {"vm_ext": {"architecture": "amd64 generic"}}, "architecture", "a blank inside"),
+    _x(
+        "keypair-not-a-key",
+        {"vm": {"details": {"deployvm": "true", "SSH.PublicKey": "ssh-rsa not*base64 me"}}},
+        "SSH.PublicKey",
+        "a deploy keypair that is no SSH public key",
+    ),
+    _x(
+        "pin-unknown-system-id",
+        {"vm_ext": {"maas_system_id": "nosuch"}},
+        "maas_system_id",
+        "a pin naming no machine: 'not available', as for another VM's",
+    ),
     # ---------------------------------------------------------------- the rack config
     _r(
         "port-arabic-indic-digit",
