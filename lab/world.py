@@ -80,6 +80,8 @@ class World:
         if event.kind == "power_off":
             with self._lock:
                 host.note(OFF)
+            if self.maas is not None:
+                self.maas.on_power_lost(list(host.spec.macs))  # an installer that was running is gone
             return
         if event.kind in ("power_on", "reset"):
             bootdev = event.bootdev

@@ -58,6 +58,10 @@ class Phase:
     kind: str  # commission, deploy, erase, release
     gen: int
     progressed: bool = False  # booted (or powered off, for release): the timeout no longer applies
+    #: Which boot of the ephemeral environment the phase's completion belongs to: a power loss
+    #: starts a new count, so the completion of the boot that died never fires.
+    boot: int = 0
+    done: bool = False  # the work finished; what follows (power off, reboot) is MAAS's own
     mac: str | None = None
     hardware: dict[str, Any] | None = None
     erase_mode: str = "erase"
@@ -240,11 +244,12 @@ class Lifecycle:
         m.commissioning_status = SCRIPT_RUNNING
         self.power_action(m, "on")
 
-    def _commission_done(self, sid: str, gen: int) -> None:
+    def _commission_done(self, sid: str, gen: int, boot: int) -> None:
         with self.lock:
             m = self._current(sid, gen)
-            if m is None or m.status != S.COMMISSIONING:
-                return
+            if m is None or m.status != S.COMMISSIONING or m.phase is None or m.phase.boot != boot:
+                return  # another phase, or the boot it belonged to lost power
+            m.phase.done = True
             if self._take_fault("commission"):
                 m.commissioning_status = SCRIPT_FAILED
                 why = "Commissioning failed, a commissioning script reported an error."
@@ -301,11 +306,12 @@ class Lifecycle:
         self._begin(m, S.DEPLOYING, "deploy", "Deploying", image=image)
         self.power_action(m, "on")
 
-    def _deploy_done(self, sid: str, gen: int) -> None:
+    def _deploy_done(self, sid: str, gen: int, boot: int) -> None:
         with self.lock:
             m = self._current(sid, gen)
-            if m is None or m.status != S.DEPLOYING:
-                return
+            if m is None or m.status != S.DEPLOYING or m.phase is None or m.phase.boot != boot:
+                return  # another phase, or the boot it belonged to lost power
+            m.phase.done = True
             if self._take_fault("deploy"):
                 why = "Installation failed (refer to the installation log for more information)."
                 self.set_status(m, S.FAILED_DEPLOYMENT, f"Marking node failed - {why}")
@@ -403,11 +409,12 @@ class Lifecycle:
                 if link.mode == "auto":
                     link.ip = None
 
-    def _erase_done(self, sid: str, gen: int) -> None:
+    def _erase_done(self, sid: str, gen: int, boot: int) -> None:
         with self.lock:
             m = self._current(sid, gen)
-            if m is None or m.status != S.DISK_ERASING:
-                return
+            if m is None or m.status != S.DISK_ERASING or m.phase is None or m.phase.boot != boot:
+                return  # another phase, or the boot it belonged to lost power
+            m.phase.done = True
             if self._take_fault("erase"):
                 why = "Failed to erase disks."
                 self.set_status(m, S.FAILED_DISK_ERASING, f"Marking node failed - {why}")
@@ -461,6 +468,8 @@ class Lifecycle:
             if ph.progressed:
                 return NETBOOT_ANSWER[ph.kind]
             sid, gen = m.system_id, m.gen
+            ph.boot += 1
+            boot = ph.boot
             if ph.kind == "deploy":
                 try:
                     self.render_preseed(m)  # what curtin fetches now; MAAS re-renders it
@@ -470,17 +479,39 @@ class Lifecycle:
                     m.error_description = why
                     return None
                 m.status_message = "Installing OS"
-                self._later(self.timing.deploy, lambda: self._deploy_done(sid, gen))
+                self._later(self.timing.deploy, lambda: self._deploy_done(sid, gen, boot))
             elif ph.kind == "commission":
                 m.status_message = "Gathering information"
                 ph.hardware = dict(hardware or {})
-                self._later(self.timing.commission, lambda: self._commission_done(sid, gen))
+                self._later(self.timing.commission, lambda: self._commission_done(sid, gen, boot))
             else:
                 m.status_message = "Erasing disk"
-                self._later(self.erase_seconds(ph.erase_mode), lambda: self._erase_done(sid, gen))
+                self._later(self.erase_seconds(ph.erase_mode), lambda: self._erase_done(sid, gen, boot))
             ph.progressed = True
             ph.mac = mac
             return NETBOOT_ANSWER[ph.kind]
+
+    def on_power_lost(self, mac: str) -> None:
+        """The machine lost power (an IPMI power-off, a pulled cord) while MAAS's ephemeral
+        environment ran a phase: that run is gone. Real MAAS hears nothing more from it and
+        fails the phase when its status expires (``node_timeout`` after the last sign of life);
+        so here: the pending completion is dropped, and unless the machine PXE-boots into the
+        phase again in time, the timeout fails it (a deploy becomes Failed deployment)."""
+        mac = (mac or "").strip().lower()
+        with self.lock:
+            sid = self.state.by_mac.get(mac)
+            m = self.state.machines.get(sid) if sid else None
+            if m is None:
+                return
+            ph: Phase | None = m.phase
+            if ph is None or ph.gen != m.gen or ph.kind not in NETBOOT_ANSWER or not ph.progressed or ph.done:
+                return
+            ph.progressed = False
+            ph.boot += 1
+            m.status_message = f"{NETBOOT_ANSWER[ph.kind].capitalize()} interrupted: the machine lost power"
+            sid, gen = m.system_id, m.gen
+            self._sched.call_later(self.timing.node_timeout, lambda: self._timeout(sid, gen))
+            log.info("%s (%s): power lost during %s", m.hostname, sid, ph.kind)
 
     # --- operator actions ------------------------------------------------------------------------
     def abort(self, m: Machine) -> None:

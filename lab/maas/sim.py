@@ -114,6 +114,12 @@ class MaasSim:
         ``None`` (unknown MAC or nothing to do: the machine sits at PXE)."""
         return self._life.on_netboot(mac, hardware)
 
+    def on_power_lost(self, macs: list[str]) -> None:
+        """A machine lost power: a phase its ephemeral environment was running is interrupted
+        (and fails by ``node_timeout`` unless it PXE-boots back into it)."""
+        for mac in macs:
+            self._life.on_power_lost(mac)
+
     # --- lab preload ----------------------------------------------------------------------------
     def add_machine(
         self,

@@ -494,6 +494,36 @@ def test_deploy_without_netboot_times_out(make_maas):
     assert m["status"] == 11 and "timed out" in m["status_message"]
 
 
+def test_a_deploy_whose_machine_loses_power_fails_by_node_timeout(make_maas):
+    """Real MAAS hears nothing more from an installer that lost power and fails the deploy
+    when its status expires; the lab did finish it on a timer (issue 18)."""
+    sim, world, client = make_maas(Timing(commission=0.05, deploy=0.6, node_timeout=0.8))
+    sid = ready_machine(client, world, 7)
+    client.post("machines/", op="allocate", data={"system_id": sid})
+    client.post(f"machines/{sid}/", op="deploy", data={"distro_series": "ubuntu/jammy"})
+    wait_for(lambda: client.machine(sid)["status_message"] == "Installing OS", what="the installer running")
+    world.hosts["127.152.1.7"]["power"] = "off"
+    sim.on_power_lost([mac(7)])  # what the lab's world says on the BMC's power-off
+    assert "lost power" in client.machine(sid)["status_message"]
+    m = client.wait(sid, "Failed deployment")
+    assert m["status"] == 11 and "timed out" in m["status_message"]
+    assert world.hosts["127.152.1.7"]["disk"] is None  # nothing was installed
+
+
+def test_a_machine_that_boots_back_into_its_deploy_in_time_finishes_it(make_maas):
+    sim, world, client = make_maas(Timing(commission=0.05, deploy=0.4, node_timeout=1.5))
+    sid = ready_machine(client, world, 8)
+    client.post("machines/", op="allocate", data={"system_id": sid})
+    client.post(f"machines/{sid}/", op="deploy", data={"distro_series": "ubuntu/jammy"})
+    wait_for(lambda: client.machine(sid)["status_message"] == "Installing OS", what="the installer running")
+    sim.on_power_lost([mac(8)])
+    time.sleep(0.6)  # the lost boot's completion would have fired by now: it must not
+    assert client.machine(sid)["status_name"] == "Deploying"
+    world.netboot("127.152.1.8")  # powered on again: PXE into the deploy
+    m = client.wait(sid, "Deployed")
+    assert m["status"] == 6
+
+
 def test_power_errors_show_in_status_message_until_the_timeout(make_maas):
     _, world, client = make_maas(Timing(commission=0.1, node_timeout=0.8))
     params = world.add("127.152.1.6", [mac(6)])
