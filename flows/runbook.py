@@ -327,9 +327,18 @@ class Runbook:
         if exc is None:
             self.report.publish()
             return
-        if not isinstance(exc, Exception):  # KeyboardInterrupt, a cancelled run's exit: as is
+        if not isinstance(exc, Exception):
+            # SystemExit, KeyboardInterrupt, a termination signal (a cancelled run, a worker
+            # stopping it): the process still lives, so whatever was changed is undone now,
+            # then the run ends the way it was ending (issue 18).
+            if self.changing:
+                steps = len(self.undos)
+                failed = self.rollback()
+                self.outcome = (
+                    f"interrupted ({type(exc).__name__}): {RolledBack.of(exc, steps, failed, self.failed_step)}"
+                )
             self.report.publish()
-            return
+            return  # re-raised as it is
         if not self.changing:
             if isinstance(exc, Refused):
                 self.outcome = f"refused, nothing changed: {exc}"

@@ -11,11 +11,19 @@ Every call also makes sure the handlers of metalflow's and Prefect's loggers car
 secret scrubber's filter (``integrations.common.secrets.ScrubFilter``): Prefect may configure
 its logging again after the process started (a flow-run process does), and a handler added
 then must not send a secret to the Prefect UI. Checking is a handful of attribute reads.
+
+And that logging can never end a run (issue 18): Prefect's console handler prints through
+rich, whose console answers a broken pipe (the worker that read a run process's output died)
+with ``SystemExit(1)``, which no ``except Exception`` catches, so the run died mid-change with
+no rollback. Here a console that meets a broken pipe goes quiet instead.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
+from typing import Any
 
 from metalflow.integrations.common.secrets import install_log_scrubbing, scrubber
 from metalflow.integrations.ipmi.shim import patch_pyghmi
@@ -41,7 +49,33 @@ def runtime() -> Runtime:
     rt.part("pyghmi-shim", patch_pyghmi)
     rt.part("environment-secrets", learn_environment_secrets)
     install_log_scrubbing(*SCRUBBED_LOGGERS)
+    survive_broken_pipes(*SCRUBBED_LOGGERS)
     return rt
+
+
+def survive_broken_pipes(*loggers: str) -> int:
+    """Make every rich console behind the handlers of ``loggers`` (and the root logger) go
+    quiet on a broken pipe instead of raising ``SystemExit``; returns how many it changed."""
+    changed = 0
+    for logger in [logging.getLogger(name) for name in loggers] + [logging.getLogger()]:
+        for handler in logger.handlers:
+            console = getattr(handler, "console", None)
+            if console is None or not hasattr(console, "on_broken_pipe") or getattr(console, _QUIET_MARK, False):
+                continue
+            console.on_broken_pipe = _go_quiet(console)
+            setattr(console, _QUIET_MARK, True)
+            changed += 1
+    return changed
+
+
+_QUIET_MARK = "_metalflow_quiet_on_broken_pipe"
+
+
+def _go_quiet(console: Any) -> Callable[[], None]:
+    def on_broken_pipe() -> None:
+        console.quiet = True  # nobody reads this output any more; the run's API log goes on
+
+    return on_broken_pipe
 
 
 def learn_environment_secrets() -> bool:
@@ -61,3 +95,4 @@ def learn_environment_secrets() -> bool:
 # its logging and before any task asks for the runtime, and Prefect logs there already (a
 # parameter that fails validation, the run's start).
 install_log_scrubbing(*SCRUBBED_LOGGERS)
+survive_broken_pipes(*SCRUBBED_LOGGERS)

@@ -92,3 +92,25 @@ def test_md_cell_escapes_pipes_and_newlines_and_keeps_empty_cells_empty():
     assert md_cell("a|b\nc") == "a\\|b c"
     assert md_cell(None) == "" and md_cell("") == ""
     assert md_cell("x" * 500, 300) == "x" * 300
+
+
+@pytest.mark.parametrize("ending", [KeyboardInterrupt, SystemExit])
+def test_an_interrupted_run_rolls_back_and_ends_as_it_was_ending(published, ending):
+    """Issue 18: not only exceptions. A run whose process is being stopped (a termination
+    signal, Ctrl-C, a SystemExit from a dying log pipe) undoes its changes while it can."""
+    undone = []
+    with pytest.raises(ending), runbook() as rb:
+        rb.undo("one", lambda: undone.append("one") or "one undone")
+        rb.step("first", change, "a")
+        raise ending()
+    assert undone == ["one"]
+    assert published[0].outcome.startswith(f"interrupted ({ending.__name__}): ")
+    assert "rolled back (1 step undone)" in published[0].outcome
+    assert published[0].rows[-1] == ("rollback", "one", "one undone")
+
+
+def test_an_interruption_before_any_change_undoes_nothing(published):
+    with pytest.raises(KeyboardInterrupt), runbook() as rb:
+        rb.note("check", "MAAS status", "ok")
+        raise KeyboardInterrupt
+    assert published[0].outcome == "running" and published[0].rows == [("check", "MAAS status", "ok")]
