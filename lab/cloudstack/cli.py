@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,9 @@ StateDirOpt = typer.Option(
 
 
 def default_state_dir() -> Path:
-    from metalflow.lab.cli import default_home  # here: lab.cli imports this module
-
-    return default_home() / "lab" / "cloudstack"
+    """``$METALFLOW_HOME/lab/cloudstack`` (the lab's home rule; not imported from
+    ``lab.cli``, which imports this module: packages never import each other both ways)."""
+    return Path(os.environ.get("METALFLOW_HOME") or Path.home() / ".metalflow") / "lab" / "cloudstack"
 
 
 def _fail(message: str, code: int) -> None:
