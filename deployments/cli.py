@@ -172,11 +172,9 @@ def setup_lab_cmd(manifest: Path | None = typer.Option(None, "--manifest", "-m")
 def _flow_named(deployment: str) -> Any:
     """The flow object behind ``<flow>/<deployment>``: its signature is what the run will
     validate the parameters against."""
-    from metalflow.deployments.registry import ON_DEMAND
-    from metalflow.flows.audit import audit
-    from metalflow.flows.poll import power_poll
+    from metalflow.deployments.registry import flows_by_name
 
-    flows = {f.name: f for f in (*ON_DEMAND, power_poll, audit)}
+    flows = flows_by_name()
     name = deployment.partition("/")[0]
     if name not in flows:
         raise BadValue("flow", f"no metalflow flow named {name!r}: use one of {', '.join(sorted(flows))}")
@@ -296,7 +294,11 @@ def hosts() -> None:
 
     now = datetime.now(UTC)
     t = Table("host", "CloudStack id", "MAAS", "VM", "power", "age", "maintenance")
-    for h in inventory().hosts.all():
+    inv = inventory()
+    left: dict[str, list[str]] = {}
+    for u in inv.undos.left():  # what a run that died left half-done: recover finishes it
+        left.setdefault(u.host, []).append(u.label + (" (failed)" if u.state == "failed" else ""))
+    for h in inv.hosts.all():
         age = f"{(now - h.power_state_at).total_seconds():.0f} s" if h.power_state_at else "never"
         t.add_row(
             *(
@@ -308,7 +310,10 @@ def hosts() -> None:
                     h.last_vm_name or "-",
                     h.power_state,
                     age,
-                    f"yes: {h.maintenance_reason}" if h.maintenance else "",
+                    "; ".join(
+                        ([f"yes: {h.maintenance_reason}"] if h.maintenance else [])
+                        + ([f"undo records: {', '.join(left[h.name])}"] if h.name in left else [])
+                    ),
                 )
             )
         )

@@ -15,6 +15,7 @@ from metalflow.flows.nics import plug_nic, unplug_nic
 from metalflow.flows.poll import power_poll
 from metalflow.flows.power import reboot, start, status, stop
 from metalflow.flows.provision import provision
+from metalflow.flows.recover import recover
 from metalflow.flows.register import register_host
 from metalflow.tasks.settings import Settings, settings
 
@@ -22,6 +23,11 @@ DEPLOYMENT = "metalflow"
 
 #: Triggered flows (by CloudStack, the CLI or an operator).
 ON_DEMAND = (register_host, provision, stop, start, reboot, status, destroy, plug_nic, unplug_nic, bulk_provision)
+
+
+def flows_by_name() -> dict[str, Any]:
+    """Every flow a deployment serves (triggered and scheduled), by its name."""
+    return {f.name: f for f in (*ON_DEMAND, power_poll, audit, recover)}
 
 
 def served(cfg: Settings | None = None, *, schedules: bool = True) -> list[tuple]:
@@ -53,6 +59,16 @@ def served(cfg: Settings | None = None, *, schedules: bool = True) -> list[tuple
                 tags=["metalflow"],
                 parameters={"repair": False},
                 interval=timedelta(seconds=cfg.audit_interval) if schedules else None,
+            ),
+        )
+    )
+    out.append(
+        (
+            recover,
+            recover.to_deployment(
+                name=DEPLOYMENT,
+                tags=["metalflow"],
+                interval=timedelta(seconds=cfg.recover_interval) if schedules else None,
             ),
         )
     )

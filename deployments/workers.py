@@ -56,11 +56,9 @@ def pool_deployments(cfg=None, *, pool: str = POOL, schedules: bool = True) -> l
     schedules), bound to ``pool`` with module entrypoints."""
     from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
-    from metalflow.deployments.registry import ON_DEMAND, deployments
-    from metalflow.flows.audit import audit
-    from metalflow.flows.poll import power_poll
+    from metalflow.deployments.registry import deployments, flows_by_name
 
-    flows = {f.name: f for f in (*ON_DEMAND, power_poll, audit)}
+    flows = flows_by_name()
     out = []
     for served in deployments(cfg, schedules=schedules):
         flow = flows[served.flow_name]

@@ -158,7 +158,7 @@ def provision(host: HostRef, vm: Vm, erase_on_failure: EraseMode | None = None) 
 
         # Each undo is registered before its change: a change that fails half-way (a
         # session dropped between two switch commands) is undone too.
-        rb.undo("rename back", maas.rename_machine, h, idle_name(h))
+        rb.undo_action("rename back", "rename", h, name=idle_name(h))
         rb.step(f"rename to {vm.name}", maas.rename_machine, h, vm.name)
 
         cabled_macs = [n.mac for n in h.nics if n.switch]
@@ -168,13 +168,13 @@ def provision(host: HostRef, vm: Vm, erase_on_failure: EraseMode | None = None) 
 
         # Reversed, power off runs after the release: whatever the release and its erase
         # achieved, the machine ends powered off.
-        rb.undo("power off", ipmi.power_off, h)
-        rb.undo("release with erase", release_and_wait, rb, h, sid, erase)
+        rb.undo_action("power off", "power-off", h)
+        rb.undo_action("release with erase", "release-with-erase", h, system_id=sid, erase=erase)
         rb.step("allocate", maas.allocate_machine, h)
 
         tags = vm.owner.tags()
         if tags:
-            rb.undo("remove ownership tags", maas.untag_machine, h, list(OWNER_TAG_PREFIXES))
+            rb.undo_action("remove ownership tags", "untag", h, prefixes=list(OWNER_TAG_PREFIXES))
             rb.step("ownership tags", maas.tag_machine, h, tags)
 
         preseed = rb.step(
@@ -199,12 +199,12 @@ def provision(host: HostRef, vm: Vm, erase_on_failure: EraseMode | None = None) 
             phase="deploy",
         )
 
-        rb.undo("boot device PXE", ipmi.set_boot_device, h, BootFrom.PXE, True)
+        rb.undo_action("boot device PXE", "boot-device", h, device=BootFrom.PXE.value, persistent=True)
         rb.step("boot device disk", ipmi.set_boot_device, h, BootFrom.DISK, True)
 
         # Before any release: a disk erase PXE-boots, so the PXE VLAN must be back first
         # (pushed last, it runs first).
-        rb.undo("guest VLANs off, PXE VLAN back", converge, rb, h, PortState.PXE)
+        rb.undo_action("guest VLANs off, PXE VLAN back", "ports", h, state=PortState.PXE.value)
         rb.step(
             f"guest VLAN {vm.guest_vlan} untagged" + (f", VLANs {vm.extra_vlans} tagged" if vm.extra_vlans else ""),
             switches.converge_ports,
@@ -232,16 +232,3 @@ def installed(m: Machine) -> str:
 def status_of(m: Machine) -> str:
     """A machine in the report: its MAAS status."""
     return m.status.label
-
-
-def converge(rb: Runbook, h: HostInfo, state: PortState) -> list[str]:
-    """Record ``state`` as the ports' desired VLANs and bring the switches there."""
-    return rb.run(switches.converge_ports, h, rb.run(inv_t.want_ports, h, state))
-
-
-def release_and_wait(rb: Runbook, h: HostInfo, system_id: str, erase: str) -> str:
-    """Release with ``erase`` and wait until MAAS has the machine Ready (the erase PXE-boots:
-    the caller's undo order has put the ports back on the PXE VLAN before this runs)."""
-    result = rb.run(maas.release_machine, h, erase)
-    ready = rb.run(maas.wait_for_status, h, system_id, WaitFor.READY, settings().erase_timeout, phase="erase")
-    return f"{result}; {ready.status.label}"

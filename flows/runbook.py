@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextvars
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from prefect.runtime import flow_run
 from metalflow.integrations.common import scrub
 from metalflow.integrations.common.names import ROLLBACK_INCOMPLETE, ROLLED_BACK, host_lock_name
 from metalflow.integrations.inventory import HostInfo
-from metalflow.tasks import inventory
+from metalflow.tasks import clients, inventory
 from metalflow.tasks.common import logger, run_inline, system_of
 from metalflow.tasks.locks import acquire, ensure_limit
 from metalflow.tasks.settings import settings
@@ -241,6 +242,9 @@ class Runbook:
         self.undos: list[tuple[str, Callable[[], object]]] = []
         self.changing = False
         self.failed_step = ""  # the first step that failed (named in RolledBack's message)
+        #: label -> seq of the undos also written to the inventory (``undo_action``)
+        self.persisted: dict[str, int] = {}
+        self._run_id = ""
 
     # -- what a flow writes ----------------------------------------------------------------------
 
@@ -318,6 +322,40 @@ class Runbook:
             plain: Callable[P, Any] = fn
             self.undos.append((label, lambda: plain(*args, **kwargs)))
 
+    def undo_action(self, label: str, action: str, host: HostInfo, **params: Any) -> None:
+        """``undo`` of a named action (``flows.undo.ACTIONS``), also written to the inventory
+        before the change it undoes: when this process dies before it can undo the change, a
+        recovery run replays it from there (issue 18). Registered twice: the first stays."""
+        from metalflow.flows.undo import ACTIONS
+
+        if action not in ACTIONS:
+            raise ValueError(f"no undo action {action!r} (known: {', '.join(sorted(ACTIONS))})")
+        self.changing = True
+        if label in (u[0] for u in self.undos):
+            return
+        seq = len(self.undos)
+        clients.inventory().undos.push(host.name, self.run_id, self.report.operation, seq, label, action, params)
+        self.persisted[label] = seq
+        fn = ACTIONS[action]
+        self.undos.append((label, lambda: fn(self, host, params)))
+
+    @property
+    def run_id(self) -> str:
+        """The flow run's id (what a recovery asks Prefect about), or a local one outside a run."""
+        if not self._run_id:
+            self._run_id = str(flow_run.id or "") or f"local-{uuid.uuid4()}"
+        return self._run_id
+
+    def _forget_undos(self) -> None:
+        """The run completed or its rollback finished: nothing of it is left to undo."""
+        if not self.persisted:
+            return
+        try:
+            clients.inventory().undos.clear(self.run_id)
+        except Exception as exc:  # noqa: BLE001 - a recovery sees the run completed and only clears them
+            logger().warning("the run's undo records were not cleared: %s", exc)
+        self.persisted.clear()
+
     # -- how a run ends ---------------------------------------------------------------------------
 
     def __enter__(self) -> Runbook:
@@ -325,6 +363,7 @@ class Runbook:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if exc is None:
+            self._forget_undos()
             self.report.publish()
             return
         if not isinstance(exc, Exception):
@@ -363,12 +402,31 @@ class Runbook:
                 with tags(ROLLBACK_TAG):
                     result = fn()
                 self.report.add("rollback", label, result)
+                self._record_undo(label, None)
             except Exception as exc:  # noqa: BLE001 - keep undoing
                 log.error("rollback step %r failed: %s", label, exc)
                 self.report.add("rollback", f"{label} FAILED", str(exc))
                 failed.append(label)
+                self._record_undo(label, exc)
         self.undos.clear()
+        if not failed:
+            self._forget_undos()
         return failed
+
+    def _record_undo(self, label: str, error: Exception | None) -> None:
+        """Mark a persisted undo done (it goes) or failed (kept for recovery); never stops
+        the rollback."""
+        seq = self.persisted.get(label)
+        if seq is None:
+            return
+        try:
+            undos = clients.inventory().undos
+            if error is None:
+                undos.done(self.run_id, seq)
+            else:
+                undos.failed(self.run_id, seq, f"{type(error).__name__}: {error}")
+        except Exception as exc:  # noqa: BLE001
+            logger().warning("undo %r not recorded as %s: %s", label, "done" if error is None else "failed", exc)
 
 
 def run_name(operation: str, subject_param: str | None = None, subject_key: str | None = None) -> Callable[[], str]:

@@ -58,6 +58,9 @@ class Settings(BaseModel, frozen=True):
     #: ``metalflow serve``, where every run is a thread of one process).
     switch_lock: Literal["global", "process"] = "global"
     audit_interval: float = Field(3600.0, gt=0)
+    #: How often ``recover`` sweeps for runs that died half-way (issue 18); with the crash
+    #: automation's window this bounds how long a dead worker's host stays half-done.
+    recover_interval: float = Field(60.0, gt=0)
     stop_soft_timeout: float = Field(30.0, gt=0)
     #: Seconds a host lock outlives a run that stopped renewing it (its worker died); Prefect
     #: renews it every 3/4 of that while the run lives. Prefect's minimum is 60.

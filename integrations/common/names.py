@@ -22,6 +22,7 @@ HOST_NICS_TABLE = "host_nics"
 PORT_VLANS_TABLE = "port_vlans"
 HOST_EVENTS_TABLE = "host_events"
 HOST_CLAIMS_TABLE = "host_claims"
+RUN_UNDOS_TABLE = "run_undos"
 
 _NOT_A_NAME = re.compile(r"[^a-z0-9-]+")
 

@@ -31,6 +31,7 @@ from metalflow.integrations.inventory.records import (
     PowerReading,
     PowerTransition,
     SwitchInfo,
+    UndoInfo,
     VlanInfo,
     credential_ref,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "CabledPort",
     "ClaimConflict",
     "HostUnfit",
+    "UndoInfo",
     "ClaimInfo",
     "ClaimRepository",
     "Database",

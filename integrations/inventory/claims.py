@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from metalflow.integrations.inventory.hosts import HostKey, host_row
 from metalflow.integrations.inventory.journal import clean_detail
-from metalflow.integrations.inventory.models import CLAIM_STATES, Host, HostClaim, HostEvent, utcnow
+from metalflow.integrations.inventory.models import CLAIM_STATES, Host, HostClaim, HostEvent, RunUndo, utcnow
 from metalflow.integrations.inventory.records import (
     ClaimConflict,
     ClaimInfo,
@@ -131,6 +131,8 @@ class ClaimRepository:
                         f"host {row.name} carries VM {row.last_vm_name or row.last_vm_uuid}", field="host"
                     )
                 problem = unfit(row, min_cpus, min_memory_mb, arch) if fit and row.last_vm_uuid is None else None
+                if fit and problem is None and s.scalar(select(RunUndo.id).where(RunUndo.host_id == row.id).limit(1)):
+                    problem = ("needs recovery", "a run left it half-done and its recovery has not finished")
                 if problem is not None:
                     raise HostUnfit(f"host {row.name} cannot take a VM: {problem[1]}", why=problem[0], field="host")
                 candidates = [row]
@@ -144,6 +146,7 @@ class ClaimRepository:
                             select(Host)
                             .where(
                                 Host.id.not_in(select(HostClaim.host_id)),
+                                Host.id.not_in(select(RunUndo.host_id)),  # half-done by a run that died
                                 Host.last_vm_uuid.is_(None),
                                 Host.maintenance.is_(False),
                                 Host.power_state.in_(("on", "off")),
@@ -183,6 +186,7 @@ class ClaimRepository:
     @staticmethod
     def _why_no_host(s: Session, min_cpus: int, min_memory_mb: int, arch: str | None) -> str:
         claimed = set(s.scalars(select(HostClaim.host_id)))
+        half_done = set(s.scalars(select(RunUndo.host_id)))
         counts: dict[str, int] = {"claimed": 0, "carrying a VM": 0}
         hosts = list(s.scalars(select(Host)))
         for h in hosts:
@@ -190,6 +194,8 @@ class ClaimRepository:
                 why = "claimed"
             elif h.last_vm_uuid is not None:
                 why = "carrying a VM"
+            elif h.id in half_done:
+                why = "needs recovery"
             else:
                 problem = unfit(h, min_cpus, min_memory_mb, arch)
                 why = problem[0] if problem is not None else "taken a moment ago"

@@ -34,6 +34,7 @@ from metalflow.integrations.common.names import (
     HOST_NICS_TABLE,
     HOSTS_TABLE,
     PORT_VLANS_TABLE,
+    RUN_UNDOS_TABLE,
     SWITCHES_TABLE,
 )
 
@@ -45,6 +46,10 @@ OUTCOMES = ("started", "ok", "failed", "skipped", "compensated")
 #: once a create started its run (kept while the run lives); ``placed`` when the provision
 #: completed: the VM's placement until delete, never expiring.
 CLAIM_STATES = ("leased", "provisioning", "placed")
+#: An undo of a run's change (issue 18): ``pending`` until it ran; ``failed`` when it was tried
+#: and did not finish (the host needs recovery); a run's rows go when the run completed or its
+#: rollback finished.
+UNDO_STATES = ("pending", "failed")
 
 
 def utcnow() -> datetime:
@@ -238,5 +243,32 @@ class HostClaim(Base):
     state: Mapped[str] = mapped_column(String(16), default="leased", server_default=text("'placed'"))
     expires_at: Mapped[datetime | None] = mapped_column()
     updated_at: Mapped[datetime | None] = mapped_column()
+
+    host: Mapped[Host] = relationship()
+
+
+class RunUndo(Base):
+    """One undo of a run's change, written before the change is made (issue 18): what a
+    recovery needs when the run's process died (a killed worker) before it could undo it. The
+    action is a name from ``flows.undo`` and its parameters JSON, never code."""
+
+    __tablename__ = RUN_UNDOS_TABLE
+    __table_args__ = (
+        UniqueConstraint("run_id", "seq"),
+        CheckConstraint(_in("state", UNDO_STATES), name="state"),
+        Index(None, "host_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
+    run_id: Mapped[str] = mapped_column(String(64))
+    operation: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    params: Mapped[str] = mapped_column(String(4000), default="{}")
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    detail: Mapped[str] = mapped_column(String(500), default="", server_default=text("''"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     host: Mapped[Host] = relationship()

@@ -3,14 +3,24 @@ Prefect, which serialises task results) never hold a live ORM object or a sessio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from metalflow.integrations.common import MetalflowError
 from metalflow.integrations.common.values import BadValue, parse_secret_ref, parse_vlan
-from metalflow.integrations.inventory.models import VLAN_PURPOSES, Host, HostClaim, HostEvent, HostNic, PortVlan, Switch
+from metalflow.integrations.inventory.models import (
+    VLAN_PURPOSES,
+    Host,
+    HostClaim,
+    HostEvent,
+    HostNic,
+    PortVlan,
+    RunUndo,
+    Switch,
+)
 
 
 class InventoryError(MetalflowError):
@@ -344,3 +354,34 @@ class ClaimInfo:
 
     def expired(self, now: datetime) -> bool:
         return self.state != "placed" and self.expires_at is not None and self.expires_at <= now
+
+
+@dataclass(frozen=True)
+class UndoInfo:
+    """One persisted undo of a run's change (``UndoRepository``)."""
+
+    host: str
+    run_id: str
+    operation: str
+    seq: int
+    label: str
+    action: str
+    params: Mapping[str, Any]
+    state: str
+    detail: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, u: RunUndo) -> UndoInfo:
+        return cls(
+            u.host.name,
+            u.run_id,
+            u.operation,
+            u.seq,
+            u.label,
+            u.action,
+            json.loads(u.params or "{}"),
+            u.state,
+            u.detail,
+            u.created_at,
+        )

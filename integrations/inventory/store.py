@@ -27,6 +27,7 @@ from metalflow.integrations.inventory.journal import JournalRepository
 from metalflow.integrations.inventory.ports import PortRepository
 from metalflow.integrations.inventory.power import MAINTENANCE_AFTER, PowerRepository
 from metalflow.integrations.inventory.session import Database
+from metalflow.integrations.inventory.undos import UndoRepository
 
 
 class Inventory:
@@ -55,6 +56,7 @@ class Inventory:
         self.power = PowerRepository(self.db, maintenance_after=maintenance_after)
         self.history = JournalRepository(self.db)
         self.claims = ClaimRepository(self.db)
+        self.undos = UndoRepository(self.db)
 
     def __repr__(self) -> str:
         return f"Inventory({self.engine.url.render_as_string(hide_password=True)!r})"

@@ -352,7 +352,9 @@ def test_deploy_failure_rolls_back_and_a_rerun_completes(e2e, hosts):
     assert run.state_type == "FAILED"
     assert "deploy phase failed" in run.message and "Installation failed" in run.message, run.message
     assert "rolled back" in run.message and "INCOMPLETE" not in run.message, run.message
+    assert "at step 'wait for Deployed'" in run.message, run.message  # the step it failed at
     assert_idle(e2e, host)
+    assert e2e.inventory().undos.left(host) == []  # a finished rollback leaves no undo records
     assert "ephemeral:erasing" in [h["running"] for h in e2e.lab.host(host)["history"]], "no disk erase"
     # The compensation is visible: task runs of this flow run, tagged, in reverse order of
     # the changes; and the report lists each undo.
@@ -538,3 +540,41 @@ def test_no_secret_in_any_run_log_artifact_or_parameter(e2e, hosts):
     assert len(texts["logs"]) > 1000
     leaks = [f"{what} in {where}" for where, text in texts.items() for what, s in secrets.items() if s in text]
     assert not leaks, leaks
+
+
+def test_a_rollback_that_meets_a_silent_bmc_is_finished_by_recover(e2e, hosts):
+    """Issue 18, point 3: the deploy fails and, while it rolls back, the BMC refuses every
+    login: the release's erase cannot power the machine (MAAS: Failed disk erasing) and the
+    power-off fails. The run ends ROLLBACK INCOMPLETE and its undo records stay in the
+    inventory (the host is not handed out). Once the BMC answers, ``recover`` replays what is
+    left (MAAS allows a release from Failed disk erasing) and the host is idle."""
+    host = "host-005"
+    free(e2e, host)
+    e2e.lab.control("POST", "/faults/maas", {"fail_next": "deploy"})
+    try:
+        run = e2e.trigger("provision", host=host, vm=vm("silent-01", 160))
+        wait_until(
+            "the provision's deploy wait",
+            lambda: any(
+                t["name"].startswith("wait-for-deployed") and (t["state"] or {}).get("type") == "RUNNING"
+                for t in task_runs(e2e, run.id)
+            ),
+            timeout=120,
+        )
+        e2e.lab.control("POST", f"/faults/bmc/{host}", {"mode": "reject_auth"})
+        done = e2e.wait(run.id, 300)
+    finally:
+        e2e.lab.reset_faults()
+    assert done.state_type == "FAILED" and "ROLLBACK INCOMPLETE" in done.message, done.message
+    inv = e2e.inventory()
+    left = {u.label: u.state for u in inv.undos.left(host)}
+    assert left.get("power off") == "failed", left
+    assert all(u.run_id == done.id for u in inv.undos.left(host))
+
+    recovered = e2e.run("recover", host=host, timeout=300)
+    assert recovered.ok, recovered.message
+    assert inv.undos.left(host) == []
+    assert_idle(e2e, host)
+    # and a sweep finds nothing more to do
+    sweep = e2e.run("recover", timeout=120)
+    assert sweep.ok and sweep.name == "recover (sweep)", sweep.message

@@ -1,0 +1,99 @@
+"""A run's undo stack in the inventory (issue 18): written before each change, marked as the
+rollback goes, gone when the run completed or its rollback finished; a host with records left
+is not handed out by a claim. Real SQLite, the Runbook with inline steps."""
+
+from __future__ import annotations
+
+import pytest
+
+from metalflow.flows.runbook import RolledBack, Runbook
+from metalflow.integrations.inventory import HostUnfit, InventoryError, NoFreeHost
+from tests.cloudstack.inventory_fixtures import make_inventory
+
+
+@pytest.fixture
+def inv(tmp_path, monkeypatch):
+    inventory = make_inventory(f"sqlite:///{tmp_path / 'inventory.db'}")
+    monkeypatch.setattr("metalflow.tasks.clients.inventory", lambda: inventory)
+    monkeypatch.setattr("metalflow.flows.runbook.Report.publish", lambda self: None)
+    yield inventory
+    inventory.dispose()
+
+
+def test_records_are_written_before_the_change_and_kept_while_the_run_lives(inv):
+    undone = []
+    host = inv.hosts.get("host-002")
+    monkey_actions = {"power-off": lambda rb, h, p: undone.append(("power-off", h.name)) or "off"}
+    rb = Runbook("provision", "host-002", "web-01", inline=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("metalflow.flows.undo.ACTIONS", monkey_actions)
+        rb.undo_action("power off", "power-off", host)
+        (record,) = inv.undos.left("host-002")
+        assert (record.run_id, record.seq, record.action, record.state) == (rb.run_id, 0, "power-off", "pending")
+        assert record.run_id.startswith("local-")  # no flow run here
+        rb.undo_action("power off", "power-off", host)  # registered twice: one record
+        assert len(inv.undos.left()) == 1
+        # the host is not handed out while it has records (a run that died left it half-done)
+        with pytest.raises(NoFreeHost, match="1 needs recovery"):
+            _claim_only(inv, "host-002")
+        with pytest.raises(HostUnfit, match="half-done") as err:
+            inv.claims.claim("vm-y", host="host-002", fit=True)
+        assert err.value.why == "needs recovery"
+
+
+def _claim_only(inv, name):
+    """Claim with every other host taken, so the answer counts why ``name`` was not picked."""
+    for i, other in enumerate(h.name for h in inv.hosts.all() if h.name != name):
+        inv.claims.claim(f"vm-other-{i}", host=other)
+    return inv.claims.claim("vm-z")
+
+
+def test_a_completed_run_clears_its_records(inv):
+    host = inv.hosts.get("host-001")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("metalflow.flows.undo.ACTIONS", {"rename": lambda rb, h, p: "renamed"})
+        with Runbook("provision", "host-001", inline=True) as rb:
+            rb.undo_action("rename back", "rename", host, name="HOST-1001")
+            assert len(inv.undos.left("host-001")) == 1
+    assert inv.undos.left() == []
+
+
+def test_a_rollback_marks_each_record_and_keeps_only_what_failed(inv):
+    host = inv.hosts.get("host-003")
+
+    def fails(rb, h, p):
+        raise ConnectionError("BMC silent")
+
+    actions = {"power-off": fails, "rename": lambda rb, h, p: "renamed", "ports": lambda rb, h, p: "pxe"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("metalflow.flows.undo.ACTIONS", actions)
+        with pytest.raises(RolledBack, match="ROLLBACK INCOMPLETE: power off failed"):
+            with Runbook("provision", "host-003", inline=True) as rb:
+                rb.undo_action("rename back", "rename", host, name="HOST-1003")
+                rb.undo_action("power off", "power-off", host)
+                rb.undo_action("ports back", "ports", host, state="pxe")
+                raise RuntimeError("MAAS said no")
+    (left,) = inv.undos.left("host-003")
+    assert (left.label, left.state) == ("power off", "failed") and "BMC silent" in left.detail
+    assert left.params == {}
+
+
+def test_a_full_rollback_leaves_nothing(inv):
+    host = inv.hosts.get("host-004")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("metalflow.flows.undo.ACTIONS", {"power-off": lambda rb, h, p: "off"})
+        with pytest.raises(RolledBack, match="rolled back \\(1 step undone\\)"):
+            with Runbook("provision", "host-004", inline=True) as rb:
+                rb.undo_action("power off", "power-off", host)
+                raise RuntimeError("boom")
+    assert inv.undos.left() == []
+
+
+def test_unknown_actions_and_bad_records_are_refused(inv):
+    rb = Runbook("provision", "host-001", inline=True)
+    with pytest.raises(ValueError, match="no undo action 'explode'"):
+        rb.undo_action("x", "explode", inv.hosts.get("host-001"))
+    with pytest.raises(InventoryError, match="params"):
+        inv.undos.push("host-001", "run-1", "provision", 0, "big", "rename", {"name": "x" * 5000})
+    with pytest.raises(InventoryError, match="run_id"):
+        inv.undos.push("host-001", "", "provision", 0, "l", "rename", {})
