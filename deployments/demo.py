@@ -9,7 +9,7 @@ import os
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +122,7 @@ class Step:
     seconds: float
     error: str = ""
     machine: str = ""  # the machine as the lab sees it afterwards: power and the ports' VLANs
+    shown: object = None  # a custom action's message as CloudStack's UI renders it (None: nothing)
 
 
 def extension_executable() -> Path:
@@ -130,12 +131,20 @@ def extension_executable() -> Path:
 
 
 def cloudstack_life(
-    stack: Stack, workdir: Path, *, tell: Callable[[Step], None] | None = None, vm_name: str = "web-01"
+    stack: Stack,
+    workdir: Path,
+    *,
+    tell: Callable[[Step], None] | None = None,
+    vm_name: str = "web-01",
+    details: Mapping[str, str] | None = None,
+    ssh_public_key: str | None = None,
 ) -> list[Step]:
     """One VM's whole life through the lab's CloudStack (``metalflow.lab.cloudstack``) and the
-    real extension, on a running stack whose hosts are registered and polled: deploy
-    (prepare + create), stop, a NIC added while stopped, start (the ports follow), PlugNetwork
-    (a custom action), a status ping, destroy (stop + delete). Stops at the first failure."""
+    real extension, on a running stack whose hosts are registered and polled: deploy on two
+    networks (prepare + create), stop, the NICs changed while stopped (one removed, one added),
+    start (the ports follow), a status ping, PlugNetwork (a custom action), destroy (stop +
+    delete). ``details`` are the deploy's extra externaldetails (a pin, an architecture).
+    Stops at the first failure."""
     from metalflow.lab.cloudstack import CloudStack, Config, Extension, Parameter
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -162,20 +171,30 @@ def cloudstack_life(
     cloud.add_host("maas-pool")
     cloud.add_network("guest", 100)
     cloud.add_network("storage", 200)
+    cloud.add_network("backup", 300)
     cloud.add_template("ubuntu-jammy", {"image": "ubuntu/jammy"})
     cloud.add_action("PlugNetwork", [Parameter("vlan", "NUMBER", True)], 600)
 
     vm_uuid = ""
     plan: list[tuple[str, Callable[[], object]]] = [
         (
-            f"deploy {vm_name}",
-            lambda: cloud.deploy(vm_name, "ubuntu-jammy", ["guest"], cpus=2, ram_mb=2048, details={"vm_name": vm_name}),
+            f"deploy {vm_name} on guest (VLAN 100) and storage (VLAN 200)",
+            lambda: cloud.deploy(
+                vm_name,
+                "ubuntu-jammy",
+                ["guest", "storage"],
+                cpus=2,
+                ram_mb=2048,
+                details={"vm_name": vm_name, **(details or {})},
+                ssh_public_key=ssh_public_key,
+            ),
         ),
         (f"stop {vm_name}", lambda: cloud.stop(vm_uuid)),
-        (f"add NIC storage (VLAN 200) to the stopped {vm_name}", lambda: cloud.add_nic(vm_uuid, "storage")),
+        (f"remove NIC storage from the stopped {vm_name}", lambda: cloud.remove_nic(vm_uuid, "storage")),
+        (f"add NIC backup (VLAN 300) to the stopped {vm_name}", lambda: cloud.add_nic(vm_uuid, "backup")),
         (f"start {vm_name}", lambda: cloud.start(vm_uuid)),
         ("status ping", lambda: cloud.ping()),
-        (f"PlugNetwork vlan=300 on {vm_name}", lambda: cloud.run_action(vm_uuid, "PlugNetwork", {"vlan": 300})),
+        (f"PlugNetwork vlan=400 on {vm_name}", lambda: cloud.run_action(vm_uuid, "PlugNetwork", {"vlan": 400})),
         (f"destroy {vm_name}", lambda: cloud.destroy(vm_uuid)),
     ]
     control = str(stack.manifest["lab"]["control_url"]).rstrip("/")
@@ -212,6 +231,7 @@ def cloudstack_life(
                 seconds,
                 str(getattr(result, "error", "") or ""),
                 machine(),
+                getattr(result, "ui_message", None),
             )
         steps.append(step)
         if tell is not None:
@@ -254,7 +274,7 @@ def _via_cloudstack(stack: Stack, api: PrefectApi, *, console: Console, stay: bo
     )
     with console.status("CloudStack at work..."):
         steps = cloudstack_life(stack, workdir, tell=tell)
-    ok = len(steps) == 7 and all(s.ok for s in steps)
+    ok = len(steps) == 8 and all(s.ok for s in steps)
     table = Table(title="metalflow demo --via cloudstack")
     for column in ("CloudStack operation", "VM state", "extension calls", "seconds", "the machine after"):
         table.add_column(column)

@@ -62,7 +62,7 @@ def pool_deployments(cfg=None, *, pool: str = POOL, schedules: bool = True) -> l
     out = []
     for served in deployments(cfg, schedules=schedules):
         flow = flows[served.flow_name]
-        d: RunnerDeployment = flow.to_deployment(  # type: ignore[assignment]  # sync call: no coroutine
+        d: RunnerDeployment = flow.to_deployment(  # a sync call: no coroutine
             name=served.name,
             tags=list(served.tags),
             parameters=dict(served.parameters),

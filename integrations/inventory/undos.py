@@ -96,7 +96,13 @@ class UndoRepository:
     def clear(self, run_id: str) -> int:
         """The run completed (nothing to undo) or its rollback finished: its rows go."""
         _check(run_id)
-        return int(self.db.write(lambda s: s.execute(delete(RunUndo).where(RunUndo.run_id == run_id)).rowcount))
+
+        def write(s: Session) -> int:
+            gone = len(list(s.scalars(select(RunUndo.id).where(RunUndo.run_id == run_id))))
+            s.execute(delete(RunUndo).where(RunUndo.run_id == run_id))
+            return gone
+
+        return self.db.write(write)
 
     def left(self, host: HostKey | None = None) -> list[UndoInfo]:
         """Every undo still here (of one host), oldest first; the newest of a run is undone first."""

