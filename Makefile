@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/metalflow demo
 
 ## test: install, then lint, format and type checks (tests/lint.py), then the whole test
-## suite (in two halves at once: tests/split.py)
+## suite (in three groups at once: tests/split.py)
 test: $(STAMP)
 	$(BIN)/python -m tests.lint
 	$(BIN)/python -m tests.split $(PYTEST_ARGS)

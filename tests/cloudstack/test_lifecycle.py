@@ -93,6 +93,7 @@ def test_a_create_that_outlives_its_wait_is_finished_on_the_same_host_and_never_
             cs.lab.control("POST", "/faults/maas", {"delay": 0})  # MAAS speeds up during the retry
             slow["on"] = False
 
+    pins = cloud(start_retry=1, name="cs-pins")  # refusals need one try, not ten
     cloud = cloud(start_retry=10)
     cloud.progress = progress
     cs.lab.control("POST", "/faults/maas", {"delay": 0.7})  # the install outlasts a 20 s wait
@@ -129,12 +130,12 @@ def test_a_create_that_outlives_its_wait_is_finished_on_the_same_host_and_never_
     # While it runs: a pin on its machine, or on one in maintenance, is refused clearly and
     # nothing is claimed or run; hot-plug fails inside CloudStack; Reinstall with a bad image
     # changes nothing and answers an object.
-    taken = cloud.deploy("pinned-2", "jammy", ["guest"], details={"metalflow_host": host})
+    taken = pins.deploy("pinned-2", "jammy", ["guest"], details={"metalflow_host": host})
     assert not taken.success
     assert "not available" in answer(taken.calls[0])["message"] and done.vm not in answer(taken.calls[0])["message"]
     spare = next(h.name for h in inv.hosts.all() if h.name != host and h.last_vm_uuid is None)
     inv.power.set_maintenance(spare, True, "disk swap, ticket 7")
-    unfit = cloud.deploy("pinned-3", "jammy", ["guest"], details={"metalflow_host": spare})
+    unfit = pins.deploy("pinned-3", "jammy", ["guest"], details={"metalflow_host": spare})
     text = answer(unfit.calls[0])["message"]
     assert not unfit.success and "cannot take it (in maintenance)" in text and "ticket 7" not in text
     for loser in (taken, unfit):
