@@ -46,21 +46,19 @@ def _name() -> str:
     return f"recover {host}" if host else "recover (sweep)"
 
 
-def run_state(run_id: str) -> tuple[str, dict[str, Any]]:
-    """(state type, parameters) of a flow run; ``GONE`` for one Prefect does not know (or a
-    local run outside Prefect)."""
-    from prefect.client.orchestration import get_client
+def run_state(client: Any, run_id: str) -> tuple[str, dict[str, Any]]:
+    """(state type, parameters) of a flow run, read with ``client`` (Prefect's sync client);
+    ``GONE`` for one Prefect does not know (or a local run outside Prefect)."""
     from prefect.exceptions import ObjectNotFound
 
     try:
         uuid = UUID(run_id)
     except ValueError:
         return "GONE", {}
-    with get_client(sync_client=True) as client:
-        try:
-            run = client.read_flow_run(uuid)
-        except ObjectNotFound:
-            return "GONE", {}
+    try:
+        run = client.read_flow_run(uuid)
+    except ObjectNotFound:
+        return "GONE", {}
     state = run.state.type.value if run.state is not None else "GONE"
     return state, dict(run.parameters or {})
 
@@ -117,13 +115,16 @@ def recover(host: HostRef | None = None) -> dict[str, Any]:
         by_host[u.host][u.run_id].append(u)
     done: list[str] = []
     problems: list[str] = []
-    for name, runs in sorted(by_host.items()):
-        dead: dict[str, tuple[str, dict[str, Any], list[UndoInfo]]] = {}
-        for run_id, undos in runs.items():
-            state, params = run_state(run_id)
-            if state in LIVE:
-                continue  # its own process may still roll it back
-            dead[run_id] = (state, params, undos)
+    by_state: dict[str, dict[str, tuple[str, dict[str, Any], list[UndoInfo]]]] = {}
+    if by_host:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:  # one client for the whole sweep
+            for name, runs in by_host.items():
+                by_state[name] = {run_id: (*run_state(client, run_id), undos) for run_id, undos in runs.items()}
+    for name, runs_now in sorted(by_state.items()):
+        # a run still alive may roll itself back: never touched
+        dead = {run_id: found for run_id, found in runs_now.items() if found[0] not in LIVE}
         if not dead:
             continue
         try:
