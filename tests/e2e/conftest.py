@@ -54,12 +54,22 @@ class E2E:
             assert done.ok, f"{done.name}: {done.message}"
         return hosts
 
+    def http(self, method: str, path: str, body: dict | None = None, patience: float = 60.0) -> requests.Response:
+        """One request to the Prefect API, riding out the 503s a SQLite-backed server answers
+        under load ("database is locked"), as every caller of this API must."""
+        deadline = Deadline(patience)
+        while True:
+            r = requests.request(method, f"{self.stack.api_url}/{path}", json=body, timeout=10)
+            if r.status_code != 503 or deadline.remaining() <= 0:
+                return r
+            deadline.sleep(0.5)
+
     def rerun(self, run_id: str, timeout: float = 180) -> FlowRun:
         """What the UI's "Retry" does: put the same run back to Scheduled."""
-        r = requests.post(
-            f"{self.stack.api_url}/flow_runs/{run_id}/set_state",
-            json={"state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True},
-            timeout=10,
+        r = self.http(
+            "POST",
+            f"flow_runs/{run_id}/set_state",
+            {"state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True},
         )
         r.raise_for_status()
         return self.wait(run_id, timeout)
@@ -70,14 +80,7 @@ class E2E:
         deadline = Deadline(settle)
         previous = None
         while True:
-            r = requests.post(
-                f"{self.stack.api_url}/logs/filter",
-                json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200},
-                timeout=10,
-            )
-            if r.status_code == 503 and deadline.remaining() > 0:  # SQLite busy: ride it out
-                deadline.sleep(0.5)
-                continue
+            r = self.http("POST", "logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
             r.raise_for_status()
             text = "\n".join(entry["message"] for entry in r.json())
             if text == previous or deadline.remaining() <= 0:
@@ -86,11 +89,7 @@ class E2E:
             deadline.sleep(2.5)
 
     def artifacts(self, run_id: str) -> list[dict]:
-        r = requests.post(
-            f"{self.stack.api_url}/artifacts/filter",
-            json={"artifacts": {"flow_run_id": {"any_": [run_id]}}},
-            timeout=10,
-        )
+        r = self.http("POST", "artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
         r.raise_for_status()
         return r.json()
 

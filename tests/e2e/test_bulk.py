@@ -12,7 +12,6 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
-import requests
 
 HOSTS = ("host-011", "host-012", "host-013", "host-014")
 PXE = 10
@@ -28,17 +27,13 @@ def spec(e2e, host: str) -> dict:
 
 def children(e2e, run_id: str) -> dict[str, dict]:
     """The bulk run's child flow runs (linked by Prefect's parent task run), by host."""
-    r = requests.post(
-        f"{e2e.stack.api_url}/flow_runs/filter",
-        json={"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}},
-        timeout=10,
-    )
+    r = e2e.http("POST", "flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}})
     r.raise_for_status()
     return {c["parameters"]["host"]: c for c in r.json()}
 
 
 def task_run(e2e, task_run_id: str) -> dict:
-    r = requests.get(f"{e2e.stack.api_url}/task_runs/{task_run_id}", timeout=10)
+    r = e2e.http("GET", f"task_runs/{task_run_id}")
     r.raise_for_status()
     return r.json()
 
@@ -153,9 +148,7 @@ def test_a_bulk_of_three_in_waves_behind_a_canary(e2e, hosts):
         assert task_run(e2e, child["parent_task_run_id"])["flow_run_id"] == run.id  # a subflow of the bulk
         # Its steps ran inline (the bulk's default): no task run each, every one journaled
         # under the child's own run, which is what the milestone gate reads.
-        steps = requests.post(
-            f"{e2e.stack.api_url}/task_runs/filter", timeout=10, json={"flow_runs": {"id": {"any_": [child["id"]]}}}
-        ).json()
+        steps = e2e.http("POST", "task_runs/filter", {"flow_runs": {"id": {"any_": [child["id"]]}}}).json()
         assert steps == [], [t["name"] for t in steps]
         journaled = {
             ev.step

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import requests
 
 EXE = Path(sys.executable).with_name("metalflow")
 
@@ -28,7 +27,7 @@ ON_DEMAND = ["register-host", "provision", "stop", "start", "reboot", "status", 
 def flow_runs(e2e) -> int:
     """Runs of the triggered flows on the server (scheduled runs aside)."""
     body = {"flows": {"name": {"any_": ON_DEMAND}}}
-    r = requests.post(f"{e2e.stack.api_url}/flow_runs/count", json=body, timeout=10)
+    r = e2e.http("POST", "flow_runs/count", body)
     r.raise_for_status()
     return r.json()
 

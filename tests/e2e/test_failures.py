@@ -52,15 +52,8 @@ def machine(e2e, host: str):
     return e2e.maas().machine(e2e.inventory().hosts.get(host).maas_system_id)
 
 
-def post(e2e, path: str, body: dict, timeout: float = 60.0) -> requests.Response:
-    """POST to the Prefect API, riding out the 503s a SQLite-backed server answers under load
-    ("database is locked"), as every caller of this API must."""
-    deadline = Deadline(timeout)
-    while True:
-        r = requests.post(f"{e2e.stack.api_url}/{path}", json=body, timeout=10)
-        if r.status_code != 503 or deadline.remaining() <= 0:
-            return r
-        deadline.sleep(0.5)
+def post(e2e, path: str, body: dict) -> requests.Response:
+    return e2e.http("POST", path, body)
 
 
 def logs(e2e, run_id: str) -> str:
@@ -506,12 +499,12 @@ def test_a_host_lock_deleted_on_the_server_is_made_again(e2e, hosts):
     host = "host-006"
     assert e2e.run("start", host=host).ok  # the serving process now knows the host's limit
     name = lock_name(host)
-    r = requests.delete(f"{e2e.stack.api_url}/v2/concurrency_limits/{name}", timeout=30)
+    r = e2e.http("DELETE", f"v2/concurrency_limits/{name}")
     assert r.status_code in (200, 204), (r.status_code, r.text)
-    assert requests.get(f"{e2e.stack.api_url}/v2/concurrency_limits/{name}", timeout=30).status_code == 404
+    assert e2e.http("GET", f"v2/concurrency_limits/{name}").status_code == 404
     run = e2e.run("stop", host=host)
     assert run.ok, run.message
-    r = requests.get(f"{e2e.stack.api_url}/v2/concurrency_limits/{name}", timeout=30)
+    r = e2e.http("GET", f"v2/concurrency_limits/{name}")
     assert r.status_code == 200 and r.json()["limit"] == 1 and r.json()["active_slots"] == 0, r.text
 
 

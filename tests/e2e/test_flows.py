@@ -17,7 +17,6 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import requests
 
 from metalflow.integrations.common import Deadline
 from metalflow.integrations.common.values import MAX_NICS
@@ -188,7 +187,7 @@ def test_provision_one_nic_host(e2e, state):
     run = e2e.run("provision", host=host, vm=VM1)
     assert run.ok, run.message
     assert run.name == f"provision {host} → flows-one"
-    stored = requests.get(f"{e2e.stack.api_url}/flow_runs/{run.id}", timeout=10).json()["parameters"]
+    stored = e2e.http("GET", f"flow_runs/{run.id}").json()["parameters"]
     assert stored["vm"]["root_password_ref"] == f"block:{PW_HASH_BLOCK}" and "flowsalt" not in json.dumps(stored)
     state["provision_run"] = run.id
 
