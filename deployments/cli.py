@@ -109,6 +109,11 @@ def serve(
     ),
 ) -> None:
     """Serve every deployment (<flow>/metalflow) against PREFECT_API_URL until interrupted."""
+    from metalflow.deployments.workers import HEARTBEAT_SECONDS
+
+    # Heartbeats every 30 s, as on `metalflow worker`, before Prefect is imported (it reads
+    # its settings once): the crash automation takes 3 missed ones for a dead runner.
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_SECONDS))
     from metalflow.deployments.registry import serve_all
 
     serve_all(schedules=schedules, limit=limit, isolated=isolated)
@@ -119,10 +124,10 @@ def deploy(
     pool: str = typer.Option("metalflow", help="Process work pool (made if missing)"),
     schedules: bool = typer.Option(True, help="Register power-poll and audit with their schedules."),
     crash_after: float = typer.Option(
-        600.0,
-        help="Mark a run Crashed after this many seconds without a "
-        "heartbeat (a worker died); at least 3 heartbeat intervals of "
-        "every runner (Prefect's default interval: 180 s). 0: no automation.",
+        60.0,
+        help="Mark a metalflow run Crashed after this many seconds without a heartbeat (its "
+        "worker died); 2 heartbeats of `metalflow worker` (30 s each). Workers started otherwise "
+        "need PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30. 0: no crash automation.",
     ),
 ) -> None:
     """Register every deployment (<flow>/metalflow) on a process work pool for `metalflow worker`s."""
@@ -134,7 +139,8 @@ def deploy(
         _fail(str(exc), EXIT_BAD_INPUT)
     console.print(f"{len(ids)} deployments on work pool [bold]{escape(pool)}[/bold]: {escape(', '.join(sorted(ids)))}")
     if crash_after:
-        console.print(f"runs without a heartbeat for {crash_after:.0f} s are marked Crashed")
+        console.print(f"metalflow runs without a heartbeat for {crash_after:.0f} s are marked Crashed")
+    console.print("a run marked Crashed starts recover: its host lock released, its rollback finished")
 
 
 @app.command()
@@ -146,14 +152,27 @@ def worker(
     ),
 ) -> None:
     """Run a Prefect process worker for metalflow's pool (`prefect worker start`), with a short
-    poll interval and the flow-run heartbeats the crash automation watches. This process
-    becomes the worker (``exec``); each flow run is a process of its own that gets its runtime
-    on first use (``deployments.runtime``)."""
-    from metalflow.deployments.workers import worker_command, worker_env
+    poll interval and the flow-run heartbeats the crash automation watches; each flow run is a
+    process of its own that gets its runtime on first use (``deployments.runtime``).
+
+    Ctrl-C or SIGTERM stops it cleanly: no new runs at once, running ones finish for
+    ``worker_stop_grace`` seconds (METALFLOW_WORKER_STOP_GRACE, 600), then roll back
+    (``worker_rollback_grace``, 300); a second Ctrl-C skips the wait."""
+    from metalflow.deployments.workers import supervise, worker_command, worker_env
+    from metalflow.tasks.settings import settings
 
     cmd = worker_command(pool, name=name, limit=limit)
     console.print(" ".join(cmd), markup=False)
-    os.execvpe(cmd[0], cmd, worker_env())
+    cfg = settings()
+    raise typer.Exit(
+        supervise(
+            cmd,
+            worker_env(),
+            stop_grace=cfg.worker_stop_grace,
+            rollback_grace=cfg.worker_rollback_grace,
+            say=lambda text: console.print(text, markup=False),
+        )
+    )
 
 
 @app.command("setup-lab")

@@ -56,7 +56,7 @@ class Stack:
     worker_limit: int | None = None
     #: More environment for the workers (and so their flow runs), over ``env``.
     worker_extra_env: dict[str, str] = field(default_factory=dict)
-    crash_after: float = 600.0  # see deployments.workers.CRASH_AFTER_SECONDS
+    crash_after: float = 60.0  # see deployments.workers.CRASH_AFTER_SECONDS
     worker_procs: list[WorkerProcess] = field(default_factory=list)
 
     @property

@@ -7,9 +7,13 @@ What this adds to ``metalflow serve``:
   from the settings) on a ``process`` work pool, with *module* entrypoints
   (``flows.provision:provision``): a worker imports them from the installed metalflow package,
   so nothing is pulled and the worker's working directory does not matter.
-- ``ensure_crash_automation()`` makes Prefect mark a run Crashed when its heartbeats stop (a
-  worker machine died). A self-hosted Prefect server does not do this by itself: without the
-  automation a run whose worker died stays Running for ever.
+- ``ensure_crash_automation()`` makes Prefect mark a metalflow run Crashed when its heartbeats
+  stop (a worker machine died). A self-hosted Prefect server does not do this by itself:
+  without the automation a run whose worker died stays Running for ever.
+- ``ensure_recover_automation()`` starts ``recover`` the moment a metalflow run is marked
+  Crashed: it releases the dead run's host lock and finishes its rollback (issue 18).
+- ``supervise()`` is ``metalflow worker``: the Prefect worker as a child, stopped cleanly on
+  SIGINT/SIGTERM (no new runs at once; running ones finish up to a deadline, then roll back).
 - ``worker_command()``/``worker_env()`` are what ``metalflow worker`` runs, and
   ``WorkerProcess`` starts, stops or kills one worker (the scale tests and ``Stack`` use it).
 
@@ -20,6 +24,7 @@ accepts runs it (the others log "Aborted submission"). So N workers never double
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -34,14 +39,20 @@ from pathlib import Path
 POOL = "metalflow"
 POOL_TYPE = "process"
 CRASH_AUTOMATION = "metalflow: crash runs whose heartbeats stopped"
-#: Seconds between a flow run's heartbeats on ``metalflow worker`` (Prefect's minimum is 30;
-#: its default, for every other runner, is 180).
+RECOVER_AUTOMATION = "metalflow: recover what a crashed run left"
+#: The tag on every metalflow deployment, so on its runs: the automations watch only these.
+TAG = "metalflow"
+#: Seconds between a flow run's heartbeats on ``metalflow worker`` and ``metalflow serve``
+#: (Prefect's minimum is 30; its default, for every other runner, is 180).
 HEARTBEAT_SECONDS = 30
-#: A run that sent no heartbeat for this long is marked Crashed. The automation watches every
-#: run on the server, so the window must cover the slowest heartbeat of any runner: three of
-#: Prefect's default 180 s, with margin. With PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 on every
-#: worker (and ``serve``), ``metalflow deploy --crash-after 90`` detects a dead worker 6x faster.
-CRASH_AFTER_SECONDS = 600.0
+#: A metalflow run that sent no heartbeat for this long is marked Crashed: two missed
+#: heartbeats. Prefect notices about 20 s after the window (measured 77-82 s from a SIGKILL with
+#: 60 s), and recovery needs about 20 s more: two minutes from a dead worker to free hosts. A
+#: heartbeat more than 30 s late (a machine so loaded that a daemon thread did not run for 30 s)
+#: would be taken for a crash. The automation watches only runs tagged ``metalflow``, whose
+#: runners send one every 30 s; a pool worker started another way than ``metalflow worker``
+#: needs PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 too (Prefect's 180 s would look like a crash).
+CRASH_AFTER_SECONDS = 60.0
 #: How often an idle worker asks for runs. Prefect's default (10 s) adds up to 10 s between a
 #: trigger and the run's start; 2 s costs one small query per worker every 2 s.
 QUERY_SECONDS = 2
@@ -98,30 +109,46 @@ def ensure_pool(pool: str = POOL) -> None:
             )
 
 
+def _replace_automation(name: str) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for old in client.read_automations_by_name(name):
+            client.delete_automation(old.id)
+
+
+def _metalflow_runs() -> dict:
+    """The trigger's resources: flow runs tagged ``metalflow`` (from their deployment)."""
+    from prefect.events.schemas.events import ResourceSpecification
+
+    return {
+        "match": ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+        "match_related": ResourceSpecification(
+            {"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{TAG}"}
+        ),
+    }
+
+
 def ensure_crash_automation(within: float = CRASH_AFTER_SECONDS) -> str:
-    """The automation that marks a run Crashed when no heartbeat (and no final state) came for
-    ``within`` seconds after its last heartbeat. Replaces an older one of the same name so the
-    window follows the argument. Returns the automation's id."""
+    """The automation that marks a metalflow run Crashed when no heartbeat (and no final state)
+    came for ``within`` seconds after its last heartbeat. Replaces an older one of the same name
+    so the window follows the argument. Returns the automation's id."""
     from datetime import timedelta
 
     from prefect.automations import Automation
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
     from prefect.events.schemas.automations import EventTrigger, Posture
-    from prefect.events.schemas.events import ResourceSpecification
 
     if within <= HEARTBEAT_SECONDS:
         raise ValueError(
             f"crash window {within:.0f} s must be longer than the {HEARTBEAT_SECONDS} s between heartbeats"
         )
-    with get_client(sync_client=True) as client:
-        for old in client.read_automations_by_name(CRASH_AUTOMATION):
-            client.delete_automation(old.id)
+    _replace_automation(CRASH_AUTOMATION)
     automation = Automation(
         name=CRASH_AUTOMATION,
-        description="A worker died mid-run: the run stopped sending heartbeats. Rerun it; metalflow's "
-        "tasks converge from whatever state the hardware is in.",
+        description="A worker died mid-run: the run stopped sending heartbeats. The recover "
+        "automation then releases its host lock and finishes its rollback.",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat"},
             expect={
@@ -131,18 +158,43 @@ def ensure_crash_automation(within: float = CRASH_AFTER_SECONDS) -> str:
                 "prefect.flow-run.Cancelled",
                 "prefect.flow-run.Crashed",
             },
-            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
             within=timedelta(seconds=within),
+            **_metalflow_runs(),
         ),
         actions=[
             ChangeFlowRunState(  # type: ignore[call-arg]  # name and force have defaults
                 state=StateType.CRASHED,
-                message=f"no heartbeat for {within:.0f} s: the worker running it died; rerun it to converge",
+                message=f"no heartbeat for {within:.0f} s: the worker running it died; recover finishes its rollback",
             )
         ],
+    ).create()
+    return str(automation.id)  # type: ignore[union-attr]  # sync call: not a coroutine
+
+
+def ensure_recover_automation(recover_deployment_id: str) -> str:
+    """The automation that runs the ``recover`` deployment (a sweep: every host with records
+    of a dead run) each time a metalflow run is marked Crashed, by the crash automation, a
+    worker that saw its process die, or an operator. Returns the automation's id."""
+    from uuid import UUID
+
+    from prefect.automations import Automation
+    from prefect.events.actions import RunDeployment
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    _replace_automation(RECOVER_AUTOMATION)
+    automation = Automation(
+        name=RECOVER_AUTOMATION,
+        description="A metalflow run was marked Crashed: release its host lock and finish its rollback.",
+        trigger=EventTrigger(
+            expect={"prefect.flow-run.Crashed"},
+            posture=Posture.Reactive,
+            threshold=1,
+            **_metalflow_runs(),
+        ),
+        actions=[RunDeployment(source="selected", deployment_id=UUID(recover_deployment_id), parameters={})],  # type: ignore[call-arg]
     ).create()
     return str(automation.id)  # type: ignore[union-attr]  # sync call: not a coroutine
 
@@ -156,6 +208,7 @@ def deploy_all(
     ids = {f"{d.flow_name}/{d.name}": str(d.apply()) for d in pool_deployments(cfg, pool=pool, schedules=schedules)}
     if crash_after:
         ensure_crash_automation(crash_after)
+    ensure_recover_automation(ids["recover/metalflow"])
     return ids
 
 
@@ -280,6 +333,12 @@ class WorkerProcess:
         self.proc.wait(timeout=30)
         return runs
 
+    def kill_worker_only(self) -> None:
+        """SIGKILL the worker's process group only: its flow-run processes (each in a session
+        of its own) live on, writing to a pipe nobody reads any more."""
+        _killpg(self.pid)
+        self.proc.wait(timeout=30)
+
     def stop(self, timeout: float = 20.0) -> None:
         """A clean stop: SIGTERM to the worker, which stops polling; runs it started are left
         to finish (they are in their own sessions)."""
@@ -290,6 +349,93 @@ class WorkerProcess:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (ended, not yet reaped) is not running
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def supervise(
+    cmd: list[str],
+    env: Mapping[str, str],
+    *,
+    stop_grace: float,
+    rollback_grace: float,
+    say=print,
+    poll: float = 0.5,
+) -> int:
+    """Run the Prefect worker ``cmd`` as a child and stop it cleanly (``metalflow worker``).
+
+    On the first SIGINT or SIGTERM the worker is stopped at once (SIGTERM; SIGKILL after 10 s):
+    no new run is taken. Its running flow runs (processes in sessions of their own, which
+    outlive the worker and whose logs go to the API) may finish for ``stop_grace`` seconds; then,
+    or at a second signal, each gets SIGTERM, which Prefect raises in the flow as a termination
+    signal: metalflow's runbook rolls back what the run changed and the run ends. After
+    ``rollback_grace`` more seconds (or a third signal) what is left is killed, and ``recover``
+    finishes it. Returns the exit status (the worker's own when it ended by itself)."""
+    signals: list[int] = []
+
+    def note(signum: int, _frame: object) -> None:
+        signals.append(signum)
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        worker = subprocess.Popen(cmd, env=dict(env), start_new_session=True)
+        while not signals:
+            code = worker.poll()
+            if code is not None:
+                return code
+            time.sleep(poll)
+        runs = _children(worker.pid)
+        say(f"stopping: no new runs; {len(runs)} running, given {stop_grace:.0f} s to finish (again: stop them now)")
+        _signal_group(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _signal_group(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=10)
+
+        def wait_runs(seconds: float, signals_seen: int) -> list[int]:
+            deadline = time.monotonic() + seconds
+            while True:
+                left = [pid for pid in runs if _alive(pid)]
+                if not left or time.monotonic() >= deadline or len(signals) > signals_seen:
+                    return left
+                time.sleep(poll)
+
+        left = wait_runs(stop_grace, 1)
+        if left:
+            say(f"stopping {len(left)} runs: each rolls back what it changed ({rollback_grace:.0f} s at most)")
+            for pid in left:
+                _signal_group(pid, signal.SIGTERM)
+            left = wait_runs(rollback_grace, len(signals))
+        for pid in left:
+            say(f"killing run process {pid}: recover finishes its rollback once Prefect marks it Crashed")
+            _killpg(pid)
+        say("worker stopped")
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _killpg(pid: int) -> None:

@@ -11,8 +11,14 @@ host's lock and, per run:
 - otherwise its undos run newest first, each a visible task, each record going when its undo
   ran; one that fails stays (the host still needs recovery) and the run ends Failed saying so.
 
-Scheduled every ``recover_interval`` over every host (a host whose lock another run still
-holds is skipped until the next sweep), and on demand for one host (``host``).
+A dead run's host lock is released first: each run writes the lease id of the host lock it
+takes in the inventory (Prefect lists no leases), so the lock does not stay held until the
+lease expires (300 s by default).
+
+Started by Prefect the moment a run is marked Crashed (the automation made by
+``metalflow deploy``: ``deployments.workers.ensure_recover_automation``), scheduled every
+``recover_interval`` over every host (a host whose lock another run still holds is skipped until
+the next sweep), and on demand for one host (``host``).
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from metalflow.flows.models import HostRef
-from metalflow.flows.runbook import Runbook, host_lock, md_cell, publish_markdown
+from metalflow.flows.runbook import Runbook, canonical_host, host_lock, md_cell, publish_markdown
 from metalflow.flows.undo import ACTIONS
-from metalflow.integrations.inventory import UndoInfo
+from metalflow.integrations.common.names import host_lock_name
+from metalflow.integrations.inventory import LeaseInfo, UndoInfo
 from metalflow.tasks import clients
 from metalflow.tasks.common import logger
+from metalflow.tasks.locks import release_lease
 
 #: A run in one of these states may still undo its own changes: never touched.
 LIVE = frozenset({"SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"})
@@ -80,7 +88,15 @@ def recover_host(host: str, runs: dict[str, tuple[str, dict[str, Any], list[Undo
     failed: list[str] = []
     with host_lock(host, "recover", wait=wait), Runbook("recover", host) as rb:
         h = rb.load_host(host)
-        for run_id, (state, params, undos) in runs.items():
+        # Read again under the lock: another recovery (the sweep and the one a crash started)
+        # may have finished these records meanwhile, and the host may be someone else's since.
+        now_left: dict[str, list[UndoInfo]] = defaultdict(list)
+        for u in inv.undos.left(host):
+            now_left[u.run_id].append(u)
+        for run_id, (state, params, _) in runs.items():
+            undos = now_left.get(run_id, [])
+            if not undos:
+                continue
             if completed_anyway(state, params, h.last_vm_uuid):
                 inv.undos.clear(run_id)
                 rb.note("inventory", f"run {run_id}", f"{state}: every change was made, nothing to undo")
@@ -105,10 +121,32 @@ def recover_host(host: str, runs: dict[str, tuple[str, dict[str, Any], list[Undo
     return lines
 
 
+def release_dead_leases(leases: list[LeaseInfo], states: dict[str, str], host: str | None) -> list[str]:
+    """Release the host locks of runs no longer alive (of ``host`` only, when given); the lines
+    of what was released."""
+    lines = []
+    wanted = host_lock_name(canonical_host(host)) if host else None
+    for lease in leases:
+        if states.get(lease.run_id, "GONE") in LIVE or (wanted and lease.limit_name != wanted):
+            continue
+        try:
+            release_lease(lease.lease_id)
+        except Exception as exc:  # noqa: BLE001 - it expires on its own; the next sweep tries again
+            logger().warning("could not release %s of run %s: %s", lease.limit_name, lease.run_id, exc)
+            continue
+        clients.inventory().leases.released(lease.lease_id)
+        lines.append(f"{lease.limit_name}: released the lock of run {lease.run_id} ({states.get(lease.run_id)})")
+        logger().info("released %s, held by run %s (%s)", lease.limit_name, lease.run_id, states.get(lease.run_id))
+    return lines
+
+
 @flow(name="recover", flow_run_name=_name, log_prints=True)
 def recover(host: HostRef | None = None) -> dict[str, Any]:
     """Finish the rollback of every run that died on ``host`` (all hosts when None)."""
     inv = clients.inventory()
+    # Records first, run states after: a lease or undo read here whose run is found dead below
+    # belongs to that dead attempt (a rerun of the same run would be found alive).
+    leases = inv.leases.of_runs()
     left = inv.undos.left(host) if host else inv.undos.left()
     by_host: dict[str, dict[str, list[UndoInfo]]] = defaultdict(lambda: defaultdict(list))
     for u in left:
@@ -116,15 +154,21 @@ def recover(host: HostRef | None = None) -> dict[str, Any]:
     done: list[str] = []
     problems: list[str] = []
     by_state: dict[str, dict[str, tuple[str, dict[str, Any], list[UndoInfo]]]] = {}
-    if by_host:
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    if by_host or leases:
         from prefect.client.orchestration import get_client
 
         with get_client(sync_client=True) as client:  # one client for the whole sweep
-            for name, runs in by_host.items():
-                by_state[name] = {run_id: (*run_state(client, run_id), undos) for run_id, undos in runs.items()}
+            found = {
+                run_id: run_state(client, run_id) for run_id in {x.run_id for x in leases} | {u.run_id for u in left}
+            }
+    states = {run_id: state for run_id, (state, _) in found.items()}
+    for name, runs in by_host.items():
+        by_state[name] = {run_id: (*found[run_id], undos) for run_id, undos in runs.items()}
+    done += release_dead_leases(leases, states, host)
     for name, runs_now in sorted(by_state.items()):
         # a run still alive may roll itself back: never touched
-        dead = {run_id: found for run_id, found in runs_now.items() if found[0] not in LIVE}
+        dead = {run_id: entry for run_id, entry in runs_now.items() if entry[0] not in LIVE}
         if not dead:
             continue
         try:

@@ -75,8 +75,25 @@ def host_lock(host: str, operation: str, wait: float = LOCK_WAIT_SECONDS) -> Ite
         )
     if time.monotonic() - started > 1:
         log.info("got the lock on %s after %.0f s", host, time.monotonic() - started)
-    with held:
-        yield
+    run_id = flow_run.id
+    recorded = False
+    if run_id:
+        # Written down so that recovery can release it the moment this run is marked Crashed
+        # (Prefect lists no leases; without the record a dead run holds the host for the lease).
+        try:
+            clients.inventory().leases.held(str(run_id), name, held.lease_id)
+            recorded = True
+        except Exception as exc:  # noqa: BLE001 - the lock is held; only its early release is lost
+            log.warning("the lock on %s was not recorded (a crash would hold it for its lease): %s", host, exc)
+    try:
+        with held:
+            yield
+    finally:
+        if recorded:
+            try:
+                clients.inventory().leases.released(held.lease_id)
+            except Exception as exc:  # noqa: BLE001 - a stale record of a released lease is harmless
+                log.warning("the released lock on %s is still recorded: %s", host, exc)
 
 
 # --- markdown artifacts: one cell escape, one publisher ------------------------------------------

@@ -83,6 +83,12 @@ def acquire(name: str, lease: float, until: float, *, on_wait: Callable[[], None
     return lease_locks().acquire(name, lease, until, holder=_holder(), on_wait=on_wait)
 
 
+def release_lease(lease_id: str) -> None:
+    """Give back a lease another process took (a run that died holding it): Prefect frees its
+    slot now instead of when the lease expires. A lease already gone is not an error."""
+    lease_locks().release(lease_id)
+
+
 @contextmanager
 def switch_lock(switch: str, wait: float = SWITCH_LOCK_WAIT) -> Iterator[None]:
     """Hold ``switch`` for one session. Runs of this process queue on a local lock first; with

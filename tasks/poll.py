@@ -75,6 +75,7 @@ def apply_outcome(
     outcome: BulkPowerResult,
     log: logging.Logger | logging.LoggerAdapter[Any],
     journal: Callable[..., None] = write_journal,
+    recover: Callable[..., object] | None = None,
 ) -> list[PowerTransition]:
     """What both ways of polling do with what recording readings did: say which hosts went
     into or out of maintenance, journal the power states that changed behind metalflow's back.
@@ -87,7 +88,44 @@ def apply_outcome(
         log.info("%s answers again: out of maintenance", name)
     changed = [t for t in outcome.transitions if t.changed and not t.stale]
     journal_changes(changed, journal)
+    (recover or recover_when_answering)(outcome, log)
     return changed
+
+
+#: The deployment a BMC answering again starts for its host when a rollback is left unfinished.
+RECOVER_DEPLOYMENT = "recover/metalflow"
+
+
+def recover_when_answering(
+    outcome: BulkPowerResult,
+    log: logging.Logger | logging.LoggerAdapter[Any],
+    start: Callable[[str], object] | None = None,
+) -> list[str]:
+    """Hosts whose BMC answers again (a reading after a failed one) and that still have undo
+    records (a rollback that met the silent BMC): start ``recover`` for each now, instead of at
+    the next scheduled sweep. Returns those hosts. Never fails the poll."""
+    back = [t.host for t in outcome.transitions if t.previous == "unknown" and t.state != "unknown" and not t.stale]
+    if not back:
+        return []
+    try:
+        waiting = {u.host for u in clients.inventory().undos.left()}
+    except Exception as exc:  # noqa: BLE001 - the sweep will see them
+        log.warning("could not read the hosts that need recovery: %s", exc)
+        return []
+    todo = [h for h in back if h in waiting]
+    for host in todo:
+        try:
+            (start or _start_recover)(host)
+            log.info("%s answers again and has a rollback left: recover started", host)
+        except Exception as exc:  # noqa: BLE001 - the scheduled sweep retries
+            log.warning("%s answers again; recover not started (%s): the next sweep retries", host, exc)
+    return todo
+
+
+def _start_recover(host: str) -> None:
+    from prefect.deployments import run_deployment
+
+    run_deployment(RECOVER_DEPLOYMENT, parameters={"host": host}, timeout=0, as_subflow=False)
 
 
 @dataclass

@@ -62,6 +62,11 @@ class Settings(BaseModel, frozen=True):
     #: automation's window this bounds how long a dead worker's host stays half-done.
     recover_interval: float = Field(60.0, gt=0)
     stop_soft_timeout: float = Field(30.0, gt=0)
+    #: ``metalflow worker`` on SIGINT/SIGTERM: it stops taking runs at once, lets the running
+    #: ones finish for this many seconds, then stops them (each rolls back its changes), giving
+    #: each ``worker_rollback_grace`` seconds for that before it is killed (recover finishes).
+    worker_stop_grace: float = Field(600.0, ge=0)
+    worker_rollback_grace: float = Field(300.0, ge=0)
     #: Seconds a host lock outlives a run that stopped renewing it (its worker died); Prefect
     #: renews it every 3/4 of that while the run lives. Prefect's minimum is 60.
     host_lock_lease: float = Field(300.0, ge=60, le=86400)

@@ -23,6 +23,7 @@ PORT_VLANS_TABLE = "port_vlans"
 HOST_EVENTS_TABLE = "host_events"
 HOST_CLAIMS_TABLE = "host_claims"
 RUN_UNDOS_TABLE = "run_undos"
+RUN_LEASES_TABLE = "run_leases"
 
 _NOT_A_NAME = re.compile(r"[^a-z0-9-]+")
 

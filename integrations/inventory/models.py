@@ -34,6 +34,7 @@ from metalflow.integrations.common.names import (
     HOST_NICS_TABLE,
     HOSTS_TABLE,
     PORT_VLANS_TABLE,
+    RUN_LEASES_TABLE,
     RUN_UNDOS_TABLE,
     SWITCHES_TABLE,
 )
@@ -272,3 +273,20 @@ class RunUndo(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     host: Mapped[Host] = relationship()
+
+
+class RunLease(Base):
+    """A host lock a run holds: the lease id of its Prefect global concurrency limit (issue 18).
+    Prefect keeps a lease until it expires or its holder releases it, and offers no way to list
+    them: the id is known only to the process that took it. Written here when taken, removed
+    when released, it lets recovery release the lock of a run marked Crashed at once instead of
+    waiting out the lease."""
+
+    __tablename__ = RUN_LEASES_TABLE
+    __table_args__ = (UniqueConstraint("lease_id"), Index(None, "run_id"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64))
+    limit_name: Mapped[str] = mapped_column(String(128))
+    lease_id: Mapped[str] = mapped_column(String(64))
+    taken_at: Mapped[datetime] = mapped_column(default=utcnow)

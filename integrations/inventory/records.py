@@ -385,3 +385,13 @@ class UndoInfo:
             u.detail,
             u.created_at,
         )
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """A host lock a run holds (``LeaseRepository``): the limit and Prefect's lease id."""
+
+    run_id: str
+    limit_name: str
+    lease_id: str
+    taken_at: datetime

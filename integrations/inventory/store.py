@@ -6,7 +6,9 @@ tasks touch it.
 - ``ports`` (``PortRepository``): switches, cabled ports, desired VLANs;
 - ``power`` (``PowerRepository``): power readings and maintenance;
 - ``history`` (``JournalRepository``): the per-host journal;
-- ``claims`` (``ClaimRepository``): placement claims.
+- ``claims`` (``ClaimRepository``): placement claims;
+- ``undos`` (``UndoRepository``): the undo stacks of runs, persisted;
+- ``leases`` (``LeaseRepository``): the host locks runs hold, by lease id.
 
 Every repository method runs in its own short transaction (``session.Database``) and
 returns frozen dataclasses. Callers say which repository they mean (``inv.hosts.get(...)``,
@@ -24,6 +26,7 @@ from sqlalchemy.orm import Session
 from metalflow.integrations.inventory.claims import ClaimRepository
 from metalflow.integrations.inventory.hosts import HostRepository
 from metalflow.integrations.inventory.journal import JournalRepository
+from metalflow.integrations.inventory.leases import LeaseRepository
 from metalflow.integrations.inventory.ports import PortRepository
 from metalflow.integrations.inventory.power import MAINTENANCE_AFTER, PowerRepository
 from metalflow.integrations.inventory.session import Database
@@ -57,6 +60,7 @@ class Inventory:
         self.history = JournalRepository(self.db)
         self.claims = ClaimRepository(self.db)
         self.undos = UndoRepository(self.db)
+        self.leases = LeaseRepository(self.db)
 
     def __repr__(self) -> str:
         return f"Inventory({self.engine.url.render_as_string(hide_password=True)!r})"

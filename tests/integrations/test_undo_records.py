@@ -97,3 +97,24 @@ def test_unknown_actions_and_bad_records_are_refused(inv):
         inv.undos.push("host-001", "run-1", "provision", 0, "big", "rename", {"name": "x" * 5000})
     with pytest.raises(InventoryError, match="run_id"):
         inv.undos.push("host-001", "", "provision", 0, "l", "rename", {})
+
+
+def test_the_host_locks_runs_hold_are_recorded_until_released(inv):
+    """The lease id of a host lock (only the process that took it knows it; Prefect lists no
+    leases) is written down when taken and gone when released, so recovery can release the lock
+    of a run that died."""
+    inv.leases.held("run-a", "host-host-002", "lease-1")
+    inv.leases.held("run-a", "host-host-002", "lease-1")  # idempotent
+    inv.leases.held("run-b", "host-host-003", "lease-2")
+    assert [(x.run_id, x.limit_name, x.lease_id) for x in inv.leases.of_runs()] == [
+        ("run-a", "host-host-002", "lease-1"),
+        ("run-b", "host-host-003", "lease-2"),
+    ]
+    assert [x.lease_id for x in inv.leases.of_runs(["run-b"])] == ["lease-2"]
+    inv.leases.released("lease-1")
+    inv.leases.released("lease-1")  # already gone: no error
+    assert [x.lease_id for x in inv.leases.of_runs()] == ["lease-2"]
+    with pytest.raises(InventoryError, match="lease_id"):
+        inv.leases.held("run-c", "host-host-002", "x" * 65)
+    with pytest.raises(InventoryError, match="run_id"):
+        inv.leases.held("", "host-host-002", "lease-3")

@@ -18,29 +18,12 @@ from metalflow.lab.postgres import LocalPostgres, PostgresUnavailable, free_port
 from tests.conftest import free_block
 from tests.e2e.conftest import E2E
 
-#: Seconds without a heartbeat before the crash automation marks a run Crashed. Heartbeats come
-#: every 30 s (Prefect's minimum), so 60 s is two missed heartbeats: short for the test, still
-#: clear of a heartbeat that is a few seconds late on a busy machine.
-CRASH_AFTER = 60.0
-
-#: The settings the scale stack runs with (metalflow's own, through the environment).
+#: The settings the scale stack runs with (metalflow's own, through the environment). The crash
+#: window, the host lock's lease, the workers' poll and the Prefect server are left at their
+#: defaults: the worker-kill tests measure what an installation gets out of the box.
 SETTINGS = {
     "METALFLOW_POWER_POLL_INTERVAL": "30",  # several scheduled polls during the module
     "METALFLOW_AUDIT_INTERVAL": "60",
-    # A dead run's host lock frees 90 s after its last renewal (production: 300 s). Renewed
-    # every 3/4 of it, so a renewal may be ~22 s late on a busy machine before the lock is lost.
-    "METALFLOW_HOST_LOCK_LEASE": "90",
-}
-
-#: Prefect server settings that make the test wait less (all documented in docs/scale-out.md).
-SERVER_ENV = {
-    "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "2",  # expired leases revoked within 2 s
-    "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": "2",  # waiters re-ask every ≤ 2 s
-}
-
-WORKER_ENV = {
-    "PREFECT_WORKER_QUERY_SECONDS": "1",
-    "PREFECT_WORKER_PREFETCH_SECONDS": "5",
 }
 
 
@@ -92,11 +75,8 @@ def scale(postgres, tmp_path_factory) -> Scale:
         ),
         serve_env={"METALFLOW_INVENTORY_URL": postgres.url("inventory"), **SETTINGS},
         prefect_database_url=postgres.url("prefect", "asyncpg"),
-        server_extra_env=SERVER_ENV,
         workers=2,
         worker_limit=3,
-        worker_extra_env=WORKER_ENV,
-        crash_after=CRASH_AFTER,
     )
     stack.start()
     yield Scale(stack, postgres)
