@@ -536,11 +536,13 @@ def test_no_secret_in_any_run_log_artifact_or_parameter(e2e, hosts):
 
 
 def test_a_rollback_that_meets_a_silent_bmc_is_finished_by_recover(e2e, hosts):
-    """Issue 18, point 3: the deploy fails and, while it rolls back, the BMC refuses every
-    login: the release's erase cannot power the machine (MAAS: Failed disk erasing) and the
+    """Issue 18, point 3: the deploy fails and, while it rolls back, the BMC goes silent (drops
+    every packet, the power-poll's sessions too): the release's erase cannot power the machine (MAAS: Failed disk erasing) and the
     power-off fails. The run ends ROLLBACK INCOMPLETE and its undo records stay in the
-    inventory (the host is not handed out). Once the BMC answers, ``recover`` replays what is
-    left (MAAS allows a release from Failed disk erasing) and the host is idle."""
+    inventory (the host is not handed out). Once the BMC answers, the power-poll sees it (a
+    sweep run here in place of its schedule) and starts ``recover`` for the host by itself,
+    which replays what is left (MAAS allows a release from Failed disk erasing): the host is
+    idle with no recovery asked for."""
     host = "host-005"
     free(e2e, host)
     e2e.lab.control("POST", "/faults/maas", {"fail_next": "deploy"})
@@ -554,8 +556,10 @@ def test_a_rollback_that_meets_a_silent_bmc_is_finished_by_recover(e2e, hosts):
             ),
             timeout=120,
         )
-        e2e.lab.control("POST", f"/faults/bmc/{host}", {"mode": "reject_auth"})
+        e2e.lab.control("POST", f"/faults/bmc/{host}", {"mode": "silent"})
         done = e2e.wait(run.id, 300)
+        # The power-poll (one sweep here, in place of its schedule) finds the BMC silent.
+        assert e2e.run("power-poll", window=0, timeout=120).ok
     finally:
         e2e.lab.reset_faults()
     assert done.state_type == "FAILED" and "ROLLBACK INCOMPLETE" in done.message, done.message
@@ -564,8 +568,13 @@ def test_a_rollback_that_meets_a_silent_bmc_is_finished_by_recover(e2e, hosts):
     assert left.get("power off") == "failed", left
     assert all(u.run_id == done.id for u in inv.undos.left(host))
 
-    recovered = e2e.run("recover", host=host, timeout=300)
-    assert recovered.ok, recovered.message
+    # The faults are gone (reset above): the BMC answers again, and the next poll sees it.
+    assert e2e.run("power-poll", window=0, timeout=120).ok
+    def recovered() -> list[dict]:
+        runs = post(e2e, "flow_runs/filter", {"flow_runs": {"name": {"any_": [f"recover {host}"]}}}).json()
+        return [r for r in runs if r["state"]["type"] == "COMPLETED"]
+
+    wait_until("a recover run of the host, started by the power-poll", recovered, timeout=150, interval=1)
     assert inv.undos.left(host) == []
     assert_idle(e2e, host)
     # and a sweep finds nothing more to do
