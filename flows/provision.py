@@ -14,6 +14,7 @@ from enum import StrEnum
 from prefect import flow
 
 from metalflow.flows.models import EraseMode, HostRef, Vm
+from metalflow.flows.recover import finish_left_rollbacks
 from metalflow.flows.runbook import Refused, Runbook, Shown, host_lock, run_name
 from metalflow.integrations.inventory import HostInfo
 from metalflow.integrations.maas import MaasNotFound, Machine, NodeStatus
@@ -136,6 +137,8 @@ def provision(host: HostRef, vm: Vm, erase_on_failure: EraseMode | None = None) 
     cfg = settings()
     with host_lock(host, "provision"), Runbook("provision", host, vm.name) as rb:
         h = rb.load_host(host)
+        if finish_left_rollbacks(rb, h):  # a dead run's or an unfinished rollback's leftovers
+            h = rb.load_host(host)
         checked = check_constraints(rb, h, vm)
         if checked.case is Case.A:
             # The NIC list is the truth here too: CloudStack's retried create carries it.

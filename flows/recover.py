@@ -34,7 +34,7 @@ from metalflow.flows.models import HostRef
 from metalflow.flows.runbook import Runbook, canonical_host, host_lock, md_cell, publish_markdown
 from metalflow.flows.undo import ACTIONS
 from metalflow.integrations.common.names import host_lock_name
-from metalflow.integrations.inventory import LeaseInfo, UndoInfo
+from metalflow.integrations.inventory import HostInfo, LeaseInfo, UndoInfo
 from metalflow.tasks import clients
 from metalflow.tasks.common import logger
 from metalflow.tasks.locks import release_lease
@@ -81,6 +81,67 @@ def completed_anyway(state: str, params: dict[str, Any], carried: str | None) ->
     return uuid is not None and carried == uuid
 
 
+def replay(rb: Runbook, h: HostInfo, undos: list[UndoInfo]) -> list[str]:
+    """Run the persisted ``undos`` (of one run) newest first, each record going when its undo
+    ran; one that fails is marked and kept, and the others still run. The labels that failed."""
+    inv = clients.inventory()
+    failed = []
+    for u in sorted(undos, key=lambda u: u.seq, reverse=True):
+        try:
+            result = ACTIONS[u.action](rb, h, u.params)
+        except Exception as exc:  # noqa: BLE001 - keep undoing; the record stays
+            inv.undos.failed(u.run_id, u.seq, f"{type(exc).__name__}: {exc}")
+            rb.note("rollback", f"{u.label} FAILED", str(exc))
+            failed.append(u.label)
+            continue
+        inv.undos.done(u.run_id, u.seq)
+        rb.note("rollback", u.label, result)
+    return failed
+
+
+def finish_left_rollbacks(rb: Runbook, h: HostInfo) -> int:
+    """At the start of an operation holding ``h``'s lock: finish what runs that died (or whose
+    rollback met a fault) left on the host, so the operation starts from the idle state (MAAS
+    Ready, off, PXE). This run's own earlier attempt (a rerun from the UI has the same run id)
+    is left alone while its records are all pending: the rerun converges from where it stopped;
+    once one of them failed its rollback had begun, and it is finished too. Returns the number
+    of undos replayed; raises ``RecoveryIncomplete`` when one still fails (nothing else done)."""
+    inv = clients.inventory()
+    by_run: dict[str, list[UndoInfo]] = defaultdict(list)
+    for u in inv.undos.left(h.name):
+        by_run[u.run_id].append(u)
+    mine = by_run.get(rb.run_id, [])
+    if mine and all(u.state == "pending" for u in mine):
+        del by_run[rb.run_id]
+    if not by_run:
+        return 0
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        states = {run_id: run_state(client, run_id) for run_id in by_run if run_id != rb.run_id}
+    failed: list[str] = []
+    replayed = 0
+    for run_id, undos in by_run.items():
+        state, params = states.get(run_id, ("RUNNING", {}))
+        if run_id != rb.run_id and state in LIVE:
+            raise RecoveryIncomplete(
+                f"{h.name}: run {run_id} is {state} and left undo records, yet this run holds the host's "
+                "lock; wait for it to end (or cancel it), then rerun this one"
+            )
+        if run_id != rb.run_id and completed_anyway(state, params, h.last_vm_uuid):
+            inv.undos.clear(run_id)
+            continue
+        logger().info("finishing the rollback run %s left on %s (%d undos)", run_id, h.name, len(undos))
+        failed += replay(rb, h, undos)
+        replayed += len(undos)
+    if failed:
+        raise RecoveryIncomplete(
+            f"{h.name}: the rollback an earlier run left ({', '.join(failed)}) still did not finish; "
+            "fix what stops it (the BMC? MAAS?) and rerun"
+        )
+    return replayed
+
+
 def recover_host(host: str, runs: dict[str, tuple[str, dict[str, Any], list[UndoInfo]]], *, wait: float) -> list[str]:
     """Finish the dead runs of one host under its lock; the lines of what was done."""
     inv = clients.inventory()
@@ -102,16 +163,7 @@ def recover_host(host: str, runs: dict[str, tuple[str, dict[str, Any], list[Undo
                 rb.note("inventory", f"run {run_id}", f"{state}: every change was made, nothing to undo")
                 lines.append(f"{host}: run {run_id} ({state}) completed its changes: records cleared")
                 continue
-            for u in sorted(undos, key=lambda u: u.seq, reverse=True):
-                try:
-                    result = ACTIONS[u.action](rb, h, u.params)
-                except Exception as exc:  # noqa: BLE001 - keep undoing; the record stays
-                    inv.undos.failed(run_id, u.seq, f"{type(exc).__name__}: {exc}")
-                    rb.note("rollback", f"{u.label} FAILED", str(exc))
-                    failed.append(u.label)
-                    continue
-                inv.undos.done(run_id, u.seq)
-                rb.note("rollback", u.label, result)
+            failed += replay(rb, h, undos)
             lines.append(f"{host}: run {run_id} ({state}): {len(undos)} undos replayed")
         if failed:
             raise RecoveryIncomplete(

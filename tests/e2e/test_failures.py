@@ -580,3 +580,38 @@ def test_a_rollback_that_meets_a_silent_bmc_is_finished_by_recover(e2e, hosts):
     # and a sweep finds nothing more to do
     sweep = e2e.run("recover", timeout=120)
     assert sweep.ok and sweep.name == "recover (sweep)", sweep.message
+
+
+def test_a_rerun_of_a_provision_whose_rollback_did_not_finish_completes(e2e, hosts):
+    """Issue 18, point 3: the same unfinished rollback (MAAS: Failed disk erasing, the machine
+    on), then the operator fixes the BMC and reruns the failed run from the UI at once, before
+    any recovery: the rerun first finishes the rollback its first attempt left (MAAS allows a
+    release from Failed disk erasing), then provisions; the host carries the VM."""
+    host = "host-006"
+    free(e2e, host)
+    spec = vm("rerun-01", 161)
+    e2e.lab.control("POST", "/faults/maas", {"fail_next": "deploy"})
+    try:
+        run = e2e.trigger("provision", host=host, vm=spec)
+        wait_until(
+            "the provision's deploy wait",
+            lambda: any(
+                t["name"].startswith("wait-for-deployed") and (t["state"] or {}).get("type") == "RUNNING"
+                for t in task_runs(e2e, run.id)
+            ),
+            timeout=120,
+        )
+        e2e.lab.control("POST", f"/faults/bmc/{host}", {"mode": "reject_auth"})
+        done = e2e.wait(run.id, 300)
+    finally:
+        e2e.lab.reset_faults()
+    assert done.state_type == "FAILED" and "ROLLBACK INCOMPLETE" in done.message, done.message
+    assert machine(e2e, host).status.name == "FAILED_DISK_ERASING"
+    assert e2e.inventory().undos.left(host)
+
+    again = rerun(e2e, run.id, timeout=300)
+    assert again.ok, again.message
+    assert_runs(e2e, host, spec)
+    assert e2e.inventory().undos.left(host) == []
+    assert "finishing the rollback run" in logs(e2e, run.id)
+    free(e2e, host)
