@@ -10,6 +10,7 @@ from prefect import flow
 
 from metalflow.flows.models import EraseMode, HostRef
 from metalflow.flows.provision import OWNER_TAG_PREFIXES, idle_name, status_of
+from metalflow.flows.recover import finish_left_rollbacks
 from metalflow.flows.runbook import Runbook, Shown, host_lock, run_name
 from metalflow.integrations.maas import NodeStatus
 from metalflow.tasks import inventory as inv_t
@@ -28,6 +29,10 @@ def destroy(host: HostRef, erase: EraseMode | None = None, wait_for_erase: bool 
     with host_lock(host, "destroy"), Runbook("destroy", host, failed="failed (a rerun continues from here)") as rb:
         h = rb.load_host(host)
         rb.subject = h.last_vm_name or ""
+        # What a dead run or an unfinished rollback left goes first: the host ends idle with
+        # no records, handed out again (its undos are idempotent, the steps below no-ops then).
+        if finish_left_rollbacks(rb, h):
+            h = rb.load_host(host)
         rb.step("power off", ipmi.power_off, h)
         rb.step(
             "tenant VLANs off, PXE VLAN back",
