@@ -1,9 +1,11 @@
 """audit: read every cabled port back from the switches, compare with the VLANs the
 inventory says each should carry, report drift; with ``repair`` converge it. Scheduled.
 
-It also releases the placement leases that ran out (issue 17): a machine the CloudStack
-extension's ``prepare`` set aside for a VM that CloudStack then expunged without ever calling
-the extension again (a VM whose first start failed gets no ``delete``).
+It lists what metalflow made and no longer needs (``tasks.litter``: preseed files, MAAS tags),
+and removes it with ``repair`` (issue 18). It also releases the placement leases that ran out
+(issue 17): a machine the CloudStack extension's ``prepare`` set aside for a VM that CloudStack
+then expunged without ever calling the extension again (a VM whose first start failed gets no
+``delete``).
 
 Reading is one session per switch and takes no lock. A repair is a change like any other: it
 takes the host's lock (a host busy with another operation is skipped, not fought over: that
@@ -29,6 +31,7 @@ from metalflow.tasks import clients, switches
 from metalflow.tasks import inventory as inv_t
 from metalflow.tasks.common import logger, write_journal
 from metalflow.tasks.inventory import PortState, targets_from
+from metalflow.tasks.litter import Litter, find_litter, remove_litter
 
 #: How long a repair waits for a host's lock before it skips the host (seconds, after the
 #: first second's try).
@@ -139,6 +142,14 @@ def audit(repair: bool = False) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - the port audit goes on; the next audit tries again
         leases = []
         problems.append(f"leases not checked: {exc}")
+    litter: list[Litter] = []
+    cleaned: list[str] = []
+    try:
+        litter = find_litter()
+        if repair and litter:
+            cleaned = remove_litter(litter)
+    except Exception as exc:  # noqa: BLE001 - the port audit goes on; the next audit tries again
+        problems.append(f"litter not {'removed' if litter else 'checked'}: {exc}")
     for sw in switches_:
         targets, owners = desired_targets(inv.ports.switch_vlans(sw.name))
         ports += len(targets)
@@ -189,9 +200,21 @@ def audit(repair: bool = False) -> dict[str, Any]:
         logger().warning("VLAN drift on %d ports%s", len(drift), f" ({repaired} repaired)" if repair else "")
     if leases:
         lines += ["", f"## {len(leases)} expired leases released", ""] + [f"- {md_cell(x, 300)}" for x in leases]
+    if litter:
+        lines += ["", f"## {len(litter)} things metalflow made and no longer needs", ""]
+        lines += [f"- {x.kind} `{md_cell(x.name, 200)}`: {md_cell(x.why, 200)}" for x in litter]
+        lines += ["", f"{len(cleaned)} removed" if repair else "run `audit` with repair=true to remove them"]
+        logger().warning("%d things metalflow made and no longer needs%s", len(litter), " (removed)" if cleaned else "")
     if problems:
         lines += ["", "## incomplete", ""] + [f"- {p}" for p in problems]
     publish_markdown("audit", "\n".join(lines), f"drift on {len(drift)} ports")
     if problems:
         raise AuditIncomplete("; ".join(problems))
-    return {"ports": ports, "drift": drift, "repaired": repaired, "leases_released": leases}
+    return {
+        "ports": ports,
+        "drift": drift,
+        "repaired": repaired,
+        "leases_released": leases,
+        "litter": [f"{x.kind} {x.name}" for x in litter],
+        "litter_removed": cleaned,
+    }

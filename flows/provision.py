@@ -180,6 +180,7 @@ def provision(host: HostRef, vm: Vm, erase_on_failure: EraseMode | None = None) 
             rb.undo_action("remove ownership tags", "untag", h, prefixes=list(OWNER_TAG_PREFIXES))
             rb.step("ownership tags", maas.tag_machine, h, tags)
 
+        rb.undo_action("remove the curtin preseed", "remove-preseeds", h, hostname=vm.name)
         preseed = rb.step(
             "curtin preseed",
             maas.deliver_preseed,
@@ -201,6 +202,8 @@ def provision(host: HostRef, vm: Vm, erase_on_failure: EraseMode | None = None) 
             cfg.deploy_timeout,
             phase="deploy",
         )
+        # Installed: MAAS will not read the preseed again (a reinstall writes its own).
+        rb.step("remove the used curtin preseed", maas.remove_preseeds, h, vm.name)
 
         rb.undo_action("boot device PXE", "boot-device", h, device=BootFrom.PXE.value, persistent=True)
         rb.step("boot device disk", ipmi.set_boot_device, h, BootFrom.DISK, True)

@@ -54,6 +54,10 @@ def _untag(rb: Runbook, h: HostInfo, p: Mapping[str, Any]) -> object:
     return rb.run(maas.untag_machine, h, [str(x) for x in p["prefixes"]])
 
 
+def _remove_preseeds(rb: Runbook, h: HostInfo, p: Mapping[str, Any]) -> object:
+    return rb.run(maas.remove_preseeds, h, str(p["hostname"]))
+
+
 def _boot_device(rb: Runbook, h: HostInfo, p: Mapping[str, Any]) -> object:
     return rb.run(ipmi.set_boot_device, h, BootFrom(p["device"]), bool(p["persistent"]))
 
@@ -69,6 +73,7 @@ ACTIONS: Mapping[str, UndoFn] = MappingProxyType(
         "power-off": _power_off,
         "release-with-erase": _release,
         "untag": _untag,
+        "remove-preseeds": _remove_preseeds,
         "boot-device": _boot_device,
         "ports": _ports,
     }

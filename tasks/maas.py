@@ -9,8 +9,8 @@ from enum import StrEnum
 from metalflow.integrations.common import Deadline, Secret
 from metalflow.integrations.common.values import CRYPT_HASH_FIX, BadValue, parse_crypt_hash, parse_secret_ref
 from metalflow.integrations.inventory import HostInfo
-from metalflow.integrations.maas import MaasError, MaasTimeout, MaasWrongState, Machine, NodeStatus
-from metalflow.integrations.maas.preseed import render_preseed
+from metalflow.integrations.maas import TAG_COMMENT, MaasError, MaasTimeout, MaasWrongState, Machine, NodeStatus
+from metalflow.integrations.maas.preseed import hostname_of, is_ours, render_preseed
 from metalflow.tasks import clients
 from metalflow.tasks.common import logger, runbook_task
 from metalflow.tasks.credentials import resolve
@@ -174,6 +174,13 @@ def untag_machine(host: HostInfo, prefixes: list[str]) -> list[str]:
     removed = [t for t in current.tag_names if any(t.startswith(p) for p in prefixes)]
     for tag in removed:
         m.remove_tag(current.system_id, tag)
+    # A tag metalflow created that no machine carries any more goes too (an account's tag stays
+    # while another of its machines carries it). A provision tagging with it at this moment
+    # makes it again (``MaasClient.add_tag``).
+    ours = {t.name for t in m.tags() if t.comment == TAG_COMMENT}
+    for tag in removed:
+        if tag in ours and not m.tag_machines(tag):
+            m.delete_tag(tag)
     return removed
 
 
@@ -217,6 +224,20 @@ def deliver_preseed(
     )
     clients.preseed_store().write(rendered.filename, rendered.text)
     return DeliveredPreseed(rendered.filename, rendered.masked().text)
+
+
+@runbook_task(system="maas", name="remove-preseeds", run_name="remove-preseeds {host.name} {hostname}")
+def remove_preseeds(host: HostInfo, hostname: str) -> list[str]:
+    """Remove the per-node preseed files metalflow wrote for ``hostname`` (a VM's name): once
+    MAAS deployed the machine, or when the deployment is rolled back. Files metalflow did not
+    write (no mark) stay."""
+    store = clients.preseed_store()
+    gone = []
+    for name in store.names():
+        if hostname_of(name) == hostname and is_ours(store.read(name)):
+            store.remove(name)
+            gone.append(name)
+    return gone
 
 
 def _root_password_hash(ref: str) -> Secret:

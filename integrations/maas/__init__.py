@@ -22,6 +22,7 @@ from metalflow.integrations.maas.errors import (
 )
 from metalflow.integrations.maas.models import (
     FAILED_STATES,
+    TAG_COMMENT,
     WAIT_FAILURE_STATES,
     BootResource,
     Fabric,
@@ -30,6 +31,7 @@ from metalflow.integrations.maas.models import (
     Machine,
     NodeStatus,
     Subnet,
+    Tag,
     Vlan,
 )
 from metalflow.integrations.maas.preseed import (
@@ -47,7 +49,9 @@ from metalflow.integrations.maas.wire import ApiKey, CallRecord
 __all__ = [
     "ApiKey",
     "BOND_MODES",
+    "TAG_COMMENT",
     "BootResource",
+    "Tag",
     "CallRecord",
     "ERASE_MODES",
     "FAILED_STATES",

@@ -37,6 +37,7 @@ from metalflow.integrations.maas.errors import (
     MaasWrongState,
 )
 from metalflow.integrations.maas.models import (
+    TAG_COMMENT,
     WAIT_FAILURE_STATES,
     BootResource,
     Fabric,
@@ -44,6 +45,7 @@ from metalflow.integrations.maas.models import (
     Machine,
     NodeStatus,
     Subnet,
+    Tag,
     split_image_name,
 )
 from metalflow.integrations.maas.watch import StatusWatch
@@ -567,15 +569,23 @@ class MaasClient:
         """Tag the machine, creating the tag first if MAAS does not have it. Returns the
         machine read back; a tag that did not stick is an error."""
         tag = _check_tag(tag)
-        self._ensure_tag(tag)
-        self.wire.request(
-            "POST",
-            resource_path("tags", tag),
-            op="update_nodes",
-            data={"add": system_id},
-            system_id=system_id,
-            idempotent=True,
-        )
+        for attempt in range(2):
+            self._ensure_tag(tag)
+            try:
+                self.wire.request(
+                    "POST",
+                    resource_path("tags", tag),
+                    op="update_nodes",
+                    data={"add": system_id},
+                    system_id=system_id,
+                    idempotent=True,
+                )
+                break
+            except MaasNotFound:
+                # Deleted between our read and our add (the last machine carrying it was
+                # untagged and the tag cleaned up): made again, once.
+                if attempt:
+                    raise
         machine = self.machine(system_id)
         if tag not in machine.tag_names:
             raise MaasError(
@@ -607,6 +617,23 @@ class MaasClient:
             )
         return machine
 
+    def tags(self) -> tuple[Tag, ...]:
+        """Every tag MAAS holds."""
+        return tuple(Tag.from_api(d) for d in self.wire.request("GET", "tags/") or ())
+
+    def tag_machines(self, tag: str) -> tuple[str, ...]:
+        """The system ids of the machines carrying ``tag``; () for a tag MAAS does not know."""
+        try:
+            data = self.wire.request("GET", resource_path("tags", _check_tag(tag)), op="machines")
+        except MaasNotFound:
+            return ()
+        return tuple(str(m["system_id"]) for m in data or ())
+
+    def delete_tag(self, tag: str) -> None:
+        """Delete the tag (MAAS takes it off every machine); one already gone is deleted."""
+        with contextlib.suppress(MaasNotFound):
+            self.wire.request("DELETE", resource_path("tags", _check_tag(tag)), idempotent=True)
+
     def _ensure_tag(self, tag: str) -> None:
         try:
             self.wire.request("GET", resource_path("tags", tag))
@@ -614,7 +641,7 @@ class MaasClient:
         except MaasNotFound:
             pass
         try:
-            self.wire.request("POST", "tags/", data={"name": tag, "comment": "created by metalflow"})
+            self.wire.request("POST", "tags/", data={"name": tag, "comment": TAG_COMMENT})
         except MaasValidationError as exc:
             # Someone created it between our read and our create: that is what we wanted.
             if "already exists" not in " ".join(" ".join(v) for v in exc.fields.values()).lower():

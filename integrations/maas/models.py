@@ -378,3 +378,21 @@ def split_image_name(name: str, *, bare_os: str | None = None) -> tuple[str | No
         osystem, release = name.split("/", 1)
         return osystem, release
     return bare_os, name
+
+
+@dataclass(frozen=True)
+class Tag:
+    """A MAAS tag (``GET tags/``: name, comment, definition, kernel_opts). A manual tag has an
+    empty ``definition``; metalflow's carry the comment ``TAG_COMMENT``."""
+
+    name: str
+    comment: str = ""
+    definition: str = ""
+
+    @classmethod
+    def from_api(cls, d: Mapping[str, Any]) -> Tag:
+        return cls(str(d["name"]), str(d.get("comment") or ""), str(d.get("definition") or ""))
+
+
+#: The comment metalflow gives the tags it creates: what tells them from an operator's.
+TAG_COMMENT = "created by metalflow"

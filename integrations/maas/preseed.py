@@ -75,7 +75,7 @@ _COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", re.ASCII)
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,254}", re.ASCII)
 _TEMPITA = re.compile(r"\{\{(.*?)\}\}", re.S)
 _JINJA_COMMENT = re.compile(r"\[#.*?#\]", re.S)
-_TEMPITA_DIRECTIVE = re.compile(r"^\s*(for|endfor|if|elif|else|endif|py:|#|default|inherit|def|enddef)\b")
+_TEMPITA_DIRECTIVE = re.compile(r"^\s*(?:(?:for|endfor|if|elif|else|endif|default|inherit|def|enddef)\b|py:|#)")
 
 
 def _preseed_error(exc: BadValue) -> PreseedError:
@@ -301,7 +301,29 @@ def render_preseed(
         msg = mask_preseed(str(getattr(exc, "message", None) or exc), sensitive)
         raise PreseedError(f"the preseed template did not render: {msg}") from None
     validate_preseed(text, source=source, required_keys=required_keys, sensitive=sensitive)
-    return RenderedPreseed(text, filename, sensitive)
+    return RenderedPreseed(mark_ours(text), filename, sensitive)
+
+
+#: The last line of every preseed file metalflow writes, whatever the template: a Tempita
+#: comment (MAAS drops the whole line when it renders the file). It tells metalflow's files
+#: from an operator's, so cleaning up never touches a file metalflow did not write.
+OURS_MARK = "{{# written by metalflow; removed once its deployment no longer needs it }}"
+
+
+def mark_ours(text: str) -> str:
+    return text if is_ours(text) else text.rstrip("\n") + "\n" + OURS_MARK + "\n"
+
+
+def is_ours(text: str) -> bool:
+    return OURS_MARK in text
+
+
+def hostname_of(name: str) -> str | None:
+    """The node a per-node preseed file is for (its last ``_`` part), None for any other
+    file: ``curtin_userdata_ubuntu_amd64_generic_jammy_vm-42`` -> ``vm-42`` (a host name has no
+    ``_``; the other parts may)."""
+    parts = name.split("_")
+    return parts[-1] if name.startswith(PRESEED_PREFIX + "_") and len(parts) >= 7 else None
 
 
 # -- delivery -----------------------------------------------------------------------------
@@ -328,6 +350,9 @@ class PreseedStore(Protocol):
 
     def remove(self, name: str) -> None:
         """Remove ``name``; an absent file is already removed."""
+
+    def names(self) -> list[str]:
+        """The ``curtin_userdata*`` files in the directory, sorted."""
 
 
 class LocalPreseedStore:
@@ -393,6 +418,14 @@ class LocalPreseedStore:
             self._path(name).unlink()
         except FileNotFoundError:
             pass
+
+    def names(self) -> list[str]:
+        try:
+            return sorted(p.name for p in self.directory.iterdir() if p.name.startswith(PRESEED_PREFIX) and p.is_file())
+        except OSError as exc:
+            raise PreseedStoreError(
+                f"could not list the preseeds: {exc.strerror}", target=str(self.directory), operation="list"
+            ) from None
 
 
 class SftpPreseedStore:
@@ -563,6 +596,12 @@ class SftpPreseedStore:
                 pass  # already gone: removing is idempotent
 
         self._run("remove", name, op)
+
+    def names(self) -> list[str]:
+        def op(sftp: Any, path: str) -> list[str]:
+            return sorted(n for n in sftp.listdir(self.directory) if n.startswith(PRESEED_PREFIX))
+
+        return self._run("list", PRESEED_PREFIX, op)
 
 
 def _safe_reason(exc: BaseException, password: Secret | None) -> str:

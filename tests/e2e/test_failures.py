@@ -19,12 +19,14 @@ import json
 import uuid
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 import requests
 
 from metalflow.integrations.common import Deadline
 from metalflow.integrations.common.names import host_lock_name as lock_name
+from metalflow.integrations.maas import TAG_COMMENT
 from metalflow.integrations.prefectapi import PrefectBadRequest, idempotency_key
 
 HOSTS = ("host-005", "host-006", "host-007")
@@ -352,10 +354,11 @@ def test_deploy_failure_rolls_back_and_a_rerun_completes(e2e, hosts):
     # The compensation is visible: task runs of this flow run, tagged, in reverse order of
     # the changes; and the report lists each undo.
     undone = rollback_tasks(e2e, run.id)
-    expected = ["untag-machine", "release-machine", "wait-for-ready", "power-off", "rename-machine"]
+    expected = ["remove-preseeds", "untag-machine", "release-machine", "wait-for-ready", "power-off", "rename-machine"]
     assert [n.split()[0] for n in undone] == expected, undone
     md = report(e2e, run.id)
-    for label in ("remove ownership tags", "release with erase", "power off", "rename back"):
+    labels = ("remove the curtin preseed", "remove ownership tags", "release with erase", "power off", "rename back")
+    for label in labels:
         assert f"| rollback | {label} |" in md, md
 
     # The fault was one-shot; clear everything anyway, then do what the UI's Retry does.
@@ -394,6 +397,7 @@ def test_switch_dropping_every_retry_rolls_back_and_a_rerun_completes(e2e, hosts
         "want-ports",
         "converge-ports",
         "set-boot-device",
+        "remove-preseeds",
         "untag-machine",
         "release-machine",
         "wait-for-ready",
@@ -570,6 +574,7 @@ def test_a_rollback_that_meets_a_silent_bmc_is_finished_by_recover(e2e, hosts):
 
     # The faults are gone (reset above): the BMC answers again, and the next poll sees it.
     assert e2e.run("power-poll", window=0, timeout=120).ok
+
     def recovered() -> list[dict]:
         runs = post(e2e, "flow_runs/filter", {"flow_runs": {"name": {"any_": [f"recover {host}"]}}}).json()
         return [r for r in runs if r["state"]["type"] == "COMPLETED"]
@@ -615,3 +620,23 @@ def test_a_rerun_of_a_provision_whose_rollback_did_not_finish_completes(e2e, hos
     assert e2e.inventory().undos.left(host) == []
     assert "finishing the rollback run" in logs(e2e, run.id)
     free(e2e, host)
+
+
+def test_after_the_faults_and_destroy_audit_finds_no_litter(e2e, hosts):
+    """Issue 18, point 4: after this module's faults (rollbacks, dropped sessions, a silent
+    BMC, interleaved provisions) and a destroy of every host, nothing metalflow made is left
+    that nobody needs: no preseed file it wrote, no MAAS tag it created that no machine
+    carries. An operator's own preseed file and tag are never taken for litter."""
+    preseeds = Path(e2e.stack.manifest["maas"]["preseed_dir"])
+    (preseeds / "curtin_userdata_ubuntu_amd64_generic_jammy_operators-own").write_text("#cloud-config\n{}\n")
+    maas = e2e.maas()
+    maas.wire.request("POST", "tags/", data={"name": "operators-tag", "comment": "kept by the operator"})
+    for host in hosts:
+        free(e2e, host)
+    run = e2e.run("audit", timeout=180)
+    assert run.ok, run.message
+    md = report(e2e, run.id)
+    assert "no longer needs" not in md, md
+    assert sorted(p.name for p in preseeds.iterdir()) == ["curtin_userdata_ubuntu_amd64_generic_jammy_operators-own"]
+    assert [t.name for t in maas.tags() if t.comment == TAG_COMMENT] == []
+    assert "operators-tag" in {t.name for t in maas.tags()}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -211,6 +212,7 @@ def test_provision_one_nic_host(e2e, state):
         "curtin preseed",
         "deploy ubuntu/jammy",
         "wait for Deployed",
+        "remove the used curtin preseed",
         "boot device disk",
         "guest VLAN 101 untagged",
         "reboot",
@@ -221,6 +223,9 @@ def test_provision_one_nic_host(e2e, state):
     preseed = md.split("## curtin preseed", 1)[1]
     assert "usermod -p '***' root" in preseed and "ssh-ed25519 *** ops@example" in preseed
     assert PW_HASH not in md and "flowsalt" not in md and KEY_BODY not in md
+    # Installed, the preseed (the root password's hash, the keys) is not left in MAAS's directory.
+    left = [p.name for p in Path(e2e.stack.manifest["maas"]["preseed_dir"]).iterdir() if "flows-one" in p.name]
+    assert left == [], left
 
     steps = journal(e2e, host, run)
     for step in (
@@ -231,6 +236,7 @@ def test_provision_one_nic_host(e2e, state):
         "deliver-preseed",
         "deploy-machine",
         "wait-for-status",
+        "remove-preseeds",
         "set-boot-device",
         "reboot",
         "record-vm",

@@ -17,6 +17,7 @@ import yaml
 
 from metalflow.integrations.common import Backoff, Secret
 from metalflow.integrations.maas import (
+    TAG_COMMENT,
     LocalPreseedStore,
     MaasAuthFailed,
     MaasClient,
@@ -27,6 +28,7 @@ from metalflow.integrations.maas import (
     MaasValidationError,
     MaasWrongState,
     NodeStatus,
+    Tag,
     render_preseed,
 )
 
@@ -144,7 +146,13 @@ def test_allocate_tags_bond_and_links(env):
     m = client.add_tag(sid, "account-acme")
     m = client.add_tag(sid, "account-acme")  # already there: still fine
     assert "account-acme" in m.tag_names
+    # the tags it creates say so: what cleaning up goes by (never an operator's tag)
+    assert Tag("account-acme", TAG_COMMENT) in client.tags() and client.tag_machines("account-acme") == (sid,)
     assert "account-acme" not in client.remove_tag(sid, "account-acme").tag_names
+    assert client.tag_machines("account-acme") == ()  # defined, carried by no machine: litter
+    client.delete_tag("account-acme")
+    client.delete_tag("account-acme")  # already gone: no error
+    assert "account-acme" not in {t.name for t in client.tags()} and client.tag_machines("account-acme") == ()
     assert client.remove_tag(sid, "never-created").tag_names == ()
     with pytest.raises(ValueError, match="tag"):
         client.add_tag(sid, "acme corp")

@@ -24,8 +24,12 @@ from metalflow.integrations.maas import (
     render_preseed,
 )
 from metalflow.integrations.maas.preseed import (
+    OURS_MARK,
     check_password_hash,
     check_ssh_key,
+    hostname_of,
+    is_ours,
+    mark_ours,
     substitute_tempita,
     tempita_placeholders,
     validate_preseed,
@@ -75,7 +79,26 @@ def test_tempita_placeholders_pass_through_untouched():
         "endfor",
         "node_disable_pxe_url",
         "node_disable_pxe_data",
+        "# written by metalflow; removed once its deployment no longer needs it",  # the mark, a comment
     }
+
+
+def test_every_file_metalflow_writes_carries_its_mark_and_only_those_are_its_own(tmp_path):
+    """The mark (a Tempita comment, dropped by MAAS when it renders) is what lets cleaning up
+    tell metalflow's files from an operator's, whatever template rendered them."""
+    r = render_preseed(**INPUTS)
+    assert r.text.endswith(OURS_MARK + "\n") and is_ours(r.text) and r.text.count(OURS_MARK) == 1
+    assert mark_ours(r.text) == r.text  # once
+    assert "#cloud-config" in mark_ours("#cloud-config\na: 1\n").splitlines()[0]  # never before the first line
+    assert not is_ours("#cloud-config\n# an operator's preseed\n")
+    assert hostname_of("curtin_userdata_ubuntu_amd64_generic_jammy_vm-42") == "vm-42"
+    assert hostname_of("curtin_userdata_custom_amd64_generic_my_image_vm-42") == "vm-42"
+    assert hostname_of("curtin_userdata_ubuntu_amd64") is None and hostname_of("other_file") is None
+    store = LocalPreseedStore(tmp_path)
+    store.write(r.filename, r.text)
+    store.write("curtin_userdata_ubuntu", "an operator's")
+    (tmp_path / "README").write_text("not a preseed")
+    assert store.names() == ["curtin_userdata_centos_amd64_generic_centos70_vm-42", "curtin_userdata_ubuntu"]
 
 
 def test_rendered_yaml_has_the_seed_structure():
@@ -363,6 +386,13 @@ class _FsSftp(paramiko.SFTPServerInterface):
 
     lstat = stat
 
+    def list_folder(self, path):
+        try:
+            real = self._real(path)
+            return [paramiko.SFTPAttributes.from_stat(os.stat(os.path.join(real, n)), n) for n in os.listdir(real)]
+        except OSError as e:
+            return paramiko.SFTPServer.convert_errno(e.errno)
+
     def remove(self, path):
         try:
             os.remove(self._real(path))
@@ -456,6 +486,8 @@ def test_sftp_store_round_trip(sftp_server):
     store.write(r.filename, "second\n")  # replaces atomically over the old file
     assert store.read(r.filename) == "second\n" and store.exists(r.filename)
     assert os.listdir(on_disk.parent) == [r.filename]
+    (on_disk.parent / "README").write_text("not a preseed")
+    assert store.names() == [r.filename]
     store.remove(r.filename)
     store.remove(r.filename)
     assert not store.exists(r.filename)
