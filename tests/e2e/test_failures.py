@@ -570,6 +570,7 @@ def test_a_rollback_that_meets_a_silent_bmc_is_finished_by_recover(e2e, hosts):
 
     # The faults are gone (reset above): the BMC answers again, and the next poll sees it.
     assert e2e.run("power-poll", window=0, timeout=120).ok
+
     def recovered() -> list[dict]:
         runs = post(e2e, "flow_runs/filter", {"flow_runs": {"name": {"any_": [f"recover {host}"]}}}).json()
         return [r for r in runs if r["state"]["type"] == "COMPLETED"]
