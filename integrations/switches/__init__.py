@@ -6,6 +6,8 @@
         s.remove_vlan("1/1/1", 10)
         s.add_vlan("1/1/1", 100, tagged=False)
     dialect_for("CiscoIOS").commands_for("add", "Gi1/0/1", 100, tagged=True)   # offline
+    driver.vlan_table()     # {100: frozenset({"TenGigabitEthernet 1/1/1"}), 200: frozenset()}
+    driver.delete_vlan(200)  # refused while a port carries it; verified; cisco_ios, force10 only
 
 Never imports Prefect.
 """
@@ -19,6 +21,7 @@ from metalflow.integrations.switches.errors import (
     SwitchAuthFailed,
     SwitchCommandFailed,
     SwitchError,
+    SwitchNotSupported,
     SwitchParseError,
     SwitchSessionLost,
     SwitchUnreachable,
@@ -42,6 +45,7 @@ __all__ = [
     "SwitchCommandFailed",
     "SwitchDriver",
     "SwitchError",
+    "SwitchNotSupported",
     "SwitchParseError",
     "SwitchSessionLost",
     "SwitchUnreachable",

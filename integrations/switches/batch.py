@@ -111,6 +111,16 @@ class PortSession(Protocol):
     def remove_vlan(self, port: str, vlan: int) -> None: ...
 
 
+class VlanSession(PortSession, Protocol):
+    """What the VLAN audit uses of ``integrations.switches.Session`` besides the port
+    operations: the switch's VLAN table and the deletion of one unused VLAN definition
+    (``SwitchNotSupported`` on dialects without them). The group commit does not use these."""
+
+    def vlan_table(self) -> dict[int, frozenset[str]]: ...
+
+    def delete_vlan(self, vlan: int) -> None: ...
+
+
 #: Opens a session on the switch, holding the switch while it lasts; the session saves when
 #: the block ends without an error, or in any case with ``force_save=True``
 #: (``SwitchDriver.session()`` under the switch lock: ``tasks.locks.switch_lock``).

@@ -13,6 +13,11 @@ Templates are ``str.format`` strings. Fields available to every template:
 - ``untagged``: the port's untagged VLAN after the change (1, the default, when none);
 - ``native``: the same, for trunk-style templates;
 - ``allowed``: the trunk allowed list after the change: tagged VLANs plus the native one.
+
+The switch-level VLAN table (every defined VLAN and the ports that carry it) and the deletion
+of one VLAN definition are data too: ``vlan_table_commands`` with ``parse_vlan_table``, and a
+``delete_vlan`` template (field ``vlan``). Only dialects a lab simulator checks declare them;
+the others raise SwitchNotSupported rather than guess a switch's words.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from metalflow.integrations.common.values import BadValue, parse_vlan, show
-from metalflow.integrations.switches.errors import InvalidPort, InvalidVlan
+from metalflow.integrations.switches.errors import InvalidPort, InvalidVlan, SwitchNotSupported
 from metalflow.integrations.switches.model import (
     ALL_VLANS,
     DEFAULT_VLAN,
@@ -67,6 +72,11 @@ class Dialect:
     templates: ClassVar[Mapping[str, tuple[str, ...]]]
     required_templates: ClassVar[tuple[str, ...]] = DELTA_TEMPLATES
     read_commands: ClassVar[tuple[str, ...]]
+    # The VLAN table (every defined VLAN -> the ports carrying it) and ``templates["delete_vlan"]``:
+    # empty / absent where no simulator checks them (SwitchNotSupported).
+    vlan_table_commands: ClassVar[tuple[str, ...]] = ()
+    # VLANs the switch defines by itself and never deletes: left out of the VLAN table.
+    reserved_vlans: ClassVar[frozenset[int]] = frozenset({DEFAULT_VLAN})
     config_enter: ClassVar[str] = "configure terminal"
     config_exit: ClassVar[str] = "end"
     save_command: ClassVar[str] = "write memory"
@@ -162,12 +172,61 @@ class Dialect:
     def read_commands_for(self, port: str) -> list[str]:
         return [c.format(port=self.validate_port(port)) for c in self.read_commands]
 
+    @property
+    def has_vlan_table(self) -> bool:
+        """Whether this dialect can read the VLAN table and delete a VLAN definition."""
+        return bool(self.vlan_table_commands) and bool(self.templates.get("delete_vlan"))
+
+    def _require_vlan_table(self, operation: str) -> None:
+        if not self.has_vlan_table:
+            raise SwitchNotSupported(
+                f"VLAN table not supported for dialect {self.name}: metalflow reads and deletes VLAN "
+                "definitions only on the dialects its lab simulates (cisco_ios, force10); clean this "
+                "switch's VLANs by hand",
+                operation=operation,
+            )
+
+    def vlan_table_commands_for(self) -> list[str]:
+        """The show commands whose outputs ``parse_vlan_table`` reads (SwitchNotSupported)."""
+        self._require_vlan_table("read VLAN table")
+        return list(self.vlan_table_commands)
+
+    def delete_vlan_commands(self, vlan: int) -> list[str]:
+        """The CLI lines (inside config mode) that delete VLAN ``vlan``'s definition. Refuses,
+        before any connection, a dialect without them (SwitchNotSupported), VLAN 1 and any
+        VLAN the switch reserves (InvalidVlan)."""
+        self._require_vlan_table("delete VLAN")
+        if isinstance(vlan, int) and not isinstance(vlan, bool) and vlan in self.reserved_vlans:
+            raise InvalidVlan(
+                f"VLAN {vlan} is reserved on {self.name} switches (default VLANs "
+                f"{format_vlan_list(self.reserved_vlans)}) and is never deleted",
+                operation="delete VLAN",
+            )
+        vlan = self.validate_vlan(vlan)
+        return [t.format(vlan=vlan) for t in self.templates["delete_vlan"]]
+
     # ----- output -----------------------------------------------------------------------------
 
     def parse(self, port: str, outputs: Sequence[str]) -> PortVlans:
         """The membership of ``port`` (canonical name) from the read commands' outputs, in
         order. Raises ValueError when the output cannot be understood."""
         raise NotImplementedError
+
+    def parse_vlan_table(self, outputs: Sequence[str]) -> dict[int, frozenset[str]]:
+        """Every VLAN defined on the switch (reserved ones left out) -> the ports that carry
+        it, tagged or untagged, from the outputs of ``vlan_table_commands``, in order. A port
+        is named as ``validate_port`` gives it, or as printed when the dialect's grammar does
+        not cover it (a port-channel): it still counts. Raises ValueError when the output
+        cannot be understood: a line skipped could hide a port that carries a VLAN."""
+        self._require_vlan_table("read VLAN table")
+        raise NotImplementedError
+
+    def port_or_printed(self, name: str) -> str:
+        """``validate_port(name)``, or ``name`` as printed when it is not a front-panel port."""
+        try:
+            return self.validate_port(name)
+        except InvalidPort:
+            return name
 
     def scan(self, output: str, *, retryable: bool = True) -> ErrorMatch | None:
         """The first error in a command's answer: retryable patterns win over fatal ones.
@@ -207,6 +266,23 @@ def interface_block(output: str, header: re.Pattern[str], *, indented: bool = Tr
                 body.append(text)
             return body
     raise ValueError("the output has no configuration block for the port")
+
+
+def interface_blocks(output: str) -> dict[str, list[str]]:
+    """Every ``interface NAME`` block of a whole running-config (IOS style: the body indented,
+    blocks ended by ``!`` or the next unindented line): name as printed -> stripped body."""
+    blocks: dict[str, list[str]] = {}
+    body: list[str] | None = None
+    for line in output.splitlines():
+        text = line.strip()
+        if line[:1].isspace() and body is not None:
+            if text:
+                body.append(text)
+            continue
+        body = None
+        if m := re.fullmatch(r"interface\s+(\S+(?:\s+\S+)?)", text):
+            body = blocks.setdefault(m.group(1), [])
+    return blocks
 
 
 def switchport_mode(lines: Sequence[str]) -> str:

@@ -24,6 +24,12 @@ finds everything in place has nothing left to save. If the session itself is los
 cannot; the error's ``applied`` lists what is in the running config unsaved, and a rerun
 with ``session(force_save=True)`` saves it. Junos is transactional: a failed session's
 candidate is discarded, so nothing was applied.
+
+Switch-level VLAN definitions (for the audit): ``vlan_table()`` reads every defined VLAN and
+the ports that carry it; ``delete_vlan(vlan)`` reads the table, refuses a VLAN a port still
+carries (SwitchWrongState naming the ports), deletes the definition, reads the table back
+(SwitchVerifyFailed if it is still there) and saves like any change. Both exist only for the
+dialects that declare the commands (SwitchNotSupported otherwise, before any connection).
 """
 
 from __future__ import annotations
@@ -137,6 +143,14 @@ class SwitchDriver:
     def port_vlans(self, port: str) -> PortVlans:
         return self._call(lambda s: s.port_vlans(port), port)
 
+    def vlan_table(self) -> dict[int, frozenset[str]]:
+        self.dialect.vlan_table_commands_for()  # SwitchNotSupported here, before any connection
+        return self._in_session(lambda s: s.vlan_table())
+
+    def delete_vlan(self, vlan: int) -> None:
+        self.dialect.delete_vlan_commands(vlan)  # unsupported dialect, VLAN 1: refused here
+        self._in_session(lambda s: s.delete_vlan(vlan))
+
     @contextmanager
     def session(self, *, force_save: bool = False) -> Iterator[Session]:
         """One SSH session for many changes and one save at the end (only if something
@@ -167,6 +181,10 @@ class SwitchDriver:
         self.dialect.validate_port(port)  # bad input fails here, before any connection
         if vlan is not None:
             self.dialect.validate_vlan(vlan)
+        return self._in_session(fn)
+
+    def _in_session(self, fn: Callable[[Session], _T]) -> _T:
+        """``fn`` in the session open in this thread, or in a session of its own."""
         with self._lock:
             if self._session is not None:
                 return fn(self._session)
@@ -250,6 +268,60 @@ class Session:
         port = self._d.dialect.validate_port(port)
         self._open()  # the connect has its own deadline; the read gets a whole one
         return self._read(port, self._d._deadline(), "read port VLANs")
+
+    def vlan_table(self) -> dict[int, frozenset[str]]:
+        """Every VLAN defined on the switch (VLAN 1 and the dialect's other reserved VLANs
+        left out) -> the ports that carry it, untagged or tagged (trunks included), named as
+        the dialect's ``validate_port`` names them (a port-channel as the switch prints it).
+        An empty set: defined, and no port carries it."""
+        self._d.dialect.vlan_table_commands_for()  # SwitchNotSupported before connecting
+        self._open()
+        return self._read_table(self._d._deadline(), "read VLAN table")
+
+    def delete_vlan(self, vlan: int) -> None:
+        """Delete VLAN ``vlan``'s definition from the switch, if it is defined (a rerun finds
+        it gone and does nothing). Refuses VLAN 1 and reserved VLANs (InvalidVlan) and a
+        VLAN that any port still carries (SwitchWrongState naming the ports, nothing sent);
+        reads the table back after the change (SwitchVerifyFailed if it is still defined).
+        Saved at the end of the session, as every change is."""
+        d, target = self._d.dialect, self._d.target
+        lines = d.delete_vlan_commands(vlan)  # NotSupported, InvalidVlan: before connecting
+        what = f"delete VLAN {vlan}"
+        self._open()
+        deadline = self._d._deadline()
+
+        def attempt() -> None:
+            before = self._read_table(deadline, what)
+            if vlan not in before:
+                log.info("switch %s: %s: already so (not defined)", target, what)
+                return
+            if before[vlan]:
+                ports = ", ".join(sorted(before[vlan]))
+                raise SwitchWrongState(
+                    f"VLAN {vlan} is still carried by port(s) {ports}: take it off them (or let the "
+                    "audit leave it) before deleting its definition",
+                    target=target,
+                    operation=what,
+                    evidence=f"VLAN {vlan}: {ports}",
+                )
+            self._configure(lines, deadline, what, "")
+            after = self._read_table(deadline, what)
+            if vlan in after:
+                raise SwitchVerifyFailed(
+                    f"VLAN {vlan} is still defined after {' / '.join(lines)!r}",
+                    target=target,
+                    operation=what,
+                    evidence=f"VLAN {vlan} read back with ports: {', '.join(sorted(after[vlan])) or 'none'}",
+                    expected="not defined",
+                    observed=after[vlan],
+                )
+            self.applied.append(what)
+            log.info("switch %s: %s (verified: no longer defined)", target, what)
+
+        def note(n: int, exc: BaseException, delay: float) -> None:
+            log.info("switch %s: %s: %s; retrying in %.1f s", target, what, exc, delay)
+
+        retry(attempt, transient=_busy, deadline=deadline, backoff=self._d.busy_backoff, on_retry=note)
 
     # ----- one change -----------------------------------------------------------------------
 
@@ -413,6 +485,17 @@ class Session:
                 target=f"{self._d.target} port {port}",
                 operation=what,
                 evidence=excerpt,
+            ) from None
+
+    def _read_table(self, deadline: Deadline, what: str) -> dict[int, frozenset[str]]:
+        d = self._d.dialect
+        outputs = [self._send(c, deadline, what, scan="fatal") for c in d.vlan_table_commands_for()]
+        try:
+            return d.parse_vlan_table(outputs)
+        except ValueError as exc:
+            excerpt = " | ".join(" ".join(o.split())[:150] for o in outputs)
+            raise SwitchParseError(
+                f"could not read the VLAN table: {exc}", target=self._d.target, operation=what, evidence=excerpt
             ) from None
 
     def _save(self) -> None:

@@ -82,5 +82,11 @@ class SwitchWrongState(SwitchError):
     membership first). Not transient: the caller must change the plan."""
 
 
+class SwitchNotSupported(SwitchError):
+    """The dialect has no commands for this operation (the VLAN table and VLAN deletion exist
+    for the simulated dialects only: no commands are guessed for switches nothing tested).
+    Found before any connection; not transient."""
+
+
 class SwitchParseError(SwitchError):
     """The read-back output could not be understood: we will not guess a port's VLANs."""
