@@ -3,7 +3,7 @@
 The suite spends most of its time waiting: on Prefect servers, on flow runs, on simulated
 MAAS deploys and BMC deadlines. Groups side by side keep both cores busy and cut the wall
 time. The groups never share a loopback block: e2e from 30 (first); scale from 60,
-integration tests 60-62 and 150, the fuzz suite none (it starts no simulator, only a loopback
+integration tests 60-62, 150 and 155, the fuzz suite none (it starts no simulator, only a loopback
 listener on a free port), lab tests 20 and 50-52 (second); the benchmarks' smoke runs 70-90,
 the canary test from 40 and cloudstack from 45, with CloudStack's lifecycle through the lab's
 CloudStack since issue 17 (third). Measured on two cores: two halves took 17:24 and 15:43;
