@@ -1,7 +1,7 @@
 """audit: read every cabled port back from the switches, compare with the VLANs the
 inventory says each should carry, report drift; with ``repair`` converge it. Scheduled.
 
-It lists what metalflow made and no longer needs (``tasks.litter``: preseed files, MAAS tags),
+It lists what metalflow made and no longer needs (``tasks.litter``: preseed files, MAAS tags, VLAN definitions),
 and removes it with ``repair`` (issue 18). It also releases the placement leases that ran out
 (issue 17): a machine the CloudStack extension's ``prepare`` set aside for a VM that CloudStack
 then expunged without ever calling the extension again (a VM whose first start failed gets no
@@ -31,7 +31,7 @@ from metalflow.tasks import clients, switches
 from metalflow.tasks import inventory as inv_t
 from metalflow.tasks.common import logger, write_journal
 from metalflow.tasks.inventory import PortState, targets_from
-from metalflow.tasks.litter import Litter, find_litter, remove_litter
+from metalflow.tasks.litter import Litter, find_litter, remove_litter, switch_vlan_litter
 
 #: How long a repair waits for a host's lock before it skips the host (seconds, after the
 #: first second's try).
@@ -151,6 +151,12 @@ def audit(repair: bool = False) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - the port audit goes on; the next audit tries again
         problems.append(f"litter not {'removed' if litter else 'checked'}: {exc}")
     for sw in switches_:
+        try:
+            found, deleted = switch_vlan_litter(sw, repair)
+            litter += found
+            cleaned += deleted
+        except Exception as exc:  # noqa: BLE001 - one unreadable switch must not hide the others
+            problems.append(f"{sw.name}: VLAN definitions not checked: {exc}")
         targets, owners = desired_targets(inv.ports.switch_vlans(sw.name))
         ports += len(targets)
         if not targets:

@@ -8,8 +8,12 @@
 - **MAAS tags** metalflow created (comment ``TAG_COMMENT``) that no machine carries: the
   ownership tags of VMs long gone. Left alone while a provision is tagging (a pending ``untag``
   record): the tag it just made may not be on its machine yet.
+- **VLAN definitions** on switches that metalflow made (the switch had no such VLAN until a
+  port change of metalflow's created it: ``tasks.switches`` records it) and that no port
+  carries any more, nor is meant to. Only on switches whose dialect can read its VLAN table.
 
-Never what metalflow did not create: a file without the mark, a tag with another comment."""
+Never what metalflow did not create: a file without the mark, a tag with another comment, a
+VLAN an operator had defined."""
 
 from __future__ import annotations
 
@@ -18,12 +22,15 @@ from dataclasses import dataclass
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from metalflow.integrations.inventory import SwitchInfo
 from metalflow.integrations.maas import TAG_COMMENT
 from metalflow.integrations.maas.preseed import hostname_of, is_ours
 from metalflow.tasks import clients
+from metalflow.tasks.switches import vlan_litter
 
 PRESEED = "curtin preseed"
 TAG = "MAAS tag"
+VLAN = "VLAN definition"
 
 
 @dataclass(frozen=True)
@@ -75,3 +82,18 @@ def remove_litter(items: list[Litter]) -> list[str]:
             maas.delete_tag(item.name)
             done.append(f"{item.kind} {item.name}: deleted")
     return done
+
+
+@task(
+    name="switch-vlan-litter",
+    task_run_name="switch-vlan-litter {sw.name}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=[2, 10],
+)
+def switch_vlan_litter(sw: SwitchInfo, remove: bool) -> tuple[list[Litter], list[str]]:
+    """The VLAN definitions metalflow made on ``sw`` that nothing carries (and those deleted)."""
+    found, deleted = vlan_litter(sw, remove=remove)
+    items = [Litter(VLAN, f"{sw.name} VLAN {v}", "made by metalflow, carried by no port") for v in found]
+    return items, [f"{VLAN} {sw.name} VLAN {v}: deleted" for v in deleted]

@@ -3,6 +3,12 @@
 Ports are converged through the process's group commit (``integrations.switches.batch``: one
 session per switch shared by the runs of this process converging ports on it at the same
 time), a part of the process's ``Runtime``; each run logs its own ports, in its own run.
+
+Adding a VLAN to a port creates its definition on the switch when it had none. Before its
+first add of a VLAN on a switch, metalflow reads the switch's VLAN table (where the dialect has
+one) and records whether the definition was there (``found``: an operator's) or not (``made``:
+the add creates it); the first look at a switch records every definition there as found. The
+audit deletes only ``made`` definitions that no port carries any more (``vlan_litter``).
 """
 
 from __future__ import annotations
@@ -10,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import groupby
+from typing import Any
 
 from metalflow.integrations.inventory import HostInfo, SwitchInfo
-from metalflow.integrations.switches import PortVlans
+from metalflow.integrations.switches import PortVlans, SwitchNotSupported, SwitchParseError
 from metalflow.integrations.switches.batch import PortSession, PortTarget, SessionOpener, SwitchBatches
 from metalflow.tasks import clients
 from metalflow.tasks.common import logger, runbook_task
@@ -54,6 +61,74 @@ def converge_switch(
     return [f"{switch}: {line}" for line in out.commands]
 
 
+class _RecordingSession:
+    """A switch session as the group commit uses it, which records who made a VLAN's
+    definition before metalflow first adds that VLAN to a port of the switch."""
+
+    def __init__(self, session: Any, switch: str) -> None:
+        self._s, self._switch = session, switch
+        self._known: dict[int, str] | None = None
+        self._table = True  # the dialect has a VLAN table (until it says otherwise)
+        self._emptied: set[int] = set()  # VLANs metalflow made that this session took off a port
+
+    def __getattr__(self, name: str) -> Any:  # port_vlans, remove_vlan, commands, applied
+        return getattr(self._s, name)
+
+    def add_vlan(self, port: str, vlan: int, tagged: bool) -> None:
+        self._note(vlan)
+        self._s.add_vlan(port, vlan, tagged)
+        self._emptied.discard(vlan)
+
+    def remove_vlan(self, port: str, vlan: int) -> None:
+        self._s.remove_vlan(port, vlan)
+        if self._table and self._origins().get(vlan) == "made":
+            self._emptied.add(vlan)
+
+    def _origins(self) -> dict[int, str]:
+        if self._known is None:
+            self._known = clients.inventory().ports.vlan_origins(self._switch)
+        return self._known
+
+    def delete_unused(self) -> list[int]:
+        """At the end of the session: delete the definitions metalflow made of the VLANs this
+        session took off ports, when no port carries them any more and the inventory wants
+        them on none. Best effort: what is left, the audit finds."""
+        if not self._emptied:
+            return []
+        try:
+            table = self._s.vlan_table()
+            wanted = {row.vlan for row in clients.inventory().ports.switch_vlans(self._switch)}
+            gone = sorted(v for v in self._emptied if v in table and not table[v] and v not in wanted)
+            for vlan in gone:
+                self._s.delete_vlan(vlan)
+            return gone
+        except Exception as exc:  # noqa: BLE001 - the port changes are done; the audit lists what is left
+            logger().warning(
+                "switch %s: unused VLAN definitions not deleted (%s): the audit lists them", self._switch, exc
+            )
+            return []
+
+    def _note(self, vlan: int) -> None:
+        if not self._table:
+            return
+        inv = clients.inventory()
+        known = self._origins()
+        if vlan in known:
+            return
+        try:
+            table = self._s.vlan_table()
+        except SwitchNotSupported:
+            self._table = False  # never recorded, so never deleted: the safe side
+            return
+        except SwitchParseError as exc:
+            logger().warning("switch %s: VLAN table not read (%s): VLAN %d not recorded", self._switch, exc, vlan)
+            return
+        found = set(table) if not known else {vlan} & set(table)  # first look: all an operator's
+        made = set() if vlan in table else {vlan}
+        inv.ports.record_vlans(self._switch, found=found, made=made)
+        known.update(dict.fromkeys(found, "found") | dict.fromkeys(made, "made"))
+
+
 def _locked_session(sw: SwitchInfo) -> SessionOpener:
     """Opens one session on ``sw`` under ``switch_lock``; it saves when the block ends."""
 
@@ -62,11 +137,41 @@ def _locked_session(sw: SwitchInfo) -> SessionOpener:
         driver = clients.switch(sw)
         try:
             with switch_lock(sw.name), driver.session(force_save=force_save) as s:
-                yield s
+                recording = _RecordingSession(s, sw.name)
+                yield recording
+                gone = recording.delete_unused()
+                if gone:
+                    logger().info("switch %s: VLAN definitions metalflow made, now unused, deleted: %s", sw.name, gone)
         finally:
             driver.close()
 
     return open_session
+
+
+def vlan_litter(sw: SwitchInfo, *, remove: bool) -> tuple[list[int], list[int]]:
+    """The VLAN definitions on ``sw`` that metalflow made and no port carries any more, nor
+    is meant to (no desired VLAN of the inventory on the switch), and of those the ones
+    deleted (``remove``), in one session under ``switch_lock``. ([], []) for a dialect with no
+    VLAN table: nothing recorded, nothing deleted."""
+    inv = clients.inventory()
+    driver = clients.switch(sw)
+    try:
+        with switch_lock(sw.name), driver.session() as s:
+            try:
+                table = s.vlan_table()
+            except SwitchNotSupported:
+                return [], []
+            made = {v for v, origin in inv.ports.vlan_origins(sw.name).items() if origin == "made"}
+            wanted = {row.vlan for row in inv.ports.switch_vlans(sw.name)}
+            litter = sorted(v for v, ports in table.items() if not ports and v in made and v not in wanted)
+            deleted = []
+            if remove:
+                for vlan in litter:
+                    s.delete_vlan(vlan)
+                    deleted.append(vlan)
+            return litter, deleted
+    finally:
+        driver.close()
 
 
 @runbook_task(system="switch", name="converge-ports", run_name="converge-ports {host.name}")

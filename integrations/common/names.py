@@ -24,6 +24,7 @@ HOST_EVENTS_TABLE = "host_events"
 HOST_CLAIMS_TABLE = "host_claims"
 RUN_UNDOS_TABLE = "run_undos"
 RUN_LEASES_TABLE = "run_leases"
+SWITCH_VLAN_DEFS_TABLE = "switch_vlan_defs"
 
 _NOT_A_NAME = re.compile(r"[^a-z0-9-]+")
 

@@ -36,6 +36,7 @@ from metalflow.integrations.common.names import (
     PORT_VLANS_TABLE,
     RUN_LEASES_TABLE,
     RUN_UNDOS_TABLE,
+    SWITCH_VLAN_DEFS_TABLE,
     SWITCHES_TABLE,
 )
 
@@ -51,6 +52,7 @@ CLAIM_STATES = ("leased", "provisioning", "placed")
 #: and did not finish (the host needs recovery); a run's rows go when the run completed or its
 #: rollback finished.
 UNDO_STATES = ("pending", "failed")
+VLAN_ORIGINS = ("found", "made")
 
 
 def utcnow() -> datetime:
@@ -290,3 +292,22 @@ class RunLease(Base):
     limit_name: Mapped[str] = mapped_column(String(128))
     lease_id: Mapped[str] = mapped_column(String(64))
     taken_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SwitchVlanDef(Base):
+    """Who made a VLAN definition on a switch (issue 18): ``found`` (defined when metalflow
+    first looked, or when it first put that VLAN on a port: an operator's, never deleted) or
+    ``made`` (not defined until metalflow put the VLAN on a port, which created it). Only a
+    ``made`` definition that no port carries any more is litter the audit may delete."""
+
+    __tablename__ = SWITCH_VLAN_DEFS_TABLE
+    __table_args__ = (
+        UniqueConstraint("switch_id", "vlan"),
+        CheckConstraint(_in("origin", VLAN_ORIGINS), name="origin"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    switch_id: Mapped[int] = mapped_column(ForeignKey("switches.id", ondelete="CASCADE"))
+    vlan: Mapped[int] = mapped_column(Integer)
+    origin: Mapped[str] = mapped_column(String(8))
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from sqlalchemy import ColumnElement, delete, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from metalflow.integrations.inventory.hosts import HostKey, host_row
-from metalflow.integrations.inventory.models import VLAN_PURPOSES, Host, HostNic, PortVlan, Switch
+from metalflow.integrations.inventory.models import VLAN_PURPOSES, Host, HostNic, PortVlan, Switch, SwitchVlanDef
 from metalflow.integrations.inventory.records import CabledPort, DesiredVlan, InventoryError, SwitchInfo, VlanInfo
 from metalflow.integrations.inventory.session import Database
 
@@ -120,6 +120,32 @@ class PortRepository:
 
     def __init__(self, db: Database):
         self.db = db
+
+    def vlan_origins(self, switch: str) -> dict[int, str]:
+        """The VLAN definitions recorded on ``switch``: id -> ``found`` (an operator's) or
+        ``made`` (created by metalflow's port change)."""
+
+        def read(s: Session) -> dict[int, str]:
+            sw = switch_row(s, switch)
+            return {d.vlan: d.origin for d in s.scalars(select(SwitchVlanDef).where(SwitchVlanDef.switch_id == sw.id))}
+
+        return self.db.read(read)
+
+    def record_vlans(self, switch: str, found: Iterable[int] = (), made: Iterable[int] = ()) -> None:
+        """Record VLAN definitions not recorded yet on ``switch`` (a recorded one keeps its
+        origin: who made a definition does not change)."""
+        wanted = {int(v): "found" for v in found}
+        wanted.update({int(v): "made" for v in made if int(v) not in wanted})
+
+        def write(s: Session) -> None:
+            sw = switch_row(s, switch)
+            have = set(s.scalars(select(SwitchVlanDef.vlan).where(SwitchVlanDef.switch_id == sw.id)))
+            for vlan, origin in sorted(wanted.items()):
+                if vlan not in have:
+                    s.add(SwitchVlanDef(switch_id=sw.id, vlan=vlan, origin=origin))
+
+        if wanted:
+            self.db.write(write)
 
     def list_switches(self) -> list[SwitchInfo]:
         return self.db.read(lambda s: [SwitchInfo.of(w) for w in s.scalars(select(Switch).order_by(Switch.name))])

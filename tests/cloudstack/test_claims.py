@@ -166,7 +166,7 @@ def test_the_claims_migration_goes_both_ways(url):
     command.downgrade(migrate.alembic_config(url), "0001")
     assert migrate.current_revision(url) == "0001"
     migrate.upgrade(url)
-    assert migrate.current_revision(url) == migrate.head_revision() == "0005" and migrate.drift(url) == []
+    assert migrate.current_revision(url) == migrate.head_revision() == "0006" and migrate.drift(url) == []
 
 
 def test_claims_made_before_leases_read_back_as_placements(url):

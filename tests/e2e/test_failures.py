@@ -626,7 +626,8 @@ def test_after_the_faults_and_destroy_audit_finds_no_litter(e2e, hosts):
     """Issue 18, point 4: after this module's faults (rollbacks, dropped sessions, a silent
     BMC, interleaved provisions) and a destroy of every host, nothing metalflow made is left
     that nobody needs: no preseed file it wrote, no MAAS tag it created that no machine
-    carries. An operator's own preseed file and tag are never taken for litter."""
+    carries, no VLAN definition it made that no port carries. An operator's own preseed file,
+    tag and VLAN definitions are never taken for litter."""
     preseeds = Path(e2e.stack.manifest["maas"]["preseed_dir"])
     (preseeds / "curtin_userdata_ubuntu_amd64_generic_jammy_operators-own").write_text("#cloud-config\n{}\n")
     maas = e2e.maas()
@@ -640,3 +641,13 @@ def test_after_the_faults_and_destroy_audit_finds_no_litter(e2e, hosts):
     assert sorted(p.name for p in preseeds.iterdir()) == ["curtin_userdata_ubuntu_amd64_generic_jammy_operators-own"]
     assert [t.name for t in maas.tags() if t.comment == TAG_COMMENT] == []
     assert "operators-tag" in {t.name for t in maas.tags()}
+    # VLAN definitions: every one metalflow made and no port carries went with the port
+    # change that emptied it; the operator's (found on the switch) all stay.
+    inv = e2e.inventory()
+    for name, sw in e2e.lab.state()["switches"].items():
+        origins = inv.ports.vlan_origins(name)
+        defined = {int(v) for v in sw["vlans"]}
+        carried = {p["untagged"] for p in sw["ports"].values()} | {v for p in sw["ports"].values() for v in p["tagged"]}
+        assert any(o == "made" for o in origins.values()), f"{name}: metalflow made no VLAN in this module?"
+        assert {v for v, o in origins.items() if o == "made"} & defined <= carried, (name, origins, sorted(defined))
+        assert {v for v, o in origins.items() if o == "found"} <= defined | {1}, (name, origins)

@@ -118,3 +118,16 @@ def test_the_host_locks_runs_hold_are_recorded_until_released(inv):
         inv.leases.held("run-c", "host-host-002", "x" * 65)
     with pytest.raises(InventoryError, match="run_id"):
         inv.leases.held("", "host-host-002", "lease-3")
+
+
+def test_who_made_a_vlan_definition_is_recorded_once(inv):
+    """``found`` (an operator's) or ``made`` (created by metalflow's port change): a recorded
+    origin never changes, so an operator's VLAN is never taken for metalflow's litter."""
+    switch = inv.ports.list_switches()[0].name
+    assert inv.ports.vlan_origins(switch) == {}
+    inv.ports.record_vlans(switch, found=[10, 300], made=[])
+    inv.ports.record_vlans(switch, found=[], made=[140, 300])  # 300 stays found
+    inv.ports.record_vlans(switch, found=[140])  # 140 stays made
+    assert inv.ports.vlan_origins(switch) == {10: "found", 300: "found", 140: "made"}
+    with pytest.raises(InventoryError, match="switch"):
+        inv.ports.record_vlans("no-such-switch", made=[5])
