@@ -263,6 +263,20 @@ def where_it_stands(scale, host: str, vm_name: str) -> str | None:
     return f"half-done: MAAS {machine.status.name} {machine.hostname}, power {hw['power']}, ports {ports}"
 
 
+def leaked_vlans(scale) -> dict[str, list[int]]:
+    """Per switch, the VLAN definitions metalflow made (the inventory's record) that are still
+    defined on the lab's switch and carried by no port."""
+    inv = scale.inventory()
+    out = {}
+    for name, sw in scale.lab.state()["switches"].items():
+        made = {v for v, origin in inv.ports.vlan_origins(name).items() if origin == "made"}
+        carried = {p["untagged"] for p in sw["ports"].values()} | {v for p in sw["ports"].values() for v in p["tagged"]}
+        leaked = sorted(made & {int(v) for v in sw["vlans"]} - carried)
+        if leaked:
+            out[name] = leaked
+    return out
+
+
 def running_on(scale, run_id: str):
     """The worker whose flow-run process runs ``run_id``."""
     pid = requests.get(f"{scale.stack.api_url}/flow_runs/{run_id}", timeout=10).json()["infrastructure_pid"]
@@ -300,6 +314,7 @@ def test_a_worker_killed_with_its_runs_leaves_every_host_consistent_without_a_hu
     took = time.monotonic() - killed_at
     print(f"\nworker and its runs SIGKILLed → {len(dead)} hosts rolled back, all consistent in {took:.0f} s")
     assert took <= 120, f"{took:.0f} s from the kill to consistent hosts (at most 120 s)"
+    assert leaked_vlans(scale) == {}, "VLAN definitions metalflow made that no port carries"
     for h in dead:
         crashed = scale.api.read_flow_run(runs[h].id)
         assert crashed.state_type == "CRASHED", f"{crashed.state_name}: {crashed.message}"
