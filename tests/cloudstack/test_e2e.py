@@ -235,9 +235,9 @@ def test_a_tenant_cannot_reach_another_vms_machine_or_secrets(clean):
         inv = cs.inventory()
         try:
             claims = sorted((c.host, c.vm_uuid) for c in inv.claims.all())
-            # Every host's VM, and the taken host's every write (the other hosts' rows also
-            # take the power-poll's readings, which come when they come).
-            hosts = [(h.name, h.last_vm_uuid, h.version if h.name == taken else None) for h in inv.hosts.all()]
+            # Every host's VM, name and maintenance (not the row's version: the power-poll's
+            # readings write the rows whenever they come); any operation would also journal.
+            hosts = [(h.name, h.last_vm_uuid, h.last_vm_name, h.maintenance) for h in inv.hosts.all()]
             return claims, hosts, len(inv.history.events(taken))
         finally:
             inv.dispose()
