@@ -539,6 +539,29 @@ def test_no_secret_in_any_run_log_artifact_or_parameter(e2e, hosts):
     assert not leaks, leaks
 
 
+@contextmanager
+def rollback_meeting_a_bmc_fault(e2e, host: str, spec: dict, mode: str):
+    """A provision of ``host`` whose deploy fails; once it waits for the deploy, the BMC gets
+    the fault ``mode``, so the rollback meets it. Yields the ended run; every fault is cleared
+    when the block ends."""
+    free(e2e, host)
+    e2e.lab.control("POST", "/faults/maas", {"fail_next": "deploy"})
+    try:
+        run = e2e.trigger("provision", host=host, vm=spec)
+        wait_until(
+            "the provision's deploy wait",
+            lambda: any(
+                t["name"].startswith("wait-for-deployed") and (t["state"] or {}).get("type") == "RUNNING"
+                for t in task_runs(e2e, run.id)
+            ),
+            timeout=120,
+        )
+        e2e.lab.control("POST", f"/faults/bmc/{host}", {"mode": mode})
+        yield e2e.wait(run.id, 300)
+    finally:
+        e2e.lab.reset_faults()
+
+
 def test_a_rollback_that_meets_a_silent_bmc_is_finished_by_recover(e2e, hosts):
     """Issue 18, point 3: the deploy fails and, while it rolls back, the BMC goes silent (drops
     every packet, the power-poll's sessions too): the release's erase cannot power the machine (MAAS: Failed disk erasing) and the
@@ -548,24 +571,9 @@ def test_a_rollback_that_meets_a_silent_bmc_is_finished_by_recover(e2e, hosts):
     which replays what is left (MAAS allows a release from Failed disk erasing): the host is
     idle with no recovery asked for."""
     host = "host-005"
-    free(e2e, host)
-    e2e.lab.control("POST", "/faults/maas", {"fail_next": "deploy"})
-    try:
-        run = e2e.trigger("provision", host=host, vm=vm("silent-01", 160))
-        wait_until(
-            "the provision's deploy wait",
-            lambda: any(
-                t["name"].startswith("wait-for-deployed") and (t["state"] or {}).get("type") == "RUNNING"
-                for t in task_runs(e2e, run.id)
-            ),
-            timeout=120,
-        )
-        e2e.lab.control("POST", f"/faults/bmc/{host}", {"mode": "silent"})
-        done = e2e.wait(run.id, 300)
+    with rollback_meeting_a_bmc_fault(e2e, host, vm("silent-01", 160), "silent") as done:
         # The power-poll (one sweep here, in place of its schedule) finds the BMC silent.
         assert e2e.run("power-poll", window=0, timeout=120).ok
-    finally:
-        e2e.lab.reset_faults()
     assert done.state_type == "FAILED" and "ROLLBACK INCOMPLETE" in done.message, done.message
     inv = e2e.inventory()
     left = {u.label: u.state for u in inv.undos.left(host)}
@@ -593,32 +601,18 @@ def test_a_rerun_of_a_provision_whose_rollback_did_not_finish_completes(e2e, hos
     any recovery: the rerun first finishes the rollback its first attempt left (MAAS allows a
     release from Failed disk erasing), then provisions; the host carries the VM."""
     host = "host-006"
-    free(e2e, host)
     spec = vm("rerun-01", 161)
-    e2e.lab.control("POST", "/faults/maas", {"fail_next": "deploy"})
-    try:
-        run = e2e.trigger("provision", host=host, vm=spec)
-        wait_until(
-            "the provision's deploy wait",
-            lambda: any(
-                t["name"].startswith("wait-for-deployed") and (t["state"] or {}).get("type") == "RUNNING"
-                for t in task_runs(e2e, run.id)
-            ),
-            timeout=120,
-        )
-        e2e.lab.control("POST", f"/faults/bmc/{host}", {"mode": "reject_auth"})
-        done = e2e.wait(run.id, 300)
-    finally:
-        e2e.lab.reset_faults()
+    with rollback_meeting_a_bmc_fault(e2e, host, spec, "reject_auth") as done:
+        pass
     assert done.state_type == "FAILED" and "ROLLBACK INCOMPLETE" in done.message, done.message
     assert machine(e2e, host).status.name == "FAILED_DISK_ERASING"
     assert e2e.inventory().undos.left(host)
 
-    again = rerun(e2e, run.id, timeout=300)
+    again = rerun(e2e, done.id, timeout=300)
     assert again.ok, again.message
     assert_runs(e2e, host, spec)
     assert e2e.inventory().undos.left(host) == []
-    assert "finishing the rollback run" in logs(e2e, run.id)
+    assert "finishing the rollback run" in logs(e2e, done.id)
     free(e2e, host)
 
 
